@@ -1,0 +1,229 @@
+//! Spark-style settings: `--conf KEY=VALUE` and config files of `key = value` lines.
+//! Every key is declared in [`KEYS`]; an unknown key or a bad value is an error that
+//! names it (and the file and line it came from).
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+use thiserror::Error;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    /// A byte size: `512`, `64k`, `128m`, `2g`.
+    Bytes,
+    /// A duration: `500ms`, `2s`, `5m`, `1h`.
+    Duration,
+    /// A positive whole number.
+    Count,
+}
+
+pub struct KeyDef {
+    pub key: &'static str,
+    pub kind: Kind,
+    /// `None`: unset unless given.
+    pub default: Option<&'static str>,
+    pub doc: &'static str,
+}
+
+/// Every setting Flint knows.
+pub const KEYS: &[KeyDef] = &[
+    KeyDef { key: "shuffle.partitions", kind: Kind::Count, default: None, doc: "reduce partitions of a shuffle that names none (default: as many as the map side)" },
+    KeyDef { key: "task.max_failures", kind: Kind::Count, default: Some("4"), doc: "attempts of one task before its job fails" },
+    KeyDef { key: "task.memory", kind: Kind::Bytes, default: Some("2g"), doc: "cap on a task's guest memory" },
+    KeyDef { key: "task.deadline", kind: Kind::Duration, default: Some("1h"), doc: "wall-clock budget of one task attempt" },
+    KeyDef { key: "executor.heartbeat_interval", kind: Kind::Duration, default: Some("10s"), doc: "how often executors report" },
+    KeyDef { key: "executor.timeout", kind: Kind::Duration, default: Some("120s"), doc: "silence after which an executor is lost" },
+    KeyDef { key: "shuffle.max_bytes_in_flight", kind: Kind::Bytes, default: Some("48m"), doc: "shuffle bytes a reduce task fetches at once" },
+    KeyDef { key: "files.max_partition_bytes", kind: Kind::Bytes, default: Some("128m"), doc: "largest input split" },
+    KeyDef { key: "driver.max_result_size", kind: Kind::Bytes, default: Some("1g"), doc: "largest result collect may bring to the driver" },
+    KeyDef { key: "driver.max_main_output", kind: Kind::Bytes, default: Some("1m"), doc: "captured stdout/stderr of the driver program" },
+];
+
+#[derive(Debug, Error, PartialEq)]
+pub enum ConfError {
+    #[error("unknown setting `{key}`{hint}")]
+    UnknownKey { key: String, hint: String },
+    #[error("bad value `{value}` for `{key}`: expected {expected}")]
+    BadValue { key: String, value: String, expected: &'static str },
+    #[error("`{0}` is not of the form KEY=VALUE")]
+    NotKeyValue(String),
+    #[error("{file}:{line}: {source}")]
+    InFile { file: String, line: usize, source: Box<ConfError> },
+}
+
+/// Validated settings, defaults filled in on read.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Conf {
+    values: BTreeMap<String, String>,
+}
+
+impl Conf {
+    pub fn set(&mut self, key: &str, value: &str) -> Result<(), ConfError> {
+        let def = lookup(key)?;
+        let value = value.trim();
+        check(def, value)?;
+        self.values.insert(key.to_string(), value.to_string());
+        Ok(())
+    }
+
+    /// Parses `KEY=VALUE`.
+    pub fn set_pair(&mut self, pair: &str) -> Result<(), ConfError> {
+        let (k, v) = pair
+            .split_once('=')
+            .ok_or_else(|| ConfError::NotKeyValue(pair.to_string()))?;
+        self.set(k.trim(), v)
+    }
+
+    /// Reads a config file's text: `key = value` or `key value` lines, `#` comments.
+    pub fn merge_file(&mut self, file: &str, text: &str) -> Result<(), ConfError> {
+        for (i, raw) in text.lines().enumerate() {
+            let line = raw.split('#').next().unwrap_or("").trim();
+            if line.is_empty() {
+                continue;
+            }
+            let (k, v) = match line.split_once('=') {
+                Some(kv) => kv,
+                None => line
+                    .split_once(char::is_whitespace)
+                    .ok_or_else(|| ConfError::NotKeyValue(line.to_string()))
+                    .map_err(|e| in_file(file, i + 1, e))?,
+            };
+            let v = v.trim().trim_matches('"');
+            self.set(k.trim(), v).map_err(|e| in_file(file, i + 1, e))?;
+        }
+        Ok(())
+    }
+
+    /// `other`'s settings win.
+    pub fn overlay(&mut self, other: &Conf) {
+        for (k, v) in &other.values {
+            self.values.insert(k.clone(), v.clone());
+        }
+    }
+
+    pub fn pairs(&self) -> Vec<(String, String)> {
+        self.values.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
+    }
+
+    pub fn from_pairs(pairs: &[(String, String)]) -> Result<Conf, ConfError> {
+        let mut c = Conf::default();
+        for (k, v) in pairs {
+            c.set(k, v)?;
+        }
+        Ok(c)
+    }
+
+    fn raw(&self, key: &str) -> Option<&str> {
+        let def = KEYS.iter().find(|d| d.key == key).unwrap_or_else(|| panic!("undeclared setting {key}"));
+        self.values.get(key).map(String::as_str).or(def.default)
+    }
+
+    pub fn bytes(&self, key: &str) -> u64 {
+        self.raw(key).and_then(parse_bytes).unwrap_or(0)
+    }
+
+    pub fn duration(&self, key: &str) -> Duration {
+        self.raw(key).and_then(parse_duration).unwrap_or_default()
+    }
+
+    pub fn count(&self, key: &str) -> Option<u32> {
+        self.raw(key).and_then(|v| v.parse().ok())
+    }
+}
+
+fn in_file(file: &str, line: usize, e: ConfError) -> ConfError {
+    ConfError::InFile { file: file.to_string(), line, source: Box::new(e) }
+}
+
+fn lookup(key: &str) -> Result<&'static KeyDef, ConfError> {
+    KEYS.iter().find(|d| d.key == key).ok_or_else(|| {
+        let prefix = key.split('.').next().unwrap_or("");
+        let near: Vec<&str> = KEYS.iter().filter(|d| d.key.starts_with(prefix)).map(|d| d.key).collect();
+        ConfError::UnknownKey {
+            key: key.to_string(),
+            hint: if near.is_empty() {
+                format!(" (known: {})", KEYS.iter().map(|d| d.key).collect::<Vec<_>>().join(", "))
+            } else {
+                format!(" (did you mean one of: {}?)", near.join(", "))
+            },
+        }
+    })
+}
+
+fn check(def: &KeyDef, value: &str) -> Result<(), ConfError> {
+    let (ok, expected) = match def.kind {
+        Kind::Bytes => (parse_bytes(value).is_some(), "a size like 512k, 64m or 2g"),
+        Kind::Duration => (parse_duration(value).is_some_and(|d| !d.is_zero()), "a duration like 500ms, 2s or 5m"),
+        Kind::Count => (value.parse::<u32>().is_ok_and(|n| n > 0), "a whole number above 0"),
+    };
+    if ok {
+        Ok(())
+    } else {
+        Err(ConfError::BadValue { key: def.key.to_string(), value: value.to_string(), expected })
+    }
+}
+
+pub fn parse_bytes(v: &str) -> Option<u64> {
+    let v = v.trim().to_ascii_lowercase();
+    let v = v.strip_suffix('b').unwrap_or(&v);
+    let (num, mult) = match v.chars().last()? {
+        'k' => (&v[..v.len() - 1], 1u64 << 10),
+        'm' => (&v[..v.len() - 1], 1 << 20),
+        'g' => (&v[..v.len() - 1], 1 << 30),
+        't' => (&v[..v.len() - 1], 1 << 40),
+        _ => (v, 1),
+    };
+    num.trim().parse::<u64>().ok()?.checked_mul(mult)
+}
+
+pub fn parse_duration(v: &str) -> Option<Duration> {
+    let v = v.trim();
+    let split = v.find(|c: char| !c.is_ascii_digit()).unwrap_or(v.len());
+    let (num, unit) = v.split_at(split);
+    let n: u64 = num.parse().ok()?;
+    let ms = match unit.trim() {
+        "ms" => n,
+        "s" | "" => n.checked_mul(1000)?,
+        "m" | "min" => n.checked_mul(60_000)?,
+        "h" => n.checked_mul(3_600_000)?,
+        _ => return None,
+    };
+    Some(Duration::from_millis(ms))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn values_parse_and_defaults_apply() {
+        let mut c = Conf::default();
+        c.set_pair("executor.heartbeat_interval=500ms").unwrap();
+        c.set_pair("task.memory = 64m").unwrap();
+        assert_eq!(c.duration("executor.heartbeat_interval"), Duration::from_millis(500));
+        assert_eq!(c.bytes("task.memory"), 64 << 20);
+        assert_eq!(c.duration("executor.timeout"), Duration::from_secs(120));
+        assert_eq!(c.count("task.max_failures"), Some(4));
+        assert_eq!(c.count("shuffle.partitions"), None);
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_are_named() {
+        let mut c = Conf::default();
+        let e = c.set_pair("task.max_failure=3").unwrap_err().to_string();
+        assert!(e.contains("unknown setting `task.max_failure`") && e.contains("task.max_failures"), "{e}");
+        let e = c.set_pair("executor.timeout=soon").unwrap_err().to_string();
+        assert!(e.contains("`soon`") && e.contains("executor.timeout"), "{e}");
+        assert!(c.set_pair("task.max_failures=0").is_err());
+        assert!(c.set_pair("novalue").is_err());
+    }
+
+    #[test]
+    fn file_errors_name_file_and_line() {
+        let mut c = Conf::default();
+        c.merge_file("f.conf", "# comment\ntask.max_failures 2\nshuffle.partitions = 8\n").unwrap();
+        assert_eq!(c.count("task.max_failures"), Some(2));
+        assert_eq!(c.count("shuffle.partitions"), Some(8));
+        let e = c.merge_file("f.conf", "\n\nbogus.key = 1\n").unwrap_err().to_string();
+        assert!(e.starts_with("f.conf:3: unknown setting `bogus.key`"), "{e}");
+    }
+}

@@ -1,0 +1,319 @@
+//! Messages on the wire, and their framing: a `u32` little-endian length, then postcard.
+//!
+//! Streams: an executor's first bidirectional stream to the driver carries
+//! [`Hello::Executor`] and then the control conversation ([`ToExecutor`] /
+//! [`FromExecutor`]); every module fetch and every shuffle fetch gets a stream of its own,
+//! so bulk data never queues behind control messages. A submitter's first stream carries
+//! [`Hello::Submit`] and receives [`SubmitEvent`]s.
+
+use crate::ids::{ExecutorId, JobId, ModuleHash, ShuffleId, TaskAttemptId};
+use crate::plan::FnRef;
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+/// Largest control frame accepted (task descriptors, statuses, submit requests with their
+/// component). A length field above this is refused before anything is allocated.
+pub const MAX_FRAME: usize = 256 << 20;
+
+#[derive(Debug, Error)]
+pub enum FrameError {
+    #[error("frame of {len} bytes exceeds the limit of {max} bytes")]
+    TooLarge { len: usize, max: usize },
+    #[error("malformed message: {0}")]
+    Decode(#[from] postcard::Error),
+}
+
+/// Serializes `msg` with its length prefix.
+pub fn encode_frame<T: Serialize>(msg: &T) -> Vec<u8> {
+    let mut out = vec![0u8; 4];
+    // postcard into a Vec cannot fail for our plain-data types.
+    let body = postcard::to_stdvec(msg).expect("wire types always serialize");
+    out[..4].copy_from_slice(&(body.len() as u32).to_le_bytes());
+    out.extend_from_slice(&body);
+    out
+}
+
+/// Reads a length prefix, refusing one larger than `max`.
+pub fn frame_len(prefix: [u8; 4], max: usize) -> Result<usize, FrameError> {
+    let len = u32::from_le_bytes(prefix) as usize;
+    if len > max {
+        return Err(FrameError::TooLarge { len, max });
+    }
+    Ok(len)
+}
+
+pub fn decode_body<T: DeserializeOwned>(body: &[u8]) -> Result<T, FrameError> {
+    Ok(postcard::from_bytes(body)?)
+}
+
+/// The first message on a connection to the driver.
+#[derive(Debug, Serialize, Deserialize)]
+pub enum Hello {
+    Executor(ExecutorHello),
+    Submit(SubmitRequest),
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct ExecutorHello {
+    pub protocol_version: u32,
+    pub cores: u32,
+    /// Where this executor serves shuffle segments (its QUIC endpoint).
+    pub shuffle_addr: String,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub enum ToExecutor {
+    Welcome {
+        executor: ExecutorId,
+        heartbeat_interval_ms: u64,
+    },
+    /// The handshake was refused (protocol version...).
+    Refused { reason: String },
+    Launch(Box<TaskDescriptor>),
+    /// The job is over: its shuffle files may go.
+    CleanJob { job: JobId },
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub enum FromExecutor {
+    Heartbeat { running: u32 },
+    Status(Box<TaskStatus>),
+}
+
+/// Everything an executor needs to run one task attempt.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct TaskDescriptor {
+    pub attempt: TaskAttemptId,
+    pub module: ModuleHash,
+    pub input: TaskInput,
+    pub ops: Vec<FnRef>,
+    pub output: TaskOutput,
+    pub limits: TaskLimits,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub enum TaskInput {
+    /// Lines whose first byte lies in `[start, end)` of `path` (Hadoop-style split).
+    TextSplit {
+        path: String,
+        start: u64,
+        end: u64,
+        decode: FnRef,
+    },
+    /// Segments of a shuffle for one reduce partition.
+    Shuffle {
+        shuffle: ShuffleId,
+        reduce_partition: u32,
+        read: FnRef,
+        segments: Vec<SegmentSource>,
+    },
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct SegmentSource {
+    pub executor: ExecutorId,
+    /// The serving executor's shuffle address.
+    pub addr: String,
+    pub map_partition: u32,
+    pub size: u64,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub enum TaskOutput {
+    ShuffleWrite {
+        shuffle: ShuffleId,
+        partitions: u32,
+        write: FnRef,
+    },
+    /// Write the rendered lines to `file` (an attempt-private staging path).
+    Text { file: String, render: FnRef },
+    Rows { encode: FnRef },
+    Count,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct TaskLimits {
+    /// Cap on the guest's linear memory.
+    pub memory_bytes: u64,
+    /// Wall-clock budget of the attempt, enforced by epoch interruption.
+    pub deadline_ms: u64,
+    /// Shuffle bytes a reduce task may have in flight.
+    pub max_bytes_in_flight: u64,
+    /// Cap on the rows a task may send back to the driver (collect).
+    pub max_result_bytes: u64,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct TaskStatus {
+    pub attempt: TaskAttemptId,
+    pub result: Result<TaskSuccess, TaskError>,
+    pub metrics: TaskMetrics,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub enum TaskSuccess {
+    /// Bytes per reduce partition.
+    MapOutput { sizes: Vec<u64> },
+    /// Arrow IPC streams of encoded rows.
+    Rows { batches: Vec<Vec<u8>> },
+    Count(u64),
+    Text { file: String, rows: u64 },
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum TaskErrorKind {
+    /// The guest returned an error of its own.
+    Guest,
+    /// The guest trapped (a panic, `unreachable`, out-of-bounds...).
+    Trap,
+    /// A sandbox limit was hit (memory, deadline, output size).
+    Limit,
+    /// The component could not be loaded; retrying cannot help.
+    BadModule,
+    /// Input or output could not be read or written.
+    Io,
+    /// A shuffle segment could not be fetched from `executor`.
+    FetchFailed {
+        executor: ExecutorId,
+        map_partition: u32,
+    },
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct TaskError {
+    pub kind: TaskErrorKind,
+    /// Outermost first, root cause last.
+    pub chain: Vec<String>,
+}
+
+/// What an attempt measured; executors sum these into their own totals.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TaskMetrics {
+    pub run_ms: u64,
+    /// Time to get a compiled component (compile or cache load); 0 when already in memory.
+    pub load_ms: u64,
+    pub compiled: bool,
+    pub instantiate_us: u64,
+    pub input_records: u64,
+    pub input_bytes: u64,
+    pub output_records: u64,
+    pub shuffle_write_bytes: u64,
+    pub shuffle_read_local_bytes: u64,
+    /// Bytes fetched from other executors over QUIC.
+    pub shuffle_read_remote_bytes: u64,
+    pub peak_memory_bytes: u64,
+}
+
+impl TaskMetrics {
+    pub fn add(&mut self, o: &TaskMetrics) {
+        self.run_ms += o.run_ms;
+        self.load_ms += o.load_ms;
+        self.instantiate_us += o.instantiate_us;
+        self.input_records += o.input_records;
+        self.input_bytes += o.input_bytes;
+        self.output_records += o.output_records;
+        self.shuffle_write_bytes += o.shuffle_write_bytes;
+        self.shuffle_read_local_bytes += o.shuffle_read_local_bytes;
+        self.shuffle_read_remote_bytes += o.shuffle_read_remote_bytes;
+        self.peak_memory_bytes = self.peak_memory_bytes.max(o.peak_memory_bytes);
+    }
+}
+
+/// Executor → driver, on its own stream: send me this component's bytes.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct FetchModule {
+    pub module: ModuleHash,
+}
+
+/// Executor → executor, on its own stream: send me this shuffle segment.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct FetchSegment {
+    pub job: JobId,
+    pub shuffle: ShuffleId,
+    pub map_partition: u32,
+    pub reduce_partition: u32,
+}
+
+/// Answer header to a fetch; on `Ok(len)`, `len` raw bytes follow.
+pub type FetchReply = Result<u64, String>;
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct SubmitRequest {
+    pub protocol_version: u32,
+    /// Shown in logs and summaries (the component's file or crate name).
+    pub name: String,
+    pub component: Vec<u8>,
+    pub args: Vec<String>,
+    /// `--conf` settings for this application, already validated by the submitter.
+    pub conf: Vec<(String, String)>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub enum SubmitEvent {
+    JobStarted {
+        job: JobId,
+        action: String,
+        stages: Vec<String>,
+    },
+    JobEnded {
+        job: JobId,
+        ok: bool,
+        ms: u64,
+    },
+    Finished(Result<AppSummary, Vec<String>>),
+}
+
+/// What a finished application reports back to its submitter.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct AppSummary {
+    pub elapsed_ms: u64,
+    pub jobs: u32,
+    pub tasks: u64,
+    pub failed_tasks: u64,
+    /// What the driver program printed (capped).
+    pub stdout: String,
+    pub executors: Vec<ExecutorSummary>,
+}
+
+/// Per executor, the sums of the task metrics it reported for this application.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct ExecutorSummary {
+    pub executor: ExecutorId,
+    pub addr: String,
+    pub tasks_succeeded: u64,
+    pub tasks_failed: u64,
+    pub compiles: u64,
+    pub metrics: TaskMetrics,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frame_roundtrip() {
+        let msg = FromExecutor::Heartbeat { running: 3 };
+        let frame = encode_frame(&msg);
+        let len = frame_len(frame[..4].try_into().unwrap(), MAX_FRAME).unwrap();
+        assert_eq!(len, frame.len() - 4);
+        let back: FromExecutor = decode_body(&frame[4..]).unwrap();
+        assert!(matches!(back, FromExecutor::Heartbeat { running: 3 }));
+    }
+
+    #[test]
+    fn oversized_length_is_refused_before_allocation() {
+        let err = frame_len(u32::MAX.to_le_bytes(), 1024).unwrap_err();
+        assert!(matches!(err, FrameError::TooLarge { .. }));
+    }
+
+    #[test]
+    fn garbage_bodies_are_errors_not_panics() {
+        for seed in 0u32..2000 {
+            let bytes: Vec<u8> = (0..(seed % 64)).map(|i| (seed.wrapping_mul(2654435761).wrapping_add(i * 97) >> 3) as u8).collect();
+            let _ = decode_body::<Hello>(&bytes);
+            let _ = decode_body::<ToExecutor>(&bytes);
+            let _ = decode_body::<FromExecutor>(&bytes);
+        }
+    }
+}
