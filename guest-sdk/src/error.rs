@@ -1,0 +1,99 @@
+use crate::bindings::flint::job::types::ErrorChain;
+use std::fmt;
+
+/// A job's error: a message and the chain of causes under it.
+///
+/// Any `std::error::Error` converts into it with `?`, keeping its `source()` chain, so the
+/// user sees the root cause on their terminal.
+///
+/// ```
+/// fn parse(s: &str) -> flint::Result<u64> {
+///     Ok(s.parse::<u64>()?)
+/// }
+/// assert!(parse("x").unwrap_err().to_string().contains("invalid digit"));
+/// ```
+pub struct Error {
+    message: String,
+    causes: Vec<String>,
+}
+
+/// `Result` with [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    /// An error with just a message.
+    ///
+    /// ```
+    /// let e = flint::Error::msg("no input given");
+    /// assert_eq!(e.to_string(), "no input given");
+    /// ```
+    pub fn msg(message: impl fmt::Display) -> Self {
+        Error {
+            message: message.to_string(),
+            causes: Vec::new(),
+        }
+    }
+
+    /// Wraps this error in an outer message, keeping it as the cause.
+    ///
+    /// ```
+    /// let e = flint::Error::msg("file missing").context("loading centroids");
+    /// assert_eq!(format!("{e:#}"), "loading centroids: file missing");
+    /// ```
+    pub fn context(self, message: impl fmt::Display) -> Self {
+        let mut causes = vec![self.message];
+        causes.extend(self.causes);
+        Error {
+            message: message.to_string(),
+            causes,
+        }
+    }
+
+    pub(crate) fn into_chain(self) -> ErrorChain {
+        ErrorChain {
+            message: self.message,
+            causes: self.causes,
+        }
+    }
+
+    pub(crate) fn from_chain(c: ErrorChain) -> Self {
+        Error {
+            message: c.message,
+            causes: c.causes,
+        }
+    }
+}
+
+impl fmt::Display for Error {
+    /// `{}` shows the message; `{:#}` the whole chain.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)?;
+        if f.alternate() {
+            for c in &self.causes {
+                write!(f, ": {c}")?;
+            }
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Debug for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{self:#}")
+    }
+}
+
+impl<E: std::error::Error> From<E> for Error {
+    fn from(e: E) -> Self {
+        let mut causes = Vec::new();
+        let mut src = e.source();
+        while let Some(s) = src {
+            causes.push(s.to_string());
+            src = s.source();
+        }
+        Error {
+            message: e.to_string(),
+            causes,
+        }
+    }
+}

@@ -1,0 +1,213 @@
+//! Rows ↔ Arrow, and the type-erased function table that names functions on the wire.
+
+use crate::{Error, Result};
+use arrow_array::builder::{BinaryBuilder, StringBuilder};
+use arrow_array::{Array, ArrayRef, BinaryArray, RecordBatch, StringArray};
+use arrow_schema::{DataType, Field, Schema};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use std::any::Any;
+use std::sync::Arc;
+
+/// Rows of some `T` whose type only the monomorphized functions know: a `Vec<T>`.
+pub(crate) struct Rows {
+    pub len: usize,
+    data: Box<dyn Any>,
+}
+
+impl Rows {
+    pub fn new<T: 'static>(v: Vec<T>) -> Rows {
+        Rows {
+            len: v.len(),
+            data: Box::new(v),
+        }
+    }
+
+    pub fn take<T: 'static>(self) -> Result<Vec<T>> {
+        self.data.downcast::<Vec<T>>().map(|b| *b).map_err(|_| {
+            Error::msg(format!(
+                "internal: rows are not of type {} (a plan from another component?)",
+                std::any::type_name::<T>()
+            ))
+        })
+    }
+}
+
+/// Rows per Arrow batch the SDK emits.
+pub(crate) const BATCH_ROWS: usize = 8192;
+
+pub(crate) fn ipc_bytes(batch: &RecordBatch) -> Result<Vec<u8>> {
+    let mut w = arrow_ipc::writer::StreamWriter::try_new(Vec::new(), &batch.schema())?;
+    w.write(batch)?;
+    w.finish()?;
+    Ok(w.into_inner()?)
+}
+
+/// Several batches of one schema as one IPC stream.
+pub(crate) fn ipc_stream(batches: &[RecordBatch]) -> Result<Vec<u8>> {
+    let Some(first) = batches.first() else {
+        return Ok(Vec::new());
+    };
+    let mut w = arrow_ipc::writer::StreamWriter::try_new(Vec::new(), &first.schema())?;
+    for b in batches {
+        w.write(b)?;
+    }
+    w.finish()?;
+    Ok(w.into_inner()?)
+}
+
+pub(crate) fn read_ipc(bytes: &[u8]) -> Result<Vec<RecordBatch>> {
+    if bytes.is_empty() {
+        return Ok(Vec::new());
+    }
+    let reader = arrow_ipc::reader::StreamReader::try_new(std::io::Cursor::new(bytes), None)?;
+    reader.map(|b| b.map_err(Error::from)).collect()
+}
+
+fn binary_column<'a>(batch: &'a RecordBatch, name: &str) -> Result<&'a BinaryArray> {
+    batch
+        .column_by_name(name)
+        .and_then(|c| c.as_any().downcast_ref::<BinaryArray>())
+        .ok_or_else(|| Error::msg(format!("batch has no binary column `{name}`")))
+}
+
+/// `Vec<T>` → batch with one binary column `row`.
+pub(crate) fn encode_rows<T: Serialize + 'static>(rows: Rows) -> Result<RecordBatch> {
+    let v: Vec<T> = rows.take()?;
+    let mut b = BinaryBuilder::with_capacity(v.len(), v.len() * 16);
+    let mut buf = Vec::new();
+    for r in &v {
+        buf.clear();
+        buf = postcard::to_extend(r, buf)?;
+        b.append_value(&buf);
+    }
+    let schema = Schema::new(vec![Field::new("row", DataType::Binary, false)]);
+    Ok(RecordBatch::try_new(Arc::new(schema), vec![Arc::new(b.finish()) as ArrayRef])?)
+}
+
+/// Inverse of [`encode_rows`], for `collect` on the driver.
+pub(crate) fn decode_rows<T: DeserializeOwned>(batch: &RecordBatch) -> Result<Vec<T>> {
+    let col = binary_column(batch, "row")?;
+    (0..col.len())
+        .map(|i| postcard::from_bytes(col.value(i)).map_err(|e| Error::from(e).context(format!("decoding row {i}"))))
+        .collect()
+}
+
+/// Key/value rows → batch with binary columns `key` and `value` (a shuffle segment).
+pub(crate) fn encode_pairs<K: Serialize, V: Serialize>(pairs: &[(K, V)]) -> Result<RecordBatch> {
+    let mut kb = BinaryBuilder::with_capacity(pairs.len(), pairs.len() * 16);
+    let mut vb = BinaryBuilder::with_capacity(pairs.len(), pairs.len() * 8);
+    let mut buf = Vec::new();
+    for (k, v) in pairs {
+        buf.clear();
+        buf = postcard::to_extend(k, buf)?;
+        kb.append_value(&buf);
+        buf.clear();
+        buf = postcard::to_extend(v, buf)?;
+        vb.append_value(&buf);
+    }
+    let schema = Schema::new(vec![
+        Field::new("key", DataType::Binary, false),
+        Field::new("value", DataType::Binary, false),
+    ]);
+    Ok(RecordBatch::try_new(
+        Arc::new(schema),
+        vec![Arc::new(kb.finish()) as ArrayRef, Arc::new(vb.finish())],
+    )?)
+}
+
+/// Calls `each(key, value)` for every row of a shuffle segment batch.
+pub(crate) fn for_each_pair<K: DeserializeOwned, V: DeserializeOwned>(
+    batch: &RecordBatch,
+    mut each: impl FnMut(K, V),
+) -> Result<()> {
+    let keys = binary_column(batch, "key")?;
+    let values = binary_column(batch, "value")?;
+    for i in 0..batch.num_rows() {
+        let k = postcard::from_bytes(keys.value(i))?;
+        let v = postcard::from_bytes(values.value(i))?;
+        each(k, v);
+    }
+    Ok(())
+}
+
+/// Text lines → batch with one utf8 column `line`.
+pub(crate) fn lines_batch(lines: StringBuilder) -> Result<RecordBatch> {
+    let mut lines = lines;
+    let schema = Schema::new(vec![Field::new("line", DataType::Utf8, false)]);
+    Ok(RecordBatch::try_new(Arc::new(schema), vec![Arc::new(lines.finish()) as ArrayRef])?)
+}
+
+/// Batch with a utf8 column `line` → `Vec<String>` (what `text_file` reads).
+pub(crate) fn decode_lines(batch: &RecordBatch) -> Result<Rows> {
+    let col = batch
+        .column_by_name("line")
+        .and_then(|c| c.as_any().downcast_ref::<StringArray>())
+        .ok_or_else(|| Error::msg("text batch has no utf8 column `line`"))?;
+    let v: Vec<String> = col.iter().map(|s| s.unwrap_or_default().to_owned()).collect();
+    Ok(Rows::new(v))
+}
+
+/// Names a function on the wire.
+///
+/// In WebAssembly a function pointer *is* an index into the module's function table,
+/// which every instance of the same component shares, so the index is the name. On other
+/// targets (host-side unit tests) a process-local registry stands in.
+pub(crate) fn fn_ref(ptr: usize) -> u32 {
+    #[cfg(target_arch = "wasm32")]
+    {
+        ptr as u32
+    }
+    #[cfg(not(target_arch = "wasm32"))]
+    {
+        let mut reg = registry().lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(i) = reg.iter().position(|p| *p == ptr) {
+            return i as u32 + 1;
+        }
+        reg.push(ptr);
+        reg.len() as u32
+    }
+}
+
+/// Inverse of [`fn_ref`]. `0` is never a valid reference.
+pub(crate) fn fn_ptr(r: u32) -> Result<usize> {
+    if r == 0 {
+        return Err(Error::msg("null function reference"));
+    }
+    #[cfg(target_arch = "wasm32")]
+    {
+        Ok(r as usize)
+    }
+    #[cfg(not(target_arch = "wasm32"))]
+    {
+        let reg = registry().lock().unwrap_or_else(|e| e.into_inner());
+        reg.get(r as usize - 1)
+            .copied()
+            .ok_or_else(|| Error::msg(format!("unknown function reference {r}")))
+    }
+}
+
+#[cfg(not(target_arch = "wasm32"))]
+fn registry() -> &'static std::sync::Mutex<Vec<usize>> {
+    static REG: std::sync::OnceLock<std::sync::Mutex<Vec<usize>>> = std::sync::OnceLock::new();
+    REG.get_or_init(Default::default)
+}
+
+/// Produces the value of a capture-free closure type.
+///
+/// A closure that captures nothing is a zero-sized type with no state, so any instance is
+/// *the* instance; this is how a task instance on an executor gets hold of the closure the
+/// driver-side instance named by its function-table entry.
+pub(crate) fn conjure<F>() -> F {
+    const {
+        assert!(
+            std::mem::size_of::<F>() == 0,
+            "closures passed to Flint transformations must not capture variables: \
+             a task runs in another instance where only the code exists"
+        )
+    };
+    // SAFETY: F is zero-sized (checked at compile time above), so reading it from a
+    // dangling, well-aligned pointer reads no memory; capture-free closures and fn items
+    // have no validity invariants beyond their type.
+    unsafe { std::ptr::NonNull::<F>::dangling().as_ptr().read() }
+}
