@@ -1,0 +1,196 @@
+//! The executor process role: join the driver, heartbeat, run up to `cores` tasks at once,
+//! serve this executor's shuffle outputs to peers.
+
+use crate::net::{self, NetError};
+use crate::runner::{run_task, ModuleSource, TaskEnv};
+use crate::sandbox::{Sandbox, SandboxError, SandboxOptions};
+use crate::shuffle::{serve_connection, Fetcher, ShuffleStore};
+use crate::tls;
+use flint_protocol::ids::ModuleHash;
+use flint_protocol::wire::{self, ExecutorHello, FetchModule, FromExecutor, Hello, ToExecutor};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use thiserror::Error;
+use tokio::sync::{mpsc, Semaphore};
+use tokio_util::sync::CancellationToken;
+
+#[derive(Clone)]
+pub struct ExecutorConfig {
+    /// The driver's QUIC address.
+    pub driver_addr: String,
+    /// Task slots.
+    pub cores: u32,
+    /// Shuffle files live here.
+    pub work_dir: PathBuf,
+    /// The address peers fetch shuffle data from; default: the endpoint's own address.
+    pub advertise_addr: Option<String>,
+    /// A sandbox to share (executors of one local cluster share compiled components);
+    /// `None`: make one, caching compiled components in `cache_dir`.
+    pub sandbox: Option<Arc<Sandbox>>,
+    pub cache_dir: Option<PathBuf>,
+}
+
+#[derive(Debug, Error)]
+pub enum ExecutorError {
+    #[error(transparent)]
+    Net(#[from] NetError),
+    #[error(transparent)]
+    Sandbox(#[from] SandboxError),
+    #[error("the driver refused this executor: {0}")]
+    Refused(String),
+    #[error("the driver closed the connection")]
+    DriverGone,
+    #[error("work dir {path}: {source}")]
+    WorkDir { path: PathBuf, source: std::io::Error },
+}
+
+/// Largest component an executor accepts from the driver.
+const MAX_COMPONENT: u64 = 256 << 20;
+
+struct DriverModules {
+    conn: quinn::Connection,
+}
+
+impl ModuleSource for DriverModules {
+    fn fetch(&self, module: ModuleHash) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<Vec<u8>, String>> + Send + '_>> {
+        Box::pin(async move {
+            let r = async {
+                let (mut send, mut recv) = self.conn.open_bi().await?;
+                net::write_frame(&mut send, &FetchModule { module }).await?;
+                let _ = send.finish();
+                net::recv_blob(&mut recv, MAX_COMPONENT).await
+            }
+            .await;
+            r.map_err(|e: NetError| format!("from the driver: {e}"))
+        })
+    }
+}
+
+/// Runs an executor until `shutdown` fires or the driver goes away.
+pub async fn serve(config: ExecutorConfig, endpoint: quinn::Endpoint, shutdown: CancellationToken) -> Result<(), ExecutorError> {
+    std::fs::create_dir_all(&config.work_dir).map_err(|source| ExecutorError::WorkDir {
+        path: config.work_dir.clone(),
+        source,
+    })?;
+    let sandbox = match config.sandbox.clone() {
+        Some(s) => s,
+        None => Sandbox::new(SandboxOptions {
+            max_instances: config.cores * 2 + 2,
+            max_memory_bytes: 4 << 30,
+            cache_dir: config.cache_dir.clone(),
+        })?,
+    };
+    let conn = net::connect(&endpoint, &config.driver_addr, tls::DRIVER_NAME).await?;
+    let (mut send, mut recv) = conn.open_bi().await.map_err(NetError::from)?;
+    let shuffle_addr = match &config.advertise_addr {
+        Some(a) => a.clone(),
+        None => endpoint.local_addr().map_err(NetError::Bind)?.to_string(),
+    };
+    net::write_frame(
+        &mut send,
+        &Hello::Executor(ExecutorHello {
+            protocol_version: flint_protocol::PROTOCOL_VERSION,
+            cores: config.cores,
+            shuffle_addr: shuffle_addr.clone(),
+        }),
+    )
+    .await?;
+    let (me, heartbeat) = match net::expect_frame::<ToExecutor>(&mut recv, wire::MAX_FRAME).await? {
+        ToExecutor::Welcome {
+            executor,
+            heartbeat_interval_ms,
+        } => (executor, Duration::from_millis(heartbeat_interval_ms.max(10))),
+        ToExecutor::Refused { reason } => return Err(ExecutorError::Refused(reason)),
+        other => return Err(ExecutorError::Refused(format!("unexpected first message {other:?}"))),
+    };
+    tracing::info!(executor = me.0, %shuffle_addr, cores = config.cores, "registered with the driver");
+
+    let store = Arc::new(ShuffleStore::new(&config.work_dir));
+    let served = Arc::new(AtomicU64::new(0));
+    let env = Arc::new(TaskEnv {
+        sandbox,
+        shuffle: store.clone(),
+        fetcher: Arc::new(Fetcher::new(endpoint.clone(), me, store.clone())),
+        modules: Arc::new(DriverModules { conn: conn.clone() }),
+    });
+
+    // Peers fetching shuffle segments.
+    let accept = {
+        let (endpoint, store, served) = (endpoint.clone(), store.clone(), served.clone());
+        tokio::spawn(async move {
+            while let Some(incoming) = endpoint.accept().await {
+                let (store, served) = (store.clone(), served.clone());
+                tokio::spawn(async move {
+                    match incoming.await {
+                        Ok(c) => serve_connection(c, store, served).await,
+                        Err(e) => tracing::debug!("refused a peer connection: {e}"),
+                    }
+                });
+            }
+        })
+    };
+
+    // One writer owns the control stream's send side.
+    let (tx, mut rx) = mpsc::channel::<FromExecutor>(256);
+    let writer = tokio::spawn(async move {
+        while let Some(msg) = rx.recv().await {
+            if net::write_frame(&mut send, &msg).await.is_err() {
+                break;
+            }
+        }
+    });
+    let running = Arc::new(AtomicU32::new(0));
+    let beat = {
+        let (tx, running) = (tx.clone(), running.clone());
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(heartbeat);
+            loop {
+                tick.tick().await;
+                let running = running.load(Ordering::Relaxed);
+                if tx.send(FromExecutor::Heartbeat { running }).await.is_err() {
+                    break;
+                }
+            }
+        })
+    };
+
+    let slots = Arc::new(Semaphore::new(config.cores.max(1) as usize));
+    let result = loop {
+        let msg = tokio::select! {
+            _ = shutdown.cancelled() => break Ok(()),
+            m = net::read_frame::<ToExecutor>(&mut recv, wire::MAX_FRAME) => m,
+        };
+        match msg {
+            Ok(Some(ToExecutor::Launch(desc))) => {
+                let (env, tx, slots, running) = (env.clone(), tx.clone(), slots.clone(), running.clone());
+                tokio::spawn(async move {
+                    let Ok(_slot) = slots.acquire_owned().await else { return };
+                    running.fetch_add(1, Ordering::Relaxed);
+                    let attempt = desc.attempt;
+                    let status = run_task(&env, *desc).await;
+                    running.fetch_sub(1, Ordering::Relaxed);
+                    match &status.result {
+                        Ok(_) => tracing::debug!(%attempt, ms = status.metrics.run_ms, "task finished"),
+                        Err(e) => tracing::info!(%attempt, error = %e.chain.join(": "), "task failed"),
+                    }
+                    let _ = tx.send(FromExecutor::Status(Box::new(status))).await;
+                });
+            }
+            Ok(Some(ToExecutor::CleanJob { job })) => {
+                let store = store.clone();
+                tokio::task::spawn_blocking(move || store.remove_job(job));
+            }
+            Ok(Some(other)) => tracing::warn!("ignoring unexpected message {other:?}"),
+            Ok(None) => break Err(ExecutorError::DriverGone),
+            Err(NetError::Read(_)) | Err(NetError::Connection(_)) => break Err(ExecutorError::DriverGone),
+            Err(e) => break Err(e.into()),
+        }
+    };
+    beat.abort();
+    writer.abort();
+    accept.abort();
+    conn.close(0u32.into(), b"executor stopping");
+    result
+}

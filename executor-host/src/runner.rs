@@ -1,0 +1,324 @@
+//! One task attempt, from descriptor to status: load the component, instantiate it in a
+//! fresh store, feed it the partition batch by batch, and put its output where it goes.
+
+use crate::input::SplitReader;
+use crate::sandbox::{self, wit_task, FlintJob, GuestState, Sandbox, SandboxError, StoreLimits};
+use crate::shuffle::{Fetcher, ShuffleStore};
+use arrow_array::{Array, StringArray};
+use flint_protocol::ids::ModuleHash;
+use flint_protocol::wire::{TaskDescriptor, TaskError, TaskErrorKind, TaskInput, TaskMetrics, TaskOutput, TaskStatus, TaskSuccess};
+use std::future::Future;
+use std::io::Write;
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Instant;
+use tokio::sync::{mpsc, Semaphore};
+use wasmtime::Store;
+
+/// Where an executor gets a component's bytes when it has not compiled it yet.
+pub trait ModuleSource: Send + Sync {
+    fn fetch(&self, module: ModuleHash) -> Pin<Box<dyn Future<Output = Result<Vec<u8>, String>> + Send + '_>>;
+}
+
+/// What every task of an executor shares.
+pub struct TaskEnv {
+    pub sandbox: Arc<Sandbox>,
+    pub shuffle: Arc<ShuffleStore>,
+    pub fetcher: Arc<Fetcher>,
+    pub modules: Arc<dyn ModuleSource>,
+}
+
+/// Captured guest output per task is capped at this many bytes per stream.
+const GUEST_OUTPUT_CAP: usize = 64 << 10;
+
+pub async fn run_task(env: &TaskEnv, desc: TaskDescriptor) -> TaskStatus {
+    let started = Instant::now();
+    let mut metrics = TaskMetrics::default();
+    let result = run(env, &desc, &mut metrics).await;
+    metrics.run_ms = started.elapsed().as_millis() as u64;
+    TaskStatus {
+        attempt: desc.attempt,
+        result,
+        metrics,
+    }
+}
+
+fn err(kind: TaskErrorKind, chain: Vec<String>) -> TaskError {
+    TaskError { kind, chain }
+}
+
+fn sandbox_err(e: SandboxError) -> TaskError {
+    let kind = match &e {
+        SandboxError::Limit(_) => TaskErrorKind::Limit,
+        SandboxError::Trap { .. } => TaskErrorKind::Trap,
+        SandboxError::Guest { .. } => TaskErrorKind::Guest,
+        e if e.is_bad_module() => TaskErrorKind::BadModule,
+        _ => TaskErrorKind::Io,
+    };
+    err(kind, e.chain())
+}
+
+fn io_err(what: String) -> TaskError {
+    err(TaskErrorKind::Io, vec![what])
+}
+
+/// A live guest instance for one task.
+struct Guest {
+    store: Store<GuestState>,
+    job: FlintJob,
+}
+
+impl Guest {
+    async fn push(&mut self, batch: Vec<u8>) -> Result<Vec<wit_task::Chunk>, TaskError> {
+        let r = self.job.flint_job_task().call_push(&mut self.store, &batch).await;
+        self.unwrap(r)
+    }
+
+    async fn finish(&mut self) -> Result<Vec<wit_task::Chunk>, TaskError> {
+        let r = self.job.flint_job_task().call_finish(&mut self.store).await;
+        self.unwrap(r)
+    }
+
+    fn unwrap<T>(&self, r: wasmtime::Result<Result<T, sandbox::wit::ErrorChain>>) -> Result<T, TaskError> {
+        match r {
+            Ok(Ok(v)) => Ok(v),
+            Ok(Err(chain)) => Err(sandbox_err(sandbox::guest_error(chain))),
+            Err(e) => Err(sandbox_err(sandbox::classify(e, &self.store))),
+        }
+    }
+}
+
+async fn run(env: &TaskEnv, desc: &TaskDescriptor, m: &mut TaskMetrics) -> Result<TaskSuccess, TaskError> {
+    let modules = env.modules.clone();
+    let hash = desc.module;
+    let (loaded, info) = env
+        .sandbox
+        .load(hash, || async move { modules.fetch(hash).await })
+        .await
+        .map_err(sandbox_err)?;
+    m.load_ms = info.ms;
+    m.compiled = info.compiled;
+    let limits = StoreLimits {
+        memory_bytes: desc.limits.memory_bytes,
+        deadline: Some(std::time::Duration::from_millis(desc.limits.deadline_ms)),
+        output_bytes: GUEST_OUTPUT_CAP,
+    };
+    let mut store = env.sandbox.store(&limits, None);
+    let t = Instant::now();
+    let job = loaded.instantiate(&mut store).await.map_err(sandbox_err)?;
+    m.instantiate_us = t.elapsed().as_micros() as u64;
+    let mut guest = Guest { store, job };
+
+    let spec = wit_task::TaskSpec {
+        input: match &desc.input {
+            TaskInput::TextSplit { decode, .. } => wit_task::TaskInput::Batches(decode.0),
+            TaskInput::Shuffle { read, .. } => wit_task::TaskInput::Shuffle(read.0),
+        },
+        ops: desc.ops.iter().map(|f| f.0).collect(),
+        output: match &desc.output {
+            TaskOutput::ShuffleWrite { write, partitions, .. } => wit_task::TaskOutput::Shuffle(wit_task::ShuffleWrite {
+                write: write.0,
+                partitions: *partitions,
+            }),
+            TaskOutput::Text { render, .. } => wit_task::TaskOutput::Text(render.0),
+            TaskOutput::Rows { encode } => wit_task::TaskOutput::Rows(encode.0),
+            TaskOutput::Count => wit_task::TaskOutput::Count,
+        },
+        partition: desc.attempt.task.partition,
+    };
+    let r = guest.job.flint_job_task().call_start(&mut guest.store, &spec).await;
+    guest.unwrap(r)?;
+
+    let mut sink = Sink::new(desc)?;
+    match &desc.input {
+        TaskInput::TextSplit { path, start, end, .. } => {
+            let (tx, mut rx) = mpsc::channel(2);
+            let (path, start, end) = (PathBuf::from(path), *start, *end);
+            // Reading and encoding run on a blocking thread, one batch ahead of the guest.
+            let reader = tokio::task::spawn_blocking(move || {
+                let mut r = match SplitReader::open(&path, start, end) {
+                    Ok(r) => r,
+                    Err(e) => {
+                        let _ = tx.blocking_send(Err(e));
+                        return;
+                    }
+                };
+                loop {
+                    let next = r.next_batch().transpose();
+                    let Some(item) = next else { return };
+                    let failed = item.is_err();
+                    if tx.blocking_send(item).is_err() || failed {
+                        return;
+                    }
+                }
+            });
+            while let Some(item) = rx.recv().await {
+                let batch = item.map_err(|e| io_err(e.to_string()))?;
+                m.input_records += batch.rows;
+                m.input_bytes += batch.bytes;
+                let chunks = guest.push(batch.ipc).await?;
+                sink.accept(chunks, m)?;
+            }
+            let _ = reader.await;
+        }
+        TaskInput::Shuffle {
+            shuffle,
+            reduce_partition,
+            segments,
+            ..
+        } => {
+            let job = desc.attempt.task.stage.job;
+            let budget = desc.limits.max_bytes_in_flight.clamp(1 << 20, u32::MAX as u64);
+            let permits = Arc::new(Semaphore::new(budget as usize));
+            let (tx, mut rx) = mpsc::channel(segments.len().max(1));
+            // Fetch with bounded bytes in flight: a segment's permits are held until the
+            // guest has consumed it.
+            for src in segments.clone() {
+                let (fetcher, permits, tx) = (env.fetcher.clone(), permits.clone(), tx.clone());
+                let (shuffle, reduce) = (*shuffle, *reduce_partition);
+                tokio::spawn(async move {
+                    let want = src.size.clamp(1, budget) as u32;
+                    let Ok(permit) = permits.acquire_many_owned(want).await else { return };
+                    let r = fetcher.fetch(job, shuffle, reduce, &src).await;
+                    let _ = tx.send((r, permit, src)).await;
+                });
+            }
+            drop(tx);
+            while let Some((r, permit, src)) = rx.recv().await {
+                let (data, remote) = r.map_err(|e| {
+                    err(
+                        TaskErrorKind::FetchFailed {
+                            executor: src.executor,
+                            map_partition: src.map_partition,
+                        },
+                        vec![e.to_string()],
+                    )
+                })?;
+                if remote {
+                    m.shuffle_read_remote_bytes += data.len() as u64;
+                } else {
+                    m.shuffle_read_local_bytes += data.len() as u64;
+                }
+                m.input_bytes += data.len() as u64;
+                let chunks = guest.push(data).await?;
+                drop(permit);
+                sink.accept(chunks, m)?;
+            }
+        }
+    }
+    let chunks = guest.finish().await?;
+    sink.accept(chunks, m)?;
+    m.peak_memory_bytes = guest.store.data().peak_memory();
+    sink.complete(env, desc, m).await
+}
+
+/// Where a task's output chunks go.
+enum Sink {
+    Shuffle { segments: Vec<Vec<u8>> },
+    Text { file: String, out: std::io::BufWriter<std::fs::File>, rows: u64 },
+    Rows { batches: Vec<Vec<u8>>, bytes: u64, max: u64 },
+    Count(u64),
+}
+
+impl Sink {
+    fn new(desc: &TaskDescriptor) -> Result<Sink, TaskError> {
+        Ok(match &desc.output {
+            TaskOutput::ShuffleWrite { partitions, .. } => Sink::Shuffle {
+                segments: vec![Vec::new(); *partitions as usize],
+            },
+            TaskOutput::Text { file, .. } => {
+                let path = std::path::Path::new(file);
+                if let Some(dir) = path.parent() {
+                    std::fs::create_dir_all(dir).map_err(|e| io_err(format!("creating {}: {e}", dir.display())))?;
+                }
+                let f = std::fs::File::create(path).map_err(|e| io_err(format!("creating {file}: {e}")))?;
+                Sink::Text {
+                    file: file.clone(),
+                    out: std::io::BufWriter::with_capacity(1 << 20, f),
+                    rows: 0,
+                }
+            }
+            TaskOutput::Rows { .. } => Sink::Rows {
+                batches: Vec::new(),
+                bytes: 0,
+                max: desc.limits.max_result_bytes,
+            },
+            TaskOutput::Count => Sink::Count(0),
+        })
+    }
+
+    fn accept(&mut self, chunks: Vec<wit_task::Chunk>, m: &mut TaskMetrics) -> Result<(), TaskError> {
+        for c in chunks {
+            m.output_records += c.rows;
+            match self {
+                Sink::Shuffle { segments } => {
+                    let n = segments.len();
+                    let seg = segments.get_mut(c.partition as usize).ok_or_else(|| {
+                        err(TaskErrorKind::Guest, vec![format!("guest wrote shuffle partition {} of {n}", c.partition)])
+                    })?;
+                    if !seg.is_empty() {
+                        return Err(err(TaskErrorKind::Guest, vec![format!("guest wrote shuffle partition {} twice", c.partition)]));
+                    }
+                    *seg = c.ipc;
+                }
+                Sink::Text { file, out, rows } => {
+                    let reader = arrow_ipc::reader::StreamReader::try_new(std::io::Cursor::new(c.ipc), None)
+                        .map_err(|e| err(TaskErrorKind::Guest, vec![format!("guest text output is not Arrow IPC: {e}")]))?;
+                    for batch in reader {
+                        let batch = batch.map_err(|e| err(TaskErrorKind::Guest, vec![format!("guest text output: {e}")]))?;
+                        let col = batch
+                            .column_by_name("line")
+                            .and_then(|c| c.as_any().downcast_ref::<StringArray>())
+                            .ok_or_else(|| err(TaskErrorKind::Guest, vec!["guest text output has no utf8 column `line`".into()]))?;
+                        for i in 0..col.len() {
+                            out.write_all(col.value(i).as_bytes())
+                                .and_then(|_| out.write_all(b"\n"))
+                                .map_err(|e| io_err(format!("writing {file}: {e}")))?;
+                        }
+                        *rows += col.len() as u64;
+                    }
+                }
+                Sink::Rows { batches, bytes, max } => {
+                    *bytes += c.ipc.len() as u64;
+                    if *bytes > *max {
+                        return Err(err(
+                            TaskErrorKind::Limit,
+                            vec![format!(
+                                "result of this task exceeds driver.max_result_size ({max} bytes); write large results with save_as_text instead of collect"
+                            )],
+                        ));
+                    }
+                    batches.push(c.ipc);
+                }
+                Sink::Count(n) => *n += c.rows,
+            }
+        }
+        Ok(())
+    }
+
+    async fn complete(self, env: &TaskEnv, desc: &TaskDescriptor, m: &mut TaskMetrics) -> Result<TaskSuccess, TaskError> {
+        Ok(match self {
+            Sink::Shuffle { segments } => {
+                let TaskOutput::ShuffleWrite { shuffle, .. } = desc.output else {
+                    unreachable!("shuffle sink comes from a shuffle output")
+                };
+                let store = env.shuffle.clone();
+                let (job, map) = (desc.attempt.task.stage.job, desc.attempt.task.partition);
+                let sizes = tokio::task::spawn_blocking(move || store.write(job, shuffle, map, &segments))
+                    .await
+                    .map_err(|e| io_err(e.to_string()))?
+                    .map_err(|e| io_err(e.to_string()))?;
+                m.shuffle_write_bytes = sizes.iter().sum();
+                TaskSuccess::MapOutput { sizes }
+            }
+            Sink::Text { file, mut out, rows } => {
+                out.flush().map_err(|e| io_err(format!("writing {file}: {e}")))?;
+                out.get_ref().sync_all().map_err(|e| io_err(format!("syncing {file}: {e}")))?;
+                TaskSuccess::Text { file, rows }
+            }
+            Sink::Rows { batches, .. } => TaskSuccess::Rows { batches },
+            Sink::Count(n) => TaskSuccess::Count(n),
+        })
+    }
+}

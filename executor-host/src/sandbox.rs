@@ -1,0 +1,519 @@
+//! The wasmtime sandbox: one [`Sandbox`] (engine, linker, compiled-component cache) per
+//! process, one `Store` per task or driver program, with a memory cap and an epoch
+//! deadline. Guests get no preopened directories, no sockets and no inherited stdio:
+//! their stdout and stderr are captured, size-capped, and their only door out is the
+//! `flint:job/host` import.
+
+use flint_protocol::ids::ModuleHash;
+use sha2::{Digest, Sha256};
+use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use thiserror::Error;
+use tokio::sync::OnceCell;
+use wasmtime::component::{Component, HasSelf, Linker, ResourceTable};
+use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, UpdateDeadline};
+use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
+use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
+
+wasmtime::component::bindgen!({
+    path: "../guest-sdk/wit",
+    world: "flint-job",
+    imports: { default: async },
+    exports: { default: async },
+});
+
+/// The WIT types, for the driver's plan conversion.
+pub use flint::job::types as wit;
+pub use exports::flint::job::task as wit_task;
+
+/// The interface version this host speaks (the `flint:job` package version and the
+/// number `interface-version` must return).
+pub const INTERFACE_PACKAGE: &str = "flint:job";
+pub const INTERFACE_SEMVER: &str = "0.1.0";
+pub const INTERFACE_VERSION: u32 = 1;
+
+/// How often the epoch advances; deadlines are checked (and long guest computations yield
+/// to the runtime) at this granularity.
+const EPOCH_TICK: Duration = Duration::from_millis(10);
+
+#[derive(Debug, Error)]
+pub enum SandboxError {
+    #[error("not WebAssembly: the file does not start with the `\\0asm` header")]
+    NotWasm,
+    #[error("a core WebAssembly module, not a component: build the job for wasm32-wasip2 with the Flint guest SDK")]
+    CoreModule,
+    #[error("not a Flint job: the component exports no `flint:job/job` interface (it exports: {exports})")]
+    NotAJob { exports: String },
+    #[error("the component was built against interface {found}, this host speaks {expected}; rebuild it with a matching guest SDK")]
+    InterfaceVersion { found: String, expected: String },
+    #[error("the component imports functions Flint does not provide: {0}")]
+    UnknownImports(String),
+    #[error("compiling the component: {0}")]
+    Compile(String),
+    #[error("component bytes do not match their hash {0}")]
+    HashMismatch(ModuleHash),
+    #[error("fetching the component: {0}")]
+    Fetch(String),
+    #[error("compiled-component cache: {0}")]
+    Cache(String),
+    #[error("instantiating the component: {0}")]
+    Instantiate(String),
+    #[error("{0}")]
+    Limit(LimitHit),
+    #[error("guest trapped: {message}")]
+    Trap { message: String, detail: Vec<String> },
+    #[error("{message}")]
+    Guest { message: String, causes: Vec<String> },
+}
+
+impl SandboxError {
+    /// The message and its causes, outermost first.
+    pub fn chain(&self) -> Vec<String> {
+        match self {
+            SandboxError::Trap { detail, .. } => std::iter::once(self.to_string()).chain(detail.iter().cloned()).collect(),
+            SandboxError::Guest { message, causes } => std::iter::once(message.clone()).chain(causes.iter().cloned()).collect(),
+            other => vec![other.to_string()],
+        }
+    }
+
+    /// Whether loading or linking failed, which no retry can fix.
+    pub fn is_bad_module(&self) -> bool {
+        matches!(
+            self,
+            SandboxError::NotWasm
+                | SandboxError::CoreModule
+                | SandboxError::NotAJob { .. }
+                | SandboxError::InterfaceVersion { .. }
+                | SandboxError::UnknownImports(_)
+                | SandboxError::Compile(_)
+        )
+    }
+}
+
+/// A sandbox limit that ended a guest.
+#[derive(Clone, Debug, Error, PartialEq, Eq)]
+pub enum LimitHit {
+    #[error("memory limit hit: the guest asked for {desired} bytes of memory, over its cap of {cap} bytes (task.memory)")]
+    Memory { cap: u64, desired: u64 },
+    #[error("deadline hit: the guest ran past its budget of {0:?} (task.deadline)")]
+    Deadline(Duration),
+}
+
+/// Settings of one store.
+#[derive(Clone, Debug)]
+pub struct StoreLimits {
+    pub memory_bytes: u64,
+    /// `None`: no deadline (the driver program of an iterative job may run long).
+    pub deadline: Option<Duration>,
+    /// Cap on captured stdout and on captured stderr, each.
+    pub output_bytes: usize,
+}
+
+/// Runs an action for a driver program. Only the driver installs one.
+pub trait ActionRunner: Send + Sync {
+    fn run(
+        &self,
+        plan: wit::Plan,
+        action: wit::Action,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<wit::ActionResult, wit::ErrorChain>> + Send + '_>>;
+}
+
+/// The data of one store.
+pub struct GuestState {
+    wasi: WasiCtx,
+    table: ResourceTable,
+    limiter: Limiter,
+    actions: Option<Arc<dyn ActionRunner>>,
+    stdout: MemoryOutputPipe,
+    stderr: MemoryOutputPipe,
+}
+
+impl GuestState {
+    /// Peak linear memory the guest reached.
+    pub fn peak_memory(&self) -> u64 {
+        self.limiter.peak
+    }
+
+    pub fn stdout(&self) -> String {
+        String::from_utf8_lossy(&self.stdout.contents()).into_owned()
+    }
+
+    pub fn stderr(&self) -> String {
+        String::from_utf8_lossy(&self.stderr.contents()).into_owned()
+    }
+}
+
+impl WasiView for GuestState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+impl flint::job::types::Host for GuestState {}
+
+impl flint::job::host::Host for GuestState {
+    async fn run_action(&mut self, plan: wit::Plan, action: wit::Action) -> Result<wit::ActionResult, wit::ErrorChain> {
+        match self.actions.clone() {
+            Some(runner) => runner.run(plan, action).await,
+            None => Err(wit::ErrorChain {
+                message: "actions (collect, count, save_as_text) can only run in the driver program, not inside a task".into(),
+                causes: Vec::new(),
+            }),
+        }
+    }
+}
+
+struct Limiter {
+    cap: u64,
+    peak: u64,
+}
+
+impl wasmtime::ResourceLimiter for Limiter {
+    fn memory_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
+        if desired as u64 > self.cap {
+            return Err(LimitHit::Memory {
+                cap: self.cap,
+                desired: desired as u64,
+            }
+            .into());
+        }
+        self.peak = self.peak.max(desired as u64);
+        Ok(true)
+    }
+
+    fn table_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
+        Ok(desired <= 1 << 20)
+    }
+}
+
+/// Settings of a process's sandbox.
+#[derive(Clone, Debug)]
+pub struct SandboxOptions {
+    /// Instances alive at once (tasks in flight plus driver programs).
+    pub max_instances: u32,
+    /// Largest memory any store may be given.
+    pub max_memory_bytes: u64,
+    /// Where compiled components are kept across runs; `None`: memory only.
+    pub cache_dir: Option<PathBuf>,
+}
+
+/// A component compiled and linked, ready to instantiate cheaply.
+pub struct LoadedJob {
+    pub hash: ModuleHash,
+    pre: FlintJobPre<GuestState>,
+}
+
+/// How a component was obtained, for task metrics.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct LoadInfo {
+    /// Compiled now (cold), as opposed to loaded from the disk cache or already in memory.
+    pub compiled: bool,
+    /// Time spent compiling or loading; 0 when it was already in memory.
+    pub ms: u64,
+}
+
+/// Engine, linker and the compiled-component cache of one process.
+pub struct Sandbox {
+    engine: Engine,
+    linker: Linker<GuestState>,
+    cache_dir: Option<PathBuf>,
+    loaded: Mutex<HashMap<ModuleHash, Arc<OnceCell<Arc<LoadedJob>>>>>,
+}
+
+impl Sandbox {
+    pub fn new(opts: SandboxOptions) -> Result<Arc<Sandbox>, SandboxError> {
+        let mut pool = PoolingAllocationConfig::new();
+        let instances = opts.max_instances.max(1);
+        pool.total_component_instances(instances);
+        pool.total_core_instances(instances * 8);
+        pool.total_memories(instances * 2);
+        pool.total_tables(instances * 8);
+        pool.total_stacks(instances);
+        pool.max_memories_per_component(4);
+        pool.max_tables_per_component(8);
+        pool.max_component_instance_size(1 << 20);
+        pool.max_core_instance_size(1 << 20);
+        pool.table_elements(100_000);
+        pool.max_memory_size(opts.max_memory_bytes.min(4 << 30) as usize);
+        let mut config = Config::new();
+        config
+            .epoch_interruption(true)
+            .wasm_component_model(true)
+            .max_wasm_stack(1 << 20)
+            .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+        let engine = Engine::new(&config).map_err(|e| SandboxError::Instantiate(format!("{e:#}")))?;
+        let mut linker = Linker::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(|e| SandboxError::Instantiate(format!("{e:#}")))?;
+        flint::job::host::add_to_linker::<GuestState, HasSelf<GuestState>>(&mut linker, |s| s)
+            .map_err(|e| SandboxError::Instantiate(format!("{e:#}")))?;
+        flint::job::types::add_to_linker::<GuestState, HasSelf<GuestState>>(&mut linker, |s| s)
+            .map_err(|e| SandboxError::Instantiate(format!("{e:#}")))?;
+        let weak = engine.weak();
+        std::thread::Builder::new()
+            .name("flint-epoch".into())
+            .spawn(move || {
+                while let Some(engine) = weak.upgrade() {
+                    engine.increment_epoch();
+                    drop(engine);
+                    std::thread::sleep(EPOCH_TICK);
+                }
+            })
+            .map_err(|e| SandboxError::Instantiate(format!("starting the epoch thread: {e}")))?;
+        Ok(Arc::new(Sandbox {
+            engine,
+            linker,
+            cache_dir: opts.cache_dir,
+            loaded: Mutex::new(HashMap::new()),
+        }))
+    }
+
+    /// The compiled component for `hash`; `fetch` is awaited only when neither memory nor
+    /// the disk cache has it. Concurrent callers for one hash share one compile.
+    pub async fn load<F, Fut>(&self, hash: ModuleHash, fetch: F) -> Result<(Arc<LoadedJob>, LoadInfo), SandboxError>
+    where
+        F: FnOnce() -> Fut,
+        Fut: std::future::Future<Output = Result<Vec<u8>, String>>,
+    {
+        let cell = {
+            let mut map = self.loaded.lock().unwrap_or_else(|e| e.into_inner());
+            map.entry(hash).or_default().clone()
+        };
+        if let Some(job) = cell.get() {
+            return Ok((job.clone(), LoadInfo::default()));
+        }
+        let mut info = LoadInfo::default();
+        let job = cell
+            .get_or_try_init(|| async {
+                let started = Instant::now();
+                let component = match self.from_disk_cache(hash) {
+                    Some(c) => c,
+                    None => {
+                        let bytes = fetch().await.map_err(SandboxError::Fetch)?;
+                        let c = self.compile(hash, bytes).await?;
+                        info.compiled = true;
+                        c
+                    }
+                };
+                let job = self.link(hash, &component)?;
+                info.ms = started.elapsed().as_millis() as u64;
+                Ok::<_, SandboxError>(Arc::new(job))
+            })
+            .await?;
+        Ok((job.clone(), info))
+    }
+
+    /// Checks and compiles bytes given directly (the driver's own copy).
+    pub async fn load_bytes(&self, bytes: Vec<u8>) -> Result<(Arc<LoadedJob>, LoadInfo), SandboxError> {
+        let hash = hash_bytes(&bytes);
+        self.load(hash, || async move { Ok(bytes) }).await
+    }
+
+    fn cache_path(&self, hash: ModuleHash) -> Option<PathBuf> {
+        let dir = self.cache_dir.as_ref()?;
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        self.engine.precompile_compatibility_hash().hash(&mut h);
+        Some(dir.join(format!("{}-{:016x}.cwasm", hash.to_hex(), h.finish())))
+    }
+
+    fn from_disk_cache(&self, hash: ModuleHash) -> Option<Component> {
+        let path = self.cache_path(hash)?;
+        let bytes = std::fs::read(&path).ok()?;
+        // SAFETY: the file is one this host wrote itself from `precompile_component` with
+        // an engine of the same compatibility hash (in the name); code is never accepted
+        // precompiled from elsewhere. A corrupt file fails deserialization's checks and
+        // is recompiled.
+        match unsafe { Component::deserialize(&self.engine, &bytes) } {
+            Ok(c) => Some(c),
+            Err(e) => {
+                tracing::warn!(path = %path.display(), "ignoring unusable compiled-component cache entry: {e:#}");
+                None
+            }
+        }
+    }
+
+    async fn compile(&self, hash: ModuleHash, bytes: Vec<u8>) -> Result<Component, SandboxError> {
+        if hash_bytes(&bytes) != hash {
+            return Err(SandboxError::HashMismatch(hash));
+        }
+        check_header(&bytes)?;
+        let engine = self.engine.clone();
+        let serialized = tokio::task::spawn_blocking(move || engine.precompile_component(&bytes))
+            .await
+            .map_err(|e| SandboxError::Compile(e.to_string()))?
+            .map_err(|e| SandboxError::Compile(format!("{e:#}")))?;
+        if let Some(path) = self.cache_path(hash) {
+            if let Err(e) = write_atomically(&path, &serialized) {
+                tracing::warn!(path = %path.display(), "could not write the compiled-component cache: {e}");
+            }
+        }
+        // SAFETY: `serialized` was produced just now by this engine.
+        unsafe { Component::deserialize(&self.engine, &serialized) }.map_err(|e| SandboxError::Compile(format!("{e:#}")))
+    }
+
+    fn link(&self, hash: ModuleHash, component: &Component) -> Result<LoadedJob, SandboxError> {
+        check_interface(&self.engine, component)?;
+        let pre = self
+            .linker
+            .instantiate_pre(component)
+            .map_err(|e| SandboxError::UnknownImports(format!("{e:#}")))?;
+        let pre = FlintJobPre::new(pre).map_err(|e| SandboxError::NotAJob { exports: format!("{e:#}") })?;
+        Ok(LoadedJob { hash, pre })
+    }
+
+    /// A fresh store with the given limits; `actions` only for driver programs.
+    pub fn store(&self, limits: &StoreLimits, actions: Option<Arc<dyn ActionRunner>>) -> Store<GuestState> {
+        let stdout = MemoryOutputPipe::new(limits.output_bytes);
+        let stderr = MemoryOutputPipe::new(limits.output_bytes);
+        let wasi = WasiCtxBuilder::new()
+            .stdout(stdout.clone())
+            .stderr(stderr.clone())
+            .allow_tcp(false)
+            .allow_udp(false)
+            .allow_ip_name_lookup(false)
+            .build();
+        let mut store = Store::new(
+            &self.engine,
+            GuestState {
+                wasi,
+                table: ResourceTable::new(),
+                limiter: Limiter {
+                    cap: limits.memory_bytes,
+                    peak: 0,
+                },
+                actions,
+                stdout,
+                stderr,
+            },
+        );
+        store.limiter(|s| &mut s.limiter);
+        let budget = limits.deadline;
+        let deadline = budget.map(|b| Instant::now() + b);
+        store.set_epoch_deadline(1);
+        store.epoch_deadline_callback(move |_| match (deadline, budget) {
+            (Some(d), Some(b)) if Instant::now() >= d => Err(LimitHit::Deadline(b).into()),
+            // Yield at every tick so that a long guest computation never holds a runtime
+            // thread hostage (heartbeats and shuffle serving share it).
+            _ => Ok(UpdateDeadline::Yield(1)),
+        });
+        store
+    }
+}
+
+impl LoadedJob {
+    /// Instantiates into `store` and checks the interface version the guest reports.
+    pub async fn instantiate(&self, store: &mut Store<GuestState>) -> Result<FlintJob, SandboxError> {
+        let job = self
+            .pre
+            .instantiate_async(&mut *store)
+            .await
+            .map_err(|e| classify(e, store))?;
+        let v = job
+            .flint_job_job()
+            .call_interface_version(&mut *store)
+            .await
+            .map_err(|e| classify(e, store))?;
+        if v != INTERFACE_VERSION {
+            return Err(SandboxError::InterfaceVersion {
+                found: format!("{INTERFACE_PACKAGE}@{INTERFACE_SEMVER} version {v}"),
+                expected: format!("version {INTERFACE_VERSION}"),
+            });
+        }
+        Ok(job)
+    }
+}
+
+/// Maps a wasmtime error from a guest call to what happened, with the guest's stderr tail
+/// (a panic message) when it trapped.
+pub fn classify(err: wasmtime::Error, store: &Store<GuestState>) -> SandboxError {
+    if let Some(hit) = err.downcast_ref::<LimitHit>() {
+        return SandboxError::Limit(hit.clone());
+    }
+    let message = match err.downcast_ref::<wasmtime::Trap>() {
+        Some(trap) => trap.to_string(),
+        None => err.to_string(),
+    };
+    let mut detail: Vec<String> = Vec::new();
+    let stderr = store.data().stderr();
+    let tail = tail_chars(stderr.trim_end(), 4096);
+    if !tail.is_empty() {
+        detail.push(format!("guest stderr: {tail}"));
+    }
+    for cause in err.chain().skip(1) {
+        let s = cause.to_string();
+        if s != message {
+            detail.push(s);
+        }
+    }
+    SandboxError::Trap { message, detail }
+}
+
+fn tail_chars(s: &str, max: usize) -> &str {
+    if s.len() <= max {
+        return s;
+    }
+    let mut start = s.len() - max;
+    while !s.is_char_boundary(start) {
+        start += 1;
+    }
+    &s[start..]
+}
+
+/// A guest-returned error chain as a sandbox error.
+pub fn guest_error(e: wit::ErrorChain) -> SandboxError {
+    SandboxError::Guest {
+        message: e.message,
+        causes: e.causes,
+    }
+}
+
+pub fn hash_bytes(bytes: &[u8]) -> ModuleHash {
+    ModuleHash(Sha256::digest(bytes).into())
+}
+
+fn check_header(bytes: &[u8]) -> Result<(), SandboxError> {
+    if bytes.len() < 8 || &bytes[..4] != b"\0asm" {
+        return Err(SandboxError::NotWasm);
+    }
+    // Core modules have layer 0 (`01 00 00 00`); components `0d 00 01 00`.
+    if bytes[6..8] == [0, 0] {
+        return Err(SandboxError::CoreModule);
+    }
+    Ok(())
+}
+
+fn check_interface(engine: &Engine, component: &Component) -> Result<(), SandboxError> {
+    let ty = component.component_type();
+    let exports: Vec<String> = ty.exports(engine).map(|(n, _)| n.to_string()).collect();
+    let expected = format!("{INTERFACE_PACKAGE}@{INTERFACE_SEMVER}");
+    let job_prefix = format!("{INTERFACE_PACKAGE}/job");
+    match exports.iter().find(|n| n.starts_with(&job_prefix)) {
+        None => {
+            return Err(SandboxError::NotAJob {
+                exports: if exports.is_empty() { "nothing".into() } else { exports.join(", ") },
+            });
+        }
+        Some(n) if *n != format!("{job_prefix}@{INTERFACE_SEMVER}") => {
+            return Err(SandboxError::InterfaceVersion {
+                found: n.replace("/job", ""),
+                expected,
+            });
+        }
+        Some(_) => {}
+    }
+    Ok(())
+}
+
+fn write_atomically(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+    std::fs::write(&tmp, bytes)?;
+    std::fs::rename(&tmp, path)
+}

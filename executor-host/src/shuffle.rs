@@ -1,0 +1,241 @@
+//! Shuffle: map outputs on local disk, the segment server, and the fetcher.
+//!
+//! A map task writes one data file (its reduce partitions' Arrow IPC segments back to
+//! back) and one index file (`partitions + 1` little-endian `u64` offsets) under
+//! `WORK/shuffle/<job>/<shuffle>/`, index last, both by rename, so a reader sees a whole
+//! output or none.
+
+use crate::net::{self, NetError};
+use flint_protocol::ids::{ExecutorId, JobId, ShuffleId};
+use flint_protocol::wire::{FetchSegment, SegmentSource};
+use std::collections::HashMap;
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use thiserror::Error;
+
+#[derive(Debug, Error)]
+pub enum ShuffleError {
+    #[error("shuffle file {path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error("shuffle index {path} is corrupt: {what}")]
+    Corrupt { path: PathBuf, what: String },
+    #[error("reduce partition {reduce} out of range: the map output has {partitions}")]
+    OutOfRange { reduce: u32, partitions: u32 },
+}
+
+pub struct ShuffleStore {
+    root: PathBuf,
+}
+
+impl ShuffleStore {
+    pub fn new(work_dir: &Path) -> ShuffleStore {
+        ShuffleStore {
+            root: work_dir.join("shuffle"),
+        }
+    }
+
+    fn paths(&self, job: JobId, shuffle: ShuffleId, map: u32) -> (PathBuf, PathBuf) {
+        let dir = self.root.join(job.0.to_string()).join(shuffle.0.to_string());
+        (dir.join(format!("map-{map}.data")), dir.join(format!("map-{map}.index")))
+    }
+
+    /// Writes a map output; `segments[p]` is reduce partition `p`'s bytes. Returns sizes.
+    pub fn write(&self, job: JobId, shuffle: ShuffleId, map: u32, segments: &[Vec<u8>]) -> Result<Vec<u64>, ShuffleError> {
+        let (data, index) = self.paths(job, shuffle, map);
+        let io = |path: &Path| {
+            let path = path.to_path_buf();
+            move |source| ShuffleError::Io { path, source }
+        };
+        let dir = data.parent().expect("shuffle paths have a parent");
+        std::fs::create_dir_all(dir).map_err(io(dir))?;
+        let tmp_data = data.with_extension(format!("data.tmp{}", std::process::id()));
+        let mut f = std::io::BufWriter::with_capacity(1 << 20, std::fs::File::create(&tmp_data).map_err(io(&tmp_data))?);
+        let mut offsets = Vec::with_capacity(segments.len() + 1);
+        let mut off = 0u64;
+        offsets.push(0u64);
+        for s in segments {
+            f.write_all(s).map_err(io(&tmp_data))?;
+            off += s.len() as u64;
+            offsets.push(off);
+        }
+        f.flush().map_err(io(&tmp_data))?;
+        drop(f);
+        std::fs::rename(&tmp_data, &data).map_err(io(&data))?;
+        let tmp_index = index.with_extension(format!("index.tmp{}", std::process::id()));
+        let bytes: Vec<u8> = offsets.iter().flat_map(|o| o.to_le_bytes()).collect();
+        std::fs::write(&tmp_index, bytes).map_err(io(&tmp_index))?;
+        std::fs::rename(&tmp_index, &index).map_err(io(&index))?;
+        Ok(segments.iter().map(|s| s.len() as u64).collect())
+    }
+
+    /// Reads reduce partition `reduce`'s segment of one map output.
+    pub fn read(&self, job: JobId, shuffle: ShuffleId, map: u32, reduce: u32) -> Result<Vec<u8>, ShuffleError> {
+        let (data, index) = self.paths(job, shuffle, map);
+        let idx = std::fs::read(&index).map_err(|source| ShuffleError::Io {
+            path: index.clone(),
+            source,
+        })?;
+        let corrupt = |what: &str| ShuffleError::Corrupt {
+            path: index.clone(),
+            what: what.to_string(),
+        };
+        if idx.len() < 16 || idx.len() % 8 != 0 {
+            return Err(corrupt("length is not a whole number of offsets"));
+        }
+        let partitions = (idx.len() / 8 - 1) as u32;
+        if reduce >= partitions {
+            return Err(ShuffleError::OutOfRange { reduce, partitions });
+        }
+        let at = |i: usize| u64::from_le_bytes(idx[i * 8..i * 8 + 8].try_into().expect("8 bytes"));
+        let (start, end) = (at(reduce as usize), at(reduce as usize + 1));
+        if end < start {
+            return Err(corrupt("offsets go backwards"));
+        }
+        let io = |source| ShuffleError::Io {
+            path: data.clone(),
+            source,
+        };
+        let mut f = std::fs::File::open(&data).map_err(io)?;
+        let len = f.metadata().map_err(io)?.len();
+        if end > len {
+            return Err(corrupt("offset past the end of the data file"));
+        }
+        f.seek(SeekFrom::Start(start)).map_err(io)?;
+        let mut buf = vec![0u8; (end - start) as usize];
+        f.read_exact(&mut buf).map_err(io)?;
+        Ok(buf)
+    }
+
+    pub fn remove_job(&self, job: JobId) {
+        let _ = std::fs::remove_dir_all(self.root.join(job.0.to_string()));
+    }
+}
+
+/// Serves segment fetches on one peer connection until it closes.
+pub async fn serve_connection(conn: quinn::Connection, store: std::sync::Arc<ShuffleStore>, served: std::sync::Arc<std::sync::atomic::AtomicU64>) {
+    while let Ok((mut send, mut recv)) = conn.accept_bi().await {
+        let store = store.clone();
+        let served = served.clone();
+        tokio::spawn(async move {
+            let req: FetchSegment = match net::expect_frame(&mut recv, 1 << 10).await {
+                Ok(r) => r,
+                Err(e) => {
+                    tracing::debug!("bad fetch request: {e}");
+                    return;
+                }
+            };
+            let data = tokio::task::spawn_blocking(move || store.read(req.job, req.shuffle, req.map_partition, req.reduce_partition))
+                .await
+                .map_err(|e| e.to_string())
+                .and_then(|r| r.map_err(|e| e.to_string()));
+            if let Ok(d) = &data {
+                served.fetch_add(d.len() as u64, std::sync::atomic::Ordering::Relaxed);
+            }
+            let _ = net::send_blob(&mut send, data.as_deref().map_err(|e| e.clone())).await;
+        });
+    }
+}
+
+#[derive(Debug, Error)]
+#[error("fetching map output {map_partition} from {executor} at {addr}: {source}")]
+pub struct FetchError {
+    pub executor: ExecutorId,
+    pub addr: String,
+    pub map_partition: u32,
+    pub source: Box<dyn std::error::Error + Send + Sync>,
+}
+
+/// Fetches segments: local reads for this executor's own outputs, QUIC for peers'.
+pub struct Fetcher {
+    endpoint: quinn::Endpoint,
+    me: ExecutorId,
+    store: std::sync::Arc<ShuffleStore>,
+    conns: Mutex<HashMap<String, quinn::Connection>>,
+}
+
+impl Fetcher {
+    pub fn new(endpoint: quinn::Endpoint, me: ExecutorId, store: std::sync::Arc<ShuffleStore>) -> Fetcher {
+        Fetcher {
+            endpoint,
+            me,
+            store,
+            conns: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// One segment; the flag says whether it crossed the network.
+    pub async fn fetch(&self, job: JobId, shuffle: ShuffleId, reduce: u32, src: &SegmentSource) -> Result<(Vec<u8>, bool), FetchError> {
+        let fail = |source: Box<dyn std::error::Error + Send + Sync>| FetchError {
+            executor: src.executor,
+            addr: src.addr.clone(),
+            map_partition: src.map_partition,
+            source,
+        };
+        if src.executor == self.me {
+            let store = self.store.clone();
+            let map = src.map_partition;
+            let data = tokio::task::spawn_blocking(move || store.read(job, shuffle, map, reduce))
+                .await
+                .map_err(|e| fail(Box::new(e)))?
+                .map_err(|e| fail(Box::new(e)))?;
+            return Ok((data, false));
+        }
+        let conn = self.connection(&src.addr).await.map_err(|e| fail(Box::new(e)))?;
+        let req = FetchSegment {
+            job,
+            shuffle,
+            map_partition: src.map_partition,
+            reduce_partition: reduce,
+        };
+        let result = async {
+            let (mut send, mut recv) = conn.open_bi().await?;
+            net::write_frame(&mut send, &req).await?;
+            let _ = send.finish();
+            net::recv_blob(&mut recv, src.size.max(1) * 2 + 4096).await
+        }
+        .await;
+        match result {
+            Ok(data) => Ok((data, true)),
+            Err(e) => {
+                self.conns.lock().unwrap_or_else(|p| p.into_inner()).remove(&src.addr);
+                Err(fail(Box::new(e)))
+            }
+        }
+    }
+
+    async fn connection(&self, addr: &str) -> Result<quinn::Connection, NetError> {
+        if let Some(c) = self.conns.lock().unwrap_or_else(|p| p.into_inner()).get(addr) {
+            if c.close_reason().is_none() {
+                return Ok(c.clone());
+            }
+        }
+        let c = net::connect(&self.endpoint, addr, crate::tls::MEMBER_NAME).await?;
+        self.conns
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(addr.to_string(), c.clone());
+        Ok(c)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn segments_roundtrip_and_bad_requests_are_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = ShuffleStore::new(dir.path());
+        let segs = vec![b"abc".to_vec(), Vec::new(), b"defgh".to_vec()];
+        let sizes = store.write(JobId(1), ShuffleId(0), 4, &segs).unwrap();
+        assert_eq!(sizes, vec![3, 0, 5]);
+        assert_eq!(store.read(JobId(1), ShuffleId(0), 4, 2).unwrap(), b"defgh");
+        assert!(store.read(JobId(1), ShuffleId(0), 4, 1).unwrap().is_empty());
+        assert!(matches!(store.read(JobId(1), ShuffleId(0), 4, 3), Err(ShuffleError::OutOfRange { .. })));
+        assert!(matches!(store.read(JobId(1), ShuffleId(0), 5, 0), Err(ShuffleError::Io { .. })));
+        let (_, index) = store.paths(JobId(1), ShuffleId(0), 4);
+        std::fs::write(&index, [0xff; 24]).unwrap();
+        assert!(matches!(store.read(JobId(1), ShuffleId(0), 4, 0), Err(ShuffleError::Corrupt { .. })));
+    }
+}
