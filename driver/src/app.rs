@@ -1,0 +1,330 @@
+//! One submitted application: its driver program runs in a sandbox on the driver, and
+//! each action it takes (`run-action`) becomes a job on the cluster.
+
+use crate::cluster::{Event, JobSpec};
+use crate::output::OutputCommit;
+use crate::splits;
+use flint_executor_host::sandbox::{self, wit, ActionRunner, Sandbox, SandboxError, StoreLimits};
+use flint_protocol::conf::Conf;
+use flint_protocol::dag::{build_dag, StageInput};
+use flint_protocol::ids::{JobId, ModuleHash};
+use flint_protocol::plan::{Action, FnRef, LogicalPlan, Node, PlanError};
+use flint_protocol::wire::{AppSummary, SubmitEvent, SubmitRequest, TaskLimits, TaskSuccess};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+use tokio::sync::{mpsc, oneshot};
+
+/// What every application on this driver shares.
+pub struct DriverShared {
+    pub events: mpsc::Sender<Event>,
+    pub sandbox: Arc<Sandbox>,
+    /// Component bytes by hash, for executors that have not compiled them yet.
+    pub modules: Mutex<HashMap<ModuleHash, Arc<Vec<u8>>>>,
+    pub conf: Conf,
+    next_job: AtomicU64,
+    next_app: AtomicU64,
+}
+
+impl DriverShared {
+    pub fn new(events: mpsc::Sender<Event>, sandbox: Arc<Sandbox>, conf: Conf) -> Self {
+        DriverShared {
+            events,
+            sandbox,
+            modules: Mutex::new(HashMap::new()),
+            conf,
+            next_job: AtomicU64::new(1),
+            next_app: AtomicU64::new(1),
+        }
+    }
+}
+
+/// Converts what the guest sent into the protocol's plan, checking its structure.
+pub fn to_logical(plan: wit::Plan, action: wit::Action) -> Result<LogicalPlan, PlanError> {
+    let nodes = plan
+        .nodes
+        .into_iter()
+        .map(|n| match n {
+            wit::PlanNode::TextFile(t) => Node::TextFile {
+                paths: t.paths,
+                min_partitions: t.min_partitions,
+                decode: FnRef(t.decode),
+            },
+            wit::PlanNode::Narrow(n) => Node::Narrow {
+                parent: n.parent as usize,
+                apply: FnRef(n.apply),
+                name: n.name,
+            },
+            wit::PlanNode::Shuffle(s) => Node::Shuffle {
+                parent: s.parent as usize,
+                partitions: s.partitions,
+                write: FnRef(s.write),
+                read: FnRef(s.read),
+                name: s.name,
+            },
+        })
+        .collect();
+    let action = match action {
+        wit::Action::Collect(encode) => Action::Collect { encode: FnRef(encode) },
+        wit::Action::Count => Action::Count,
+        wit::Action::SaveAsText(s) => Action::SaveAsText {
+            path: s.path,
+            render: FnRef(s.render),
+        },
+    };
+    let plan = LogicalPlan { nodes, action };
+    plan.validate()?;
+    Ok(plan)
+}
+
+fn chain(message: impl Into<String>, causes: Vec<String>) -> wit::ErrorChain {
+    wit::ErrorChain {
+        message: message.into(),
+        causes,
+    }
+}
+
+struct AppActions {
+    shared: Arc<DriverShared>,
+    app: u64,
+    module: ModuleHash,
+    conf: Conf,
+    events: mpsc::Sender<SubmitEvent>,
+    jobs: AtomicU64,
+}
+
+impl ActionRunner for AppActions {
+    fn run(
+        &self,
+        plan: wit::Plan,
+        action: wit::Action,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<wit::ActionResult, wit::ErrorChain>> + Send + '_>> {
+        Box::pin(self.run_action(plan, action))
+    }
+}
+
+impl AppActions {
+    async fn run_action(&self, plan: wit::Plan, action: wit::Action) -> Result<wit::ActionResult, wit::ErrorChain> {
+        let plan = to_logical(plan, action).map_err(|e| chain("the job's plan is invalid", vec![e.to_string()]))?;
+        let job = JobId(self.shared.next_job.fetch_add(1, Ordering::Relaxed));
+        self.jobs.fetch_add(1, Ordering::Relaxed);
+        let action_name = plan.action.name();
+        let fail = |e: String| chain(format!("{job} ({action_name}) failed"), vec![e]);
+
+        // Input splits, per source node.
+        let (tx, rx) = oneshot::channel();
+        let _ = self.shared.events.send(Event::TotalCores { reply: tx }).await;
+        let cores = rx.await.unwrap_or(2).max(2);
+        let max_split = self.conf.bytes("files.max_partition_bytes");
+        let mut node_splits = HashMap::new();
+        for (i, n) in plan.nodes.iter().enumerate() {
+            if let Node::TextFile { paths, min_partitions, .. } = n {
+                let paths = paths.clone();
+                let min = (*min_partitions).max(cores);
+                let s = tokio::task::spawn_blocking(move || splits::plan(&paths, min, max_split))
+                    .await
+                    .map_err(|e| fail(e.to_string()))?
+                    .map_err(|e| fail(e.to_string()))?;
+                node_splits.insert(i, s);
+            }
+        }
+        let dag = build_dag(
+            &plan,
+            &|n| node_splits.get(&n).map_or(0, |s| s.len() as u32),
+            self.conf.count("shuffle.partitions"),
+        )
+        .map_err(|e| fail(e.to_string()))?;
+        let mut stage_splits = HashMap::new();
+        for s in &dag.stages {
+            if let StageInput::TextFile { node, .. } = s.input {
+                stage_splits.insert(s.index, node_splits.get(&node).cloned().unwrap_or_default());
+            }
+        }
+        let text_output = match &plan.action {
+            Action::SaveAsText { path, .. } => Some(Arc::new(OutputCommit::prepare(path, job).map_err(|e| fail(e.to_string()))?)),
+            _ => None,
+        };
+        let max_result = self.conf.bytes("driver.max_result_size");
+        let spec = JobSpec {
+            app: self.app,
+            dag: dag.clone(),
+            module: self.module,
+            splits: stage_splits,
+            text_output: text_output.clone(),
+            limits: TaskLimits {
+                memory_bytes: self.conf.bytes("task.memory"),
+                deadline_ms: self.conf.duration("task.deadline").as_millis() as u64,
+                max_bytes_in_flight: self.conf.bytes("shuffle.max_bytes_in_flight"),
+                max_result_bytes: max_result,
+            },
+        };
+        let _ = self
+            .events
+            .send(SubmitEvent::JobStarted {
+                job,
+                action: action_name.to_string(),
+                stages: dag.stages.iter().map(|s| format!("{} task(s): {}", s.partitions, s.name)).collect(),
+            })
+            .await;
+        let started = Instant::now();
+        let (tx, rx) = oneshot::channel();
+        let sent = self
+            .shared
+            .events
+            .send(Event::Submit {
+                job,
+                spec: Box::new(spec),
+                reply: tx,
+            })
+            .await;
+        let outcome = match sent {
+            Ok(()) => rx.await.unwrap_or_else(|_| {
+                Err(flint_protocol::scheduler::JobFailure {
+                    message: "the driver is shutting down".into(),
+                    causes: vec![],
+                })
+            }),
+            Err(_) => Err(flint_protocol::scheduler::JobFailure {
+                message: "the driver is shutting down".into(),
+                causes: vec![],
+            }),
+        };
+        let ok = outcome.is_ok();
+        let _ = self
+            .events
+            .send(SubmitEvent::JobEnded {
+                job,
+                ok,
+                ms: started.elapsed().as_millis() as u64,
+            })
+            .await;
+        let results = match outcome {
+            Ok(r) => r,
+            Err(f) => {
+                if let Some(out) = &text_output {
+                    out.abort();
+                }
+                let mut causes = vec![f.message];
+                causes.extend(f.causes);
+                return Err(chain(format!("{job} ({action_name}) failed"), causes));
+            }
+        };
+        match plan.action {
+            Action::SaveAsText { .. } => {
+                let out = text_output.expect("save_as_text prepared its output");
+                let o = out.clone();
+                tokio::task::spawn_blocking(move || o.commit_job())
+                    .await
+                    .map_err(|e| fail(e.to_string()))?
+                    .map_err(|e| {
+                        out.abort();
+                        fail(e.to_string())
+                    })?;
+                Ok(wit::ActionResult::Saved)
+            }
+            Action::Count => Ok(wit::ActionResult::Count(
+                results
+                    .iter()
+                    .map(|r| match r {
+                        Some(TaskSuccess::Count(n)) => *n,
+                        _ => 0,
+                    })
+                    .sum(),
+            )),
+            Action::Collect { .. } => {
+                let mut all = Vec::new();
+                let mut bytes = 0u64;
+                for r in results.into_iter().flatten() {
+                    if let TaskSuccess::Rows { batches } = r {
+                        for b in batches {
+                            bytes += b.len() as u64;
+                            if bytes > max_result {
+                                return Err(fail(format!(
+                                    "collect's result exceeds driver.max_result_size ({max_result} bytes); write large results with save_as_text instead"
+                                )));
+                            }
+                            all.push(b);
+                        }
+                    }
+                }
+                Ok(wit::ActionResult::Rows(all))
+            }
+        }
+    }
+}
+
+/// Runs an application to its end. Errors are chains, outermost first.
+pub async fn run_application(
+    shared: Arc<DriverShared>,
+    req: SubmitRequest,
+    events: mpsc::Sender<SubmitEvent>,
+) -> Result<AppSummary, Vec<String>> {
+    let started = Instant::now();
+    let app = shared.next_app.fetch_add(1, Ordering::Relaxed);
+    let mut conf = shared.conf.clone();
+    let job_conf = Conf::from_pairs(&req.conf).map_err(|e| vec![e.to_string()])?;
+    conf.overlay(&job_conf);
+    let name = req.name.clone();
+    let bytes = Arc::new(req.component);
+    let module = sandbox::hash_bytes(&bytes);
+    let (loaded, _) = shared
+        .sandbox
+        .load_bytes(bytes.to_vec())
+        .await
+        .map_err(|e| load_error(&name, e))?;
+    shared
+        .modules
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .insert(module, bytes);
+    tracing::info!(app, %name, %module, "application started");
+    let actions = Arc::new(AppActions {
+        shared: shared.clone(),
+        app,
+        module,
+        conf: conf.clone(),
+        events,
+        jobs: AtomicU64::new(0),
+    });
+    let limits = StoreLimits {
+        memory_bytes: conf.bytes("task.memory"),
+        deadline: None,
+        output_bytes: conf.bytes("driver.max_main_output") as usize,
+    };
+    let mut store = shared.sandbox.store(&limits, Some(actions.clone()));
+    let result = async {
+        let instance = loaded.instantiate(&mut store).await?;
+        match instance.flint_job_job().call_main(&mut store, &req.args).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(sandbox::guest_error(e)),
+            Err(trap) => Err(sandbox::classify(trap, &store)),
+        }
+    }
+    .await;
+    let (tx, rx) = oneshot::channel();
+    let _ = shared.events.send(Event::AppDone { app, reply: tx }).await;
+    let executors = rx.await.unwrap_or_default();
+    shared.modules.lock().unwrap_or_else(|p| p.into_inner()).remove(&module);
+    match result {
+        Ok(()) => Ok(AppSummary {
+            elapsed_ms: started.elapsed().as_millis() as u64,
+            jobs: actions.jobs.load(Ordering::Relaxed) as u32,
+            tasks: executors.iter().map(|e| e.tasks_succeeded + e.tasks_failed).sum(),
+            failed_tasks: executors.iter().map(|e| e.tasks_failed).sum(),
+            stdout: store.data().stdout(),
+            executors,
+        }),
+        Err(e) => {
+            let mut c = vec![format!("job program {name} failed")];
+            c.extend(e.chain());
+            Err(c)
+        }
+    }
+}
+
+fn load_error(name: &str, e: SandboxError) -> Vec<String> {
+    let mut c = vec![format!("cannot load {name}")];
+    c.extend(e.chain());
+    c
+}

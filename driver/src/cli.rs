@@ -1,0 +1,377 @@
+//! The `flint` command line.
+
+use crate::client::{self, ClusterFile};
+use crate::local::LocalCluster;
+use crate::server::{self, DriverConfig};
+use anyhow::{bail, Context as _};
+use clap::{Args, Parser, Subcommand};
+use flint_executor_host::tls::{self, ClusterCredentials};
+use flint_executor_host::ExecutorConfig;
+use flint_protocol::conf::Conf;
+use flint_protocol::wire::{AppSummary, SubmitEvent, SubmitRequest};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use tokio_util::sync::CancellationToken;
+
+#[derive(Parser)]
+#[command(name = "flint", version, about = "Flint: a Spark-style engine whose user code is WebAssembly")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a job on an embedded local cluster (driver and executors in this process).
+    Run {
+        /// A built job `.wasm`, or a job crate directory (built for wasm32-wasip2 first).
+        job: PathBuf,
+        #[arg(long, default_value_t = 2)]
+        executors: u32,
+        /// Task slots per executor.
+        #[arg(long, default_value_t = 2)]
+        cores: u32,
+        #[command(flatten)]
+        settings: Settings,
+        #[command(flatten)]
+        report: Report,
+        /// Arguments for the job's `main`.
+        #[arg(last = true)]
+        args: Vec<String>,
+    },
+    /// Start a driver; executors and submitters join it with `DIR/cluster.json`.
+    Driver {
+        #[arg(long, default_value = "127.0.0.1:7077")]
+        listen: std::net::SocketAddr,
+        #[arg(long)]
+        state_dir: PathBuf,
+        #[command(flatten)]
+        settings: Settings,
+    },
+    /// Start an executor that joins a driver.
+    Executor {
+        /// The driver's `cluster.json`.
+        #[arg(long)]
+        join: PathBuf,
+        #[arg(long, default_value_t = 2)]
+        cores: u32,
+        #[arg(long)]
+        work_dir: PathBuf,
+        /// Where this executor serves shuffle data.
+        #[arg(long, default_value = "127.0.0.1:0")]
+        listen: std::net::SocketAddr,
+        /// Compiled-component cache; default WORK_DIR/compiled.
+        #[arg(long)]
+        cache_dir: Option<PathBuf>,
+    },
+    /// Submit a job to a running driver; exits 0 when it succeeded.
+    Submit {
+        #[arg(long)]
+        join: PathBuf,
+        job: PathBuf,
+        #[command(flatten)]
+        settings: Settings,
+        #[command(flatten)]
+        report: Report,
+        #[arg(last = true)]
+        args: Vec<String>,
+    },
+}
+
+#[derive(Args)]
+struct Settings {
+    /// A setting, KEY=VALUE (repeatable); see `flint_protocol::conf::KEYS`.
+    #[arg(long = "conf", value_name = "KEY=VALUE")]
+    conf: Vec<String>,
+    /// A file of `key = value` lines; `--conf` wins over it.
+    #[arg(long)]
+    conf_file: Option<PathBuf>,
+}
+
+impl Settings {
+    fn load(&self) -> anyhow::Result<Conf> {
+        let mut c = Conf::default();
+        if let Some(f) = &self.conf_file {
+            let text = std::fs::read_to_string(f).with_context(|| format!("reading config file {}", f.display()))?;
+            c.merge_file(&f.display().to_string(), &text)?;
+        }
+        for pair in &self.conf {
+            c.set_pair(pair)?;
+        }
+        Ok(c)
+    }
+}
+
+#[derive(Args)]
+struct Report {
+    /// Write the application summary (per-executor metrics) as JSON here.
+    #[arg(long)]
+    summary_json: Option<PathBuf>,
+}
+
+/// Entry point of the `flint` binary.
+pub fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()))
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: starting the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {}", e.chain().map(|c| c.to_string()).collect::<Vec<_>>().join("\n  caused by: "));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Run {
+            job,
+            executors,
+            cores,
+            settings,
+            report,
+            args,
+        } => {
+            let conf = settings.load()?;
+            if executors == 0 || cores == 0 {
+                bail!("--executors and --cores must be at least 1");
+            }
+            let (name, component) = load_job(&job)?;
+            let cluster = LocalCluster::start(executors, cores, conf.clone(), default_cache_dir()).await?;
+            let req = request(name, component, args, &conf);
+            let result = client::submit(&cluster.member, &cluster.driver_addr, req, progress).await?;
+            finish(result, &report)
+        }
+        Command::Driver {
+            listen,
+            state_dir,
+            settings,
+        } => {
+            let conf = settings.load()?;
+            std::fs::create_dir_all(&state_dir).with_context(|| format!("creating state dir {}", state_dir.display()))?;
+            let creds = ClusterCredentials::generate()?;
+            let endpoint = tls::endpoint(&creds.driver, listen).with_context(|| format!("listening on {listen}"))?;
+            let addr = endpoint.local_addr()?;
+            let cluster_file = state_dir.join("cluster.json");
+            ClusterFile {
+                driver: addr.to_string(),
+                protocol_version: flint_protocol::PROTOCOL_VERSION,
+                member: creds.member,
+            }
+            .save(&cluster_file)
+            .with_context(|| format!("writing {}", cluster_file.display()))?;
+            println!("flint driver listening on {addr}; members join with {}", cluster_file.display());
+            let shutdown = shutdown_on_signal();
+            server::serve(
+                DriverConfig {
+                    conf,
+                    sandbox: None,
+                    cache_dir: Some(state_dir.join("compiled")),
+                },
+                endpoint,
+                shutdown,
+            )
+            .await?;
+            Ok(())
+        }
+        Command::Executor {
+            join,
+            cores,
+            work_dir,
+            listen,
+            cache_dir,
+        } => {
+            let cluster = ClusterFile::load(&join)?;
+            check_version(&cluster)?;
+            let endpoint = tls::endpoint(&cluster.member, listen).with_context(|| format!("listening on {listen}"))?;
+            let config = ExecutorConfig {
+                driver_addr: cluster.driver.clone(),
+                cores,
+                cache_dir: Some(cache_dir.unwrap_or_else(|| work_dir.join("compiled"))),
+                work_dir,
+                advertise_addr: None,
+                sandbox: None,
+            };
+            flint_executor_host::serve(config, endpoint, shutdown_on_signal())
+                .await
+                .with_context(|| format!("executor of driver {}", cluster.driver))?;
+            Ok(())
+        }
+        Command::Submit {
+            join,
+            job,
+            settings,
+            report,
+            args,
+        } => {
+            let conf = settings.load()?;
+            let cluster = ClusterFile::load(&join)?;
+            check_version(&cluster)?;
+            let (name, component) = load_job(&job)?;
+            let req = request(name, component, args, &conf);
+            let result = client::submit(&cluster.member, &cluster.driver, req, progress).await?;
+            finish(result, &report)
+        }
+    }
+}
+
+fn check_version(c: &ClusterFile) -> anyhow::Result<()> {
+    if c.protocol_version != flint_protocol::PROTOCOL_VERSION {
+        bail!(
+            "the cluster speaks protocol version {}, this flint speaks {}",
+            c.protocol_version,
+            flint_protocol::PROTOCOL_VERSION
+        );
+    }
+    Ok(())
+}
+
+fn request(name: String, component: Vec<u8>, args: Vec<String>, conf: &Conf) -> SubmitRequest {
+    SubmitRequest {
+        protocol_version: flint_protocol::PROTOCOL_VERSION,
+        name,
+        component,
+        args,
+        conf: conf.pairs(),
+    }
+}
+
+fn progress(ev: &SubmitEvent) {
+    match ev {
+        SubmitEvent::JobStarted { job, action, stages } => {
+            eprintln!("flint: {job} ({action}) started, {} stage(s):", stages.len());
+            for (i, s) in stages.iter().enumerate() {
+                eprintln!("flint:   stage {i}: {s}");
+            }
+        }
+        SubmitEvent::JobEnded { job, ok, ms } => {
+            eprintln!("flint: {job} {} in {:.2}s", if *ok { "succeeded" } else { "failed" }, *ms as f64 / 1000.0);
+        }
+        SubmitEvent::Finished(_) => {}
+    }
+}
+
+fn finish(result: Result<AppSummary, Vec<String>>, report: &Report) -> anyhow::Result<()> {
+    match result {
+        Ok(summary) => {
+            print!("{}", summary.stdout);
+            let shuffled: u64 = summary.executors.iter().map(|e| e.metrics.shuffle_write_bytes).sum();
+            let remote: u64 = summary.executors.iter().map(|e| e.metrics.shuffle_read_remote_bytes).sum();
+            eprintln!(
+                "flint: done in {:.2}s: {} job(s), {} task(s) ({} failed), {} shuffle bytes written, {} fetched from peers",
+                summary.elapsed_ms as f64 / 1000.0,
+                summary.jobs,
+                summary.tasks,
+                summary.failed_tasks,
+                shuffled,
+                remote
+            );
+            if let Some(path) = &report.summary_json {
+                std::fs::write(path, serde_json::to_string_pretty(&summary)?).with_context(|| format!("writing {}", path.display()))?;
+            }
+            Ok(())
+        }
+        Err(chain) => {
+            let mut it = chain.into_iter().rev();
+            let mut err = anyhow::anyhow!(it.next().unwrap_or_else(|| "the job failed".into()));
+            for c in it {
+                err = err.context(c);
+            }
+            Err(err)
+        }
+    }
+}
+
+fn shutdown_on_signal() -> CancellationToken {
+    let token = CancellationToken::new();
+    let t = token.clone();
+    tokio::spawn(async move {
+        let _ = tokio::signal::ctrl_c().await;
+        t.cancel();
+    });
+    token
+}
+
+fn default_cache_dir() -> Option<PathBuf> {
+    if let Some(d) = std::env::var_os("FLINT_CACHE_DIR") {
+        return Some(d.into());
+    }
+    let base = std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))?;
+    Some(base.join("flint").join("compiled"))
+}
+
+/// A job's name and component bytes: a `.wasm` file, or a crate directory to build.
+fn load_job(job: &Path) -> anyhow::Result<(String, Vec<u8>)> {
+    let wasm = if job.is_dir() {
+        build_job_crate(job)?
+    } else {
+        job.to_path_buf()
+    };
+    let bytes = std::fs::read(&wasm).with_context(|| format!("reading job {}", wasm.display()))?;
+    let name = wasm
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "job".into());
+    Ok((name, bytes))
+}
+
+/// `cargo build --target wasm32-wasip2 --profile guest` in a job crate; returns its `.wasm`.
+pub fn build_job_crate(dir: &Path) -> anyhow::Result<PathBuf> {
+    let manifest = dir.join("Cargo.toml");
+    if !manifest.is_file() {
+        bail!("{} is a directory without a Cargo.toml: give a job crate or a .wasm file", dir.display());
+    }
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let meta = std::process::Command::new(&cargo)
+        .args(["metadata", "--format-version", "1", "--no-deps", "--manifest-path"])
+        .arg(&manifest)
+        .output()
+        .with_context(|| "running cargo metadata (is cargo installed?)")?;
+    if !meta.status.success() {
+        bail!("cargo metadata failed for {}: {}", manifest.display(), String::from_utf8_lossy(&meta.stderr));
+    }
+    let meta: serde_json::Value = serde_json::from_slice(&meta.stdout)?;
+    let target_dir = PathBuf::from(meta["target_directory"].as_str().unwrap_or("target")).join("flint-guest");
+    eprintln!("flint: building {} for wasm32-wasip2", dir.display());
+    let out = std::process::Command::new(&cargo)
+        .args(["build", "--target", "wasm32-wasip2", "--profile", "guest", "--message-format", "json-render-diagnostics", "--manifest-path"])
+        .arg(&manifest)
+        .arg("--target-dir")
+        .arg(&target_dir)
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .context("running cargo build")?;
+    if !out.status.success() {
+        bail!("building {} failed (see cargo's output above); is the target installed? `rustup target add wasm32-wasip2`", dir.display());
+    }
+    let manifest_abs = std::fs::canonicalize(&manifest)?;
+    let mut found = None;
+    for line in out.stdout.split(|b| *b == b'\n') {
+        let Ok(msg) = serde_json::from_slice::<serde_json::Value>(line) else { continue };
+        if msg["reason"] != "compiler-artifact" {
+            continue;
+        }
+        let same = msg["manifest_path"].as_str().map(PathBuf::from).and_then(|p| std::fs::canonicalize(p).ok()) == Some(manifest_abs.clone());
+        if !same {
+            continue;
+        }
+        for f in msg["filenames"].as_array().into_iter().flatten() {
+            if let Some(f) = f.as_str().filter(|f| f.ends_with(".wasm")) {
+                found = Some(PathBuf::from(f));
+            }
+        }
+    }
+    found.ok_or_else(|| anyhow::anyhow!("{} built no .wasm: a job crate needs `crate-type = [\"cdylib\"]`", dir.display()))
+}

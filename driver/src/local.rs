@@ -1,0 +1,72 @@
+//! The embedded local cluster of `flint run`: a driver and N executors in this process,
+//! talking over loopback QUIC with the same certificates as a real cluster.
+
+use crate::server::{self, DriverConfig};
+use flint_executor_host::sandbox::{Sandbox, SandboxOptions};
+use flint_executor_host::tls::{self, ClusterCredentials, Identity};
+use flint_executor_host::ExecutorConfig;
+use flint_protocol::conf::Conf;
+use std::path::PathBuf;
+use tokio_util::sync::CancellationToken;
+
+pub struct LocalCluster {
+    pub driver_addr: String,
+    pub member: Identity,
+    shutdown: CancellationToken,
+    _work: tempfile::TempDir,
+}
+
+impl LocalCluster {
+    pub async fn start(executors: u32, cores: u32, conf: Conf, cache_dir: Option<PathBuf>) -> anyhow::Result<LocalCluster> {
+        let creds = ClusterCredentials::generate()?;
+        let loopback: std::net::SocketAddr = "127.0.0.1:0".parse()?;
+        let driver_ep = tls::endpoint(&creds.driver, loopback)?;
+        let driver_addr = driver_ep.local_addr()?.to_string();
+        // One sandbox for the whole process: a component compiles once, not once per executor.
+        let sandbox = Sandbox::new(SandboxOptions {
+            max_instances: executors * cores * 2 + 8,
+            max_memory_bytes: conf.bytes("task.memory").max(1 << 20),
+            cache_dir,
+        })?;
+        let shutdown = CancellationToken::new();
+        let work = tempfile::Builder::new().prefix("flint-local-").tempdir()?;
+        tokio::spawn(server::serve(
+            DriverConfig {
+                conf,
+                sandbox: Some(sandbox.clone()),
+                cache_dir: None,
+            },
+            driver_ep,
+            shutdown.clone(),
+        ));
+        for i in 0..executors {
+            let ep = tls::endpoint(&creds.member, loopback)?;
+            let config = ExecutorConfig {
+                driver_addr: driver_addr.clone(),
+                cores,
+                work_dir: work.path().join(format!("executor-{i}")),
+                advertise_addr: None,
+                sandbox: Some(sandbox.clone()),
+                cache_dir: None,
+            };
+            let token = shutdown.clone();
+            tokio::spawn(async move {
+                if let Err(e) = flint_executor_host::serve(config, ep, token).await {
+                    tracing::error!("local executor {i} stopped: {e}");
+                }
+            });
+        }
+        Ok(LocalCluster {
+            driver_addr,
+            member: creds.member,
+            shutdown,
+            _work: work,
+        })
+    }
+}
+
+impl Drop for LocalCluster {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
