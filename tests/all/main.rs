@@ -1,1 +1,6 @@
+//! Cross-process tests of the `flint` binary: real processes, real QUIC, real wasmtime.
 
+mod bad_input;
+mod multiprocess;
+mod util;
+mod wordcount;
