@@ -14,7 +14,10 @@ const GUESTS: &[(&str, &str, &str)] = &[
 
 fn main() {
     let manifest_dir = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").expect("cargo sets it"));
-    let root = manifest_dir.parent().expect("udfs lives in the workspace").to_path_buf();
+    let root = manifest_dir
+        .parent()
+        .expect("udfs lives in the workspace")
+        .to_path_buf();
     for dir in ["guest-sdk", "examples/wordcount", "udfs/guests"] {
         println!("cargo:rerun-if-changed={}", root.join(dir).display());
     }
@@ -26,17 +29,33 @@ fn main() {
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let mut cmd = Command::new(cargo);
     cmd.current_dir(&root)
-        .args(["build", "--target", "wasm32-wasip2", "--profile", "guest", "--locked"])
+        .args([
+            "build",
+            "--target",
+            "wasm32-wasip2",
+            "--profile",
+            "guest",
+            "--locked",
+        ])
         .arg("--target-dir")
         .arg(&target_dir);
     for p in ["wordcount", "flint-test-guests"] {
         cmd.args(["-p", p]);
     }
     // The outer build's flags are for the host, not for the guests.
-    for var in ["CARGO_ENCODED_RUSTFLAGS", "RUSTFLAGS", "CARGO_BUILD_RUSTFLAGS", "CARGO_MAKEFLAGS", "MAKEFLAGS", "MFLAGS"] {
+    for var in [
+        "CARGO_ENCODED_RUSTFLAGS",
+        "RUSTFLAGS",
+        "CARGO_BUILD_RUSTFLAGS",
+        "CARGO_MAKEFLAGS",
+        "MAKEFLAGS",
+        "MFLAGS",
+    ] {
         cmd.env_remove(var);
     }
-    let status = cmd.status().expect("running cargo for the guest components");
+    let status = cmd
+        .status()
+        .expect("running cargo for the guest components");
     assert!(
         status.success(),
         "building the guest components failed; is the target installed? `rustup target add wasm32-wasip2`"
@@ -46,7 +65,10 @@ fn main() {
     for (name, _, stem) in GUESTS {
         let path = out_dir.join(format!("{stem}.wasm"));
         assert!(path.is_file(), "missing guest artifact {}", path.display());
-        consts.push_str(&format!("/// `{stem}.wasm`\npub const {name}: &str = {:?};\n", path.display().to_string()));
+        consts.push_str(&format!(
+            "/// `{stem}.wasm`\npub const {name}: &str = {:?};\n",
+            path.display().to_string()
+        ));
     }
     let out = PathBuf::from(std::env::var("OUT_DIR").expect("cargo sets it")).join("artifacts.rs");
     std::fs::write(out, consts).expect("writing artifacts.rs");

@@ -4,9 +4,9 @@
 use crate::cluster::{Event, JobSpec};
 use crate::output::OutputCommit;
 use crate::splits;
-use flint_executor_host::sandbox::{self, wit, ActionRunner, Sandbox, SandboxError, StoreLimits};
+use flint_executor_host::sandbox::{self, ActionRunner, Sandbox, SandboxError, StoreLimits, wit};
 use flint_protocol::conf::Conf;
-use flint_protocol::dag::{build_dag, StageInput};
+use flint_protocol::dag::{StageInput, build_dag};
 use flint_protocol::ids::{JobId, ModuleHash};
 use flint_protocol::plan::{Action, FnRef, LogicalPlan, Node, PlanError};
 use flint_protocol::wire::{AppSummary, SubmitEvent, SubmitRequest, TaskLimits, TaskSuccess};
@@ -66,7 +66,9 @@ pub fn to_logical(plan: wit::Plan, action: wit::Action) -> Result<LogicalPlan, P
         })
         .collect();
     let action = match action {
-        wit::Action::Collect(encode) => Action::Collect { encode: FnRef(encode) },
+        wit::Action::Collect(encode) => Action::Collect {
+            encode: FnRef(encode),
+        },
         wit::Action::Count => Action::Count,
         wit::Action::SaveAsText(s) => Action::SaveAsText {
             path: s.path,
@@ -99,14 +101,25 @@ impl ActionRunner for AppActions {
         &self,
         plan: wit::Plan,
         action: wit::Action,
-    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<wit::ActionResult, wit::ErrorChain>> + Send + '_>> {
+    ) -> std::pin::Pin<
+        Box<
+            dyn std::future::Future<Output = Result<wit::ActionResult, wit::ErrorChain>>
+                + Send
+                + '_,
+        >,
+    > {
         Box::pin(self.run_action(plan, action))
     }
 }
 
 impl AppActions {
-    async fn run_action(&self, plan: wit::Plan, action: wit::Action) -> Result<wit::ActionResult, wit::ErrorChain> {
-        let plan = to_logical(plan, action).map_err(|e| chain("the job's plan is invalid", vec![e.to_string()]))?;
+    async fn run_action(
+        &self,
+        plan: wit::Plan,
+        action: wit::Action,
+    ) -> Result<wit::ActionResult, wit::ErrorChain> {
+        let plan = to_logical(plan, action)
+            .map_err(|e| chain("the job's plan is invalid", vec![e.to_string()]))?;
         let job = JobId(self.shared.next_job.fetch_add(1, Ordering::Relaxed));
         self.jobs.fetch_add(1, Ordering::Relaxed);
         let action_name = plan.action.name();
@@ -114,12 +127,21 @@ impl AppActions {
 
         // Input splits, per source node.
         let (tx, rx) = oneshot::channel();
-        let _ = self.shared.events.send(Event::TotalCores { reply: tx }).await;
+        let _ = self
+            .shared
+            .events
+            .send(Event::TotalCores { reply: tx })
+            .await;
         let cores = rx.await.unwrap_or(2).max(2);
         let max_split = self.conf.bytes("files.max_partition_bytes");
         let mut node_splits = HashMap::new();
         for (i, n) in plan.nodes.iter().enumerate() {
-            if let Node::TextFile { paths, min_partitions, .. } = n {
+            if let Node::TextFile {
+                paths,
+                min_partitions,
+                ..
+            } = n
+            {
                 let paths = paths.clone();
                 let min = (*min_partitions).max(cores);
                 let s = tokio::task::spawn_blocking(move || splits::plan(&paths, min, max_split))
@@ -142,7 +164,9 @@ impl AppActions {
             }
         }
         let text_output = match &plan.action {
-            Action::SaveAsText { path, .. } => Some(Arc::new(OutputCommit::prepare(path, job).map_err(|e| fail(e.to_string()))?)),
+            Action::SaveAsText { path, .. } => Some(Arc::new(
+                OutputCommit::prepare(path, job).map_err(|e| fail(e.to_string()))?,
+            )),
             _ => None,
         };
         let max_result = self.conf.bytes("driver.max_result_size");
@@ -164,7 +188,11 @@ impl AppActions {
             .send(SubmitEvent::JobStarted {
                 job,
                 action: action_name.to_string(),
-                stages: dag.stages.iter().map(|s| format!("{} task(s): {}", s.partitions, s.name)).collect(),
+                stages: dag
+                    .stages
+                    .iter()
+                    .map(|s| format!("{} task(s): {}", s.partitions, s.name))
+                    .collect(),
             })
             .await;
         let started = Instant::now();
@@ -295,7 +323,11 @@ pub async fn run_application(
     let mut store = shared.sandbox.store(&limits, Some(actions.clone()));
     let result = async {
         let instance = loaded.instantiate(&mut store).await?;
-        match instance.flint_job_job().call_main(&mut store, &req.args).await {
+        match instance
+            .flint_job_job()
+            .call_main(&mut store, &req.args)
+            .await
+        {
             Ok(Ok(())) => Ok(()),
             Ok(Err(e)) => Err(sandbox::guest_error(e)),
             Err(trap) => Err(sandbox::classify(trap, &store)),
@@ -305,12 +337,19 @@ pub async fn run_application(
     let (tx, rx) = oneshot::channel();
     let _ = shared.events.send(Event::AppDone { app, reply: tx }).await;
     let executors = rx.await.unwrap_or_default();
-    shared.modules.lock().unwrap_or_else(|p| p.into_inner()).remove(&module);
+    shared
+        .modules
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .remove(&module);
     match result {
         Ok(()) => Ok(AppSummary {
             elapsed_ms: started.elapsed().as_millis() as u64,
             jobs: actions.jobs.load(Ordering::Relaxed) as u32,
-            tasks: executors.iter().map(|e| e.tasks_succeeded + e.tasks_failed).sum(),
+            tasks: executors
+                .iter()
+                .map(|e| e.tasks_succeeded + e.tasks_failed)
+                .sum(),
             failed_tasks: executors.iter().map(|e| e.tasks_failed).sum(),
             stdout: store.data().stdout(),
             executors,

@@ -3,10 +3,10 @@
 use crate::client::{self, ClusterFile};
 use crate::local::LocalCluster;
 use crate::server::{self, DriverConfig};
-use anyhow::{bail, Context as _};
+use anyhow::{Context as _, bail};
 use clap::{Args, Parser, Subcommand};
-use flint_executor_host::tls::{self, ClusterCredentials};
 use flint_executor_host::ExecutorConfig;
+use flint_executor_host::tls::{self, ClusterCredentials};
 use flint_protocol::conf::Conf;
 use flint_protocol::wire::{AppSummary, SubmitEvent, SubmitRequest};
 use std::path::{Path, PathBuf};
@@ -14,7 +14,11 @@ use std::process::ExitCode;
 use tokio_util::sync::CancellationToken;
 
 #[derive(Parser)]
-#[command(name = "flint", version, about = "Flint: a Spark-style engine whose user code is WebAssembly")]
+#[command(
+    name = "flint",
+    version,
+    about = "Flint: a Spark-style engine whose user code is WebAssembly"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -92,7 +96,8 @@ impl Settings {
     fn load(&self) -> anyhow::Result<Conf> {
         let mut c = Conf::default();
         if let Some(f) = &self.conf_file {
-            let text = std::fs::read_to_string(f).with_context(|| format!("reading config file {}", f.display()))?;
+            let text = std::fs::read_to_string(f)
+                .with_context(|| format!("reading config file {}", f.display()))?;
             c.merge_file(&f.display().to_string(), &text)?;
         }
         for pair in &self.conf {
@@ -112,11 +117,16 @@ struct Report {
 /// Entry point of the `flint` binary.
 pub fn main() -> ExitCode {
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+        )
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
-    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: starting the runtime: {e}");
@@ -126,7 +136,13 @@ pub fn main() -> ExitCode {
     match rt.block_on(run(cli)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {}", e.chain().map(|c| c.to_string()).collect::<Vec<_>>().join("\n  caused by: "));
+            eprintln!(
+                "error: {}",
+                e.chain()
+                    .map(|c| c.to_string())
+                    .collect::<Vec<_>>()
+                    .join("\n  caused by: ")
+            );
             ExitCode::FAILURE
         }
     }
@@ -147,9 +163,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 bail!("--executors and --cores must be at least 1");
             }
             let (name, component) = load_job(&job)?;
-            let cluster = LocalCluster::start(executors, cores, conf.clone(), default_cache_dir()).await?;
+            let cluster =
+                LocalCluster::start(executors, cores, conf.clone(), default_cache_dir()).await?;
             let req = request(name, component, args, &conf);
-            let result = client::submit(&cluster.member, &cluster.driver_addr, req, progress).await?;
+            let result =
+                client::submit(&cluster.member, &cluster.driver_addr, req, progress).await?;
             finish(result, &report)
         }
         Command::Driver {
@@ -158,9 +176,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             settings,
         } => {
             let conf = settings.load()?;
-            std::fs::create_dir_all(&state_dir).with_context(|| format!("creating state dir {}", state_dir.display()))?;
+            std::fs::create_dir_all(&state_dir)
+                .with_context(|| format!("creating state dir {}", state_dir.display()))?;
             let creds = ClusterCredentials::generate()?;
-            let endpoint = tls::endpoint(&creds.driver, listen).with_context(|| format!("listening on {listen}"))?;
+            let endpoint = tls::endpoint(&creds.driver, listen)
+                .with_context(|| format!("listening on {listen}"))?;
             let addr = endpoint.local_addr()?;
             let cluster_file = state_dir.join("cluster.json");
             ClusterFile {
@@ -170,7 +190,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             }
             .save(&cluster_file)
             .with_context(|| format!("writing {}", cluster_file.display()))?;
-            println!("flint driver listening on {addr}; members join with {}", cluster_file.display());
+            println!(
+                "flint driver listening on {addr}; members join with {}",
+                cluster_file.display()
+            );
             let shutdown = shutdown_on_signal();
             server::serve(
                 DriverConfig {
@@ -193,7 +216,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         } => {
             let cluster = ClusterFile::load(&join)?;
             check_version(&cluster)?;
-            let endpoint = tls::endpoint(&cluster.member, listen).with_context(|| format!("listening on {listen}"))?;
+            let endpoint = tls::endpoint(&cluster.member, listen)
+                .with_context(|| format!("listening on {listen}"))?;
             let config = ExecutorConfig {
                 driver_addr: cluster.driver.clone(),
                 cores,
@@ -248,14 +272,25 @@ fn request(name: String, component: Vec<u8>, args: Vec<String>, conf: &Conf) -> 
 
 fn progress(ev: &SubmitEvent) {
     match ev {
-        SubmitEvent::JobStarted { job, action, stages } => {
-            eprintln!("flint: {job} ({action}) started, {} stage(s):", stages.len());
+        SubmitEvent::JobStarted {
+            job,
+            action,
+            stages,
+        } => {
+            eprintln!(
+                "flint: {job} ({action}) started, {} stage(s):",
+                stages.len()
+            );
             for (i, s) in stages.iter().enumerate() {
                 eprintln!("flint:   stage {i}: {s}");
             }
         }
         SubmitEvent::JobEnded { job, ok, ms } => {
-            eprintln!("flint: {job} {} in {:.2}s", if *ok { "succeeded" } else { "failed" }, *ms as f64 / 1000.0);
+            eprintln!(
+                "flint: {job} {} in {:.2}s",
+                if *ok { "succeeded" } else { "failed" },
+                *ms as f64 / 1000.0
+            );
         }
         SubmitEvent::Finished(_) => {}
     }
@@ -265,8 +300,16 @@ fn finish(result: Result<AppSummary, Vec<String>>, report: &Report) -> anyhow::R
     match result {
         Ok(summary) => {
             print!("{}", summary.stdout);
-            let shuffled: u64 = summary.executors.iter().map(|e| e.metrics.shuffle_write_bytes).sum();
-            let remote: u64 = summary.executors.iter().map(|e| e.metrics.shuffle_read_remote_bytes).sum();
+            let shuffled: u64 = summary
+                .executors
+                .iter()
+                .map(|e| e.metrics.shuffle_write_bytes)
+                .sum();
+            let remote: u64 = summary
+                .executors
+                .iter()
+                .map(|e| e.metrics.shuffle_read_remote_bytes)
+                .sum();
             eprintln!(
                 "flint: done in {:.2}s: {} job(s), {} task(s) ({} failed), {} shuffle bytes written, {} fetched from peers",
                 summary.elapsed_ms as f64 / 1000.0,
@@ -277,7 +320,8 @@ fn finish(result: Result<AppSummary, Vec<String>>, report: &Report) -> anyhow::R
                 remote
             );
             if let Some(path) = &report.summary_json {
-                std::fs::write(path, serde_json::to_string_pretty(&summary)?).with_context(|| format!("writing {}", path.display()))?;
+                std::fs::write(path, serde_json::to_string_pretty(&summary)?)
+                    .with_context(|| format!("writing {}", path.display()))?;
             }
             Ok(())
         }
@@ -331,22 +375,45 @@ fn load_job(job: &Path) -> anyhow::Result<(String, Vec<u8>)> {
 pub fn build_job_crate(dir: &Path) -> anyhow::Result<PathBuf> {
     let manifest = dir.join("Cargo.toml");
     if !manifest.is_file() {
-        bail!("{} is a directory without a Cargo.toml: give a job crate or a .wasm file", dir.display());
+        bail!(
+            "{} is a directory without a Cargo.toml: give a job crate or a .wasm file",
+            dir.display()
+        );
     }
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let meta = std::process::Command::new(&cargo)
-        .args(["metadata", "--format-version", "1", "--no-deps", "--manifest-path"])
+        .args([
+            "metadata",
+            "--format-version",
+            "1",
+            "--no-deps",
+            "--manifest-path",
+        ])
         .arg(&manifest)
         .output()
         .with_context(|| "running cargo metadata (is cargo installed?)")?;
     if !meta.status.success() {
-        bail!("cargo metadata failed for {}: {}", manifest.display(), String::from_utf8_lossy(&meta.stderr));
+        bail!(
+            "cargo metadata failed for {}: {}",
+            manifest.display(),
+            String::from_utf8_lossy(&meta.stderr)
+        );
     }
     let meta: serde_json::Value = serde_json::from_slice(&meta.stdout)?;
-    let target_dir = PathBuf::from(meta["target_directory"].as_str().unwrap_or("target")).join("flint-guest");
+    let target_dir =
+        PathBuf::from(meta["target_directory"].as_str().unwrap_or("target")).join("flint-guest");
     eprintln!("flint: building {} for wasm32-wasip2", dir.display());
     let out = std::process::Command::new(&cargo)
-        .args(["build", "--target", "wasm32-wasip2", "--profile", "guest", "--message-format", "json-render-diagnostics", "--manifest-path"])
+        .args([
+            "build",
+            "--target",
+            "wasm32-wasip2",
+            "--profile",
+            "guest",
+            "--message-format",
+            "json-render-diagnostics",
+            "--manifest-path",
+        ])
         .arg(&manifest)
         .arg("--target-dir")
         .arg(&target_dir)
@@ -354,16 +421,25 @@ pub fn build_job_crate(dir: &Path) -> anyhow::Result<PathBuf> {
         .output()
         .context("running cargo build")?;
     if !out.status.success() {
-        bail!("building {} failed (see cargo's output above); is the target installed? `rustup target add wasm32-wasip2`", dir.display());
+        bail!(
+            "building {} failed (see cargo's output above); is the target installed? `rustup target add wasm32-wasip2`",
+            dir.display()
+        );
     }
     let manifest_abs = std::fs::canonicalize(&manifest)?;
     let mut found = None;
     for line in out.stdout.split(|b| *b == b'\n') {
-        let Ok(msg) = serde_json::from_slice::<serde_json::Value>(line) else { continue };
+        let Ok(msg) = serde_json::from_slice::<serde_json::Value>(line) else {
+            continue;
+        };
         if msg["reason"] != "compiler-artifact" {
             continue;
         }
-        let same = msg["manifest_path"].as_str().map(PathBuf::from).and_then(|p| std::fs::canonicalize(p).ok()) == Some(manifest_abs.clone());
+        let same = msg["manifest_path"]
+            .as_str()
+            .map(PathBuf::from)
+            .and_then(|p| std::fs::canonicalize(p).ok())
+            == Some(manifest_abs.clone());
         if !same {
             continue;
         }
@@ -373,5 +449,10 @@ pub fn build_job_crate(dir: &Path) -> anyhow::Result<PathBuf> {
             }
         }
     }
-    found.ok_or_else(|| anyhow::anyhow!("{} built no .wasm: a job crate needs `crate-type = [\"cdylib\"]`", dir.display()))
+    found.ok_or_else(|| {
+        anyhow::anyhow!(
+            "{} built no .wasm: a job crate needs `crate-type = [\"cdylib\"]`",
+            dir.display()
+        )
+    })
 }

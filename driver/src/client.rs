@@ -18,9 +18,15 @@ pub struct ClusterFile {
 #[derive(Debug, Error)]
 pub enum ClientError {
     #[error("reading cluster file {path}: {source}")]
-    Read { path: String, source: std::io::Error },
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("cluster file {path} is malformed: {source}")]
-    Parse { path: String, source: serde_json::Error },
+    Parse {
+        path: String,
+        source: serde_json::Error,
+    },
     #[error(transparent)]
     Net(#[from] NetError),
     #[error("the driver closed the submission without a result")]
@@ -30,7 +36,10 @@ pub enum ClientError {
 impl ClusterFile {
     pub fn load(path: &Path) -> Result<ClusterFile, ClientError> {
         let p = path.display().to_string();
-        let text = std::fs::read_to_string(path).map_err(|source| ClientError::Read { path: p.clone(), source })?;
+        let text = std::fs::read_to_string(path).map_err(|source| ClientError::Read {
+            path: p.clone(),
+            source,
+        })?;
         serde_json::from_str(&text).map_err(|source| ClientError::Parse { path: p, source })
     }
 
@@ -44,7 +53,11 @@ impl ClusterFile {
             #[cfg(unix)]
             std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
             let mut f = opts.open(&tmp)?;
-            f.write_all(serde_json::to_string_pretty(self).map_err(std::io::Error::other)?.as_bytes())?;
+            f.write_all(
+                serde_json::to_string_pretty(self)
+                    .map_err(std::io::Error::other)?
+                    .as_bytes(),
+            )?;
         }
         std::fs::rename(tmp, path)
     }
@@ -57,7 +70,8 @@ pub async fn submit(
     req: SubmitRequest,
     mut on_event: impl FnMut(&SubmitEvent),
 ) -> Result<Result<AppSummary, Vec<String>>, ClientError> {
-    let endpoint = quinn::Endpoint::client("0.0.0.0:0".parse().expect("valid")).map_err(NetError::Bind)?;
+    let endpoint =
+        quinn::Endpoint::client("0.0.0.0:0".parse().expect("valid")).map_err(NetError::Bind)?;
     let mut endpoint = endpoint;
     endpoint.set_default_client_config(tls::client_config(member).map_err(NetError::from)?);
     let conn = net::connect(&endpoint, driver, tls::DRIVER_NAME).await?;

@@ -8,8 +8,8 @@ use flint_protocol::ids::{ExecutorId, JobId, ModuleHash, TaskAttemptId};
 use flint_protocol::plan::Action;
 use flint_protocol::scheduler::{Command, JobFailure, Scheduler, SchedulerConf, TaskFailure};
 use flint_protocol::wire::{
-    ExecutorSummary, FromExecutor, SegmentSource, TaskDescriptor, TaskErrorKind, TaskInput, TaskLimits, TaskOutput,
-    TaskSuccess, ToExecutor,
+    ExecutorSummary, FromExecutor, SegmentSource, TaskDescriptor, TaskErrorKind, TaskInput,
+    TaskLimits, TaskOutput, TaskSuccess, ToExecutor,
 };
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -130,7 +130,13 @@ impl ClusterLoop {
                 let id = ExecutorId(self.next_executor);
                 self.next_executor += 1;
                 tracing::info!(executor = id.0, cores, addr = %shuffle_addr, "executor registered");
-                self.executors.insert(id, ExecutorConn { addr: shuffle_addr, tx });
+                self.executors.insert(
+                    id,
+                    ExecutorConn {
+                        addr: shuffle_addr,
+                        tx,
+                    },
+                );
                 let _ = reply.send(id);
                 let now = self.now_ms();
                 self.scheduler.executor_added(id, cores, now);
@@ -166,7 +172,12 @@ impl ClusterLoop {
                 let _ = reply.send(self.scheduler.total_cores());
             }
             Event::AppDone { app, reply } => {
-                let mut v: Vec<ExecutorSummary> = self.apps.remove(&app).unwrap_or_default().into_values().collect();
+                let mut v: Vec<ExecutorSummary> = self
+                    .apps
+                    .remove(&app)
+                    .unwrap_or_default()
+                    .into_values()
+                    .collect();
                 v.sort_by_key(|s| s.executor);
                 let _ = reply.send(v);
             }
@@ -175,7 +186,11 @@ impl ClusterLoop {
 
     fn task_status(&mut self, executor: ExecutorId, status: flint_protocol::wire::TaskStatus) {
         let attempt = status.attempt;
-        let addr = self.executors.get(&executor).map(|e| e.addr.clone()).unwrap_or_default();
+        let addr = self
+            .executors
+            .get(&executor)
+            .map(|e| e.addr.clone())
+            .unwrap_or_default();
         if let Some(job) = self.jobs.get(&attempt.task.stage.job) {
             let s = self
                 .apps
@@ -209,7 +224,8 @@ impl ClusterLoop {
                 let mut chain = vec![format!("{attempt} on {executor}")];
                 chain.extend(e.chain);
                 let retryable = e.kind != TaskErrorKind::BadModule;
-                self.scheduler.task_failed(attempt, executor, TaskFailure { chain, retryable });
+                self.scheduler
+                    .task_failed(attempt, executor, TaskFailure { chain, retryable });
             }
         }
     }
@@ -223,20 +239,8 @@ impl ClusterLoop {
                     inputs,
                 } => self.launch(attempt, executor, inputs),
                 Command::CommitTask { attempt } => self.commit_task(attempt),
-                Command::JobSucceeded { job } => {
-                    if let Some(mut j) = self.jobs.remove(&job) {
-                        if let Some(reply) = j.reply.take() {
-                            let _ = reply.send(Ok(std::mem::take(&mut j.results)));
-                        }
-                    }
-                }
-                Command::JobFailed { job, error } => {
-                    if let Some(mut j) = self.jobs.remove(&job) {
-                        if let Some(reply) = j.reply.take() {
-                            let _ = reply.send(Err(error));
-                        }
-                    }
-                }
+                Command::JobSucceeded { job } => self.end_job(job, None),
+                Command::JobFailed { job, error } => self.end_job(job, Some(error)),
                 Command::CleanJob { job } => {
                     for e in self.executors.values() {
                         let _ = e.tx.try_send(ToExecutor::CleanJob { job });
@@ -256,33 +260,46 @@ impl ClusterLoop {
         if attempt.task.stage.index as usize != job.spec.dag.stages.len() - 1 {
             return; // map outputs are registered by the scheduler itself
         }
-        if let (Some(out), TaskSuccess::Text { .. }) = (&job.spec.text_output, &success) {
-            if let Err(e) = out.commit_task(attempt) {
-                tracing::error!(%attempt, "committing task output: {e}");
-                let failure = TaskFailure {
-                    chain: vec![format!("committing the output of {attempt}"), e.to_string()],
-                    retryable: false,
-                };
-                // The attempt succeeded but its output cannot be published: the job fails.
-                let job_id = attempt.task.stage.job;
-                if let Some(mut j) = self.jobs.remove(&job_id) {
-                    if let Some(reply) = j.reply.take() {
-                        let _ = reply.send(Err(JobFailure {
-                            message: failure.chain[0].clone(),
-                            causes: failure.chain[1..].to_vec(),
-                        }));
-                    }
-                }
-                self.scheduler.cancel_job(job_id);
-                return;
-            }
+        if let (Some(out), TaskSuccess::Text { .. }) = (&job.spec.text_output, &success)
+            && let Err(e) = out.commit_task(attempt)
+        {
+            // The attempt succeeded but its output cannot be published: the job fails.
+            tracing::error!(%attempt, "committing task output: {e}");
+            let job_id = attempt.task.stage.job;
+            self.scheduler.cancel_job(job_id);
+            self.end_job(
+                job_id,
+                Some(JobFailure {
+                    message: format!("committing the output of {attempt}"),
+                    causes: vec![e.to_string()],
+                }),
+            );
+            return;
         }
         if let Some(slot) = job.results.get_mut(attempt.task.partition as usize) {
             *slot = Some(success);
         }
     }
 
-    fn launch(&mut self, attempt: TaskAttemptId, executor: ExecutorId, inputs: Vec<flint_protocol::scheduler::MapLocation>) {
+    /// Answers the job's waiter: its results, or `failure`.
+    fn end_job(&mut self, job: JobId, failure: Option<JobFailure>) {
+        let Some(mut j) = self.jobs.remove(&job) else {
+            return;
+        };
+        if let Some(reply) = j.reply.take() {
+            let _ = reply.send(match failure {
+                None => Ok(std::mem::take(&mut j.results)),
+                Some(f) => Err(f),
+            });
+        }
+    }
+
+    fn launch(
+        &mut self,
+        attempt: TaskAttemptId,
+        executor: ExecutorId,
+        inputs: Vec<flint_protocol::scheduler::MapLocation>,
+    ) {
         let Some(job) = self.jobs.get(&attempt.task.stage.job) else {
             return;
         };
@@ -315,7 +332,11 @@ impl ClusterLoop {
                     .into_iter()
                     .map(|l| SegmentSource {
                         executor: l.executor,
-                        addr: self.executors.get(&l.executor).map(|e| e.addr.clone()).unwrap_or_default(),
+                        addr: self
+                            .executors
+                            .get(&l.executor)
+                            .map(|e| e.addr.clone())
+                            .unwrap_or_default(),
                         map_partition: l.map_partition,
                         size: l.size,
                     })
@@ -353,8 +374,15 @@ impl ClusterLoop {
         let Some(conn) = self.executors.get(&executor) else {
             return;
         };
-        if conn.tx.try_send(ToExecutor::Launch(Box::new(desc))).is_err() {
-            tracing::warn!(executor = executor.0, "executor's queue is full or closed; declaring it lost");
+        if conn
+            .tx
+            .try_send(ToExecutor::Launch(Box::new(desc)))
+            .is_err()
+        {
+            tracing::warn!(
+                executor = executor.0,
+                "executor's queue is full or closed; declaring it lost"
+            );
             self.executors.remove(&executor);
             self.scheduler.executor_lost(executor);
         }

@@ -2,9 +2,9 @@
 //! talking over loopback QUIC with the same certificates as a real cluster.
 
 use crate::server::{self, DriverConfig};
+use flint_executor_host::ExecutorConfig;
 use flint_executor_host::sandbox::{Sandbox, SandboxOptions};
 use flint_executor_host::tls::{self, ClusterCredentials, Identity};
-use flint_executor_host::ExecutorConfig;
 use flint_protocol::conf::Conf;
 use std::path::PathBuf;
 use tokio_util::sync::CancellationToken;
@@ -17,7 +17,12 @@ pub struct LocalCluster {
 }
 
 impl LocalCluster {
-    pub async fn start(executors: u32, cores: u32, conf: Conf, cache_dir: Option<PathBuf>) -> anyhow::Result<LocalCluster> {
+    pub async fn start(
+        executors: u32,
+        cores: u32,
+        conf: Conf,
+        cache_dir: Option<PathBuf>,
+    ) -> anyhow::Result<LocalCluster> {
         let creds = ClusterCredentials::generate()?;
         let loopback: std::net::SocketAddr = "127.0.0.1:0".parse()?;
         let driver_ep = tls::endpoint(&creds.driver, loopback)?;

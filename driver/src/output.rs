@@ -15,7 +15,10 @@ pub enum OutputError {
     #[error("output path {0} exists and is not a directory")]
     NotADirectory(PathBuf),
     #[error("output {path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
 }
 
 #[derive(Debug)]
@@ -33,24 +36,36 @@ impl OutputCommit {
         })?;
         check_free(&target)?;
         let parent = target.parent().unwrap_or(Path::new("/")).to_path_buf();
-        let name = target.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-        let staging = parent.join(format!(".{name}.flint-staging-{}-{}", std::process::id(), job.0));
+        let name = target
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let staging = parent.join(format!(
+            ".{name}.flint-staging-{}-{}",
+            std::process::id(),
+            job.0
+        ));
         let attempts = staging.join("_attempts");
-        std::fs::create_dir_all(&attempts).map_err(|source| OutputError::Io { path: attempts, source })?;
+        std::fs::create_dir_all(&attempts).map_err(|source| OutputError::Io {
+            path: attempts,
+            source,
+        })?;
         Ok(OutputCommit { target, staging })
     }
 
     /// Where an attempt writes its partition.
     pub fn attempt_file(&self, a: TaskAttemptId) -> PathBuf {
-        self.staging
-            .join("_attempts")
-            .join(format!("part-{:05}-attempt-{}", a.task.partition, a.attempt))
+        self.staging.join("_attempts").join(format!(
+            "part-{:05}-attempt-{}",
+            a.task.partition, a.attempt
+        ))
     }
 
     /// Makes attempt `a`'s file the partition's output.
     pub fn commit_task(&self, a: TaskAttemptId) -> Result<(), OutputError> {
         let dest = self.staging.join(format!("part-{:05}", a.task.partition));
-        std::fs::rename(self.attempt_file(a), &dest).map_err(|source| OutputError::Io { path: dest, source })
+        std::fs::rename(self.attempt_file(a), &dest)
+            .map_err(|source| OutputError::Io { path: dest, source })
     }
 
     /// Publishes the output: `_SUCCESS`, then one rename.
@@ -102,7 +117,10 @@ mod tests {
     fn attempt(p: u32, a: u32) -> TaskAttemptId {
         TaskAttemptId {
             task: TaskId {
-                stage: StageId { job: JobId(1), index: 0 },
+                stage: StageId {
+                    job: JobId(1),
+                    index: 0,
+                },
                 partition: p,
             },
             attempt: a,
@@ -119,7 +137,10 @@ mod tests {
         c.commit_task(attempt(0, 1)).unwrap();
         assert!(!out.exists(), "nothing visible before the job commits");
         c.commit_job().unwrap();
-        assert_eq!(std::fs::read_to_string(out.join("part-00000")).unwrap(), "winner");
+        assert_eq!(
+            std::fs::read_to_string(out.join("part-00000")).unwrap(),
+            "winner"
+        );
         assert!(out.join("_SUCCESS").exists());
         assert_eq!(std::fs::read_dir(&out).unwrap().count(), 2);
     }
@@ -136,6 +157,10 @@ mod tests {
         let c = OutputCommit::prepare(fresh.to_str().unwrap(), JobId(2)).unwrap();
         c.abort();
         assert!(!fresh.exists());
-        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1, "staging removed");
+        assert_eq!(
+            std::fs::read_dir(dir.path()).unwrap().count(),
+            1,
+            "staging removed"
+        );
     }
 }

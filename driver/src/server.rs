@@ -1,6 +1,6 @@
 //! The driver's QUIC endpoint: executors register here, submitters submit here.
 
-use crate::app::{run_application, DriverShared};
+use crate::app::{DriverShared, run_application};
 use crate::cluster::{ClusterLoop, Event};
 use flint_executor_host::net::{self, NetError};
 use flint_executor_host::sandbox::{Sandbox, SandboxError, SandboxOptions};
@@ -27,7 +27,11 @@ pub enum DriverError {
 }
 
 /// Serves until `shutdown` fires.
-pub async fn serve(config: DriverConfig, endpoint: quinn::Endpoint, shutdown: CancellationToken) -> Result<(), DriverError> {
+pub async fn serve(
+    config: DriverConfig,
+    endpoint: quinn::Endpoint,
+    shutdown: CancellationToken,
+) -> Result<(), DriverError> {
     let sandbox = match config.sandbox {
         Some(s) => s,
         None => Sandbox::new(SandboxOptions {
@@ -42,7 +46,9 @@ pub async fn serve(config: DriverConfig, endpoint: quinn::Endpoint, shutdown: Ca
         max_task_failures: conf.count("task.max_failures").unwrap_or(4),
         executor_timeout_ms: conf.duration("executor.timeout").as_millis() as u64,
     };
-    let tick = conf.duration("executor.heartbeat_interval").min(std::time::Duration::from_secs(1));
+    let tick = conf
+        .duration("executor.heartbeat_interval")
+        .min(std::time::Duration::from_secs(1));
     let cluster = tokio::spawn(ClusterLoop::new(sched, tick).run(rx));
     let shared = Arc::new(DriverShared::new(events, sandbox, conf));
     loop {
@@ -67,7 +73,10 @@ pub async fn serve(config: DriverConfig, endpoint: quinn::Endpoint, shutdown: Ca
     Ok(())
 }
 
-async fn handle_connection(shared: Arc<DriverShared>, conn: quinn::Connection) -> Result<(), NetError> {
+async fn handle_connection(
+    shared: Arc<DriverShared>,
+    conn: quinn::Connection,
+) -> Result<(), NetError> {
     let (mut send, mut recv) = conn.accept_bi().await?;
     match net::expect_frame::<Hello>(&mut recv, wire::MAX_FRAME).await? {
         Hello::Executor(hello) => {
@@ -93,7 +102,10 @@ async fn handle_connection(shared: Arc<DriverShared>, conn: quinn::Connection) -
                 })
                 .await;
             let Ok(id) = id_rx.await else { return Ok(()) };
-            let heartbeat_interval_ms = shared.conf.duration("executor.heartbeat_interval").as_millis() as u64;
+            let heartbeat_interval_ms = shared
+                .conf
+                .duration("executor.heartbeat_interval")
+                .as_millis() as u64;
             net::write_frame(
                 &mut send,
                 &ToExecutor::Welcome {
@@ -115,25 +127,34 @@ async fn handle_connection(shared: Arc<DriverShared>, conn: quinn::Connection) -
                     while let Ok((mut s, mut r)) = conn.accept_bi().await {
                         let shared = shared.clone();
                         tokio::spawn(async move {
-                            let Ok(req) = net::expect_frame::<FetchModule>(&mut r, 1024).await else { return };
-                            let bytes = shared.modules.lock().unwrap_or_else(|p| p.into_inner()).get(&req.module).cloned();
-                            let reply = bytes
-                                .as_deref()
-                                .map(|b| b.as_slice())
-                                .ok_or_else(|| format!("the driver has no component {}", req.module));
+                            let Ok(req) = net::expect_frame::<FetchModule>(&mut r, 1024).await
+                            else {
+                                return;
+                            };
+                            let bytes = shared
+                                .modules
+                                .lock()
+                                .unwrap_or_else(|p| p.into_inner())
+                                .get(&req.module)
+                                .cloned();
+                            let reply = bytes.as_deref().map(|b| b.as_slice()).ok_or_else(|| {
+                                format!("the driver has no component {}", req.module)
+                            });
                             let _ = net::send_blob(&mut s, reply).await;
                         });
                     }
                 })
             };
-            loop {
-                match net::read_frame::<FromExecutor>(&mut recv, wire::MAX_FRAME).await {
-                    Ok(Some(msg)) => {
-                        if shared.events.send(Event::Executor { id, msg }).await.is_err() {
-                            break;
-                        }
-                    }
-                    Ok(None) | Err(_) => break,
+            while let Ok(Some(msg)) =
+                net::read_frame::<FromExecutor>(&mut recv, wire::MAX_FRAME).await
+            {
+                if shared
+                    .events
+                    .send(Event::Executor { id, msg })
+                    .await
+                    .is_err()
+                {
+                    break;
                 }
             }
             writer.abort();
@@ -143,7 +164,11 @@ async fn handle_connection(shared: Arc<DriverShared>, conn: quinn::Connection) -
         }
         Hello::Submit(req) => {
             if req.protocol_version != flint_protocol::PROTOCOL_VERSION {
-                let msg = format!("protocol version {} is not this driver's {}", req.protocol_version, flint_protocol::PROTOCOL_VERSION);
+                let msg = format!(
+                    "protocol version {} is not this driver's {}",
+                    req.protocol_version,
+                    flint_protocol::PROTOCOL_VERSION
+                );
                 net::write_frame(&mut send, &SubmitEvent::Finished(Err(vec![msg]))).await?;
                 let _ = send.finish();
                 return Ok(());
@@ -153,7 +178,11 @@ async fn handle_connection(shared: Arc<DriverShared>, conn: quinn::Connection) -
             while let Some(ev) = rx.recv().await {
                 net::write_frame(&mut send, &ev).await?;
             }
-            let result = app.await.unwrap_or_else(|e| Err(vec![format!("the application crashed the driver task: {e}")]));
+            let result = app.await.unwrap_or_else(|e| {
+                Err(vec![format!(
+                    "the application crashed the driver task: {e}"
+                )])
+            });
             net::write_frame(&mut send, &SubmitEvent::Finished(result)).await?;
             let _ = send.finish();
             // Keep the connection until the submitter has read everything and closes.

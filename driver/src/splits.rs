@@ -15,7 +15,10 @@ pub enum SplitError {
     #[error("input path {0} does not exist")]
     Missing(PathBuf),
     #[error("reading input path {path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
 }
 
 /// Files of `path`: the file itself, or the visible files of a directory (names starting
@@ -27,7 +30,9 @@ pub fn list_files(path: &Path) -> Result<Vec<(PathBuf, u64)>, SplitError> {
     };
     let meta = match std::fs::metadata(path) {
         Ok(m) => m,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(SplitError::Missing(path.to_path_buf())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(SplitError::Missing(path.to_path_buf()));
+        }
         Err(e) => return Err(io(e)),
     };
     if meta.is_file() {
@@ -52,7 +57,11 @@ pub fn list_files(path: &Path) -> Result<Vec<(PathBuf, u64)>, SplitError> {
 
 /// Splits: about `total / min_partitions` bytes each, at most `max_split`; empty files
 /// give none.
-pub fn plan(paths: &[String], min_partitions: u32, max_split: u64) -> Result<Vec<Split>, SplitError> {
+pub fn plan(
+    paths: &[String],
+    min_partitions: u32,
+    max_split: u64,
+) -> Result<Vec<Split>, SplitError> {
     let mut files = Vec::new();
     for p in paths {
         files.extend(list_files(Path::new(p))?);
@@ -65,7 +74,11 @@ pub fn plan(paths: &[String], min_partitions: u32, max_split: u64) -> Result<Vec
         let mut start = 0;
         while start < len {
             // Avoid a sliver at the end: the last split takes up to 10% extra.
-            let end = if len - start <= size + size / 10 { len } else { start + size };
+            let end = if len - start <= size + size / 10 {
+                len
+            } else {
+                start + size
+            };
             out.push(Split {
                 path: path.to_string_lossy().into_owned(),
                 start,
@@ -89,13 +102,20 @@ mod tests {
         std::fs::write(dir.path().join("_SUCCESS"), b"").unwrap();
         std::fs::write(dir.path().join("c.txt"), b"hi\n").unwrap();
         let splits = plan(&[dir.path().to_string_lossy().into()], 4, 1 << 20).unwrap();
-        let a: Vec<_> = splits.iter().filter(|s| s.path.ends_with("a.txt")).collect();
+        let a: Vec<_> = splits
+            .iter()
+            .filter(|s| s.path.ends_with("a.txt"))
+            .collect();
         assert_eq!(a.len(), 4);
         assert_eq!(a[0].start, 0);
         assert_eq!(a.last().unwrap().end, 20_000);
         assert!(a.windows(2).all(|w| w[0].end == w[1].start));
         assert!(splits.iter().any(|s| s.path.ends_with("c.txt")));
-        assert!(!splits.iter().any(|s| s.path.ends_with("b.txt") || s.path.ends_with("_SUCCESS")));
+        assert!(
+            !splits
+                .iter()
+                .any(|s| s.path.ends_with("b.txt") || s.path.ends_with("_SUCCESS"))
+        );
     }
 
     #[test]

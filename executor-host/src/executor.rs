@@ -2,18 +2,18 @@
 //! serve this executor's shuffle outputs to peers.
 
 use crate::net::{self, NetError};
-use crate::runner::{run_task, ModuleSource, TaskEnv};
+use crate::runner::{ModuleSource, TaskEnv, run_task};
 use crate::sandbox::{Sandbox, SandboxError, SandboxOptions};
-use crate::shuffle::{serve_connection, Fetcher, ShuffleStore};
+use crate::shuffle::{Fetcher, ShuffleStore, serve_connection};
 use crate::tls;
 use flint_protocol::ids::ModuleHash;
 use flint_protocol::wire::{self, ExecutorHello, FetchModule, FromExecutor, Hello, ToExecutor};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
 use thiserror::Error;
-use tokio::sync::{mpsc, Semaphore};
+use tokio::sync::{Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
 
 #[derive(Clone)]
@@ -43,7 +43,10 @@ pub enum ExecutorError {
     #[error("the driver closed the connection")]
     DriverGone,
     #[error("work dir {path}: {source}")]
-    WorkDir { path: PathBuf, source: std::io::Error },
+    WorkDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
 }
 
 /// Largest component an executor accepts from the driver.
@@ -54,7 +57,11 @@ struct DriverModules {
 }
 
 impl ModuleSource for DriverModules {
-    fn fetch(&self, module: ModuleHash) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<Vec<u8>, String>> + Send + '_>> {
+    fn fetch(
+        &self,
+        module: ModuleHash,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<Vec<u8>, String>> + Send + '_>>
+    {
         Box::pin(async move {
             let r = async {
                 let (mut send, mut recv) = self.conn.open_bi().await?;
@@ -69,7 +76,11 @@ impl ModuleSource for DriverModules {
 }
 
 /// Runs an executor until `shutdown` fires or the driver goes away.
-pub async fn serve(config: ExecutorConfig, endpoint: quinn::Endpoint, shutdown: CancellationToken) -> Result<(), ExecutorError> {
+pub async fn serve(
+    config: ExecutorConfig,
+    endpoint: quinn::Endpoint,
+    shutdown: CancellationToken,
+) -> Result<(), ExecutorError> {
     std::fs::create_dir_all(&config.work_dir).map_err(|source| ExecutorError::WorkDir {
         path: config.work_dir.clone(),
         source,
@@ -101,9 +112,16 @@ pub async fn serve(config: ExecutorConfig, endpoint: quinn::Endpoint, shutdown: 
         ToExecutor::Welcome {
             executor,
             heartbeat_interval_ms,
-        } => (executor, Duration::from_millis(heartbeat_interval_ms.max(10))),
+        } => (
+            executor,
+            Duration::from_millis(heartbeat_interval_ms.max(10)),
+        ),
         ToExecutor::Refused { reason } => return Err(ExecutorError::Refused(reason)),
-        other => return Err(ExecutorError::Refused(format!("unexpected first message {other:?}"))),
+        other => {
+            return Err(ExecutorError::Refused(format!(
+                "unexpected first message {other:?}"
+            )));
+        }
     };
     tracing::info!(executor = me.0, %shuffle_addr, cores = config.cores, "registered with the driver");
 
@@ -164,16 +182,23 @@ pub async fn serve(config: ExecutorConfig, endpoint: quinn::Endpoint, shutdown: 
         };
         match msg {
             Ok(Some(ToExecutor::Launch(desc))) => {
-                let (env, tx, slots, running) = (env.clone(), tx.clone(), slots.clone(), running.clone());
+                let (env, tx, slots, running) =
+                    (env.clone(), tx.clone(), slots.clone(), running.clone());
                 tokio::spawn(async move {
-                    let Ok(_slot) = slots.acquire_owned().await else { return };
+                    let Ok(_slot) = slots.acquire_owned().await else {
+                        return;
+                    };
                     running.fetch_add(1, Ordering::Relaxed);
                     let attempt = desc.attempt;
                     let status = run_task(&env, *desc).await;
                     running.fetch_sub(1, Ordering::Relaxed);
                     match &status.result {
-                        Ok(_) => tracing::debug!(%attempt, ms = status.metrics.run_ms, "task finished"),
-                        Err(e) => tracing::info!(%attempt, error = %e.chain.join(": "), "task failed"),
+                        Ok(_) => {
+                            tracing::debug!(%attempt, ms = status.metrics.run_ms, "task finished")
+                        }
+                        Err(e) => {
+                            tracing::info!(%attempt, error = %e.chain.join(": "), "task failed")
+                        }
                     }
                     let _ = tx.send(FromExecutor::Status(Box::new(status))).await;
                 });
@@ -184,7 +209,9 @@ pub async fn serve(config: ExecutorConfig, endpoint: quinn::Endpoint, shutdown: 
             }
             Ok(Some(other)) => tracing::warn!("ignoring unexpected message {other:?}"),
             Ok(None) => break Err(ExecutorError::DriverGone),
-            Err(NetError::Read(_)) | Err(NetError::Connection(_)) => break Err(ExecutorError::DriverGone),
+            Err(NetError::Read(_)) | Err(NetError::Connection(_)) => {
+                break Err(ExecutorError::DriverGone);
+            }
             Err(e) => break Err(e.into()),
         }
     };

@@ -21,7 +21,10 @@ pub const BATCH_BYTES: usize = 4 << 20;
 #[derive(Debug, Error)]
 pub enum InputError {
     #[error("reading {path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("{path}: invalid UTF-8 at byte offset {offset}")]
     Utf8 { path: PathBuf, offset: u64 },
     #[error("encoding a batch: {0}")]
@@ -75,7 +78,8 @@ impl SplitReader {
     pub fn next_batch(&mut self) -> Result<Option<LineBatch>, InputError> {
         let mut b = StringBuilder::with_capacity(BATCH_ROWS, BATCH_BYTES);
         let (mut rows, mut bytes) = (0u64, 0u64);
-        while self.pos < self.end && (rows as usize) < BATCH_ROWS && (bytes as usize) < BATCH_BYTES {
+        while self.pos < self.end && (rows as usize) < BATCH_ROWS && (bytes as usize) < BATCH_BYTES
+        {
             self.line.clear();
             let line_start = self.pos;
             let n = self
@@ -108,8 +112,12 @@ impl SplitReader {
         if rows == 0 {
             return Ok(None);
         }
-        let batch = RecordBatch::try_new(self.schema.clone(), vec![Arc::new(b.finish()) as ArrayRef])?;
-        let mut w = arrow_ipc::writer::StreamWriter::try_new(Vec::with_capacity(bytes as usize + 1024), &self.schema)?;
+        let batch =
+            RecordBatch::try_new(self.schema.clone(), vec![Arc::new(b.finish()) as ArrayRef])?;
+        let mut w = arrow_ipc::writer::StreamWriter::try_new(
+            Vec::with_capacity(bytes as usize + 1024),
+            &self.schema,
+        )?;
         w.write(&batch)?;
         w.finish()?;
         Ok(Some(LineBatch {
@@ -129,10 +137,16 @@ mod tests {
         let mut r = SplitReader::open(path, start, end).unwrap();
         let mut out = Vec::new();
         while let Some(b) = r.next_batch().unwrap() {
-            let reader = arrow_ipc::reader::StreamReader::try_new(std::io::Cursor::new(b.ipc), None).unwrap();
+            let reader =
+                arrow_ipc::reader::StreamReader::try_new(std::io::Cursor::new(b.ipc), None)
+                    .unwrap();
             for batch in reader {
                 let batch = batch.unwrap();
-                let col = batch.column(0).as_any().downcast_ref::<StringArray>().unwrap();
+                let col = batch
+                    .column(0)
+                    .as_any()
+                    .downcast_ref::<StringArray>()
+                    .unwrap();
                 out.extend((0..col.len()).map(|i| col.value(i).to_string()));
             }
         }
@@ -146,7 +160,10 @@ mod tests {
         let text = "alpha\r\nbeta\n\ngamma delta\nlast-without-newline";
         std::fs::write(&path, text).unwrap();
         let all = lines_of(&path, 0, text.len() as u64);
-        assert_eq!(all, vec!["alpha", "beta", "", "gamma delta", "last-without-newline"]);
+        assert_eq!(
+            all,
+            vec!["alpha", "beta", "", "gamma delta", "last-without-newline"]
+        );
         for cut in 0..=text.len() as u64 {
             let mut two = lines_of(&path, 0, cut);
             two.extend(lines_of(&path, cut, text.len() as u64));
@@ -161,6 +178,9 @@ mod tests {
         std::fs::write(&path, b"ok\nab\xffcd\n").unwrap();
         let mut r = SplitReader::open(&path, 0, 10).unwrap();
         let err = r.next_batch().err().unwrap().to_string();
-        assert!(err.contains("bad.txt") && err.contains("byte offset 5"), "{err}");
+        assert!(
+            err.contains("bad.txt") && err.contains("byte offset 5"),
+            "{err}"
+        );
     }
 }

@@ -24,4 +24,4 @@ pub mod sandbox;
 pub mod shuffle;
 pub mod tls;
 
-pub use executor::{serve, ExecutorConfig, ExecutorError};
+pub use executor::{ExecutorConfig, ExecutorError, serve};

@@ -1,8 +1,8 @@
 //! Framed messages over QUIC streams, and the raw bulk transfers that follow a header.
 
 use flint_protocol::wire::{self, FrameError};
-use serde::de::DeserializeOwned;
 use serde::Serialize;
+use serde::de::DeserializeOwned;
 use thiserror::Error;
 
 #[derive(Debug, Error)]
@@ -36,7 +36,10 @@ pub async fn write_frame<T: Serialize>(s: &mut quinn::SendStream, msg: &T) -> Re
 }
 
 /// Next message, or `None` when the peer finished the stream between messages.
-pub async fn read_frame<T: DeserializeOwned>(r: &mut quinn::RecvStream, max: usize) -> Result<Option<T>, NetError> {
+pub async fn read_frame<T: DeserializeOwned>(
+    r: &mut quinn::RecvStream,
+    max: usize,
+) -> Result<Option<T>, NetError> {
     let mut prefix = [0u8; 4];
     match r.read_exact(&mut prefix).await {
         Ok(()) => {}
@@ -50,7 +53,10 @@ pub async fn read_frame<T: DeserializeOwned>(r: &mut quinn::RecvStream, max: usi
 }
 
 /// A message that must be there.
-pub async fn expect_frame<T: DeserializeOwned>(r: &mut quinn::RecvStream, max: usize) -> Result<T, NetError> {
+pub async fn expect_frame<T: DeserializeOwned>(
+    r: &mut quinn::RecvStream,
+    max: usize,
+) -> Result<T, NetError> {
     read_frame(r, max).await?.ok_or(NetError::Truncated)
 }
 
@@ -64,15 +70,23 @@ pub async fn read_exact_vec(r: &mut quinn::RecvStream, len: usize) -> Result<Vec
     }
 }
 
-pub async fn connect(ep: &quinn::Endpoint, addr: &str, server_name: &str) -> Result<quinn::Connection, NetError> {
-    let sock: std::net::SocketAddr = addr.parse().map_err(|e: std::net::AddrParseError| NetError::Connect {
-        addr: addr.to_string(),
-        source: Box::new(e),
-    })?;
-    let connecting = ep.connect(sock, server_name).map_err(|e| NetError::Connect {
-        addr: addr.to_string(),
-        source: Box::new(e),
-    })?;
+pub async fn connect(
+    ep: &quinn::Endpoint,
+    addr: &str,
+    server_name: &str,
+) -> Result<quinn::Connection, NetError> {
+    let sock: std::net::SocketAddr =
+        addr.parse()
+            .map_err(|e: std::net::AddrParseError| NetError::Connect {
+                addr: addr.to_string(),
+                source: Box::new(e),
+            })?;
+    let connecting = ep
+        .connect(sock, server_name)
+        .map_err(|e| NetError::Connect {
+            addr: addr.to_string(),
+            source: Box::new(e),
+        })?;
     connecting.await.map_err(|e| NetError::Connect {
         addr: addr.to_string(),
         source: Box::new(e),
@@ -80,7 +94,10 @@ pub async fn connect(ep: &quinn::Endpoint, addr: &str, server_name: &str) -> Res
 }
 
 /// Sends a fetch reply header and the bytes after it, then finishes the stream.
-pub async fn send_blob(s: &mut quinn::SendStream, reply: Result<&[u8], String>) -> Result<(), NetError> {
+pub async fn send_blob(
+    s: &mut quinn::SendStream,
+    reply: Result<&[u8], String>,
+) -> Result<(), NetError> {
     match reply {
         Ok(bytes) => {
             write_frame(s, &Ok::<u64, String>(bytes.len() as u64)).await?;

@@ -2,23 +2,29 @@
 //! fresh store, feed it the partition batch by batch, and put its output where it goes.
 
 use crate::input::SplitReader;
-use crate::sandbox::{self, wit_task, FlintJob, GuestState, Sandbox, SandboxError, StoreLimits};
+use crate::sandbox::{self, FlintJob, GuestState, Sandbox, SandboxError, StoreLimits, wit_task};
 use crate::shuffle::{Fetcher, ShuffleStore};
 use arrow_array::{Array, StringArray};
 use flint_protocol::ids::ModuleHash;
-use flint_protocol::wire::{TaskDescriptor, TaskError, TaskErrorKind, TaskInput, TaskMetrics, TaskOutput, TaskStatus, TaskSuccess};
+use flint_protocol::wire::{
+    TaskDescriptor, TaskError, TaskErrorKind, TaskInput, TaskMetrics, TaskOutput, TaskStatus,
+    TaskSuccess,
+};
 use std::future::Future;
 use std::io::Write;
 use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Instant;
-use tokio::sync::{mpsc, Semaphore};
+use tokio::sync::{Semaphore, mpsc};
 use wasmtime::Store;
 
 /// Where an executor gets a component's bytes when it has not compiled it yet.
 pub trait ModuleSource: Send + Sync {
-    fn fetch(&self, module: ModuleHash) -> Pin<Box<dyn Future<Output = Result<Vec<u8>, String>> + Send + '_>>;
+    fn fetch(
+        &self,
+        module: ModuleHash,
+    ) -> Pin<Box<dyn Future<Output = Result<Vec<u8>, String>> + Send + '_>>;
 }
 
 /// What every task of an executor shares.
@@ -71,7 +77,11 @@ struct Guest {
 
 impl Guest {
     async fn push(&mut self, batch: Vec<u8>) -> Result<Vec<wit_task::Chunk>, TaskError> {
-        let r = self.job.flint_job_task().call_push(&mut self.store, &batch).await;
+        let r = self
+            .job
+            .flint_job_task()
+            .call_push(&mut self.store, &batch)
+            .await;
         self.unwrap(r)
     }
 
@@ -80,7 +90,10 @@ impl Guest {
         self.unwrap(r)
     }
 
-    fn unwrap<T>(&self, r: wasmtime::Result<Result<T, sandbox::wit::ErrorChain>>) -> Result<T, TaskError> {
+    fn unwrap<T>(
+        &self,
+        r: wasmtime::Result<Result<T, sandbox::wit::ErrorChain>>,
+    ) -> Result<T, TaskError> {
         match r {
             Ok(Ok(v)) => Ok(v),
             Ok(Err(chain)) => Err(sandbox_err(sandbox::guest_error(chain))),
@@ -89,7 +102,11 @@ impl Guest {
     }
 }
 
-async fn run(env: &TaskEnv, desc: &TaskDescriptor, m: &mut TaskMetrics) -> Result<TaskSuccess, TaskError> {
+async fn run(
+    env: &TaskEnv,
+    desc: &TaskDescriptor,
+    m: &mut TaskMetrics,
+) -> Result<TaskSuccess, TaskError> {
     let modules = env.modules.clone();
     let hash = desc.module;
     let (loaded, info) = env
@@ -117,7 +134,9 @@ async fn run(env: &TaskEnv, desc: &TaskDescriptor, m: &mut TaskMetrics) -> Resul
         },
         ops: desc.ops.iter().map(|f| f.0).collect(),
         output: match &desc.output {
-            TaskOutput::ShuffleWrite { write, partitions, .. } => wit_task::TaskOutput::Shuffle(wit_task::ShuffleWrite {
+            TaskOutput::ShuffleWrite {
+                write, partitions, ..
+            } => wit_task::TaskOutput::Shuffle(wit_task::ShuffleWrite {
                 write: write.0,
                 partitions: *partitions,
             }),
@@ -127,12 +146,18 @@ async fn run(env: &TaskEnv, desc: &TaskDescriptor, m: &mut TaskMetrics) -> Resul
         },
         partition: desc.attempt.task.partition,
     };
-    let r = guest.job.flint_job_task().call_start(&mut guest.store, &spec).await;
+    let r = guest
+        .job
+        .flint_job_task()
+        .call_start(&mut guest.store, &spec)
+        .await;
     guest.unwrap(r)?;
 
     let mut sink = Sink::new(desc)?;
     match &desc.input {
-        TaskInput::TextSplit { path, start, end, .. } => {
+        TaskInput::TextSplit {
+            path, start, end, ..
+        } => {
             let (tx, mut rx) = mpsc::channel(2);
             let (path, start, end) = (PathBuf::from(path), *start, *end);
             // Reading and encoding run on a blocking thread, one batch ahead of the guest.
@@ -169,7 +194,10 @@ async fn run(env: &TaskEnv, desc: &TaskDescriptor, m: &mut TaskMetrics) -> Resul
             ..
         } => {
             let job = desc.attempt.task.stage.job;
-            let budget = desc.limits.max_bytes_in_flight.clamp(1 << 20, u32::MAX as u64);
+            let budget = desc
+                .limits
+                .max_bytes_in_flight
+                .clamp(1 << 20, u32::MAX as u64);
             let permits = Arc::new(Semaphore::new(budget as usize));
             let (tx, mut rx) = mpsc::channel(segments.len().max(1));
             // Fetch with bounded bytes in flight: a segment's permits are held until the
@@ -179,7 +207,9 @@ async fn run(env: &TaskEnv, desc: &TaskDescriptor, m: &mut TaskMetrics) -> Resul
                 let (shuffle, reduce) = (*shuffle, *reduce_partition);
                 tokio::spawn(async move {
                     let want = src.size.clamp(1, budget) as u32;
-                    let Ok(permit) = permits.acquire_many_owned(want).await else { return };
+                    let Ok(permit) = permits.acquire_many_owned(want).await else {
+                        return;
+                    };
                     let r = fetcher.fetch(job, shuffle, reduce, &src).await;
                     let _ = tx.send((r, permit, src)).await;
                 });
@@ -215,9 +245,19 @@ async fn run(env: &TaskEnv, desc: &TaskDescriptor, m: &mut TaskMetrics) -> Resul
 
 /// Where a task's output chunks go.
 enum Sink {
-    Shuffle { segments: Vec<Vec<u8>> },
-    Text { file: String, out: std::io::BufWriter<std::fs::File>, rows: u64 },
-    Rows { batches: Vec<Vec<u8>>, bytes: u64, max: u64 },
+    Shuffle {
+        segments: Vec<Vec<u8>>,
+    },
+    Text {
+        file: String,
+        out: std::io::BufWriter<std::fs::File>,
+        rows: u64,
+    },
+    Rows {
+        batches: Vec<Vec<u8>>,
+        bytes: u64,
+        max: u64,
+    },
     Count(u64),
 }
 
@@ -230,9 +270,11 @@ impl Sink {
             TaskOutput::Text { file, .. } => {
                 let path = std::path::Path::new(file);
                 if let Some(dir) = path.parent() {
-                    std::fs::create_dir_all(dir).map_err(|e| io_err(format!("creating {}: {e}", dir.display())))?;
+                    std::fs::create_dir_all(dir)
+                        .map_err(|e| io_err(format!("creating {}: {e}", dir.display())))?;
                 }
-                let f = std::fs::File::create(path).map_err(|e| io_err(format!("creating {file}: {e}")))?;
+                let f = std::fs::File::create(path)
+                    .map_err(|e| io_err(format!("creating {file}: {e}")))?;
                 Sink::Text {
                     file: file.clone(),
                     out: std::io::BufWriter::with_capacity(1 << 20, f),
@@ -248,29 +290,61 @@ impl Sink {
         })
     }
 
-    fn accept(&mut self, chunks: Vec<wit_task::Chunk>, m: &mut TaskMetrics) -> Result<(), TaskError> {
+    fn accept(
+        &mut self,
+        chunks: Vec<wit_task::Chunk>,
+        m: &mut TaskMetrics,
+    ) -> Result<(), TaskError> {
         for c in chunks {
             m.output_records += c.rows;
             match self {
                 Sink::Shuffle { segments } => {
                     let n = segments.len();
                     let seg = segments.get_mut(c.partition as usize).ok_or_else(|| {
-                        err(TaskErrorKind::Guest, vec![format!("guest wrote shuffle partition {} of {n}", c.partition)])
+                        err(
+                            TaskErrorKind::Guest,
+                            vec![format!(
+                                "guest wrote shuffle partition {} of {n}",
+                                c.partition
+                            )],
+                        )
                     })?;
                     if !seg.is_empty() {
-                        return Err(err(TaskErrorKind::Guest, vec![format!("guest wrote shuffle partition {} twice", c.partition)]));
+                        return Err(err(
+                            TaskErrorKind::Guest,
+                            vec![format!(
+                                "guest wrote shuffle partition {} twice",
+                                c.partition
+                            )],
+                        ));
                     }
                     *seg = c.ipc;
                 }
                 Sink::Text { file, out, rows } => {
-                    let reader = arrow_ipc::reader::StreamReader::try_new(std::io::Cursor::new(c.ipc), None)
-                        .map_err(|e| err(TaskErrorKind::Guest, vec![format!("guest text output is not Arrow IPC: {e}")]))?;
+                    let reader =
+                        arrow_ipc::reader::StreamReader::try_new(std::io::Cursor::new(c.ipc), None)
+                            .map_err(|e| {
+                                err(
+                                    TaskErrorKind::Guest,
+                                    vec![format!("guest text output is not Arrow IPC: {e}")],
+                                )
+                            })?;
                     for batch in reader {
-                        let batch = batch.map_err(|e| err(TaskErrorKind::Guest, vec![format!("guest text output: {e}")]))?;
+                        let batch = batch.map_err(|e| {
+                            err(
+                                TaskErrorKind::Guest,
+                                vec![format!("guest text output: {e}")],
+                            )
+                        })?;
                         let col = batch
                             .column_by_name("line")
                             .and_then(|c| c.as_any().downcast_ref::<StringArray>())
-                            .ok_or_else(|| err(TaskErrorKind::Guest, vec!["guest text output has no utf8 column `line`".into()]))?;
+                            .ok_or_else(|| {
+                                err(
+                                    TaskErrorKind::Guest,
+                                    vec!["guest text output has no utf8 column `line`".into()],
+                                )
+                            })?;
                         for i in 0..col.len() {
                             out.write_all(col.value(i).as_bytes())
                                 .and_then(|_| out.write_all(b"\n"))
@@ -279,7 +353,11 @@ impl Sink {
                         *rows += col.len() as u64;
                     }
                 }
-                Sink::Rows { batches, bytes, max } => {
+                Sink::Rows {
+                    batches,
+                    bytes,
+                    max,
+                } => {
                     *bytes += c.ipc.len() as u64;
                     if *bytes > *max {
                         return Err(err(
@@ -297,7 +375,12 @@ impl Sink {
         Ok(())
     }
 
-    async fn complete(self, env: &TaskEnv, desc: &TaskDescriptor, m: &mut TaskMetrics) -> Result<TaskSuccess, TaskError> {
+    async fn complete(
+        self,
+        env: &TaskEnv,
+        desc: &TaskDescriptor,
+        m: &mut TaskMetrics,
+    ) -> Result<TaskSuccess, TaskError> {
         Ok(match self {
             Sink::Shuffle { segments } => {
                 let TaskOutput::ShuffleWrite { shuffle, .. } = desc.output else {
@@ -305,16 +388,24 @@ impl Sink {
                 };
                 let store = env.shuffle.clone();
                 let (job, map) = (desc.attempt.task.stage.job, desc.attempt.task.partition);
-                let sizes = tokio::task::spawn_blocking(move || store.write(job, shuffle, map, &segments))
-                    .await
-                    .map_err(|e| io_err(e.to_string()))?
-                    .map_err(|e| io_err(e.to_string()))?;
+                let sizes =
+                    tokio::task::spawn_blocking(move || store.write(job, shuffle, map, &segments))
+                        .await
+                        .map_err(|e| io_err(e.to_string()))?
+                        .map_err(|e| io_err(e.to_string()))?;
                 m.shuffle_write_bytes = sizes.iter().sum();
                 TaskSuccess::MapOutput { sizes }
             }
-            Sink::Text { file, mut out, rows } => {
-                out.flush().map_err(|e| io_err(format!("writing {file}: {e}")))?;
-                out.get_ref().sync_all().map_err(|e| io_err(format!("syncing {file}: {e}")))?;
+            Sink::Text {
+                file,
+                mut out,
+                rows,
+            } => {
+                out.flush()
+                    .map_err(|e| io_err(format!("writing {file}: {e}")))?;
+                out.get_ref()
+                    .sync_all()
+                    .map_err(|e| io_err(format!("syncing {file}: {e}")))?;
                 TaskSuccess::Text { file, rows }
             }
             Sink::Rows { batches, .. } => TaskSuccess::Rows { batches },

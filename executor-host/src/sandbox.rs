@@ -14,7 +14,9 @@ use std::time::{Duration, Instant};
 use thiserror::Error;
 use tokio::sync::OnceCell;
 use wasmtime::component::{Component, HasSelf, Linker, ResourceTable};
-use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, UpdateDeadline};
+use wasmtime::{
+    Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, UpdateDeadline,
+};
 use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
@@ -25,9 +27,9 @@ wasmtime::component::bindgen!({
     exports: { default: async },
 });
 
+pub use exports::flint::job::task as wit_task;
 /// The WIT types, for the driver's plan conversion.
 pub use flint::job::types as wit;
-pub use exports::flint::job::task as wit_task;
 
 /// The interface version this host speaks (the `flint:job` package version and the
 /// number `interface-version` must return).
@@ -43,11 +45,17 @@ const EPOCH_TICK: Duration = Duration::from_millis(10);
 pub enum SandboxError {
     #[error("not WebAssembly: the file does not start with the `\\0asm` header")]
     NotWasm,
-    #[error("a core WebAssembly module, not a component: build the job for wasm32-wasip2 with the Flint guest SDK")]
+    #[error(
+        "a core WebAssembly module, not a component: build the job for wasm32-wasip2 with the Flint guest SDK"
+    )]
     CoreModule,
-    #[error("not a Flint job: the component exports no `flint:job/job` interface (it exports: {exports})")]
+    #[error(
+        "not a Flint job: the component exports no `flint:job/job` interface (it exports: {exports})"
+    )]
     NotAJob { exports: String },
-    #[error("the component was built against interface {found}, this host speaks {expected}; rebuild it with a matching guest SDK")]
+    #[error(
+        "the component was built against interface {found}, this host speaks {expected}; rebuild it with a matching guest SDK"
+    )]
     InterfaceVersion { found: String, expected: String },
     #[error("the component imports functions Flint does not provide: {0}")]
     UnknownImports(String),
@@ -64,17 +72,27 @@ pub enum SandboxError {
     #[error("{0}")]
     Limit(LimitHit),
     #[error("guest trapped: {message}")]
-    Trap { message: String, detail: Vec<String> },
+    Trap {
+        message: String,
+        detail: Vec<String>,
+    },
     #[error("{message}")]
-    Guest { message: String, causes: Vec<String> },
+    Guest {
+        message: String,
+        causes: Vec<String>,
+    },
 }
 
 impl SandboxError {
     /// The message and its causes, outermost first.
     pub fn chain(&self) -> Vec<String> {
         match self {
-            SandboxError::Trap { detail, .. } => std::iter::once(self.to_string()).chain(detail.iter().cloned()).collect(),
-            SandboxError::Guest { message, causes } => std::iter::once(message.clone()).chain(causes.iter().cloned()).collect(),
+            SandboxError::Trap { detail, .. } => std::iter::once(self.to_string())
+                .chain(detail.iter().cloned())
+                .collect(),
+            SandboxError::Guest { message, causes } => std::iter::once(message.clone())
+                .chain(causes.iter().cloned())
+                .collect(),
             other => vec![other.to_string()],
         }
     }
@@ -96,7 +114,9 @@ impl SandboxError {
 /// A sandbox limit that ended a guest.
 #[derive(Clone, Debug, Error, PartialEq, Eq)]
 pub enum LimitHit {
-    #[error("memory limit hit: the guest asked for {desired} bytes of memory, over its cap of {cap} bytes (task.memory)")]
+    #[error(
+        "memory limit hit: the guest asked for {desired} bytes of memory, over its cap of {cap} bytes (task.memory)"
+    )]
     Memory { cap: u64, desired: u64 },
     #[error("deadline hit: the guest ran past its budget of {0:?} (task.deadline)")]
     Deadline(Duration),
@@ -118,7 +138,13 @@ pub trait ActionRunner: Send + Sync {
         &self,
         plan: wit::Plan,
         action: wit::Action,
-    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<wit::ActionResult, wit::ErrorChain>> + Send + '_>>;
+    ) -> std::pin::Pin<
+        Box<
+            dyn std::future::Future<Output = Result<wit::ActionResult, wit::ErrorChain>>
+                + Send
+                + '_,
+        >,
+    >;
 }
 
 /// The data of one store.
@@ -158,7 +184,11 @@ impl WasiView for GuestState {
 impl flint::job::types::Host for GuestState {}
 
 impl flint::job::host::Host for GuestState {
-    async fn run_action(&mut self, plan: wit::Plan, action: wit::Action) -> Result<wit::ActionResult, wit::ErrorChain> {
+    async fn run_action(
+        &mut self,
+        plan: wit::Plan,
+        action: wit::Action,
+    ) -> Result<wit::ActionResult, wit::ErrorChain> {
         match self.actions.clone() {
             Some(runner) => runner.run(plan, action).await,
             None => Err(wit::ErrorChain {
@@ -175,7 +205,12 @@ struct Limiter {
 }
 
 impl wasmtime::ResourceLimiter for Limiter {
-    fn memory_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
+    fn memory_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
         if desired as u64 > self.cap {
             return Err(LimitHit::Memory {
                 cap: self.cap,
@@ -187,7 +222,12 @@ impl wasmtime::ResourceLimiter for Limiter {
         Ok(true)
     }
 
-    fn table_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
+    fn table_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
         Ok(desired <= 1 << 20)
     }
 }
@@ -247,9 +287,11 @@ impl Sandbox {
             .wasm_component_model(true)
             .max_wasm_stack(1 << 20)
             .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
-        let engine = Engine::new(&config).map_err(|e| SandboxError::Instantiate(format!("{e:#}")))?;
+        let engine =
+            Engine::new(&config).map_err(|e| SandboxError::Instantiate(format!("{e:#}")))?;
         let mut linker = Linker::new(&engine);
-        wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(|e| SandboxError::Instantiate(format!("{e:#}")))?;
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker)
+            .map_err(|e| SandboxError::Instantiate(format!("{e:#}")))?;
         flint::job::host::add_to_linker::<GuestState, HasSelf<GuestState>>(&mut linker, |s| s)
             .map_err(|e| SandboxError::Instantiate(format!("{e:#}")))?;
         flint::job::types::add_to_linker::<GuestState, HasSelf<GuestState>>(&mut linker, |s| s)
@@ -275,7 +317,11 @@ impl Sandbox {
 
     /// The compiled component for `hash`; `fetch` is awaited only when neither memory nor
     /// the disk cache has it. Concurrent callers for one hash share one compile.
-    pub async fn load<F, Fut>(&self, hash: ModuleHash, fetch: F) -> Result<(Arc<LoadedJob>, LoadInfo), SandboxError>
+    pub async fn load<F, Fut>(
+        &self,
+        hash: ModuleHash,
+        fetch: F,
+    ) -> Result<(Arc<LoadedJob>, LoadInfo), SandboxError>
     where
         F: FnOnce() -> Fut,
         Fut: std::future::Future<Output = Result<Vec<u8>, String>>,
@@ -291,7 +337,7 @@ impl Sandbox {
         let job = cell
             .get_or_try_init(|| async {
                 let started = Instant::now();
-                let component = match self.from_disk_cache(hash) {
+                let component = match self.load_cached(hash) {
                     Some(c) => c,
                     None => {
                         let bytes = fetch().await.map_err(SandboxError::Fetch)?;
@@ -309,7 +355,10 @@ impl Sandbox {
     }
 
     /// Checks and compiles bytes given directly (the driver's own copy).
-    pub async fn load_bytes(&self, bytes: Vec<u8>) -> Result<(Arc<LoadedJob>, LoadInfo), SandboxError> {
+    pub async fn load_bytes(
+        &self,
+        bytes: Vec<u8>,
+    ) -> Result<(Arc<LoadedJob>, LoadInfo), SandboxError> {
         let hash = hash_bytes(&bytes);
         self.load(hash, || async move { Ok(bytes) }).await
     }
@@ -321,7 +370,7 @@ impl Sandbox {
         Some(dir.join(format!("{}-{:016x}.cwasm", hash.to_hex(), h.finish())))
     }
 
-    fn from_disk_cache(&self, hash: ModuleHash) -> Option<Component> {
+    fn load_cached(&self, hash: ModuleHash) -> Option<Component> {
         let path = self.cache_path(hash)?;
         let bytes = std::fs::read(&path).ok()?;
         // SAFETY: the file is one this host wrote itself from `precompile_component` with
@@ -347,13 +396,14 @@ impl Sandbox {
             .await
             .map_err(|e| SandboxError::Compile(e.to_string()))?
             .map_err(|e| SandboxError::Compile(format!("{e:#}")))?;
-        if let Some(path) = self.cache_path(hash) {
-            if let Err(e) = write_atomically(&path, &serialized) {
-                tracing::warn!(path = %path.display(), "could not write the compiled-component cache: {e}");
-            }
+        if let Some(path) = self.cache_path(hash)
+            && let Err(e) = write_atomically(&path, &serialized)
+        {
+            tracing::warn!(path = %path.display(), "could not write the compiled-component cache: {e}");
         }
         // SAFETY: `serialized` was produced just now by this engine.
-        unsafe { Component::deserialize(&self.engine, &serialized) }.map_err(|e| SandboxError::Compile(format!("{e:#}")))
+        unsafe { Component::deserialize(&self.engine, &serialized) }
+            .map_err(|e| SandboxError::Compile(format!("{e:#}")))
     }
 
     fn link(&self, hash: ModuleHash, component: &Component) -> Result<LoadedJob, SandboxError> {
@@ -362,12 +412,18 @@ impl Sandbox {
             .linker
             .instantiate_pre(component)
             .map_err(|e| SandboxError::UnknownImports(format!("{e:#}")))?;
-        let pre = FlintJobPre::new(pre).map_err(|e| SandboxError::NotAJob { exports: format!("{e:#}") })?;
+        let pre = FlintJobPre::new(pre).map_err(|e| SandboxError::NotAJob {
+            exports: format!("{e:#}"),
+        })?;
         Ok(LoadedJob { hash, pre })
     }
 
     /// A fresh store with the given limits; `actions` only for driver programs.
-    pub fn store(&self, limits: &StoreLimits, actions: Option<Arc<dyn ActionRunner>>) -> Store<GuestState> {
+    pub fn store(
+        &self,
+        limits: &StoreLimits,
+        actions: Option<Arc<dyn ActionRunner>>,
+    ) -> Store<GuestState> {
         let stdout = MemoryOutputPipe::new(limits.output_bytes);
         let stderr = MemoryOutputPipe::new(limits.output_bytes);
         let wasi = WasiCtxBuilder::new()
@@ -407,7 +463,10 @@ impl Sandbox {
 
 impl LoadedJob {
     /// Instantiates into `store` and checks the interface version the guest reports.
-    pub async fn instantiate(&self, store: &mut Store<GuestState>) -> Result<FlintJob, SandboxError> {
+    pub async fn instantiate(
+        &self,
+        store: &mut Store<GuestState>,
+    ) -> Result<FlintJob, SandboxError> {
         let job = self
             .pre
             .instantiate_async(&mut *store)
@@ -495,7 +554,11 @@ fn check_interface(engine: &Engine, component: &Component) -> Result<(), Sandbox
     match exports.iter().find(|n| n.starts_with(&job_prefix)) {
         None => {
             return Err(SandboxError::NotAJob {
-                exports: if exports.is_empty() { "nothing".into() } else { exports.join(", ") },
+                exports: if exports.is_empty() {
+                    "nothing".into()
+                } else {
+                    exports.join(", ")
+                },
             });
         }
         Some(n) if *n != format!("{job_prefix}@{INTERFACE_SEMVER}") => {

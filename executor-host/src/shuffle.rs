@@ -17,7 +17,10 @@ use thiserror::Error;
 #[derive(Debug, Error)]
 pub enum ShuffleError {
     #[error("shuffle file {path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("shuffle index {path} is corrupt: {what}")]
     Corrupt { path: PathBuf, what: String },
     #[error("reduce partition {reduce} out of range: the map output has {partitions}")]
@@ -36,12 +39,24 @@ impl ShuffleStore {
     }
 
     fn paths(&self, job: JobId, shuffle: ShuffleId, map: u32) -> (PathBuf, PathBuf) {
-        let dir = self.root.join(job.0.to_string()).join(shuffle.0.to_string());
-        (dir.join(format!("map-{map}.data")), dir.join(format!("map-{map}.index")))
+        let dir = self
+            .root
+            .join(job.0.to_string())
+            .join(shuffle.0.to_string());
+        (
+            dir.join(format!("map-{map}.data")),
+            dir.join(format!("map-{map}.index")),
+        )
     }
 
     /// Writes a map output; `segments[p]` is reduce partition `p`'s bytes. Returns sizes.
-    pub fn write(&self, job: JobId, shuffle: ShuffleId, map: u32, segments: &[Vec<u8>]) -> Result<Vec<u64>, ShuffleError> {
+    pub fn write(
+        &self,
+        job: JobId,
+        shuffle: ShuffleId,
+        map: u32,
+        segments: &[Vec<u8>],
+    ) -> Result<Vec<u64>, ShuffleError> {
         let (data, index) = self.paths(job, shuffle, map);
         let io = |path: &Path| {
             let path = path.to_path_buf();
@@ -50,7 +65,10 @@ impl ShuffleStore {
         let dir = data.parent().expect("shuffle paths have a parent");
         std::fs::create_dir_all(dir).map_err(io(dir))?;
         let tmp_data = data.with_extension(format!("data.tmp{}", std::process::id()));
-        let mut f = std::io::BufWriter::with_capacity(1 << 20, std::fs::File::create(&tmp_data).map_err(io(&tmp_data))?);
+        let mut f = std::io::BufWriter::with_capacity(
+            1 << 20,
+            std::fs::File::create(&tmp_data).map_err(io(&tmp_data))?,
+        );
         let mut offsets = Vec::with_capacity(segments.len() + 1);
         let mut off = 0u64;
         offsets.push(0u64);
@@ -70,7 +88,13 @@ impl ShuffleStore {
     }
 
     /// Reads reduce partition `reduce`'s segment of one map output.
-    pub fn read(&self, job: JobId, shuffle: ShuffleId, map: u32, reduce: u32) -> Result<Vec<u8>, ShuffleError> {
+    pub fn read(
+        &self,
+        job: JobId,
+        shuffle: ShuffleId,
+        map: u32,
+        reduce: u32,
+    ) -> Result<Vec<u8>, ShuffleError> {
         let (data, index) = self.paths(job, shuffle, map);
         let idx = std::fs::read(&index).map_err(|source| ShuffleError::Io {
             path: index.clone(),
@@ -113,7 +137,11 @@ impl ShuffleStore {
 }
 
 /// Serves segment fetches on one peer connection until it closes.
-pub async fn serve_connection(conn: quinn::Connection, store: std::sync::Arc<ShuffleStore>, served: std::sync::Arc<std::sync::atomic::AtomicU64>) {
+pub async fn serve_connection(
+    conn: quinn::Connection,
+    store: std::sync::Arc<ShuffleStore>,
+    served: std::sync::Arc<std::sync::atomic::AtomicU64>,
+) {
     while let Ok((mut send, mut recv)) = conn.accept_bi().await {
         let store = store.clone();
         let served = served.clone();
@@ -125,10 +153,17 @@ pub async fn serve_connection(conn: quinn::Connection, store: std::sync::Arc<Shu
                     return;
                 }
             };
-            let data = tokio::task::spawn_blocking(move || store.read(req.job, req.shuffle, req.map_partition, req.reduce_partition))
-                .await
-                .map_err(|e| e.to_string())
-                .and_then(|r| r.map_err(|e| e.to_string()));
+            let data = tokio::task::spawn_blocking(move || {
+                store.read(
+                    req.job,
+                    req.shuffle,
+                    req.map_partition,
+                    req.reduce_partition,
+                )
+            })
+            .await
+            .map_err(|e| e.to_string())
+            .and_then(|r| r.map_err(|e| e.to_string()));
             if let Ok(d) = &data {
                 served.fetch_add(d.len() as u64, std::sync::atomic::Ordering::Relaxed);
             }
@@ -155,7 +190,11 @@ pub struct Fetcher {
 }
 
 impl Fetcher {
-    pub fn new(endpoint: quinn::Endpoint, me: ExecutorId, store: std::sync::Arc<ShuffleStore>) -> Fetcher {
+    pub fn new(
+        endpoint: quinn::Endpoint,
+        me: ExecutorId,
+        store: std::sync::Arc<ShuffleStore>,
+    ) -> Fetcher {
         Fetcher {
             endpoint,
             me,
@@ -165,7 +204,13 @@ impl Fetcher {
     }
 
     /// One segment; the flag says whether it crossed the network.
-    pub async fn fetch(&self, job: JobId, shuffle: ShuffleId, reduce: u32, src: &SegmentSource) -> Result<(Vec<u8>, bool), FetchError> {
+    pub async fn fetch(
+        &self,
+        job: JobId,
+        shuffle: ShuffleId,
+        reduce: u32,
+        src: &SegmentSource,
+    ) -> Result<(Vec<u8>, bool), FetchError> {
         let fail = |source: Box<dyn std::error::Error + Send + Sync>| FetchError {
             executor: src.executor,
             addr: src.addr.clone(),
@@ -181,7 +226,10 @@ impl Fetcher {
                 .map_err(|e| fail(Box::new(e)))?;
             return Ok((data, false));
         }
-        let conn = self.connection(&src.addr).await.map_err(|e| fail(Box::new(e)))?;
+        let conn = self
+            .connection(&src.addr)
+            .await
+            .map_err(|e| fail(Box::new(e)))?;
         let req = FetchSegment {
             job,
             shuffle,
@@ -198,17 +246,24 @@ impl Fetcher {
         match result {
             Ok(data) => Ok((data, true)),
             Err(e) => {
-                self.conns.lock().unwrap_or_else(|p| p.into_inner()).remove(&src.addr);
+                self.conns
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .remove(&src.addr);
                 Err(fail(Box::new(e)))
             }
         }
     }
 
     async fn connection(&self, addr: &str) -> Result<quinn::Connection, NetError> {
-        if let Some(c) = self.conns.lock().unwrap_or_else(|p| p.into_inner()).get(addr) {
-            if c.close_reason().is_none() {
-                return Ok(c.clone());
-            }
+        let cached = self
+            .conns
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(addr)
+            .cloned();
+        if let Some(c) = cached.filter(|c| c.close_reason().is_none()) {
+            return Ok(c);
         }
         let c = net::connect(&self.endpoint, addr, crate::tls::MEMBER_NAME).await?;
         self.conns
@@ -232,10 +287,19 @@ mod tests {
         assert_eq!(sizes, vec![3, 0, 5]);
         assert_eq!(store.read(JobId(1), ShuffleId(0), 4, 2).unwrap(), b"defgh");
         assert!(store.read(JobId(1), ShuffleId(0), 4, 1).unwrap().is_empty());
-        assert!(matches!(store.read(JobId(1), ShuffleId(0), 4, 3), Err(ShuffleError::OutOfRange { .. })));
-        assert!(matches!(store.read(JobId(1), ShuffleId(0), 5, 0), Err(ShuffleError::Io { .. })));
+        assert!(matches!(
+            store.read(JobId(1), ShuffleId(0), 4, 3),
+            Err(ShuffleError::OutOfRange { .. })
+        ));
+        assert!(matches!(
+            store.read(JobId(1), ShuffleId(0), 5, 0),
+            Err(ShuffleError::Io { .. })
+        ));
         let (_, index) = store.paths(JobId(1), ShuffleId(0), 4);
         std::fs::write(&index, [0xff; 24]).unwrap();
-        assert!(matches!(store.read(JobId(1), ShuffleId(0), 4, 0), Err(ShuffleError::Corrupt { .. })));
+        assert!(matches!(
+            store.read(JobId(1), ShuffleId(0), 4, 0),
+            Err(ShuffleError::Corrupt { .. })
+        ));
     }
 }

@@ -81,7 +81,16 @@ fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
-fn parse(id: &Identity) -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>, rustls::RootCertStore), TlsError> {
+fn parse(
+    id: &Identity,
+) -> Result<
+    (
+        Vec<CertificateDer<'static>>,
+        PrivateKeyDer<'static>,
+        rustls::RootCertStore,
+    ),
+    TlsError,
+> {
     let certs = pem_blocks(&id.cert_pem, "CERTIFICATE")?
         .into_iter()
         .map(CertificateDer::from)
@@ -96,7 +105,11 @@ fn parse(id: &Identity) -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'
             .add(CertificateDer::from(ca))
             .map_err(|e| TlsError::Pem(format!("CA certificate: {e}")))?;
     }
-    Ok((certs, PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key)), roots))
+    Ok((
+        certs,
+        PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key)),
+        roots,
+    ))
 }
 
 /// Minimal PEM reader for the blocks rcgen writes.
@@ -111,7 +124,10 @@ fn pem_blocks(text: &str, label: &str) -> Result<Vec<Vec<u8>>, TlsError> {
             .find(&end)
             .ok_or_else(|| TlsError::Pem(format!("unterminated {label} block")))?;
         let b64: String = after[..e].chars().filter(|c| !c.is_whitespace()).collect();
-        out.push(base64_decode(&b64).ok_or_else(|| TlsError::Pem(format!("bad base64 in {label} block")))?);
+        out.push(
+            base64_decode(&b64)
+                .ok_or_else(|| TlsError::Pem(format!("bad base64 in {label} block")))?,
+        );
         rest = &after[e + end.len()..];
     }
     if out.is_empty() {
@@ -164,15 +180,17 @@ fn transport() -> Arc<quinn::TransportConfig> {
 /// Server side: presents `id`, requires a client certificate from the same CA.
 pub fn server_config(id: &Identity) -> Result<quinn::ServerConfig, TlsError> {
     let (certs, key, roots) = parse(id)?;
-    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider())
-        .build()
-        .map_err(|e| TlsError::Verifier(e.to_string()))?;
+    let verifier =
+        rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider())
+            .build()
+            .map_err(|e| TlsError::Verifier(e.to_string()))?;
     let mut cfg = rustls::ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .with_client_cert_verifier(verifier)
         .with_single_cert(certs, key)?;
     cfg.alpn_protocols = vec![ALPN.to_vec()];
-    let quic = quinn::crypto::rustls::QuicServerConfig::try_from(cfg).map_err(|e| TlsError::Verifier(e.to_string()))?;
+    let quic = quinn::crypto::rustls::QuicServerConfig::try_from(cfg)
+        .map_err(|e| TlsError::Verifier(e.to_string()))?;
     let mut sc = quinn::ServerConfig::with_crypto(Arc::new(quic));
     sc.transport_config(transport());
     Ok(sc)
@@ -186,15 +204,20 @@ pub fn client_config(id: &Identity) -> Result<quinn::ClientConfig, TlsError> {
         .with_root_certificates(roots)
         .with_client_auth_cert(certs, key)?;
     cfg.alpn_protocols = vec![ALPN.to_vec()];
-    let quic = quinn::crypto::rustls::QuicClientConfig::try_from(cfg).map_err(|e| TlsError::Verifier(e.to_string()))?;
+    let quic = quinn::crypto::rustls::QuicClientConfig::try_from(cfg)
+        .map_err(|e| TlsError::Verifier(e.to_string()))?;
     let mut cc = quinn::ClientConfig::new(Arc::new(quic));
     cc.transport_config(transport());
     Ok(cc)
 }
 
 /// A QUIC endpoint that serves as `id` and connects out as `id`.
-pub fn endpoint(id: &Identity, bind: std::net::SocketAddr) -> Result<quinn::Endpoint, crate::net::NetError> {
-    let mut ep = quinn::Endpoint::server(server_config(id)?, bind).map_err(crate::net::NetError::Bind)?;
+pub fn endpoint(
+    id: &Identity,
+    bind: std::net::SocketAddr,
+) -> Result<quinn::Endpoint, crate::net::NetError> {
+    let mut ep =
+        quinn::Endpoint::server(server_config(id)?, bind).map_err(crate::net::NetError::Bind)?;
     ep.set_default_client_config(client_config(id)?);
     Ok(ep)
 }

@@ -2,14 +2,14 @@
 
 use crate::bindings::flint::job::host;
 use crate::bindings::flint::job::types as wit;
-use crate::rows::{self, conjure, fn_ref, Rows, BATCH_ROWS};
+use crate::rows::{self, BATCH_ROWS, Rows, conjure, fn_ref};
 use crate::task::{ShuffleReader, ShuffleWriter};
 use crate::{Error, Result};
-use arrow_array::builder::StringBuilder;
 use arrow_array::RecordBatch;
+use arrow_array::builder::StringBuilder;
 use rustc_hash::{FxHashMap, FxHasher};
-use serde::de::DeserializeOwned;
 use serde::Serialize;
+use serde::de::DeserializeOwned;
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
 use std::marker::PhantomData;
@@ -46,7 +46,10 @@ macro_rules! to_text_display {
         }
     )*};
 }
-to_text_display!(String, str, bool, char, u8, u16, u32, u64, u128, usize, i8, i16, i32, i64, i128, isize, f32, f64);
+to_text_display!(
+    String, str, bool, char, u8, u16, u32, u64, u128, usize, i8, i16, i32, i64, i128, isize, f32,
+    f64
+);
 
 impl<T: ToText + ?Sized> ToText for &T {
     fn write_text(&self, out: &mut String) {
@@ -123,9 +126,22 @@ impl Context {
 
 /// A node of the lineage a `Dataset` stands for.
 enum LNode {
-    TextFile { paths: Vec<String>, decode: u32 },
-    Narrow { parent: Rc<LNode>, apply: u32, name: &'static str },
-    Shuffle { parent: Rc<LNode>, partitions: Option<u32>, write: u32, read: u32, name: &'static str },
+    TextFile {
+        paths: Vec<String>,
+        decode: u32,
+    },
+    Narrow {
+        parent: Rc<LNode>,
+        apply: u32,
+        name: &'static str,
+    },
+    Shuffle {
+        parent: Rc<LNode>,
+        partitions: Option<u32>,
+        write: u32,
+        read: u32,
+        name: &'static str,
+    },
 }
 
 /// A lazy, partitioned collection of rows of type `T`, like Spark's RDD.
@@ -186,7 +202,10 @@ impl<T: Data> Dataset<T> {
     /// let words = lines.flat_map(|l: String| l.split(' ').map(str::to_owned).collect::<Vec<_>>());
     /// # }
     /// ```
-    pub fn flat_map<U: Data, I: IntoIterator<Item = U>, F: Fn(T) -> I + Copy + 'static>(&self, f: F) -> Dataset<U> {
+    pub fn flat_map<U: Data, I: IntoIterator<Item = U>, F: Fn(T) -> I + Copy + 'static>(
+        &self,
+        f: F,
+    ) -> Dataset<U> {
         let _ = f;
         self.narrow(apply_flat_map::<T, U, I, F>, "flat_map")
     }
@@ -282,9 +301,14 @@ impl<K: Key, V: Data> Dataset<(K, V)> {
     }
 
     /// [`reduce_by_key`](Self::reduce_by_key) into `partitions` partitions.
-    pub fn reduce_by_key_into<F: Fn(V, V) -> V + Copy + 'static>(&self, partitions: Option<u32>, f: F) -> Dataset<(K, V)> {
+    pub fn reduce_by_key_into<F: Fn(V, V) -> V + Copy + 'static>(
+        &self,
+        partitions: Option<u32>,
+        f: F,
+    ) -> Dataset<(K, V)> {
         let _ = f;
-        let write = fn_ref(new_reduce_writer::<K, V, F> as fn(u32) -> Box<dyn ShuffleWriter> as usize);
+        let write =
+            fn_ref(new_reduce_writer::<K, V, F> as fn(u32) -> Box<dyn ShuffleWriter> as usize);
         let read = fn_ref(new_reduce_reader::<K, V, F> as fn() -> Box<dyn ShuffleReader> as usize);
         Dataset {
             node: Rc::new(LNode::Shuffle {
@@ -301,7 +325,11 @@ impl<K: Key, V: Data> Dataset<(K, V)> {
 
 /// Lineage → plan nodes in topological order (shared ancestors once).
 fn flatten(root: &Rc<LNode>) -> wit::Plan {
-    fn visit(n: &Rc<LNode>, seen: &mut HashMap<*const LNode, u32>, out: &mut Vec<wit::PlanNode>) -> u32 {
+    fn visit(
+        n: &Rc<LNode>,
+        seen: &mut HashMap<*const LNode, u32>,
+        out: &mut Vec<wit::PlanNode>,
+    ) -> u32 {
         if let Some(i) = seen.get(&Rc::as_ptr(n)) {
             return *i;
         }
@@ -311,7 +339,11 @@ fn flatten(root: &Rc<LNode>) -> wit::Plan {
                 min_partitions: 0,
                 decode: *decode,
             }),
-            LNode::Narrow { parent, apply, name } => {
+            LNode::Narrow {
+                parent,
+                apply,
+                name,
+            } => {
                 let parent = visit(parent, seen, out);
                 wit::PlanNode::Narrow(wit::NarrowOp {
                     parent,
@@ -319,7 +351,13 @@ fn flatten(root: &Rc<LNode>) -> wit::Plan {
                     name: name.to_string(),
                 })
             }
-            LNode::Shuffle { parent, partitions, write, read, name } => {
+            LNode::Shuffle {
+                parent,
+                partitions,
+                write,
+                read,
+                name,
+            } => {
                 let parent = visit(parent, seen, out);
                 wit::PlanNode::Shuffle(wit::ShuffleOp {
                     parent,
@@ -342,12 +380,21 @@ fn flatten(root: &Rc<LNode>) -> wit::Plan {
 
 fn apply_map<T: Data, U: Data, F: Fn(T) -> U>(rows: Rows) -> Result<Rows> {
     let f: F = conjure();
-    Ok(Rows::new(rows.take::<T>()?.into_iter().map(f).collect::<Vec<U>>()))
+    Ok(Rows::new(
+        rows.take::<T>()?.into_iter().map(f).collect::<Vec<U>>(),
+    ))
 }
 
-fn apply_flat_map<T: Data, U: Data, I: IntoIterator<Item = U>, F: Fn(T) -> I>(rows: Rows) -> Result<Rows> {
+fn apply_flat_map<T: Data, U: Data, I: IntoIterator<Item = U>, F: Fn(T) -> I>(
+    rows: Rows,
+) -> Result<Rows> {
     let f: F = conjure();
-    Ok(Rows::new(rows.take::<T>()?.into_iter().flat_map(f).collect::<Vec<U>>()))
+    Ok(Rows::new(
+        rows.take::<T>()?
+            .into_iter()
+            .flat_map(f)
+            .collect::<Vec<U>>(),
+    ))
 }
 
 fn apply_filter<T: Data, F: Fn(&T) -> bool>(rows: Rows) -> Result<Rows> {
@@ -434,14 +481,19 @@ impl<K: Key, V: Data, F: Fn(V, V) -> V> ShuffleWriter for ReduceWriter<K, V, F> 
             if rows.is_empty() {
                 continue;
             }
-            let batches = rows.chunks(BATCH_ROWS).map(rows::encode_pairs).collect::<Result<Vec<_>>>()?;
+            let batches = rows
+                .chunks(BATCH_ROWS)
+                .map(rows::encode_pairs)
+                .collect::<Result<Vec<_>>>()?;
             out.push((p as u32, batches));
         }
         Ok(out)
     }
 }
 
-fn new_reduce_writer<K: Key, V: Data, F: Fn(V, V) -> V + 'static>(partitions: u32) -> Box<dyn ShuffleWriter> {
+fn new_reduce_writer<K: Key, V: Data, F: Fn(V, V) -> V + 'static>(
+    partitions: u32,
+) -> Box<dyn ShuffleWriter> {
     Box::new(ReduceWriter::<K, V, F> {
         partitions,
         combiner: Combiner::new(),
@@ -465,7 +517,10 @@ impl<K: Key, V: Data, F: Fn(V, V) -> V> ShuffleReader for ReduceReader<K, V, F> 
         for kv in self.combiner.drain() {
             cur.push(kv);
             if cur.len() == BATCH_ROWS {
-                out.push(Rows::new(std::mem::replace(&mut cur, Vec::with_capacity(BATCH_ROWS))));
+                out.push(Rows::new(std::mem::replace(
+                    &mut cur,
+                    Vec::with_capacity(BATCH_ROWS),
+                )));
             }
         }
         if !cur.is_empty() {

@@ -13,6 +13,7 @@
 //!         .save_as_text(&output)?;
 //!     Ok(())
 //! }
+//! # fn main() {}
 //! ```
 //!
 //! # How a job runs
@@ -52,13 +53,13 @@ pub const INTERFACE_VERSION: u32 = 1;
 #[doc(hidden)]
 pub mod __private {
     //! Used by `#[flint::main]`; not a stable API.
+    pub use crate::INTERFACE_VERSION;
     pub use crate::bindings;
+    pub use crate::bindings::export;
     pub use crate::bindings::exports::flint::job::job::Guest as JobGuest;
     pub use crate::bindings::exports::flint::job::task::{Chunk, Guest as TaskGuest, TaskSpec};
     pub use crate::bindings::flint::job::types::ErrorChain;
     pub use crate::task::{finish as task_finish, push as task_push, start as task_start};
-    pub use crate::INTERFACE_VERSION;
-    pub use crate::bindings::export;
 
     /// Runs the user's `main` with the job's arguments.
     pub fn run_main(

@@ -82,14 +82,20 @@ pub(crate) fn encode_rows<T: Serialize + 'static>(rows: Rows) -> Result<RecordBa
         b.append_value(&buf);
     }
     let schema = Schema::new(vec![Field::new("row", DataType::Binary, false)]);
-    Ok(RecordBatch::try_new(Arc::new(schema), vec![Arc::new(b.finish()) as ArrayRef])?)
+    Ok(RecordBatch::try_new(
+        Arc::new(schema),
+        vec![Arc::new(b.finish()) as ArrayRef],
+    )?)
 }
 
 /// Inverse of [`encode_rows`], for `collect` on the driver.
 pub(crate) fn decode_rows<T: DeserializeOwned>(batch: &RecordBatch) -> Result<Vec<T>> {
     let col = binary_column(batch, "row")?;
     (0..col.len())
-        .map(|i| postcard::from_bytes(col.value(i)).map_err(|e| Error::from(e).context(format!("decoding row {i}"))))
+        .map(|i| {
+            postcard::from_bytes(col.value(i))
+                .map_err(|e| Error::from(e).context(format!("decoding row {i}")))
+        })
         .collect()
 }
 
@@ -135,7 +141,10 @@ pub(crate) fn for_each_pair<K: DeserializeOwned, V: DeserializeOwned>(
 pub(crate) fn lines_batch(lines: StringBuilder) -> Result<RecordBatch> {
     let mut lines = lines;
     let schema = Schema::new(vec![Field::new("line", DataType::Utf8, false)]);
-    Ok(RecordBatch::try_new(Arc::new(schema), vec![Arc::new(lines.finish()) as ArrayRef])?)
+    Ok(RecordBatch::try_new(
+        Arc::new(schema),
+        vec![Arc::new(lines.finish()) as ArrayRef],
+    )?)
 }
 
 /// Batch with a utf8 column `line` → `Vec<String>` (what `text_file` reads).
@@ -144,7 +153,10 @@ pub(crate) fn decode_lines(batch: &RecordBatch) -> Result<Rows> {
         .column_by_name("line")
         .and_then(|c| c.as_any().downcast_ref::<StringArray>())
         .ok_or_else(|| Error::msg("text batch has no utf8 column `line`"))?;
-    let v: Vec<String> = col.iter().map(|s| s.unwrap_or_default().to_owned()).collect();
+    let v: Vec<String> = col
+        .iter()
+        .map(|s| s.unwrap_or_default().to_owned())
+        .collect();
     Ok(Rows::new(v))
 }
 

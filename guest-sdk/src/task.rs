@@ -5,7 +5,7 @@
 
 use crate::__private::{Chunk, ErrorChain, TaskSpec};
 use crate::bindings::exports::flint::job::task::{TaskInput, TaskOutput};
-use crate::rows::{self, fn_ptr, ipc_bytes, ipc_stream, Rows};
+use crate::rows::{self, Rows, fn_ptr, ipc_bytes, ipc_stream};
 use crate::{Error, Result};
 use arrow_array::RecordBatch;
 use std::cell::RefCell;
@@ -75,7 +75,11 @@ pub fn start(spec: TaskSpec) -> Result<(), ErrorChain> {
             TaskInput::Batches(r) => Input::Batches(cast_decode(r)?),
             TaskInput::Shuffle(r) => Input::Shuffle(cast_new_reader(r)?()),
         };
-        let ops = spec.ops.iter().map(|r| cast_apply(*r)).collect::<Result<Vec<_>>>()?;
+        let ops = spec
+            .ops
+            .iter()
+            .map(|r| cast_apply(*r))
+            .collect::<Result<Vec<_>>>()?;
         let output = match spec.output {
             TaskOutput::Shuffle(w) => Output::Shuffle(cast_new_writer(w.write)?(w.partitions)),
             TaskOutput::Text(r) | TaskOutput::Rows(r) => Output::Batches(cast_to_batch(r)?),
@@ -109,7 +113,10 @@ pub fn finish() -> Result<Vec<Chunk>, ErrorChain> {
     let mut task = task.ok_or_else(|| Error::msg("finish called before start").into_chain())?;
     (|| -> Result<Vec<Chunk>> {
         let mut out = Vec::new();
-        let input = std::mem::replace(&mut task.input, Input::Batches(|_| Err(Error::msg("input finished"))));
+        let input = std::mem::replace(
+            &mut task.input,
+            Input::Batches(|_| Err(Error::msg("input finished"))),
+        );
         if let Input::Shuffle(reader) = input {
             for rows in reader.finish()? {
                 task.run(rows, &mut out)?;
@@ -136,7 +143,9 @@ pub fn finish() -> Result<Vec<Chunk>, ErrorChain> {
 fn with_task<R>(f: impl FnOnce(&mut Task) -> Result<R>) -> Result<R, ErrorChain> {
     TASK.with(|t| {
         let mut t = t.borrow_mut();
-        let task = t.as_mut().ok_or_else(|| Error::msg("push called before start").into_chain())?;
+        let task = t
+            .as_mut()
+            .ok_or_else(|| Error::msg("push called before start").into_chain())?;
         f(task).map_err(Error::into_chain)
     })
 }

@@ -26,16 +26,66 @@ pub struct KeyDef {
 
 /// Every setting Flint knows.
 pub const KEYS: &[KeyDef] = &[
-    KeyDef { key: "shuffle.partitions", kind: Kind::Count, default: None, doc: "reduce partitions of a shuffle that names none (default: as many as the map side)" },
-    KeyDef { key: "task.max_failures", kind: Kind::Count, default: Some("4"), doc: "attempts of one task before its job fails" },
-    KeyDef { key: "task.memory", kind: Kind::Bytes, default: Some("2g"), doc: "cap on a task's guest memory" },
-    KeyDef { key: "task.deadline", kind: Kind::Duration, default: Some("1h"), doc: "wall-clock budget of one task attempt" },
-    KeyDef { key: "executor.heartbeat_interval", kind: Kind::Duration, default: Some("10s"), doc: "how often executors report" },
-    KeyDef { key: "executor.timeout", kind: Kind::Duration, default: Some("120s"), doc: "silence after which an executor is lost" },
-    KeyDef { key: "shuffle.max_bytes_in_flight", kind: Kind::Bytes, default: Some("48m"), doc: "shuffle bytes a reduce task fetches at once" },
-    KeyDef { key: "files.max_partition_bytes", kind: Kind::Bytes, default: Some("128m"), doc: "largest input split" },
-    KeyDef { key: "driver.max_result_size", kind: Kind::Bytes, default: Some("1g"), doc: "largest result collect may bring to the driver" },
-    KeyDef { key: "driver.max_main_output", kind: Kind::Bytes, default: Some("1m"), doc: "captured stdout/stderr of the driver program" },
+    KeyDef {
+        key: "shuffle.partitions",
+        kind: Kind::Count,
+        default: None,
+        doc: "reduce partitions of a shuffle that names none (default: as many as the map side)",
+    },
+    KeyDef {
+        key: "task.max_failures",
+        kind: Kind::Count,
+        default: Some("4"),
+        doc: "attempts of one task before its job fails",
+    },
+    KeyDef {
+        key: "task.memory",
+        kind: Kind::Bytes,
+        default: Some("2g"),
+        doc: "cap on a task's guest memory",
+    },
+    KeyDef {
+        key: "task.deadline",
+        kind: Kind::Duration,
+        default: Some("1h"),
+        doc: "wall-clock budget of one task attempt",
+    },
+    KeyDef {
+        key: "executor.heartbeat_interval",
+        kind: Kind::Duration,
+        default: Some("10s"),
+        doc: "how often executors report",
+    },
+    KeyDef {
+        key: "executor.timeout",
+        kind: Kind::Duration,
+        default: Some("120s"),
+        doc: "silence after which an executor is lost",
+    },
+    KeyDef {
+        key: "shuffle.max_bytes_in_flight",
+        kind: Kind::Bytes,
+        default: Some("48m"),
+        doc: "shuffle bytes a reduce task fetches at once",
+    },
+    KeyDef {
+        key: "files.max_partition_bytes",
+        kind: Kind::Bytes,
+        default: Some("128m"),
+        doc: "largest input split",
+    },
+    KeyDef {
+        key: "driver.max_result_size",
+        kind: Kind::Bytes,
+        default: Some("1g"),
+        doc: "largest result collect may bring to the driver",
+    },
+    KeyDef {
+        key: "driver.max_main_output",
+        kind: Kind::Bytes,
+        default: Some("1m"),
+        doc: "captured stdout/stderr of the driver program",
+    },
 ];
 
 #[derive(Debug, Error, PartialEq)]
@@ -43,11 +93,19 @@ pub enum ConfError {
     #[error("unknown setting `{key}`{hint}")]
     UnknownKey { key: String, hint: String },
     #[error("bad value `{value}` for `{key}`: expected {expected}")]
-    BadValue { key: String, value: String, expected: &'static str },
+    BadValue {
+        key: String,
+        value: String,
+        expected: &'static str,
+    },
     #[error("`{0}` is not of the form KEY=VALUE")]
     NotKeyValue(String),
     #[error("{file}:{line}: {source}")]
-    InFile { file: String, line: usize, source: Box<ConfError> },
+    InFile {
+        file: String,
+        line: usize,
+        source: Box<ConfError>,
+    },
 }
 
 /// Validated settings, defaults filled in on read.
@@ -101,7 +159,10 @@ impl Conf {
     }
 
     pub fn pairs(&self) -> Vec<(String, String)> {
-        self.values.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
+        self.values
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect()
     }
 
     pub fn from_pairs(pairs: &[(String, String)]) -> Result<Conf, ConfError> {
@@ -113,7 +174,10 @@ impl Conf {
     }
 
     fn raw(&self, key: &str) -> Option<&str> {
-        let def = KEYS.iter().find(|d| d.key == key).unwrap_or_else(|| panic!("undeclared setting {key}"));
+        let def = KEYS
+            .iter()
+            .find(|d| d.key == key)
+            .unwrap_or_else(|| panic!("undeclared setting {key}"));
         self.values.get(key).map(String::as_str).or(def.default)
     }
 
@@ -131,17 +195,28 @@ impl Conf {
 }
 
 fn in_file(file: &str, line: usize, e: ConfError) -> ConfError {
-    ConfError::InFile { file: file.to_string(), line, source: Box::new(e) }
+    ConfError::InFile {
+        file: file.to_string(),
+        line,
+        source: Box::new(e),
+    }
 }
 
 fn lookup(key: &str) -> Result<&'static KeyDef, ConfError> {
     KEYS.iter().find(|d| d.key == key).ok_or_else(|| {
         let prefix = key.split('.').next().unwrap_or("");
-        let near: Vec<&str> = KEYS.iter().filter(|d| d.key.starts_with(prefix)).map(|d| d.key).collect();
+        let near: Vec<&str> = KEYS
+            .iter()
+            .filter(|d| d.key.starts_with(prefix))
+            .map(|d| d.key)
+            .collect();
         ConfError::UnknownKey {
             key: key.to_string(),
             hint: if near.is_empty() {
-                format!(" (known: {})", KEYS.iter().map(|d| d.key).collect::<Vec<_>>().join(", "))
+                format!(
+                    " (known: {})",
+                    KEYS.iter().map(|d| d.key).collect::<Vec<_>>().join(", ")
+                )
             } else {
                 format!(" (did you mean one of: {}?)", near.join(", "))
             },
@@ -152,13 +227,23 @@ fn lookup(key: &str) -> Result<&'static KeyDef, ConfError> {
 fn check(def: &KeyDef, value: &str) -> Result<(), ConfError> {
     let (ok, expected) = match def.kind {
         Kind::Bytes => (parse_bytes(value).is_some(), "a size like 512k, 64m or 2g"),
-        Kind::Duration => (parse_duration(value).is_some_and(|d| !d.is_zero()), "a duration like 500ms, 2s or 5m"),
-        Kind::Count => (value.parse::<u32>().is_ok_and(|n| n > 0), "a whole number above 0"),
+        Kind::Duration => (
+            parse_duration(value).is_some_and(|d| !d.is_zero()),
+            "a duration like 500ms, 2s or 5m",
+        ),
+        Kind::Count => (
+            value.parse::<u32>().is_ok_and(|n| n > 0),
+            "a whole number above 0",
+        ),
     };
     if ok {
         Ok(())
     } else {
-        Err(ConfError::BadValue { key: def.key.to_string(), value: value.to_string(), expected })
+        Err(ConfError::BadValue {
+            key: def.key.to_string(),
+            value: value.to_string(),
+            expected,
+        })
     }
 }
 
@@ -199,7 +284,10 @@ mod tests {
         let mut c = Conf::default();
         c.set_pair("executor.heartbeat_interval=500ms").unwrap();
         c.set_pair("task.memory = 64m").unwrap();
-        assert_eq!(c.duration("executor.heartbeat_interval"), Duration::from_millis(500));
+        assert_eq!(
+            c.duration("executor.heartbeat_interval"),
+            Duration::from_millis(500)
+        );
         assert_eq!(c.bytes("task.memory"), 64 << 20);
         assert_eq!(c.duration("executor.timeout"), Duration::from_secs(120));
         assert_eq!(c.count("task.max_failures"), Some(4));
@@ -210,9 +298,15 @@ mod tests {
     fn unknown_keys_and_bad_values_are_named() {
         let mut c = Conf::default();
         let e = c.set_pair("task.max_failure=3").unwrap_err().to_string();
-        assert!(e.contains("unknown setting `task.max_failure`") && e.contains("task.max_failures"), "{e}");
+        assert!(
+            e.contains("unknown setting `task.max_failure`") && e.contains("task.max_failures"),
+            "{e}"
+        );
         let e = c.set_pair("executor.timeout=soon").unwrap_err().to_string();
-        assert!(e.contains("`soon`") && e.contains("executor.timeout"), "{e}");
+        assert!(
+            e.contains("`soon`") && e.contains("executor.timeout"),
+            "{e}"
+        );
         assert!(c.set_pair("task.max_failures=0").is_err());
         assert!(c.set_pair("novalue").is_err());
     }
@@ -220,10 +314,20 @@ mod tests {
     #[test]
     fn file_errors_name_file_and_line() {
         let mut c = Conf::default();
-        c.merge_file("f.conf", "# comment\ntask.max_failures 2\nshuffle.partitions = 8\n").unwrap();
+        c.merge_file(
+            "f.conf",
+            "# comment\ntask.max_failures 2\nshuffle.partitions = 8\n",
+        )
+        .unwrap();
         assert_eq!(c.count("task.max_failures"), Some(2));
         assert_eq!(c.count("shuffle.partitions"), Some(8));
-        let e = c.merge_file("f.conf", "\n\nbogus.key = 1\n").unwrap_err().to_string();
-        assert!(e.starts_with("f.conf:3: unknown setting `bogus.key`"), "{e}");
+        let e = c
+            .merge_file("f.conf", "\n\nbogus.key = 1\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with("f.conf:3: unknown setting `bogus.key`"),
+            "{e}"
+        );
     }
 }

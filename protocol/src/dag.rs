@@ -90,14 +90,22 @@ struct Builder<'a> {
 
 impl Builder<'_> {
     /// Builds (parents first) the stage whose pipeline ends at `last`, returns its index.
-    fn stage_ending_at(&mut self, last: NodeIndex, kind: StageOutputKind) -> Result<u32, PlanError> {
+    fn stage_ending_at(
+        &mut self,
+        last: NodeIndex,
+        kind: StageOutputKind,
+    ) -> Result<u32, PlanError> {
         // Walk up through narrow nodes to the stage's input.
         let mut ops = Vec::new();
         let mut names = Vec::new();
         let mut cur = last;
         let (input, parents, partitions) = loop {
             match &self.plan.nodes[cur] {
-                Node::Narrow { parent, apply, name } => {
+                Node::Narrow {
+                    parent,
+                    apply,
+                    name,
+                } => {
                     ops.push(*apply);
                     names.push(name.clone());
                     cur = *parent;
@@ -105,16 +113,21 @@ impl Builder<'_> {
                 Node::TextFile { decode, .. } => {
                     names.push("text_file".to_string());
                     let n = (self.source_partitions)(cur);
-                    break (StageInput::TextFile { node: cur, decode: *decode }, vec![], n);
+                    break (
+                        StageInput::TextFile {
+                            node: cur,
+                            decode: *decode,
+                        },
+                        vec![],
+                        n,
+                    );
                 }
                 Node::Shuffle {
-                    parent,
-                    read,
-                    name,
-                    ..
+                    parent, read, name, ..
                 } => {
                     names.push(format!("{name} (read)"));
-                    let parent_stage = self.stage_ending_at(*parent, StageOutputKind::Shuffle { node: cur })?;
+                    let parent_stage =
+                        self.stage_ending_at(*parent, StageOutputKind::Shuffle { node: cur })?;
                     let StageOutput::ShuffleWrite {
                         shuffle,
                         partitions,
@@ -124,7 +137,10 @@ impl Builder<'_> {
                         unreachable!("a shuffle's parent stage writes that shuffle")
                     };
                     break (
-                        StageInput::Shuffle { shuffle, read: *read },
+                        StageInput::Shuffle {
+                            shuffle,
+                            read: *read,
+                        },
                         vec![parent_stage],
                         partitions,
                     );
@@ -149,7 +165,12 @@ impl Builder<'_> {
                     unreachable!("shuffle stages end at shuffle nodes")
                 };
                 names.push(format!("{name} (write)"));
-                let shuffle = ShuffleId(self.stages.iter().filter(|s| matches!(s.output, StageOutput::ShuffleWrite { .. })).count() as u32);
+                let shuffle = ShuffleId(
+                    self.stages
+                        .iter()
+                        .filter(|s| matches!(s.output, StageOutput::ShuffleWrite { .. }))
+                        .count() as u32,
+                );
                 StageOutput::ShuffleWrite {
                     shuffle,
                     partitions: requested
@@ -216,7 +237,13 @@ mod tests {
         let dag = build_dag(&wordcount_plan(), &|_| 5, None).unwrap();
         assert_eq!(dag.stages.len(), 2);
         let map = &dag.stages[0];
-        assert_eq!(map.input, StageInput::TextFile { node: 0, decode: FnRef(1) });
+        assert_eq!(
+            map.input,
+            StageInput::TextFile {
+                node: 0,
+                decode: FnRef(1)
+            }
+        );
         assert_eq!(map.ops, vec![FnRef(2), FnRef(3)]);
         assert_eq!(map.partitions, 5);
         assert_eq!(
@@ -227,13 +254,25 @@ mod tests {
                 write: FnRef(4)
             }
         );
-        assert_eq!(map.name, "text_file → flat_map → map → reduce_by_key (write)");
+        assert_eq!(
+            map.name,
+            "text_file → flat_map → map → reduce_by_key (write)"
+        );
         let result = &dag.stages[1];
         assert_eq!(result.parents, vec![0]);
-        assert_eq!(result.input, StageInput::Shuffle { shuffle: ShuffleId(0), read: FnRef(5) });
+        assert_eq!(
+            result.input,
+            StageInput::Shuffle {
+                shuffle: ShuffleId(0),
+                read: FnRef(5)
+            }
+        );
         assert!(result.ops.is_empty());
         assert_eq!(result.partitions, 5);
-        assert!(matches!(result.output, StageOutput::Result(Action::SaveAsText { .. })));
+        assert!(matches!(
+            result.output,
+            StageOutput::Result(Action::SaveAsText { .. })
+        ));
     }
 
     #[test]
@@ -268,7 +307,14 @@ mod tests {
         assert_eq!(dag.stages.len(), 3);
         assert_eq!(dag.stages[1].parents, vec![0]);
         assert_eq!(dag.stages[1].ops, vec![FnRef(7)]);
-        assert!(matches!(dag.stages[1].output, StageOutput::ShuffleWrite { shuffle: ShuffleId(1), partitions: 2, .. }));
+        assert!(matches!(
+            dag.stages[1].output,
+            StageOutput::ShuffleWrite {
+                shuffle: ShuffleId(1),
+                partitions: 2,
+                ..
+            }
+        ));
         assert_eq!(dag.stages[2].parents, vec![1]);
         assert_eq!(dag.stages[2].partitions, 2);
     }

@@ -24,7 +24,11 @@ pub enum Node {
     },
     /// A narrow, batch-at-a-time transformation (map, filter, flat_map...): fuses into the
     /// stage of its parent.
-    Narrow { parent: NodeIndex, apply: FnRef, name: String },
+    Narrow {
+        parent: NodeIndex,
+        apply: FnRef,
+        name: String,
+    },
     /// A wide dependency: the map side combines and partitions with `write`, the reduce
     /// side merges what it fetched with `read`.
     Shuffle {
@@ -40,10 +44,15 @@ pub enum Node {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum Action {
     /// Bring all rows back to the driver program, encoded by `encode`.
-    Collect { encode: FnRef },
+    Collect {
+        encode: FnRef,
+    },
     Count,
     /// Write one `part-NNNNN` text file per partition, rows rendered by `render`.
-    SaveAsText { path: String, render: FnRef },
+    SaveAsText {
+        path: String,
+        render: FnRef,
+    },
 }
 
 impl Action {

@@ -63,7 +63,12 @@ impl MapOutputTracker {
     }
 
     /// The segments of `reduce` partition, or `None` while any map output is missing.
-    pub fn locations(&self, job: JobId, shuffle: ShuffleId, reduce: u32) -> Option<Vec<MapLocation>> {
+    pub fn locations(
+        &self,
+        job: JobId,
+        shuffle: ShuffleId,
+        reduce: u32,
+    ) -> Option<Vec<MapLocation>> {
         let maps = self.outputs.get(&(job, shuffle))?;
         let mut out = Vec::new();
         for (i, slot) in maps.iter().enumerate() {
@@ -101,11 +106,20 @@ pub enum Command {
         inputs: Vec<MapLocation>,
     },
     /// `attempt` is the one successful attempt of its task whose output counts: commit it.
-    CommitTask { attempt: TaskAttemptId },
-    JobSucceeded { job: JobId },
-    JobFailed { job: JobId, error: JobFailure },
+    CommitTask {
+        attempt: TaskAttemptId,
+    },
+    JobSucceeded {
+        job: JobId,
+    },
+    JobFailed {
+        job: JobId,
+        error: JobFailure,
+    },
     /// Executors may delete the job's shuffle files.
-    CleanJob { job: JobId },
+    CleanJob {
+        job: JobId,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -315,9 +329,12 @@ impl Scheduler {
                 partition: map,
             });
             for (i, s) in job.dag.stages.iter().enumerate() {
-                if s.parents.contains(&(writer as u32)) && job.stages[i].status == StageStatus::Running {
+                if s.parents.contains(&(writer as u32))
+                    && job.stages[i].status == StageStatus::Running
+                {
                     job.stages[i].status = StageStatus::Waiting;
-                    self.pending.retain(|t| !(t.stage.job == job_id && t.stage.index == i as u32));
+                    self.pending
+                        .retain(|t| !(t.stage.job == job_id && t.stage.index == i as u32));
                 }
             }
         }
@@ -335,7 +352,8 @@ impl Scheduler {
             .collect();
         for s in &dag.stages {
             if let StageOutput::ShuffleWrite { shuffle, .. } = s.output {
-                self.map_outputs.register_shuffle(job, shuffle, s.partitions);
+                self.map_outputs
+                    .register_shuffle(job, shuffle, s.partitions);
             }
         }
         self.jobs.insert(job, Job { dag, stages });
@@ -352,7 +370,12 @@ impl Scheduler {
         }
     }
 
-    pub fn task_succeeded(&mut self, attempt: TaskAttemptId, executor: ExecutorId, map_sizes: Option<Vec<u64>>) {
+    pub fn task_succeeded(
+        &mut self,
+        attempt: TaskAttemptId,
+        executor: ExecutorId,
+        map_sizes: Option<Vec<u64>>,
+    ) {
         if let Some(e) = self.executors.get_mut(&executor) {
             e.running.remove(&attempt);
             e.tasks_succeeded += 1;
@@ -363,7 +386,11 @@ impl Scheduler {
             return;
         };
         let stage_index = attempt.task.stage.index as usize;
-        let Some(task) = job.stages.get_mut(stage_index).and_then(|s| s.tasks.get_mut(attempt.task.partition as usize)) else {
+        let Some(task) = job
+            .stages
+            .get_mut(stage_index)
+            .and_then(|s| s.tasks.get_mut(attempt.task.partition as usize))
+        else {
             return;
         };
         task.running.remove(&attempt.attempt);
@@ -374,7 +401,12 @@ impl Scheduler {
         }
         task.done = true;
         self.commands.push_back(Command::CommitTask { attempt });
-        if let StageOutput::ShuffleWrite { shuffle, partitions, .. } = job.dag.stages[stage_index].output {
+        if let StageOutput::ShuffleWrite {
+            shuffle,
+            partitions,
+            ..
+        } = job.dag.stages[stage_index].output
+        {
             let mut sizes = map_sizes.unwrap_or_default();
             sizes.resize(partitions as usize, 0);
             self.map_outputs.register(
@@ -388,7 +420,12 @@ impl Scheduler {
         self.schedule();
     }
 
-    pub fn task_failed(&mut self, attempt: TaskAttemptId, executor: ExecutorId, failure: TaskFailure) {
+    pub fn task_failed(
+        &mut self,
+        attempt: TaskAttemptId,
+        executor: ExecutorId,
+        failure: TaskFailure,
+    ) {
         if let Some(e) = self.executors.get_mut(&executor) {
             e.running.remove(&attempt);
         }
@@ -417,7 +454,10 @@ impl Scheduler {
                 causes = last;
             }
             let message = if failure.retryable {
-                format!("{} failed {failures} times (task.max_failures = {max})", attempt.task)
+                format!(
+                    "{} failed {failures} times (task.max_failures = {max})",
+                    attempt.task
+                )
             } else {
                 format!("{} failed", attempt.task)
             };
@@ -463,7 +503,10 @@ impl Scheduler {
                 for (p, t) in job.stages[i].tasks.iter().enumerate() {
                     if !t.done && t.running.is_empty() {
                         self.pending.insert(TaskId {
-                            stage: StageId { job: job_id, index: i as u32 },
+                            stage: StageId {
+                                job: job_id,
+                                index: i as u32,
+                            },
                             partition: p as u32,
                         });
                     }
@@ -473,10 +516,15 @@ impl Scheduler {
                 }
             }
         }
-        if job.stages.last().is_some_and(|s| s.status == StageStatus::Done) {
+        if job
+            .stages
+            .last()
+            .is_some_and(|s| s.status == StageStatus::Done)
+        {
             self.jobs.remove(&job_id);
             self.map_outputs.remove_job(job_id);
-            self.commands.push_back(Command::JobSucceeded { job: job_id });
+            self.commands
+                .push_back(Command::JobSucceeded { job: job_id });
             self.commands.push_back(Command::CleanJob { job: job_id });
         }
     }
@@ -486,7 +534,10 @@ impl Scheduler {
     fn schedule(&mut self) {
         let pending: Vec<TaskId> = self.pending.iter().copied().collect();
         for task_id in pending {
-            let has_free = self.executors.values().any(|e| (e.running.len() as u32) < e.cores);
+            let has_free = self
+                .executors
+                .values()
+                .any(|e| (e.running.len() as u32) < e.cores);
             if !has_free {
                 break;
             }
@@ -497,7 +548,10 @@ impl Scheduler {
             let stage_def = &job.dag.stages[task_id.stage.index as usize];
             let inputs = match stage_def.input {
                 StageInput::Shuffle { shuffle, .. } => {
-                    match self.map_outputs.locations(task_id.stage.job, shuffle, task_id.partition) {
+                    match self
+                        .map_outputs
+                        .locations(task_id.stage.job, shuffle, task_id.partition)
+                    {
                         Some(l) => l,
                         None => continue,
                     }
@@ -621,7 +675,11 @@ mod tests {
         let (a0, e0, _) = maps[0].clone();
         s.task_succeeded(a0, e0, Some(vec![10, 0]));
         let cmds = drain(&mut s);
-        assert_eq!(cmds, vec![Command::CommitTask { attempt: a0 }], "barrier holds");
+        assert_eq!(
+            cmds,
+            vec![Command::CommitTask { attempt: a0 }],
+            "barrier holds"
+        );
         let (a1, e1, _) = maps[1].clone();
         s.task_succeeded(a1, e1, Some(vec![5, 7]));
         let cmds = drain(&mut s);
@@ -631,12 +689,28 @@ mod tests {
         assert_eq!(
             r0.2,
             vec![
-                MapLocation { map_partition: 0, executor: e0, size: 10 },
-                MapLocation { map_partition: 1, executor: e1, size: 5 }
+                MapLocation {
+                    map_partition: 0,
+                    executor: e0,
+                    size: 10
+                },
+                MapLocation {
+                    map_partition: 1,
+                    executor: e1,
+                    size: 5
+                }
             ]
         );
         let r1 = reduces.iter().find(|r| r.0.task.partition == 1).unwrap();
-        assert_eq!(r1.2, vec![MapLocation { map_partition: 1, executor: e1, size: 7 }], "empty segments are skipped");
+        assert_eq!(
+            r1.2,
+            vec![MapLocation {
+                map_partition: 1,
+                executor: e1,
+                size: 7
+            }],
+            "empty segments are skipped"
+        );
         for (a, e, _) in reduces {
             s.task_succeeded(a, e, None);
         }
@@ -690,7 +764,10 @@ mod tests {
             })
             .expect("job failed");
         assert!(failure.message.contains("failed 3 times"), "{failure:?}");
-        assert_eq!(failure.causes, vec!["first failure: error 0", "last failure: error 2"]);
+        assert_eq!(
+            failure.causes,
+            vec!["first failure: error 0", "last failure: error 2"]
+        );
         assert!(launches(&cmds).is_empty());
     }
 
@@ -744,7 +821,11 @@ mod tests {
         assert!(launches(&drain(&mut s)).is_empty(), "E2 is still busy");
         s.task_succeeded(on_e2.0, E2, Some(vec![4]));
         let l = launches(&drain(&mut s));
-        assert_eq!(l.len(), 1, "lost map output is recomputed before the reduce");
+        assert_eq!(
+            l.len(),
+            1,
+            "lost map output is recomputed before the reduce"
+        );
         assert_eq!(l[0].0.task, on_e1.0.task);
         assert_eq!(l[0].0.attempt, 1);
         s.task_succeeded(l[0].0, E2, Some(vec![3]));

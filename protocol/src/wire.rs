@@ -69,10 +69,14 @@ pub enum ToExecutor {
         heartbeat_interval_ms: u64,
     },
     /// The handshake was refused (protocol version...).
-    Refused { reason: String },
+    Refused {
+        reason: String,
+    },
     Launch(Box<TaskDescriptor>),
     /// The job is over: its shuffle files may go.
-    CleanJob { job: JobId },
+    CleanJob {
+        job: JobId,
+    },
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -127,8 +131,13 @@ pub enum TaskOutput {
         write: FnRef,
     },
     /// Write the rendered lines to `file` (an attempt-private staging path).
-    Text { file: String, render: FnRef },
-    Rows { encode: FnRef },
+    Text {
+        file: String,
+        render: FnRef,
+    },
+    Rows {
+        encode: FnRef,
+    },
     Count,
 }
 
@@ -154,11 +163,18 @@ pub struct TaskStatus {
 #[derive(Debug, Serialize, Deserialize)]
 pub enum TaskSuccess {
     /// Bytes per reduce partition.
-    MapOutput { sizes: Vec<u64> },
+    MapOutput {
+        sizes: Vec<u64>,
+    },
     /// Arrow IPC streams of encoded rows.
-    Rows { batches: Vec<Vec<u8>> },
+    Rows {
+        batches: Vec<Vec<u8>>,
+    },
     Count(u64),
-    Text { file: String, rows: u64 },
+    Text {
+        file: String,
+        rows: u64,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -310,7 +326,9 @@ mod tests {
     #[test]
     fn garbage_bodies_are_errors_not_panics() {
         for seed in 0u32..2000 {
-            let bytes: Vec<u8> = (0..(seed % 64)).map(|i| (seed.wrapping_mul(2654435761).wrapping_add(i * 97) >> 3) as u8).collect();
+            let bytes: Vec<u8> = (0..(seed % 64))
+                .map(|i| (seed.wrapping_mul(2654435761).wrapping_add(i * 97) >> 3) as u8)
+                .collect();
             let _ = decode_body::<Hello>(&bytes);
             let _ = decode_body::<ToExecutor>(&bytes);
             let _ = decode_body::<FromExecutor>(&bytes);

@@ -23,9 +23,14 @@ fn driver_two_executors_and_submit_as_separate_processes() {
         .spawn()
         .unwrap();
     let mut ready = String::new();
-    BufReader::new(driver.stdout.take().unwrap()).read_line(&mut ready).unwrap();
+    BufReader::new(driver.stdout.take().unwrap())
+        .read_line(&mut ready)
+        .unwrap();
     let _driver = Guard(driver);
-    assert!(ready.contains("listening on 127.0.0.1:"), "driver said {ready:?}");
+    assert!(
+        ready.contains("listening on 127.0.0.1:"),
+        "driver said {ready:?}"
+    );
     let join = state.join("cluster.json");
     assert!(join.is_file());
     let _executors: Vec<Guard> = (0..2)
@@ -56,12 +61,29 @@ fn driver_two_executors_and_submit_as_separate_processes() {
             .arg(&output),
     );
     assert_eq!(read_output(&output), count_words(&input));
-    let s: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&summary).unwrap()).unwrap();
+    let s: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&summary).unwrap()).unwrap();
     assert_eq!(s["executors"].as_array().unwrap().len(), 2, "{s:#}");
 
     // A failing job exits non-zero with its error chain, and the cluster stays usable.
-    let err = run_err(flint().args(["submit", "--join"]).arg(&join).arg(flint_udfs::TEST_JOBS).args(["--", "error-in-main"]));
-    assert!(err.contains("the job gave up") && err.contains("deliberate failure"), "{err}");
-    let out = run_ok(flint().args(["submit", "--join"]).arg(&join).arg(flint_udfs::TEST_JOBS).args(["--", "count"]).arg(&input));
+    let err = run_err(
+        flint()
+            .args(["submit", "--join"])
+            .arg(&join)
+            .arg(flint_udfs::TEST_JOBS)
+            .args(["--", "error-in-main"]),
+    );
+    assert!(
+        err.contains("the job gave up") && err.contains("deliberate failure"),
+        "{err}"
+    );
+    let out = run_ok(
+        flint()
+            .args(["submit", "--join"])
+            .arg(&join)
+            .arg(flint_udfs::TEST_JOBS)
+            .args(["--", "count"])
+            .arg(&input),
+    );
     assert!(String::from_utf8_lossy(&out.stdout).starts_with("lines: "));
 }

@@ -26,7 +26,10 @@ pub fn run_ok(cmd: &mut Command) -> Output {
 pub fn run_err(cmd: &mut Command) -> String {
     let out = cmd.output().expect("spawning flint");
     let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-    assert!(!out.status.success(), "flint should have failed: {cmd:?}\nstderr:\n{stderr}");
+    assert!(
+        !out.status.success(),
+        "flint should have failed: {cmd:?}\nstderr:\n{stderr}"
+    );
     stderr
 }
 
@@ -55,7 +58,9 @@ pub fn read_output(dir: &Path) -> HashMap<String, u64> {
         }
         parts += 1;
         for line in std::fs::read_to_string(&path).unwrap().lines() {
-            let (w, n) = line.rsplit_once('\t').unwrap_or_else(|| panic!("bad line {line:?} in {name}"));
+            let (w, n) = line
+                .rsplit_once('\t')
+                .unwrap_or_else(|| panic!("bad line {line:?} in {name}"));
             let prev = counts.insert(w.to_string(), n.parse().unwrap());
             assert!(prev.is_none(), "word {w:?} written twice");
         }
@@ -69,10 +74,22 @@ pub fn read_output(dir: &Path) -> HashMap<String, u64> {
 pub fn awkward_input(dir: &Path) -> PathBuf {
     let input = dir.join("input");
     std::fs::create_dir_all(&input).unwrap();
-    std::fs::write(input.join("unicode.txt"), "naïve café Ünïcode\nπ ≈ 3.14159 straße\n日本語 テキスト naïve\n").unwrap();
-    std::fs::write(input.join("crlf.txt"), "windows line\r\nendings here\r\nwindows again\r\n").unwrap();
+    std::fs::write(
+        input.join("unicode.txt"),
+        "naïve café Ünïcode\nπ ≈ 3.14159 straße\n日本語 テキスト naïve\n",
+    )
+    .unwrap();
+    std::fs::write(
+        input.join("crlf.txt"),
+        "windows line\r\nendings here\r\nwindows again\r\n",
+    )
+    .unwrap();
     std::fs::write(input.join("empty.txt"), "").unwrap();
-    std::fs::write(input.join("no-newline.txt"), "last line without newline\nfinal words").unwrap();
+    std::fs::write(
+        input.join("no-newline.txt"),
+        "last line without newline\nfinal words",
+    )
+    .unwrap();
     let mut long = String::with_capacity(1 << 21);
     let mut i = 0u64;
     while long.len() < (1 << 20) + 1000 {
@@ -90,8 +107,12 @@ pub fn awkward_input(dir: &Path) -> PathBuf {
             x ^= x << 13;
             x ^= x >> 7;
             x ^= x << 17;
-            bulk.push_str(["alpha", "beta", "gamma", "delta", "Epsilon", "zeta", "ëta", "θeta"][(x % 8) as usize]);
-            bulk.push_str(if x % 5 == 0 { "\t" } else { " " });
+            bulk.push_str(
+                [
+                    "alpha", "beta", "gamma", "delta", "Epsilon", "zeta", "ëta", "θeta",
+                ][(x % 8) as usize],
+            );
+            bulk.push_str(if x.is_multiple_of(5) { "\t" } else { " " });
         }
         bulk.push('\n');
     }

@@ -8,7 +8,15 @@ fn wordcount_on_two_executors_matches_an_independent_count() {
     let summary = tmp.path().join("summary.json");
     run_ok(
         flint()
-            .args(["run", flint_udfs::WORDCOUNT, "--executors", "2", "--cores", "2", "--summary-json"])
+            .args([
+                "run",
+                flint_udfs::WORDCOUNT,
+                "--executors",
+                "2",
+                "--cores",
+                "2",
+                "--summary-json",
+            ])
             .arg(&summary)
             .arg("--")
             .arg(&input)
@@ -16,17 +24,34 @@ fn wordcount_on_two_executors_matches_an_independent_count() {
     );
     assert_eq!(read_output(&output), count_words(&input));
 
-    let s: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&summary).unwrap()).unwrap();
+    let s: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&summary).unwrap()).unwrap();
     let execs = s["executors"].as_array().unwrap();
     assert_eq!(execs.len(), 2, "both executors reported: {s:#}");
     for e in execs {
-        assert!(e["tasks_succeeded"].as_u64().unwrap() > 0, "an executor ran no task: {s:#}");
+        assert!(
+            e["tasks_succeeded"].as_u64().unwrap() > 0,
+            "an executor ran no task: {s:#}"
+        );
     }
-    let remote: u64 = execs.iter().map(|e| e["metrics"]["shuffle_read_remote_bytes"].as_u64().unwrap()).sum();
-    let written: u64 = execs.iter().map(|e| e["metrics"]["shuffle_write_bytes"].as_u64().unwrap()).sum();
-    let local: u64 = execs.iter().map(|e| e["metrics"]["shuffle_read_local_bytes"].as_u64().unwrap()).sum();
+    let remote: u64 = execs
+        .iter()
+        .map(|e| e["metrics"]["shuffle_read_remote_bytes"].as_u64().unwrap())
+        .sum();
+    let written: u64 = execs
+        .iter()
+        .map(|e| e["metrics"]["shuffle_write_bytes"].as_u64().unwrap())
+        .sum();
+    let local: u64 = execs
+        .iter()
+        .map(|e| e["metrics"]["shuffle_read_local_bytes"].as_u64().unwrap())
+        .sum();
     assert!(remote > 0, "no shuffle bytes crossed QUIC: {s:#}");
-    assert_eq!(remote + local, written, "every written shuffle byte was read once");
+    assert_eq!(
+        remote + local,
+        written,
+        "every written shuffle byte was read once"
+    );
 }
 
 #[test]
@@ -42,10 +67,24 @@ fn count_and_collect_bring_results_to_the_driver_program() {
             total_len += l.len();
         }
     }
-    let out = run_ok(flint().args(["run", flint_udfs::TEST_JOBS, "--", "count"]).arg(&input));
-    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), format!("lines: {lines}"));
-    let out = run_ok(flint().args(["run", flint_udfs::TEST_JOBS, "--", "collect-lengths"]).arg(&input));
-    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), format!("total length: {total_len}"));
+    let out = run_ok(
+        flint()
+            .args(["run", flint_udfs::TEST_JOBS, "--", "count"])
+            .arg(&input),
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        format!("lines: {lines}")
+    );
+    let out = run_ok(
+        flint()
+            .args(["run", flint_udfs::TEST_JOBS, "--", "collect-lengths"])
+            .arg(&input),
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        format!("total length: {total_len}")
+    );
 }
 
 #[test]
@@ -55,7 +94,16 @@ fn run_builds_a_job_crate_directory() {
     std::fs::write(&input, "b a b\n").unwrap();
     let output = tmp.path().join("out");
     let crate_dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/wordcount");
-    run_ok(flint().arg("run").arg(&crate_dir).arg("--").arg(&input).arg(&output));
-    let expected = [("a".to_string(), 1), ("b".to_string(), 2)].into_iter().collect();
+    run_ok(
+        flint()
+            .arg("run")
+            .arg(&crate_dir)
+            .arg("--")
+            .arg(&input)
+            .arg(&output),
+    );
+    let expected = [("a".to_string(), 1), ("b".to_string(), 2)]
+        .into_iter()
+        .collect();
     assert_eq!(read_output(&output), expected);
 }

@@ -3,20 +3,26 @@
 
 use proc_macro::TokenStream;
 use quote::quote;
-use syn::{parse_macro_input, ItemFn};
+use syn::{ItemFn, parse_macro_input};
 
 #[proc_macro_attribute]
 pub fn main(attr: TokenStream, item: TokenStream) -> TokenStream {
     if !attr.is_empty() {
-        return syn::Error::new(proc_macro2::Span::call_site(), "#[flint::main] takes no arguments")
-            .to_compile_error()
-            .into();
+        return syn::Error::new(
+            proc_macro2::Span::call_site(),
+            "#[flint::main] takes no arguments",
+        )
+        .to_compile_error()
+        .into();
     }
     let mut f = parse_macro_input!(item as ItemFn);
     if f.sig.inputs.len() != 1 {
-        return syn::Error::new_spanned(&f.sig, "a Flint main takes one argument: `ctx: &mut flint::Context`")
-            .to_compile_error()
-            .into();
+        return syn::Error::new_spanned(
+            &f.sig,
+            "a Flint main takes one argument: `ctx: &mut flint::Context`",
+        )
+        .to_compile_error()
+        .into();
     }
     f.sig.ident = syn::Ident::new("__flint_user_main", f.sig.ident.span());
     quote! {

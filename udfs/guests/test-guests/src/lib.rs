@@ -16,7 +16,10 @@ fn main(ctx: &mut Context) -> Result<()> {
             println!("lines: {n}");
         }
         Some("collect-lengths") => {
-            let lens = ctx.text_file(&args[1])?.map(|l: String| l.len() as u64).collect()?;
+            let lens = ctx
+                .text_file(&args[1])?
+                .map(|l: String| l.len() as u64)
+                .collect()?;
             println!("total length: {}", lens.iter().sum::<u64>());
         }
         Some("panic-in-task") => {
@@ -29,7 +32,9 @@ fn main(ctx: &mut Context) -> Result<()> {
                 })
                 .save_as_text(&args[2])?;
         }
-        Some("error-in-main") => return Err(Error::msg("deliberate failure").context("the job gave up")),
+        Some("error-in-main") => {
+            return Err(Error::msg("deliberate failure").context("the job gave up"));
+        }
         Some("panic-in-main") => panic!("deliberate panic in main"),
         other => return Err(Error::msg(format!("unknown scenario {other:?}"))),
     }
