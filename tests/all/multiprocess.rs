@@ -61,8 +61,7 @@ fn driver_two_executors_and_submit_as_separate_processes() {
             .arg(&output),
     );
     assert_eq!(read_output(&output), count_words(&input));
-    let s: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&summary).unwrap()).unwrap();
+    let s = read_summary(&summary);
     assert_eq!(s["executors"].as_array().unwrap().len(), 2, "{s:#}");
 
     // A failing job exits non-zero with its error chain, and the cluster stays usable.

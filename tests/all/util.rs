@@ -33,6 +33,11 @@ pub fn run_err(cmd: &mut Command) -> String {
     stderr
 }
 
+/// The application summary `--summary-json` wrote.
+pub fn read_summary(path: &Path) -> serde_json::Value {
+    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+}
+
 /// The word count computed here, independently of Flint.
 pub fn count_words(dir: &Path) -> HashMap<String, u64> {
     let mut counts = HashMap::new();

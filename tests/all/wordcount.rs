@@ -24,8 +24,7 @@ fn wordcount_on_two_executors_matches_an_independent_count() {
     );
     assert_eq!(read_output(&output), count_words(&input));
 
-    let s: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&summary).unwrap()).unwrap();
+    let s = read_summary(&summary);
     let execs = s["executors"].as_array().unwrap();
     assert_eq!(execs.len(), 2, "both executors reported: {s:#}");
     for e in execs {
