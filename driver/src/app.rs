@@ -181,7 +181,9 @@ impl AppActions {
                 deadline_ms: self.conf.duration("task.deadline").as_millis() as u64,
                 max_bytes_in_flight: self.conf.bytes("shuffle.max_bytes_in_flight"),
                 max_result_bytes: max_result,
+                fetch_timeout_ms: self.conf.duration("shuffle.fetch_timeout").as_millis() as u64,
             },
+            policy: self.conf.job_policy(),
         };
         let _ = self
             .events
@@ -348,9 +350,11 @@ pub async fn run_application(
             jobs: actions.jobs.load(Ordering::Relaxed) as u32,
             tasks: executors
                 .iter()
-                .map(|e| e.tasks_succeeded + e.tasks_failed)
+                .map(|e| e.tasks_succeeded + e.tasks_failed + e.tasks_killed)
                 .sum(),
             failed_tasks: executors.iter().map(|e| e.tasks_failed).sum(),
+            killed_tasks: executors.iter().map(|e| e.tasks_killed).sum(),
+            speculative_tasks: executors.iter().map(|e| e.tasks_speculated).sum(),
             stdout: store.data().stdout(),
             executors,
         }),

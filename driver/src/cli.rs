@@ -67,6 +67,8 @@ enum Command {
         /// Compiled-component cache; default WORK_DIR/compiled.
         #[arg(long)]
         cache_dir: Option<PathBuf>,
+        #[command(flatten)]
+        settings: Settings,
     },
     /// Submit a job to a running driver; exits 0 when it succeeded.
     Submit {
@@ -213,7 +215,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             work_dir,
             listen,
             cache_dir,
+            settings,
         } => {
+            let conf = settings.load()?;
             let cluster = ClusterFile::load(&join)?;
             check_version(&cluster)?;
             let endpoint = tls::endpoint(&cluster.member, listen)
@@ -225,6 +229,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 work_dir,
                 advertise_addr: None,
                 sandbox: None,
+                decommission_timeout: conf.duration("executor.decommission_timeout"),
             };
             flint_executor_host::serve(config, endpoint, shutdown_on_signal())
                 .await
@@ -311,11 +316,13 @@ fn finish(result: Result<AppSummary, Vec<String>>, report: &Report) -> anyhow::R
                 .map(|e| e.metrics.shuffle_read_remote_bytes)
                 .sum();
             eprintln!(
-                "flint: done in {:.2}s: {} job(s), {} task(s) ({} failed), {} shuffle bytes written, {} fetched from peers",
+                "flint: done in {:.2}s: {} job(s), {} task(s) ({} failed, {} speculative, {} killed), {} shuffle bytes written, {} fetched from peers",
                 summary.elapsed_ms as f64 / 1000.0,
                 summary.jobs,
                 summary.tasks,
                 summary.failed_tasks,
+                summary.speculative_tasks,
+                summary.killed_tasks,
                 shuffled,
                 remote
             );
@@ -336,11 +343,23 @@ fn finish(result: Result<AppSummary, Vec<String>>, report: &Report) -> anyhow::R
     }
 }
 
+/// Fires on SIGINT or SIGTERM.
 fn shutdown_on_signal() -> CancellationToken {
     let token = CancellationToken::new();
     let t = token.clone();
     tokio::spawn(async move {
-        let _ = tokio::signal::ctrl_c().await;
+        let term = async {
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(mut s) => {
+                    s.recv().await;
+                }
+                Err(_) => std::future::pending::<()>().await,
+            }
+        };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term => {}
+        }
         t.cancel();
     });
     token

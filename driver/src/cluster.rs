@@ -6,7 +6,9 @@ use crate::splits::Split;
 use flint_protocol::dag::{JobDag, StageInput, StageOutput};
 use flint_protocol::ids::{ExecutorId, JobId, ModuleHash, TaskAttemptId};
 use flint_protocol::plan::Action;
-use flint_protocol::scheduler::{Command, JobFailure, Scheduler, SchedulerConf, TaskFailure};
+use flint_protocol::scheduler::{
+    Command, JobFailure, JobPolicy, Scheduler, SchedulerConf, TaskFailure, fmt_ms,
+};
 use flint_protocol::wire::{
     ExecutorSummary, FromExecutor, SegmentSource, TaskDescriptor, TaskErrorKind, TaskInput,
     TaskLimits, TaskOutput, TaskSuccess, ToExecutor,
@@ -25,6 +27,7 @@ pub struct JobSpec {
     pub splits: HashMap<u32, Vec<Split>>,
     pub text_output: Option<Arc<OutputCommit>>,
     pub limits: TaskLimits,
+    pub policy: JobPolicy,
 }
 
 /// Per result partition, the committed attempt's output.
@@ -62,6 +65,7 @@ pub enum Event {
 struct ExecutorConn {
     addr: String,
     tx: mpsc::Sender<ToExecutor>,
+    last_heard_ms: u64,
 }
 
 struct RunningJob {
@@ -109,8 +113,17 @@ impl ClusterLoop {
                 },
                 _ = tick.tick() => {
                     let now = self.now_ms();
-                    for id in self.scheduler.tick(now) {
-                        tracing::warn!(executor = id.0, "executor lost: no heartbeat within executor.timeout");
+                    let lost = self.scheduler.tick(now);
+                    for id in lost {
+                        let silent = self.executors.get(&id).map_or(0, |e| now.saturating_sub(e.last_heard_ms));
+                        tracing::warn!(
+                            executor = id.0,
+                            silent_ms = silent,
+                            "executor lost: no heartbeat within executor.timeout ({} silent)",
+                            fmt_ms(silent)
+                        );
+                        // Dropping its sender ends the control stream: a cut-off executor
+                        // that comes back finds itself disconnected, not half-registered.
                         self.executors.remove(&id);
                     }
                 }
@@ -120,6 +133,8 @@ impl ClusterLoop {
     }
 
     fn handle(&mut self, ev: Event) {
+        let now = self.now_ms();
+        self.scheduler.set_time(now);
         match ev {
             Event::ExecutorUp {
                 cores,
@@ -130,22 +145,36 @@ impl ClusterLoop {
                 let id = ExecutorId(self.next_executor);
                 self.next_executor += 1;
                 tracing::info!(executor = id.0, cores, addr = %shuffle_addr, "executor registered");
+                let now = self.now_ms();
                 self.executors.insert(
                     id,
                     ExecutorConn {
                         addr: shuffle_addr,
                         tx,
+                        last_heard_ms: now,
                     },
                 );
                 let _ = reply.send(id);
-                let now = self.now_ms();
                 self.scheduler.executor_added(id, cores, now);
             }
             Event::Executor { id, msg } => {
                 let now = self.now_ms();
+                let Some(conn) = self.executors.get_mut(&id) else {
+                    // Declared lost already: whatever it says no longer counts.
+                    return;
+                };
+                conn.last_heard_ms = now;
                 self.scheduler.heartbeat(id, now);
-                if let FromExecutor::Status(status) = msg {
-                    self.task_status(id, *status);
+                match msg {
+                    FromExecutor::Status(status) => self.task_status(id, *status),
+                    FromExecutor::Heartbeat { .. } => {}
+                    FromExecutor::Decommissioning => {
+                        tracing::info!(
+                            executor = id.0,
+                            "executor is shutting down: no new tasks for it"
+                        );
+                        self.scheduler.executor_decommissioning(id);
+                    }
                 }
             }
             Event::ExecutorDown { id } => {
@@ -157,16 +186,15 @@ impl ClusterLoop {
             Event::Submit { job, spec, reply } => {
                 let partitions = spec.dag.result_stage().partitions as usize;
                 let dag = spec.dag.clone();
-                self.jobs.insert(
-                    job,
-                    RunningJob {
-                        spec,
-                        reply: Some(reply),
-                        results: (0..partitions).map(|_| None).collect(),
-                        unclaimed: HashMap::new(),
-                    },
-                );
-                self.scheduler.submit_job(job, dag);
+                let policy = spec.policy.clone();
+                let running = RunningJob {
+                    spec,
+                    reply: Some(reply),
+                    results: (0..partitions).map(|_| None).collect(),
+                    unclaimed: HashMap::new(),
+                };
+                self.jobs.insert(job, running);
+                self.scheduler.submit_job(job, dag, policy);
             }
             Event::TotalCores { reply } => {
                 let _ = reply.send(self.scheduler.total_cores());
@@ -184,33 +212,42 @@ impl ClusterLoop {
         }
     }
 
+    /// What `executor` did for application `app`, so far.
+    fn summary(&mut self, app: u64, executor: ExecutorId) -> &mut ExecutorSummary {
+        let addr = self.executors.get(&executor).map(|e| e.addr.clone());
+        self.apps
+            .entry(app)
+            .or_default()
+            .entry(executor)
+            .or_insert_with(|| ExecutorSummary {
+                executor,
+                addr: addr.unwrap_or_default(),
+                ..Default::default()
+            })
+    }
+
     fn task_status(&mut self, executor: ExecutorId, status: flint_protocol::wire::TaskStatus) {
         let attempt = status.attempt;
-        let addr = self
-            .executors
-            .get(&executor)
-            .map(|e| e.addr.clone())
-            .unwrap_or_default();
         if let Some(job) = self.jobs.get(&attempt.task.stage.job) {
-            let s = self
-                .apps
-                .entry(job.spec.app)
-                .or_default()
-                .entry(executor)
-                .or_insert_with(|| ExecutorSummary {
-                    executor,
-                    addr,
-                    ..Default::default()
-                });
+            let s = self.summary(job.spec.app, executor);
             s.metrics.add(&status.metrics);
             s.compiles += status.metrics.compiled as u64;
             match &status.result {
                 Ok(_) => s.tasks_succeeded += 1,
+                Err(e) if e.kind == TaskErrorKind::Killed => s.tasks_killed += 1,
                 Err(_) => s.tasks_failed += 1,
             }
         }
         match status.result {
             Ok(success) => {
+                tracing::debug!(
+                    job = attempt.task.stage.job.0,
+                    stage = attempt.task.stage.index,
+                    partition = attempt.task.partition,
+                    attempt = attempt.attempt,
+                    executor = executor.0,
+                    "task succeeded"
+                );
                 let sizes = match &success {
                     TaskSuccess::MapOutput { sizes } => Some(sizes.clone()),
                     _ => None,
@@ -221,11 +258,33 @@ impl ClusterLoop {
                 self.scheduler.task_succeeded(attempt, executor, sizes);
             }
             Err(e) => {
-                let mut chain = vec![format!("{attempt} on {executor}")];
+                let mut chain = vec![format!("{attempt} on executor {}", executor.0)];
                 chain.extend(e.chain);
-                let retryable = e.kind != TaskErrorKind::BadModule;
-                self.scheduler
-                    .task_failed(attempt, executor, TaskFailure { chain, retryable });
+                match e.kind {
+                    TaskErrorKind::Killed => self.scheduler.task_killed(attempt, executor),
+                    TaskErrorKind::FetchFailed {
+                        executor: from,
+                        map_partition,
+                    } => {
+                        tracing::warn!(%attempt, from = from.0, map_partition, "fetch failed: {}", chain.join(": "));
+                        self.scheduler.task_fetch_failed(
+                            attempt,
+                            executor,
+                            from,
+                            map_partition,
+                            chain,
+                        )
+                    }
+                    kind => {
+                        tracing::info!(%attempt, executor = executor.0, "task failed: {}", chain.join(": "));
+                        let retryable = kind != TaskErrorKind::BadModule;
+                        self.scheduler.task_failed(
+                            attempt,
+                            executor,
+                            TaskFailure { chain, retryable },
+                        )
+                    }
+                }
             }
         }
     }
@@ -237,7 +296,44 @@ impl ClusterLoop {
                     attempt,
                     executor,
                     inputs,
-                } => self.launch(attempt, executor, inputs),
+                    speculative,
+                } => {
+                    if speculative {
+                        tracing::info!(%attempt, executor = executor.0, "launching a speculative copy of a slow task");
+                        if let Some(job) = self.jobs.get(&attempt.task.stage.job) {
+                            let app = job.spec.app;
+                            self.summary(app, executor).tasks_speculated += 1;
+                        }
+                    }
+                    self.launch(attempt, executor, inputs)
+                }
+                Command::KillTask { attempt, executor } => {
+                    if let Some(e) = self.executors.get(&executor) {
+                        let _ = e.tx.try_send(ToExecutor::Kill { attempt });
+                    }
+                }
+                Command::ExecutorExcluded {
+                    executor,
+                    job,
+                    stage,
+                    reason,
+                } => {
+                    let scope = match stage {
+                        Some(s) => format!("stage {}.{s}", job.0),
+                        None => format!("job {}", job.0),
+                    };
+                    tracing::warn!(
+                        executor = executor.0,
+                        job = job.0,
+                        "executor excluded for {scope}: {reason}"
+                    );
+                    if let Some(j) = self.jobs.get(&job) {
+                        let app = j.spec.app;
+                        self.summary(app, executor)
+                            .exclusions
+                            .push(format!("{scope}: {reason}"));
+                    }
+                }
                 Command::CommitTask { attempt } => self.commit_task(attempt),
                 Command::JobSucceeded { job } => self.end_job(job, None),
                 Command::JobFailed { job, error } => self.end_job(job, Some(error)),

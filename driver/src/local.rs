@@ -35,6 +35,7 @@ impl LocalCluster {
         })?;
         let shutdown = CancellationToken::new();
         let work = tempfile::Builder::new().prefix("flint-local-").tempdir()?;
+        let conf_grace = conf.duration("executor.decommission_timeout");
         tokio::spawn(server::serve(
             DriverConfig {
                 conf,
@@ -53,6 +54,7 @@ impl LocalCluster {
                 advertise_addr: None,
                 sandbox: Some(sandbox.clone()),
                 cache_dir: None,
+                decommission_timeout: conf_grace,
             };
             let token = shutdown.clone();
             tokio::spawn(async move {

@@ -43,12 +43,11 @@ pub async fn serve(
     let conf = config.conf;
     let (events, rx) = mpsc::channel(4096);
     let sched = SchedulerConf {
-        max_task_failures: conf.count("task.max_failures").unwrap_or(4),
         executor_timeout_ms: conf.duration("executor.timeout").as_millis() as u64,
     };
     let tick = conf
         .duration("executor.heartbeat_interval")
-        .min(std::time::Duration::from_secs(1));
+        .min(std::time::Duration::from_millis(200));
     let cluster = tokio::spawn(ClusterLoop::new(sched, tick).run(rx));
     let shared = Arc::new(DriverShared::new(events, sandbox, conf));
     loop {

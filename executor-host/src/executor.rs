@@ -6,14 +6,19 @@ use crate::runner::{ModuleSource, TaskEnv, run_task};
 use crate::sandbox::{Sandbox, SandboxError, SandboxOptions};
 use crate::shuffle::{Fetcher, ShuffleStore, serve_connection};
 use crate::tls;
-use flint_protocol::ids::ModuleHash;
-use flint_protocol::wire::{self, ExecutorHello, FetchModule, FromExecutor, Hello, ToExecutor};
+use flint_protocol::ids::{ModuleHash, TaskAttemptId};
+use flint_protocol::wire::{
+    self, ExecutorHello, FetchModule, FromExecutor, Hello, TaskError, TaskErrorKind, TaskStatus,
+    ToExecutor,
+};
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
 use thiserror::Error;
-use tokio::sync::{Semaphore, mpsc};
+use tokio::sync::{Notify, Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
 
 #[derive(Clone)]
@@ -30,6 +35,72 @@ pub struct ExecutorConfig {
     /// `None`: make one, caching compiled components in `cache_dir`.
     pub sandbox: Option<Arc<Sandbox>>,
     pub cache_dir: Option<PathBuf>,
+    /// On shutdown, how long running tasks may go on before they are handed back.
+    pub decommission_timeout: Duration,
+}
+
+/// The attempts this executor is running, each with the token that stops it.
+#[derive(Default)]
+struct RunningTasks {
+    map: Mutex<HashMap<TaskAttemptId, CancellationToken>>,
+    /// Signalled whenever an attempt ends.
+    idle: Notify,
+}
+
+impl RunningTasks {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<TaskAttemptId, CancellationToken>> {
+        self.map.lock().unwrap_or_else(|p| p.into_inner())
+    }
+    fn insert(&self, attempt: TaskAttemptId) -> CancellationToken {
+        self.lock().entry(attempt).or_default().clone()
+    }
+    fn remove(&self, attempt: TaskAttemptId) {
+        self.lock().remove(&attempt);
+        self.idle.notify_one();
+    }
+    fn cancel(&self, attempt: TaskAttemptId) {
+        if let Some(t) = self.lock().get(&attempt) {
+            t.cancel();
+        }
+    }
+    fn cancel_all(&self) {
+        for t in self.lock().values() {
+            t.cancel();
+        }
+    }
+    fn len(&self) -> usize {
+        self.lock().len()
+    }
+    fn is_empty(&self) -> bool {
+        self.lock().is_empty()
+    }
+}
+
+/// Counts an attempt as running while it holds a slot.
+struct Busy<'a>(&'a AtomicU32);
+
+impl<'a> Busy<'a> {
+    fn new(n: &'a AtomicU32) -> Self {
+        n.fetch_add(1, Ordering::Relaxed);
+        Busy(n)
+    }
+}
+
+impl Drop for Busy<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+fn killed(attempt: TaskAttemptId, why: &str) -> TaskStatus {
+    TaskStatus {
+        attempt,
+        result: Err(TaskError {
+            kind: TaskErrorKind::Killed,
+            chain: vec![why.to_string()],
+        }),
+        metrics: Default::default(),
+    }
 }
 
 #[derive(Debug, Error)]
@@ -75,7 +146,9 @@ impl ModuleSource for DriverModules {
     }
 }
 
-/// Runs an executor until `shutdown` fires or the driver goes away.
+/// Runs an executor until the driver goes away, or `shutdown` fires: then it tells the
+/// driver, takes no new tasks, lets running ones finish within `decommission_timeout`,
+/// hands back the rest as killed (not failed), and leaves.
 pub async fn serve(
     config: ExecutorConfig,
     endpoint: quinn::Endpoint,
@@ -155,9 +228,12 @@ pub async fn serve(
     let writer = tokio::spawn(async move {
         while let Some(msg) = rx.recv().await {
             if net::write_frame(&mut send, &msg).await.is_err() {
-                break;
+                return;
             }
         }
+        // Everything said: end the stream and wait until the driver has read it.
+        let _ = send.finish();
+        let _ = send.stopped().await;
     });
     let running = Arc::new(AtomicU32::new(0));
     let beat = {
@@ -175,34 +251,88 @@ pub async fn serve(
     };
 
     let slots = Arc::new(Semaphore::new(config.cores.max(1) as usize));
+    let tasks = Arc::new(RunningTasks::default());
+    // Set once shutting down: attempts stopped from then on are handed back.
+    let handing_back = Arc::new(AtomicBool::new(false));
+    let mut draining: Option<tokio::time::Instant> = None;
     let result = loop {
+        if draining.is_some() && tasks.is_empty() {
+            break Ok(());
+        }
+        let deadline = draining.unwrap_or_else(tokio::time::Instant::now);
         let msg = tokio::select! {
-            _ = shutdown.cancelled() => break Ok(()),
+            _ = shutdown.cancelled(), if draining.is_none() => {
+                let grace = config.decommission_timeout;
+                tracing::info!(
+                    executor = me.0,
+                    running = tasks.len(),
+                    "shutting down: no new tasks; running ones get {grace:?} to finish"
+                );
+                let _ = tx.send(FromExecutor::Decommissioning).await;
+                draining = Some(tokio::time::Instant::now() + grace);
+                continue;
+            }
+            _ = tasks.idle.notified(), if draining.is_some() => continue,
+            _ = tokio::time::sleep_until(deadline), if draining.is_some() => {
+                tracing::info!(executor = me.0, running = tasks.len(), "handing back unfinished tasks");
+                handing_back.store(true, Ordering::Relaxed);
+                tasks.cancel_all();
+                let _ = tokio::time::timeout(Duration::from_secs(5), async {
+                    while !tasks.is_empty() {
+                        tasks.idle.notified().await;
+                    }
+                })
+                .await;
+                break Ok(());
+            }
             m = net::read_frame::<ToExecutor>(&mut recv, wire::MAX_FRAME) => m,
         };
         match msg {
             Ok(Some(ToExecutor::Launch(desc))) => {
-                let (env, tx, slots, running) =
-                    (env.clone(), tx.clone(), slots.clone(), running.clone());
+                let attempt = desc.attempt;
+                if draining.is_some() {
+                    let status = killed(attempt, "handed back: the executor is shutting down");
+                    let _ = tx.send(FromExecutor::Status(Box::new(status))).await;
+                    continue;
+                }
+                let cancel = tasks.insert(attempt);
+                let (env, tx, slots, running, tasks, handing_back) = (
+                    env.clone(),
+                    tx.clone(),
+                    slots.clone(),
+                    running.clone(),
+                    tasks.clone(),
+                    handing_back.clone(),
+                );
                 tokio::spawn(async move {
-                    let Ok(_slot) = slots.acquire_owned().await else {
-                        return;
+                    let run = async {
+                        let _slot = slots.acquire_owned().await;
+                        let _busy = Busy::new(&running);
+                        run_task(&env, *desc).await
                     };
-                    running.fetch_add(1, Ordering::Relaxed);
-                    let attempt = desc.attempt;
-                    let status = run_task(&env, *desc).await;
-                    running.fetch_sub(1, Ordering::Relaxed);
+                    // Dropping the run future stops the guest where it is: wasmtime
+                    // unwinds the fiber, and the store goes with it.
+                    let status = tokio::select! {
+                        s = run => s,
+                        _ = cancel.cancelled() => killed(attempt, if handing_back.load(Ordering::Relaxed) {
+                            "handed back: the executor is shutting down"
+                        } else {
+                            "killed at the driver's request (another attempt finished first, or the job ended)"
+                        }),
+                    };
                     match &status.result {
                         Ok(_) => {
                             tracing::debug!(%attempt, ms = status.metrics.run_ms, "task finished")
                         }
                         Err(e) => {
-                            tracing::info!(%attempt, error = %e.chain.join(": "), "task failed")
+                            tracing::info!(%attempt, error = %e.chain.join(": "), "task did not succeed")
                         }
                     }
                     let _ = tx.send(FromExecutor::Status(Box::new(status))).await;
+                    tasks.remove(attempt);
                 });
             }
+            Ok(Some(ToExecutor::Kill { attempt })) => tasks.cancel(attempt),
             Ok(Some(ToExecutor::CleanJob { job })) => {
                 let store = store.clone();
                 tokio::task::spawn_blocking(move || store.remove_job(job));
@@ -215,8 +345,15 @@ pub async fn serve(
             Err(e) => break Err(e.into()),
         }
     };
+    if result.is_ok() {
+        // Let the statuses already queued reach the driver before the connection closes.
+        beat.abort();
+        drop(tx);
+        let _ = tokio::time::timeout(Duration::from_secs(5), writer).await;
+    } else {
+        writer.abort();
+    }
     beat.abort();
-    writer.abort();
     accept.abort();
     conn.close(0u32.into(), b"executor stopping");
     result

@@ -145,6 +145,8 @@ async fn run(
             TaskOutput::Count => wit_task::TaskOutput::Count,
         },
         partition: desc.attempt.task.partition,
+        attempt: desc.attempt.attempt,
+        executor: env.fetcher.me().0,
     };
     let r = guest
         .job
@@ -199,6 +201,7 @@ async fn run(
                 .max_bytes_in_flight
                 .clamp(1 << 20, u32::MAX as u64);
             let permits = Arc::new(Semaphore::new(budget as usize));
+            let limit = std::time::Duration::from_millis(desc.limits.fetch_timeout_ms.max(1));
             let (tx, mut rx) = mpsc::channel(segments.len().max(1));
             // Fetch with bounded bytes in flight: a segment's permits are held until the
             // guest has consumed it.
@@ -210,7 +213,25 @@ async fn run(
                     let Ok(permit) = permits.acquire_many_owned(want).await else {
                         return;
                     };
-                    let r = fetcher.fetch(job, shuffle, reduce, &src).await;
+                    let r = match tokio::time::timeout(
+                        limit,
+                        fetcher.fetch(job, shuffle, reduce, &src),
+                    )
+                    .await
+                    {
+                        Ok(r) => r.map_err(|e| e.to_string()),
+                        Err(_) => {
+                            fetcher.forget(&src.addr);
+                            Err(format!(
+                                "fetching map output {} from executor {} at {}: no answer within \
+                                 shuffle.fetch_timeout ({})",
+                                src.map_partition,
+                                src.executor.0,
+                                src.addr,
+                                flint_protocol::scheduler::fmt_ms(limit.as_millis() as u64)
+                            ))
+                        }
+                    };
                     let _ = tx.send((r, permit, src)).await;
                 });
             }
@@ -222,7 +243,7 @@ async fn run(
                             executor: src.executor,
                             map_partition: src.map_partition,
                         },
-                        vec![e.to_string()],
+                        vec![e],
                     )
                 })?;
                 if remote {

@@ -203,6 +203,11 @@ impl Fetcher {
         }
     }
 
+    /// The executor this fetcher works for.
+    pub fn me(&self) -> ExecutorId {
+        self.me
+    }
+
     /// One segment; the flag says whether it crossed the network.
     pub async fn fetch(
         &self,
@@ -253,6 +258,14 @@ impl Fetcher {
                 Err(fail(Box::new(e)))
             }
         }
+    }
+
+    /// Drops the cached connection to `addr` (it stopped answering).
+    pub fn forget(&self, addr: &str) {
+        self.conns
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(addr);
     }
 
     async fn connection(&self, addr: &str) -> Result<quinn::Connection, NetError> {

@@ -46,9 +46,10 @@ mod task;
 pub use dataset::{Context, Data, Dataset, Key, ToText};
 pub use error::{Error, Result};
 pub use flint_guest_macros::main;
+pub use task::{TaskContext, task_context};
 
 /// The `flint:job` interface version this SDK speaks; the host checks it on load.
-pub const INTERFACE_VERSION: u32 = 1;
+pub const INTERFACE_VERSION: u32 = 2;
 
 #[doc(hidden)]
 pub mod __private {

@@ -47,6 +47,28 @@ struct Task {
 
 thread_local! {
     static TASK: RefCell<Option<Task>> = const { RefCell::new(None) };
+    static CONTEXT: std::cell::Cell<Option<TaskContext>> = const { std::cell::Cell::new(None) };
+}
+
+/// Where the current task runs: Spark's `TaskContext`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TaskContext {
+    /// The partition the task computes.
+    pub partition: u32,
+    /// 0 for the first attempt, 1 for the first retry or speculative copy, and so on.
+    pub attempt: u32,
+    /// The executor running the task, as numbered by the driver (from 1).
+    pub executor: u32,
+}
+
+/// The running task's context, or `None` outside a task (in `main`, on the driver).
+///
+/// ```
+/// // In `main` there is no task.
+/// assert_eq!(flint::task_context(), None);
+/// ```
+pub fn task_context() -> Option<TaskContext> {
+    CONTEXT.with(|c| c.get())
 }
 
 // SAFETY (all `cast_*`): `r` came from `fn_ref` of a function of exactly this type in this
@@ -70,6 +92,13 @@ fn cast_new_reader(r: u32) -> Result<NewReaderFn> {
 }
 
 pub fn start(spec: TaskSpec) -> Result<(), ErrorChain> {
+    CONTEXT.with(|c| {
+        c.set(Some(TaskContext {
+            partition: spec.partition,
+            attempt: spec.attempt,
+            executor: spec.executor,
+        }))
+    });
     let task = (|| -> Result<Task> {
         let input = match spec.input {
             TaskInput::Batches(r) => Input::Batches(cast_decode(r)?),

@@ -2,6 +2,7 @@
 //! Every key is declared in [`KEYS`]; an unknown key or a bad value is an error that
 //! names it (and the file and line it came from).
 
+use crate::scheduler::{Exclusion, JobPolicy, Speculation};
 use std::collections::BTreeMap;
 use std::time::Duration;
 use thiserror::Error;
@@ -14,6 +15,12 @@ pub enum Kind {
     Duration,
     /// A positive whole number.
     Count,
+    /// `true` or `false`.
+    Bool,
+    /// A positive number: `3`, `1.5`.
+    Number,
+    /// A number in (0, 1].
+    Fraction,
 }
 
 pub struct KeyDef {
@@ -49,6 +56,72 @@ pub const KEYS: &[KeyDef] = &[
         kind: Kind::Duration,
         default: Some("1h"),
         doc: "wall-clock budget of one task attempt",
+    },
+    KeyDef {
+        key: "stage.max_consecutive_attempts",
+        kind: Kind::Count,
+        default: Some("4"),
+        doc: "attempts of a stage that lost its shuffle input before its job fails",
+    },
+    KeyDef {
+        key: "speculation",
+        kind: Kind::Bool,
+        default: Some("false"),
+        doc: "run copies of slow tasks on other executors; the first to finish wins",
+    },
+    KeyDef {
+        key: "speculation.multiplier",
+        kind: Kind::Number,
+        default: Some("3"),
+        doc: "a task is slow past this many times the stage's median task time",
+    },
+    KeyDef {
+        key: "speculation.quantile",
+        kind: Kind::Fraction,
+        default: Some("0.9"),
+        doc: "fraction of a stage's tasks that must finish before speculation starts",
+    },
+    KeyDef {
+        key: "speculation.min_runtime",
+        kind: Kind::Duration,
+        default: Some("100ms"),
+        doc: "tasks that ran less than this are never speculated",
+    },
+    KeyDef {
+        key: "exclude_on_failure.enabled",
+        kind: Kind::Bool,
+        default: Some("false"),
+        doc: "stop giving a job's tasks to executors that keep failing them",
+    },
+    KeyDef {
+        key: "exclude_on_failure.stage.max_failed_tasks",
+        kind: Kind::Count,
+        default: Some("2"),
+        doc: "different tasks of a stage failed on an executor before it is excluded for the stage",
+    },
+    KeyDef {
+        key: "exclude_on_failure.job.max_failed_tasks",
+        kind: Kind::Count,
+        default: Some("4"),
+        doc: "task failures of a job on an executor before it is excluded for the job",
+    },
+    KeyDef {
+        key: "scheduler.executor_wait_timeout",
+        kind: Kind::Duration,
+        default: Some("60s"),
+        doc: "how long a job waits while no executor can take its tasks",
+    },
+    KeyDef {
+        key: "shuffle.fetch_timeout",
+        kind: Kind::Duration,
+        default: Some("30s"),
+        doc: "time to fetch one shuffle segment before it is a fetch failure",
+    },
+    KeyDef {
+        key: "executor.decommission_timeout",
+        kind: Kind::Duration,
+        default: Some("30s"),
+        doc: "on SIGTERM, how long an executor lets running tasks finish before handing them back",
     },
     KeyDef {
         key: "executor.heartbeat_interval",
@@ -192,6 +265,45 @@ impl Conf {
     pub fn count(&self, key: &str) -> Option<u32> {
         self.raw(key).and_then(|v| v.parse().ok())
     }
+
+    pub fn flag(&self, key: &str) -> bool {
+        self.raw(key).and_then(parse_bool).unwrap_or(false)
+    }
+
+    pub fn number(&self, key: &str) -> f64 {
+        self.raw(key).and_then(|v| v.parse().ok()).unwrap_or(0.0)
+    }
+
+    /// The scheduler's per-job failure policy from these settings.
+    pub fn job_policy(&self) -> JobPolicy {
+        let ms = |k| self.duration(k).as_millis() as u64;
+        JobPolicy {
+            max_task_failures: self.count("task.max_failures").unwrap_or(4),
+            max_stage_attempts: self.count("stage.max_consecutive_attempts").unwrap_or(4),
+            speculation: self.flag("speculation").then(|| Speculation {
+                multiplier: self.number("speculation.multiplier"),
+                quantile: self.number("speculation.quantile"),
+                min_runtime_ms: ms("speculation.min_runtime"),
+            }),
+            exclusion: self.flag("exclude_on_failure.enabled").then(|| Exclusion {
+                max_failed_tasks_per_stage: self
+                    .count("exclude_on_failure.stage.max_failed_tasks")
+                    .unwrap_or(2),
+                max_failed_tasks_per_job: self
+                    .count("exclude_on_failure.job.max_failed_tasks")
+                    .unwrap_or(4),
+            }),
+            executor_wait_timeout_ms: ms("scheduler.executor_wait_timeout"),
+        }
+    }
+}
+
+fn parse_bool(v: &str) -> Option<bool> {
+    match v.trim().to_ascii_lowercase().as_str() {
+        "true" | "yes" | "on" => Some(true),
+        "false" | "no" | "off" => Some(false),
+        _ => None,
+    }
 }
 
 fn in_file(file: &str, line: usize, e: ConfError) -> ConfError {
@@ -234,6 +346,15 @@ fn check(def: &KeyDef, value: &str) -> Result<(), ConfError> {
         Kind::Count => (
             value.parse::<u32>().is_ok_and(|n| n > 0),
             "a whole number above 0",
+        ),
+        Kind::Bool => (parse_bool(value).is_some(), "true or false"),
+        Kind::Number => (
+            value.parse::<f64>().is_ok_and(|n| n.is_finite() && n > 0.0),
+            "a number above 0",
+        ),
+        Kind::Fraction => (
+            value.parse::<f64>().is_ok_and(|n| n > 0.0 && n <= 1.0),
+            "a number in (0, 1]",
         ),
     };
     if ok {
@@ -295,6 +416,26 @@ mod tests {
     }
 
     #[test]
+    fn the_job_policy_follows_the_settings() {
+        let mut c = Conf::default();
+        let p = c.job_policy();
+        assert_eq!((p.max_task_failures, p.max_stage_attempts), (4, 4));
+        assert!(p.speculation.is_none() && p.exclusion.is_none());
+        c.set_pair("speculation=true").unwrap();
+        c.set_pair("speculation.quantile=0.5").unwrap();
+        c.set_pair("exclude_on_failure.enabled=on").unwrap();
+        c.set_pair("stage.max_consecutive_attempts=2").unwrap();
+        let p = c.job_policy();
+        let spec = p.speculation.unwrap();
+        assert_eq!(
+            (spec.multiplier, spec.quantile, spec.min_runtime_ms),
+            (3.0, 0.5, 100)
+        );
+        assert_eq!(p.exclusion.unwrap().max_failed_tasks_per_stage, 2);
+        assert_eq!(p.max_stage_attempts, 2);
+    }
+
+    #[test]
     fn unknown_keys_and_bad_values_are_named() {
         let mut c = Conf::default();
         let e = c.set_pair("task.max_failure=3").unwrap_err().to_string();
@@ -308,6 +449,9 @@ mod tests {
             "{e}"
         );
         assert!(c.set_pair("task.max_failures=0").is_err());
+        assert!(c.set_pair("speculation=maybe").is_err());
+        assert!(c.set_pair("speculation.quantile=1.5").is_err());
+        assert!(c.set_pair("speculation.multiplier=-1").is_err());
         assert!(c.set_pair("novalue").is_err());
     }
 

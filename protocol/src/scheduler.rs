@@ -1,10 +1,22 @@
-//! The driver's scheduling brain as a pure state machine: DAG scheduler (stage barriers),
-//! task scheduler (filling executor slots) and map-output tracker in one place.
+//! The driver's scheduling brain as a pure state machine: DAG scheduler (stage barriers,
+//! stage attempts after fetch failures), task scheduler (filling executor slots,
+//! speculation, exclusion) and map-output tracker in one place.
 //!
 //! The driver feeds it events (`submit_job`, `executor_added`, `task_succeeded`, ...) and
-//! drains [`Command`]s (`Launch`, `CommitTask`, `JobSucceeded`, ...) with
-//! [`Scheduler::poll_command`]. Time only enters through `now_ms` arguments, so every
-//! transition is unit-testable without sockets or clocks.
+//! drains [`Command`]s (`Launch`, `KillTask`, `CommitTask`, `JobSucceeded`, ...) with
+//! [`Scheduler::poll_command`]. Time only enters through [`Scheduler::set_time`] and
+//! [`Scheduler::tick`], so every transition is unit-testable without sockets or clocks.
+//!
+//! The failure semantics follow Spark's, stricter where Spark is vague:
+//! - a task failure (the guest's error, a trap, a limit) is retried on another executor
+//!   when one exists, up to [`JobPolicy::max_task_failures`] attempts;
+//! - a fetch failure is not a task failure: the map outputs of the executor that could not
+//!   serve are unregistered, only the lost map tasks run again, and the reading stage
+//!   resumes; a stage that keeps losing its input fails after
+//!   [`JobPolicy::max_stage_attempts`] consecutive attempts;
+//! - a lost or decommissioned executor's running attempts run again elsewhere and are not
+//!   counted as failures;
+//! - a successful task is committed once, whatever the number of attempts that finished.
 
 use crate::dag::{JobDag, StageInput, StageOutput};
 use crate::ids::{ExecutorId, JobId, ShuffleId, StageId, TaskAttemptId, TaskId};
@@ -85,7 +97,7 @@ impl MapOutputTracker {
         Some(out)
     }
 
-    /// Per reduce partition, total bytes over all map outputs (for reporting).
+    /// Per map partition, where its output lives (for reporting).
     pub fn statuses(&self, job: JobId, shuffle: ShuffleId) -> Option<&[Option<MapStatus>]> {
         self.outputs.get(&(job, shuffle)).map(|v| v.as_slice())
     }
@@ -99,11 +111,18 @@ impl MapOutputTracker {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Command {
     /// Run `attempt` on `executor`; for a shuffle-reading stage, `inputs` lists the
-    /// segments to fetch.
+    /// segments to fetch. `speculative`: a copy of a task that is still running elsewhere.
     Launch {
         attempt: TaskAttemptId,
         executor: ExecutorId,
         inputs: Vec<MapLocation>,
+        speculative: bool,
+    },
+    /// Stop `attempt`: another attempt of its task won, or its job ended. The executor
+    /// answers with a status (killed, or whatever the attempt got to first).
+    KillTask {
+        attempt: TaskAttemptId,
+        executor: ExecutorId,
     },
     /// `attempt` is the one successful attempt of its task whose output counts: commit it.
     CommitTask {
@@ -119,6 +138,13 @@ pub enum Command {
     /// Executors may delete the job's shuffle files.
     CleanJob {
         job: JobId,
+    },
+    /// `executor` gets no more tasks of `job` (of its stage `stage`, or of the whole job).
+    ExecutorExcluded {
+        executor: ExecutorId,
+        job: JobId,
+        stage: Option<u32>,
+        reason: String,
     },
 }
 
@@ -139,17 +165,80 @@ pub struct TaskFailure {
     pub retryable: bool,
 }
 
+/// Cluster-wide settings.
 #[derive(Clone, Debug)]
 pub struct SchedulerConf {
-    pub max_task_failures: u32,
+    /// Silence after which an executor is declared lost.
     pub executor_timeout_ms: u64,
 }
 
 impl Default for SchedulerConf {
     fn default() -> Self {
         SchedulerConf {
-            max_task_failures: 4,
             executor_timeout_ms: 120_000,
+        }
+    }
+}
+
+/// Speculative execution (Spark's `spark.speculation.*`).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Speculation {
+    /// A task is slow when it has run longer than this many times the median.
+    pub multiplier: f64,
+    /// Fraction of a stage's tasks that must have finished before any is speculated.
+    pub quantile: f64,
+    /// Never speculate a task that has run less than this.
+    pub min_runtime_ms: u64,
+}
+
+impl Default for Speculation {
+    fn default() -> Self {
+        Speculation {
+            multiplier: 3.0,
+            quantile: 0.9,
+            min_runtime_ms: 100,
+        }
+    }
+}
+
+/// Exclude-on-failure thresholds (Spark's `spark.excludeOnFailure.*`).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Exclusion {
+    /// Different tasks of one stage failed on an executor before it is excluded for that
+    /// stage.
+    pub max_failed_tasks_per_stage: u32,
+    /// Task failures of one job on an executor before it is excluded for the job.
+    pub max_failed_tasks_per_job: u32,
+}
+
+impl Default for Exclusion {
+    fn default() -> Self {
+        Exclusion {
+            max_failed_tasks_per_stage: 2,
+            max_failed_tasks_per_job: 4,
+        }
+    }
+}
+
+/// Per-job failure policy, from the application's settings.
+#[derive(Clone, Debug)]
+pub struct JobPolicy {
+    pub max_task_failures: u32,
+    pub max_stage_attempts: u32,
+    pub speculation: Option<Speculation>,
+    pub exclusion: Option<Exclusion>,
+    /// How long a job may wait while no executor can take its tasks.
+    pub executor_wait_timeout_ms: u64,
+}
+
+impl Default for JobPolicy {
+    fn default() -> Self {
+        JobPolicy {
+            max_task_failures: 4,
+            max_stage_attempts: 4,
+            speculation: None,
+            exclusion: None,
+            executor_wait_timeout_ms: 60_000,
         }
     }
 }
@@ -160,6 +249,15 @@ struct Executor {
     running: BTreeSet<TaskAttemptId>,
     last_heartbeat_ms: u64,
     tasks_succeeded: u64,
+    tasks_failed: u64,
+    /// Shutting down gracefully: no new tasks.
+    decommissioning: bool,
+}
+
+impl Executor {
+    fn has_free_slot(&self) -> bool {
+        !self.decommissioning && (self.running.len() as u32) < self.cores
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -170,12 +268,21 @@ enum StageStatus {
     Done,
 }
 
+#[derive(Debug, Clone, Copy)]
+struct RunningAttempt {
+    executor: ExecutorId,
+    started_ms: u64,
+    /// The stage attempt it was launched in (fetch failures of older ones count once).
+    stage_attempt: u32,
+}
+
 #[derive(Debug, Default)]
 struct TaskState {
     next_attempt: u32,
-    running: BTreeMap<u32, ExecutorId>,
+    running: BTreeMap<u32, RunningAttempt>,
     done: bool,
     failures: Vec<Vec<String>>,
+    /// Executors to avoid for this task when another one exists.
     failed_on: BTreeSet<ExecutorId>,
 }
 
@@ -183,6 +290,15 @@ struct TaskState {
 struct Stage {
     status: StageStatus,
     tasks: Vec<TaskState>,
+    /// Current attempt of the stage; bumped by each fetch failure that restarts it.
+    attempt: u32,
+    /// Attempts since the stage last completed that ended in a fetch failure.
+    failed_attempts: u32,
+    /// Run times of successful attempts, for speculation.
+    durations: Vec<u64>,
+    /// Per executor, the partitions that failed on it.
+    failed_tasks_on: BTreeMap<ExecutorId, BTreeSet<u32>>,
+    excluded: BTreeMap<ExecutorId, String>,
 }
 
 impl Stage {
@@ -195,6 +311,18 @@ impl Stage {
 struct Job {
     dag: JobDag,
     stages: Vec<Stage>,
+    policy: JobPolicy,
+    failures_on: BTreeMap<ExecutorId, u32>,
+    excluded: BTreeMap<ExecutorId, String>,
+    /// Since when no executor could take any of its ready tasks.
+    starved_since: Option<u64>,
+}
+
+impl Job {
+    fn eligible(&self, stage: usize, executor: ExecutorId) -> bool {
+        !self.excluded.contains_key(&executor)
+            && !self.stages[stage].excluded.contains_key(&executor)
+    }
 }
 
 /// Read-only view of an executor's load, for reports.
@@ -204,15 +332,20 @@ pub struct ExecutorLoad {
     pub cores: u32,
     pub running: usize,
     pub tasks_succeeded: u64,
+    pub tasks_failed: u64,
+    pub decommissioning: bool,
 }
 
 #[derive(Debug, Default)]
 pub struct Scheduler {
     conf: SchedulerConf,
+    now_ms: u64,
     executors: BTreeMap<ExecutorId, Executor>,
     jobs: BTreeMap<JobId, Job>,
     /// Tasks ready to launch, in (job, stage, partition) order: FIFO between jobs.
     pending: BTreeSet<TaskId>,
+    /// Slow tasks that deserve a copy when a slot is free (after every pending task).
+    speculatable: BTreeSet<TaskId>,
     map_outputs: MapOutputTracker,
     commands: VecDeque<Command>,
 }
@@ -233,6 +366,11 @@ impl Scheduler {
         &self.map_outputs
     }
 
+    /// The driver's clock, in ms since it started; events that follow happen at `now_ms`.
+    pub fn set_time(&mut self, now_ms: u64) {
+        self.now_ms = self.now_ms.max(now_ms);
+    }
+
     pub fn executors(&self) -> Vec<ExecutorLoad> {
         self.executors
             .iter()
@@ -241,12 +379,19 @@ impl Scheduler {
                 cores: e.cores,
                 running: e.running.len(),
                 tasks_succeeded: e.tasks_succeeded,
+                tasks_failed: e.tasks_failed,
+                decommissioning: e.decommissioning,
             })
             .collect()
     }
 
+    /// Slots of executors that take tasks.
     pub fn total_cores(&self) -> u32 {
-        self.executors.values().map(|e| e.cores).sum()
+        self.executors
+            .values()
+            .filter(|e| !e.decommissioning)
+            .map(|e| e.cores)
+            .sum()
     }
 
     pub fn stage_def(&self, stage: StageId) -> Option<&crate::dag::StageDef> {
@@ -255,7 +400,28 @@ impl Scheduler {
             .and_then(|j| j.dag.stages.get(stage.index as usize))
     }
 
+    /// Executors excluded for `job` or one of its stages, with the reason.
+    pub fn exclusions(&self, job: JobId) -> Vec<(ExecutorId, Option<u32>, String)> {
+        let Some(j) = self.jobs.get(&job) else {
+            return Vec::new();
+        };
+        let mut v: Vec<_> = j
+            .excluded
+            .iter()
+            .map(|(e, r)| (*e, None, r.clone()))
+            .collect();
+        for (i, s) in j.stages.iter().enumerate() {
+            v.extend(
+                s.excluded
+                    .iter()
+                    .map(|(e, r)| (*e, Some(i as u32), r.clone())),
+            );
+        }
+        v
+    }
+
     pub fn executor_added(&mut self, id: ExecutorId, cores: u32, now_ms: u64) {
+        self.set_time(now_ms);
         self.executors.insert(
             id,
             Executor {
@@ -263,19 +429,28 @@ impl Scheduler {
                 running: BTreeSet::new(),
                 last_heartbeat_ms: now_ms,
                 tasks_succeeded: 0,
+                tasks_failed: 0,
+                decommissioning: false,
             },
         );
         self.schedule();
     }
 
     pub fn heartbeat(&mut self, id: ExecutorId, now_ms: u64) {
+        self.set_time(now_ms);
         if let Some(e) = self.executors.get_mut(&id) {
             e.last_heartbeat_ms = now_ms;
         }
     }
 
-    /// Declares executors lost whose last heartbeat is older than the timeout.
+    pub fn is_registered(&self, id: ExecutorId) -> bool {
+        self.executors.contains_key(&id)
+    }
+
+    /// Time passes: declares silent executors lost (returned), fails jobs that waited too
+    /// long for any executor, and finds tasks worth speculating.
     pub fn tick(&mut self, now_ms: u64) -> Vec<ExecutorId> {
+        self.set_time(now_ms);
         let timeout = self.conf.executor_timeout_ms;
         let silent: Vec<ExecutorId> = self
             .executors
@@ -286,7 +461,19 @@ impl Scheduler {
         for id in &silent {
             self.executor_lost(*id);
         }
+        self.check_starved_jobs();
+        self.find_speculatable();
+        self.schedule();
         silent
+    }
+
+    /// The executor is shutting down gracefully: it gets no new tasks; what it still runs
+    /// either finishes or comes back killed, and neither counts as a failure.
+    pub fn executor_decommissioning(&mut self, id: ExecutorId) {
+        if let Some(e) = self.executors.get_mut(&id) {
+            e.decommissioning = true;
+        }
+        self.schedule();
     }
 
     /// The executor is gone: its running attempts go back to pending (not counted as
@@ -296,14 +483,35 @@ impl Scheduler {
             return;
         };
         for attempt in exec.running {
-            if let Some(task) = self.task_mut(attempt.task) {
-                task.running.remove(&attempt.attempt);
-                if !task.done && task.running.is_empty() {
-                    self.pending.insert(attempt.task);
-                }
-            }
+            self.forget_attempt(attempt);
         }
-        for (job_id, shuffle, map) in self.map_outputs.remove_executor(id) {
+        self.unregister_outputs(id);
+        self.schedule();
+    }
+
+    /// Drops a running attempt that will never report; its task runs again if no other
+    /// attempt is running.
+    fn forget_attempt(&mut self, attempt: TaskAttemptId) {
+        let Some(job) = self.jobs.get_mut(&attempt.task.stage.job) else {
+            return;
+        };
+        let Some(stage) = job.stages.get_mut(attempt.task.stage.index as usize) else {
+            return;
+        };
+        let running_stage = stage.status == StageStatus::Running;
+        let Some(task) = stage.tasks.get_mut(attempt.task.partition as usize) else {
+            return;
+        };
+        task.running.remove(&attempt.attempt);
+        if !task.done && task.running.is_empty() && running_stage {
+            self.pending.insert(attempt.task);
+        }
+    }
+
+    /// Forgets `executor`'s map outputs; map tasks whose output is still needed run again
+    /// (elsewhere if possible), and the stages reading them wait.
+    fn unregister_outputs(&mut self, executor: ExecutorId) {
+        for (job_id, shuffle, map) in self.map_outputs.remove_executor(executor) {
             let Some(job) = self.jobs.get_mut(&job_id) else {
                 continue;
             };
@@ -319,35 +527,48 @@ impl Scheduler {
             if !needed {
                 continue;
             }
-            job.stages[writer].tasks[map as usize].done = false;
+            let task = &mut job.stages[writer].tasks[map as usize];
+            task.done = false;
+            task.failed_on.insert(executor);
+            let rerun = task.running.is_empty();
             job.stages[writer].status = StageStatus::Running;
-            self.pending.insert(TaskId {
-                stage: StageId {
-                    job: job_id,
-                    index: writer as u32,
-                },
-                partition: map,
-            });
+            if rerun {
+                self.pending.insert(TaskId {
+                    stage: StageId {
+                        job: job_id,
+                        index: writer as u32,
+                    },
+                    partition: map,
+                });
+            }
             for (i, s) in job.dag.stages.iter().enumerate() {
                 if s.parents.contains(&(writer as u32))
                     && job.stages[i].status == StageStatus::Running
                 {
                     job.stages[i].status = StageStatus::Waiting;
-                    self.pending
-                        .retain(|t| !(t.stage.job == job_id && t.stage.index == i as u32));
+                    let stage = StageId {
+                        job: job_id,
+                        index: i as u32,
+                    };
+                    self.pending.retain(|t| t.stage != stage);
+                    self.speculatable.retain(|t| t.stage != stage);
                 }
             }
         }
-        self.schedule();
     }
 
-    pub fn submit_job(&mut self, job: JobId, dag: JobDag) {
+    pub fn submit_job(&mut self, job: JobId, dag: JobDag, policy: JobPolicy) {
         let stages = dag
             .stages
             .iter()
             .map(|s| Stage {
                 status: StageStatus::Waiting,
                 tasks: (0..s.partitions).map(|_| TaskState::default()).collect(),
+                attempt: 0,
+                failed_attempts: 0,
+                durations: Vec::new(),
+                failed_tasks_on: BTreeMap::new(),
+                excluded: BTreeMap::new(),
             })
             .collect();
         for s in &dag.stages {
@@ -356,18 +577,39 @@ impl Scheduler {
                     .register_shuffle(job, shuffle, s.partitions);
             }
         }
-        self.jobs.insert(job, Job { dag, stages });
+        self.jobs.insert(
+            job,
+            Job {
+                dag,
+                stages,
+                policy,
+                failures_on: BTreeMap::new(),
+                excluded: BTreeMap::new(),
+                starved_since: None,
+            },
+        );
         self.advance_stages(job);
         self.schedule();
     }
 
-    /// Stops a job: pending tasks are dropped, running ones are left to finish unheard.
+    /// Stops a job: pending tasks are dropped and running attempts are killed.
     pub fn cancel_job(&mut self, job: JobId) {
-        if self.jobs.remove(&job).is_some() {
-            self.pending.retain(|t| t.stage.job != job);
-            self.map_outputs.remove_job(job);
-            self.commands.push_back(Command::CleanJob { job });
+        let Some(j) = self.jobs.remove(&job) else {
+            return;
+        };
+        self.pending.retain(|t| t.stage.job != job);
+        self.speculatable.retain(|t| t.stage.job != job);
+        self.map_outputs.remove_job(job);
+        drop(j);
+        for (id, e) in &self.executors {
+            for attempt in e.running.iter().filter(|a| a.task.stage.job == job) {
+                self.commands.push_back(Command::KillTask {
+                    attempt: *attempt,
+                    executor: *id,
+                });
+            }
         }
+        self.commands.push_back(Command::CleanJob { job });
     }
 
     pub fn task_succeeded(
@@ -376,36 +618,55 @@ impl Scheduler {
         executor: ExecutorId,
         map_sizes: Option<Vec<u64>>,
     ) {
+        let now = self.now_ms;
         if let Some(e) = self.executors.get_mut(&executor) {
             e.running.remove(&attempt);
             e.tasks_succeeded += 1;
         }
         let job_id = attempt.task.stage.job;
+        let registered = self.executors.contains_key(&executor);
         let Some(job) = self.jobs.get_mut(&job_id) else {
             self.schedule();
             return;
         };
         let stage_index = attempt.task.stage.index as usize;
-        let Some(task) = job
-            .stages
-            .get_mut(stage_index)
-            .and_then(|s| s.tasks.get_mut(attempt.task.partition as usize))
-        else {
+        let Some(stage) = job.stages.get_mut(stage_index) else {
             return;
         };
-        task.running.remove(&attempt.attempt);
-        if task.done {
-            // A duplicate (an older attempt that finished late): its output never counts.
+        let Some(task) = stage.tasks.get_mut(attempt.task.partition as usize) else {
+            return;
+        };
+        let Some(run) = task.running.remove(&attempt.attempt) else {
+            // Not an attempt we wait for (its executor was declared lost meanwhile).
+            self.schedule();
+            return;
+        };
+        let output = &job.dag.stages[stage_index].output;
+        if task.done || (!registered && matches!(output, StageOutput::ShuffleWrite { .. })) {
+            // A duplicate (an older attempt that finished late), or map output on an
+            // executor that is gone: it never counts.
             self.schedule();
             return;
         }
         task.done = true;
+        stage.durations.push(now.saturating_sub(run.started_ms));
+        // The race is won: the other attempts of this task are cancelled.
+        for (n, other) in &task.running {
+            self.commands.push_back(Command::KillTask {
+                attempt: TaskAttemptId {
+                    task: attempt.task,
+                    attempt: *n,
+                },
+                executor: other.executor,
+            });
+        }
+        self.speculatable.remove(&attempt.task);
         self.commands.push_back(Command::CommitTask { attempt });
         if let StageOutput::ShuffleWrite {
             shuffle,
             partitions,
             ..
-        } = job.dag.stages[stage_index].output
+        } = *output
         {
             let mut sizes = map_sizes.unwrap_or_default();
             sizes.resize(partitions as usize, 0);
@@ -420,6 +681,16 @@ impl Scheduler {
         self.schedule();
     }
 
+    /// The executor stopped `attempt` as asked (or handed it back while shutting down):
+    /// not a failure; the task runs again if nothing else runs it.
+    pub fn task_killed(&mut self, attempt: TaskAttemptId, executor: ExecutorId) {
+        if let Some(e) = self.executors.get_mut(&executor) {
+            e.running.remove(&attempt);
+        }
+        self.forget_attempt(attempt);
+        self.schedule();
+    }
+
     pub fn task_failed(
         &mut self,
         attempt: TaskAttemptId,
@@ -428,21 +699,30 @@ impl Scheduler {
     ) {
         if let Some(e) = self.executors.get_mut(&executor) {
             e.running.remove(&attempt);
+            e.tasks_failed += 1;
         }
         let job_id = attempt.task.stage.job;
-        let max = self.conf.max_task_failures;
-        let Some(task) = self.task_mut(attempt.task) else {
+        let Some(job) = self.jobs.get_mut(&job_id) else {
             self.schedule();
             return;
         };
-        task.running.remove(&attempt.attempt);
-        if task.done {
+        let max = job.policy.max_task_failures;
+        let stage_index = attempt.task.stage.index as usize;
+        let Some(stage) = job.stages.get_mut(stage_index) else {
+            return;
+        };
+        let running_stage = stage.status == StageStatus::Running;
+        let Some(task) = stage.tasks.get_mut(attempt.task.partition as usize) else {
+            return;
+        };
+        if task.running.remove(&attempt.attempt).is_none() || task.done {
             self.schedule();
             return;
         }
         task.failures.push(failure.chain);
         task.failed_on.insert(executor);
         let failures = task.failures.len() as u32;
+        let retry = task.running.is_empty() && running_stage;
         if failures >= max || !failure.retryable {
             let first = task.failures.first().cloned().unwrap_or_default();
             let last = task.failures.last().cloned().unwrap_or_default();
@@ -462,24 +742,127 @@ impl Scheduler {
                 format!("{} failed", attempt.task)
             };
             self.fail_job(job_id, JobFailure { message, causes });
-        } else if task.running.is_empty() {
+            self.schedule();
+            return;
+        }
+        if retry {
             self.pending.insert(attempt.task);
         }
+        self.count_failure_for_exclusion(attempt, executor);
+        self.schedule();
+    }
+
+    /// Exclude-on-failure bookkeeping for one failed attempt.
+    fn count_failure_for_exclusion(&mut self, attempt: TaskAttemptId, executor: ExecutorId) {
+        let job_id = attempt.task.stage.job;
+        let Some(job) = self.jobs.get_mut(&job_id) else {
+            return;
+        };
+        let Some(rules) = job.policy.exclusion.clone() else {
+            return;
+        };
+        let si = attempt.task.stage.index as usize;
+        let stage = &mut job.stages[si];
+        let failed = stage.failed_tasks_on.entry(executor).or_default();
+        failed.insert(attempt.task.partition);
+        let distinct = failed.len() as u32;
+        if distinct >= rules.max_failed_tasks_per_stage && !stage.excluded.contains_key(&executor) {
+            let reason = format!(
+                "{distinct} different tasks of {} failed on it \
+                 (exclude_on_failure.stage.max_failed_tasks = {})",
+                attempt.task.stage, rules.max_failed_tasks_per_stage
+            );
+            stage.excluded.insert(executor, reason.clone());
+            self.commands.push_back(Command::ExecutorExcluded {
+                executor,
+                job: job_id,
+                stage: Some(si as u32),
+                reason,
+            });
+        }
+        let n = job.failures_on.entry(executor).or_default();
+        *n += 1;
+        let n = *n;
+        if n >= rules.max_failed_tasks_per_job && !job.excluded.contains_key(&executor) {
+            let reason = format!(
+                "{n} tasks of job {} failed on it (exclude_on_failure.job.max_failed_tasks = {})",
+                job_id.0, rules.max_failed_tasks_per_job
+            );
+            job.excluded.insert(executor, reason.clone());
+            self.commands.push_back(Command::ExecutorExcluded {
+                executor,
+                job: job_id,
+                stage: None,
+                reason,
+            });
+        }
+    }
+
+    /// A reduce attempt could not fetch `map_partition`'s segment from `from`. Not a task
+    /// failure: `from`'s map outputs are unregistered (its files are presumed gone), the
+    /// lost map tasks run again, and this task waits for them. Each stage attempt that
+    /// ends this way counts once towards `max_stage_attempts`.
+    pub fn task_fetch_failed(
+        &mut self,
+        attempt: TaskAttemptId,
+        executor: ExecutorId,
+        from: ExecutorId,
+        map_partition: u32,
+        chain: Vec<String>,
+    ) {
+        if let Some(e) = self.executors.get_mut(&executor) {
+            e.running.remove(&attempt);
+        }
+        let job_id = attempt.task.stage.job;
+        let Some(job) = self.jobs.get_mut(&job_id) else {
+            self.schedule();
+            return;
+        };
+        let max = job.policy.max_stage_attempts;
+        let Some(stage) = job.stages.get_mut(attempt.task.stage.index as usize) else {
+            return;
+        };
+        let Some(task) = stage.tasks.get_mut(attempt.task.partition as usize) else {
+            return;
+        };
+        let Some(run) = task.running.remove(&attempt.attempt) else {
+            self.schedule();
+            return;
+        };
+        if task.done {
+            self.schedule();
+            return;
+        }
+        if run.stage_attempt == stage.attempt {
+            stage.attempt += 1;
+            stage.failed_attempts += 1;
+            if stage.failed_attempts >= max {
+                let message = format!(
+                    "{} failed {} consecutive attempts (stage.max_consecutive_attempts = {max}): \
+                     shuffle output of map partition {map_partition} on executor {} could not be fetched",
+                    attempt.task.stage, stage.failed_attempts, from.0
+                );
+                self.fail_job(
+                    job_id,
+                    JobFailure {
+                        message,
+                        causes: chain,
+                    },
+                );
+                self.schedule();
+                return;
+            }
+        }
+        self.unregister_outputs(from);
+        // The outputs may already have been unregistered and recomputed elsewhere: then
+        // the stage is running and this task simply goes again.
+        self.forget_attempt(attempt);
         self.schedule();
     }
 
     fn fail_job(&mut self, job: JobId, error: JobFailure) {
         self.cancel_job(job);
         self.commands.push_back(Command::JobFailed { job, error });
-    }
-
-    fn task_mut(&mut self, id: TaskId) -> Option<&mut TaskState> {
-        self.jobs
-            .get_mut(&id.stage.job)?
-            .stages
-            .get_mut(id.stage.index as usize)?
-            .tasks
-            .get_mut(id.partition as usize)
     }
 
     /// Marks finished stages done, starts stages whose parents are all done, and ends the
@@ -491,6 +874,7 @@ impl Scheduler {
         for i in 0..job.stages.len() {
             if job.stages[i].status == StageStatus::Running && job.stages[i].all_done() {
                 job.stages[i].status = StageStatus::Done;
+                job.stages[i].failed_attempts = 0;
             }
         }
         for i in 0..job.stages.len() {
@@ -522,6 +906,8 @@ impl Scheduler {
             .is_some_and(|s| s.status == StageStatus::Done)
         {
             self.jobs.remove(&job_id);
+            self.pending.retain(|t| t.stage.job != job_id);
+            self.speculatable.retain(|t| t.stage.job != job_id);
             self.map_outputs.remove_job(job_id);
             self.commands
                 .push_back(Command::JobSucceeded { job: job_id });
@@ -529,68 +915,250 @@ impl Scheduler {
         }
     }
 
-    /// Fills free executor slots with pending tasks, in order. A task that failed on an
-    /// executor goes elsewhere when another executor exists.
+    /// A job whose ready tasks no executor can take (none registered, or all shutting
+    /// down) fails once it has waited `executor_wait_timeout_ms`.
+    fn check_starved_jobs(&mut self) {
+        let now = self.now_ms;
+        let any_usable = self.executors.values().any(|e| !e.decommissioning);
+        let waiting: BTreeSet<JobId> = self.pending.iter().map(|t| t.stage.job).collect();
+        let mut expired = Vec::new();
+        for (id, job) in &mut self.jobs {
+            if any_usable || !waiting.contains(id) {
+                job.starved_since = None;
+                continue;
+            }
+            let since = *job.starved_since.get_or_insert(now);
+            let limit = job.policy.executor_wait_timeout_ms;
+            if now.saturating_sub(since) >= limit {
+                expired.push((*id, limit));
+            }
+        }
+        for (job, limit) in expired {
+            let message = format!(
+                "job {} waited {} for an executor and none could take its tasks \
+                 (scheduler.executor_wait_timeout = {})",
+                job.0,
+                fmt_ms(limit),
+                fmt_ms(limit)
+            );
+            let causes = vec![if self.executors.is_empty() {
+                "no executor is registered with the driver".to_string()
+            } else {
+                "every executor is shutting down".to_string()
+            }];
+            self.fail_job(job, JobFailure { message, causes });
+        }
+    }
+
+    /// Spark's `checkSpeculatableTasks`: once `quantile` of a running stage's tasks have
+    /// succeeded, a task with one attempt running longer than `multiplier` × the median
+    /// (and `min_runtime_ms`) gets a copy.
+    fn find_speculatable(&mut self) {
+        let now = self.now_ms;
+        for (job_id, job) in &self.jobs {
+            let Some(spec) = &job.policy.speculation else {
+                continue;
+            };
+            for (si, stage) in job.stages.iter().enumerate() {
+                if stage.status != StageStatus::Running {
+                    continue;
+                }
+                let n = stage.tasks.len();
+                let finished = stage.tasks.iter().filter(|t| t.done).count();
+                let needed = ((spec.quantile * n as f64).floor() as usize).max(1);
+                if finished < needed || finished == n || stage.durations.is_empty() {
+                    continue;
+                }
+                let mut d = stage.durations.clone();
+                d.sort_unstable();
+                let median = d[d.len() / 2];
+                let threshold = ((median as f64 * spec.multiplier) as u64).max(spec.min_runtime_ms);
+                for (p, task) in stage.tasks.iter().enumerate() {
+                    if task.done || task.running.len() != 1 {
+                        continue;
+                    }
+                    let run = task.running.values().next().expect("one attempt");
+                    if now.saturating_sub(run.started_ms) > threshold {
+                        self.speculatable.insert(TaskId {
+                            stage: StageId {
+                                job: *job_id,
+                                index: si as u32,
+                            },
+                            partition: p as u32,
+                        });
+                    }
+                }
+            }
+        }
+    }
+
+    /// The segments a task of `task_id`'s stage reads, or `None` while some are missing.
+    fn inputs_of(&self, job: &Job, task_id: TaskId) -> Option<Vec<MapLocation>> {
+        match job.dag.stages[task_id.stage.index as usize].input {
+            StageInput::Shuffle { shuffle, .. } => {
+                self.map_outputs
+                    .locations(task_id.stage.job, shuffle, task_id.partition)
+            }
+            StageInput::TextFile { .. } => Some(Vec::new()),
+        }
+    }
+
+    /// Fills free executor slots: pending tasks in order, then speculative copies. A task
+    /// that failed on an executor goes elsewhere when another executor can take it; an
+    /// excluded executor never gets the stage's tasks, and a stage that every live
+    /// executor is excluded from fails its job (Spark's behaviour without dynamic
+    /// allocation: nothing will change by waiting).
     fn schedule(&mut self) {
+        let mut unschedulable: BTreeMap<StageId, TaskId> = BTreeMap::new();
         let pending: Vec<TaskId> = self.pending.iter().copied().collect();
         for task_id in pending {
-            let has_free = self
-                .executors
-                .values()
-                .any(|e| (e.running.len() as u32) < e.cores);
-            if !has_free {
-                break;
-            }
             let Some(job) = self.jobs.get(&task_id.stage.job) else {
                 self.pending.remove(&task_id);
                 continue;
             };
-            let stage_def = &job.dag.stages[task_id.stage.index as usize];
-            let inputs = match stage_def.input {
-                StageInput::Shuffle { shuffle, .. } => {
-                    match self
-                        .map_outputs
-                        .locations(task_id.stage.job, shuffle, task_id.partition)
-                    {
-                        Some(l) => l,
-                        None => continue,
-                    }
-                }
-                StageInput::TextFile { .. } => Vec::new(),
-            };
-            let task = &job.stages[task_id.stage.index as usize].tasks[task_id.partition as usize];
-            let avoid = &task.failed_on;
-            let elsewhere_exists = self.executors.keys().any(|e| !avoid.contains(e));
-            // Least-loaded executor with a free slot, avoiding past failures when possible.
-            let choice = self
+            let si = task_id.stage.index as usize;
+            let live: Vec<ExecutorId> = self
                 .executors
                 .iter()
-                .filter(|(_, e)| (e.running.len() as u32) < e.cores)
-                .filter(|(id, _)| !elsewhere_exists || !avoid.contains(id))
-                .min_by_key(|(id, e)| (e.running.len() * 1000 / e.cores as usize, **id))
-                .map(|(id, _)| *id);
+                .filter(|(_, e)| !e.decommissioning)
+                .map(|(id, _)| *id)
+                .collect();
+            if !live.is_empty() && live.iter().all(|id| !job.eligible(si, *id)) {
+                unschedulable.entry(task_id.stage).or_insert(task_id);
+                continue;
+            }
+            if !self.executors.values().any(Executor::has_free_slot) {
+                continue;
+            }
+            let Some(inputs) = self.inputs_of(job, task_id) else {
+                continue;
+            };
+            let task = &job.stages[si].tasks[task_id.partition as usize];
+            let choice = self.pick_executor(job, si, task);
             let Some(executor) = choice else {
                 continue;
             };
-            let Some(task) = self.task_mut(task_id) else {
+            self.pending.remove(&task_id);
+            self.launch(task_id, executor, inputs, false);
+        }
+        let wanted: Vec<TaskId> = self.speculatable.iter().copied().collect();
+        for task_id in wanted {
+            if !self.executors.values().any(Executor::has_free_slot) {
+                break;
+            }
+            let Some(job) = self.jobs.get(&task_id.stage.job) else {
+                self.speculatable.remove(&task_id);
                 continue;
             };
-            let attempt = TaskAttemptId {
-                task: task_id,
-                attempt: task.next_attempt,
-            };
-            task.next_attempt += 1;
-            task.running.insert(attempt.attempt, executor);
-            self.pending.remove(&task_id);
-            if let Some(e) = self.executors.get_mut(&executor) {
-                e.running.insert(attempt);
+            let si = task_id.stage.index as usize;
+            let task = &job.stages[si].tasks[task_id.partition as usize];
+            if task.done || task.running.len() != 1 {
+                self.speculatable.remove(&task_id);
+                continue;
             }
-            self.commands.push_back(Command::Launch {
-                attempt,
-                executor,
-                inputs,
-            });
+            let Some(inputs) = self.inputs_of(job, task_id) else {
+                continue;
+            };
+            let Some(executor) = self.pick_executor(job, si, task) else {
+                continue;
+            };
+            self.speculatable.remove(&task_id);
+            self.launch(task_id, executor, inputs, true);
         }
+        for (stage, task_id) in unschedulable {
+            let Some(job) = self.jobs.get(&stage.job) else {
+                continue;
+            };
+            let si = stage.index as usize;
+            let mut causes: Vec<String> = self
+                .executors
+                .keys()
+                .filter_map(|id| {
+                    let r = job
+                        .excluded
+                        .get(id)
+                        .or_else(|| job.stages[si].excluded.get(id))?;
+                    Some(format!("executor {} is excluded: {r}", id.0))
+                })
+                .collect();
+            if let Some(last) = job.stages[si]
+                .tasks
+                .iter()
+                .filter_map(|t| t.failures.last())
+                .next_back()
+            {
+                causes.push(format!("last failure: {}", last.join(": ")));
+            }
+            let message =
+                format!("{task_id} cannot run: every live executor is excluded for {stage}");
+            self.fail_job(stage.job, JobFailure { message, causes });
+        }
+    }
+
+    /// Least-loaded executor with a free slot that may run this task: never an excluded
+    /// one, never one already running it, and not one it failed on while another exists.
+    fn pick_executor(&self, job: &Job, stage: usize, task: &TaskState) -> Option<ExecutorId> {
+        let busy_with_it: BTreeSet<ExecutorId> =
+            task.running.values().map(|r| r.executor).collect();
+        let allowed = |id: &ExecutorId| job.eligible(stage, *id) && !busy_with_it.contains(id);
+        let elsewhere_exists = self
+            .executors
+            .iter()
+            .any(|(id, e)| !e.decommissioning && allowed(id) && !task.failed_on.contains(id));
+        self.executors
+            .iter()
+            .filter(|(id, e)| e.has_free_slot() && allowed(id))
+            .filter(|(id, _)| !elsewhere_exists || !task.failed_on.contains(id))
+            .min_by_key(|(id, e)| (e.running.len() * 1000 / e.cores as usize, **id))
+            .map(|(id, _)| *id)
+    }
+
+    fn launch(
+        &mut self,
+        task_id: TaskId,
+        executor: ExecutorId,
+        inputs: Vec<MapLocation>,
+        speculative: bool,
+    ) {
+        let now = self.now_ms;
+        let Some(job) = self.jobs.get_mut(&task_id.stage.job) else {
+            return;
+        };
+        let stage = &mut job.stages[task_id.stage.index as usize];
+        let stage_attempt = stage.attempt;
+        let task = &mut stage.tasks[task_id.partition as usize];
+        let attempt = TaskAttemptId {
+            task: task_id,
+            attempt: task.next_attempt,
+        };
+        task.next_attempt += 1;
+        task.running.insert(
+            attempt.attempt,
+            RunningAttempt {
+                executor,
+                started_ms: now,
+                stage_attempt,
+            },
+        );
+        if let Some(e) = self.executors.get_mut(&executor) {
+            e.running.insert(attempt);
+        }
+        self.commands.push_back(Command::Launch {
+            attempt,
+            executor,
+            inputs,
+            speculative,
+        });
+    }
+}
+
+/// `1500` → `1.5s`, `200` → `200ms`.
+pub fn fmt_ms(ms: u64) -> String {
+    if ms >= 1000 && ms % 100 == 0 {
+        let s = ms as f64 / 1000.0;
+        format!("{s}s")
+    } else {
+        format!("{ms}ms")
     }
 }
 
@@ -625,6 +1193,16 @@ mod tests {
         build_dag(&plan, &|_| maps, None).unwrap()
     }
 
+    trait SubmitDefault {
+        fn submit_job_default(&mut self, job: JobId, dag: JobDag);
+    }
+
+    impl SubmitDefault for Scheduler {
+        fn submit_job_default(&mut self, job: JobId, dag: JobDag) {
+            self.submit_job(job, dag, JobPolicy::default());
+        }
+    }
+
     fn drain(s: &mut Scheduler) -> Vec<Command> {
         std::iter::from_fn(|| s.poll_command()).collect()
     }
@@ -636,6 +1214,7 @@ mod tests {
                     attempt,
                     executor,
                     inputs,
+                    ..
                 } => Some((*attempt, *executor, inputs.clone())),
                 _ => None,
             })
@@ -653,7 +1232,7 @@ mod tests {
     fn tasks_fill_slots_and_wait_for_free_ones() {
         let mut s = Scheduler::new(SchedulerConf::default());
         s.executor_added(E1, 2, 0);
-        s.submit_job(J, two_stage_dag(3, 2));
+        s.submit_job_default(J, two_stage_dag(3, 2));
         let l = launches(&drain(&mut s));
         assert_eq!(l.len(), 2, "two slots, three map tasks");
         assert!(l.iter().all(|(_, e, inputs)| *e == E1 && inputs.is_empty()));
@@ -669,7 +1248,7 @@ mod tests {
         let mut s = Scheduler::new(SchedulerConf::default());
         s.executor_added(E1, 4, 0);
         s.executor_added(E2, 4, 0);
-        s.submit_job(J, two_stage_dag(2, 2));
+        s.submit_job_default(J, two_stage_dag(2, 2));
         let maps = launches(&drain(&mut s));
         assert_eq!(maps.len(), 2);
         let (a0, e0, _) = maps[0].clone();
@@ -724,7 +1303,7 @@ mod tests {
         let mut s = Scheduler::new(SchedulerConf::default());
         s.executor_added(E1, 1, 0);
         s.executor_added(E2, 1, 0);
-        s.submit_job(J, two_stage_dag(1, 1));
+        s.submit_job_default(J, two_stage_dag(1, 1));
         let l = launches(&drain(&mut s));
         let (a, e, _) = l[0].clone();
         s.task_failed(a, e, ok());
@@ -736,12 +1315,16 @@ mod tests {
 
     #[test]
     fn job_fails_after_max_failures_with_first_and_last_errors() {
-        let mut s = Scheduler::new(SchedulerConf {
-            max_task_failures: 3,
-            ..Default::default()
-        });
+        let mut s = Scheduler::new(SchedulerConf::default());
         s.executor_added(E1, 1, 0);
-        s.submit_job(J, two_stage_dag(1, 1));
+        s.submit_job(
+            J,
+            two_stage_dag(1, 1),
+            JobPolicy {
+                max_task_failures: 3,
+                ..Default::default()
+            },
+        );
         for i in 0..3 {
             let l = launches(&drain(&mut s));
             assert_eq!(l.len(), 1, "attempt {i} launched");
@@ -775,7 +1358,7 @@ mod tests {
     fn non_retryable_failure_ends_the_job_at_once() {
         let mut s = Scheduler::new(SchedulerConf::default());
         s.executor_added(E1, 1, 0);
-        s.submit_job(J, two_stage_dag(1, 1));
+        s.submit_job_default(J, two_stage_dag(1, 1));
         let (a, e, _) = launches(&drain(&mut s))[0].clone();
         s.task_failed(
             a,
@@ -794,7 +1377,7 @@ mod tests {
         let mut s = Scheduler::new(SchedulerConf::default());
         s.executor_added(E1, 1, 0);
         s.executor_added(E2, 1, 0);
-        s.submit_job(J, two_stage_dag(1, 1));
+        s.submit_job_default(J, two_stage_dag(1, 1));
         let (a, e, _) = launches(&drain(&mut s))[0].clone();
         s.task_succeeded(a, e, Some(vec![1]));
         s.task_succeeded(a, e, Some(vec![1]));
@@ -810,7 +1393,7 @@ mod tests {
         let mut s = Scheduler::new(SchedulerConf::default());
         s.executor_added(E1, 1, 0);
         s.executor_added(E2, 1, 0);
-        s.submit_job(J, two_stage_dag(2, 1));
+        s.submit_job_default(J, two_stage_dag(2, 1));
         let maps = launches(&drain(&mut s));
         let on_e1 = maps.iter().find(|m| m.1 == E1).unwrap().clone();
         let on_e2 = maps.iter().find(|m| m.1 == E2).unwrap().clone();
@@ -837,12 +1420,16 @@ mod tests {
 
     #[test]
     fn running_task_on_lost_executor_is_not_a_failure() {
-        let mut s = Scheduler::new(SchedulerConf {
-            max_task_failures: 1,
-            ..Default::default()
-        });
+        let mut s = Scheduler::new(SchedulerConf::default());
         s.executor_added(E1, 1, 0);
-        s.submit_job(J, two_stage_dag(1, 1));
+        s.submit_job(
+            J,
+            two_stage_dag(1, 1),
+            JobPolicy {
+                max_task_failures: 1,
+                ..Default::default()
+            },
+        );
         drain(&mut s);
         s.executor_lost(E1);
         s.executor_added(E2, 1, 10);
@@ -868,11 +1455,416 @@ mod tests {
     #[test]
     fn jobs_are_served_first_in_first_out() {
         let mut s = Scheduler::new(SchedulerConf::default());
-        s.submit_job(JobId(1), two_stage_dag(2, 1));
-        s.submit_job(JobId(2), two_stage_dag(2, 1));
+        s.submit_job_default(JobId(1), two_stage_dag(2, 1));
+        s.submit_job_default(JobId(2), two_stage_dag(2, 1));
         s.executor_added(E1, 3, 0);
         let l = launches(&drain(&mut s));
         let jobs: Vec<u64> = l.iter().map(|x| x.0.task.stage.job.0).collect();
         assert_eq!(jobs, vec![1, 1, 2]);
+    }
+
+    const E3: ExecutorId = ExecutorId(3);
+
+    fn failed_job(cmds: &[Command]) -> Option<JobFailure> {
+        cmds.iter().find_map(|c| match c {
+            Command::JobFailed { error, .. } => Some(error.clone()),
+            _ => None,
+        })
+    }
+
+    /// Runs the map stage of a 2-map, 1-reduce job on E1 and E2 and returns the reduce
+    /// launch.
+    fn through_map_stage(
+        s: &mut Scheduler,
+        policy: JobPolicy,
+    ) -> (TaskAttemptId, ExecutorId, Vec<MapLocation>) {
+        s.executor_added(E1, 1, 0);
+        s.executor_added(E2, 1, 0);
+        s.submit_job(J, two_stage_dag(2, 1), policy);
+        for (a, e, _) in launches(&drain(s)) {
+            s.task_succeeded(a, e, Some(vec![8]));
+        }
+        let l = launches(&drain(s));
+        assert_eq!(l.len(), 1);
+        l[0].clone()
+    }
+
+    #[test]
+    fn fetch_failure_reruns_only_the_lost_map_output_and_is_not_a_task_failure() {
+        let mut s = Scheduler::new(SchedulerConf::default());
+        let policy = JobPolicy {
+            max_task_failures: 1,
+            ..Default::default()
+        };
+        let (r, re, inputs) = through_map_stage(&mut s, policy);
+        let lost_from = inputs.iter().find(|l| l.executor != re).unwrap().clone();
+        s.task_fetch_failed(
+            r,
+            re,
+            lost_from.executor,
+            lost_from.map_partition,
+            vec!["connection timed out".into()],
+        );
+        let cmds = drain(&mut s);
+        assert!(failed_job(&cmds).is_none(), "{cmds:?}");
+        let l = launches(&cmds);
+        assert_eq!(l.len(), 1, "only the lost map task runs again: {cmds:?}");
+        assert_eq!(l[0].0.task.stage.index, 0);
+        assert_eq!(l[0].0.task.partition, lost_from.map_partition);
+        assert_ne!(
+            l[0].1, lost_from.executor,
+            "rerun away from the executor that failed to serve"
+        );
+        s.task_succeeded(l[0].0, l[0].1, Some(vec![8]));
+        let l = launches(&drain(&mut s));
+        assert_eq!(l.len(), 1, "the reduce resumes");
+        assert_eq!(l[0].0.task, r.task);
+        assert!(l[0].2.iter().all(|loc| loc.executor != lost_from.executor));
+        s.task_succeeded(l[0].0, l[0].1, None);
+        assert!(drain(&mut s).contains(&Command::JobSucceeded { job: J }));
+    }
+
+    #[test]
+    fn stage_fails_after_max_consecutive_fetch_failed_attempts() {
+        let mut s = Scheduler::new(SchedulerConf::default());
+        let policy = JobPolicy {
+            max_stage_attempts: 2,
+            ..Default::default()
+        };
+        let (r, re, inputs) = through_map_stage(&mut s, policy);
+        let from = inputs.iter().find(|l| l.executor != re).unwrap().clone();
+        s.task_fetch_failed(
+            r,
+            re,
+            from.executor,
+            from.map_partition,
+            vec!["gone".into()],
+        );
+        let l = launches(&drain(&mut s));
+        s.task_succeeded(l[0].0, l[0].1, Some(vec![8]));
+        let (r2, re2, inputs2) = launches(&drain(&mut s))[0].clone();
+        let from2 = inputs2[0].clone();
+        s.task_fetch_failed(
+            r2,
+            re2,
+            from2.executor,
+            from2.map_partition,
+            vec!["gone again".into()],
+        );
+        let failure = failed_job(&drain(&mut s)).expect("second stage attempt fails the job");
+        assert!(
+            failure.message.contains("failed 2 consecutive attempts")
+                && failure
+                    .message
+                    .contains("stage.max_consecutive_attempts = 2"),
+            "{failure:?}"
+        );
+        assert_eq!(failure.causes, vec!["gone again"]);
+    }
+
+    #[test]
+    fn fetch_failures_of_one_stage_attempt_count_once() {
+        let mut s = Scheduler::new(SchedulerConf::default());
+        s.executor_added(E1, 2, 0);
+        s.executor_added(E2, 2, 0);
+        s.submit_job(
+            J,
+            two_stage_dag(2, 2),
+            JobPolicy {
+                max_stage_attempts: 2,
+                ..Default::default()
+            },
+        );
+        for (a, e, _) in launches(&drain(&mut s)) {
+            s.task_succeeded(a, e, Some(vec![4, 4]));
+        }
+        let reduces = launches(&drain(&mut s));
+        assert_eq!(reduces.len(), 2);
+        // Both reduce tasks of the same stage attempt lose E2's output.
+        for (a, e, _) in &reduces {
+            s.task_fetch_failed(*a, *e, E2, 1, vec!["lost".into()]);
+        }
+        let cmds = drain(&mut s);
+        assert!(
+            failed_job(&cmds).is_none(),
+            "one stage attempt failed, not two: {cmds:?}"
+        );
+    }
+
+    #[test]
+    fn slow_task_gets_a_speculative_copy_and_the_first_to_finish_wins() {
+        let mut s = Scheduler::new(SchedulerConf::default());
+        s.executor_added(E1, 1, 0);
+        s.executor_added(E2, 1, 0);
+        s.executor_added(E3, 1, 0);
+        let policy = JobPolicy {
+            speculation: Some(Speculation::default()),
+            ..Default::default()
+        };
+        s.submit_job(J, two_stage_dag(3, 1), policy);
+        let maps = launches(&drain(&mut s));
+        assert_eq!(maps.len(), 3);
+        s.set_time(100);
+        s.task_succeeded(maps[1].0, maps[1].1, Some(vec![1]));
+        s.task_succeeded(maps[2].0, maps[2].1, Some(vec![1]));
+        drain(&mut s);
+        // 2 of 3 done: below the 0.9 quantile (floor(2.7) = 2 is reached) -> median 100ms,
+        // threshold max(300ms, 100ms). At 350ms the first task is slow.
+        s.tick(300);
+        assert!(launches(&drain(&mut s)).is_empty(), "not slow yet");
+        s.tick(350);
+        let cmds = drain(&mut s);
+        let copies: Vec<_> = cmds
+            .iter()
+            .filter(|c| {
+                matches!(
+                    c,
+                    Command::Launch {
+                        speculative: true,
+                        ..
+                    }
+                )
+            })
+            .collect();
+        assert_eq!(copies.len(), 1, "{cmds:?}");
+        let (copy, on) = match copies[0] {
+            Command::Launch {
+                attempt, executor, ..
+            } => (*attempt, *executor),
+            _ => unreachable!(),
+        };
+        assert_eq!(copy.task, maps[0].0.task);
+        assert_ne!(on, maps[0].1, "the copy runs on another executor");
+        s.tick(400);
+        assert!(launches(&drain(&mut s)).is_empty(), "one copy only");
+        // The copy wins; the original is killed; one commit.
+        s.task_succeeded(copy, on, Some(vec![1]));
+        let cmds = drain(&mut s);
+        assert!(cmds.contains(&Command::KillTask {
+            attempt: maps[0].0,
+            executor: maps[0].1
+        }));
+        assert!(cmds.contains(&Command::CommitTask { attempt: copy }));
+        s.task_killed(maps[0].0, maps[0].1);
+        s.task_succeeded(maps[0].0, maps[0].1, Some(vec![1]));
+        let cmds = drain(&mut s);
+        assert!(
+            !cmds
+                .iter()
+                .any(|c| matches!(c, Command::CommitTask { attempt } if attempt.task == copy.task))
+        );
+        assert_eq!(
+            s.map_outputs().statuses(J, ShuffleId(0)).unwrap()[0]
+                .as_ref()
+                .unwrap()
+                .executor,
+            on
+        );
+    }
+
+    #[test]
+    fn without_speculation_slow_tasks_get_no_copy() {
+        let mut s = Scheduler::new(SchedulerConf::default());
+        s.executor_added(E1, 1, 0);
+        s.executor_added(E2, 1, 0);
+        s.submit_job_default(J, two_stage_dag(2, 1));
+        let maps = launches(&drain(&mut s));
+        s.set_time(10);
+        s.task_succeeded(maps[1].0, maps[1].1, Some(vec![1]));
+        drain(&mut s);
+        s.tick(100_000);
+        assert!(launches(&drain(&mut s)).is_empty());
+    }
+
+    #[test]
+    fn an_executor_failing_tasks_is_excluded_for_the_stage_then_the_job() {
+        let mut s = Scheduler::new(SchedulerConf::default());
+        s.executor_added(E1, 1, 0);
+        s.executor_added(E2, 4, 0);
+        let policy = JobPolicy {
+            exclusion: Some(Exclusion {
+                max_failed_tasks_per_stage: 2,
+                max_failed_tasks_per_job: 3,
+            }),
+            max_task_failures: 10,
+            ..Default::default()
+        };
+        s.submit_job(J, two_stage_dag(6, 1), policy);
+        let first = launches(&drain(&mut s));
+        let on_e1: Vec<_> = first.iter().filter(|l| l.1 == E1).cloned().collect();
+        assert_eq!(on_e1.len(), 1);
+        s.task_failed(on_e1[0].0, E1, ok());
+        let next = launches(&drain(&mut s));
+        let again_e1: Vec<_> = next.iter().filter(|l| l.1 == E1).cloned().collect();
+        assert_eq!(
+            again_e1.len(),
+            1,
+            "E1 is not excluded after one failure: {next:?}"
+        );
+        assert_ne!(
+            again_e1[0].0.task, on_e1[0].0.task,
+            "the failed task avoids E1"
+        );
+        s.task_failed(again_e1[0].0, E1, ok());
+        let cmds = drain(&mut s);
+        let excluded = cmds.iter().find_map(|c| match c {
+            Command::ExecutorExcluded {
+                executor,
+                stage,
+                reason,
+                ..
+            } => Some((*executor, *stage, reason.clone())),
+            _ => None,
+        });
+        let (ex, stage, reason) = excluded.expect("E1 is excluded for the stage");
+        assert_eq!((ex, stage), (E1, Some(0)));
+        assert!(reason.contains("2 different tasks"), "{reason}");
+        assert!(launches(&cmds).iter().all(|l| l.1 != E1), "{cmds:?}");
+        assert_eq!(s.exclusions(J), vec![(E1, Some(0), reason)]);
+    }
+
+    #[test]
+    fn a_stage_every_executor_is_excluded_from_fails_its_job_with_the_reasons() {
+        let mut s = Scheduler::new(SchedulerConf::default());
+        s.executor_added(E1, 2, 0);
+        let policy = JobPolicy {
+            exclusion: Some(Exclusion::default()),
+            max_task_failures: 10,
+            ..Default::default()
+        };
+        s.submit_job(J, two_stage_dag(2, 1), policy);
+        for (a, e, _) in launches(&drain(&mut s)) {
+            s.task_failed(
+                a,
+                e,
+                TaskFailure {
+                    chain: vec![format!("bad disk in {}", a.task.partition)],
+                    retryable: true,
+                },
+            );
+        }
+        let failure = failed_job(&drain(&mut s)).expect("nothing can run the stage");
+        assert!(
+            failure.message.contains("every live executor is excluded"),
+            "{failure:?}"
+        );
+        assert!(
+            failure.causes[0].starts_with("executor 1 is excluded: 2 different tasks"),
+            "{failure:?}"
+        );
+        assert!(
+            failure.causes[1].starts_with("last failure: bad disk"),
+            "{failure:?}"
+        );
+    }
+
+    #[test]
+    fn a_job_on_an_empty_cluster_fails_after_the_wait_timeout() {
+        let mut s = Scheduler::new(SchedulerConf::default());
+        let policy = JobPolicy {
+            executor_wait_timeout_ms: 1000,
+            ..Default::default()
+        };
+        s.submit_job(J, two_stage_dag(1, 1), policy);
+        s.tick(10);
+        s.tick(900);
+        assert!(drain(&mut s).is_empty());
+        s.tick(1010);
+        let failure = failed_job(&drain(&mut s)).expect("timed out");
+        assert!(
+            failure
+                .message
+                .contains("scheduler.executor_wait_timeout = 1s"),
+            "{failure:?}"
+        );
+        assert_eq!(
+            failure.causes,
+            vec!["no executor is registered with the driver"]
+        );
+    }
+
+    #[test]
+    fn an_executor_that_joins_a_waiting_job_is_used_at_once() {
+        let mut s = Scheduler::new(SchedulerConf::default());
+        let policy = JobPolicy {
+            executor_wait_timeout_ms: 1000,
+            ..Default::default()
+        };
+        s.submit_job(J, two_stage_dag(1, 1), policy);
+        s.tick(900);
+        s.executor_added(E1, 1, 950);
+        assert_eq!(launches(&drain(&mut s)).len(), 1);
+        s.heartbeat(E1, 5000);
+        s.tick(5000);
+        assert!(failed_job(&drain(&mut s)).is_none());
+    }
+
+    #[test]
+    fn a_decommissioned_executor_gets_no_tasks_and_handed_back_ones_are_not_failures() {
+        let mut s = Scheduler::new(SchedulerConf::default());
+        s.executor_added(E1, 1, 0);
+        s.submit_job(
+            J,
+            two_stage_dag(1, 1),
+            JobPolicy {
+                max_task_failures: 1,
+                ..Default::default()
+            },
+        );
+        let (a, _, _) = launches(&drain(&mut s))[0].clone();
+        s.executor_decommissioning(E1);
+        s.task_killed(a, E1);
+        assert!(
+            launches(&drain(&mut s)).is_empty(),
+            "nothing goes back to E1"
+        );
+        assert_eq!(s.total_cores(), 0);
+        s.executor_added(E2, 1, 10);
+        let cmds = drain(&mut s);
+        assert!(failed_job(&cmds).is_none());
+        let l = launches(&cmds);
+        assert_eq!((l[0].0.task, l[0].1), (a.task, E2));
+        s.executor_lost(E1);
+        assert!(failed_job(&drain(&mut s)).is_none());
+    }
+
+    #[test]
+    fn a_failed_job_kills_its_running_attempts() {
+        let mut s = Scheduler::new(SchedulerConf::default());
+        s.executor_added(E1, 2, 0);
+        s.submit_job(
+            J,
+            two_stage_dag(2, 1),
+            JobPolicy {
+                max_task_failures: 1,
+                ..Default::default()
+            },
+        );
+        let l = launches(&drain(&mut s));
+        s.task_failed(l[0].0, E1, ok());
+        let cmds = drain(&mut s);
+        assert!(cmds.contains(&Command::KillTask {
+            attempt: l[1].0,
+            executor: E1
+        }));
+        assert!(failed_job(&cmds).is_some());
+    }
+
+    #[test]
+    fn a_success_reported_by_a_lost_executor_does_not_register_map_output() {
+        let mut s = Scheduler::new(SchedulerConf::default());
+        s.executor_added(E1, 1, 0);
+        s.executor_added(E2, 1, 0);
+        s.submit_job_default(J, two_stage_dag(1, 1));
+        let (a, e, _) = launches(&drain(&mut s))[0].clone();
+        s.executor_lost(e);
+        let relaunch = launches(&drain(&mut s));
+        assert_eq!(relaunch.len(), 1);
+        s.task_succeeded(a, e, Some(vec![5]));
+        let cmds = drain(&mut s);
+        assert!(
+            !cmds.contains(&Command::CommitTask { attempt: a }),
+            "{cmds:?}"
+        );
     }
 }

@@ -77,12 +77,21 @@ pub enum ToExecutor {
     CleanJob {
         job: JobId,
     },
+    /// Stop this attempt (another attempt won, or its job ended); answer with its status.
+    Kill {
+        attempt: TaskAttemptId,
+    },
 }
 
 #[derive(Debug, Serialize, Deserialize)]
 pub enum FromExecutor {
-    Heartbeat { running: u32 },
+    Heartbeat {
+        running: u32,
+    },
     Status(Box<TaskStatus>),
+    /// The executor is shutting down gracefully: it takes no new tasks, and the ones it
+    /// cannot finish in time come back as [`TaskErrorKind::Killed`].
+    Decommissioning,
 }
 
 /// Everything an executor needs to run one task attempt.
@@ -151,6 +160,8 @@ pub struct TaskLimits {
     pub max_bytes_in_flight: u64,
     /// Cap on the rows a task may send back to the driver (collect).
     pub max_result_bytes: u64,
+    /// Time to fetch one shuffle segment before it counts as a fetch failure.
+    pub fetch_timeout_ms: u64,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -194,6 +205,9 @@ pub enum TaskErrorKind {
         executor: ExecutorId,
         map_partition: u32,
     },
+    /// The attempt was stopped on request, or handed back by an executor shutting down:
+    /// not a failure of the task.
+    Killed,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -287,6 +301,9 @@ pub struct AppSummary {
     pub jobs: u32,
     pub tasks: u64,
     pub failed_tasks: u64,
+    /// Attempts stopped because another attempt of their task won.
+    pub killed_tasks: u64,
+    pub speculative_tasks: u64,
     /// What the driver program printed (capped).
     pub stdout: String,
     pub executors: Vec<ExecutorSummary>,
@@ -299,6 +316,12 @@ pub struct ExecutorSummary {
     pub addr: String,
     pub tasks_succeeded: u64,
     pub tasks_failed: u64,
+    /// Attempts stopped because another attempt won, or handed back at shutdown.
+    pub tasks_killed: u64,
+    /// Speculative copies this executor was given.
+    pub tasks_speculated: u64,
+    /// Why it was excluded, per stage or job (exclude-on-failure).
+    pub exclusions: Vec<String>,
     pub compiles: u64,
     pub metrics: TaskMetrics,
 }

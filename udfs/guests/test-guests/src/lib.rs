@@ -4,6 +4,12 @@
 //! - `panic-in-task INPUT OUTPUT`: a map panics on a line containing `boom`.
 //! - `error-in-main`: `main` returns an error.
 //! - `panic-in-main`: `main` panics.
+//! - `slow-wordcount INPUT OUTPUT`: a word count whose map side sleeps 20 ms per line and
+//!   whose reduce side sleeps 10 ms per word, so fault tests can strike mid-stage.
+//! - `slow-wordfreq INPUT OUTPUT`: three stages: the slow word count, then how many words
+//!   occur each number of times (`count\twords` lines).
+//! - `straggler INPUT OUTPUT`: a word count whose map tasks sleep 200 ms per line on
+//!   executor 1 only: a slow machine, for speculation.
 
 use flint::{Context, Error, Result};
 
@@ -36,7 +42,51 @@ fn main(ctx: &mut Context) -> Result<()> {
             return Err(Error::msg("deliberate failure").context("the job gave up"));
         }
         Some("panic-in-main") => panic!("deliberate panic in main"),
+        Some("slow-wordcount") => {
+            slow_counts(ctx, &args[1])?.save_as_text(&args[2])?;
+        }
+        Some("slow-wordfreq") => {
+            slow_counts(ctx, &args[1])?
+                .map(|(_, n): (String, u64)| (n, 1u64))
+                .reduce_by_key(|a, b| a + b)
+                .save_as_text(&args[2])?;
+        }
+        Some("straggler") => {
+            ctx.text_file(&args[1])?
+                .flat_map(|line: String| {
+                    if flint::task_context().is_some_and(|t| t.executor == 1) {
+                        sleep_ms(200);
+                    }
+                    words(line)
+                })
+                .map(|w: String| (w, 1u64))
+                .reduce_by_key(|a, b| a + b)
+                .save_as_text(&args[2])?;
+        }
         other => return Err(Error::msg(format!("unknown scenario {other:?}"))),
     }
     Ok(())
+}
+
+fn sleep_ms(ms: u64) {
+    std::thread::sleep(std::time::Duration::from_millis(ms));
+}
+
+fn words(line: String) -> Vec<String> {
+    line.split_ascii_whitespace().map(str::to_owned).collect()
+}
+
+fn slow_counts(ctx: &mut Context, input: &str) -> Result<flint::Dataset<(String, u64)>> {
+    Ok(ctx
+        .text_file(input)?
+        .flat_map(|line: String| {
+            sleep_ms(20);
+            words(line)
+        })
+        .map(|w: String| (w, 1u64))
+        .reduce_by_key(|a, b| a + b)
+        .map(|kv: (String, u64)| {
+            sleep_ms(10);
+            kv
+        }))
 }
