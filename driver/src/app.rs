@@ -350,11 +350,12 @@ pub async fn run_application(
             jobs: actions.jobs.load(Ordering::Relaxed) as u32,
             tasks: executors
                 .iter()
-                .map(|e| e.tasks_succeeded + e.tasks_failed + e.tasks_killed)
+                .map(|e| e.tasks_succeeded + e.tasks_failed + e.tasks_killed + e.fetch_failures)
                 .sum(),
             failed_tasks: executors.iter().map(|e| e.tasks_failed).sum(),
             killed_tasks: executors.iter().map(|e| e.tasks_killed).sum(),
             speculative_tasks: executors.iter().map(|e| e.tasks_speculated).sum(),
+            fetch_failures: executors.iter().map(|e| e.fetch_failures).sum(),
             stdout: store.data().stdout(),
             executors,
         }),

@@ -49,6 +49,9 @@ enum Command {
         listen: std::net::SocketAddr,
         #[arg(long)]
         state_dir: PathBuf,
+        /// Compiled-component cache; default STATE_DIR/compiled.
+        #[arg(long)]
+        cache_dir: Option<PathBuf>,
         #[command(flatten)]
         settings: Settings,
     },
@@ -123,6 +126,7 @@ pub fn main() -> ExitCode {
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let cli = Cli::parse();
     let rt = match tokio::runtime::Builder::new_multi_thread()
@@ -175,6 +179,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Driver {
             listen,
             state_dir,
+            cache_dir,
             settings,
         } => {
             let conf = settings.load()?;
@@ -201,7 +206,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 DriverConfig {
                     conf,
                     sandbox: None,
-                    cache_dir: Some(state_dir.join("compiled")),
+                    cache_dir: Some(cache_dir.unwrap_or_else(|| state_dir.join("compiled"))),
                 },
                 endpoint,
                 shutdown,
@@ -316,11 +321,12 @@ fn finish(result: Result<AppSummary, Vec<String>>, report: &Report) -> anyhow::R
                 .map(|e| e.metrics.shuffle_read_remote_bytes)
                 .sum();
             eprintln!(
-                "flint: done in {:.2}s: {} job(s), {} task(s) ({} failed, {} speculative, {} killed), {} shuffle bytes written, {} fetched from peers",
+                "flint: done in {:.2}s: {} job(s), {} task(s) ({} failed, {} fetch failures, {} speculative, {} killed), {} shuffle bytes written, {} fetched from peers",
                 summary.elapsed_ms as f64 / 1000.0,
                 summary.jobs,
                 summary.tasks,
                 summary.failed_tasks,
+                summary.fetch_failures,
                 summary.speculative_tasks,
                 summary.killed_tasks,
                 shuffled,

@@ -235,6 +235,9 @@ impl ClusterLoop {
             match &status.result {
                 Ok(_) => s.tasks_succeeded += 1,
                 Err(e) if e.kind == TaskErrorKind::Killed => s.tasks_killed += 1,
+                Err(e) if matches!(e.kind, TaskErrorKind::FetchFailed { .. }) => {
+                    s.fetch_failures += 1
+                }
                 Err(_) => s.tasks_failed += 1,
             }
         }

@@ -319,6 +319,14 @@ struct Job {
 }
 
 impl Job {
+    /// Whether some stage reading `stage`'s output, directly or not, has yet to finish.
+    fn downstream_unfinished(&self, stage: usize) -> bool {
+        self.dag.stages.iter().enumerate().any(|(i, s)| {
+            s.parents.contains(&(stage as u32))
+                && (self.stages[i].status != StageStatus::Done || self.downstream_unfinished(i))
+        })
+    }
+
     fn eligible(&self, stage: usize, executor: ExecutorId) -> bool {
         !self.excluded.contains_key(&executor)
             && !self.stages[stage].excluded.contains_key(&executor)
@@ -508,9 +516,11 @@ impl Scheduler {
         }
     }
 
-    /// Forgets `executor`'s map outputs; map tasks whose output is still needed run again
-    /// (elsewhere if possible), and the stages reading them wait.
+    /// Forgets `executor`'s map outputs. Map tasks whose output a stage still to finish
+    /// needs (directly or through another stage) run again, elsewhere if possible, and
+    /// every stage downstream of them waits.
     fn unregister_outputs(&mut self, executor: ExecutorId) {
+        let mut touched = BTreeSet::new();
         for (job_id, shuffle, map) in self.map_outputs.remove_executor(executor) {
             let Some(job) = self.jobs.get_mut(&job_id) else {
                 continue;
@@ -520,40 +530,16 @@ impl Scheduler {
             }) else {
                 continue;
             };
-            // Children that still need this output wait for it again.
-            let needed = job.dag.stages.iter().enumerate().any(|(i, s)| {
-                s.parents.contains(&(writer as u32)) && job.stages[i].status != StageStatus::Done
-            });
-            if !needed {
+            if !job.downstream_unfinished(writer) {
                 continue;
             }
             let task = &mut job.stages[writer].tasks[map as usize];
             task.done = false;
             task.failed_on.insert(executor);
-            let rerun = task.running.is_empty();
-            job.stages[writer].status = StageStatus::Running;
-            if rerun {
-                self.pending.insert(TaskId {
-                    stage: StageId {
-                        job: job_id,
-                        index: writer as u32,
-                    },
-                    partition: map,
-                });
-            }
-            for (i, s) in job.dag.stages.iter().enumerate() {
-                if s.parents.contains(&(writer as u32))
-                    && job.stages[i].status == StageStatus::Running
-                {
-                    job.stages[i].status = StageStatus::Waiting;
-                    let stage = StageId {
-                        job: job_id,
-                        index: i as u32,
-                    };
-                    self.pending.retain(|t| t.stage != stage);
-                    self.speculatable.retain(|t| t.stage != stage);
-                }
-            }
+            touched.insert(job_id);
+        }
+        for job in touched {
+            self.advance_stages(job);
         }
     }
 
@@ -865,39 +851,43 @@ impl Scheduler {
         self.commands.push_back(Command::JobFailed { job, error });
     }
 
-    /// Marks finished stages done, starts stages whose parents are all done, and ends the
-    /// job when its result stage is done.
+    /// Brings every stage's status in line with its tasks and parents, in dependency
+    /// order: all tasks done → done; parents all done → running, its idle unfinished tasks
+    /// pending; otherwise waiting, with nothing pending. Ends the job when its result stage
+    /// is done.
     fn advance_stages(&mut self, job_id: JobId) {
         let Some(job) = self.jobs.get_mut(&job_id) else {
             return;
         };
         for i in 0..job.stages.len() {
-            if job.stages[i].status == StageStatus::Running && job.stages[i].all_done() {
-                job.stages[i].status = StageStatus::Done;
-                job.stages[i].failed_attempts = 0;
-            }
-        }
-        for i in 0..job.stages.len() {
-            let ready = job.dag.stages[i]
+            let parents_done = job.dag.stages[i]
                 .parents
                 .iter()
                 .all(|p| job.stages[*p as usize].status == StageStatus::Done);
-            if job.stages[i].status == StageStatus::Waiting && ready {
-                job.stages[i].status = StageStatus::Running;
-                for (p, t) in job.stages[i].tasks.iter().enumerate() {
+            let id = StageId {
+                job: job_id,
+                index: i as u32,
+            };
+            let stage = &mut job.stages[i];
+            if stage.all_done() {
+                if stage.status != StageStatus::Done {
+                    stage.failed_attempts = 0;
+                }
+                stage.status = StageStatus::Done;
+            } else if parents_done {
+                stage.status = StageStatus::Running;
+                for (p, t) in stage.tasks.iter().enumerate() {
                     if !t.done && t.running.is_empty() {
                         self.pending.insert(TaskId {
-                            stage: StageId {
-                                job: job_id,
-                                index: i as u32,
-                            },
+                            stage: id,
                             partition: p as u32,
                         });
                     }
                 }
-                if job.stages[i].all_done() {
-                    job.stages[i].status = StageStatus::Done;
-                }
+            } else {
+                stage.status = StageStatus::Waiting;
+                self.pending.retain(|t| t.stage != id);
+                self.speculatable.retain(|t| t.stage != id);
             }
         }
         if job
@@ -1866,5 +1856,71 @@ mod tests {
             !cmds.contains(&Command::CommitTask { attempt: a }),
             "{cmds:?}"
         );
+    }
+
+    #[test]
+    fn losing_outputs_of_two_shuffles_reruns_the_upstream_stage_first() {
+        // text → shuffle A → shuffle B → result; E2 holds map outputs of both shuffles
+        // when it dies during the last stage.
+        let plan = LogicalPlan {
+            nodes: vec![
+                Node::TextFile {
+                    paths: vec!["in".into()],
+                    min_partitions: 1,
+                    decode: FnRef(1),
+                },
+                Node::Shuffle {
+                    parent: 0,
+                    partitions: Some(2),
+                    write: FnRef(2),
+                    read: FnRef(3),
+                    name: "a".into(),
+                },
+                Node::Shuffle {
+                    parent: 1,
+                    partitions: Some(2),
+                    write: FnRef(4),
+                    read: FnRef(5),
+                    name: "b".into(),
+                },
+            ],
+            action: Action::Count,
+        };
+        let dag = build_dag(&plan, &|_| 2, None).unwrap();
+        let mut s = Scheduler::new(SchedulerConf::default());
+        s.executor_added(E1, 1, 0);
+        s.executor_added(E2, 1, 0);
+        s.submit_job_default(J, dag);
+        for stage in 0..2 {
+            let l = launches(&drain(&mut s));
+            assert_eq!(l.len(), 2);
+            assert!(l.iter().all(|x| x.0.task.stage.index == stage));
+            for (a, e, _) in l {
+                s.task_succeeded(a, e, Some(vec![3, 3]));
+            }
+        }
+        let last = launches(&drain(&mut s));
+        assert!(last.iter().all(|x| x.0.task.stage.index == 2));
+        let e1_last = last.iter().find(|x| x.1 == E1).unwrap().0;
+        s.task_succeeded(e1_last, E1, None);
+        drain(&mut s);
+        s.executor_lost(E2);
+        let l = launches(&drain(&mut s));
+        assert_eq!(l.len(), 1, "{l:?}");
+        assert_eq!(l[0].0.task.stage.index, 0, "stage 0's lost output first");
+        assert_eq!(l[0].1, E1);
+        s.task_succeeded(l[0].0, E1, Some(vec![3, 3]));
+        let l = launches(&drain(&mut s));
+        assert_eq!(l.len(), 1);
+        assert_eq!(l[0].0.task.stage.index, 1, "then stage 1's");
+        s.task_succeeded(l[0].0, E1, Some(vec![3, 3]));
+        let l = launches(&drain(&mut s));
+        assert_eq!(l.len(), 1);
+        assert_eq!(
+            l[0].0.task.stage.index, 2,
+            "then the result task E2 was running"
+        );
+        s.task_succeeded(l[0].0, E1, None);
+        assert!(drain(&mut s).contains(&Command::JobSucceeded { job: J }));
     }
 }

@@ -304,6 +304,8 @@ pub struct AppSummary {
     /// Attempts stopped because another attempt of their task won.
     pub killed_tasks: u64,
     pub speculative_tasks: u64,
+    /// Reduce attempts that could not fetch their input; their map tasks ran again.
+    pub fetch_failures: u64,
     /// What the driver program printed (capped).
     pub stdout: String,
     pub executors: Vec<ExecutorSummary>,
@@ -320,6 +322,8 @@ pub struct ExecutorSummary {
     pub tasks_killed: u64,
     /// Speculative copies this executor was given.
     pub tasks_speculated: u64,
+    /// Attempts that could not fetch their shuffle input (not task failures).
+    pub fetch_failures: u64,
     /// Why it was excluded, per stage or job (exclude-on-failure).
     pub exclusions: Vec<String>,
     pub compiles: u64,

@@ -1,6 +1,8 @@
 //! Cross-process tests of the `flint` binary: real processes, real QUIC, real wasmtime.
 
 mod bad_input;
+mod chaos;
+mod cluster;
 mod multiprocess;
 mod util;
 mod wordcount;

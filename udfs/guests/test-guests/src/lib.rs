@@ -5,7 +5,7 @@
 //! - `error-in-main`: `main` returns an error.
 //! - `panic-in-main`: `main` panics.
 //! - `slow-wordcount INPUT OUTPUT`: a word count whose map side sleeps 20 ms per line and
-//!   whose reduce side sleeps 10 ms per word, so fault tests can strike mid-stage.
+//!   whose reduce side sleeps 30 ms per word, so fault tests can strike mid-stage.
 //! - `slow-wordfreq INPUT OUTPUT`: three stages: the slow word count, then how many words
 //!   occur each number of times (`count\twords` lines).
 //! - `straggler INPUT OUTPUT`: a word count whose map tasks sleep 200 ms per line on
@@ -86,7 +86,7 @@ fn slow_counts(ctx: &mut Context, input: &str) -> Result<flint::Dataset<(String,
         .map(|w: String| (w, 1u64))
         .reduce_by_key(|a, b| a + b)
         .map(|kv: (String, u64)| {
-            sleep_ms(10);
+            sleep_ms(30);
             kv
         }))
 }

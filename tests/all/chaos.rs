@@ -1,0 +1,159 @@
+//! Chaos: a driver and three executor processes run a multi-stage job while the harness
+//! SIGKILLs one executor at a chosen moment. Every trial's output must equal the count
+//! computed here. `FLINT_CHAOS_TRIALS=100` runs more trials per scenario;
+//! `FLINT_CHAOS_SEED=N` replays one.
+
+use crate::cluster::*;
+use crate::util::*;
+use std::collections::HashMap;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+const MAP_TASKS: u32 = 8;
+const REDUCE_TASKS: u32 = 6;
+
+#[derive(Clone, Copy, Debug)]
+enum Moment {
+    /// After some map tasks succeeded, before the map stage ends.
+    DuringMap,
+    /// As soon as a stage that writes a shuffle has finished: the victim's map outputs
+    /// are lost just when the next stage needs them.
+    BetweenStages,
+    /// After some tasks of the last stage succeeded.
+    DuringReduce,
+}
+
+fn trials() -> Vec<u64> {
+    if let Ok(seed) = std::env::var("FLINT_CHAOS_SEED") {
+        return vec![seed.parse().expect("FLINT_CHAOS_SEED is a number")];
+    }
+    let n: u64 = std::env::var("FLINT_CHAOS_TRIALS")
+        .ok()
+        .map(|v| v.parse().expect("FLINT_CHAOS_TRIALS is a number"))
+        .unwrap_or(5);
+    (1..=n).collect()
+}
+
+fn run_scenario(moment: Moment) {
+    let mut detect = Vec::new();
+    let mut took = Vec::new();
+    for seed in trials() {
+        let r = std::panic::catch_unwind(|| trial(moment, seed));
+        match r {
+            Ok((d, t)) => {
+                detect.extend(d);
+                took.push(t);
+            }
+            Err(e) => {
+                eprintln!(
+                    "chaos {moment:?}: trial with seed {seed} failed (replay with FLINT_CHAOS_SEED={seed})"
+                );
+                std::panic::resume_unwind(e);
+            }
+        }
+    }
+    eprintln!(
+        "chaos {moment:?}: {} trials passed; job ms {:?}; kill-to-lost ms {:?}",
+        took.len(),
+        took,
+        detect
+    );
+}
+
+/// One trial: returns (ms from the kill to the driver declaring the executor lost, when
+/// it did before the job ended; the job's ms).
+fn trial(moment: Moment, seed: u64) -> (Option<u64>, u64) {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut rng = Rng::new(seed);
+    let three_stages = seed % 2 == 0;
+    let input = seeded_input(tmp.path(), seed, MAP_TASKS, 10, 40);
+    let output = tmp.path().join("out");
+    let summary = tmp.path().join("summary.json");
+    let mut cluster = ProcCluster::start(tmp.path(), "127.0.0.1:0", FAST_FAILURE_DETECTION);
+    let ids: Vec<u32> = (0..3).map(|_| cluster.add_executor(&[])).collect();
+    let victim = ids[rng.range(0, 2) as usize];
+    let scenario = if three_stages {
+        "slow-wordfreq"
+    } else {
+        "slow-wordcount"
+    };
+    let started = Instant::now();
+    let partitions = format!("shuffle.partitions={REDUCE_TASKS}");
+    let job = cluster.submit(
+        flint_udfs::TEST_JOBS,
+        &[partitions.as_str()],
+        &[Path::new(scenario), &input, &output],
+        &summary,
+    );
+    let last_stage = if three_stages { 2 } else { 1 };
+    // When to strike, in successful tasks of which stage.
+    let (stage, after) = match moment {
+        Moment::DuringMap => (0, rng.range(1, MAP_TASKS as u64 - 2)),
+        Moment::BetweenStages => {
+            let s = if three_stages { rng.range(0, 1) } else { 0 };
+            (s, if s == 0 { MAP_TASKS } else { REDUCE_TASKS } as u64)
+        }
+        Moment::DuringReduce => (last_stage, rng.range(1, REDUCE_TASKS as u64 - 2)),
+    };
+    let mut seen = 0;
+    let hit = cluster.wait_for(Duration::from_secs(60), |l| {
+        if l.text.contains("task succeeded") && l.field("stage") == Some(stage) {
+            seen += 1;
+        }
+        seen >= after
+    });
+    assert!(
+        hit.is_some(),
+        "seed {seed}: never saw {after} tasks of stage {stage} succeed\n{}",
+        cluster.driver_log()
+    );
+    let killed_at = cluster.kill(victim);
+    let lost = cluster
+        .wait_for(Duration::from_secs(5), |l| {
+            l.text.contains("executor lost") && l.field("executor") == Some(victim as u64)
+        })
+        .map(|l| l.at.duration_since(killed_at).as_millis() as u64);
+    let (ok, stdout, stderr) = wait_child(job, Duration::from_secs(120));
+    assert!(
+        ok,
+        "seed {seed}: {scenario} failed after executor {victim} was killed ({moment:?}, after {after} tasks of stage {stage})\nstdout: {stdout}\nstderr: {stderr}\ndriver:\n{}",
+        cluster.driver_log()
+    );
+    let took = started.elapsed().as_millis() as u64;
+    let counts = count_words(&input);
+    let expected: HashMap<String, u64> = if three_stages {
+        let mut freq = HashMap::new();
+        for n in counts.values() {
+            *freq.entry(n.to_string()).or_insert(0) += 1;
+        }
+        freq
+    } else {
+        counts
+    };
+    assert_eq!(read_output(&output), expected, "seed {seed}: wrong output");
+    let s = read_summary(&summary);
+    assert_eq!(
+        s["failed_tasks"], 0,
+        "seed {seed}: a lost executor is not a task failure: {s:#}"
+    );
+    eprintln!(
+        "chaos {moment:?} seed {seed}: {scenario}, executor {victim} killed after {after} tasks of stage {stage}; fetch failures {}, {took} ms",
+        s["fetch_failures"]
+    );
+    (lost, took)
+}
+
+#[test]
+fn chaos_executor_killed_during_the_map_stage() {
+    run_scenario(Moment::DuringMap);
+}
+
+#[test]
+fn chaos_executor_killed_between_stages_loses_its_shuffle_output() {
+    run_scenario(Moment::BetweenStages);
+}
+
+#[test]
+fn chaos_executor_killed_during_the_reduce_stage() {
+    run_scenario(Moment::DuringReduce);
+}

@@ -1,0 +1,288 @@
+//! A cluster of real `flint` processes for fault tests: one driver, executors that can be
+//! SIGKILLed or SIGTERMed, submitters, and the driver's log lines as events.
+
+use crate::util::*;
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// Kills the process when the test ends, however it ends.
+pub struct Guard(pub Child);
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// One line the driver logged, with when the harness read it.
+pub struct LogLine {
+    pub at: Instant,
+    pub text: String,
+}
+
+impl LogLine {
+    /// The value of a `key=value` field of a tracing line.
+    pub fn field(&self, key: &str) -> Option<u64> {
+        let prefix = format!("{key}=");
+        self.text
+            .split_ascii_whitespace()
+            .find_map(|w| w.strip_prefix(&prefix))
+            .and_then(|v| v.trim_matches('"').parse().ok())
+    }
+}
+
+pub struct ProcCluster {
+    pub dir: PathBuf,
+    pub join: PathBuf,
+    driver: Guard,
+    /// Driver log lines as they come.
+    pub events: mpsc::Receiver<LogLine>,
+    /// Every driver line so far, for failure messages.
+    pub log: Arc<Mutex<Vec<String>>>,
+    /// Executor processes by the id the driver gave them.
+    pub executors: HashMap<u32, Guard>,
+    next_work: u32,
+}
+
+/// Compiled components are shared with every test process: no compile per process.
+fn shared_cache() -> PathBuf {
+    PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("flint-compiled")
+}
+
+/// The settings fault tests run with: fast heartbeats, a short timeout.
+pub const FAST_FAILURE_DETECTION: &[&str] = &[
+    "executor.heartbeat_interval=100ms",
+    "executor.timeout=1s",
+    "shuffle.fetch_timeout=1s",
+];
+
+impl ProcCluster {
+    /// A driver listening on `listen` (an IP:0), with `conf` settings.
+    pub fn start(dir: &Path, listen: &str, conf: &[&str]) -> ProcCluster {
+        Self::start_with(dir, listen, conf, |c| c)
+    }
+
+    /// Like `start`, with a hook to wrap the driver's command.
+    pub fn start_with(
+        dir: &Path,
+        listen: &str,
+        conf: &[&str],
+        wrap: impl Fn(Command) -> Command,
+    ) -> ProcCluster {
+        let state = dir.join("driver");
+        let mut cmd = flint();
+        cmd.args(["driver", "--listen", listen, "--state-dir"])
+            .arg(&state)
+            .arg("--cache-dir")
+            .arg(shared_cache())
+            .env("RUST_LOG", "flint_driver=debug")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        for c in conf {
+            cmd.args(["--conf", c]);
+        }
+        let mut child = wrap(cmd).spawn().expect("starting the driver");
+        let mut ready = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut ready)
+            .unwrap();
+        assert!(ready.contains("listening on"), "driver said {ready:?}");
+        let (tx, events) = mpsc::channel();
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let stderr = child.stderr.take().unwrap();
+        {
+            let log = log.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(stderr).lines() {
+                    let Ok(text) = line else { break };
+                    log.lock().unwrap().push(text.clone());
+                    let _ = tx.send(LogLine {
+                        at: Instant::now(),
+                        text,
+                    });
+                }
+            });
+        }
+        ProcCluster {
+            dir: dir.to_path_buf(),
+            join: state.join("cluster.json"),
+            driver: Guard(child),
+            events,
+            log,
+            executors: HashMap::new(),
+            next_work: 0,
+        }
+    }
+
+    /// Starts an executor (through `wrap`, e.g. `ip netns exec`); returns the id the
+    /// driver gave it.
+    pub fn add_executor_with(
+        &mut self,
+        listen: &str,
+        conf: &[&str],
+        wrap: impl Fn(Command) -> Command,
+    ) -> u32 {
+        self.next_work += 1;
+        let mut cmd = flint();
+        cmd.args(["executor", "--cores", "1", "--listen", listen, "--join"])
+            .arg(&self.join)
+            .arg("--work-dir")
+            .arg(self.dir.join(format!("work-{}", self.next_work)))
+            .arg("--cache-dir")
+            .arg(shared_cache())
+            .env("RUST_LOG", "flint_executor_host=info")
+            .stderr(Stdio::piped());
+        for c in conf {
+            cmd.args(["--conf", c]);
+        }
+        let mut child = wrap(cmd).spawn().expect("starting an executor");
+        let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+        let id = loop {
+            let line = lines
+                .next()
+                .expect("executor exited before registering")
+                .unwrap();
+            if line.contains("registered with the driver") {
+                let l = LogLine {
+                    at: Instant::now(),
+                    text: line,
+                };
+                break l.field("executor").expect("executor id in its log") as u32;
+            }
+        };
+        // Keep draining its log so it never blocks on a full pipe.
+        std::thread::spawn(move || for _ in lines.by_ref() {});
+        self.executors.insert(id, Guard(child));
+        id
+    }
+
+    pub fn add_executor(&mut self, conf: &[&str]) -> u32 {
+        self.add_executor_with("127.0.0.1:0", conf, |c| c)
+    }
+
+    /// SIGKILL: no goodbye, no flushed buffers, its shuffle files unreachable.
+    pub fn kill(&mut self, id: u32) -> Instant {
+        let mut g = self.executors.remove(&id).expect("a running executor");
+        g.0.kill().unwrap();
+        let at = Instant::now();
+        let _ = g.0.wait();
+        at
+    }
+
+    pub fn pid(&self, id: u32) -> u32 {
+        self.executors[&id].0.id()
+    }
+
+    /// Starts `flint submit` of a test job in the background.
+    pub fn submit(&self, job: &str, conf: &[&str], args: &[&Path], summary: &Path) -> Child {
+        let mut cmd = flint();
+        cmd.args(["submit", "--join"])
+            .arg(&self.join)
+            .arg(job)
+            .arg("--summary-json")
+            .arg(summary)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        for c in conf {
+            cmd.args(["--conf", c]);
+        }
+        cmd.arg("--").args(args);
+        cmd.spawn().expect("starting flint submit")
+    }
+
+    /// Waits for a driver line that `pred` accepts, up to `limit`.
+    pub fn wait_for(
+        &self,
+        limit: Duration,
+        mut pred: impl FnMut(&LogLine) -> bool,
+    ) -> Option<LogLine> {
+        let end = Instant::now() + limit;
+        loop {
+            let left = end.checked_duration_since(Instant::now())?;
+            match self.events.recv_timeout(left) {
+                Ok(l) if pred(&l) => return Some(l),
+                Ok(_) => {}
+                Err(_) => return None,
+            }
+        }
+    }
+
+    pub fn driver_log(&self) -> String {
+        self.log.lock().unwrap().join("\n")
+    }
+
+    pub fn driver_pid(&self) -> u32 {
+        self.driver.0.id()
+    }
+}
+
+/// Waits for a child with a time limit; kills it past the limit.
+pub fn wait_child(mut child: Child, limit: Duration) -> (bool, String, String) {
+    let end = Instant::now() + limit;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            let out = child.wait_with_output().unwrap();
+            return (
+                status.success(),
+                String::from_utf8_lossy(&out.stdout).into_owned(),
+                String::from_utf8_lossy(&out.stderr).into_owned(),
+            );
+        }
+        if Instant::now() > end {
+            let _ = child.kill();
+            let out = child.wait_with_output().unwrap();
+            return (
+                false,
+                String::from_utf8_lossy(&out.stdout).into_owned(),
+                format!(
+                    "timed out after {limit:?}\n{}",
+                    String::from_utf8_lossy(&out.stderr)
+                ),
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A small seeded xorshift generator.
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn new(seed: u64) -> Rng {
+        Rng(seed.wrapping_mul(0x9e3779b97f4a7c15) | 1)
+    }
+    pub fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+    /// In `[lo, hi]`.
+    pub fn range(&mut self, lo: u64, hi: u64) -> u64 {
+        lo + self.next() % (hi - lo + 1)
+    }
+}
+
+/// `files` files of `lines` lines of words from a vocabulary of `vocab`, seeded.
+pub fn seeded_input(dir: &Path, seed: u64, files: u32, lines: u32, vocab: u64) -> PathBuf {
+    let input = dir.join("input");
+    std::fs::create_dir_all(&input).unwrap();
+    let mut rng = Rng::new(seed);
+    for f in 0..files {
+        let mut text = String::new();
+        for _ in 0..lines {
+            for _ in 0..rng.range(1, 8) {
+                text.push_str(&format!("w{} ", rng.next() % vocab));
+            }
+            text.push('\n');
+        }
+        std::fs::write(input.join(format!("part-{f:02}.txt")), text).unwrap();
+    }
+    input
+}
