@@ -157,3 +157,55 @@ fn chaos_executor_killed_between_stages_loses_its_shuffle_output() {
 fn chaos_executor_killed_during_the_reduce_stage() {
     run_scenario(Moment::DuringReduce);
 }
+
+/// The cost of recovery on the benchmark corpus: the word count on three executor
+/// processes, once undisturbed and once with an executor SIGKILLed halfway through the
+/// map stage. A measurement, not a check (run by hand, ideally with `--release`):
+/// `cargo test --release --test all recovery_cost -- --ignored --nocapture`.
+#[test]
+#[ignore]
+fn recovery_cost_on_the_benchmark_corpus() {
+    let corpus = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("target/bench-data/corpus-200mb.txt");
+    assert!(
+        corpus.is_file(),
+        "run `cargo run --release -p flint-benchmarks -- --mb 200` first to make {}",
+        corpus.display()
+    );
+    let mut times = Vec::new();
+    for kill in [false, true] {
+        let tmp = tempfile::tempdir().unwrap();
+        let output = tmp.path().join("out");
+        let summary = tmp.path().join("summary.json");
+        let mut cluster = ProcCluster::start(tmp.path(), "127.0.0.1:0", FAST_FAILURE_DETECTION);
+        let ids: Vec<u32> = (0..3).map(|_| cluster.add_executor(&[])).collect();
+        let started = Instant::now();
+        let job = cluster.submit(
+            flint_udfs::WORDCOUNT,
+            &["files.max_partition_bytes=16m", "shuffle.partitions=6"],
+            &[&corpus, &output],
+            &summary,
+        );
+        if kill {
+            let mut seen = 0;
+            cluster
+                .wait_for(Duration::from_secs(600), |l| {
+                    if l.text.contains("task succeeded") && l.field("stage") == Some(0) {
+                        seen += 1;
+                    }
+                    seen >= 6
+                })
+                .expect("map tasks finish");
+            cluster.kill(ids[1]);
+        }
+        let (ok, _, stderr) = wait_child(job, Duration::from_secs(900));
+        assert!(ok, "{stderr}");
+        times.push(started.elapsed().as_millis() as u64);
+    }
+    eprintln!(
+        "recovery cost: {} ms undisturbed, {} ms with one of 3 executors SIGKILLed mid-map ({:.2}x)",
+        times[0],
+        times[1],
+        times[1] as f64 / times[0] as f64
+    );
+}

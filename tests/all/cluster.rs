@@ -81,13 +81,13 @@ impl ProcCluster {
             .arg(&state)
             .arg("--cache-dir")
             .arg(shared_cache())
-            .env("RUST_LOG", "flint_driver=debug")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
+            .env("RUST_LOG", "flint_driver=debug");
         for c in conf {
             cmd.args(["--conf", c]);
         }
-        let mut child = wrap(cmd).spawn().expect("starting the driver");
+        let mut cmd = wrap(cmd);
+        cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+        let mut child = cmd.spawn().expect("starting the driver");
         let mut ready = String::new();
         BufReader::new(child.stdout.take().unwrap())
             .read_line(&mut ready)
@@ -136,12 +136,13 @@ impl ProcCluster {
             .arg(self.dir.join(format!("work-{}", self.next_work)))
             .arg("--cache-dir")
             .arg(shared_cache())
-            .env("RUST_LOG", "flint_executor_host=info")
-            .stderr(Stdio::piped());
+            .env("RUST_LOG", "flint_executor_host=info");
         for c in conf {
             cmd.args(["--conf", c]);
         }
-        let mut child = wrap(cmd).spawn().expect("starting an executor");
+        let mut cmd = wrap(cmd);
+        cmd.stderr(Stdio::piped());
+        let mut child = cmd.spawn().expect("starting an executor");
         let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
         let id = loop {
             let line = lines
@@ -175,8 +176,20 @@ impl ProcCluster {
         at
     }
 
-    pub fn pid(&self, id: u32) -> u32 {
-        self.executors[&id].0.id()
+    /// SIGTERM: the executor should leave gracefully. Returns its exit status.
+    pub fn terminate(&mut self, id: u32) -> std::process::ExitStatus {
+        let mut g = self.executors.remove(&id).expect("a running executor");
+        let pid = g.0.id().to_string();
+        let ok = Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+        assert!(ok.success(), "kill -TERM {pid}");
+        let end = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(status) = g.0.try_wait().unwrap() {
+                return status;
+            }
+            assert!(Instant::now() < end, "executor {id} ignored SIGTERM for 30s");
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     /// Starts `flint submit` of a test job in the background.
@@ -217,8 +230,9 @@ impl ProcCluster {
         self.log.lock().unwrap().join("\n")
     }
 
-    pub fn driver_pid(&self) -> u32 {
-        self.driver.0.id()
+    /// Whether the driver process is still running.
+    pub fn driver_alive(&mut self) -> bool {
+        self.driver.0.try_wait().unwrap().is_none()
     }
 }
 

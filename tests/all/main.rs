@@ -3,6 +3,7 @@
 mod bad_input;
 mod chaos;
 mod cluster;
+mod faults;
 mod multiprocess;
 mod util;
 mod wordcount;
