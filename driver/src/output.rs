@@ -74,8 +74,17 @@ impl OutputCommit {
             let path = path.to_path_buf();
             move |source| OutputError::Io { path, source }
         };
+        // Move the attempts' files aside in one rename first: an attempt killed a moment
+        // ago may still be writing there, which must not fail the commit nor leak into
+        // OUTPUT.
         let attempts = self.staging.join("_attempts");
-        std::fs::remove_dir_all(&attempts).map_err(io(&attempts))?;
+        let mut trash = self.staging.clone().into_os_string();
+        trash.push(".attempts");
+        let trash = PathBuf::from(trash);
+        std::fs::rename(&attempts, &trash).map_err(io(&attempts))?;
+        if std::fs::remove_dir_all(&trash).is_err() {
+            let _ = std::fs::remove_dir_all(&trash);
+        }
         let success = self.staging.join("_SUCCESS");
         std::fs::write(&success, b"").map_err(io(&success))?;
         check_free(&self.target)?;
@@ -88,6 +97,9 @@ impl OutputCommit {
 
     pub fn abort(&self) {
         let _ = std::fs::remove_dir_all(&self.staging);
+        let mut trash = self.staging.clone().into_os_string();
+        trash.push(".attempts");
+        let _ = std::fs::remove_dir_all(PathBuf::from(trash));
     }
 }
 

@@ -1144,7 +1144,7 @@ impl Scheduler {
 
 /// `1500` → `1.5s`, `200` → `200ms`.
 pub fn fmt_ms(ms: u64) -> String {
-    if ms >= 1000 && ms % 100 == 0 {
+    if ms >= 1000 && ms.is_multiple_of(100) {
         let s = ms as f64 / 1000.0;
         format!("{s}s")
     } else {
@@ -1432,7 +1432,6 @@ mod tests {
     fn silent_executor_is_declared_lost_after_the_timeout() {
         let mut s = Scheduler::new(SchedulerConf {
             executor_timeout_ms: 1000,
-            ..Default::default()
         });
         s.executor_added(E1, 1, 0);
         s.executor_added(E2, 1, 0);
@@ -1922,5 +1921,50 @@ mod tests {
         );
         s.task_succeeded(l[0].0, E1, None);
         assert!(drain(&mut s).contains(&Command::JobSucceeded { job: J }));
+    }
+
+    #[test]
+    fn an_executor_failing_across_stages_is_excluded_for_the_whole_job() {
+        let mut s = Scheduler::new(SchedulerConf::default());
+        s.executor_added(E1, 1, 0);
+        s.executor_added(E2, 1, 0);
+        let policy = JobPolicy {
+            exclusion: Some(Exclusion {
+                max_failed_tasks_per_stage: 10,
+                max_failed_tasks_per_job: 2,
+            }),
+            max_task_failures: 10,
+            ..Default::default()
+        };
+        s.submit_job(J, two_stage_dag(1, 1), policy);
+        // The one map task fails on E1 twice (E2 busy elsewhere is not needed: the soft
+        // avoidance sends the retry to E2, so fail it there once and back on E1).
+        let (a, e, _) = launches(&drain(&mut s))[0].clone();
+        assert_eq!(e, E1);
+        s.task_failed(a, E1, ok());
+        let (a, e, _) = launches(&drain(&mut s))[0].clone();
+        assert_eq!(e, E2);
+        s.task_failed(a, E2, ok());
+        let (a, e, _) = launches(&drain(&mut s))[0].clone();
+        assert_eq!(e, E1, "both failed it once: least loaded again");
+        s.task_failed(a, E1, ok());
+        let cmds = drain(&mut s);
+        assert!(
+            cmds.iter().any(|c| matches!(
+                c,
+                Command::ExecutorExcluded {
+                    executor: E1,
+                    stage: None,
+                    ..
+                }
+            )),
+            "{cmds:?}"
+        );
+        let l = launches(&cmds);
+        assert_eq!(l[0].1, E2);
+        s.task_succeeded(l[0].0, E2, Some(vec![1]));
+        let l = launches(&drain(&mut s));
+        assert_eq!(l.len(), 1);
+        assert_eq!(l[0].1, E2, "the next stage avoids E1 too");
     }
 }

@@ -65,7 +65,7 @@ fn run_scenario(moment: Moment) {
 fn trial(moment: Moment, seed: u64) -> (Option<u64>, u64) {
     let tmp = tempfile::tempdir().unwrap();
     let mut rng = Rng::new(seed);
-    let three_stages = seed % 2 == 0;
+    let three_stages = seed.is_multiple_of(2);
     let input = seeded_input(tmp.path(), seed, MAP_TASKS, 10, 40);
     let output = tmp.path().join("out");
     let summary = tmp.path().join("summary.json");

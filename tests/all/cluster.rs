@@ -187,7 +187,10 @@ impl ProcCluster {
             if let Some(status) = g.0.try_wait().unwrap() {
                 return status;
             }
-            assert!(Instant::now() < end, "executor {id} ignored SIGTERM for 30s");
+            assert!(
+                Instant::now() < end,
+                "executor {id} ignored SIGTERM for 30s"
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }

@@ -187,13 +187,21 @@ fn an_executor_cut_off_by_a_firewall_is_declared_lost_and_the_job_finishes() {
         )
     });
     let silent = lost.field("silent_ms").expect("silent_ms in the log line");
-    assert!(silent >= 1000, "declared lost by the heartbeat timeout: {}", lost.text);
+    assert!(
+        silent >= 1000,
+        "declared lost by the heartbeat timeout: {}",
+        lost.text
+    );
     eprintln!(
         "partition: executor {cut_off} declared lost {} ms after the cut (silent {silent} ms; executor.timeout = 1s)",
         lost.at.duration_since(cut_at).as_millis()
     );
     let (ok, stdout, stderr) = wait_child(job, Duration::from_secs(120));
-    assert!(ok, "stdout: {stdout}\nstderr: {stderr}\ndriver:\n{}", cluster.driver_log());
+    assert!(
+        ok,
+        "stdout: {stdout}\nstderr: {stderr}\ndriver:\n{}",
+        cluster.driver_log()
+    );
     assert_eq!(read_output(&output), count_words(&input));
     let s = read_summary(&summary);
     assert_eq!(s["failed_tasks"], 0, "{s:#}");
@@ -210,7 +218,14 @@ fn speculation_copies_a_straggler_and_the_result_is_the_same() {
         let summary = tmp.path().join(format!("summary-{speculation}.json"));
         run_ok(
             flint()
-                .args(["run", flint_udfs::TEST_JOBS, "--executors", "3", "--cores", "1"])
+                .args([
+                    "run",
+                    flint_udfs::TEST_JOBS,
+                    "--executors",
+                    "3",
+                    "--cores",
+                    "1",
+                ])
                 .args(["--conf", &format!("speculation={speculation}")])
                 .args(["--conf", "executor.heartbeat_interval=100ms"])
                 .arg("--summary-json")
@@ -264,7 +279,9 @@ fn sigterm_drains_an_executor_without_failing_anything() {
     );
     assert!(
         cluster
-            .wait_for(Duration::from_secs(60), |l| l.text.contains("task succeeded"))
+            .wait_for(Duration::from_secs(60), |l| l
+                .text
+                .contains("task succeeded"))
             .is_some()
     );
     let status = cluster.terminate(leaving);
@@ -280,7 +297,11 @@ fn sigterm_drains_an_executor_without_failing_anything() {
         cluster.driver_log()
     );
     let (ok, stdout, stderr) = wait_child(job, Duration::from_secs(120));
-    assert!(ok, "stdout: {stdout}\nstderr: {stderr}\ndriver:\n{}", cluster.driver_log());
+    assert!(
+        ok,
+        "stdout: {stdout}\nstderr: {stderr}\ndriver:\n{}",
+        cluster.driver_log()
+    );
     assert_eq!(read_output(&output), count_words(&input));
     let s = read_summary(&summary);
     assert_eq!(s["failed_tasks"], 0, "leaving is not failing: {s:#}");
