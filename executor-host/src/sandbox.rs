@@ -287,6 +287,11 @@ impl Sandbox {
             .wasm_component_model(true)
             .max_wasm_stack(1 << 20)
             .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+        // `FLINT_WASM_PROFILER=perfmap` names guest functions for `perf` (a developer's
+        // switch; it changes no behaviour).
+        if std::env::var("FLINT_WASM_PROFILER").as_deref() == Ok("perfmap") {
+            config.profiler(wasmtime::ProfilingStrategy::PerfMap);
+        }
         let engine =
             Engine::new(&config).map_err(|e| SandboxError::Instantiate(format!("{e:#}")))?;
         let mut linker = Linker::new(&engine);
