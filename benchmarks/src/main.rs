@@ -164,6 +164,58 @@ fn main() -> anyhow::Result<()> {
         );
         anyhow::Ok(())
     })?;
+
+    // The event log's cost: the same word count and empty-task job on a cluster that
+    // logs every scheduler event and on one that does not, alternated.
+    rt.block_on(async {
+        let logs = tempfile::tempdir()?;
+        let mut times = [[0f64; 2]; 2];
+        for round in 0..2 {
+            for (i, log) in [None, Some(logs.path().to_path_buf())].into_iter().enumerate() {
+                let cluster = LocalCluster::start_with(
+                    args.executors,
+                    args.cores,
+                    Conf::default(),
+                    Some(cache.path().to_path_buf()),
+                    None,
+                    log,
+                )
+                .await?;
+                let out = tempfile::tempdir()?;
+                let t = Instant::now();
+                run_job(
+                    &cluster,
+                    &wasm,
+                    vec![
+                        corpus.display().to_string(),
+                        out.path().join("o").display().to_string(),
+                    ],
+                )
+                .await?;
+                times[0][i] += t.elapsed().as_secs_f64() / 2.0;
+                let t = Instant::now();
+                run_job(
+                    &cluster,
+                    &jobs,
+                    vec!["count".into(), tiny.path().display().to_string()],
+                )
+                .await?;
+                times[1][i] += t.elapsed().as_secs_f64() / 2.0;
+            }
+            let _ = round;
+        }
+        println!(
+            "event log: word count {:.2}s without, {:.2}s with ({:.3}x); {} empty tasks {:.2}s without, {:.2}s with ({:.3}x)",
+            times[0][0],
+            times[0][1],
+            times[0][1] / times[0][0],
+            args.empty_tasks,
+            times[1][0],
+            times[1][1],
+            times[1][1] / times[1][0]
+        );
+        anyhow::Ok(())
+    })?;
     Ok(())
 }
 

@@ -94,6 +94,10 @@ struct AppActions {
     conf: Conf,
     events: mpsc::Sender<SubmitEvent>,
     jobs: AtomicU64,
+    /// The component's name, for the UI and logs.
+    name: String,
+    /// Directories `save_*` actions wrote.
+    outputs: std::sync::Mutex<Vec<String>>,
 }
 
 impl ActionRunner for AppActions {
@@ -184,6 +188,10 @@ impl AppActions {
                 fetch_timeout_ms: self.conf.duration("shuffle.fetch_timeout").as_millis() as u64,
             },
             policy: self.conf.job_policy(),
+            name: self.name.clone(),
+            action: action_name.to_string(),
+            tenant: "default".into(),
+            progress: self.events.clone(),
         };
         let _ = self
             .events
@@ -195,6 +203,7 @@ impl AppActions {
                     .iter()
                     .map(|s| format!("{} task(s): {}", s.partitions, s.name))
                     .collect(),
+                stage_tasks: dag.stages.iter().map(|s| s.partitions).collect(),
             })
             .await;
         let started = Instant::now();
@@ -244,13 +253,17 @@ impl AppActions {
             Action::SaveAsText { .. } => {
                 let out = text_output.expect("save_as_text prepared its output");
                 let o = out.clone();
-                tokio::task::spawn_blocking(move || o.commit_job())
+                let path = tokio::task::spawn_blocking(move || o.commit_job())
                     .await
                     .map_err(|e| fail(e.to_string()))?
                     .map_err(|e| {
                         out.abort();
                         fail(e.to_string())
                     })?;
+                self.outputs
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .push(path.display().to_string());
                 Ok(wit::ActionResult::Saved)
             }
             Action::Count => Ok(wit::ActionResult::Count(
@@ -316,6 +329,8 @@ pub async fn run_application(
         conf: conf.clone(),
         events,
         jobs: AtomicU64::new(0),
+        name: name.clone(),
+        outputs: Default::default(),
     });
     let limits = StoreLimits {
         memory_bytes: conf.bytes("task.memory"),
@@ -356,6 +371,9 @@ pub async fn run_application(
             killed_tasks: executors.iter().map(|e| e.tasks_killed).sum(),
             speculative_tasks: executors.iter().map(|e| e.tasks_speculated).sum(),
             fetch_failures: executors.iter().map(|e| e.fetch_failures).sum(),
+            outputs: std::mem::take(
+                &mut *actions.outputs.lock().unwrap_or_else(|p| p.into_inner()),
+            ),
             stdout: store.data().stdout(),
             executors,
         }),

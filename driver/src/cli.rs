@@ -2,13 +2,14 @@
 
 use crate::client::{self, ClusterFile};
 use crate::local::LocalCluster;
+use crate::progress::Progress;
 use crate::server::{self, DriverConfig};
 use anyhow::{Context as _, bail};
 use clap::{Args, Parser, Subcommand};
 use flint_executor_host::ExecutorConfig;
 use flint_executor_host::tls::{self, ClusterCredentials};
 use flint_protocol::conf::Conf;
-use flint_protocol::wire::{AppSummary, SubmitEvent, SubmitRequest};
+use flint_protocol::wire::{AppSummary, SubmitRequest};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use tokio_util::sync::CancellationToken;
@@ -35,6 +36,11 @@ enum Command {
         /// Task slots per executor.
         #[arg(long, default_value_t = 2)]
         cores: u32,
+        /// Serve the web UI while the job runs (see --ui-port).
+        #[arg(long)]
+        ui: bool,
+        #[command(flatten)]
+        web: WebUi,
         #[command(flatten)]
         settings: Settings,
         #[command(flatten)]
@@ -52,6 +58,11 @@ enum Command {
         /// Compiled-component cache; default STATE_DIR/compiled.
         #[arg(long)]
         cache_dir: Option<PathBuf>,
+        /// Do not serve the web UI.
+        #[arg(long)]
+        no_ui: bool,
+        #[command(flatten)]
+        web: WebUi,
         #[command(flatten)]
         settings: Settings,
     },
@@ -70,8 +81,17 @@ enum Command {
         /// Compiled-component cache; default WORK_DIR/compiled.
         #[arg(long)]
         cache_dir: Option<PathBuf>,
+        /// Where to serve Prometheus metrics (`/metrics`); port 0 picks one.
+        #[arg(long, default_value = "127.0.0.1:0")]
+        metrics_addr: std::net::SocketAddr,
         #[command(flatten)]
         settings: Settings,
+    },
+    /// Serve the web UI of finished jobs from the event logs in DIR (`--event-log`).
+    History {
+        dir: PathBuf,
+        #[command(flatten)]
+        web: WebUi,
     },
     /// Submit a job to a running driver; exits 0 when it succeeded.
     Submit {
@@ -85,6 +105,28 @@ enum Command {
         #[arg(last = true)]
         args: Vec<String>,
     },
+}
+
+#[derive(Args)]
+struct WebUi {
+    /// The web UI's port; 4040 moves on to the next free port, 0 picks any.
+    #[arg(long, default_value_t = 4040)]
+    ui_port: u16,
+    #[arg(long, default_value = "127.0.0.1")]
+    ui_host: String,
+    /// Append every scheduler event to DIR, one JSON-lines file per job.
+    #[arg(long, value_name = "DIR")]
+    event_log: Option<PathBuf>,
+}
+
+impl WebUi {
+    /// Binds the UI's port and says where it is.
+    fn bind(&self) -> anyhow::Result<std::net::TcpListener> {
+        let l = crate::ui::bind(&self.ui_host, self.ui_port)
+            .with_context(|| format!("web UI on {}:{}", self.ui_host, self.ui_port))?;
+        eprintln!("flint web UI at http://{}", l.local_addr()?);
+        Ok(l)
+    }
 }
 
 #[derive(Args)]
@@ -160,6 +202,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             job,
             executors,
             cores,
+            ui,
+            web,
             settings,
             report,
             args,
@@ -169,17 +213,39 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 bail!("--executors and --cores must be at least 1");
             }
             let (name, component) = load_job(&job)?;
-            let cluster =
-                LocalCluster::start(executors, cores, conf.clone(), default_cache_dir()).await?;
+            let listener = if ui { Some(web.bind()?) } else { None };
+            let cluster = LocalCluster::start_with(
+                executors,
+                cores,
+                conf.clone(),
+                default_cache_dir(),
+                listener,
+                web.event_log.clone(),
+            )
+            .await?;
             let req = request(name, component, args, &conf);
-            let result =
-                client::submit(&cluster.member, &cluster.driver_addr, req, progress).await?;
+            let mut progress = Progress::new();
+            let result = client::submit(&cluster.member, &cluster.driver_addr, req, |e| {
+                progress.on(e)
+            })
+            .await?;
             finish(result, &report)
+        }
+        Command::History { dir, web } => {
+            let sink = crate::ui::EventSink::replay(&dir)?;
+            let jobs = sink.state().jobs.len();
+            let listener = web.bind()?;
+            eprintln!("flint history: {jobs} job(s) from {}", dir.display());
+            crate::ui::spawn(listener, sink)?;
+            shutdown_on_signal().cancelled().await;
+            Ok(())
         }
         Command::Driver {
             listen,
             state_dir,
             cache_dir,
+            no_ui,
+            web,
             settings,
         } => {
             let conf = settings.load()?;
@@ -201,12 +267,15 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 "flint driver listening on {addr}; members join with {}",
                 cluster_file.display()
             );
+            let ui = if no_ui { None } else { Some(web.bind()?) };
             let shutdown = shutdown_on_signal();
             server::serve(
                 DriverConfig {
                     conf,
                     sandbox: None,
                     cache_dir: Some(cache_dir.unwrap_or_else(|| state_dir.join("compiled"))),
+                    ui,
+                    event_log: web.event_log.clone(),
                 },
                 endpoint,
                 shutdown,
@@ -220,9 +289,16 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             work_dir,
             listen,
             cache_dir,
+            metrics_addr,
             settings,
         } => {
             let conf = settings.load()?;
+            let metrics =
+                std::sync::Arc::new(flint_executor_host::metrics::ExecutorMetrics::default());
+            let metrics_listener = std::net::TcpListener::bind(metrics_addr)
+                .with_context(|| format!("metrics on {metrics_addr}"))?;
+            let served_at = metrics_listener.local_addr()?.to_string();
+            serve_metrics(metrics_listener, metrics.clone())?;
             let cluster = ClusterFile::load(&join)?;
             check_version(&cluster)?;
             let endpoint = tls::endpoint(&cluster.member, listen)
@@ -235,6 +311,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 advertise_addr: None,
                 sandbox: None,
                 decommission_timeout: conf.duration("executor.decommission_timeout"),
+                metrics,
+                metrics_addr: Some(served_at),
             };
             flint_executor_host::serve(config, endpoint, shutdown_on_signal())
                 .await
@@ -253,7 +331,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             check_version(&cluster)?;
             let (name, component) = load_job(&job)?;
             let req = request(name, component, args, &conf);
-            let result = client::submit(&cluster.member, &cluster.driver, req, progress).await?;
+            let mut progress = Progress::new();
+            let result =
+                client::submit(&cluster.member, &cluster.driver, req, |e| progress.on(e)).await?;
             finish(result, &report)
         }
     }
@@ -280,32 +360,6 @@ fn request(name: String, component: Vec<u8>, args: Vec<String>, conf: &Conf) -> 
     }
 }
 
-fn progress(ev: &SubmitEvent) {
-    match ev {
-        SubmitEvent::JobStarted {
-            job,
-            action,
-            stages,
-        } => {
-            eprintln!(
-                "flint: {job} ({action}) started, {} stage(s):",
-                stages.len()
-            );
-            for (i, s) in stages.iter().enumerate() {
-                eprintln!("flint:   stage {i}: {s}");
-            }
-        }
-        SubmitEvent::JobEnded { job, ok, ms } => {
-            eprintln!(
-                "flint: {job} {} in {:.2}s",
-                if *ok { "succeeded" } else { "failed" },
-                *ms as f64 / 1000.0
-            );
-        }
-        SubmitEvent::Finished(_) => {}
-    }
-}
-
 fn finish(result: Result<AppSummary, Vec<String>>, report: &Report) -> anyhow::Result<()> {
     match result {
         Ok(summary) => {
@@ -320,8 +374,13 @@ fn finish(result: Result<AppSummary, Vec<String>>, report: &Report) -> anyhow::R
                 .iter()
                 .map(|e| e.metrics.shuffle_read_remote_bytes)
                 .sum();
+            let outputs = if summary.outputs.is_empty() {
+                String::new()
+            } else {
+                format!("; output in {}", summary.outputs.join(", "))
+            };
             eprintln!(
-                "flint: done in {:.2}s: {} job(s), {} task(s) ({} failed, {} fetch failures, {} speculative, {} killed), {} shuffle bytes written, {} fetched from peers",
+                "flint: done in {:.2}s: {} job(s), {} task attempt(s) ({} failed and retried, {} fetch failures, {} speculative, {} killed), {} shuffle bytes written, {} fetched from peers{outputs}.",
                 summary.elapsed_ms as f64 / 1000.0,
                 summary.jobs,
                 summary.tasks,
@@ -347,6 +406,36 @@ fn finish(result: Result<AppSummary, Vec<String>>, report: &Report) -> anyhow::R
             Err(err)
         }
     }
+}
+
+/// Serves an executor's `/metrics`.
+fn serve_metrics(
+    listener: std::net::TcpListener,
+    metrics: std::sync::Arc<flint_executor_host::metrics::ExecutorMetrics>,
+) -> anyhow::Result<()> {
+    listener.set_nonblocking(true)?;
+    let listener = tokio::net::TcpListener::from_std(listener)?;
+    let app = axum::Router::new().route(
+        "/metrics",
+        axum::routing::get(move || {
+            let m = metrics.clone();
+            async move {
+                (
+                    [(
+                        axum::http::header::CONTENT_TYPE,
+                        "text/plain; version=0.0.4",
+                    )],
+                    m.render(),
+                )
+            }
+        }),
+    );
+    tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, app).await {
+            tracing::error!("metrics server stopped: {e}");
+        }
+    });
+    Ok(())
 }
 
 /// Fires on SIGINT or SIGTERM.

@@ -3,15 +3,17 @@
 
 use crate::output::OutputCommit;
 use crate::splits::Split;
+use crate::ui::{EventSink, now_ms as wall_ms};
 use flint_protocol::dag::{JobDag, StageInput, StageOutput};
+use flint_protocol::events::{self as ev, StageInfo, TaskOutcome};
 use flint_protocol::ids::{ExecutorId, JobId, ModuleHash, TaskAttemptId};
 use flint_protocol::plan::Action;
 use flint_protocol::scheduler::{
     Command, JobFailure, JobPolicy, Scheduler, SchedulerConf, TaskFailure, fmt_ms,
 };
 use flint_protocol::wire::{
-    ExecutorSummary, FromExecutor, SegmentSource, TaskDescriptor, TaskErrorKind, TaskInput,
-    TaskLimits, TaskOutput, TaskSuccess, ToExecutor,
+    ExecutorSummary, FromExecutor, SegmentSource, SubmitEvent, TaskDescriptor, TaskErrorKind,
+    TaskInput, TaskLimits, TaskOutput, TaskSuccess, ToExecutor,
 };
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -28,6 +30,12 @@ pub struct JobSpec {
     pub text_output: Option<Arc<OutputCommit>>,
     pub limits: TaskLimits,
     pub policy: JobPolicy,
+    /// The component's name, the action and the tenant, for the UI.
+    pub name: String,
+    pub action: String,
+    pub tenant: String,
+    /// The submitter's stream: stage progress goes there.
+    pub progress: mpsc::Sender<SubmitEvent>,
 }
 
 /// Per result partition, the committed attempt's output.
@@ -37,6 +45,7 @@ pub enum Event {
     ExecutorUp {
         cores: u32,
         shuffle_addr: String,
+        metrics_addr: Option<String>,
         tx: mpsc::Sender<ToExecutor>,
         reply: oneshot::Sender<ExecutorId>,
     },
@@ -66,6 +75,7 @@ struct ExecutorConn {
     addr: String,
     tx: mpsc::Sender<ToExecutor>,
     last_heard_ms: u64,
+    decommissioning: bool,
 }
 
 struct RunningJob {
@@ -74,6 +84,8 @@ struct RunningJob {
     results: Vec<Option<TaskSuccess>>,
     /// Successful attempts waiting for the scheduler's commit decision.
     unclaimed: HashMap<TaskAttemptId, TaskSuccess>,
+    /// Per stage, partitions done (for progress reports).
+    done: Vec<std::collections::BTreeSet<u32>>,
 }
 
 pub struct ClusterLoop {
@@ -84,11 +96,13 @@ pub struct ClusterLoop {
     next_executor: u32,
     started: Instant,
     tick: Duration,
+    sink: Arc<EventSink>,
 }
 
 impl ClusterLoop {
-    pub fn new(conf: SchedulerConf, tick: Duration) -> Self {
+    pub fn new(conf: SchedulerConf, tick: Duration, sink: Arc<EventSink>) -> Self {
         ClusterLoop {
+            sink,
             scheduler: Scheduler::new(conf),
             executors: HashMap::new(),
             jobs: HashMap::new(),
@@ -125,6 +139,11 @@ impl ClusterLoop {
                         // Dropping its sender ends the control stream: a cut-off executor
                         // that comes back finds itself disconnected, not half-registered.
                         self.executors.remove(&id);
+                        self.sink.emit(ev::Event::ExecutorRemoved {
+                            at_ms: wall_ms(),
+                            executor: id,
+                            reason: format!("lost: no heartbeat for {}", fmt_ms(silent)),
+                        });
                     }
                 }
             }
@@ -139,6 +158,7 @@ impl ClusterLoop {
             Event::ExecutorUp {
                 cores,
                 shuffle_addr,
+                metrics_addr,
                 tx,
                 reply,
             } => {
@@ -146,12 +166,20 @@ impl ClusterLoop {
                 self.next_executor += 1;
                 tracing::info!(executor = id.0, cores, addr = %shuffle_addr, "executor registered");
                 let now = self.now_ms();
+                self.sink.emit(ev::Event::ExecutorAdded {
+                    at_ms: wall_ms(),
+                    executor: id,
+                    addr: shuffle_addr.clone(),
+                    cores,
+                    metrics_addr,
+                });
                 self.executors.insert(
                     id,
                     ExecutorConn {
                         addr: shuffle_addr,
                         tx,
                         last_heard_ms: now,
+                        decommissioning: false,
                     },
                 );
                 let _ = reply.send(id);
@@ -165,6 +193,7 @@ impl ClusterLoop {
                 };
                 conn.last_heard_ms = now;
                 self.scheduler.heartbeat(id, now);
+                self.sink.heartbeat(id.0);
                 match msg {
                     FromExecutor::Status(status) => self.task_status(id, *status),
                     FromExecutor::Heartbeat { .. } => {}
@@ -178,8 +207,19 @@ impl ClusterLoop {
                 }
             }
             Event::ExecutorDown { id } => {
-                if self.executors.remove(&id).is_some() {
-                    tracing::warn!(executor = id.0, "executor disconnected");
+                if let Some(conn) = self.executors.remove(&id) {
+                    let reason = if conn.decommissioning {
+                        tracing::info!(executor = id.0, "executor left after decommissioning");
+                        "decommissioned"
+                    } else {
+                        tracing::warn!(executor = id.0, "executor disconnected");
+                        "disconnected"
+                    };
+                    self.sink.emit(ev::Event::ExecutorRemoved {
+                        at_ms: wall_ms(),
+                        executor: id,
+                        reason: reason.into(),
+                    });
                     self.scheduler.executor_lost(id);
                 }
             }
@@ -187,7 +227,27 @@ impl ClusterLoop {
                 let partitions = spec.dag.result_stage().partitions as usize;
                 let dag = spec.dag.clone();
                 let policy = spec.policy.clone();
+                self.sink.emit(ev::Event::JobStarted {
+                    at_ms: wall_ms(),
+                    job,
+                    app: spec.app,
+                    name: spec.name.clone(),
+                    action: spec.action.clone(),
+                    tenant: spec.tenant.clone(),
+                    stages: dag
+                        .stages
+                        .iter()
+                        .map(|s| StageInfo {
+                            index: s.index,
+                            parents: s.parents.clone(),
+                            partitions: s.partitions,
+                            name: s.name.clone(),
+                            shuffle_write: matches!(s.output, StageOutput::ShuffleWrite { .. }),
+                        })
+                        .collect(),
+                });
                 let running = RunningJob {
+                    done: vec![Default::default(); dag.stages.len()],
                     spec,
                     reply: Some(reply),
                     results: (0..partitions).map(|_| None).collect(),
@@ -228,6 +288,41 @@ impl ClusterLoop {
 
     fn task_status(&mut self, executor: ExecutorId, status: flint_protocol::wire::TaskStatus) {
         let attempt = status.attempt;
+        let outcome = match &status.result {
+            Ok(_) => TaskOutcome::Succeeded,
+            Err(e) => match &e.kind {
+                TaskErrorKind::Killed => TaskOutcome::Killed {
+                    reason: e.chain.join(": "),
+                },
+                TaskErrorKind::FetchFailed { executor: from, .. } => TaskOutcome::FetchFailed {
+                    from: *from,
+                    chain: e.chain.clone(),
+                },
+                kind => TaskOutcome::Failed {
+                    kind: format!("{kind:?}"),
+                    chain: e.chain.clone(),
+                },
+            },
+        };
+        self.sink.emit(ev::Event::TaskEnded {
+            at_ms: wall_ms(),
+            attempt,
+            executor,
+            outcome,
+            metrics: status.metrics.clone(),
+        });
+        if status.result.is_ok()
+            && let Some(job) = self.jobs.get_mut(&attempt.task.stage.job)
+            && let Some(done) = job.done.get_mut(attempt.task.stage.index as usize)
+            && done.insert(attempt.task.partition)
+        {
+            let total = job.spec.dag.stages[attempt.task.stage.index as usize].partitions;
+            let _ = job.spec.progress.try_send(SubmitEvent::StageProgress {
+                stage: attempt.task.stage,
+                done: done.len() as u32,
+                total,
+            });
+        }
         if let Some(job) = self.jobs.get(&attempt.task.stage.job) {
             let s = self.summary(job.spec.app, executor);
             s.metrics.add(&status.metrics);
@@ -301,6 +396,12 @@ impl ClusterLoop {
                     inputs,
                     speculative,
                 } => {
+                    self.sink.emit(ev::Event::TaskStarted {
+                        at_ms: wall_ms(),
+                        attempt,
+                        executor,
+                        speculative,
+                    });
                     if speculative {
                         tracing::info!(%attempt, executor = executor.0, "launching a speculative copy of a slow task");
                         if let Some(job) = self.jobs.get(&attempt.task.stage.job) {
@@ -338,6 +439,14 @@ impl ClusterLoop {
                     }
                 }
                 Command::CommitTask { attempt } => self.commit_task(attempt),
+                Command::StageCompleted {
+                    stage,
+                    map_output_bytes,
+                } => self.sink.emit(ev::Event::StageCompleted {
+                    at_ms: wall_ms(),
+                    stage,
+                    map_output_bytes,
+                }),
                 Command::JobSucceeded { job } => self.end_job(job, None),
                 Command::JobFailed { job, error } => self.end_job(job, Some(error)),
                 Command::CleanJob { job } => {
@@ -385,6 +494,15 @@ impl ClusterLoop {
         let Some(mut j) = self.jobs.remove(&job) else {
             return;
         };
+        self.sink.emit(ev::Event::JobEnded {
+            at_ms: wall_ms(),
+            job,
+            succeeded: failure.is_none(),
+            error: failure
+                .iter()
+                .flat_map(|f| std::iter::once(f.message.clone()).chain(f.causes.iter().cloned()))
+                .collect(),
+        });
         if let Some(reply) = j.reply.take() {
             let _ = reply.send(match failure {
                 None => Ok(std::mem::take(&mut j.results)),

@@ -11,6 +11,8 @@
 //! - [`splits`], [`output`]: input splits; atomic output commit.
 //! - [`server`]: the driver's QUIC endpoint (executors and submitters connect to it).
 //! - [`client`], [`local`], [`cli`]: submitting, the embedded local cluster, the `flint` CLI.
+//! - [`ui`]: scheduler events folded into the web UI's state and appended to the event
+//!   log; the UI and its JSON API, live or replayed by `flint history`.
 //!
 //! The one decision to know: local mode is the same code over loopback QUIC, with the
 //! same certificates, not a second path.
@@ -21,5 +23,7 @@ pub mod client;
 pub mod cluster;
 pub mod local;
 pub mod output;
+pub mod progress;
 pub mod server;
 pub mod splits;
+pub mod ui;

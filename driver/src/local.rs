@@ -23,6 +23,18 @@ impl LocalCluster {
         conf: Conf,
         cache_dir: Option<PathBuf>,
     ) -> anyhow::Result<LocalCluster> {
+        Self::start_with(executors, cores, conf, cache_dir, None, None).await
+    }
+
+    /// `start`, with the web UI on `ui` and an event log in `event_log`.
+    pub async fn start_with(
+        executors: u32,
+        cores: u32,
+        conf: Conf,
+        cache_dir: Option<PathBuf>,
+        ui: Option<std::net::TcpListener>,
+        event_log: Option<PathBuf>,
+    ) -> anyhow::Result<LocalCluster> {
         let creds = ClusterCredentials::generate()?;
         let loopback: std::net::SocketAddr = "127.0.0.1:0".parse()?;
         let driver_ep = tls::endpoint(&creds.driver, loopback)?;
@@ -41,6 +53,8 @@ impl LocalCluster {
                 conf,
                 sandbox: Some(sandbox.clone()),
                 cache_dir: None,
+                ui,
+                event_log,
             },
             driver_ep,
             shutdown.clone(),
@@ -55,6 +69,8 @@ impl LocalCluster {
                 sandbox: Some(sandbox.clone()),
                 cache_dir: None,
                 decommission_timeout: conf_grace,
+                metrics: Default::default(),
+                metrics_addr: None,
             };
             let token = shutdown.clone();
             tokio::spawn(async move {

@@ -18,12 +18,20 @@ pub struct DriverConfig {
     /// A sandbox to share (local mode); `None`: make one caching in `cache_dir`.
     pub sandbox: Option<Arc<Sandbox>>,
     pub cache_dir: Option<PathBuf>,
+    /// Serve the web UI on this listener.
+    pub ui: Option<std::net::TcpListener>,
+    /// Append scheduler events here, one JSON-lines file per job.
+    pub event_log: Option<PathBuf>,
 }
 
 #[derive(Debug, Error)]
 pub enum DriverError {
     #[error(transparent)]
     Sandbox(#[from] SandboxError),
+    #[error(transparent)]
+    EventLog(#[from] crate::ui::EventLogError),
+    #[error("web UI: {0}")]
+    Ui(std::io::Error),
 }
 
 /// Serves until `shutdown` fires.
@@ -48,7 +56,11 @@ pub async fn serve(
     let tick = conf
         .duration("executor.heartbeat_interval")
         .min(std::time::Duration::from_millis(200));
-    let cluster = tokio::spawn(ClusterLoop::new(sched, tick).run(rx));
+    let sink = crate::ui::EventSink::live(config.event_log)?;
+    if let Some(listener) = config.ui {
+        crate::ui::spawn(listener, sink.clone()).map_err(DriverError::Ui)?;
+    }
+    let cluster = tokio::spawn(ClusterLoop::new(sched, tick, sink).run(rx));
     let shared = Arc::new(DriverShared::new(events, sandbox, conf));
     loop {
         let incoming = tokio::select! {
@@ -96,6 +108,7 @@ async fn handle_connection(
                 .send(Event::ExecutorUp {
                     cores: hello.cores,
                     shuffle_addr: hello.shuffle_addr,
+                    metrics_addr: hello.metrics_addr,
                     tx,
                     reply: id_tx,
                 })

@@ -1,6 +1,7 @@
 //! The executor process role: join the driver, heartbeat, run up to `cores` tasks at once,
 //! serve this executor's shuffle outputs to peers.
 
+use crate::metrics::ExecutorMetrics;
 use crate::net::{self, NetError};
 use crate::runner::{ModuleSource, TaskEnv, run_task};
 use crate::sandbox::{Sandbox, SandboxError, SandboxOptions};
@@ -37,6 +38,9 @@ pub struct ExecutorConfig {
     pub cache_dir: Option<PathBuf>,
     /// On shutdown, how long running tasks may go on before they are handed back.
     pub decommission_timeout: Duration,
+    /// Counters for whoever serves metrics; `metrics_addr` is where, told to the driver.
+    pub metrics: Arc<ExecutorMetrics>,
+    pub metrics_addr: Option<String>,
 }
 
 /// The attempts this executor is running, each with the token that stops it.
@@ -77,18 +81,49 @@ impl RunningTasks {
 }
 
 /// Counts an attempt as running while it holds a slot.
-struct Busy<'a>(&'a AtomicU32);
+struct Busy<'a>(&'a AtomicU32, &'a AtomicU64);
 
 impl<'a> Busy<'a> {
-    fn new(n: &'a AtomicU32) -> Self {
+    fn new(n: &'a AtomicU32, gauge: &'a AtomicU64) -> Self {
         n.fetch_add(1, Ordering::Relaxed);
-        Busy(n)
+        gauge.fetch_add(1, Ordering::Relaxed);
+        Busy(n, gauge)
     }
 }
 
 impl Drop for Busy<'_> {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::Relaxed);
+        self.1.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+fn count(m: &ExecutorMetrics, status: &TaskStatus) {
+    let add = ExecutorMetrics::add;
+    let t = &status.metrics;
+    match &status.result {
+        Ok(_) => {
+            add(&m.tasks_succeeded, 1);
+            add(&m.shuffle_write_bytes, t.shuffle_write_bytes);
+            add(&m.shuffle_fetch_remote_bytes, t.shuffle_read_remote_bytes);
+            add(&m.shuffle_read_local_bytes, t.shuffle_read_local_bytes);
+        }
+        Err(e) => match e.kind {
+            TaskErrorKind::Killed => add(&m.tasks_killed, 1),
+            TaskErrorKind::FetchFailed { .. } => add(&m.fetch_failures, 1),
+            TaskErrorKind::Limit => {
+                add(&m.tasks_failed, 1);
+                add(&m.sandbox_limit_hits, 1);
+            }
+            _ => add(&m.tasks_failed, 1),
+        },
+    }
+    if !matches!(&status.result, Err(e) if e.kind == TaskErrorKind::Killed) {
+        if t.compiled {
+            add(&m.compile_cache_misses, 1);
+        } else {
+            add(&m.compile_cache_hits, 1);
+        }
     }
 }
 
@@ -178,6 +213,7 @@ pub async fn serve(
             protocol_version: flint_protocol::PROTOCOL_VERSION,
             cores: config.cores,
             shuffle_addr: shuffle_addr.clone(),
+            metrics_addr: config.metrics_addr.clone(),
         }),
     )
     .await?;
@@ -199,7 +235,9 @@ pub async fn serve(
     tracing::info!(executor = me.0, %shuffle_addr, cores = config.cores, "registered with the driver");
 
     let store = Arc::new(ShuffleStore::new(&config.work_dir));
-    let served = Arc::new(AtomicU64::new(0));
+    let metrics = config.metrics.clone();
+    metrics.slots.store(config.cores as u64, Ordering::Relaxed);
+    let served = metrics.shuffle_served_bytes.clone();
     let env = Arc::new(TaskEnv {
         sandbox,
         shuffle: store.clone(),
@@ -296,18 +334,19 @@ pub async fn serve(
                     continue;
                 }
                 let cancel = tasks.insert(attempt);
-                let (env, tx, slots, running, tasks, handing_back) = (
+                let (env, tx, slots, running, tasks, handing_back, metrics) = (
                     env.clone(),
                     tx.clone(),
                     slots.clone(),
                     running.clone(),
                     tasks.clone(),
                     handing_back.clone(),
+                    metrics.clone(),
                 );
                 tokio::spawn(async move {
                     let run = async {
                         let _slot = slots.acquire_owned().await;
-                        let _busy = Busy::new(&running);
+                        let _busy = Busy::new(&running, &metrics.slots_busy);
                         run_task(&env, *desc).await
                     };
                     // Dropping the run future stops the guest where it is: wasmtime
@@ -328,6 +367,7 @@ pub async fn serve(
                             tracing::info!(%attempt, error = %e.chain.join(": "), "task did not succeed")
                         }
                     }
+                    count(&metrics, &status);
                     let _ = tx.send(FromExecutor::Status(Box::new(status))).await;
                     tasks.remove(attempt);
                 });

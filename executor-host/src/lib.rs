@@ -18,6 +18,7 @@
 
 pub mod executor;
 pub mod input;
+pub mod metrics;
 pub mod net;
 pub mod runner;
 pub mod sandbox;

@@ -16,6 +16,7 @@
 
 pub mod conf;
 pub mod dag;
+pub mod events;
 pub mod ids;
 pub mod plan;
 pub mod scheduler;

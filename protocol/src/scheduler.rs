@@ -139,6 +139,12 @@ pub enum Command {
     CleanJob {
         job: JobId,
     },
+    /// Every task of `stage` has succeeded. For a map stage, `map_output_bytes` is the
+    /// total size of the map outputs now registered for it.
+    StageCompleted {
+        stage: StageId,
+        map_output_bytes: Option<u64>,
+    },
     /// `executor` gets no more tasks of `job` (of its stage `stage`, or of the whole job).
     ExecutorExcluded {
         executor: ExecutorId,
@@ -872,6 +878,21 @@ impl Scheduler {
             if stage.all_done() {
                 if stage.status != StageStatus::Done {
                     stage.failed_attempts = 0;
+                    let map_output_bytes = match job.dag.stages[i].output {
+                        StageOutput::ShuffleWrite { shuffle, .. } => {
+                            self.map_outputs.statuses(job_id, shuffle).map(|maps| {
+                                maps.iter()
+                                    .flatten()
+                                    .map(|m| m.sizes.iter().sum::<u64>())
+                                    .sum()
+                            })
+                        }
+                        StageOutput::Result(_) => None,
+                    };
+                    self.commands.push_back(Command::StageCompleted {
+                        stage: id,
+                        map_output_bytes,
+                    });
                 }
                 stage.status = StageStatus::Done;
             } else if parents_done {

@@ -6,7 +6,7 @@
 //! so bulk data never queues behind control messages. A submitter's first stream carries
 //! [`Hello::Submit`] and receives [`SubmitEvent`]s.
 
-use crate::ids::{ExecutorId, JobId, ModuleHash, ShuffleId, TaskAttemptId};
+use crate::ids::{ExecutorId, JobId, ModuleHash, ShuffleId, StageId, TaskAttemptId};
 use crate::plan::FnRef;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -60,6 +60,8 @@ pub struct ExecutorHello {
     pub cores: u32,
     /// Where this executor serves shuffle segments (its QUIC endpoint).
     pub shuffle_addr: String,
+    /// Where it serves Prometheus metrics over HTTP, if it does.
+    pub metrics_addr: Option<String>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -285,11 +287,19 @@ pub enum SubmitEvent {
         job: JobId,
         action: String,
         stages: Vec<String>,
+        /// Tasks per stage.
+        stage_tasks: Vec<u32>,
     },
     JobEnded {
         job: JobId,
         ok: bool,
         ms: u64,
+    },
+    /// `done` of `total` partitions of `stage` have succeeded.
+    StageProgress {
+        stage: StageId,
+        done: u32,
+        total: u32,
     },
     Finished(Result<AppSummary, Vec<String>>),
 }
@@ -306,6 +316,8 @@ pub struct AppSummary {
     pub speculative_tasks: u64,
     /// Reduce attempts that could not fetch their input; their map tasks ran again.
     pub fetch_failures: u64,
+    /// Where `save_*` actions wrote.
+    pub outputs: Vec<String>,
     /// What the driver program printed (capped).
     pub stdout: String,
     pub executors: Vec<ExecutorSummary>,

@@ -5,5 +5,6 @@ mod chaos;
 mod cluster;
 mod faults;
 mod multiprocess;
+mod ui;
 mod util;
 mod wordcount;
