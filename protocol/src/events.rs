@@ -36,8 +36,6 @@ pub enum TaskOutcome {
     Killed {
         reason: String,
     },
-    /// Its executor was lost before it reported.
-    Lost,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

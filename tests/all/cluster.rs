@@ -81,6 +81,8 @@ impl ProcCluster {
             .arg(&state)
             .arg("--cache-dir")
             .arg(shared_cache())
+            // Tests run many drivers at once: never rely on port 4040 being free.
+            .args(["--ui-port", "0"])
             .env("RUST_LOG", "flint_driver=debug");
         for c in conf {
             cmd.args(["--conf", c]);

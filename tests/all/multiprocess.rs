@@ -17,7 +17,14 @@ fn driver_two_executors_and_submit_as_separate_processes() {
     let tmp = tempfile::tempdir().unwrap();
     let state = tmp.path().join("state");
     let mut driver = flint()
-        .args(["driver", "--listen", "127.0.0.1:0", "--state-dir"])
+        .args([
+            "driver",
+            "--listen",
+            "127.0.0.1:0",
+            "--ui-port",
+            "0",
+            "--state-dir",
+        ])
         .arg(&state)
         .stdout(Stdio::piped())
         .spawn()

@@ -102,7 +102,7 @@ fn live_ui_history_replay_metrics_and_a_browser_agree_on_a_multi_stage_job() {
         "127.0.0.1:0",
         &["executor.heartbeat_interval=200ms"],
         move |mut c| {
-            c.args(["--ui-port", "0", "--event-log"]).arg(&ev);
+            c.arg("--event-log").arg(&ev);
             c
         },
     );

@@ -354,7 +354,6 @@ impl UiState {
                         ("fetch_failed", e)
                     }
                     TaskOutcome::Killed { reason } => ("killed", vec![reason.clone()]),
-                    TaskOutcome::Lost => ("lost", Vec::new()),
                 };
                 if let Some(e) = self.executors.get_mut(&executor.0) {
                     e.tasks_running = e.tasks_running.saturating_sub(1);
@@ -446,5 +445,93 @@ mod tests {
             }
         );
         assert!(Quantiles::of(vec![]).is_none());
+    }
+
+    #[test]
+    fn a_lost_executor_s_running_attempts_show_as_lost_and_a_retry_succeeds() {
+        use flint_protocol::ids::{ExecutorId, JobId, StageId, TaskAttemptId, TaskId};
+        let attempt = |n| TaskAttemptId {
+            task: TaskId {
+                stage: StageId {
+                    job: JobId(1),
+                    index: 0,
+                },
+                partition: 0,
+            },
+            attempt: n,
+        };
+        let mut st = UiState::default();
+        for e in [1, 2] {
+            st.apply(&Event::ExecutorAdded {
+                at_ms: 0,
+                executor: ExecutorId(e),
+                addr: format!("e{e}"),
+                cores: 1,
+                metrics_addr: None,
+            });
+        }
+        st.apply(&Event::JobStarted {
+            at_ms: 0,
+            job: JobId(1),
+            app: 1,
+            name: "j".into(),
+            action: "count".into(),
+            tenant: "default".into(),
+            stages: vec![StageInfo {
+                index: 0,
+                parents: vec![],
+                partitions: 1,
+                name: "text_file".into(),
+                shuffle_write: false,
+            }],
+        });
+        st.apply(&Event::TaskStarted {
+            at_ms: 10,
+            attempt: attempt(0),
+            executor: ExecutorId(1),
+            speculative: false,
+        });
+        assert_eq!(st.jobs[&1].stages[0].state(), "running");
+        st.apply(&Event::ExecutorRemoved {
+            at_ms: 20,
+            executor: ExecutorId(1),
+            reason: "lost: no heartbeat for 1s".into(),
+        });
+        assert_eq!(st.executors[&1].state, "lost");
+        assert_eq!(st.jobs[&1].stages[0].tasks[0].state, "lost");
+        st.apply(&Event::TaskStarted {
+            at_ms: 30,
+            attempt: attempt(1),
+            executor: ExecutorId(2),
+            speculative: false,
+        });
+        st.apply(&Event::TaskEnded {
+            at_ms: 50,
+            attempt: attempt(1),
+            executor: ExecutorId(2),
+            outcome: TaskOutcome::Succeeded,
+            metrics: TaskMetrics::default(),
+        });
+        st.apply(&Event::StageCompleted {
+            at_ms: 50,
+            stage: StageId {
+                job: JobId(1),
+                index: 0,
+            },
+            map_output_bytes: None,
+        });
+        let s = &st.jobs[&1].stages[0];
+        assert_eq!(s.state(), "done");
+        assert_eq!(s.partitions_done(), 1);
+        assert_eq!(
+            s.counts(),
+            TaskCounts {
+                succeeded: 1,
+                lost: 1,
+                ..Default::default()
+            }
+        );
+        assert_eq!(s.durations().unwrap().median, 20);
+        assert_eq!(st.executors[&2].tasks_succeeded, 1);
     }
 }
