@@ -439,6 +439,13 @@ impl ClusterLoop {
                     }
                 }
                 Command::CommitTask { attempt } => self.commit_task(attempt),
+                Command::StageStarted { stage, attempt } => {
+                    self.sink.emit(ev::Event::StageStarted {
+                        at_ms: wall_ms(),
+                        stage,
+                        attempt,
+                    })
+                }
                 Command::StageCompleted {
                     stage,
                     map_output_bytes,

@@ -90,6 +90,12 @@ pub enum Event {
         outcome: TaskOutcome,
         metrics: TaskMetrics,
     },
+    /// A stage's parents are done: its tasks may run. Again after lost input (`attempt`).
+    StageStarted {
+        at_ms: u64,
+        stage: StageId,
+        attempt: u32,
+    },
     /// A stage finished; for a map stage, the bytes of map output the driver tracks for
     /// it (one registered output per partition).
     StageCompleted {
@@ -115,6 +121,7 @@ impl Event {
             | Event::JobStarted { at_ms, .. }
             | Event::TaskStarted { at_ms, .. }
             | Event::TaskEnded { at_ms, .. }
+            | Event::StageStarted { at_ms, .. }
             | Event::StageCompleted { at_ms, .. }
             | Event::JobEnded { at_ms, .. } => *at_ms,
         }
@@ -129,7 +136,9 @@ impl Event {
             Event::TaskStarted { attempt, .. } | Event::TaskEnded { attempt, .. } => {
                 Some(attempt.task.stage.job)
             }
-            Event::StageCompleted { stage, .. } => Some(stage.job),
+            Event::StageCompleted { stage, .. } | Event::StageStarted { stage, .. } => {
+                Some(stage.job)
+            }
             _ => None,
         }
     }

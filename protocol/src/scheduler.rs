@@ -139,6 +139,12 @@ pub enum Command {
     CleanJob {
         job: JobId,
     },
+    /// `stage` can run now (its parents are done); `attempt` counts its restarts after
+    /// lost input.
+    StageStarted {
+        stage: StageId,
+        attempt: u32,
+    },
     /// Every task of `stage` has succeeded. For a map stage, `map_output_bytes` is the
     /// total size of the map outputs now registered for it.
     StageCompleted {
@@ -896,6 +902,12 @@ impl Scheduler {
                 }
                 stage.status = StageStatus::Done;
             } else if parents_done {
+                if stage.status != StageStatus::Running {
+                    self.commands.push_back(Command::StageStarted {
+                        stage: id,
+                        attempt: stage.attempt,
+                    });
+                }
                 stage.status = StageStatus::Running;
                 for (p, t) in stage.tasks.iter().enumerate() {
                     if !t.done && t.running.is_empty() {
@@ -1776,9 +1788,16 @@ mod tests {
             ..Default::default()
         };
         s.submit_job(J, two_stage_dag(1, 1), policy);
+        assert_eq!(
+            drain(&mut s),
+            vec![Command::StageStarted {
+                stage: StageId { job: J, index: 0 },
+                attempt: 0
+            }]
+        );
         s.tick(10);
         s.tick(900);
-        assert!(drain(&mut s).is_empty());
+        assert!(drain(&mut s).is_empty(), "still waiting");
         s.tick(1010);
         let failure = failed_job(&drain(&mut s)).expect("timed out");
         assert!(

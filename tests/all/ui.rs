@@ -153,6 +153,11 @@ fn live_ui_history_replay_metrics_and_a_browser_agree_on_a_multi_stage_job() {
     assert_eq!(stages[0]["partitions"], 6);
     assert_eq!(stages[1]["partitions"], 3);
     assert_eq!(stages[1]["parents"], serde_json::json!([0]));
+    assert!(
+        stages[1]["started_ms"].as_u64() >= stages[0]["completed_ms"].as_u64()
+            && stages[0]["completed_ms"].as_u64().is_some(),
+        "the reduce stage starts after the map stage ends: {job1:#}"
+    );
     let map = api(&ui, "/api/v1/jobs/1/stages/0");
     let tasks = map["tasks"].as_array().unwrap();
     assert_eq!(tasks.len(), 6, "{map:#}");

@@ -343,7 +343,11 @@ pub fn executors(st: &UiState, live: bool, now: u64) -> String {
             sw = bytes(e.shuffle_write_bytes),
             sr = bytes(e.shuffle_read_bytes),
             seen = ms(now.saturating_sub(e.last_seen_ms)),
-            state = esc(&e.state),
+            state = if e.state == "alive" && !e.exclusions.is_empty() {
+                "excluded".to_string()
+            } else {
+                esc(&e.state)
+            },
         ));
     }
     let body = format!(

@@ -266,7 +266,8 @@ fn stage_summary(s: &StageView, now: u64) -> serde_json::Value {
         "duration_ms_quantiles": s.durations(),
         "totals": s.totals(),
         "map_output_bytes": s.map_output_bytes,
-        "started_ms": s.tasks.iter().map(|t| t.started_ms).min(),
+        "started_ms": s.started_ms,
+        "attempt": s.attempt,
         "completed_ms": s.completed_ms,
         "running_for_ms": s.tasks.iter().filter(|t| t.state == "running").map(|t| t.duration_ms(now)).max(),
     })

@@ -64,6 +64,9 @@ impl JobView {
 pub struct StageView {
     #[serde(flatten)]
     pub info: StageInfo,
+    /// When it (last) became runnable, and how many times it restarted after lost input.
+    pub started_ms: Option<u64>,
+    pub attempt: u32,
     pub completed_ms: Option<u64>,
     /// Map output bytes the driver tracked when the stage (last) completed.
     pub map_output_bytes: Option<u64>,
@@ -296,6 +299,8 @@ impl UiState {
                             .iter()
                             .map(|info| StageView {
                                 info: info.clone(),
+                                started_ms: None,
+                                attempt: 0,
                                 completed_ms: None,
                                 map_output_bytes: None,
                                 tasks: Vec::new(),
@@ -379,6 +384,16 @@ impl UiState {
                     t.error = error;
                     t.ended_ms = Some(*at_ms);
                     t.metrics = metrics.clone();
+                }
+            }
+            Event::StageStarted {
+                at_ms,
+                stage,
+                attempt,
+            } => {
+                if let Some(s) = self.stage_mut(stage.job.0, stage.index) {
+                    s.started_ms = Some(*at_ms);
+                    s.attempt = *attempt;
                 }
             }
             Event::StageCompleted {
