@@ -226,6 +226,7 @@ async fn run_job(cluster: &LocalCluster, wasm: &[u8], args: Vec<String>) -> anyh
         component: wasm.to_vec(),
         args,
         conf: vec![],
+        token: None,
     };
     match client::submit(&cluster.member, &cluster.driver_addr, req, |_| {}).await? {
         Ok(_) => Ok(()),

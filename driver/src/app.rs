@@ -4,11 +4,13 @@
 use crate::cluster::{Event, JobSpec};
 use crate::output::OutputCommit;
 use crate::splits;
+use crate::tenants::{Tenant, Tenants};
 use flint_executor_host::sandbox::{self, ActionRunner, Sandbox, SandboxError, StoreLimits, wit};
 use flint_protocol::conf::Conf;
 use flint_protocol::dag::{StageInput, build_dag};
 use flint_protocol::ids::{JobId, ModuleHash};
 use flint_protocol::plan::{Action, FnRef, LogicalPlan, Node, PlanError};
+use flint_protocol::scheduler::{JobPolicy, Pool};
 use flint_protocol::wire::{AppSummary, SubmitEvent, SubmitRequest, TaskLimits, TaskSuccess};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -23,20 +25,43 @@ pub struct DriverShared {
     /// Component bytes by hash, for executors that have not compiled them yet.
     pub modules: Mutex<HashMap<ModuleHash, Arc<Vec<u8>>>>,
     pub conf: Conf,
+    pub tenants: Tenants,
+    /// Per tenant with `max_jobs_running`, the permits for running actions.
+    job_permits: Mutex<HashMap<String, Arc<tokio::sync::Semaphore>>>,
     next_job: AtomicU64,
     next_app: AtomicU64,
 }
 
 impl DriverShared {
-    pub fn new(events: mpsc::Sender<Event>, sandbox: Arc<Sandbox>, conf: Conf) -> Self {
+    pub fn new(
+        events: mpsc::Sender<Event>,
+        sandbox: Arc<Sandbox>,
+        conf: Conf,
+        tenants: Tenants,
+    ) -> Self {
         DriverShared {
             events,
             sandbox,
             modules: Mutex::new(HashMap::new()),
             conf,
+            tenants,
+            job_permits: Mutex::new(HashMap::new()),
             next_job: AtomicU64::new(1),
             next_app: AtomicU64::new(1),
         }
+    }
+
+    /// Waits until `tenant` may run one more job; the permit ends with the job.
+    async fn job_permit(&self, tenant: &Tenant) -> Option<tokio::sync::OwnedSemaphorePermit> {
+        let max = tenant.max_jobs_running?;
+        let sem = self
+            .job_permits
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(tenant.name.clone())
+            .or_insert_with(|| Arc::new(tokio::sync::Semaphore::new(max.max(1) as usize)))
+            .clone();
+        sem.acquire_owned().await.ok()
     }
 }
 
@@ -98,6 +123,7 @@ struct AppActions {
     name: String,
     /// Directories `save_*` actions wrote.
     outputs: std::sync::Mutex<Vec<String>>,
+    tenant: Tenant,
 }
 
 impl ActionRunner for AppActions {
@@ -146,12 +172,23 @@ impl AppActions {
                 ..
             } = n
             {
+                for p in paths {
+                    self.tenant
+                        .check_path("read", p)
+                        .map_err(|e| fail(e.to_string()))?;
+                }
                 let paths = paths.clone();
                 let min = (*min_partitions).max(cores);
                 let s = tokio::task::spawn_blocking(move || splits::plan(&paths, min, max_split))
                     .await
                     .map_err(|e| fail(e.to_string()))?
                     .map_err(|e| fail(e.to_string()))?;
+                // Each file too: a link inside an allowed directory may point out of it.
+                for split in &s {
+                    self.tenant
+                        .check_path("read", &split.path)
+                        .map_err(|e| fail(e.to_string()))?;
+                }
                 node_splits.insert(i, s);
             }
         }
@@ -168,9 +205,14 @@ impl AppActions {
             }
         }
         let text_output = match &plan.action {
-            Action::SaveAsText { path, .. } => Some(Arc::new(
-                OutputCommit::prepare(path, job).map_err(|e| fail(e.to_string()))?,
-            )),
+            Action::SaveAsText { path, .. } => {
+                self.tenant
+                    .check_path("write", path)
+                    .map_err(|e| fail(e.to_string()))?;
+                Some(Arc::new(
+                    OutputCommit::prepare(path, job).map_err(|e| fail(e.to_string()))?,
+                ))
+            }
             _ => None,
         };
         let max_result = self.conf.bytes("driver.max_result_size");
@@ -187,10 +229,18 @@ impl AppActions {
                 max_result_bytes: max_result,
                 fetch_timeout_ms: self.conf.duration("shuffle.fetch_timeout").as_millis() as u64,
             },
-            policy: self.conf.job_policy(),
+            policy: JobPolicy {
+                pool: Pool {
+                    name: self.tenant.name.clone(),
+                    weight: self.tenant.weight,
+                    min_share: self.tenant.min_share,
+                    max_slots: self.tenant.max_slots,
+                },
+                ..self.conf.job_policy()
+            },
             name: self.name.clone(),
             action: action_name.to_string(),
-            tenant: "default".into(),
+            tenant: self.tenant.name.clone(),
             progress: self.events.clone(),
         };
         let _ = self
@@ -206,6 +256,8 @@ impl AppActions {
                 stage_tasks: dag.stages.iter().map(|s| s.partitions).collect(),
             })
             .await;
+        // A tenant at its max_jobs_running waits here for one of its jobs to end.
+        let _permit = self.shared.job_permit(&self.tenant).await;
         let started = Instant::now();
         let (tx, rx) = oneshot::channel();
         let sent = self
@@ -301,6 +353,7 @@ impl AppActions {
 pub async fn run_application(
     shared: Arc<DriverShared>,
     req: SubmitRequest,
+    tenant: Tenant,
     events: mpsc::Sender<SubmitEvent>,
 ) -> Result<AppSummary, Vec<String>> {
     let started = Instant::now();
@@ -308,6 +361,7 @@ pub async fn run_application(
     let mut conf = shared.conf.clone();
     let job_conf = Conf::from_pairs(&req.conf).map_err(|e| vec![e.to_string()])?;
     conf.overlay(&job_conf);
+    tenant.bound(&mut conf).map_err(|e| vec![e.to_string()])?;
     let name = req.name.clone();
     let bytes = Arc::new(req.component);
     let module = sandbox::hash_bytes(&bytes);
@@ -331,6 +385,7 @@ pub async fn run_application(
         jobs: AtomicU64::new(0),
         name: name.clone(),
         outputs: Default::default(),
+        tenant: tenant.clone(),
     });
     let limits = StoreLimits {
         memory_bytes: conf.bytes("task.memory"),

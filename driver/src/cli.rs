@@ -58,6 +58,9 @@ enum Command {
         /// Compiled-component cache; default STATE_DIR/compiled.
         #[arg(long)]
         cache_dir: Option<PathBuf>,
+        /// Tenants file (TOML, see `flint tenant add`); without one the cluster is open.
+        #[arg(long)]
+        tenants: Option<PathBuf>,
         /// Do not serve the web UI.
         #[arg(long)]
         no_ui: bool,
@@ -87,6 +90,11 @@ enum Command {
         #[command(flatten)]
         settings: Settings,
     },
+    /// Manage the tenants file of a driver.
+    Tenant {
+        #[command(subcommand)]
+        command: TenantCommand,
+    },
     /// Serve the web UI of finished jobs from the event logs in DIR (`--event-log`).
     History {
         dir: PathBuf,
@@ -97,6 +105,9 @@ enum Command {
     Submit {
         #[arg(long)]
         join: PathBuf,
+        /// A file holding this tenant's API token (clusters with tenants require one).
+        #[arg(long)]
+        token_file: Option<PathBuf>,
         job: PathBuf,
         #[command(flatten)]
         settings: Settings,
@@ -104,6 +115,19 @@ enum Command {
         report: Report,
         #[arg(last = true)]
         args: Vec<String>,
+    },
+}
+
+#[derive(Subcommand)]
+enum TenantCommand {
+    /// Add a tenant; prints its new API token once (only its hash is stored).
+    Add {
+        name: String,
+        #[arg(long)]
+        tenants: PathBuf,
+        /// A path prefix the tenant may read and write (repeatable; none: anywhere).
+        #[arg(long = "allowed-path")]
+        allowed_paths: Vec<String>,
     },
 }
 
@@ -240,15 +264,36 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             shutdown_on_signal().cancelled().await;
             Ok(())
         }
+        Command::Tenant {
+            command:
+                TenantCommand::Add {
+                    name,
+                    tenants,
+                    allowed_paths,
+                },
+        } => {
+            let token = crate::tenants::add_tenant(&tenants, &name, allowed_paths)?;
+            eprintln!(
+                "tenant {name} added to {}; its token (shown once, keep it in a file for --token-file):",
+                tenants.display()
+            );
+            println!("{token}");
+            Ok(())
+        }
         Command::Driver {
             listen,
             state_dir,
             cache_dir,
+            tenants,
             no_ui,
             web,
             settings,
         } => {
             let conf = settings.load()?;
+            let tenants = match &tenants {
+                Some(f) => crate::tenants::Tenants::load(f)?,
+                None => Default::default(),
+            };
             std::fs::create_dir_all(&state_dir)
                 .with_context(|| format!("creating state dir {}", state_dir.display()))?;
             let creds = ClusterCredentials::generate()?;
@@ -276,6 +321,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     cache_dir: Some(cache_dir.unwrap_or_else(|| state_dir.join("compiled"))),
                     ui,
                     event_log: web.event_log.clone(),
+                    tenants,
                 },
                 endpoint,
                 shutdown,
@@ -321,6 +367,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Submit {
             join,
+            token_file,
             job,
             settings,
             report,
@@ -330,7 +377,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let cluster = ClusterFile::load(&join)?;
             check_version(&cluster)?;
             let (name, component) = load_job(&job)?;
-            let req = request(name, component, args, &conf);
+            let mut req = request(name, component, args, &conf);
+            if let Some(f) = &token_file {
+                let token = std::fs::read_to_string(f)
+                    .with_context(|| format!("reading token file {}", f.display()))?;
+                req.token = Some(token.trim().to_string());
+            }
             let mut progress = Progress::new();
             let result =
                 client::submit(&cluster.member, &cluster.driver, req, |e| progress.on(e)).await?;
@@ -357,6 +409,7 @@ fn request(name: String, component: Vec<u8>, args: Vec<String>, conf: &Conf) -> 
         component,
         args,
         conf: conf.pairs(),
+        token: None,
     }
 }
 

@@ -11,6 +11,7 @@
 //! - [`splits`], [`output`]: input splits; atomic output commit.
 //! - [`server`]: the driver's QUIC endpoint (executors and submitters connect to it).
 //! - [`client`], [`local`], [`cli`]: submitting, the embedded local cluster, the `flint` CLI.
+//! - [`tenants`]: who may submit (API tokens), their quotas and allowed paths.
 //! - [`ui`]: scheduler events folded into the web UI's state and appended to the event
 //!   log; the UI and its JSON API, live or replayed by `flint history`.
 //!
@@ -26,4 +27,5 @@ pub mod output;
 pub mod progress;
 pub mod server;
 pub mod splits;
+pub mod tenants;
 pub mod ui;

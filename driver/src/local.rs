@@ -55,6 +55,7 @@ impl LocalCluster {
                 cache_dir: None,
                 ui,
                 event_log,
+                tenants: Default::default(),
             },
             driver_ep,
             shutdown.clone(),

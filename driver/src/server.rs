@@ -22,6 +22,8 @@ pub struct DriverConfig {
     pub ui: Option<std::net::TcpListener>,
     /// Append scheduler events here, one JSON-lines file per job.
     pub event_log: Option<PathBuf>,
+    /// Who may submit; open (everyone is `default`) when empty.
+    pub tenants: crate::tenants::Tenants,
 }
 
 #[derive(Debug, Error)]
@@ -52,6 +54,7 @@ pub async fn serve(
     let (events, rx) = mpsc::channel(4096);
     let sched = SchedulerConf {
         executor_timeout_ms: conf.duration("executor.timeout").as_millis() as u64,
+        fair: conf.fair(),
     };
     let tick = conf
         .duration("executor.heartbeat_interval")
@@ -61,7 +64,7 @@ pub async fn serve(
         crate::ui::spawn(listener, sink.clone()).map_err(DriverError::Ui)?;
     }
     let cluster = tokio::spawn(ClusterLoop::new(sched, tick, sink).run(rx));
-    let shared = Arc::new(DriverShared::new(events, sandbox, conf));
+    let shared = Arc::new(DriverShared::new(events, sandbox, conf, config.tenants));
     loop {
         let incoming = tokio::select! {
             _ = shutdown.cancelled() => break,
@@ -185,8 +188,20 @@ async fn handle_connection(
                 let _ = send.finish();
                 return Ok(());
             }
+            // Who is asking, before anything of theirs runs.
+            let tenant = match shared.tenants.authenticate(req.token.as_deref()) {
+                Ok(t) => t,
+                Err(e) => {
+                    tracing::warn!(addr = %conn.remote_address(), "refused a submission: {e}");
+                    net::write_frame(&mut send, &SubmitEvent::Finished(Err(vec![e.to_string()])))
+                        .await?;
+                    let _ = send.finish();
+                    let _ = conn.closed().await;
+                    return Ok(());
+                }
+            };
             let (tx, mut rx) = mpsc::channel::<SubmitEvent>(64);
-            let app = tokio::spawn(run_application(shared, req, tx));
+            let app = tokio::spawn(run_application(shared, req, tenant, tx));
             while let Some(ev) = rx.recv().await {
                 net::write_frame(&mut send, &ev).await?;
             }

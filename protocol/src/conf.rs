@@ -21,6 +21,8 @@ pub enum Kind {
     Number,
     /// A number in (0, 1].
     Fraction,
+    /// `FAIR` or `FIFO`.
+    Mode,
 }
 
 pub struct KeyDef {
@@ -110,6 +112,12 @@ pub const KEYS: &[KeyDef] = &[
         kind: Kind::Duration,
         default: Some("60s"),
         doc: "how long a job waits while no executor can take its tasks",
+    },
+    KeyDef {
+        key: "scheduler.mode",
+        kind: Kind::Mode,
+        default: Some("FAIR"),
+        doc: "FAIR: tenants share slots by weight and min share, FIFO inside a tenant; FIFO: jobs in submission order",
     },
     KeyDef {
         key: "shuffle.fetch_timeout",
@@ -254,6 +262,11 @@ impl Conf {
         self.values.get(key).map(String::as_str).or(def.default)
     }
 
+    /// Whether `key` was given (rather than left at its default).
+    pub fn is_set(&self, key: &str) -> bool {
+        self.values.contains_key(key)
+    }
+
     pub fn bytes(&self, key: &str) -> u64 {
         self.raw(key).and_then(parse_bytes).unwrap_or(0)
     }
@@ -264,6 +277,12 @@ impl Conf {
 
     pub fn count(&self, key: &str) -> Option<u32> {
         self.raw(key).and_then(|v| v.parse().ok())
+    }
+
+    /// `scheduler.mode` is FAIR.
+    pub fn fair(&self) -> bool {
+        self.raw("scheduler.mode")
+            .is_some_and(|v| v.eq_ignore_ascii_case("fair"))
     }
 
     pub fn flag(&self, key: &str) -> bool {
@@ -294,6 +313,7 @@ impl Conf {
                     .unwrap_or(4),
             }),
             executor_wait_timeout_ms: ms("scheduler.executor_wait_timeout"),
+            pool: Default::default(),
         }
     }
 }
@@ -348,6 +368,10 @@ fn check(def: &KeyDef, value: &str) -> Result<(), ConfError> {
             "a whole number above 0",
         ),
         Kind::Bool => (parse_bool(value).is_some(), "true or false"),
+        Kind::Mode => (
+            value.eq_ignore_ascii_case("fair") || value.eq_ignore_ascii_case("fifo"),
+            "FAIR or FIFO",
+        ),
         Kind::Number => (
             value.parse::<f64>().is_ok_and(|n| n.is_finite() && n > 0.0),
             "a number above 0",

@@ -182,12 +182,37 @@ pub struct TaskFailure {
 pub struct SchedulerConf {
     /// Silence after which an executor is declared lost.
     pub executor_timeout_ms: u64,
+    /// FAIR between pools (tenants), FIFO inside each; `false`: FIFO over all jobs.
+    pub fair: bool,
 }
 
 impl Default for SchedulerConf {
     fn default() -> Self {
         SchedulerConf {
             executor_timeout_ms: 120_000,
+            fair: true,
+        }
+    }
+}
+
+/// A tenant's share of the cluster: Spark's scheduler pool.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Pool {
+    pub name: String,
+    pub weight: u32,
+    /// Slots served before any weight counts.
+    pub min_share: u32,
+    /// Concurrent tasks at most.
+    pub max_slots: Option<u32>,
+}
+
+impl Default for Pool {
+    fn default() -> Self {
+        Pool {
+            name: String::new(),
+            weight: 1,
+            min_share: 0,
+            max_slots: None,
         }
     }
 }
@@ -241,6 +266,8 @@ pub struct JobPolicy {
     pub exclusion: Option<Exclusion>,
     /// How long a job may wait while no executor can take its tasks.
     pub executor_wait_timeout_ms: u64,
+    /// The pool (tenant) whose share the job's tasks use.
+    pub pool: Pool,
 }
 
 impl Default for JobPolicy {
@@ -251,6 +278,7 @@ impl Default for JobPolicy {
             speculation: None,
             exclusion: None,
             executor_wait_timeout_ms: 60_000,
+            pool: Pool::default(),
         }
     }
 }
@@ -1033,36 +1061,67 @@ impl Scheduler {
     /// allocation: nothing will change by waiting).
     fn schedule(&mut self) {
         let mut unschedulable: BTreeMap<StageId, TaskId> = BTreeMap::new();
-        let pending: Vec<TaskId> = self.pending.iter().copied().collect();
-        for task_id in pending {
+        // Pending tasks per pool, each queue in (job, stage, partition) order: FIFO inside a
+        // pool. In FIFO mode there is one pool.
+        let mut queues: BTreeMap<String, VecDeque<TaskId>> = BTreeMap::new();
+        let mut pools: BTreeMap<String, Pool> = BTreeMap::new();
+        for task_id in self.pending.iter().copied() {
             let Some(job) = self.jobs.get(&task_id.stage.job) else {
-                self.pending.remove(&task_id);
                 continue;
             };
-            let si = task_id.stage.index as usize;
-            let live: Vec<ExecutorId> = self
-                .executors
+            let pool = if self.conf.fair {
+                job.policy.pool.clone()
+            } else {
+                Pool::default()
+            };
+            queues
+                .entry(pool.name.clone())
+                .or_default()
+                .push_back(task_id);
+            pools.entry(pool.name.clone()).or_insert(pool);
+        }
+        self.pending
+            .retain(|t| self.jobs.contains_key(&t.stage.job));
+        let mut running = self.running_per_pool();
+        loop {
+            // Spark's FairSchedulingAlgorithm: pools below their min share first (least
+            // served first), then the lowest running-to-weight ratio.
+            let next = queues
                 .iter()
-                .filter(|(_, e)| !e.decommissioning)
-                .map(|(id, _)| *id)
-                .collect();
-            if !live.is_empty() && live.iter().all(|id| !job.eligible(si, *id)) {
-                unschedulable.entry(task_id.stage).or_insert(task_id);
-                continue;
-            }
-            if !self.executors.values().any(Executor::has_free_slot) {
-                continue;
-            }
-            let Some(inputs) = self.inputs_of(job, task_id) else {
+                .filter(|(_, q)| !q.is_empty())
+                .map(|(name, _)| name)
+                .min_by(|a, b| {
+                    let rank = |name: &String| {
+                        let p = &pools[name];
+                        let r = *running.get(name.as_str()).unwrap_or(&0) as f64;
+                        let needy = r < p.min_share as f64;
+                        let ratio = if needy {
+                            r / p.min_share.max(1) as f64
+                        } else {
+                            r / p.weight.max(1) as f64
+                        };
+                        (!needy, ratio)
+                    };
+                    let (ra, rb) = (rank(a), rank(b));
+                    ra.0.cmp(&rb.0).then(ra.1.total_cmp(&rb.1)).then(a.cmp(b))
+                })
+                .cloned();
+            let Some(name) = next else { break };
+            let queue = queues.get_mut(&name).expect("chosen from the map");
+            let Some(task_id) = queue.pop_front() else {
                 continue;
             };
-            let task = &job.stages[si].tasks[task_id.partition as usize];
-            let choice = self.pick_executor(job, si, task);
-            let Some(executor) = choice else {
+            let at_cap = pools[&name]
+                .max_slots
+                .is_some_and(|m| *running.get(name.as_str()).unwrap_or(&0) >= m);
+            if at_cap {
+                // The pool has all the slots it may have; its tasks wait.
+                queue.clear();
                 continue;
-            };
-            self.pending.remove(&task_id);
-            self.launch(task_id, executor, inputs, false);
+            }
+            if self.try_launch(task_id, &mut unschedulable) {
+                *running.entry(name).or_default() += 1;
+            }
         }
         let wanted: Vec<TaskId> = self.speculatable.iter().copied().collect();
         for task_id in wanted {
@@ -1116,6 +1175,58 @@ impl Scheduler {
                 format!("{task_id} cannot run: every live executor is excluded for {stage}");
             self.fail_job(stage.job, JobFailure { message, causes });
         }
+    }
+
+    /// Launches pending `task_id` if an executor can take it now; notes a stage no live
+    /// executor may run.
+    fn try_launch(
+        &mut self,
+        task_id: TaskId,
+        unschedulable: &mut BTreeMap<StageId, TaskId>,
+    ) -> bool {
+        let Some(job) = self.jobs.get(&task_id.stage.job) else {
+            self.pending.remove(&task_id);
+            return false;
+        };
+        let si = task_id.stage.index as usize;
+        let mut live = self
+            .executors
+            .iter()
+            .filter(|(_, e)| !e.decommissioning)
+            .map(|(id, _)| *id)
+            .peekable();
+        if live.peek().is_some() && live.all(|id| !job.eligible(si, id)) {
+            unschedulable.entry(task_id.stage).or_insert(task_id);
+            return false;
+        }
+        if !self.executors.values().any(Executor::has_free_slot) {
+            return false;
+        }
+        let Some(inputs) = self.inputs_of(job, task_id) else {
+            return false;
+        };
+        let task = &job.stages[si].tasks[task_id.partition as usize];
+        let Some(executor) = self.pick_executor(job, si, task) else {
+            return false;
+        };
+        self.pending.remove(&task_id);
+        self.launch(task_id, executor, inputs, false);
+        true
+    }
+
+    /// Running attempts per pool, over every executor.
+    fn running_per_pool(&self) -> BTreeMap<String, u32> {
+        let mut out = BTreeMap::new();
+        for e in self.executors.values() {
+            for a in &e.running {
+                let name = match self.jobs.get(&a.task.stage.job) {
+                    Some(j) if self.conf.fair => j.policy.pool.name.clone(),
+                    _ => String::new(),
+                };
+                *out.entry(name).or_insert(0) += 1;
+            }
+        }
+        out
     }
 
     /// Least-loaded executor with a free slot that may run this task: never an excluded
@@ -1465,6 +1576,7 @@ mod tests {
     fn silent_executor_is_declared_lost_after_the_timeout() {
         let mut s = Scheduler::new(SchedulerConf {
             executor_timeout_ms: 1000,
+            fair: true,
         });
         s.executor_added(E1, 1, 0);
         s.executor_added(E2, 1, 0);
@@ -2006,5 +2118,70 @@ mod tests {
         let l = launches(&drain(&mut s));
         assert_eq!(l.len(), 1);
         assert_eq!(l[0].1, E2, "the next stage avoids E1 too");
+    }
+
+    fn pool(name: &str, weight: u32, min_share: u32, max_slots: Option<u32>) -> JobPolicy {
+        JobPolicy {
+            pool: Pool {
+                name: name.into(),
+                weight,
+                min_share,
+                max_slots,
+            },
+            ..Default::default()
+        }
+    }
+
+    /// Tenant A floods the cluster with 50 jobs, then tenant B submits one; returns the
+    /// tenant of each task launched when A's first task finishes.
+    fn flood(fair: bool) -> Vec<u64> {
+        let mut s = Scheduler::new(SchedulerConf {
+            fair,
+            ..Default::default()
+        });
+        s.executor_added(E1, 2, 0);
+        for j in 1..=50 {
+            s.submit_job(JobId(j), two_stage_dag(2, 1), pool("a", 1, 0, None));
+        }
+        s.submit_job(JobId(100), two_stage_dag(2, 1), pool("b", 1, 0, None));
+        let first = launches(&drain(&mut s));
+        assert!(
+            first.iter().all(|l| l.0.task.stage.job.0 <= 50),
+            "A came first"
+        );
+        s.task_succeeded(first[0].0, E1, Some(vec![1]));
+        launches(&drain(&mut s))
+            .iter()
+            .map(|l| l.0.task.stage.job.0)
+            .collect()
+    }
+
+    #[test]
+    fn fair_pools_let_a_small_tenant_in_past_a_flood_and_fifo_does_not() {
+        assert_eq!(flood(true), vec![100], "FAIR: B's job takes the free slot");
+        assert_ne!(flood(false), vec![100], "FIFO: A's queue comes first");
+    }
+
+    #[test]
+    fn a_pool_never_exceeds_its_max_slots_and_min_share_is_served_first() {
+        let mut s = Scheduler::new(SchedulerConf::default());
+        s.submit_job(JobId(1), two_stage_dag(4, 1), pool("capped", 1, 0, Some(1)));
+        s.submit_job(JobId(2), two_stage_dag(4, 1), pool("big", 1, 0, None));
+        s.executor_added(E1, 4, 0);
+        let l = launches(&drain(&mut s));
+        let capped = l.iter().filter(|x| x.0.task.stage.job.0 == 1).count();
+        assert_eq!((capped, l.len()), (1, 4), "{l:?}");
+
+        // With weights equal, a pool below its min share goes first.
+        let mut s = Scheduler::new(SchedulerConf::default());
+        s.submit_job(JobId(1), two_stage_dag(4, 1), pool("a", 10, 0, None));
+        s.submit_job(JobId(2), two_stage_dag(4, 1), pool("b", 1, 2, None));
+        s.executor_added(E1, 3, 0);
+        let l = launches(&drain(&mut s));
+        let b = l.iter().filter(|x| x.0.task.stage.job.0 == 2).count();
+        assert_eq!(
+            b, 2,
+            "b gets its min share of 2 before a's weight counts: {l:?}"
+        );
     }
 }

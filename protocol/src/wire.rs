@@ -279,6 +279,8 @@ pub struct SubmitRequest {
     pub args: Vec<String>,
     /// `--conf` settings for this application, already validated by the submitter.
     pub conf: Vec<(String, String)>,
+    /// The tenant's API token, where the cluster has tenants.
+    pub token: Option<String>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
