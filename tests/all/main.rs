@@ -5,6 +5,7 @@ mod chaos;
 mod cluster;
 mod faults;
 mod multiprocess;
+mod tenants;
 mod ui;
 mod util;
 mod wordcount;
