@@ -242,6 +242,7 @@ impl AppActions {
             action: action_name.to_string(),
             tenant: self.tenant.name.clone(),
             progress: self.events.clone(),
+            shuffle_secret: rand::random(),
         };
         let _ = self
             .events

@@ -36,6 +36,8 @@ pub struct JobSpec {
     pub tenant: String,
     /// The submitter's stream: stage progress goes there.
     pub progress: mpsc::Sender<SubmitEvent>,
+    /// The job's shuffle capability (random): only its own tasks can fetch its segments.
+    pub shuffle_secret: [u8; 16],
 }
 
 /// Per result partition, the committed attempt's output.
@@ -589,6 +591,7 @@ impl ClusterLoop {
         };
         let desc = TaskDescriptor {
             attempt,
+            shuffle_secret: job.spec.shuffle_secret,
             module: job.spec.module,
             input,
             ops: stage.ops.clone(),

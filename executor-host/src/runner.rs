@@ -202,6 +202,7 @@ async fn run(
                 .clamp(1 << 20, u32::MAX as u64);
             let permits = Arc::new(Semaphore::new(budget as usize));
             let limit = std::time::Duration::from_millis(desc.limits.fetch_timeout_ms.max(1));
+            let secret = desc.shuffle_secret;
             let (tx, mut rx) = mpsc::channel(segments.len().max(1));
             // Fetch with bounded bytes in flight: a segment's permits are held until the
             // guest has consumed it.
@@ -215,7 +216,7 @@ async fn run(
                     };
                     let r = match tokio::time::timeout(
                         limit,
-                        fetcher.fetch(job, shuffle, reduce, &src),
+                        fetcher.fetch(job, shuffle, reduce, &src, secret),
                     )
                     .await
                     {
@@ -409,11 +410,14 @@ impl Sink {
                 };
                 let store = env.shuffle.clone();
                 let (job, map) = (desc.attempt.task.stage.job, desc.attempt.task.partition);
-                let sizes =
-                    tokio::task::spawn_blocking(move || store.write(job, shuffle, map, &segments))
-                        .await
-                        .map_err(|e| io_err(e.to_string()))?
-                        .map_err(|e| io_err(e.to_string()))?;
+                let secret = desc.shuffle_secret;
+                let sizes = tokio::task::spawn_blocking(move || {
+                    store.grant(job, secret)?;
+                    store.write(job, shuffle, map, &segments)
+                })
+                .await
+                .map_err(|e| io_err(e.to_string()))?
+                .map_err(|e| io_err(e.to_string()))?;
                 m.shuffle_write_bytes = sizes.iter().sum();
                 TaskSuccess::MapOutput { sizes }
             }

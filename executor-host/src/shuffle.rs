@@ -25,16 +25,48 @@ pub enum ShuffleError {
     Corrupt { path: PathBuf, what: String },
     #[error("reduce partition {reduce} out of range: the map output has {partitions}")]
     OutOfRange { reduce: u32, partitions: u32 },
+    #[error("refused: the request does not hold the capability of {0}'s shuffle data")]
+    Forbidden(JobId),
 }
+
+/// A job's shuffle capability: random, known to the driver and to the job's tasks only.
+pub type ShuffleSecret = [u8; 16];
 
 pub struct ShuffleStore {
     root: PathBuf,
+    /// Per job with outputs here, the capability a fetch must present.
+    secrets: Mutex<HashMap<JobId, ShuffleSecret>>,
 }
 
 impl ShuffleStore {
     pub fn new(work_dir: &Path) -> ShuffleStore {
         ShuffleStore {
             root: work_dir.join("shuffle"),
+            secrets: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn secrets(&self) -> std::sync::MutexGuard<'_, HashMap<JobId, ShuffleSecret>> {
+        self.secrets.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Records `job`'s capability when its first map output lands here; a task of the same
+    /// job id with another capability is refused.
+    pub fn grant(&self, job: JobId, secret: ShuffleSecret) -> Result<(), ShuffleError> {
+        let mut s = self.secrets();
+        let held = s.entry(job).or_insert(secret);
+        if same(held, &secret) {
+            Ok(())
+        } else {
+            Err(ShuffleError::Forbidden(job))
+        }
+    }
+
+    /// Whether `secret` is `job`'s capability (compared in constant time).
+    pub fn check(&self, job: JobId, secret: &ShuffleSecret) -> Result<(), ShuffleError> {
+        match self.secrets().get(&job) {
+            Some(held) if same(held, secret) => Ok(()),
+            _ => Err(ShuffleError::Forbidden(job)),
         }
     }
 
@@ -132,8 +164,13 @@ impl ShuffleStore {
     }
 
     pub fn remove_job(&self, job: JobId) {
+        self.secrets().remove(&job);
         let _ = std::fs::remove_dir_all(self.root.join(job.0.to_string()));
     }
+}
+
+fn same(a: &ShuffleSecret, b: &ShuffleSecret) -> bool {
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 /// Serves segment fetches on one peer connection until it closes.
@@ -154,6 +191,7 @@ pub async fn serve_connection(
                 }
             };
             let data = tokio::task::spawn_blocking(move || {
+                store.check(req.job, &req.secret)?;
                 store.read(
                     req.job,
                     req.shuffle,
@@ -215,6 +253,7 @@ impl Fetcher {
         shuffle: ShuffleId,
         reduce: u32,
         src: &SegmentSource,
+        secret: ShuffleSecret,
     ) -> Result<(Vec<u8>, bool), FetchError> {
         let fail = |source: Box<dyn std::error::Error + Send + Sync>| FetchError {
             executor: src.executor,
@@ -225,10 +264,13 @@ impl Fetcher {
         if src.executor == self.me {
             let store = self.store.clone();
             let map = src.map_partition;
-            let data = tokio::task::spawn_blocking(move || store.read(job, shuffle, map, reduce))
-                .await
-                .map_err(|e| fail(Box::new(e)))?
-                .map_err(|e| fail(Box::new(e)))?;
+            let data = tokio::task::spawn_blocking(move || {
+                store.check(job, &secret)?;
+                store.read(job, shuffle, map, reduce)
+            })
+            .await
+            .map_err(|e| fail(Box::new(e)))?
+            .map_err(|e| fail(Box::new(e)))?;
             return Ok((data, false));
         }
         let conn = self
@@ -237,6 +279,7 @@ impl Fetcher {
             .map_err(|e| fail(Box::new(e)))?;
         let req = FetchSegment {
             job,
+            secret,
             shuffle,
             map_partition: src.map_partition,
             reduce_partition: reduce,

@@ -100,6 +100,8 @@ pub enum FromExecutor {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct TaskDescriptor {
     pub attempt: TaskAttemptId,
+    /// The job's shuffle capability: map outputs are filed under it, fetches present it.
+    pub shuffle_secret: [u8; 16],
     pub module: ModuleHash,
     pub input: TaskInput,
     pub ops: Vec<FnRef>,
@@ -262,6 +264,8 @@ pub struct FetchModule {
 #[derive(Debug, Serialize, Deserialize)]
 pub struct FetchSegment {
     pub job: JobId,
+    /// The job's shuffle capability; the serving executor refuses a request without it.
+    pub secret: [u8; 16],
     pub shuffle: ShuffleId,
     pub map_partition: u32,
     pub reduce_partition: u32,

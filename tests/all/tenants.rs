@@ -17,11 +17,7 @@ fn add_tenant(file: &Path, name: &str, allowed: &[&Path]) -> String {
     String::from_utf8(out.stdout).unwrap().trim().to_string()
 }
 
-fn submit_with(
-    join: &Path,
-    token: Option<&Path>,
-    args: &[&Path],
-) -> (bool, String) {
+fn submit_with(join: &Path, token: Option<&Path>, args: &[&Path]) -> (bool, String) {
     let mut cmd = flint();
     cmd.args(["submit", "--join"]).arg(join);
     if let Some(t) = token {
@@ -87,7 +83,10 @@ fn only_known_tenants_run_and_only_inside_their_paths() {
     let (ok, err) = submit_with(&forged_join, Some(&alice_token), &save);
     assert!(!ok, "{err}");
     assert!(
-        err.to_lowercase().contains("certificate") || err.contains("handshake") || err.contains("TLS") || err.contains("connect"),
+        err.to_lowercase().contains("certificate")
+            || err.contains("handshake")
+            || err.contains("TLS")
+            || err.contains("connect"),
         "{err}"
     );
     assert!(!cluster.driver_log().contains("application started"));
@@ -146,7 +145,9 @@ fn small_job_during_a_flood(mode: &str) -> (u64, bool) {
         c
     });
     let ui = cluster
-        .wait_for(Duration::from_secs(30), |l| l.text.contains("flint web UI at"))
+        .wait_for(Duration::from_secs(30), |l| {
+            l.text.contains("flint web UI at")
+        })
         .map(|l| l.text.split("http://").nth(1).unwrap().trim().to_string())
         .unwrap();
     cluster.add_executor(&[]);
@@ -169,7 +170,9 @@ fn small_job_during_a_flood(mode: &str) -> (u64, bool) {
         .stderr(Stdio::piped());
     let mut flood = Guard(flood.spawn().unwrap());
     cluster
-        .wait_for(Duration::from_secs(60), |l| l.text.contains("task succeeded"))
+        .wait_for(Duration::from_secs(60), |l| {
+            l.text.contains("task succeeded")
+        })
         .expect("the flood runs");
     let small_input = tmp.path().join("small.txt");
     std::fs::write(&small_input, "one line\n").unwrap();
