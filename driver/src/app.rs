@@ -228,6 +228,7 @@ impl AppActions {
                 max_bytes_in_flight: self.conf.bytes("shuffle.max_bytes_in_flight"),
                 max_result_bytes: max_result,
                 fetch_timeout_ms: self.conf.duration("shuffle.fetch_timeout").as_millis() as u64,
+                max_output_bytes: self.conf.bytes("task.max_output_bytes"),
             },
             policy: JobPolicy {
                 pool: Pool {
@@ -390,7 +391,8 @@ pub async fn run_application(
     });
     let limits = StoreLimits {
         memory_bytes: conf.bytes("task.memory"),
-        deadline: None,
+        deadline: Some(conf.duration("driver.main_deadline")),
+        deadline_setting: "driver.main_deadline",
         output_bytes: conf.bytes("driver.max_main_output") as usize,
     };
     let mut store = shared.sandbox.store(&limits, Some(actions.clone()));

@@ -119,6 +119,7 @@ async fn run(
     let limits = StoreLimits {
         memory_bytes: desc.limits.memory_bytes,
         deadline: Some(std::time::Duration::from_millis(desc.limits.deadline_ms)),
+        deadline_setting: "task.deadline",
         output_bytes: GUEST_OUTPUT_CAP,
     };
     let mut store = env.sandbox.store(&limits, None);
@@ -185,7 +186,7 @@ async fn run(
                 m.input_records += batch.rows;
                 m.input_bytes += batch.bytes;
                 let chunks = guest.push(batch.ipc).await?;
-                sink.accept(chunks, m)?;
+                sink.accept(chunks, m, desc.limits.max_output_bytes)?;
             }
             let _ = reader.await;
         }
@@ -255,12 +256,12 @@ async fn run(
                 m.input_bytes += data.len() as u64;
                 let chunks = guest.push(data).await?;
                 drop(permit);
-                sink.accept(chunks, m)?;
+                sink.accept(chunks, m, desc.limits.max_output_bytes)?;
             }
         }
     }
     let chunks = guest.finish().await?;
-    sink.accept(chunks, m)?;
+    sink.accept(chunks, m, desc.limits.max_output_bytes)?;
     m.peak_memory_bytes = guest.store.data().peak_memory();
     sink.complete(env, desc, m).await
 }
@@ -316,9 +317,19 @@ impl Sink {
         &mut self,
         chunks: Vec<wit_task::Chunk>,
         m: &mut TaskMetrics,
+        max_output: u64,
     ) -> Result<(), TaskError> {
         for c in chunks {
             m.output_records += c.rows;
+            m.output_bytes += c.ipc.len() as u64;
+            if m.output_bytes > max_output {
+                return Err(err(
+                    TaskErrorKind::Limit,
+                    vec![format!(
+                        "the task's output exceeds task.max_output_bytes ({max_output} bytes)"
+                    )],
+                ));
+            }
             match self {
                 Sink::Shuffle { segments } => {
                     let n = segments.len();

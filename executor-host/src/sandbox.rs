@@ -118,16 +118,22 @@ pub enum LimitHit {
         "memory limit hit: the guest asked for {desired} bytes of memory, over its cap of {cap} bytes (task.memory)"
     )]
     Memory { cap: u64, desired: u64 },
-    #[error("deadline hit: the guest ran past its budget of {0:?} (task.deadline)")]
-    Deadline(Duration),
+    #[error("deadline hit: the guest ran past its budget of {budget:?} ({setting})")]
+    Deadline {
+        budget: Duration,
+        /// The setting that gave the budget.
+        setting: &'static str,
+    },
 }
 
 /// Settings of one store.
 #[derive(Clone, Debug)]
 pub struct StoreLimits {
     pub memory_bytes: u64,
-    /// `None`: no deadline (the driver program of an iterative job may run long).
+    /// `None`: no deadline.
     pub deadline: Option<Duration>,
+    /// The setting the deadline comes from, named when it is hit.
+    pub deadline_setting: &'static str,
     /// Cap on captured stdout and on captured stderr, each.
     pub output_bytes: usize,
 }
@@ -412,11 +418,18 @@ impl Sandbox {
     }
 
     fn link(&self, hash: ModuleHash, component: &Component) -> Result<LoadedJob, SandboxError> {
-        check_interface(&self.engine, component)?;
+        // The most telling error first: a job built for another interface version (which
+        // would also import what this host lacks), then imports this host does not
+        // provide, then a component that is no job at all.
+        let interface = check_interface(&self.engine, component);
+        if let Err(e @ SandboxError::InterfaceVersion { .. }) = interface {
+            return Err(e);
+        }
         let pre = self
             .linker
             .instantiate_pre(component)
             .map_err(|e| SandboxError::UnknownImports(format!("{e:#}")))?;
+        interface?;
         let pre = FlintJobPre::new(pre).map_err(|e| SandboxError::NotAJob {
             exports: format!("{e:#}"),
         })?;
@@ -454,10 +467,13 @@ impl Sandbox {
         );
         store.limiter(|s| &mut s.limiter);
         let budget = limits.deadline;
+        let setting = limits.deadline_setting;
         let deadline = budget.map(|b| Instant::now() + b);
         store.set_epoch_deadline(1);
         store.epoch_deadline_callback(move |_| match (deadline, budget) {
-            (Some(d), Some(b)) if Instant::now() >= d => Err(LimitHit::Deadline(b).into()),
+            (Some(d), Some(budget)) if Instant::now() >= d => {
+                Err(LimitHit::Deadline { budget, setting }.into())
+            }
             // Yield at every tick so that a long guest computation never holds a runtime
             // thread hostage (heartbeats and shuffle serving share it).
             _ => Ok(UpdateDeadline::Yield(1)),
@@ -499,6 +515,16 @@ pub fn classify(err: wasmtime::Error, store: &Store<GuestState>) -> SandboxError
         return SandboxError::Limit(hit.clone());
     }
     let message = match err.downcast_ref::<wasmtime::Trap>() {
+        Some(wasmtime::Trap::StackOverflow) => {
+            "stack overflow: the guest exhausted its call stack (deep or unbounded recursion)"
+                .to_string()
+        }
+        // Rust guests keep their stack in linear memory below the data: overflowing it
+        // reads or writes out of bounds.
+        Some(wasmtime::Trap::MemoryOutOfBounds) => {
+            "out-of-bounds memory access (in a Rust guest, most often a stack overflow from deep recursion)"
+                .to_string()
+        }
         Some(trap) => trap.to_string(),
         None => err.to_string(),
     };

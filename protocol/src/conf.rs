@@ -162,6 +162,18 @@ pub const KEYS: &[KeyDef] = &[
         doc: "largest result collect may bring to the driver",
     },
     KeyDef {
+        key: "task.max_output_bytes",
+        kind: Kind::Bytes,
+        default: Some("8g"),
+        doc: "cap on the bytes one task may output (shuffle segments, text, rows)",
+    },
+    KeyDef {
+        key: "driver.main_deadline",
+        kind: Kind::Duration,
+        default: Some("24h"),
+        doc: "wall-clock budget of the driver program, jobs it waits for included",
+    },
+    KeyDef {
         key: "driver.max_main_output",
         kind: Kind::Bytes,
         default: Some("1m"),

@@ -166,6 +166,8 @@ pub struct TaskLimits {
     pub max_result_bytes: u64,
     /// Time to fetch one shuffle segment before it counts as a fetch failure.
     pub fetch_timeout_ms: u64,
+    /// Bytes the task may output in all (shuffle segments, text, rows).
+    pub max_output_bytes: u64,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -232,6 +234,8 @@ pub struct TaskMetrics {
     pub input_records: u64,
     pub input_bytes: u64,
     pub output_records: u64,
+    /// Bytes the guest handed to the host as output (Arrow IPC).
+    pub output_bytes: u64,
     pub shuffle_write_bytes: u64,
     pub shuffle_read_local_bytes: u64,
     /// Bytes fetched from other executors over QUIC.
@@ -247,6 +251,7 @@ impl TaskMetrics {
         self.input_records += o.input_records;
         self.input_bytes += o.input_bytes;
         self.output_records += o.output_records;
+        self.output_bytes += o.output_bytes;
         self.shuffle_write_bytes += o.shuffle_write_bytes;
         self.shuffle_read_local_bytes += o.shuffle_read_local_bytes;
         self.shuffle_read_remote_bytes += o.shuffle_read_remote_bytes;

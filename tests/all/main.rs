@@ -4,6 +4,7 @@ mod bad_input;
 mod chaos;
 mod cluster;
 mod faults;
+mod hostile;
 mod multiprocess;
 mod tenants;
 mod ui;

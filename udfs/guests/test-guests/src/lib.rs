@@ -8,6 +8,12 @@
 //!   whose reduce side sleeps 30 ms per word, so fault tests can strike mid-stage.
 //! - `slow-wordfreq INPUT OUTPUT`: three stages: the slow word count, then how many words
 //!   occur each number of times (`count\twords` lines).
+//! - Hostile guests, each `NAME INPUT` (a count over INPUT whose map misbehaves), except
+//!   `huge-output INPUT OUTPUT` and `spin-in-main`: `spin-in-task` (an endless loop),
+//!   `alloc-in-task` (allocates until the cap), `recurse-in-task` (unbounded recursion),
+//!   `unreachable-in-task` (a Wasm `unreachable`), `divide-by-zero`, `read-passwd`
+//!   (opens /etc/passwd), `open-socket` (connects to 127.0.0.1:22), `huge-output` (writes
+//!   10 KB per input byte), `spin-in-main` (the driver program never returns).
 //! - `straggler INPUT OUTPUT`: a word count whose map tasks sleep 200 ms per line on
 //!   executor 1 only: a slow machine, for speculation.
 
@@ -51,6 +57,64 @@ fn main(ctx: &mut Context) -> Result<()> {
                 .reduce_by_key(|a, b| a + b)
                 .save_as_text(&args[2])?;
         }
+        Some("spin-in-task") => hostile(ctx, &args[1], |l| {
+            let mut x = l.len() as u64;
+            loop {
+                x = std::hint::black_box(x.wrapping_mul(6364136223846793005).wrapping_add(1));
+            }
+        })?,
+        Some("alloc-in-task") => hostile(ctx, &args[1], |l| {
+            let mut hoard: Vec<Vec<u8>> = Vec::new();
+            loop {
+                hoard.push(vec![l.len() as u8; 1 << 20]);
+                std::hint::black_box(&hoard);
+            }
+        })?,
+        Some("recurse-in-task") => hostile(ctx, &args[1], |l| {
+            fn down(n: u64, pad: [u64; 16]) -> u64 {
+                if std::hint::black_box(pad)[0] == u64::MAX {
+                    return 0;
+                }
+                down(n + 1, [n; 16]) + 1
+            }
+            down(l.len() as u64, [0; 16]) as usize
+        })?,
+        Some("unreachable-in-task") => hostile(ctx, &args[1], |l| {
+            if std::hint::black_box(true) {
+                #[cfg(target_arch = "wasm32")]
+                core::arch::wasm32::unreachable();
+                #[cfg(not(target_arch = "wasm32"))]
+                std::process::abort();
+            }
+            l.len()
+        })?,
+        Some("divide-by-zero") => hostile(ctx, &args[1], |l| {
+            let zero = std::hint::black_box(l.len() - l.len());
+            l.len() / zero
+        })?,
+        Some("read-passwd") => hostile(ctx, &args[1], |_| {
+            match std::fs::read_to_string("/etc/passwd") {
+                Ok(s) => panic!("read /etc/passwd: {} bytes", s.len()),
+                Err(e) => panic!("could not read /etc/passwd: {e}"),
+            }
+        })?,
+        Some("open-socket") => hostile(ctx, &args[1], |_| {
+            match std::net::TcpStream::connect("127.0.0.1:22") {
+                Ok(_) => panic!("connected to 127.0.0.1:22"),
+                Err(e) => panic!("could not open a socket: {e}"),
+            }
+        })?,
+        Some("huge-output") => {
+            ctx.text_file(&args[1])?
+                .flat_map(|l: String| vec![l.repeat(10_000); l.len().max(1)])
+                .save_as_text(&args[2])?;
+        }
+        Some("spin-in-main") => {
+            let mut x = 1u64;
+            loop {
+                x = std::hint::black_box(x.wrapping_mul(3));
+            }
+        }
         Some("straggler") => {
             ctx.text_file(&args[1])?
                 .flat_map(|line: String| {
@@ -89,4 +153,15 @@ fn slow_counts(ctx: &mut Context, input: &str) -> Result<flint::Dataset<(String,
             sleep_ms(30);
             kv
         }))
+}
+
+/// A count over `input` whose map runs `f` on each line.
+fn hostile<F: Fn(String) -> usize + Copy + 'static>(
+    ctx: &mut Context,
+    input: &str,
+    f: F,
+) -> Result<()> {
+    let n = ctx.text_file(input)?.map(f).count()?;
+    println!("lines: {n}");
+    Ok(())
 }

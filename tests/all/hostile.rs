@@ -1,0 +1,191 @@
+//! The hostile-guest suite: each misbehaving job ends as a clear task error naming what
+//! happened, while another tenant's job runs to a correct result on the same executors,
+//! which keep serving.
+
+use crate::cluster::*;
+use crate::util::*;
+use std::path::Path;
+use std::process::Stdio;
+use std::time::Duration;
+
+/// (scenario, settings for it, what the error must say)
+const HOSTILE: &[(&str, &[&str], &str)] = &[
+    (
+        "spin-in-task",
+        &["task.deadline=1s"],
+        "deadline hit: the guest ran past its budget of 1s (task.deadline)",
+    ),
+    ("alloc-in-task", &["task.memory=64m"], "memory limit hit"),
+    ("recurse-in-task", &[], "stack overflow"),
+    (
+        "unreachable-in-task",
+        &[],
+        "wasm `unreachable` instruction executed",
+    ),
+    ("divide-by-zero", &[], "attempt to divide by zero"),
+    ("read-passwd", &[], "could not read /etc/passwd"),
+    ("open-socket", &[], "could not open a socket"),
+    (
+        "spin-in-main",
+        &["driver.main_deadline=2s"],
+        "(driver.main_deadline)",
+    ),
+];
+
+fn token(tmp: &Path, tenants: &Path, name: &str) -> std::path::PathBuf {
+    let out = run_ok(
+        flint()
+            .args(["tenant", "add", name, "--tenants"])
+            .arg(tenants),
+    );
+    let f = tmp.join(format!("{name}.token"));
+    std::fs::write(&f, out.stdout).unwrap();
+    f
+}
+
+fn submit(
+    join: &Path,
+    token: &Path,
+    job: &Path,
+    conf: &[&str],
+    args: &[&Path],
+) -> std::process::Child {
+    let mut cmd = flint();
+    cmd.args(["submit", "--join"])
+        .arg(join)
+        .arg("--token-file")
+        .arg(token);
+    for c in conf {
+        cmd.args(["--conf", c]);
+    }
+    cmd.arg(job)
+        .arg("--")
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+#[test]
+fn hostile_guests_fail_clearly_while_another_tenant_s_job_succeeds() {
+    let tmp = tempfile::tempdir().unwrap();
+    let tenants = tmp.path().join("tenants.toml");
+    let hostile = token(tmp.path(), &tenants, "hostile");
+    let good = token(tmp.path(), &tenants, "good");
+    let t = tenants.clone();
+    let mut cluster = ProcCluster::start_with(tmp.path(), "127.0.0.1:0", &[], move |mut c| {
+        c.arg("--tenants").arg(&t);
+        c
+    });
+    cluster.add_executor(&[]);
+    cluster.add_executor(&[]);
+    let join = cluster.join.clone();
+    let good_input = seeded_input(&tmp.path().join("good"), 4, 4, 5, 20);
+    let expected = count_words(&good_input);
+    let small = tmp.path().join("small.txt");
+    std::fs::write(&small, "one line\ntwo lines\n").unwrap();
+    let jobs = Path::new(flint_udfs::TEST_JOBS);
+
+    // Components that are not what they claim: truncated, and importing what Flint does
+    // not provide.
+    let bytes = std::fs::read(jobs).unwrap();
+    let truncated = tmp.path().join("truncated.wasm");
+    std::fs::write(&truncated, &bytes[..bytes.len() / 2]).unwrap();
+    let importer = tmp.path().join("importer.wasm");
+    std::fs::write(
+        &importer,
+        wat::parse_str(
+            r#"(component (import "evil:host/api" (instance (export "steal" (func)))))"#,
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    // A job built against another version of the interface.
+    let other_version = tmp.path().join("other-version.wasm");
+    std::fs::write(
+        &other_version,
+        wat::parse_str(
+            r#"(component
+                (core module $m (func (export "v") (result i32) i32.const 9))
+                (core instance $i (instantiate $m))
+                (func $v (result u32) (canon lift (core func $i "v")))
+                (instance $job (export "interface-version" (func $v)))
+                (export "flint:job/job@9.9.9" (instance $job)))"#,
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    let mut cases: Vec<(String, std::process::Child, String)> = Vec::new();
+    for (name, conf, expect) in HOSTILE {
+        let mut conf = conf.to_vec();
+        conf.push("task.max_failures=1");
+        let child = submit(&join, &hostile, jobs, &conf, &[Path::new(name), &small]);
+        cases.push((name.to_string(), child, expect.to_string()));
+    }
+    let out = tmp.path().join("huge-out");
+    cases.push((
+        "huge-output".into(),
+        submit(
+            &join,
+            &hostile,
+            jobs,
+            &["task.max_failures=1", "task.max_output_bytes=1m"],
+            &[Path::new("huge-output"), &small, &out],
+        ),
+        "task.max_output_bytes".into(),
+    ));
+    cases.push((
+        "truncated".into(),
+        submit(&join, &hostile, &truncated, &[], &[]),
+        "cannot load truncated".into(),
+    ));
+    cases.push((
+        "other interface version".into(),
+        submit(&join, &hostile, &other_version, &[], &[]),
+        "flint:job@9.9.9".into(),
+    ));
+    cases.push((
+        "unknown imports".into(),
+        submit(&join, &hostile, &importer, &[], &[]),
+        "evil:host/api".into(),
+    ));
+
+    // Meanwhile, another tenant's job on the same executors.
+    let good_out = tmp.path().join("good-out");
+    let good_job = submit(
+        &join,
+        &good,
+        jobs,
+        &["shuffle.partitions=3"],
+        &[Path::new("slow-wordcount"), &good_input, &good_out],
+    );
+
+    for (name, child, expect) in cases {
+        let (ok, _, stderr) = wait_child(child, Duration::from_secs(120));
+        assert!(!ok, "{name} should fail");
+        assert!(
+            stderr.contains(&expect),
+            "{name}: expected {expect:?} in:\n{stderr}"
+        );
+        assert!(
+            !stderr.contains("panicked at") || name != "spin-in-task",
+            "{stderr}"
+        );
+    }
+    assert!(!out.exists(), "a failed job leaves no output");
+    let (ok, _, stderr) = wait_child(good_job, Duration::from_secs(120));
+    assert!(ok, "{stderr}\n{}", cluster.driver_log());
+    assert_eq!(read_output(&good_out), expected);
+
+    // Every process is still up and the cluster still runs jobs.
+    assert!(cluster.driver_alive());
+    for (id, e) in cluster.executors.iter_mut() {
+        assert!(e.0.try_wait().unwrap().is_none(), "executor {id} died");
+    }
+    let (ok, stdout, stderr) = wait_child(
+        submit(&join, &good, jobs, &[], &[Path::new("count"), &small]),
+        Duration::from_secs(60),
+    );
+    assert!(ok && stdout.contains("lines: 2"), "{stderr}");
+}
