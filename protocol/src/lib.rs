@@ -17,6 +17,7 @@
 pub mod conf;
 pub mod dag;
 pub mod events;
+pub mod fuzzing;
 pub mod ids;
 pub mod plan;
 pub mod scheduler;
