@@ -108,6 +108,7 @@ fn main() -> anyhow::Result<()> {
     rt.block_on(async {
         let dir = tempfile::tempdir()?;
         let opts = SandboxOptions {
+            fuel: false,
             max_instances: 4,
             max_memory_bytes: 1 << 30,
             cache_dir: Some(dir.path().to_path_buf()),

@@ -229,6 +229,7 @@ impl AppActions {
                 max_result_bytes: max_result,
                 fetch_timeout_ms: self.conf.duration("shuffle.fetch_timeout").as_millis() as u64,
                 max_output_bytes: self.conf.bytes("task.max_output_bytes"),
+                meter_fuel: self.conf.flag("task.meter_fuel") || self.tenant.meter_fuel,
             },
             policy: JobPolicy {
                 pool: Pool {

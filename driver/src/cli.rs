@@ -90,6 +90,21 @@ enum Command {
         #[command(flatten)]
         settings: Settings,
     },
+    /// What a tenant's jobs consumed: from a running driver (`--join`) or from event logs.
+    Usage {
+        #[arg(long)]
+        tenant: String,
+        /// The driver's `cluster.json` (asks its JSON API).
+        #[arg(
+            long,
+            conflicts_with = "event_log",
+            required_unless_present = "event_log"
+        )]
+        join: Option<PathBuf>,
+        /// Event logs to read instead (`--event-log` of the driver).
+        #[arg(long)]
+        event_log: Option<PathBuf>,
+    },
     /// Manage the tenants file of a driver.
     Tenant {
         #[command(subcommand)]
@@ -264,6 +279,31 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             shutdown_on_signal().cancelled().await;
             Ok(())
         }
+        Command::Usage {
+            tenant,
+            join,
+            event_log,
+        } => {
+            let report = match (join, event_log) {
+                (_, Some(dir)) => crate::ui::EventSink::replay(&dir)?.state().usage(&tenant),
+                (Some(join), None) => {
+                    let cluster = ClusterFile::load(&join)?;
+                    let Some(ui) = cluster.ui else {
+                        bail!(
+                            "the driver of {} serves no API (started with --no-ui)",
+                            join.display()
+                        );
+                    };
+                    let path = format!("/api/v1/usage?tenant={tenant}");
+                    let body = tokio::task::spawn_blocking(move || crate::ui::http_get(&ui, &path))
+                        .await??;
+                    serde_json::from_str(&body).context("the driver's usage answer")?
+                }
+                (None, None) => bail!("give --join or --event-log"),
+            };
+            print!("{}", crate::ui::usage_text(&report));
+            Ok(())
+        }
         Command::Tenant {
             command:
                 TenantCommand::Add {
@@ -301,10 +341,16 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 .with_context(|| format!("listening on {listen}"))?;
             let addr = endpoint.local_addr()?;
             let cluster_file = state_dir.join("cluster.json");
+            let ui = if no_ui { None } else { Some(web.bind()?) };
+            let ui_addr = match &ui {
+                Some(l) => Some(l.local_addr()?.to_string()),
+                None => None,
+            };
             ClusterFile {
                 driver: addr.to_string(),
                 protocol_version: flint_protocol::PROTOCOL_VERSION,
                 member: creds.member,
+                ui: ui_addr,
             }
             .save(&cluster_file)
             .with_context(|| format!("writing {}", cluster_file.display()))?;
@@ -312,7 +358,6 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 "flint driver listening on {addr}; members join with {}",
                 cluster_file.display()
             );
-            let ui = if no_ui { None } else { Some(web.bind()?) };
             let shutdown = shutdown_on_signal();
             server::serve(
                 DriverConfig {

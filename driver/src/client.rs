@@ -13,6 +13,9 @@ pub struct ClusterFile {
     pub driver: String,
     pub protocol_version: u32,
     pub member: Identity,
+    /// The driver's web UI and JSON API, when it serves one.
+    #[serde(default)]
+    pub ui: Option<String>,
 }
 
 #[derive(Debug, Error)]

@@ -41,6 +41,7 @@ impl LocalCluster {
         let driver_addr = driver_ep.local_addr()?.to_string();
         // One sandbox for the whole process: a component compiles once, not once per executor.
         let sandbox = Sandbox::new(SandboxOptions {
+            fuel: false,
             max_instances: executors * cores * 2 + 8,
             max_memory_bytes: conf.bytes("task.memory").max(1 << 20),
             cache_dir,

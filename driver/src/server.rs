@@ -45,6 +45,7 @@ pub async fn serve(
     let sandbox = match config.sandbox {
         Some(s) => s,
         None => Sandbox::new(SandboxOptions {
+            fuel: false,
             max_instances: 32,
             max_memory_bytes: 4 << 30,
             cache_dir: config.cache_dir,

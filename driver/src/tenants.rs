@@ -13,6 +13,7 @@
 //! max_result_size = "256m"          # cap on driver.max_result_size
 //! task_deadline = "10m"             # cap on task.deadline
 //! allowed_paths = ["/data/alice/"]  # inputs and outputs must lie below one of these
+//! meter_fuel = true                 # count Wasm instructions of its tasks (flint usage)
 //! ```
 //!
 //! `flint tenant add NAME --tenants FILE` adds a tenant and prints its token once. Without
@@ -90,6 +91,9 @@ pub struct TenantEntry {
     pub task_deadline: Option<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub allowed_paths: Vec<String>,
+    /// Count the fuel of this tenant's tasks (for accounting; slows them).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub meter_fuel: bool,
 }
 
 fn one() -> u32 {
@@ -121,6 +125,7 @@ pub struct Tenant {
     pub task_deadline_ms: Option<u64>,
     /// Empty: anywhere.
     pub allowed_paths: Vec<PathBuf>,
+    pub meter_fuel: bool,
 }
 
 impl Tenant {
@@ -136,6 +141,7 @@ impl Tenant {
             max_result_size: None,
             task_deadline_ms: None,
             allowed_paths: Vec::new(),
+            meter_fuel: false,
         }
     }
 
@@ -334,6 +340,7 @@ impl Tenants {
                     .iter()
                     .map(|p| resolve(Path::new(p)))
                     .collect(),
+                meter_fuel: e.meter_fuel,
             };
             by_hash.push((e.token_sha256.to_ascii_lowercase(), tenant));
         }

@@ -196,6 +196,7 @@ pub async fn serve(
     let sandbox = match config.sandbox.clone() {
         Some(s) => s,
         None => Sandbox::new(SandboxOptions {
+            fuel: false,
             max_instances: config.cores * 2 + 2,
             max_memory_bytes: 4 << 30,
             cache_dir: config.cache_dir.clone(),

@@ -109,8 +109,12 @@ async fn run(
 ) -> Result<TaskSuccess, TaskError> {
     let modules = env.modules.clone();
     let hash = desc.module;
-    let (loaded, info) = env
-        .sandbox
+    let sandbox = if desc.limits.meter_fuel {
+        env.sandbox.metered().map_err(sandbox_err)?
+    } else {
+        env.sandbox.clone()
+    };
+    let (loaded, info) = sandbox
         .load(hash, || async move { modules.fetch(hash).await })
         .await
         .map_err(sandbox_err)?;
@@ -122,7 +126,7 @@ async fn run(
         deadline_setting: "task.deadline",
         output_bytes: GUEST_OUTPUT_CAP,
     };
-    let mut store = env.sandbox.store(&limits, None);
+    let mut store = sandbox.store(&limits, None);
     let t = Instant::now();
     let job = loaded.instantiate(&mut store).await.map_err(sandbox_err)?;
     m.instantiate_us = t.elapsed().as_micros() as u64;
@@ -263,6 +267,7 @@ async fn run(
     let chunks = guest.finish().await?;
     sink.accept(chunks, m, desc.limits.max_output_bytes)?;
     m.peak_memory_bytes = guest.store.data().peak_memory();
+    m.fuel = sandbox.fuel_consumed(&guest.store);
     sink.complete(env, desc, m).await
 }
 

@@ -247,6 +247,9 @@ pub struct SandboxOptions {
     pub max_memory_bytes: u64,
     /// Where compiled components are kept across runs; `None`: memory only.
     pub cache_dir: Option<PathBuf>,
+    /// Count the Wasm instructions guests execute (fuel), for accounting. Costs guest
+    /// speed, so it is a separate engine: see [`Sandbox::metered`].
+    pub fuel: bool,
 }
 
 /// A component compiled and linked, ready to instantiate cheaply.
@@ -270,6 +273,9 @@ pub struct Sandbox {
     linker: Linker<GuestState>,
     cache_dir: Option<PathBuf>,
     loaded: Mutex<HashMap<ModuleHash, Arc<OnceCell<Arc<LoadedJob>>>>>,
+    opts: SandboxOptions,
+    /// The fuel-metering twin, made on first use.
+    metered: std::sync::OnceLock<Arc<Sandbox>>,
 }
 
 impl Sandbox {
@@ -292,6 +298,7 @@ impl Sandbox {
             .epoch_interruption(true)
             .wasm_component_model(true)
             .max_wasm_stack(1 << 20)
+            .consume_fuel(opts.fuel)
             .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
         // `FLINT_WASM_PROFILER=perfmap` names guest functions for `perf` (a developer's
         // switch; it changes no behaviour).
@@ -321,9 +328,34 @@ impl Sandbox {
         Ok(Arc::new(Sandbox {
             engine,
             linker,
-            cache_dir: opts.cache_dir,
+            cache_dir: opts.cache_dir.clone(),
             loaded: Mutex::new(HashMap::new()),
+            opts,
+            metered: std::sync::OnceLock::new(),
         }))
+    }
+
+    /// This sandbox with fuel metering on (itself if it meters already). Components are
+    /// compiled for it separately: metering instruments the code.
+    pub fn metered(self: &Arc<Self>) -> Result<Arc<Sandbox>, SandboxError> {
+        if self.opts.fuel {
+            return Ok(self.clone());
+        }
+        if let Some(m) = self.metered.get() {
+            return Ok(m.clone());
+        }
+        let m = Sandbox::new(SandboxOptions {
+            fuel: true,
+            ..self.opts.clone()
+        })?;
+        Ok(self.metered.get_or_init(|| m).clone())
+    }
+
+    /// Fuel the guest of `store` has burnt, when this sandbox meters it.
+    pub fn fuel_consumed(&self, store: &Store<GuestState>) -> Option<u64> {
+        self.opts
+            .fuel
+            .then(|| u64::MAX - store.get_fuel().unwrap_or(u64::MAX))
     }
 
     /// The compiled component for `hash`; `fetch` is awaited only when neither memory nor
@@ -466,6 +498,10 @@ impl Sandbox {
             },
         );
         store.limiter(|s| &mut s.limiter);
+        if self.opts.fuel {
+            // Metering, not limiting: the count starts at the top and only goes down.
+            let _ = store.set_fuel(u64::MAX);
+        }
         let budget = limits.deadline;
         let setting = limits.deadline_setting;
         let deadline = budget.map(|b| Instant::now() + b);

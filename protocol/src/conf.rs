@@ -162,6 +162,12 @@ pub const KEYS: &[KeyDef] = &[
         doc: "largest result collect may bring to the driver",
     },
     KeyDef {
+        key: "task.meter_fuel",
+        kind: Kind::Bool,
+        default: Some("false"),
+        doc: "count the Wasm instructions tasks execute (fuel), for accounting; slows guests",
+    },
+    KeyDef {
         key: "task.max_output_bytes",
         kind: Kind::Bytes,
         default: Some("8g"),

@@ -168,6 +168,8 @@ pub struct TaskLimits {
     pub fetch_timeout_ms: u64,
     /// Bytes the task may output in all (shuffle segments, text, rows).
     pub max_output_bytes: u64,
+    /// Count the guest's fuel (Wasm instructions) for accounting.
+    pub meter_fuel: bool,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -241,6 +243,8 @@ pub struct TaskMetrics {
     /// Bytes fetched from other executors over QUIC.
     pub shuffle_read_remote_bytes: u64,
     pub peak_memory_bytes: u64,
+    /// Fuel the guest burnt, when its tenant's tasks are metered.
+    pub fuel: Option<u64>,
 }
 
 impl TaskMetrics {
@@ -256,6 +260,10 @@ impl TaskMetrics {
         self.shuffle_read_local_bytes += o.shuffle_read_local_bytes;
         self.shuffle_read_remote_bytes += o.shuffle_read_remote_bytes;
         self.peak_memory_bytes = self.peak_memory_bytes.max(o.peak_memory_bytes);
+        self.fuel = match (self.fuel, o.fuel) {
+            (None, None) => None,
+            (a, b) => Some(a.unwrap_or(0) + b.unwrap_or(0)),
+        };
     }
 }
 

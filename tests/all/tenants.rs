@@ -218,3 +218,67 @@ fn a_flooding_tenant_does_not_starve_another_under_fair_scheduling() {
     let (fifo_wait, _) = small_job_during_a_flood("FIFO");
     eprintln!("small job's task wait during a flood: FAIR {fair_wait} ms, FIFO {fifo_wait} ms");
 }
+
+#[test]
+fn usage_is_accounted_per_tenant_with_fuel_where_metered() {
+    let tmp = tempfile::tempdir().unwrap();
+    let tenants = tmp.path().join("tenants.toml");
+    let alice = tmp.path().join("alice.token");
+    std::fs::write(&alice, add_tenant(&tenants, "alice", &[])).unwrap();
+    let bob = tmp.path().join("bob.token");
+    std::fs::write(&bob, add_tenant(&tenants, "bob", &[])).unwrap();
+    let text = std::fs::read_to_string(&tenants).unwrap();
+    std::fs::write(
+        &tenants,
+        text.replace("[tenants.alice]\n", "[tenants.alice]\nmeter_fuel = true\n"),
+    )
+    .unwrap();
+    let events = tmp.path().join("events");
+    let (t, ev) = (tenants.clone(), events.clone());
+    let mut cluster = ProcCluster::start_with(tmp.path(), "127.0.0.1:0", &[], move |mut c| {
+        c.arg("--tenants").arg(&t).arg("--event-log").arg(&ev);
+        c
+    });
+    cluster.add_executor(&[]);
+    let input = seeded_input(&tmp.path().join("in"), 2, 3, 5, 10);
+    let out = tmp.path().join("out");
+    let (ok, err) = submit_with(
+        &cluster.join,
+        Some(&alice),
+        &[Path::new("slow-wordcount"), &input, &out],
+    );
+    assert!(ok, "{err}");
+    let small = tmp.path().join("small.txt");
+    std::fs::write(&small, "x\n").unwrap();
+    let (ok, err) = submit_with(&cluster.join, Some(&bob), &[Path::new("count"), &small]);
+    assert!(ok, "{err}");
+
+    let usage = |tenant: &str, from: &[&str], path: &Path| {
+        let out = run_ok(
+            flint()
+                .args(["usage", "--tenant", tenant])
+                .args(from)
+                .arg(path),
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let live = usage("alice", &["--join"], &cluster.join);
+    assert!(
+        live.starts_with("tenant alice: 1 job(s), 6 task attempt(s)"),
+        "3 map and 3 reduce tasks: {live}"
+    );
+    let fuel: u64 = live
+        .split("fuel ")
+        .nth(1)
+        .and_then(|r| r.split(',').next())
+        .and_then(|f| f.parse().ok())
+        .unwrap_or_else(|| panic!("alice is metered: {live}"));
+    assert!(fuel > 10_000, "{live}");
+    let bob_usage = usage("bob", &["--join"], &cluster.join);
+    assert!(
+        bob_usage.starts_with("tenant bob: 1 job(s)") && bob_usage.contains("fuel not metered"),
+        "{bob_usage}"
+    );
+    // The event log tells the same.
+    assert_eq!(usage("alice", &["--event-log"], &events), live);
+}

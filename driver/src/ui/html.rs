@@ -266,7 +266,7 @@ pub fn stage(j: &JobView, s: &StageView, live: bool, now: u64) -> String {
     for t in &s.tasks {
         let m = &t.metrics;
         rows.push_str(&format!(
-            r#"<tr class="task"><td class="n">{p}</td><td class="n">{a}{spec}</td><td class="n">{e}</td><td class="{state}">{state}</td><td class="n">{d}</td><td class="n">{ir}</td><td class="n">{ib}</td><td class="n">{sr}</td><td class="n">{sw}</td><td class="n">{load}</td><td class="n">{inst} µs</td><td class="n">{mem}</td><td class="n">–</td><td><pre>{err}</pre></td></tr>"#,
+            r#"<tr class="task"><td class="n">{p}</td><td class="n">{a}{spec}</td><td class="n">{e}</td><td class="{state}">{state}</td><td class="n">{d}</td><td class="n">{ir}</td><td class="n">{ib}</td><td class="n">{sr}</td><td class="n">{sw}</td><td class="n">{load}</td><td class="n">{inst} µs</td><td class="n">{mem}</td><td class="n">{fuel}</td><td><pre>{err}</pre></td></tr>"#,
             p = t.partition,
             a = t.attempt,
             spec = if t.speculative { " (speculative)" } else { "" },
@@ -284,6 +284,7 @@ pub fn stage(j: &JobView, s: &StageView, live: bool, now: u64) -> String {
             },
             inst = m.instantiate_us,
             mem = bytes(m.peak_memory_bytes),
+            fuel = m.fuel.map_or("–".to_string(), |f| f.to_string()),
             err = esc(&t.error.join("\n  caused by: ")),
         ));
     }

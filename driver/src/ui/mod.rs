@@ -8,6 +8,9 @@
 //! - `GET /api/v1/jobs/{job}/stages/{stage}`: one stage with every task attempt and its
 //!   metrics, the duration quantiles and the map output bytes the driver tracked.
 //! - `GET /api/v1/executors`: every executor the driver has seen.
+//! - `GET /api/v1/usage?tenant=NAME`: what a tenant's jobs consumed (task-seconds, fuel
+//!   when metered, peak guest memory, bytes read, shuffled and output), per job and in
+//!   total; without `tenant`, every tenant's.
 //! - `GET /metrics`: Prometheus text format.
 
 mod html;
@@ -202,6 +205,7 @@ pub fn router(sink: Arc<EventSink>) -> Router {
         .route("/api/v1/jobs/{job}", get(job_api))
         .route("/api/v1/jobs/{job}/stages/{stage}", get(stage_api))
         .route("/api/v1/executors", get(executors_api))
+        .route("/api/v1/usage", get(usage_api))
         .route("/metrics", get(metrics))
         .with_state(sink)
 }
@@ -312,6 +316,24 @@ async fn stage_api(
     let mut v = stage_summary(s, now);
     v["tasks"] = json!(s.tasks);
     Json(v).into_response()
+}
+
+#[derive(serde::Deserialize)]
+struct UsageQuery {
+    tenant: Option<String>,
+}
+
+async fn usage_api(
+    State(sink): State<Arc<EventSink>>,
+    axum::extract::Query(q): axum::extract::Query<UsageQuery>,
+) -> Json<serde_json::Value> {
+    let st = sink.state();
+    match q.tenant {
+        Some(t) => Json(json!(st.usage(&t))),
+        None => Json(json!(
+            st.tenants().iter().map(|t| st.usage(t)).collect::<Vec<_>>()
+        )),
+    }
 }
 
 async fn executors_api(State(sink): State<Arc<EventSink>>) -> Json<serde_json::Value> {
@@ -442,4 +464,55 @@ impl Metrics {
         }
         out
     }
+}
+
+/// A plain HTTP/1.0 GET of `path` from `addr`; the body of a 200 answer.
+pub fn http_get(addr: &str, path: &str) -> std::io::Result<String> {
+    use std::io::Read;
+    let mut s = std::net::TcpStream::connect(addr)?;
+    s.set_read_timeout(Some(std::time::Duration::from_secs(30)))?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n")?;
+    let mut text = String::new();
+    s.read_to_string(&mut text)?;
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    if !head.starts_with("HTTP/1.1 200") && !head.starts_with("HTTP/1.0 200") {
+        return Err(std::io::Error::other(format!(
+            "GET http://{addr}{path}: {}",
+            head.lines().next().unwrap_or("no answer")
+        )));
+    }
+    Ok(body.to_string())
+}
+
+/// `flint usage`'s report.
+pub fn usage_text(r: &state::UsageReport) -> String {
+    fn line(u: &state::Usage) -> String {
+        format!(
+            "{} task attempt(s), {:.2} task-seconds, fuel {}, peak guest memory {} bytes, read {} bytes, shuffled {} bytes written / {} read, output {} bytes",
+            u.task_attempts,
+            u.task_seconds,
+            u.fuel.map_or("not metered".to_string(), |f| f.to_string()),
+            u.peak_memory_bytes,
+            u.input_bytes,
+            u.shuffle_write_bytes,
+            u.shuffle_read_bytes,
+            u.output_bytes
+        )
+    }
+    let mut out = format!(
+        "tenant {}: {} job(s), {}\n",
+        r.tenant,
+        r.total.jobs,
+        line(&r.total)
+    );
+    for j in &r.jobs {
+        out.push_str(&format!(
+            "  job {} {} ({}): {}\n",
+            j.job,
+            j.name,
+            j.state,
+            line(&j.usage)
+        ));
+    }
+    out
 }

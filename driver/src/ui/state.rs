@@ -3,7 +3,7 @@
 
 use flint_protocol::events::{Event, StageInfo, TaskOutcome};
 use flint_protocol::wire::TaskMetrics;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
 #[derive(Clone, Debug, Default, Serialize)]
@@ -196,7 +196,104 @@ impl StageView {
     }
 }
 
+/// What a tenant's jobs consumed: every attempt counts, failed and killed ones too.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Usage {
+    pub jobs: u64,
+    pub task_attempts: u64,
+    pub task_seconds: f64,
+    /// Wasm instructions counted, when the tenant's tasks are metered.
+    pub fuel: Option<u64>,
+    pub peak_memory_bytes: u64,
+    pub input_bytes: u64,
+    pub shuffle_write_bytes: u64,
+    pub shuffle_read_bytes: u64,
+    pub output_bytes: u64,
+}
+
+impl Usage {
+    fn add_task(&mut self, m: &TaskMetrics) {
+        self.task_attempts += 1;
+        self.task_seconds += m.run_ms as f64 / 1000.0;
+        if let Some(f) = m.fuel {
+            self.fuel = Some(self.fuel.unwrap_or(0) + f);
+        }
+        self.peak_memory_bytes = self.peak_memory_bytes.max(m.peak_memory_bytes);
+        self.input_bytes += m.input_bytes;
+        self.shuffle_write_bytes += m.shuffle_write_bytes;
+        self.shuffle_read_bytes += m.shuffle_read_local_bytes + m.shuffle_read_remote_bytes;
+        self.output_bytes += m.output_bytes;
+    }
+
+    fn add(&mut self, o: &Usage) {
+        self.jobs += o.jobs;
+        self.task_attempts += o.task_attempts;
+        self.task_seconds += o.task_seconds;
+        if let Some(f) = o.fuel {
+            self.fuel = Some(self.fuel.unwrap_or(0) + f);
+        }
+        self.peak_memory_bytes = self.peak_memory_bytes.max(o.peak_memory_bytes);
+        self.input_bytes += o.input_bytes;
+        self.shuffle_write_bytes += o.shuffle_write_bytes;
+        self.shuffle_read_bytes += o.shuffle_read_bytes;
+        self.output_bytes += o.output_bytes;
+    }
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct JobUsage {
+    pub job: u64,
+    pub name: String,
+    pub state: String,
+    pub usage: Usage,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct UsageReport {
+    pub tenant: String,
+    pub total: Usage,
+    pub jobs: Vec<JobUsage>,
+}
+
 impl UiState {
+    /// Per job and in total, what `tenant`'s jobs consumed.
+    pub fn usage(&self, tenant: &str) -> UsageReport {
+        let mut report = UsageReport {
+            tenant: tenant.to_string(),
+            ..Default::default()
+        };
+        for j in self.jobs.values().filter(|j| j.tenant == tenant) {
+            let mut u = Usage {
+                jobs: 1,
+                ..Default::default()
+            };
+            for t in j
+                .stages
+                .iter()
+                .flat_map(|s| &s.tasks)
+                .filter(|t| t.ended_ms.is_some())
+            {
+                u.add_task(&t.metrics);
+            }
+            report.total.add(&u);
+            report.jobs.push(JobUsage {
+                job: j.id,
+                name: j.name.clone(),
+                state: j.state.clone(),
+                usage: u,
+            });
+        }
+        report
+    }
+
+    /// Tenants that ran jobs here.
+    pub fn tenants(&self) -> Vec<String> {
+        let mut t: Vec<String> = self.jobs.values().map(|j| j.tenant.clone()).collect();
+        t.sort();
+        t.dedup();
+        t
+    }
+
     pub fn apply(&mut self, ev: &Event) {
         match ev {
             Event::ExecutorAdded {
