@@ -312,6 +312,7 @@ impl ClusterLoop {
             executor,
             outcome,
             metrics: status.metrics.clone(),
+            output: status.output.clone(),
         });
         if status.result.is_ok()
             && let Some(job) = self.jobs.get_mut(&attempt.task.stage.job)

@@ -135,6 +135,7 @@ fn killed(attempt: TaskAttemptId, why: &str) -> TaskStatus {
             chain: vec![why.to_string()],
         }),
         metrics: Default::default(),
+        output: Default::default(),
     }
 }
 

@@ -7,8 +7,8 @@ use crate::shuffle::{Fetcher, ShuffleStore};
 use arrow_array::{Array, StringArray};
 use flint_protocol::ids::ModuleHash;
 use flint_protocol::wire::{
-    TaskDescriptor, TaskError, TaskErrorKind, TaskInput, TaskMetrics, TaskOutput, TaskStatus,
-    TaskSuccess,
+    GuestOutput, TaskDescriptor, TaskError, TaskErrorKind, TaskInput, TaskMetrics, TaskOutput,
+    TaskStatus, TaskSuccess,
 };
 use std::future::Future;
 use std::io::Write;
@@ -41,13 +41,29 @@ const GUEST_OUTPUT_CAP: usize = 64 << 10;
 pub async fn run_task(env: &TaskEnv, desc: TaskDescriptor) -> TaskStatus {
     let started = Instant::now();
     let mut metrics = TaskMetrics::default();
-    let result = run(env, &desc, &mut metrics).await;
+    let mut output = GuestOutput::default();
+    let result = run(env, &desc, &mut metrics, &mut output).await;
     metrics.run_ms = started.elapsed().as_millis() as u64;
     TaskStatus {
         attempt: desc.attempt,
         result,
         metrics,
+        output,
     }
+}
+
+/// Guest output kept in a task's status, per stream: the last this many bytes.
+const GUEST_OUTPUT_IN_STATUS: usize = 4096;
+
+fn tail(s: &str, max: usize) -> String {
+    if s.len() <= max {
+        return s.to_string();
+    }
+    let mut at = s.len() - max;
+    while !s.is_char_boundary(at) {
+        at += 1;
+    }
+    format!("…{}", &s[at..])
 }
 
 fn err(kind: TaskErrorKind, chain: Vec<String>) -> TaskError {
@@ -106,6 +122,7 @@ async fn run(
     env: &TaskEnv,
     desc: &TaskDescriptor,
     m: &mut TaskMetrics,
+    output: &mut GuestOutput,
 ) -> Result<TaskSuccess, TaskError> {
     let modules = env.modules.clone();
     let hash = desc.module;
@@ -131,144 +148,154 @@ async fn run(
     let job = loaded.instantiate(&mut store).await.map_err(sandbox_err)?;
     m.instantiate_us = t.elapsed().as_micros() as u64;
     let mut guest = Guest { store, job };
+    let result: Result<TaskSuccess, TaskError> = async {
 
-    let spec = wit_task::TaskSpec {
-        input: match &desc.input {
-            TaskInput::TextSplit { decode, .. } => wit_task::TaskInput::Batches(decode.0),
-            TaskInput::Shuffle { read, .. } => wit_task::TaskInput::Shuffle(read.0),
-        },
-        ops: desc.ops.iter().map(|f| f.0).collect(),
-        output: match &desc.output {
-            TaskOutput::ShuffleWrite {
-                write, partitions, ..
-            } => wit_task::TaskOutput::Shuffle(wit_task::ShuffleWrite {
-                write: write.0,
-                partitions: *partitions,
-            }),
-            TaskOutput::Text { render, .. } => wit_task::TaskOutput::Text(render.0),
-            TaskOutput::Rows { encode } => wit_task::TaskOutput::Rows(encode.0),
-            TaskOutput::Count => wit_task::TaskOutput::Count,
-        },
-        partition: desc.attempt.task.partition,
-        attempt: desc.attempt.attempt,
-        executor: env.fetcher.me().0,
-    };
-    let r = guest
-        .job
-        .flint_job_task()
-        .call_start(&mut guest.store, &spec)
-        .await;
-    guest.unwrap(r)?;
+        let spec = wit_task::TaskSpec {
+            input: match &desc.input {
+                TaskInput::TextSplit { decode, .. } => wit_task::TaskInput::Batches(decode.0),
+                TaskInput::Shuffle { read, .. } => wit_task::TaskInput::Shuffle(read.0),
+            },
+            ops: desc.ops.iter().map(|f| f.0).collect(),
+            output: match &desc.output {
+                TaskOutput::ShuffleWrite {
+                    write, partitions, ..
+                } => wit_task::TaskOutput::Shuffle(wit_task::ShuffleWrite {
+                    write: write.0,
+                    partitions: *partitions,
+                }),
+                TaskOutput::Text { render, .. } => wit_task::TaskOutput::Text(render.0),
+                TaskOutput::Rows { encode } => wit_task::TaskOutput::Rows(encode.0),
+                TaskOutput::Count => wit_task::TaskOutput::Count,
+            },
+            partition: desc.attempt.task.partition,
+            attempt: desc.attempt.attempt,
+            executor: env.fetcher.me().0,
+        };
+        let r = guest
+            .job
+            .flint_job_task()
+            .call_start(&mut guest.store, &spec)
+            .await;
+        guest.unwrap(r)?;
 
-    let mut sink = Sink::new(desc)?;
-    match &desc.input {
-        TaskInput::TextSplit {
-            path, start, end, ..
-        } => {
-            let (tx, mut rx) = mpsc::channel(2);
-            let (path, start, end) = (PathBuf::from(path), *start, *end);
-            // Reading and encoding run on a blocking thread, one batch ahead of the guest.
-            let reader = tokio::task::spawn_blocking(move || {
-                let mut r = match SplitReader::open(&path, start, end) {
-                    Ok(r) => r,
-                    Err(e) => {
-                        let _ = tx.blocking_send(Err(e));
-                        return;
-                    }
-                };
-                loop {
-                    let next = r.next_batch().transpose();
-                    let Some(item) = next else { return };
-                    let failed = item.is_err();
-                    if tx.blocking_send(item).is_err() || failed {
-                        return;
-                    }
-                }
-            });
-            while let Some(item) = rx.recv().await {
-                let batch = item.map_err(|e| io_err(e.to_string()))?;
-                m.input_records += batch.rows;
-                m.input_bytes += batch.bytes;
-                let chunks = guest.push(batch.ipc).await?;
-                sink.accept(chunks, m, desc.limits.max_output_bytes)?;
-            }
-            let _ = reader.await;
-        }
-        TaskInput::Shuffle {
-            shuffle,
-            reduce_partition,
-            segments,
-            ..
-        } => {
-            let job = desc.attempt.task.stage.job;
-            let budget = desc
-                .limits
-                .max_bytes_in_flight
-                .clamp(1 << 20, u32::MAX as u64);
-            let permits = Arc::new(Semaphore::new(budget as usize));
-            let limit = std::time::Duration::from_millis(desc.limits.fetch_timeout_ms.max(1));
-            let secret = desc.shuffle_secret;
-            let (tx, mut rx) = mpsc::channel(segments.len().max(1));
-            // Fetch with bounded bytes in flight: a segment's permits are held until the
-            // guest has consumed it.
-            for src in segments.clone() {
-                let (fetcher, permits, tx) = (env.fetcher.clone(), permits.clone(), tx.clone());
-                let (shuffle, reduce) = (*shuffle, *reduce_partition);
-                tokio::spawn(async move {
-                    let want = src.size.clamp(1, budget) as u32;
-                    let Ok(permit) = permits.acquire_many_owned(want).await else {
-                        return;
-                    };
-                    let r = match tokio::time::timeout(
-                        limit,
-                        fetcher.fetch(job, shuffle, reduce, &src, secret),
-                    )
-                    .await
-                    {
-                        Ok(r) => r.map_err(|e| e.to_string()),
-                        Err(_) => {
-                            fetcher.forget(&src.addr);
-                            Err(format!(
-                                "fetching map output {} from executor {} at {}: no answer within \
-                                 shuffle.fetch_timeout ({})",
-                                src.map_partition,
-                                src.executor.0,
-                                src.addr,
-                                flint_protocol::scheduler::fmt_ms(limit.as_millis() as u64)
-                            ))
+        let mut sink = Sink::new(desc)?;
+        match &desc.input {
+            TaskInput::TextSplit {
+                path, start, end, ..
+            } => {
+                let (tx, mut rx) = mpsc::channel(2);
+                let (path, start, end) = (PathBuf::from(path), *start, *end);
+                // Reading and encoding run on a blocking thread, one batch ahead of the guest.
+                let reader = tokio::task::spawn_blocking(move || {
+                    let mut r = match SplitReader::open(&path, start, end) {
+                        Ok(r) => r,
+                        Err(e) => {
+                            let _ = tx.blocking_send(Err(e));
+                            return;
                         }
                     };
-                    let _ = tx.send((r, permit, src)).await;
+                    loop {
+                        let next = r.next_batch().transpose();
+                        let Some(item) = next else { return };
+                        let failed = item.is_err();
+                        if tx.blocking_send(item).is_err() || failed {
+                            return;
+                        }
+                    }
                 });
-            }
-            drop(tx);
-            while let Some((r, permit, src)) = rx.recv().await {
-                let (data, remote) = r.map_err(|e| {
-                    err(
-                        TaskErrorKind::FetchFailed {
-                            executor: src.executor,
-                            map_partition: src.map_partition,
-                        },
-                        vec![e],
-                    )
-                })?;
-                if remote {
-                    m.shuffle_read_remote_bytes += data.len() as u64;
-                } else {
-                    m.shuffle_read_local_bytes += data.len() as u64;
+                while let Some(item) = rx.recv().await {
+                    let batch = item.map_err(|e| io_err(e.to_string()))?;
+                    m.input_records += batch.rows;
+                    m.input_bytes += batch.bytes;
+                    let chunks = guest.push(batch.ipc).await?;
+                    sink.accept(chunks, m, desc.limits.max_output_bytes)?;
                 }
-                m.input_bytes += data.len() as u64;
-                let chunks = guest.push(data).await?;
-                drop(permit);
-                sink.accept(chunks, m, desc.limits.max_output_bytes)?;
+                let _ = reader.await;
+            }
+            TaskInput::Shuffle {
+                shuffle,
+                reduce_partition,
+                segments,
+                ..
+            } => {
+                let job = desc.attempt.task.stage.job;
+                let budget = desc
+                    .limits
+                    .max_bytes_in_flight
+                    .clamp(1 << 20, u32::MAX as u64);
+                let permits = Arc::new(Semaphore::new(budget as usize));
+                let limit = std::time::Duration::from_millis(desc.limits.fetch_timeout_ms.max(1));
+                let secret = desc.shuffle_secret;
+                let (tx, mut rx) = mpsc::channel(segments.len().max(1));
+                // Fetch with bounded bytes in flight: a segment's permits are held until the
+                // guest has consumed it.
+                for src in segments.clone() {
+                    let (fetcher, permits, tx) = (env.fetcher.clone(), permits.clone(), tx.clone());
+                    let (shuffle, reduce) = (*shuffle, *reduce_partition);
+                    tokio::spawn(async move {
+                        let want = src.size.clamp(1, budget) as u32;
+                        let Ok(permit) = permits.acquire_many_owned(want).await else {
+                            return;
+                        };
+                        let r = match tokio::time::timeout(
+                            limit,
+                            fetcher.fetch(job, shuffle, reduce, &src, secret),
+                        )
+                        .await
+                        {
+                            Ok(r) => r.map_err(|e| e.to_string()),
+                            Err(_) => {
+                                fetcher.forget(&src.addr);
+                                Err(format!(
+                                    "fetching map output {} from executor {} at {}: no answer within \
+                                     shuffle.fetch_timeout ({})",
+                                    src.map_partition,
+                                    src.executor.0,
+                                    src.addr,
+                                    flint_protocol::scheduler::fmt_ms(limit.as_millis() as u64)
+                                ))
+                            }
+                        };
+                        let _ = tx.send((r, permit, src)).await;
+                    });
+                }
+                drop(tx);
+                while let Some((r, permit, src)) = rx.recv().await {
+                    let (data, remote) = r.map_err(|e| {
+                        err(
+                            TaskErrorKind::FetchFailed {
+                                executor: src.executor,
+                                map_partition: src.map_partition,
+                            },
+                            vec![e],
+                        )
+                    })?;
+                    if remote {
+                        m.shuffle_read_remote_bytes += data.len() as u64;
+                    } else {
+                        m.shuffle_read_local_bytes += data.len() as u64;
+                    }
+                    m.input_bytes += data.len() as u64;
+                    let chunks = guest.push(data).await?;
+                    drop(permit);
+                    sink.accept(chunks, m, desc.limits.max_output_bytes)?;
+                }
             }
         }
+        let chunks = guest.finish().await?;
+        sink.accept(chunks, m, desc.limits.max_output_bytes)?;
+        m.peak_memory_bytes = guest.store.data().peak_memory();
+        m.fuel = sandbox.fuel_consumed(&guest.store);
+        sink.complete(env, desc, m).await
     }
-    let chunks = guest.finish().await?;
-    sink.accept(chunks, m, desc.limits.max_output_bytes)?;
-    m.peak_memory_bytes = guest.store.data().peak_memory();
-    m.fuel = sandbox.fuel_consumed(&guest.store);
-    sink.complete(env, desc, m).await
+    .await;
+    // What the guest printed, capped, for the task's record.
+    let data = guest.store.data();
+    *output = GuestOutput {
+        stdout: tail(&data.stdout(), GUEST_OUTPUT_IN_STATUS),
+        stderr: tail(&data.stderr(), GUEST_OUTPUT_IN_STATUS),
+    };
+    result
 }
 
 /// Where a task's output chunks go.

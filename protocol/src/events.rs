@@ -5,7 +5,7 @@
 //! needs, so a log can be replayed alone.
 
 use crate::ids::{ExecutorId, JobId, StageId, TaskAttemptId};
-use crate::wire::TaskMetrics;
+use crate::wire::{GuestOutput, TaskMetrics};
 use serde::{Deserialize, Serialize};
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -89,6 +89,9 @@ pub enum Event {
         executor: ExecutorId,
         outcome: TaskOutcome,
         metrics: TaskMetrics,
+        /// The tails of what the guest printed.
+        #[serde(default)]
+        output: GuestOutput,
     },
     /// A stage's parents are done: its tasks may run. Again after lost input (`attempt`).
     StageStarted {

@@ -177,6 +177,15 @@ pub struct TaskStatus {
     pub attempt: TaskAttemptId,
     pub result: Result<TaskSuccess, TaskError>,
     pub metrics: TaskMetrics,
+    /// What the guest printed (capped tails).
+    pub output: GuestOutput,
+}
+
+/// The tails of a task's captured stdout and stderr.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GuestOutput {
+    pub stdout: String,
+    pub stderr: String,
 }
 
 #[derive(Debug, Serialize, Deserialize)]

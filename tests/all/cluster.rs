@@ -235,6 +235,27 @@ impl ProcCluster {
         self.log.lock().unwrap().join("\n")
     }
 
+    /// The driver's web UI address, from its log.
+    pub fn ui(&self) -> String {
+        let end = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(line) = self
+                .log
+                .lock()
+                .unwrap()
+                .iter()
+                .find(|l| l.contains("flint web UI at http://"))
+            {
+                return line.split("http://").nth(1).unwrap().trim().to_string();
+            }
+            assert!(
+                Instant::now() < end,
+                "the driver never printed its UI address"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// Whether the driver process is still running.
     pub fn driver_alive(&mut self) -> bool {
         self.driver.0.try_wait().unwrap().is_none()

@@ -178,6 +178,26 @@ fn hostile_guests_fail_clearly_while_another_tenant_s_job_succeeds() {
     assert!(ok, "{stderr}\n{}", cluster.driver_log());
     assert_eq!(read_output(&good_out), expected);
 
+    // A task's record keeps what its guest printed: here the panic message.
+    let ui = cluster.ui();
+    let all: serde_json::Value =
+        serde_json::from_str(&crate::ui::get_body(&ui, "/api/v1/jobs")).unwrap();
+    let printed = all.as_array().unwrap().iter().any(|j| {
+        let stage: serde_json::Value = serde_json::from_str(&crate::ui::get_body(
+            &ui,
+            &format!("/api/v1/jobs/{}/stages/0", j["id"]),
+        ))
+        .unwrap_or_default();
+        stage["tasks"].as_array().is_some_and(|ts| {
+            ts.iter().any(|t| {
+                t["output"]["stderr"]
+                    .as_str()
+                    .is_some_and(|e| e.contains("could not read /etc/passwd"))
+            })
+        })
+    });
+    assert!(printed, "the read-passwd task's stderr is in its record");
+
     // Every process is still up and the cluster still runs jobs.
     assert!(cluster.driver_alive());
     for (id, e) in cluster.executors.iter_mut() {
@@ -188,4 +208,26 @@ fn hostile_guests_fail_clearly_while_another_tenant_s_job_succeeds() {
         Duration::from_secs(60),
     );
     assert!(ok && stdout.contains("lines: 2"), "{stderr}");
+
+    // Finished jobs leave no shuffle files behind in the executors' work dirs.
+    let end = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let mut left = Vec::new();
+        for w in std::fs::read_dir(tmp.path()).unwrap().flatten() {
+            let shuffle = w.path().join("shuffle");
+            if w.file_name().to_string_lossy().starts_with("work-") && shuffle.is_dir() {
+                left.extend(
+                    std::fs::read_dir(&shuffle)
+                        .unwrap()
+                        .flatten()
+                        .map(|e| e.path()),
+                );
+            }
+        }
+        if left.is_empty() {
+            break;
+        }
+        assert!(std::time::Instant::now() < end, "left behind: {left:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }

@@ -25,6 +25,11 @@ fn http_get(addr: &str, path: &str) -> (u16, String) {
     (status, body.to_string())
 }
 
+/// The body of a GET.
+pub fn get_body(addr: &str, path: &str) -> String {
+    http_get(addr, path).1
+}
+
 fn api(addr: &str, path: &str) -> Value {
     let (status, body) = http_get(addr, path);
     assert_eq!(status, 200, "GET {path}: {body}");

@@ -266,7 +266,7 @@ pub fn stage(j: &JobView, s: &StageView, live: bool, now: u64) -> String {
     for t in &s.tasks {
         let m = &t.metrics;
         rows.push_str(&format!(
-            r#"<tr class="task"><td class="n">{p}</td><td class="n">{a}{spec}</td><td class="n">{e}</td><td class="{state}">{state}</td><td class="n">{d}</td><td class="n">{ir}</td><td class="n">{ib}</td><td class="n">{sr}</td><td class="n">{sw}</td><td class="n">{load}</td><td class="n">{inst} µs</td><td class="n">{mem}</td><td class="n">{fuel}</td><td><pre>{err}</pre></td></tr>"#,
+            r#"<tr class="task"><td class="n">{p}</td><td class="n">{a}{spec}</td><td class="n">{e}</td><td class="{state}">{state}</td><td class="n">{d}</td><td class="n">{ir}</td><td class="n">{ib}</td><td class="n">{sr}</td><td class="n">{sw}</td><td class="n">{load}</td><td class="n">{inst} µs</td><td class="n">{mem}</td><td class="n">{fuel}</td><td><pre>{err}</pre></td><td><pre>{out}</pre></td></tr>"#,
             p = t.partition,
             a = t.attempt,
             spec = if t.speculative { " (speculative)" } else { "" },
@@ -286,6 +286,12 @@ pub fn stage(j: &JobView, s: &StageView, live: bool, now: u64) -> String {
             mem = bytes(m.peak_memory_bytes),
             fuel = m.fuel.map_or("–".to_string(), |f| f.to_string()),
             err = esc(&t.error.join("\n  caused by: ")),
+            out = esc(&[t.output.stdout.trim_end(), t.output.stderr.trim_end()]
+                .iter()
+                .filter(|s| !s.is_empty())
+                .copied()
+                .collect::<Vec<_>>()
+                .join("\n")),
         ));
     }
     let tracked = s
@@ -296,7 +302,7 @@ pub fn stage(j: &JobView, s: &StageView, live: bool, now: u64) -> String {
         r#"<p><a href="/jobs/{job}">Job {job}</a> · {name} · <span class="{state}">{state}</span> · {done}/{total} partitions done{tracked}</p>
 <table><tr><th>Running</th><th>Succeeded</th><th>Failed</th><th>Fetch failed</th><th>Killed</th><th>Lost</th></tr><tr><td class="n">{cr}</td><td class="n">{cs}</td><td class="n">{cf}</td><td class="n">{cff}</td><td class="n">{ck}</td><td class="n">{cl}</td></tr></table>
 {q}<h2>Duration per attempt</h2>{bars}
-<h2>Tasks</h2><table><tr><th>Partition</th><th>Attempt</th><th>Executor</th><th>State</th><th>Duration</th><th>Input records</th><th>Input bytes</th><th>Shuffle read</th><th>Shuffle write</th><th>Wasm compile / cache</th><th>Instantiate</th><th>Peak guest memory</th><th>Fuel</th><th>Error</th></tr>{rows}</table>"#,
+<h2>Tasks</h2><table><tr><th>Partition</th><th>Attempt</th><th>Executor</th><th>State</th><th>Duration</th><th>Input records</th><th>Input bytes</th><th>Shuffle read</th><th>Shuffle write</th><th>Wasm compile / cache</th><th>Instantiate</th><th>Peak guest memory</th><th>Fuel</th><th>Error</th><th>Guest output</th></tr>{rows}</table>"#,
         job = j.id,
         name = esc(&s.info.name),
         state = s.state(),

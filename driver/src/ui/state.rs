@@ -2,7 +2,7 @@
 //! happens, `flint history` applies a log's events in order. Same fold, same pages.
 
 use flint_protocol::events::{Event, StageInfo, TaskOutcome};
-use flint_protocol::wire::TaskMetrics;
+use flint_protocol::wire::{GuestOutput, TaskMetrics};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
@@ -86,6 +86,8 @@ pub struct TaskView {
     pub state: String,
     pub error: Vec<String>,
     pub metrics: TaskMetrics,
+    /// Tails of the guest's stdout and stderr.
+    pub output: GuestOutput,
 }
 
 impl TaskView {
@@ -429,6 +431,7 @@ impl UiState {
                         state: "running".into(),
                         error: Vec::new(),
                         metrics: TaskMetrics::default(),
+                        output: GuestOutput::default(),
                     };
                     let at = stage
                         .tasks
@@ -442,6 +445,7 @@ impl UiState {
                 executor,
                 outcome,
                 metrics,
+                output,
             } => {
                 let (state, error) = match outcome {
                     TaskOutcome::Succeeded => ("succeeded", Vec::new()),
@@ -481,6 +485,7 @@ impl UiState {
                     t.error = error;
                     t.ended_ms = Some(*at_ms);
                     t.metrics = metrics.clone();
+                    t.output = output.clone();
                 }
             }
             Event::StageStarted {
@@ -623,6 +628,7 @@ mod tests {
             executor: ExecutorId(2),
             outcome: TaskOutcome::Succeeded,
             metrics: TaskMetrics::default(),
+            output: GuestOutput::default(),
         });
         st.apply(&Event::StageCompleted {
             at_ms: 50,
