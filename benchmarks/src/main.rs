@@ -217,6 +217,43 @@ fn main() -> anyhow::Result<()> {
         );
         anyhow::Ok(())
     })?;
+
+    // The sandbox's fuel metering: the same word count with and without it, alternated.
+    rt.block_on(async {
+        let mut times = [0f64; 2];
+        for _round in 0..2 {
+            for (i, fuel) in ["false", "true"].into_iter().enumerate() {
+                let mut conf = Conf::default();
+                conf.set("task.meter_fuel", fuel)?;
+                let cluster = LocalCluster::start(
+                    args.executors,
+                    args.cores,
+                    conf,
+                    Some(cache.path().to_path_buf()),
+                )
+                .await?;
+                let out = tempfile::tempdir()?;
+                let t = Instant::now();
+                run_job(
+                    &cluster,
+                    &wasm,
+                    vec![
+                        corpus.display().to_string(),
+                        out.path().join("o").display().to_string(),
+                    ],
+                )
+                .await?;
+                times[i] += t.elapsed().as_secs_f64() / 2.0;
+            }
+        }
+        println!(
+            "fuel metering: word count {:.2}s without, {:.2}s with ({:.3}x); epoch deadline and memory cap are always on in both",
+            times[0],
+            times[1],
+            times[1] / times[0]
+        );
+        anyhow::Ok(())
+    })?;
     Ok(())
 }
 
