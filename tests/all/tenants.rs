@@ -154,7 +154,7 @@ fn small_job_during_a_flood(mode: &str) -> (u64, bool) {
     cluster.add_executor(&[]);
     let flood_dir = tmp.path().join("flood");
     std::fs::create_dir_all(&flood_dir).unwrap();
-    let flood_input = seeded_input(&flood_dir, 9, 24, 10, 40);
+    let flood_input = seeded_input(&flood_dir, 9, 48, 10, 40);
     let mut flood = flint();
     flood
         .args(["submit", "--join"])
