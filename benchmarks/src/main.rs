@@ -171,7 +171,7 @@ fn main() -> anyhow::Result<()> {
     rt.block_on(async {
         let logs = tempfile::tempdir()?;
         let mut times = [[0f64; 2]; 2];
-        for round in 0..2 {
+        for _round in 0..2 {
             for (i, log) in [None, Some(logs.path().to_path_buf())].into_iter().enumerate() {
                 let cluster = LocalCluster::start_with(
                     args.executors,
@@ -182,18 +182,7 @@ fn main() -> anyhow::Result<()> {
                     log,
                 )
                 .await?;
-                let out = tempfile::tempdir()?;
-                let t = Instant::now();
-                run_job(
-                    &cluster,
-                    &wasm,
-                    vec![
-                        corpus.display().to_string(),
-                        out.path().join("o").display().to_string(),
-                    ],
-                )
-                .await?;
-                times[0][i] += t.elapsed().as_secs_f64() / 2.0;
+                times[0][i] += timed_word_count(&cluster, &wasm, &corpus).await? / 2.0;
                 let t = Instant::now();
                 run_job(
                     &cluster,
@@ -203,7 +192,6 @@ fn main() -> anyhow::Result<()> {
                 .await?;
                 times[1][i] += t.elapsed().as_secs_f64() / 2.0;
             }
-            let _ = round;
         }
         println!(
             "event log: word count {:.2}s without, {:.2}s with ({:.3}x); {} empty tasks {:.2}s without, {:.2}s with ({:.3}x)",
@@ -232,18 +220,7 @@ fn main() -> anyhow::Result<()> {
                     Some(cache.path().to_path_buf()),
                 )
                 .await?;
-                let out = tempfile::tempdir()?;
-                let t = Instant::now();
-                run_job(
-                    &cluster,
-                    &wasm,
-                    vec![
-                        corpus.display().to_string(),
-                        out.path().join("o").display().to_string(),
-                    ],
-                )
-                .await?;
-                times[i] += t.elapsed().as_secs_f64() / 2.0;
+                times[i] += timed_word_count(&cluster, &wasm, &corpus).await? / 2.0;
             }
         }
         println!(
@@ -255,6 +232,26 @@ fn main() -> anyhow::Result<()> {
         anyhow::Ok(())
     })?;
     Ok(())
+}
+
+/// Seconds the word count of `corpus` takes on `cluster` (output to a scratch dir).
+async fn timed_word_count(
+    cluster: &LocalCluster,
+    wasm: &[u8],
+    corpus: &Path,
+) -> anyhow::Result<f64> {
+    let out = tempfile::tempdir()?;
+    let t = Instant::now();
+    run_job(
+        cluster,
+        wasm,
+        vec![
+            corpus.display().to_string(),
+            out.path().join("o").display().to_string(),
+        ],
+    )
+    .await?;
+    Ok(t.elapsed().as_secs_f64())
 }
 
 async fn run_job(cluster: &LocalCluster, wasm: &[u8], args: Vec<String>) -> anyhow::Result<()> {

@@ -256,6 +256,27 @@ impl ProcCluster {
         }
     }
 
+    /// Waits for a submitted word count: it must succeed, count what
+    /// [`count_words`] counts, and have no failed task. Returns its summary.
+    pub fn word_count_ok(
+        &self,
+        job: std::process::Child,
+        input: &Path,
+        output: &Path,
+        summary: &Path,
+    ) -> serde_json::Value {
+        let (ok, stdout, stderr) = wait_child(job, Duration::from_secs(120));
+        assert!(
+            ok,
+            "stdout: {stdout}\nstderr: {stderr}\ndriver:\n{}",
+            self.driver_log()
+        );
+        assert_eq!(read_output(output), count_words(input));
+        let s = read_summary(summary);
+        assert_eq!(s["failed_tasks"], 0, "no task failed: {s:#}");
+        s
+    }
+
     /// Whether the driver process is still running.
     pub fn driver_alive(&mut self) -> bool {
         self.driver.0.try_wait().unwrap().is_none()
