@@ -1060,30 +1060,44 @@ impl Scheduler {
     /// executor is excluded from fails its job (Spark's behaviour without dynamic
     /// allocation: nothing will change by waiting).
     fn schedule(&mut self) {
-        let mut unschedulable: BTreeMap<StageId, TaskId> = BTreeMap::new();
+        self.fail_unschedulable_stages();
+        if !self.executors.values().any(Executor::has_free_slot) {
+            return;
+        }
         // Pending tasks per pool, each queue in (job, stage, partition) order: FIFO inside a
-        // pool. In FIFO mode there is one pool.
+        // pool. In FIFO mode there is one pool. `pending` is in job order, so the pool is
+        // looked up once per job, not per task.
         let mut queues: BTreeMap<String, VecDeque<TaskId>> = BTreeMap::new();
         let mut pools: BTreeMap<String, Pool> = BTreeMap::new();
+        let mut current: Option<(JobId, String)> = None;
         for task_id in self.pending.iter().copied() {
-            let Some(job) = self.jobs.get(&task_id.stage.job) else {
-                continue;
-            };
-            let pool = if self.conf.fair {
-                job.policy.pool.clone()
-            } else {
-                Pool::default()
-            };
-            queues
-                .entry(pool.name.clone())
-                .or_default()
-                .push_back(task_id);
-            pools.entry(pool.name.clone()).or_insert(pool);
+            let job_id = task_id.stage.job;
+            if current.as_ref().is_none_or(|(j, _)| *j != job_id) {
+                let Some(job) = self.jobs.get(&job_id) else {
+                    continue;
+                };
+                let pool = if self.conf.fair {
+                    job.policy.pool.clone()
+                } else {
+                    Pool::default()
+                };
+                let name = pool.name.clone();
+                pools.entry(name.clone()).or_insert(pool);
+                current = Some((job_id, name));
+            }
+            let (_, name) = current.as_ref().expect("set above");
+            match queues.get_mut(name) {
+                Some(q) => q.push_back(task_id),
+                None => {
+                    queues.insert(name.clone(), VecDeque::from([task_id]));
+                }
+            }
         }
-        self.pending
-            .retain(|t| self.jobs.contains_key(&t.stage.job));
         let mut running = self.running_per_pool();
         loop {
+            if !self.executors.values().any(Executor::has_free_slot) {
+                break;
+            }
             // Spark's FairSchedulingAlgorithm: pools below their min share first (least
             // served first), then the lowest running-to-weight ratio.
             let next = queues
@@ -1119,7 +1133,7 @@ impl Scheduler {
                 queue.clear();
                 continue;
             }
-            if self.try_launch(task_id, &mut unschedulable) {
+            if self.try_launch(task_id) {
                 *running.entry(name).or_default() += 1;
             }
         }
@@ -1146,6 +1160,44 @@ impl Scheduler {
             };
             self.speculatable.remove(&task_id);
             self.launch(task_id, executor, inputs, true);
+        }
+    }
+
+    /// A stage that every live executor is excluded from fails its job (Spark's behaviour
+    /// without dynamic allocation: nothing will change by waiting). Judged once per stage
+    /// with pending tasks, not per task.
+    fn fail_unschedulable_stages(&mut self) {
+        let live: Vec<ExecutorId> = self
+            .executors
+            .iter()
+            .filter(|(_, e)| !e.decommissioning)
+            .map(|(id, _)| *id)
+            .collect();
+        if live.is_empty() {
+            return;
+        }
+        let mut unschedulable: Vec<(StageId, TaskId)> = Vec::new();
+        for (job_id, job) in &self.jobs {
+            for si in 0..job.stages.len() {
+                if job.stages[si].status != StageStatus::Running
+                    || live.iter().any(|id| job.eligible(si, *id))
+                {
+                    continue;
+                }
+                let stage = StageId {
+                    job: *job_id,
+                    index: si as u32,
+                };
+                let first = TaskId {
+                    stage,
+                    partition: 0,
+                };
+                if let Some(task_id) = self.pending.range(first..).next()
+                    && task_id.stage == stage
+                {
+                    unschedulable.push((stage, *task_id));
+                }
+            }
         }
         for (stage, task_id) in unschedulable {
             let Some(job) = self.jobs.get(&stage.job) else {
@@ -1177,31 +1229,13 @@ impl Scheduler {
         }
     }
 
-    /// Launches pending `task_id` if an executor can take it now; notes a stage no live
-    /// executor may run.
-    fn try_launch(
-        &mut self,
-        task_id: TaskId,
-        unschedulable: &mut BTreeMap<StageId, TaskId>,
-    ) -> bool {
+    /// Launches pending `task_id` if an executor can take it now.
+    fn try_launch(&mut self, task_id: TaskId) -> bool {
         let Some(job) = self.jobs.get(&task_id.stage.job) else {
             self.pending.remove(&task_id);
             return false;
         };
         let si = task_id.stage.index as usize;
-        let mut live = self
-            .executors
-            .iter()
-            .filter(|(_, e)| !e.decommissioning)
-            .map(|(id, _)| *id)
-            .peekable();
-        if live.peek().is_some() && live.all(|id| !job.eligible(si, id)) {
-            unschedulable.entry(task_id.stage).or_insert(task_id);
-            return false;
-        }
-        if !self.executors.values().any(Executor::has_free_slot) {
-            return false;
-        }
         let Some(inputs) = self.inputs_of(job, task_id) else {
             return false;
         };
