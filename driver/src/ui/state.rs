@@ -477,10 +477,14 @@ impl UiState {
                 }
                 if let Some(stage) =
                     self.stage_mut(attempt.task.stage.job.0, attempt.task.stage.index)
-                    && let Some(t) = stage.tasks.iter_mut().find(|t| {
-                        t.partition == attempt.task.partition && t.attempt == attempt.attempt
-                    })
+                    && let Ok(i) = stage
+                        .tasks
+                        .binary_search_by_key(&(attempt.task.partition, attempt.attempt), |t| {
+                            (t.partition, t.attempt)
+                        })
                 {
+                    // `tasks` is kept in (partition, attempt) order by TaskStarted.
+                    let t = &mut stage.tasks[i];
                     t.state = state.into();
                     t.error = error;
                     t.ended_ms = Some(*at_ms);
