@@ -5,7 +5,9 @@ use crate::cluster::{Event, JobSpec};
 use crate::output::OutputCommit;
 use crate::splits;
 use crate::tenants::{Tenant, Tenants};
-use flint_executor_host::sandbox::{self, ActionRunner, Sandbox, SandboxError, StoreLimits, wit};
+use flint_executor_host::sandbox::{
+    self, ActionFuture, ActionRunner, Sandbox, SandboxError, StoreLimits, wit,
+};
 use flint_protocol::conf::Conf;
 use flint_protocol::dag::{StageInput, build_dag};
 use flint_protocol::ids::{JobId, ModuleHash};
@@ -127,17 +129,7 @@ struct AppActions {
 }
 
 impl ActionRunner for AppActions {
-    fn run(
-        &self,
-        plan: wit::Plan,
-        action: wit::Action,
-    ) -> std::pin::Pin<
-        Box<
-            dyn std::future::Future<Output = Result<wit::ActionResult, wit::ErrorChain>>
-                + Send
-                + '_,
-        >,
-    > {
+    fn run(&self, plan: wit::Plan, action: wit::Action) -> ActionFuture<'_> {
         Box::pin(self.run_action(plan, action))
     }
 }

@@ -138,19 +138,14 @@ pub struct StoreLimits {
     pub output_bytes: usize,
 }
 
+/// What an action answers the driver program, in time.
+pub type ActionFuture<'a> = std::pin::Pin<
+    Box<dyn std::future::Future<Output = Result<wit::ActionResult, wit::ErrorChain>> + Send + 'a>,
+>;
+
 /// Runs an action for a driver program. Only the driver installs one.
 pub trait ActionRunner: Send + Sync {
-    fn run(
-        &self,
-        plan: wit::Plan,
-        action: wit::Action,
-    ) -> std::pin::Pin<
-        Box<
-            dyn std::future::Future<Output = Result<wit::ActionResult, wit::ErrorChain>>
-                + Send
-                + '_,
-        >,
-    >;
+    fn run(&self, plan: wit::Plan, action: wit::Action) -> ActionFuture<'_>;
 }
 
 /// The data of one store.

@@ -144,12 +144,7 @@ fn small_job_during_a_flood(mode: &str) -> (u64, bool) {
         c.arg("--tenants").arg(&t);
         c
     });
-    let ui = cluster
-        .wait_for(Duration::from_secs(30), |l| {
-            l.text.contains("flint web UI at")
-        })
-        .map(|l| l.text.split("http://").nth(1).unwrap().trim().to_string())
-        .unwrap();
+    let ui = cluster.ui();
     cluster.add_executor(&[]);
     cluster.add_executor(&[]);
     let flood_dir = tmp.path().join("flood");
@@ -183,7 +178,7 @@ fn small_job_during_a_flood(mode: &str) -> (u64, bool) {
     );
     assert!(ok, "{err}");
     let flood_still_running = flood.0.try_wait().unwrap().is_none();
-    let jobs = http_json(&ui, "/api/v1/jobs");
+    let jobs = crate::ui::api(&ui, "/api/v1/jobs");
     let small = jobs
         .as_array()
         .unwrap()
@@ -191,21 +186,11 @@ fn small_job_during_a_flood(mode: &str) -> (u64, bool) {
         .find(|j| j["tenant"] == "small")
         .expect("the small job is listed under its tenant")
         .clone();
-    let stage = http_json(&ui, &format!("/api/v1/jobs/{}/stages/0", small["id"]));
+    let stage = crate::ui::api(&ui, &format!("/api/v1/jobs/{}/stages/0", small["id"]));
     let task_start = stage["tasks"][0]["started_ms"].as_u64().unwrap();
     let wait = task_start.saturating_sub(small["started_ms"].as_u64().unwrap());
     let _ = flood.0.wait();
     (wait, flood_still_running)
-}
-
-fn http_json(addr: &str, path: &str) -> serde_json::Value {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(addr).unwrap();
-    write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").unwrap();
-    let mut text = String::new();
-    s.read_to_string(&mut text).unwrap();
-    let body = text.split_once("\r\n\r\n").map(|x| x.1).unwrap_or("");
-    serde_json::from_str(body).unwrap_or_else(|e| panic!("{path}: {e}: {text}"))
 }
 
 #[test]

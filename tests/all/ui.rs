@@ -30,7 +30,7 @@ pub fn get_body(addr: &str, path: &str) -> String {
     http_get(addr, path).1
 }
 
-fn api(addr: &str, path: &str) -> Value {
+pub fn api(addr: &str, path: &str) -> Value {
     let (status, body) = http_get(addr, path);
     assert_eq!(status, 200, "GET {path}: {body}");
     serde_json::from_str(&body).unwrap_or_else(|e| panic!("GET {path}: {e}: {body}"))
