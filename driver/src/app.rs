@@ -9,11 +9,16 @@ use flint_executor_host::sandbox::{
     self, ActionFuture, ActionRunner, Sandbox, SandboxError, StoreLimits, wit,
 };
 use flint_protocol::conf::Conf;
-use flint_protocol::dag::{StageInput, build_dag};
+use flint_protocol::dag::build_dag;
 use flint_protocol::ids::{JobId, ModuleHash};
-use flint_protocol::plan::{Action, FnRef, LogicalPlan, Node, PlanError};
+use flint_protocol::plan::{
+    Action, FnRef, LogicalPlan, Malformed, Node, NodeIndex, Op, PlanError, ReadFormat, ShuffleSide,
+    WriteFormat,
+};
 use flint_protocol::scheduler::{JobPolicy, Pool};
-use flint_protocol::wire::{AppSummary, SubmitEvent, SubmitRequest, TaskLimits, TaskSuccess};
+use flint_protocol::wire::{
+    AppSummary, SubmitEvent, SubmitRequest, TaskInput, TaskLimits, TaskSuccess,
+};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -67,44 +72,107 @@ impl DriverShared {
     }
 }
 
+fn op(o: wit::Op) -> Op {
+    Op {
+        func: FnRef(o.function),
+        arg: o.arg,
+    }
+}
+
 /// Converts what the guest sent into the protocol's plan, checking its structure.
 pub fn to_logical(plan: wit::Plan, action: wit::Action) -> Result<LogicalPlan, PlanError> {
     let nodes = plan
         .nodes
         .into_iter()
         .map(|n| match n {
-            wit::PlanNode::TextFile(t) => Node::TextFile {
-                paths: t.paths,
-                min_partitions: t.min_partitions,
-                decode: FnRef(t.decode),
+            wit::PlanNode::Files(f) => Node::Files {
+                paths: f.paths,
+                format: match f.format {
+                    wit::ReadFormat::Text => ReadFormat::Text,
+                    wit::ReadFormat::Csv(c) => ReadFormat::Csv {
+                        header: c.header,
+                        delimiter: c.delimiter,
+                        schema: c.schema,
+                    },
+                    wit::ReadFormat::JsonLines(schema) => ReadFormat::JsonLines { schema },
+                    wit::ReadFormat::Parquet(columns) => ReadFormat::Parquet { columns },
+                    wit::ReadFormat::ArrowIpc => ReadFormat::ArrowIpc,
+                },
+                min_partitions: f.min_partitions,
+                malformed: match f.malformed {
+                    wit::Malformed::Fail => Malformed::Fail,
+                    wit::Malformed::Drop => Malformed::Drop,
+                },
+                decode: op(f.decode),
+            },
+            wit::PlanNode::Inline(i) => Node::Inline {
+                partitions: i.partitions,
+                decode: op(i.decode),
             },
             wit::PlanNode::Narrow(n) => Node::Narrow {
                 parent: n.parent as usize,
-                apply: FnRef(n.apply),
+                apply: op(n.apply),
                 name: n.name,
             },
             wit::PlanNode::Shuffle(s) => Node::Shuffle {
-                parent: s.parent as usize,
+                sides: s
+                    .sides
+                    .into_iter()
+                    .map(|side| ShuffleSide {
+                        parent: side.parent as usize,
+                        write: op(side.write),
+                    })
+                    .collect(),
                 partitions: s.partitions,
-                write: FnRef(s.write),
-                read: FnRef(s.read),
+                read: op(s.read),
                 name: s.name,
+            },
+            wit::PlanNode::Union(parents) => Node::Union {
+                parents: parents.into_iter().map(|p| p as usize).collect(),
+            },
+            wit::PlanNode::Coalesce(c) => Node::Coalesce {
+                parent: c.parent as usize,
+                partitions: c.partitions,
             },
         })
         .collect();
     let action = match action {
-        wit::Action::Collect(encode) => Action::Collect {
-            encode: FnRef(encode),
-        },
+        wit::Action::Collect(encode) => Action::Collect { encode: op(encode) },
         wit::Action::Count => Action::Count,
-        wit::Action::SaveAsText(s) => Action::SaveAsText {
+        wit::Action::Save(s) => Action::Save {
             path: s.path,
-            render: FnRef(s.render),
+            format: match s.format {
+                wit::WriteFormat::Text => WriteFormat::Text,
+                wit::WriteFormat::Csv => WriteFormat::Csv,
+                wit::WriteFormat::JsonLines => WriteFormat::JsonLines,
+                wit::WriteFormat::Parquet => WriteFormat::Parquet,
+                wit::WriteFormat::ArrowIpc => WriteFormat::ArrowIpc,
+            },
+            render: op(s.render),
         },
     };
     let plan = LogicalPlan { nodes, action };
     plan.validate()?;
     Ok(plan)
+}
+
+/// Infers a CSV source's schema from its first file (Spark's `inferSchema`), as an Arrow
+/// IPC schema message for the tasks.
+fn infer_csv_schema(
+    path: &std::path::Path,
+    header: bool,
+    delimiter: u8,
+) -> Result<Vec<u8>, String> {
+    let file = std::fs::File::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let (schema, _) = arrow_csv::reader::Format::default()
+        .with_header(header)
+        .with_delimiter(delimiter)
+        .infer_schema(file, Some(1000))
+        .map_err(|e| format!("inferring the schema of {}: {e}", path.display()))?;
+    let mut w =
+        arrow_ipc::writer::StreamWriter::try_new(Vec::new(), &schema).map_err(|e| e.to_string())?;
+    w.finish().map_err(|e| e.to_string())?;
+    w.into_inner().map_err(|e| e.to_string())
 }
 
 fn chain(message: impl Into<String>, causes: Vec<String>) -> wit::ErrorChain {
@@ -132,6 +200,10 @@ impl ActionRunner for AppActions {
     fn run(&self, plan: wit::Plan, action: wit::Action) -> ActionFuture<'_> {
         Box::pin(self.run_action(plan, action))
     }
+
+    fn setting(&self, key: &str) -> Option<String> {
+        self.conf.get(key).map(str::to_string)
+    }
 }
 
 impl AppActions {
@@ -140,7 +212,7 @@ impl AppActions {
         plan: wit::Plan,
         action: wit::Action,
     ) -> Result<wit::ActionResult, wit::ErrorChain> {
-        let plan = to_logical(plan, action)
+        let mut plan = to_logical(plan, action)
             .map_err(|e| chain("the job's plan is invalid", vec![e.to_string()]))?;
         let job = JobId(self.shared.next_job.fetch_add(1, Ordering::Relaxed));
         self.jobs.fetch_add(1, Ordering::Relaxed);
@@ -156,53 +228,93 @@ impl AppActions {
             .await;
         let cores = rx.await.unwrap_or(2).max(2);
         let max_split = self.conf.bytes("files.max_partition_bytes");
-        let mut node_splits = HashMap::new();
-        for (i, n) in plan.nodes.iter().enumerate() {
-            if let Node::TextFile {
-                paths,
-                min_partitions,
-                ..
-            } = n
-            {
-                for p in paths {
-                    self.tenant
-                        .check_path("read", p)
-                        .map_err(|e| fail(e.to_string()))?;
-                }
-                let paths = paths.clone();
-                let min = (*min_partitions).max(cores);
-                let s = tokio::task::spawn_blocking(move || splits::plan(&paths, min, max_split))
-                    .await
-                    .map_err(|e| fail(e.to_string()))?
-                    .map_err(|e| fail(e.to_string()))?;
-                // Each file too: a link inside an allowed directory may point out of it.
-                for split in &s {
-                    self.tenant
-                        .check_path("read", &split.path)
-                        .map_err(|e| fail(e.to_string()))?;
-                }
-                node_splits.insert(i, s);
+        let mut sources: HashMap<NodeIndex, Vec<TaskInput>> = HashMap::new();
+        for i in 0..plan.nodes.len() {
+            let node = &mut plan.nodes[i];
+            if let Node::Inline { partitions, decode } = node {
+                let inputs = partitions
+                    .iter()
+                    .map(|ipc| TaskInput::Inline {
+                        ipc: ipc.clone(),
+                        decode: decode.clone(),
+                    })
+                    .collect();
+                sources.insert(i, inputs);
+                continue;
             }
+            let Node::Files {
+                paths,
+                format,
+                min_partitions,
+                malformed,
+                decode,
+            } = node
+            else {
+                continue;
+            };
+            for p in paths.iter() {
+                self.tenant
+                    .check_path("read", p)
+                    .map_err(|e| fail(e.to_string()))?;
+            }
+            let (list, fmt) = (paths.clone(), format.clone());
+            let min = (*min_partitions).max(cores);
+            let s = tokio::task::spawn_blocking(move || match fmt {
+                ReadFormat::Parquet { .. } => splits::plan_units(&list, true, min, max_split),
+                ReadFormat::ArrowIpc => splits::plan_units(&list, false, min, max_split),
+                _ => splits::plan(&list, min, max_split),
+            })
+            .await
+            .map_err(|e| fail(e.to_string()))?
+            .map_err(|e| fail(e.to_string()))?;
+            // Each file too: a link inside an allowed directory may point out of it.
+            for split in &s {
+                self.tenant
+                    .check_path("read", &split.path)
+                    .map_err(|e| fail(e.to_string()))?;
+            }
+            if let ReadFormat::Csv {
+                header,
+                delimiter,
+                schema: schema @ None,
+            } = format
+                && let Some(first) = s.first()
+            {
+                let (path, h, d) = (std::path::PathBuf::from(&first.path), *header, *delimiter);
+                *schema = Some(
+                    tokio::task::spawn_blocking(move || infer_csv_schema(&path, h, d))
+                        .await
+                        .map_err(|e| fail(e.to_string()))?
+                        .map_err(fail)?,
+                );
+            }
+            let inputs = s
+                .into_iter()
+                .map(|split| TaskInput::Split {
+                    path: split.path,
+                    format: format.clone(),
+                    malformed: *malformed,
+                    start: split.start,
+                    end: split.end,
+                    decode: decode.clone(),
+                })
+                .collect();
+            sources.insert(i, inputs);
         }
         let dag = build_dag(
             &plan,
-            &|n| node_splits.get(&n).map_or(0, |s| s.len() as u32),
+            &|n| sources.get(&n).map_or(0, |s| s.len() as u32),
             self.conf.count("shuffle.partitions"),
         )
         .map_err(|e| fail(e.to_string()))?;
-        let mut stage_splits = HashMap::new();
-        for s in &dag.stages {
-            if let StageInput::TextFile { node, .. } = s.input {
-                stage_splits.insert(s.index, node_splits.get(&node).cloned().unwrap_or_default());
-            }
-        }
-        let text_output = match &plan.action {
-            Action::SaveAsText { path, .. } => {
+        let output = match &plan.action {
+            Action::Save { path, format, .. } => {
                 self.tenant
                     .check_path("write", path)
                     .map_err(|e| fail(e.to_string()))?;
                 Some(Arc::new(
-                    OutputCommit::prepare(path, job).map_err(|e| fail(e.to_string()))?,
+                    OutputCommit::prepare(path, job, format.extension())
+                        .map_err(|e| fail(e.to_string()))?,
                 ))
             }
             _ => None,
@@ -212,8 +324,8 @@ impl AppActions {
             app: self.app,
             dag: dag.clone(),
             module: self.module,
-            splits: stage_splits,
-            text_output: text_output.clone(),
+            sources,
+            output: output.clone(),
             limits: TaskLimits {
                 memory_bytes: self.conf.bytes("task.memory"),
                 deadline_ms: self.conf.duration("task.deadline").as_millis() as u64,
@@ -288,7 +400,7 @@ impl AppActions {
         let results = match outcome {
             Ok(r) => r,
             Err(f) => {
-                if let Some(out) = &text_output {
+                if let Some(out) = &output {
                     out.abort();
                 }
                 let mut causes = vec![f.message];
@@ -297,8 +409,8 @@ impl AppActions {
             }
         };
         match plan.action {
-            Action::SaveAsText { .. } => {
-                let out = text_output.expect("save_as_text prepared its output");
+            Action::Save { .. } => {
+                let out = output.expect("save prepared its output");
                 let o = out.clone();
                 let path = tokio::task::spawn_blocking(move || o.commit_job())
                     .await

@@ -2,18 +2,17 @@
 //! task descriptors for executors, and turns executor messages back into events.
 
 use crate::output::OutputCommit;
-use crate::splits::Split;
 use crate::ui::{EventSink, now_ms as wall_ms};
 use flint_protocol::dag::{JobDag, StageInput, StageOutput};
 use flint_protocol::events::{self as ev, StageInfo, TaskOutcome};
 use flint_protocol::ids::{ExecutorId, JobId, ModuleHash, TaskAttemptId};
-use flint_protocol::plan::Action;
+use flint_protocol::plan::{Action, NodeIndex};
 use flint_protocol::scheduler::{
     Command, JobFailure, JobPolicy, Scheduler, SchedulerConf, TaskFailure, fmt_ms,
 };
 use flint_protocol::wire::{
-    ExecutorSummary, FromExecutor, SegmentSource, SubmitEvent, TaskDescriptor, TaskErrorKind,
-    TaskInput, TaskLimits, TaskOutput, TaskSuccess, ToExecutor,
+    ExecutorSummary, FromExecutor, SegmentSource, ShuffleSideInput, SubmitEvent, TaskDescriptor,
+    TaskErrorKind, TaskInput, TaskLimits, TaskOutput, TaskPiece, TaskSuccess, ToExecutor,
 };
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -25,9 +24,10 @@ pub struct JobSpec {
     pub app: u64,
     pub dag: JobDag,
     pub module: ModuleHash,
-    /// Splits of the first stage's text source, per partition.
-    pub splits: HashMap<u32, Vec<Split>>,
-    pub text_output: Option<Arc<OutputCommit>>,
+    /// Per source node of the plan, the input of each of its partitions.
+    pub sources: HashMap<NodeIndex, Vec<TaskInput>>,
+    /// Where a `save_*` action writes.
+    pub output: Option<Arc<OutputCommit>>,
     pub limits: TaskLimits,
     pub policy: JobPolicy,
     /// The component's name, the action and the tenant, for the UI.
@@ -478,8 +478,8 @@ impl ClusterLoop {
         if attempt.task.stage.index as usize != job.spec.dag.stages.len() - 1 {
             return; // map outputs are registered by the scheduler itself
         }
-        if let (Some(out), TaskSuccess::Text { .. }) = (&job.spec.text_output, &success)
-            && let Err(e) = out.commit_task(attempt)
+        if let (Some(out), TaskSuccess::File { rows, .. }) = (&job.spec.output, &success)
+            && let Err(e) = out.commit_task(attempt, *rows)
         {
             // The attempt succeeded but its output cannot be published: the job fails.
             tracing::error!(%attempt, "committing task output: {e}");
@@ -532,44 +532,59 @@ impl ClusterLoop {
         };
         let stage = &job.spec.dag.stages[attempt.task.stage.index as usize];
         let p = attempt.task.partition;
-        let input = match &stage.input {
-            StageInput::TextFile { decode, .. } => {
-                let split = job
-                    .spec
-                    .splits
-                    .get(&stage.index)
-                    .and_then(|s| s.get(p as usize))
-                    .cloned();
-                let Some(split) = split else {
-                    tracing::error!(%attempt, "no input split for this partition");
-                    return;
-                };
-                TaskInput::TextSplit {
-                    path: split.path,
-                    start: split.start,
-                    end: split.end,
-                    decode: *decode,
-                }
-            }
-            StageInput::Shuffle { shuffle, read } => TaskInput::Shuffle {
-                shuffle: *shuffle,
-                reduce_partition: p,
-                read: *read,
-                segments: inputs
-                    .into_iter()
-                    .map(|l| SegmentSource {
-                        executor: l.executor,
-                        addr: self
-                            .executors
-                            .get(&l.executor)
-                            .map(|e| e.addr.clone())
-                            .unwrap_or_default(),
-                        map_partition: l.map_partition,
-                        size: l.size,
-                    })
-                    .collect(),
-            },
+        let Some(refs) = stage.pieces.get(p as usize) else {
+            tracing::error!(%attempt, "no such partition in its stage");
+            return;
         };
+        let mut pieces = Vec::with_capacity(refs.len());
+        for r in refs {
+            let Some(branch) = stage.branches.get(r.branch as usize) else {
+                return;
+            };
+            let input = match &branch.input {
+                StageInput::Source { node, .. } => {
+                    let input = job
+                        .spec
+                        .sources
+                        .get(node)
+                        .and_then(|s| s.get(r.partition as usize))
+                        .cloned();
+                    let Some(input) = input else {
+                        tracing::error!(%attempt, "no input for this partition");
+                        return;
+                    };
+                    input
+                }
+                StageInput::Shuffle { shuffles, read } => TaskInput::Shuffle {
+                    reduce_partition: r.partition,
+                    read: read.clone(),
+                    sides: shuffles
+                        .iter()
+                        .map(|sh| ShuffleSideInput {
+                            shuffle: *sh,
+                            segments: inputs
+                                .iter()
+                                .filter(|l| l.shuffle == *sh && l.reduce == r.partition)
+                                .map(|l| SegmentSource {
+                                    executor: l.executor,
+                                    addr: self
+                                        .executors
+                                        .get(&l.executor)
+                                        .map(|e| e.addr.clone())
+                                        .unwrap_or_default(),
+                                    map_partition: l.map_partition,
+                                    size: l.size,
+                                })
+                                .collect(),
+                        })
+                        .collect(),
+                },
+            };
+            pieces.push(TaskPiece {
+                input,
+                ops: branch.ops.clone(),
+            });
+        }
         let output = match &stage.output {
             StageOutput::ShuffleWrite {
                 shuffle,
@@ -578,14 +593,17 @@ impl ClusterLoop {
             } => TaskOutput::ShuffleWrite {
                 shuffle: *shuffle,
                 partitions: *partitions,
-                write: *write,
+                write: write.clone(),
             },
-            StageOutput::Result(Action::Collect { encode }) => TaskOutput::Rows { encode: *encode },
+            StageOutput::Result(Action::Collect { encode }) => TaskOutput::Rows {
+                encode: encode.clone(),
+            },
             StageOutput::Result(Action::Count) => TaskOutput::Count,
-            StageOutput::Result(Action::SaveAsText { render, .. }) => match &job.spec.text_output {
-                Some(out) => TaskOutput::Text {
+            StageOutput::Result(Action::Save { render, format, .. }) => match &job.spec.output {
+                Some(out) => TaskOutput::File {
                     file: out.attempt_file(attempt).to_string_lossy().into_owned(),
-                    render: *render,
+                    format: *format,
+                    render: render.clone(),
                 },
                 None => return,
             },
@@ -594,7 +612,7 @@ impl ClusterLoop {
             attempt,
             shuffle_secret: job.spec.shuffle_secret,
             module: job.spec.module,
-            input,
+            pieces,
             ops: stage.ops.clone(),
             output,
             limits: job.spec.limits.clone(),

@@ -25,11 +25,17 @@ pub enum OutputError {
 pub struct OutputCommit {
     target: PathBuf,
     staging: PathBuf,
+    /// Extension of part files (`.parquet`), empty for text.
+    extension: &'static str,
 }
 
 impl OutputCommit {
     /// Checks OUTPUT and makes the staging directory.
-    pub fn prepare(path: &str, job: JobId) -> Result<OutputCommit, OutputError> {
+    pub fn prepare(
+        path: &str,
+        job: JobId,
+        extension: &'static str,
+    ) -> Result<OutputCommit, OutputError> {
         let target = std::path::absolute(path).map_err(|source| OutputError::Io {
             path: path.into(),
             source,
@@ -50,7 +56,11 @@ impl OutputCommit {
             path: attempts,
             source,
         })?;
-        Ok(OutputCommit { target, staging })
+        Ok(OutputCommit {
+            target,
+            staging,
+            extension,
+        })
     }
 
     /// Where an attempt writes its partition.
@@ -61,11 +71,17 @@ impl OutputCommit {
         ))
     }
 
-    /// Makes attempt `a`'s file the partition's output.
-    pub fn commit_task(&self, a: TaskAttemptId) -> Result<(), OutputError> {
-        let dest = self.staging.join(format!("part-{:05}", a.task.partition));
-        std::fs::rename(self.attempt_file(a), &dest)
-            .map_err(|source| OutputError::Io { path: dest, source })
+    /// Makes attempt `a`'s file the partition's output. An attempt that wrote no file
+    /// (an empty partition of a columnar format) has none to publish.
+    pub fn commit_task(&self, a: TaskAttemptId, rows: u64) -> Result<(), OutputError> {
+        let from = self.attempt_file(a);
+        if rows == 0 && !from.exists() {
+            return Ok(());
+        }
+        let dest = self
+            .staging
+            .join(format!("part-{:05}{}", a.task.partition, self.extension));
+        std::fs::rename(from, &dest).map_err(|source| OutputError::Io { path: dest, source })
     }
 
     /// Publishes the output: `_SUCCESS`, then one rename.
@@ -143,10 +159,12 @@ mod tests {
     fn commit_publishes_only_committed_attempts() {
         let dir = tempfile::tempdir().unwrap();
         let out = dir.path().join("out");
-        let c = OutputCommit::prepare(out.to_str().unwrap(), JobId(1)).unwrap();
+        let c = OutputCommit::prepare(out.to_str().unwrap(), JobId(1), "").unwrap();
         std::fs::write(c.attempt_file(attempt(0, 0)), "loser").unwrap();
         std::fs::write(c.attempt_file(attempt(0, 1)), "winner").unwrap();
-        c.commit_task(attempt(0, 1)).unwrap();
+        c.commit_task(attempt(0, 1), 1).unwrap();
+        // An empty columnar partition wrote no file: nothing to publish, no error.
+        c.commit_task(attempt(1, 0), 0).unwrap();
         assert!(!out.exists(), "nothing visible before the job commits");
         c.commit_job().unwrap();
         assert_eq!(
@@ -163,10 +181,10 @@ mod tests {
         let out = dir.path().join("out");
         std::fs::create_dir(&out).unwrap();
         std::fs::write(out.join("x"), "").unwrap();
-        let e = OutputCommit::prepare(out.to_str().unwrap(), JobId(1)).unwrap_err();
+        let e = OutputCommit::prepare(out.to_str().unwrap(), JobId(1), "").unwrap_err();
         assert!(matches!(e, OutputError::Exists(_)), "{e}");
         let fresh = dir.path().join("fresh");
-        let c = OutputCommit::prepare(fresh.to_str().unwrap(), JobId(2)).unwrap();
+        let c = OutputCommit::prepare(fresh.to_str().unwrap(), JobId(2), "").unwrap();
         c.abort();
         assert!(!fresh.exists());
         assert_eq!(

@@ -38,6 +38,23 @@ pub struct LineBatch {
     pub bytes: u64,
 }
 
+/// Whole lines of a split as raw bytes.
+#[derive(Default)]
+pub struct RawLines {
+    pub bytes: Vec<u8>,
+    /// Per line: (file offset of its first byte, offset in `bytes`).
+    pub starts: Vec<(u64, usize)>,
+}
+
+impl RawLines {
+    /// Line `i`'s bytes (with its `\n`).
+    pub fn line(&self, i: usize) -> &[u8] {
+        let from = self.starts[i].1;
+        let to = self.starts.get(i + 1).map_or(self.bytes.len(), |s| s.1);
+        &self.bytes[from..to]
+    }
+}
+
 pub struct SplitReader {
     path: PathBuf,
     reader: BufReader<File>,
@@ -72,6 +89,42 @@ impl SplitReader {
             line: Vec::new(),
             schema: Arc::new(Schema::new(vec![Field::new("line", DataType::Utf8, false)])),
         })
+    }
+
+    /// The next run of whole lines (with their line ends) as raw bytes, with the file
+    /// offset of each line's first byte, or `None` when the split is done.
+    pub fn next_lines(&mut self) -> Result<Option<RawLines>, InputError> {
+        let mut out = RawLines::default();
+        while self.pos < self.end && out.starts.len() < BATCH_ROWS && out.bytes.len() < BATCH_BYTES
+        {
+            let line_start = self.pos;
+            let before = out.bytes.len();
+            let n = self
+                .reader
+                .read_until(b'\n', &mut out.bytes)
+                .map_err(|source| InputError::Io {
+                    path: self.path.clone(),
+                    source,
+                })?;
+            if n == 0 {
+                self.end = self.pos;
+                break;
+            }
+            self.pos += n as u64;
+            if out.bytes[before..].iter().all(|b| b.is_ascii_whitespace()) {
+                out.bytes.truncate(before); // blank lines are not records
+                continue;
+            }
+            if !out.bytes.ends_with(b"\n") {
+                out.bytes.push(b'\n');
+            }
+            out.starts.push((line_start, before));
+        }
+        Ok((!out.starts.is_empty()).then_some(out))
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
     }
 
     /// The next batch, or `None` when the split is done.

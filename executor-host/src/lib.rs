@@ -17,6 +17,7 @@
 //! the artifact keyed by hash and engine configuration.
 
 pub mod executor;
+pub mod formats;
 pub mod input;
 pub mod metrics;
 pub mod net;

@@ -1,18 +1,17 @@
 //! One task attempt, from descriptor to status: load the component, instantiate it in a
 //! fresh store, feed it the partition batch by batch, and put its output where it goes.
 
-use crate::input::SplitReader;
+use crate::formats::{FileWriter, SourceReader};
 use crate::sandbox::{self, FlintJob, GuestState, Sandbox, SandboxError, StoreLimits, wit_task};
 use crate::shuffle::{Fetcher, ShuffleStore};
-use arrow_array::{Array, StringArray};
 use flint_protocol::ids::ModuleHash;
+use flint_protocol::plan::{Op, WriteFormat};
 use flint_protocol::wire::{
-    GuestOutput, TaskDescriptor, TaskError, TaskErrorKind, TaskInput, TaskMetrics, TaskOutput,
-    TaskStatus, TaskSuccess,
+    GuestOutput, SegmentSource, ShuffleSideInput, TaskDescriptor, TaskError, TaskErrorKind,
+    TaskInput, TaskMetrics, TaskOutput, TaskStatus, TaskSuccess,
 };
 use std::future::Future;
-use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Instant;
@@ -92,11 +91,25 @@ struct Guest {
 }
 
 impl Guest {
-    async fn push(&mut self, batch: Vec<u8>) -> Result<Vec<wit_task::Chunk>, TaskError> {
+    async fn push(
+        &mut self,
+        piece: u32,
+        side: u32,
+        batch: Vec<u8>,
+    ) -> Result<Vec<wit_task::Chunk>, TaskError> {
         let r = self
             .job
             .flint_job_task()
-            .call_push(&mut self.store, &batch)
+            .call_push(&mut self.store, piece, side, &batch)
+            .await;
+        self.unwrap(r)
+    }
+
+    async fn end_piece(&mut self, piece: u32) -> Result<Vec<wit_task::Chunk>, TaskError> {
+        let r = self
+            .job
+            .flint_job_task()
+            .call_end_piece(&mut self.store, piece)
             .await;
         self.unwrap(r)
     }
@@ -149,28 +162,7 @@ async fn run(
     m.instantiate_us = t.elapsed().as_micros() as u64;
     let mut guest = Guest { store, job };
     let result: Result<TaskSuccess, TaskError> = async {
-
-        let spec = wit_task::TaskSpec {
-            input: match &desc.input {
-                TaskInput::TextSplit { decode, .. } => wit_task::TaskInput::Batches(decode.0),
-                TaskInput::Shuffle { read, .. } => wit_task::TaskInput::Shuffle(read.0),
-            },
-            ops: desc.ops.iter().map(|f| f.0).collect(),
-            output: match &desc.output {
-                TaskOutput::ShuffleWrite {
-                    write, partitions, ..
-                } => wit_task::TaskOutput::Shuffle(wit_task::ShuffleWrite {
-                    write: write.0,
-                    partitions: *partitions,
-                }),
-                TaskOutput::Text { render, .. } => wit_task::TaskOutput::Text(render.0),
-                TaskOutput::Rows { encode } => wit_task::TaskOutput::Rows(encode.0),
-                TaskOutput::Count => wit_task::TaskOutput::Count,
-            },
-            partition: desc.attempt.task.partition,
-            attempt: desc.attempt.attempt,
-            executor: env.fetcher.me().0,
-        };
+        let spec = task_spec(desc, env.fetcher.me().0);
         let r = guest
             .job
             .flint_job_task()
@@ -178,112 +170,98 @@ async fn run(
             .await;
         guest.unwrap(r)?;
 
-        let mut sink = Sink::new(desc)?;
-        match &desc.input {
-            TaskInput::TextSplit {
-                path, start, end, ..
-            } => {
-                let (tx, mut rx) = mpsc::channel(2);
-                let (path, start, end) = (PathBuf::from(path), *start, *end);
-                // Reading and encoding run on a blocking thread, one batch ahead of the guest.
-                let reader = tokio::task::spawn_blocking(move || {
-                    let mut r = match SplitReader::open(&path, start, end) {
-                        Ok(r) => r,
-                        Err(e) => {
-                            let _ = tx.blocking_send(Err(e));
-                            return;
-                        }
-                    };
-                    loop {
-                        let next = r.next_batch().transpose();
-                        let Some(item) = next else { return };
-                        let failed = item.is_err();
-                        if tx.blocking_send(item).is_err() || failed {
-                            return;
-                        }
-                    }
-                });
-                while let Some(item) = rx.recv().await {
-                    let batch = item.map_err(|e| io_err(e.to_string()))?;
-                    m.input_records += batch.rows;
-                    m.input_bytes += batch.bytes;
-                    let chunks = guest.push(batch.ipc).await?;
-                    sink.accept(chunks, m, desc.limits.max_output_bytes)?;
-                }
-                let _ = reader.await;
-            }
-            TaskInput::Shuffle {
-                shuffle,
-                reduce_partition,
-                segments,
-                ..
-            } => {
-                let job = desc.attempt.task.stage.job;
-                let budget = desc
-                    .limits
-                    .max_bytes_in_flight
-                    .clamp(1 << 20, u32::MAX as u64);
-                let permits = Arc::new(Semaphore::new(budget as usize));
-                let limit = std::time::Duration::from_millis(desc.limits.fetch_timeout_ms.max(1));
-                let secret = desc.shuffle_secret;
-                let (tx, mut rx) = mpsc::channel(segments.len().max(1));
-                // Fetch with bounded bytes in flight: a segment's permits are held until the
-                // guest has consumed it.
-                for src in segments.clone() {
-                    let (fetcher, permits, tx) = (env.fetcher.clone(), permits.clone(), tx.clone());
-                    let (shuffle, reduce) = (*shuffle, *reduce_partition);
-                    tokio::spawn(async move {
-                        let want = src.size.clamp(1, budget) as u32;
-                        let Ok(permit) = permits.acquire_many_owned(want).await else {
-                            return;
-                        };
-                        let r = match tokio::time::timeout(
-                            limit,
-                            fetcher.fetch(job, shuffle, reduce, &src, secret),
-                        )
-                        .await
+        let mut sink = Sink::new(desc);
+        let max_output = desc.limits.max_output_bytes;
+        for (i, piece) in desc.pieces.iter().enumerate() {
+            let i = i as u32;
+            match &piece.input {
+                TaskInput::Split {
+                    path,
+                    format,
+                    malformed,
+                    start,
+                    end,
+                    ..
+                } => {
+                    let (tx, mut rx) = mpsc::channel(2);
+                    let (path, format, malformed, start, end) = (
+                        PathBuf::from(path),
+                        format.clone(),
+                        *malformed,
+                        *start,
+                        *end,
+                    );
+                    // Reading and encoding run on a blocking thread, one batch ahead of
+                    // the guest.
+                    let reader = tokio::task::spawn_blocking(move || {
+                        let mut r = match SourceReader::open(&path, &format, malformed, start, end)
                         {
-                            Ok(r) => r.map_err(|e| e.to_string()),
-                            Err(_) => {
-                                fetcher.forget(&src.addr);
-                                Err(format!(
-                                    "fetching map output {} from executor {} at {}: no answer within \
-                                     shuffle.fetch_timeout ({})",
-                                    src.map_partition,
-                                    src.executor.0,
-                                    src.addr,
-                                    flint_protocol::scheduler::fmt_ms(limit.as_millis() as u64)
-                                ))
+                            Ok(r) => r,
+                            Err(e) => {
+                                let _ = tx.blocking_send(Err(e));
+                                return;
                             }
                         };
-                        let _ = tx.send((r, permit, src)).await;
+                        loop {
+                            let next = r.next_batch().transpose();
+                            let Some(item) = next else { return };
+                            let failed = item.is_err();
+                            if tx.blocking_send(item).is_err() || failed {
+                                return;
+                            }
+                        }
                     });
-                }
-                drop(tx);
-                while let Some((r, permit, src)) = rx.recv().await {
-                    let (data, remote) = r.map_err(|e| {
-                        err(
-                            TaskErrorKind::FetchFailed {
-                                executor: src.executor,
-                                map_partition: src.map_partition,
-                            },
-                            vec![e],
-                        )
-                    })?;
-                    if remote {
-                        m.shuffle_read_remote_bytes += data.len() as u64;
-                    } else {
-                        m.shuffle_read_local_bytes += data.len() as u64;
+                    while let Some(item) = rx.recv().await {
+                        let batch = item.map_err(|e| io_err(e.to_string()))?;
+                        m.input_records += batch.rows;
+                        m.input_bytes += batch.bytes;
+                        m.dropped_records += batch.dropped;
+                        if batch.rows == 0 {
+                            continue;
+                        }
+                        let chunks = guest.push(i, 0, batch.ipc).await?;
+                        sink.accept(chunks, m, max_output)?;
                     }
-                    m.input_bytes += data.len() as u64;
-                    let chunks = guest.push(data).await?;
-                    drop(permit);
-                    sink.accept(chunks, m, desc.limits.max_output_bytes)?;
+                    let _ = reader.await;
+                }
+                TaskInput::Inline { ipc, .. } => {
+                    m.input_bytes += ipc.len() as u64;
+                    let chunks = guest.push(i, 0, ipc.clone()).await?;
+                    sink.accept(chunks, m, max_output)?;
+                }
+                TaskInput::Shuffle {
+                    reduce_partition,
+                    sides,
+                    ..
+                } => {
+                    let mut rx = fetch_segments(env, desc, *reduce_partition, sides);
+                    while let Some((side, r, permit, src)) = rx.recv().await {
+                        let (data, remote) = r.map_err(|e| {
+                            err(
+                                TaskErrorKind::FetchFailed {
+                                    executor: src.executor,
+                                    map_partition: src.map_partition,
+                                },
+                                vec![e],
+                            )
+                        })?;
+                        if remote {
+                            m.shuffle_read_remote_bytes += data.len() as u64;
+                        } else {
+                            m.shuffle_read_local_bytes += data.len() as u64;
+                        }
+                        m.input_bytes += data.len() as u64;
+                        let chunks = guest.push(i, side, data).await?;
+                        drop(permit);
+                        sink.accept(chunks, m, max_output)?;
+                    }
                 }
             }
+            let chunks = guest.end_piece(i).await?;
+            sink.accept(chunks, m, max_output)?;
         }
         let chunks = guest.finish().await?;
-        sink.accept(chunks, m, desc.limits.max_output_bytes)?;
+        sink.accept(chunks, m, max_output)?;
         m.peak_memory_bytes = guest.store.data().peak_memory();
         m.fuel = sandbox.fuel_consumed(&guest.store);
         sink.complete(env, desc, m).await
@@ -298,14 +276,117 @@ async fn run(
     result
 }
 
+fn wit_op(o: &Op) -> sandbox::wit::Op {
+    sandbox::wit::Op {
+        function: o.func.0,
+        arg: o.arg.clone(),
+    }
+}
+
+/// The guest's view of the task.
+fn task_spec(desc: &TaskDescriptor, executor: u32) -> wit_task::TaskSpec {
+    wit_task::TaskSpec {
+        pieces: desc
+            .pieces
+            .iter()
+            .map(|p| wit_task::Piece {
+                input: match &p.input {
+                    TaskInput::Split { decode, .. } | TaskInput::Inline { decode, .. } => {
+                        wit_task::PieceInput::Batches(wit_op(decode))
+                    }
+                    TaskInput::Shuffle { read, .. } => wit_task::PieceInput::Shuffle(wit_op(read)),
+                },
+                ops: p.ops.iter().map(wit_op).collect(),
+            })
+            .collect(),
+        ops: desc.ops.iter().map(wit_op).collect(),
+        output: match &desc.output {
+            TaskOutput::ShuffleWrite {
+                write, partitions, ..
+            } => wit_task::TaskOutput::Shuffle(wit_task::ShuffleWrite {
+                write: wit_op(write),
+                partitions: *partitions,
+            }),
+            TaskOutput::File { render, .. } => wit_task::TaskOutput::Render(wit_op(render)),
+            TaskOutput::Rows { encode } => wit_task::TaskOutput::Rows(wit_op(encode)),
+            TaskOutput::Count => wit_task::TaskOutput::Count,
+        },
+        partition: desc.attempt.task.partition,
+        attempt: desc.attempt.attempt,
+        executor,
+    }
+}
+
+type Fetched = (
+    u32,
+    Result<(Vec<u8>, bool), String>,
+    tokio::sync::OwnedSemaphorePermit,
+    SegmentSource,
+);
+
+/// Fetches every segment of one reduce partition (of all sides) with bounded bytes in
+/// flight: a segment's permits are held until the guest has consumed it.
+fn fetch_segments(
+    env: &TaskEnv,
+    desc: &TaskDescriptor,
+    reduce: u32,
+    sides: &[ShuffleSideInput],
+) -> mpsc::Receiver<Fetched> {
+    let job = desc.attempt.task.stage.job;
+    let budget = desc
+        .limits
+        .max_bytes_in_flight
+        .clamp(1 << 20, u32::MAX as u64);
+    let permits = Arc::new(Semaphore::new(budget as usize));
+    let limit = std::time::Duration::from_millis(desc.limits.fetch_timeout_ms.max(1));
+    let secret = desc.shuffle_secret;
+    let total: usize = sides.iter().map(|s| s.segments.len()).sum();
+    let (tx, rx) = mpsc::channel(total.max(1));
+    for (side, input) in sides.iter().enumerate() {
+        for src in input.segments.clone() {
+            let (fetcher, permits, tx) = (env.fetcher.clone(), permits.clone(), tx.clone());
+            let shuffle = input.shuffle;
+            tokio::spawn(async move {
+                let want = src.size.clamp(1, budget) as u32;
+                let Ok(permit) = permits.acquire_many_owned(want).await else {
+                    return;
+                };
+                let r = match tokio::time::timeout(
+                    limit,
+                    fetcher.fetch(job, shuffle, reduce, &src, secret),
+                )
+                .await
+                {
+                    Ok(r) => r.map_err(|e| e.to_string()),
+                    Err(_) => {
+                        fetcher.forget(&src.addr);
+                        Err(format!(
+                            "fetching map output {} from executor {} at {}: no answer within \
+                             shuffle.fetch_timeout ({})",
+                            src.map_partition,
+                            src.executor.0,
+                            src.addr,
+                            flint_protocol::scheduler::fmt_ms(limit.as_millis() as u64)
+                        ))
+                    }
+                };
+                let _ = tx.send((side as u32, r, permit, src)).await;
+            });
+        }
+    }
+    rx
+}
+
 /// Where a task's output chunks go.
 enum Sink {
     Shuffle {
         segments: Vec<Vec<u8>>,
     },
-    Text {
+    /// A part file, created with the first batch (text files even when empty).
+    File {
         file: String,
-        out: std::io::BufWriter<std::fs::File>,
+        format: WriteFormat,
+        out: Option<Box<FileWriter>>,
         rows: u64,
     },
     Rows {
@@ -317,32 +398,24 @@ enum Sink {
 }
 
 impl Sink {
-    fn new(desc: &TaskDescriptor) -> Result<Sink, TaskError> {
-        Ok(match &desc.output {
+    fn new(desc: &TaskDescriptor) -> Sink {
+        match &desc.output {
             TaskOutput::ShuffleWrite { partitions, .. } => Sink::Shuffle {
                 segments: vec![Vec::new(); *partitions as usize],
             },
-            TaskOutput::Text { file, .. } => {
-                let path = std::path::Path::new(file);
-                if let Some(dir) = path.parent() {
-                    std::fs::create_dir_all(dir)
-                        .map_err(|e| io_err(format!("creating {}: {e}", dir.display())))?;
-                }
-                let f = std::fs::File::create(path)
-                    .map_err(|e| io_err(format!("creating {file}: {e}")))?;
-                Sink::Text {
-                    file: file.clone(),
-                    out: std::io::BufWriter::with_capacity(1 << 20, f),
-                    rows: 0,
-                }
-            }
+            TaskOutput::File { file, format, .. } => Sink::File {
+                file: file.clone(),
+                format: *format,
+                out: None,
+                rows: 0,
+            },
             TaskOutput::Rows { .. } => Sink::Rows {
                 batches: Vec::new(),
                 bytes: 0,
                 max: desc.limits.max_result_bytes,
             },
             TaskOutput::Count => Sink::Count(0),
-        })
+        }
     }
 
     fn accept(
@@ -385,37 +458,35 @@ impl Sink {
                     }
                     *seg = c.ipc;
                 }
-                Sink::Text { file, out, rows } => {
+                Sink::File {
+                    file,
+                    format,
+                    out,
+                    rows,
+                } => {
                     let reader =
                         arrow_ipc::reader::StreamReader::try_new(std::io::Cursor::new(c.ipc), None)
                             .map_err(|e| {
                                 err(
                                     TaskErrorKind::Guest,
-                                    vec![format!("guest text output is not Arrow IPC: {e}")],
+                                    vec![format!("guest output is not Arrow IPC: {e}")],
                                 )
                             })?;
                     for batch in reader {
                         let batch = batch.map_err(|e| {
-                            err(
-                                TaskErrorKind::Guest,
-                                vec![format!("guest text output: {e}")],
-                            )
+                            err(TaskErrorKind::Guest, vec![format!("guest output: {e}")])
                         })?;
-                        let col = batch
-                            .column_by_name("line")
-                            .and_then(|c| c.as_any().downcast_ref::<StringArray>())
-                            .ok_or_else(|| {
-                                err(
-                                    TaskErrorKind::Guest,
-                                    vec!["guest text output has no utf8 column `line`".into()],
-                                )
-                            })?;
-                        for i in 0..col.len() {
-                            out.write_all(col.value(i).as_bytes())
-                                .and_then(|_| out.write_all(b"\n"))
+                        if out.is_none() {
+                            *out = Some(Box::new(
+                                FileWriter::create(Path::new(file), *format, &batch.schema())
+                                    .map_err(io_err)?,
+                            ));
+                        }
+                        if let Some(w) = out.as_mut() {
+                            w.write(&batch)
                                 .map_err(|e| io_err(format!("writing {file}: {e}")))?;
                         }
-                        *rows += col.len() as u64;
+                        *rows += batch.num_rows() as u64;
                     }
                 }
                 Sink::Rows {
@@ -464,17 +535,31 @@ impl Sink {
                 m.shuffle_write_bytes = sizes.iter().sum();
                 TaskSuccess::MapOutput { sizes }
             }
-            Sink::Text {
+            Sink::File {
                 file,
-                mut out,
+                format,
+                out,
                 rows,
             } => {
-                out.flush()
-                    .map_err(|e| io_err(format!("writing {file}: {e}")))?;
-                out.get_ref()
-                    .sync_all()
-                    .map_err(|e| io_err(format!("syncing {file}: {e}")))?;
-                TaskSuccess::Text { file, rows }
+                let out = match (out, format) {
+                    (Some(w), _) => Some(w),
+                    // An empty partition of text is an empty file, as in Hadoop; the
+                    // columnar formats write no file for it (they have no schema yet).
+                    (None, WriteFormat::Text) => Some(Box::new(
+                        FileWriter::create(
+                            Path::new(&file),
+                            WriteFormat::Text,
+                            &arrow_schema::Schema::empty(),
+                        )
+                        .map_err(io_err)?,
+                    )),
+                    (None, _) => None,
+                };
+                if let Some(w) = out {
+                    w.close()
+                        .map_err(|e| io_err(format!("writing {file}: {e}")))?;
+                }
+                TaskSuccess::File { file, rows }
             }
             Sink::Rows { batches, .. } => TaskSuccess::Rows { batches },
             Sink::Count(n) => TaskSuccess::Count(n),

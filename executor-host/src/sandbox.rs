@@ -35,7 +35,7 @@ pub use flint::job::types as wit;
 /// number `interface-version` must return).
 pub const INTERFACE_PACKAGE: &str = "flint:job";
 pub const INTERFACE_SEMVER: &str = "0.1.0";
-pub const INTERFACE_VERSION: u32 = 2;
+pub const INTERFACE_VERSION: u32 = 3;
 
 /// How often the epoch advances; deadlines are checked (and long guest computations yield
 /// to the runtime) at this granularity.
@@ -146,6 +146,8 @@ pub type ActionFuture<'a> = std::pin::Pin<
 /// Runs an action for a driver program. Only the driver installs one.
 pub trait ActionRunner: Send + Sync {
     fn run(&self, plan: wit::Plan, action: wit::Action) -> ActionFuture<'_>;
+    /// The application's setting `key`, if set.
+    fn setting(&self, key: &str) -> Option<String>;
 }
 
 /// The data of one store.
@@ -197,6 +199,10 @@ impl flint::job::host::Host for GuestState {
                 causes: Vec::new(),
             }),
         }
+    }
+
+    async fn setting(&mut self, key: String) -> Option<String> {
+        self.actions.as_ref().and_then(|a| a.setting(&key))
     }
 }
 

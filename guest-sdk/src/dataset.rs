@@ -2,16 +2,17 @@
 
 use crate::bindings::flint::job::host;
 use crate::bindings::flint::job::types as wit;
-use crate::rows::{self, BATCH_ROWS, Rows, conjure, fn_ref};
-use crate::task::{ShuffleReader, ShuffleWriter};
+use crate::formats;
+use crate::ops::{self, SplitMix};
+use crate::rows::{self, Rows, fn_ref};
+use crate::task::{DecodeFn, NewOpFn, NewReaderFn, NewWriterFn, ToBatchFn};
 use crate::{Error, Result};
 use arrow_array::RecordBatch;
 use arrow_array::builder::StringBuilder;
-use rustc_hash::{FxHashMap, FxHasher};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use std::collections::HashMap;
-use std::hash::{Hash, Hasher};
+use std::hash::Hash;
 use std::marker::PhantomData;
 use std::rc::Rc;
 
@@ -57,6 +58,15 @@ impl<T: ToText + ?Sized> ToText for &T {
     }
 }
 
+impl<T: ToText> ToText for Option<T> {
+    /// `None` writes nothing.
+    fn write_text(&self, out: &mut String) {
+        if let Some(v) = self {
+            v.write_text(out)
+        }
+    }
+}
+
 macro_rules! to_text_tuple {
     ($first:ident $(, $rest:ident)*) => {
         impl<$first: ToText $(, $rest: ToText)*> ToText for ($first, $($rest),*) {
@@ -73,75 +83,51 @@ to_text_tuple!(A, B);
 to_text_tuple!(A, B, C);
 to_text_tuple!(A, B, C, D);
 
-/// What the driver program sees: its arguments and the sources it can read.
-pub struct Context {
-    args: Vec<String>,
-}
+/// A row of [`Dataset::cogroup`]: a key with its values on each side.
+pub type CoGrouped<K, V, W> = (K, (Vec<V>, Vec<W>));
 
-impl Context {
-    pub(crate) fn new(args: Vec<String>) -> Self {
-        Context { args }
-    }
+/// A row of [`Dataset::full_outer_join`]: a key with a value of either side or both.
+pub type FullJoined<K, V, W> = (K, (Option<V>, Option<W>));
 
-    /// Exactly `N` job arguments (what follows `--` on the command line), or an error
-    /// that says how many were expected.
-    ///
-    /// ```no_run
-    /// # fn f(ctx: &mut flint::Context) -> flint::Result<()> {
-    /// let [input, output] = ctx.args()?;
-    /// # Ok(()) }
-    /// ```
-    pub fn args<const N: usize>(&self) -> Result<[String; N]> {
-        <[String; N]>::try_from(self.args.clone()).map_err(|got| {
-            Error::msg(format!(
-                "this job takes {N} argument(s), got {}: {:?}",
-                got.len(),
-                got
-            ))
-        })
-    }
-
-    /// All job arguments.
-    pub fn all_args(&self) -> &[String] {
-        &self.args
-    }
-
-    /// Lines of a text file, or of every file in a directory, without their `\n` or
-    /// `\r\n`. Large files are split into several partitions on line boundaries. Nothing
-    /// is read until an action runs; a missing path is reported then.
-    ///
-    /// ```no_run
-    /// # fn f(ctx: &mut flint::Context) -> flint::Result<()> {
-    /// let lines = ctx.text_file("logs/")?;
-    /// println!("{} lines", lines.count()?);
-    /// # Ok(()) }
-    /// ```
-    pub fn text_file(&mut self, path: &str) -> Result<Dataset<String>> {
-        Ok(Dataset::new(LNode::TextFile {
-            paths: vec![path.to_string()],
-            decode: fn_ref(rows::decode_lines as fn(&RecordBatch) -> Result<Rows> as usize),
-        }))
+/// A function of this component and its captured value, as the plan names it.
+fn op(func: usize, arg: Vec<u8>) -> wit::Op {
+    wit::Op {
+        function: fn_ref(func),
+        arg,
     }
 }
 
 /// A node of the lineage a `Dataset` stands for.
-enum LNode {
-    TextFile {
+pub(crate) enum LNode {
+    Files {
         paths: Vec<String>,
-        decode: u32,
+        format: wit::ReadFormat,
+        malformed: wit::Malformed,
+        decode: wit::Op,
+    },
+    Inline {
+        partitions: Vec<Vec<u8>>,
+        decode: wit::Op,
     },
     Narrow {
         parent: Rc<LNode>,
-        apply: u32,
+        apply: wit::Op,
         name: &'static str,
     },
     Shuffle {
-        parent: Rc<LNode>,
+        sides: Vec<(Rc<LNode>, wit::Op)>,
         partitions: Option<u32>,
-        write: u32,
-        read: u32,
+        read: wit::Op,
         name: &'static str,
     },
+    Union(Vec<Rc<LNode>>),
+    Coalesce {
+        parent: Rc<LNode>,
+        partitions: u32,
+    },
+    /// A transformation that could not be planned (a captured value that does not
+    /// serialize); the first action reports it.
+    Invalid(String),
 }
 
 /// A lazy, partitioned collection of rows of type `T`, like Spark's RDD.
@@ -162,25 +148,53 @@ impl<T> Clone for Dataset<T> {
     }
 }
 
-type ApplyFn = fn(Rows) -> Result<Rows>;
+/// The encoded form of a captured value, or the node that reports why there is none.
+fn encode_capture<C: Serialize>(c: &C) -> std::result::Result<Vec<u8>, Rc<LNode>> {
+    postcard::to_stdvec(c).map_err(|e| {
+        Rc::new(LNode::Invalid(format!(
+            "a captured value of type {} does not serialize: {e}",
+            std::any::type_name::<C>()
+        )))
+    })
+}
 
-impl<T: Data> Dataset<T> {
-    fn new(node: LNode) -> Self {
+impl<T: crate::Data> Dataset<T> {
+    pub(crate) fn from_node(node: LNode) -> Self {
         Dataset {
             node: Rc::new(node),
             _t: PhantomData,
         }
     }
 
-    fn narrow<U>(&self, apply: ApplyFn, name: &'static str) -> Dataset<U> {
+    fn to<U>(node: Rc<LNode>) -> Dataset<U> {
         Dataset {
-            node: Rc::new(LNode::Narrow {
-                parent: self.node.clone(),
-                apply: fn_ref(apply as usize),
-                name,
-            }),
+            node,
             _t: PhantomData,
         }
+    }
+
+    /// The one narrow building block: `push` maps each batch of rows with the captured
+    /// value `c` and a per-partition state `S`; `finish` emits what is left when the
+    /// partition ends.
+    fn stream<C, S, U, P, F>(&self, c: &C, push: P, finish: F, name: &'static str) -> Dataset<U>
+    where
+        C: crate::Data,
+        S: Default + 'static,
+        U: 'static,
+        P: Fn(&C, &mut S, Vec<T>) -> Result<Vec<U>> + 'static,
+        F: Fn(&C, &mut S) -> Result<Vec<U>> + 'static,
+    {
+        let _ = (push, finish);
+        let arg = match encode_capture(c) {
+            Ok(a) => a,
+            Err(invalid) => return Self::to(invalid),
+        };
+        let func = ops::new_stream_op::<C, S, T, U, P, F> as NewOpFn as usize;
+        Self::to(Rc::new(LNode::Narrow {
+            parent: self.node.clone(),
+            apply: op(func, arg),
+            name,
+        }))
     }
 
     /// One output row per input row.
@@ -190,9 +204,34 @@ impl<T: Data> Dataset<T> {
     /// let lengths = words.map(|w: String| w.len() as u64);
     /// # }
     /// ```
-    pub fn map<U: Data, F: Fn(T) -> U + Copy + 'static>(&self, f: F) -> Dataset<U> {
-        let _ = f;
-        self.narrow(apply_map::<T, U, F>, "map")
+    pub fn map<U: crate::Data, F: Fn(T) -> U + Copy + 'static>(&self, f: F) -> Dataset<U> {
+        self.stream(
+            &(),
+            move |_: &(), _: &mut (), v: Vec<T>| Ok(v.into_iter().map(f).collect()),
+            |_: &(), _: &mut ()| Ok(Vec::new()),
+            "map",
+        )
+    }
+
+    /// [`map`](Self::map) with a value captured from the driver program: `c` is serialized
+    /// into the plan and handed to `f` by reference in every task.
+    ///
+    /// ```no_run
+    /// # fn f(xs: flint::Dataset<f64>, scale: f64) {
+    /// let scaled = xs.map_with(&scale, |s: &f64, x: f64| x * s);
+    /// # }
+    /// ```
+    pub fn map_with<C: crate::Data, U: crate::Data, F: Fn(&C, T) -> U + Copy + 'static>(
+        &self,
+        c: &C,
+        f: F,
+    ) -> Dataset<U> {
+        self.stream(
+            c,
+            move |c: &C, _: &mut (), v: Vec<T>| Ok(v.into_iter().map(|x| f(c, x)).collect()),
+            |_: &C, _: &mut ()| Ok(Vec::new()),
+            "map",
+        )
     }
 
     /// Zero or more output rows per input row.
@@ -202,12 +241,44 @@ impl<T: Data> Dataset<T> {
     /// let words = lines.flat_map(|l: String| l.split(' ').map(str::to_owned).collect::<Vec<_>>());
     /// # }
     /// ```
-    pub fn flat_map<U: Data, I: IntoIterator<Item = U>, F: Fn(T) -> I + Copy + 'static>(
+    pub fn flat_map<U: crate::Data, I: IntoIterator<Item = U>, F: Fn(T) -> I + Copy + 'static>(
         &self,
         f: F,
     ) -> Dataset<U> {
-        let _ = f;
-        self.narrow(apply_flat_map::<T, U, I, F>, "flat_map")
+        self.stream(
+            &(),
+            move |_: &(), _: &mut (), v: Vec<T>| Ok(v.into_iter().flat_map(f).collect()),
+            |_: &(), _: &mut ()| Ok(Vec::new()),
+            "flat_map",
+        )
+    }
+
+    /// [`flat_map`](Self::flat_map) with a captured value.
+    ///
+    /// ```no_run
+    /// # fn f(lines: flint::Dataset<String>) {
+    /// let sep = ",".to_string();
+    /// let fields = lines.flat_map_with(&sep, |s: &String, l: String| {
+    ///     l.split(s.as_str()).map(str::to_owned).collect::<Vec<_>>()
+    /// });
+    /// # }
+    /// ```
+    pub fn flat_map_with<
+        C: crate::Data,
+        U: crate::Data,
+        I: IntoIterator<Item = U>,
+        F: Fn(&C, T) -> I + Copy + 'static,
+    >(
+        &self,
+        c: &C,
+        f: F,
+    ) -> Dataset<U> {
+        self.stream(
+            c,
+            move |c: &C, _: &mut (), v: Vec<T>| Ok(v.into_iter().flat_map(|x| f(c, x)).collect()),
+            |_: &C, _: &mut ()| Ok(Vec::new()),
+            "flat_map",
+        )
     }
 
     /// The rows for which `f` is true.
@@ -218,11 +289,316 @@ impl<T: Data> Dataset<T> {
     /// # }
     /// ```
     pub fn filter<F: Fn(&T) -> bool + Copy + 'static>(&self, f: F) -> Dataset<T> {
-        let _ = f;
-        self.narrow(apply_filter::<T, F>, "filter")
+        self.stream(
+            &(),
+            move |_: &(), _: &mut (), mut v: Vec<T>| {
+                v.retain(f);
+                Ok(v)
+            },
+            |_: &(), _: &mut ()| Ok(Vec::new()),
+            "filter",
+        )
     }
 
-    /// All rows, brought back to the driver program.
+    /// [`filter`](Self::filter) with a captured value, such as a threshold read from the
+    /// job's arguments.
+    ///
+    /// ```no_run
+    /// # fn f(ctx: &mut flint::Context, xs: flint::Dataset<u64>) -> flint::Result<()> {
+    /// let [min] = ctx.args()?;
+    /// let min: u64 = min.parse()?;
+    /// let big = xs.filter_with(&min, |min: &u64, x: &u64| x >= min);
+    /// # Ok(()) }
+    /// ```
+    pub fn filter_with<C: crate::Data, F: Fn(&C, &T) -> bool + Copy + 'static>(
+        &self,
+        c: &C,
+        f: F,
+    ) -> Dataset<T> {
+        self.stream(
+            c,
+            move |c: &C, _: &mut (), mut v: Vec<T>| {
+                v.retain(|x| f(c, x));
+                Ok(v)
+            },
+            |_: &C, _: &mut ()| Ok(Vec::new()),
+            "filter",
+        )
+    }
+
+    /// Applies `f` to each whole partition: `f` gets all rows of a partition at once
+    /// (they are buffered in the task) and returns the partition's output.
+    ///
+    /// ```no_run
+    /// # fn f(xs: flint::Dataset<u64>) {
+    /// // One row per partition: its sum.
+    /// let sums = xs.map_partitions(|rows: Vec<u64>| [rows.iter().sum::<u64>()]);
+    /// # }
+    /// ```
+    pub fn map_partitions<
+        U: crate::Data,
+        I: IntoIterator<Item = U>,
+        F: Fn(Vec<T>) -> I + Copy + 'static,
+    >(
+        &self,
+        f: F,
+    ) -> Dataset<U> {
+        self.stream(
+            &(),
+            |_: &(), s: &mut Vec<T>, v: Vec<T>| {
+                s.extend(v);
+                Ok(Vec::new())
+            },
+            move |_: &(), s: &mut Vec<T>| Ok(f(std::mem::take(s)).into_iter().collect()),
+            "map_partitions",
+        )
+    }
+
+    /// Pairs each row with a key computed from it.
+    ///
+    /// ```no_run
+    /// # fn f(words: flint::Dataset<String>) {
+    /// let by_len = words.key_by(|w: &String| w.len());
+    /// # }
+    /// ```
+    pub fn key_by<K: crate::Data, F: Fn(&T) -> K + Copy + 'static>(&self, f: F) -> Dataset<(K, T)> {
+        self.stream(
+            &(),
+            move |_: &(), _: &mut (), v: Vec<T>| Ok(v.into_iter().map(|x| (f(&x), x)).collect()),
+            |_: &(), _: &mut ()| Ok(Vec::new()),
+            "key_by",
+        )
+    }
+
+    /// A random sample without replacement: each row is kept with probability
+    /// `fraction`. The same `seed` gives the same sample of the same input.
+    ///
+    /// ```no_run
+    /// # fn f(xs: flint::Dataset<u64>) {
+    /// let about_a_tenth = xs.sample(0.1, 42);
+    /// # }
+    /// ```
+    pub fn sample(&self, fraction: f64, seed: u64) -> Dataset<T> {
+        self.stream(
+            &(fraction, seed),
+            |c: &(f64, u64), rng: &mut Option<SplitMix>, mut v: Vec<T>| {
+                let rng = rng.get_or_insert_with(|| {
+                    let p = crate::task_context().map_or(0, |t| t.partition as u64);
+                    SplitMix(c.1 ^ p.wrapping_mul(0x9E37_79B9_7F4A_7C15))
+                });
+                v.retain(|_| rng.next_f64() < c.0);
+                Ok(v)
+            },
+            |_: &(f64, u64), _: &mut Option<SplitMix>| Ok(Vec::new()),
+            "sample",
+        )
+    }
+
+    /// The rows of `self` then those of `other`, without a shuffle: the result has the
+    /// partitions of both.
+    ///
+    /// ```no_run
+    /// # fn f(a: flint::Dataset<String>, b: flint::Dataset<String>) {
+    /// let both = a.union(&b);
+    /// # }
+    /// ```
+    pub fn union(&self, other: &Dataset<T>) -> Dataset<T> {
+        Self::to(Rc::new(LNode::Union(vec![
+            self.node.clone(),
+            other.node.clone(),
+        ])))
+    }
+
+    /// At most `partitions` partitions, each reading several consecutive ones of this
+    /// dataset, without a shuffle (Spark's `coalesce(n, shuffle = false)`).
+    ///
+    /// ```no_run
+    /// # fn f(xs: flint::Dataset<String>) -> flint::Result<()> {
+    /// xs.coalesce(1).save_as_text("out/one-file")?;
+    /// # Ok(()) }
+    /// ```
+    pub fn coalesce(&self, partitions: u32) -> Dataset<T> {
+        Self::to(Rc::new(LNode::Coalesce {
+            parent: self.node.clone(),
+            partitions: partitions.max(1),
+        }))
+    }
+
+    /// Exactly `partitions` partitions of about equal size, through a shuffle (round
+    /// robin).
+    ///
+    /// ```no_run
+    /// # fn f(xs: flint::Dataset<String>) {
+    /// let spread = xs.repartition(16);
+    /// # }
+    /// ```
+    pub fn repartition(&self, partitions: u32) -> Dataset<T> {
+        self.row_shuffle(
+            &(),
+            |_: &(), _: &T, n: u32, i: u64| (i % n as u64) as u32,
+            ops::new_row_pass_reader::<T> as NewReaderFn,
+            Vec::new(),
+            Some(partitions.max(1)),
+            "repartition",
+        )
+    }
+
+    fn row_shuffle<C: crate::Data, Pl: Fn(&C, &T, u32, u64) -> u32 + 'static>(
+        &self,
+        c: &C,
+        place: Pl,
+        read: NewReaderFn,
+        read_arg: Vec<u8>,
+        partitions: Option<u32>,
+        name: &'static str,
+    ) -> Dataset<T> {
+        let _ = place;
+        let arg = match encode_capture(c) {
+            Ok(a) => a,
+            Err(invalid) => return Self::to(invalid),
+        };
+        let write = ops::new_row_writer::<C, T, Pl> as NewWriterFn as usize;
+        Self::to(Rc::new(LNode::Shuffle {
+            sides: vec![(self.node.clone(), op(write, arg))],
+            partitions,
+            read: op(read as usize, read_arg),
+            name,
+        }))
+    }
+
+    /// Sets the partition count of the shuffle that produced this dataset (the result of
+    /// a wide operation such as `reduce_by_key` or `join`); any other dataset is
+    /// [`repartition`](Self::repartition)ed into `partitions`. Without it, a shuffle has
+    /// the setting `shuffle.partitions`, else as many partitions as its widest input.
+    ///
+    /// ```no_run
+    /// # fn f(pairs: flint::Dataset<(String, u64)>) {
+    /// let counts = pairs.reduce_by_key(|a, b| a + b).with_partitions(8);
+    /// # }
+    /// ```
+    pub fn with_partitions(&self, partitions: u32) -> Dataset<T> {
+        match &*self.node {
+            LNode::Shuffle {
+                sides, read, name, ..
+            } => Self::to(Rc::new(LNode::Shuffle {
+                sides: sides.clone(),
+                partitions: Some(partitions.max(1)),
+                read: read.clone(),
+                name,
+            })),
+            _ => self.repartition(partitions),
+        }
+    }
+
+    /// The rows sorted by `key`, globally: partition `i`'s keys all come before
+    /// partition `i + 1`'s, so saved part files are in order. Runs a small job first
+    /// that samples keys to choose the partitions' ranges, as Spark's `sortBy` does.
+    ///
+    /// ```no_run
+    /// # fn f(counts: flint::Dataset<(String, u64)>) -> flint::Result<()> {
+    /// let by_count = counts.sort_by(|(_, n): &(String, u64)| *n, false)?;
+    /// # Ok(()) }
+    /// ```
+    pub fn sort_by<K, F>(&self, key: F, ascending: bool) -> Result<Dataset<T>>
+    where
+        K: crate::Data + Ord,
+        F: Fn(&T) -> K + Copy + 'static,
+    {
+        self.sort_by_into(key, ascending, None)
+    }
+
+    /// [`sort_by`](Self::sort_by) into `partitions` partitions (default: the setting
+    /// `shuffle.partitions`, else as many as this dataset has).
+    pub fn sort_by_into<K, F>(
+        &self,
+        key: F,
+        ascending: bool,
+        partitions: Option<u32>,
+    ) -> Result<Dataset<T>>
+    where
+        K: crate::Data + Ord,
+        F: Fn(&T) -> K + Copy + 'static,
+    {
+        let wanted = partitions.or_else(|| setting_u32("shuffle.partitions"));
+        let per_partition = 20 * wanted.unwrap_or(1).max(3) as u64;
+        // One row per input partition: a reservoir sample of its keys.
+        let samples: Vec<Vec<K>> = self
+            .stream(
+                &per_partition,
+                move |cap: &u64, s: &mut (u64, Vec<K>, SplitMix), v: Vec<T>| {
+                    for x in v {
+                        s.0 += 1;
+                        if (s.1.len() as u64) < *cap {
+                            s.1.push(key(&x));
+                        } else {
+                            let j = (s.2.next_f64() * s.0 as f64) as u64;
+                            if j < *cap {
+                                s.1[j as usize] = key(&x);
+                            }
+                        }
+                    }
+                    Ok(Vec::new())
+                },
+                |_: &u64, s: &mut (u64, Vec<K>, SplitMix)| Ok(vec![std::mem::take(&mut s.1)]),
+                "sample_keys",
+            )
+            .collect()?;
+        let n = wanted.unwrap_or(samples.len() as u32).max(1);
+        let mut keys: Vec<K> = samples.into_iter().flatten().collect();
+        keys.sort();
+        let bounds: Vec<K> = if keys.is_empty() {
+            Vec::new()
+        } else {
+            let len = keys.len();
+            let picks: Vec<usize> = (1..n as usize).map(|i| i * len / n as usize).collect();
+            let mut out = Vec::with_capacity(picks.len());
+            let mut it = keys.into_iter().enumerate();
+            for p in picks {
+                for (i, k) in it.by_ref() {
+                    if i == p {
+                        out.push(k);
+                        break;
+                    }
+                }
+            }
+            out
+        };
+        let read_arg = postcard::to_stdvec(&ascending)?;
+        Ok(self.row_shuffle(
+            &(bounds, ascending),
+            move |c: &(Vec<K>, bool), r: &T, n: u32, _| {
+                let k = key(r);
+                let below = c.0.partition_point(|b| *b < k) as u32;
+                let i = below.min(n - 1);
+                if c.1 { i } else { n - 1 - i }
+            },
+            ops::new_sort_reader::<T, K, F> as NewReaderFn,
+            read_arg,
+            Some(n),
+            "sort_by",
+        ))
+    }
+
+    /// The distinct rows.
+    ///
+    /// ```no_run
+    /// # fn f(words: flint::Dataset<String>) {
+    /// let vocabulary = words.distinct();
+    /// # }
+    /// ```
+    pub fn distinct(&self) -> Dataset<T>
+    where
+        T: crate::Key,
+    {
+        self.map(|x: T| (x, ()))
+            .reduce_by_key(|a: (), _: ()| a)
+            .map(|(x, _): (T, ())| x)
+    }
+
+    // ------------------------------------------------------------------ actions
+
+    /// All rows, brought back to the driver program. Refused when the rows exceed
+    /// `driver.max_result_size` (default 1 GiB): write large results with a `save_as_*`.
     ///
     /// ```no_run
     /// # fn f(ds: flint::Dataset<u64>) -> flint::Result<()> {
@@ -230,8 +606,8 @@ impl<T: Data> Dataset<T> {
     /// # Ok(()) }
     /// ```
     pub fn collect(&self) -> Result<Vec<T>> {
-        let encode = fn_ref(encode_as_ipc::<T> as fn(Rows) -> Result<RecordBatch> as usize);
-        match self.run(wit::Action::Collect(encode))? {
+        let encode = rows::encode_rows_op::<T> as ToBatchFn as usize;
+        match self.run(wit::Action::Collect(op(encode, Vec::new())))? {
             wit::ActionResult::Rows(streams) => {
                 let mut out = Vec::new();
                 for s in streams {
@@ -259,6 +635,181 @@ impl<T: Data> Dataset<T> {
         }
     }
 
+    /// The first `n` rows, in partition order. Each task sends back at most `n` rows.
+    ///
+    /// ```no_run
+    /// # fn f(lines: flint::Dataset<String>) -> flint::Result<()> {
+    /// for l in lines.take(5)? { println!("{l}"); }
+    /// # Ok(()) }
+    /// ```
+    pub fn take(&self, n: usize) -> Result<Vec<T>> {
+        let mut v = self
+            .stream(
+                &(n as u64),
+                |n: &u64, s: &mut Vec<T>, v: Vec<T>| {
+                    let room = (*n as usize).saturating_sub(s.len());
+                    s.extend(v.into_iter().take(room));
+                    Ok(Vec::new())
+                },
+                |_: &u64, s: &mut Vec<T>| Ok(std::mem::take(s)),
+                "take",
+            )
+            .collect()?;
+        v.truncate(n);
+        Ok(v)
+    }
+
+    /// The first row, if any.
+    ///
+    /// ```no_run
+    /// # fn f(lines: flint::Dataset<String>) -> flint::Result<()> {
+    /// let header: Option<String> = lines.first()?;
+    /// # Ok(()) }
+    /// ```
+    pub fn first(&self) -> Result<Option<T>> {
+        Ok(self.take(1)?.into_iter().next())
+    }
+
+    /// The `n` rows with the largest `by` keys, largest first.
+    ///
+    /// ```no_run
+    /// # fn f(counts: flint::Dataset<(String, u64)>) -> flint::Result<()> {
+    /// let top10 = counts.top(10, |(_, n): &(String, u64)| *n)?;
+    /// # Ok(()) }
+    /// ```
+    pub fn top<K: Ord + 'static, F: Fn(&T) -> K + Copy + 'static>(
+        &self,
+        n: usize,
+        by: F,
+    ) -> Result<Vec<T>> {
+        fn keep<T, K: Ord>(v: &mut Vec<T>, n: usize, by: impl Fn(&T) -> K) {
+            v.sort_by_key(|x| std::cmp::Reverse(by(x)));
+            v.truncate(n);
+        }
+        let mut v = self
+            .stream(
+                &(n as u64),
+                move |n: &u64, s: &mut Vec<T>, v: Vec<T>| {
+                    s.extend(v);
+                    if s.len() > 2 * *n as usize + 1024 {
+                        keep(s, *n as usize, by);
+                    }
+                    Ok(Vec::new())
+                },
+                move |n: &u64, s: &mut Vec<T>| {
+                    keep(s, *n as usize, by);
+                    Ok(std::mem::take(s))
+                },
+                "top",
+            )
+            .collect()?;
+        keep(&mut v, n, by);
+        Ok(v)
+    }
+
+    /// Merges all rows with `f` (associative and commutative): each task reduces its
+    /// partition, the driver program merges the partial results. `None` when empty.
+    ///
+    /// ```no_run
+    /// # fn f(xs: flint::Dataset<u64>) -> flint::Result<()> {
+    /// let max = xs.reduce(|a, b| a.max(b))?;
+    /// # Ok(()) }
+    /// ```
+    pub fn reduce<F: Fn(T, T) -> T + Copy + 'static>(&self, f: F) -> Result<Option<T>> {
+        let partial = self
+            .stream(
+                &(),
+                move |_: &(), s: &mut Option<T>, v: Vec<T>| {
+                    for x in v {
+                        *s = Some(match s.take() {
+                            Some(a) => f(a, x),
+                            None => x,
+                        });
+                    }
+                    Ok(Vec::new())
+                },
+                |_: &(), s: &mut Option<T>| Ok(s.take().into_iter().collect()),
+                "reduce",
+            )
+            .collect()?;
+        Ok(partial.into_iter().reduce(f))
+    }
+
+    /// Folds all rows into `zero` with `f`: each partition from `zero`, then the partial
+    /// results from `zero` again, as Spark's `fold` (so `zero` must be neutral for `f`).
+    ///
+    /// ```no_run
+    /// # fn f(xs: flint::Dataset<u64>) -> flint::Result<()> {
+    /// let total = xs.fold(0, |a, b| a + b)?;
+    /// # Ok(()) }
+    /// ```
+    pub fn fold<F: Fn(T, T) -> T + Copy + 'static>(&self, zero: T, f: F) -> Result<T>
+    where
+        T: Clone,
+    {
+        let partial = self
+            .stream(
+                &zero,
+                move |z: &T, s: &mut Option<T>, v: Vec<T>| {
+                    let mut acc = s.take().unwrap_or_else(|| z.clone());
+                    for x in v {
+                        acc = f(acc, x);
+                    }
+                    *s = Some(acc);
+                    Ok(Vec::new())
+                },
+                |z: &T, s: &mut Option<T>| Ok(vec![s.take().unwrap_or_else(|| z.clone())]),
+                "fold",
+            )
+            .collect()?;
+        Ok(partial.into_iter().fold(zero, f))
+    }
+
+    /// How many times each distinct row occurs.
+    ///
+    /// ```no_run
+    /// # fn f(words: flint::Dataset<String>) -> flint::Result<()> {
+    /// let freq = words.count_by_value()?;
+    /// # Ok(()) }
+    /// ```
+    pub fn count_by_value(&self) -> Result<HashMap<T, u64>>
+    where
+        T: crate::Key,
+    {
+        Ok(self
+            .map(|x: T| (x, 1u64))
+            .reduce_by_key(|a: u64, b: u64| a + b)
+            .collect()?
+            .into_iter()
+            .collect())
+    }
+
+    /// Runs `f` on each partition's rows for its side effects. Tasks run sandboxed: what
+    /// `f` can affect is what the sandbox grants, such as its printed output (kept in
+    /// the task's record in the UI).
+    ///
+    /// ```no_run
+    /// # fn f(xs: flint::Dataset<u64>) -> flint::Result<()> {
+    /// xs.foreach_partition(|rows: Vec<u64>| println!("{} rows", rows.len()))?;
+    /// # Ok(()) }
+    /// ```
+    pub fn foreach_partition<F: Fn(Vec<T>) + Copy + 'static>(&self, f: F) -> Result<()> {
+        self.stream(
+            &(),
+            |_: &(), s: &mut Vec<T>, v: Vec<T>| {
+                s.extend(v);
+                Ok(Vec::<()>::new())
+            },
+            move |_: &(), s: &mut Vec<T>| {
+                f(std::mem::take(s));
+                Ok(Vec::new())
+            },
+            "foreach_partition",
+        )
+        .count()?;
+        Ok(())
+    }
+
     /// Writes the rows as text, one `part-NNNNN` file per partition in the directory
     /// `path`, committed atomically: after a failure, `path` does not exist. An existing
     /// non-empty `path` is an error.
@@ -272,24 +823,180 @@ impl<T: Data> Dataset<T> {
     where
         T: ToText,
     {
-        let render = fn_ref(render_text::<T> as fn(Rows) -> Result<RecordBatch> as usize);
-        self.run(wit::Action::SaveAsText(wit::SaveText {
+        let render = render_text::<T> as ToBatchFn as usize;
+        self.save(path, wit::WriteFormat::Text, render)
+    }
+
+    /// Writes the rows as CSV with a header line, one `part-NNNNN.csv` per partition,
+    /// committed atomically. `T` is a struct; its fields are the columns.
+    ///
+    /// ```no_run
+    /// #[derive(serde::Serialize, serde::Deserialize)]
+    /// struct Total { region: String, amount: f64 }
+    /// # fn f(totals: flint::Dataset<Total>) -> flint::Result<()> {
+    /// totals.save_as_csv("out/totals")?;
+    /// # Ok(()) }
+    /// ```
+    pub fn save_as_csv(&self, path: &str) -> Result<()> {
+        self.save_typed(path, wit::WriteFormat::Csv)
+    }
+
+    /// Writes the rows as JSON lines (one object per row), one `part-NNNNN.jsonl` per
+    /// partition, committed atomically.
+    ///
+    /// ```no_run
+    /// # #[derive(serde::Serialize, serde::Deserialize)] struct Total { region: String, amount: f64 }
+    /// # fn f(totals: flint::Dataset<Total>) -> flint::Result<()> {
+    /// totals.save_as_json_lines("out/totals")?;
+    /// # Ok(()) }
+    /// ```
+    pub fn save_as_json_lines(&self, path: &str) -> Result<()> {
+        self.save_typed(path, wit::WriteFormat::JsonLines)
+    }
+
+    /// Writes the rows as Parquet, one `part-NNNNN.parquet` per partition, committed
+    /// atomically. The schema comes from `T`'s fields.
+    ///
+    /// ```no_run
+    /// # #[derive(serde::Serialize, serde::Deserialize)] struct Total { region: String, amount: f64 }
+    /// # fn f(totals: flint::Dataset<Total>) -> flint::Result<()> {
+    /// totals.save_as_parquet("out/totals")?;
+    /// # Ok(()) }
+    /// ```
+    pub fn save_as_parquet(&self, path: &str) -> Result<()> {
+        self.save_typed(path, wit::WriteFormat::Parquet)
+    }
+
+    /// Writes the rows in the Arrow IPC file format, one `part-NNNNN.arrow` per
+    /// partition, committed atomically.
+    ///
+    /// ```no_run
+    /// # #[derive(serde::Serialize, serde::Deserialize)] struct Total { region: String, amount: f64 }
+    /// # fn f(totals: flint::Dataset<Total>) -> flint::Result<()> {
+    /// totals.save_as_arrow("out/totals")?;
+    /// # Ok(()) }
+    /// ```
+    pub fn save_as_arrow(&self, path: &str) -> Result<()> {
+        self.save_typed(path, wit::WriteFormat::ArrowIpc)
+    }
+
+    fn save_typed(&self, path: &str, format: wit::WriteFormat) -> Result<()> {
+        // Fail here, in main, when T has no columnar form.
+        formats::fields_of::<T>()?;
+        let render = formats::render_typed::<T> as ToBatchFn as usize;
+        self.save(path, format, render)
+    }
+
+    fn save(&self, path: &str, format: wit::WriteFormat, render: usize) -> Result<()> {
+        self.run(wit::Action::Save(wit::Save {
             path: path.to_string(),
-            render,
+            format,
+            render: op(render, Vec::new()),
         }))?;
         Ok(())
     }
 
     fn run(&self, action: wit::Action) -> Result<wit::ActionResult> {
-        let plan = flatten(&self.node);
+        let plan = flatten(&self.node)?;
         host::run_action(&plan, &action).map_err(Error::from_chain)
     }
 }
 
-impl<K: Key, V: Data> Dataset<(K, V)> {
+fn setting_u32(key: &str) -> Option<u32> {
+    host::setting(key).and_then(|v| v.trim().parse().ok())
+}
+
+impl<K: crate::Key, V: crate::Data> Dataset<(K, V)> {
+    /// Applies `f` to each value, keeping keys (and their partitioning).
+    ///
+    /// ```no_run
+    /// # fn f(pairs: flint::Dataset<(String, u64)>) {
+    /// let doubled = pairs.map_values(|v: u64| v * 2);
+    /// # }
+    /// ```
+    pub fn map_values<U: crate::Data, F: Fn(V) -> U + Copy + 'static>(
+        &self,
+        f: F,
+    ) -> Dataset<(K, U)> {
+        self.stream(
+            &(),
+            move |_: &(), _: &mut (), v: Vec<(K, V)>| {
+                Ok(v.into_iter().map(|(k, x)| (k, f(x))).collect())
+            },
+            |_: &(), _: &mut ()| Ok(Vec::new()),
+            "map_values",
+        )
+    }
+
+    /// The keys.
+    ///
+    /// ```no_run
+    /// # fn f(pairs: flint::Dataset<(String, u64)>) {
+    /// let words = pairs.keys();
+    /// # }
+    /// ```
+    pub fn keys(&self) -> Dataset<K> {
+        self.map(|(k, _): (K, V)| k)
+    }
+
+    /// The values.
+    ///
+    /// ```no_run
+    /// # fn f(pairs: flint::Dataset<(String, u64)>) {
+    /// let counts = pairs.values();
+    /// # }
+    /// ```
+    pub fn values(&self) -> Dataset<V> {
+        self.map(|(_, v): (K, V)| v)
+    }
+
+    /// Spark's `combineByKey`, the general form behind the other `*_by_key` operations:
+    /// `create` makes a combiner from a key's first value (with the captured `c`),
+    /// `merge` adds a value to it on the map side, `combine` merges combiners after the
+    /// shuffle.
+    ///
+    /// ```no_run
+    /// # fn f(pairs: flint::Dataset<(String, f64)>) {
+    /// // (sum, count) per key, for a mean.
+    /// let sums = pairs.combine_by_key(
+    ///     &(),
+    ///     |_: &(), v: f64| (v, 1u64),
+    ///     |(s, n): (f64, u64), v: f64| (s + v, n + 1),
+    ///     |(s1, n1): (f64, u64), (s2, n2): (f64, u64)| (s1 + s2, n1 + n2),
+    /// );
+    /// # }
+    /// ```
+    pub fn combine_by_key<C, U, Cr, Mv, Mc>(
+        &self,
+        c: &C,
+        create: Cr,
+        merge: Mv,
+        combine: Mc,
+    ) -> Dataset<(K, U)>
+    where
+        C: crate::Data,
+        U: crate::Data,
+        Cr: Fn(&C, V) -> U + Copy + 'static,
+        Mv: Fn(U, V) -> U + Copy + 'static,
+        Mc: Fn(U, U) -> U + Copy + 'static,
+    {
+        let _ = (create, merge, combine);
+        let arg = match encode_capture(c) {
+            Ok(a) => a,
+            Err(invalid) => return Self::to(invalid),
+        };
+        let write = ops::new_combine_writer::<C, K, V, U, Cr, Mv> as NewWriterFn as usize;
+        let read = ops::new_combine_reader::<K, U, Mc> as NewReaderFn as usize;
+        Self::to(Rc::new(LNode::Shuffle {
+            sides: vec![(self.node.clone(), op(write, arg))],
+            partitions: None,
+            read: op(read, Vec::new()),
+            name: "combine_by_key",
+        }))
+    }
+
     /// Merges the values of each key with `f` (associative and commutative), combining
-    /// on the map side before the shuffle. `partitions` defaults to `shuffle.partitions`,
-    /// else to the number of input partitions.
+    /// on the map side before the shuffle.
     ///
     /// ```no_run
     /// # fn f(pairs: flint::Dataset<(String, u64)>) {
@@ -297,118 +1004,362 @@ impl<K: Key, V: Data> Dataset<(K, V)> {
     /// # }
     /// ```
     pub fn reduce_by_key<F: Fn(V, V) -> V + Copy + 'static>(&self, f: F) -> Dataset<(K, V)> {
-        self.reduce_by_key_into(None, f)
+        self.combine_by_key(&(), |_: &(), v: V| v, f, f)
+            .renamed("reduce_by_key")
     }
 
-    /// [`reduce_by_key`](Self::reduce_by_key) into `partitions` partitions.
-    pub fn reduce_by_key_into<F: Fn(V, V) -> V + Copy + 'static>(
+    /// Aggregates each key's values into a `U` starting from `zero`: `seq` adds a value
+    /// on the map side, `comb` merges partial aggregates after the shuffle.
+    ///
+    /// ```no_run
+    /// # fn f(pairs: flint::Dataset<(String, u64)>) {
+    /// // The largest and the number of values per key.
+    /// let stats = pairs.aggregate_by_key(
+    ///     (0u64, 0u64),
+    ///     |(max, n): (u64, u64), v: u64| (max.max(v), n + 1),
+    ///     |(m1, n1): (u64, u64), (m2, n2): (u64, u64)| (m1.max(m2), n1 + n2),
+    /// );
+    /// # }
+    /// ```
+    pub fn aggregate_by_key<U, S, C>(&self, zero: U, seq: S, comb: C) -> Dataset<(K, U)>
+    where
+        U: crate::Data + Clone,
+        S: Fn(U, V) -> U + Copy + 'static,
+        C: Fn(U, U) -> U + Copy + 'static,
+    {
+        self.combine_by_key(&zero, move |z: &U, v: V| seq(z.clone(), v), seq, comb)
+            .renamed("aggregate_by_key")
+    }
+
+    /// All values of each key, in one group.
+    ///
+    /// ```no_run
+    /// # fn f(pairs: flint::Dataset<(String, u64)>) {
+    /// let groups = pairs.group_by_key();
+    /// # }
+    /// ```
+    pub fn group_by_key(&self) -> Dataset<(K, Vec<V>)> {
+        self.combine_by_key(
+            &(),
+            |_: &(), v: V| vec![v],
+            |mut g: Vec<V>, v: V| {
+                g.push(v);
+                g
+            },
+            |mut a: Vec<V>, b: Vec<V>| {
+                a.extend(b);
+                a
+            },
+        )
+        .renamed("group_by_key")
+    }
+
+    /// The number of rows per key, brought back to the driver program.
+    ///
+    /// ```no_run
+    /// # fn f(pairs: flint::Dataset<(String, u64)>) -> flint::Result<()> {
+    /// let per_key = pairs.count_by_key()?;
+    /// # Ok(()) }
+    /// ```
+    pub fn count_by_key(&self) -> Result<HashMap<K, u64>> {
+        Ok(self
+            .map_values(|_: V| 1u64)
+            .reduce_by_key(|a: u64, b: u64| a + b)
+            .collect()?
+            .into_iter()
+            .collect())
+    }
+
+    /// The same rows, hash-partitioned by key into `partitions` partitions.
+    ///
+    /// ```no_run
+    /// # fn f(pairs: flint::Dataset<(String, u64)>) {
+    /// let by_key = pairs.partition_by(8);
+    /// # }
+    /// ```
+    pub fn partition_by(&self, partitions: u32) -> Dataset<(K, V)> {
+        let write = ops::new_key_writer::<K, V> as NewWriterFn as usize;
+        let read = ops::new_pair_pass_reader::<K, V> as NewReaderFn as usize;
+        Self::to(Rc::new(LNode::Shuffle {
+            sides: vec![(self.node.clone(), op(write, Vec::new()))],
+            partitions: Some(partitions.max(1)),
+            read: op(read, Vec::new()),
+            name: "partition_by",
+        }))
+    }
+
+    fn cogroup_with<W, O, J>(&self, other: &Dataset<(K, W)>, name: &'static str) -> Dataset<O>
+    where
+        W: crate::Data,
+        O: 'static,
+        J: Fn(K, Vec<V>, Vec<W>, &mut Vec<O>) + 'static,
+    {
+        let left = ops::new_key_writer::<K, V> as NewWriterFn as usize;
+        let right = ops::new_key_writer::<K, W> as NewWriterFn as usize;
+        let read = ops::new_cogroup_reader::<K, V, W, O, J> as NewReaderFn as usize;
+        Dataset::<(K, V)>::to(Rc::new(LNode::Shuffle {
+            sides: vec![
+                (self.node.clone(), op(left, Vec::new())),
+                (other.node.clone(), op(right, Vec::new())),
+            ],
+            partitions: None,
+            read: op(read, Vec::new()),
+            name,
+        }))
+    }
+
+    /// For each key of either side, all its values on each side. Both sides are
+    /// hash-partitioned by key (shuffled) into the same partitions.
+    ///
+    /// ```no_run
+    /// # fn f(a: flint::Dataset<(u32, String)>, b: flint::Dataset<(u32, f64)>) {
+    /// let groups = a.cogroup(&b); // (key, (names, amounts))
+    /// # }
+    /// ```
+    pub fn cogroup<W: crate::Data>(&self, other: &Dataset<(K, W)>) -> Dataset<CoGrouped<K, V, W>> {
+        self.join_by(
+            other,
+            |k: K, vs: Vec<V>, ws: Vec<W>, out: &mut Vec<CoGrouped<K, V, W>>| {
+                out.push((k, (vs, ws)))
+            },
+            "cogroup",
+        )
+    }
+
+    /// Pairs of values for each key found on both sides (a hash join: both sides are
+    /// shuffled by key).
+    ///
+    /// ```no_run
+    /// # fn f(orders: flint::Dataset<(u32, f64)>, customers: flint::Dataset<(u32, String)>) {
+    /// let named = orders.join(&customers); // (id, (amount, name))
+    /// # }
+    /// ```
+    pub fn join<W: crate::Data + Clone>(&self, other: &Dataset<(K, W)>) -> Dataset<(K, (V, W))>
+    where
+        K: Clone,
+        V: Clone,
+    {
+        let j = |k: K, vs: Vec<V>, ws: Vec<W>, out: &mut Vec<(K, (V, W))>| {
+            for v in &vs {
+                for w in &ws {
+                    out.push((k.clone(), (v.clone(), w.clone())));
+                }
+            }
+        };
+        self.join_by(other, j, "join")
+    }
+
+    /// Every row of `self` with each matching value of `other`, or `None` where the key
+    /// has none there.
+    ///
+    /// ```no_run
+    /// # fn f(orders: flint::Dataset<(u32, f64)>, customers: flint::Dataset<(u32, String)>) {
+    /// let named = orders.left_outer_join(&customers); // (id, (amount, Option<name>))
+    /// # }
+    /// ```
+    pub fn left_outer_join<W: crate::Data + Clone>(
         &self,
-        partitions: Option<u32>,
-        f: F,
-    ) -> Dataset<(K, V)> {
-        let _ = f;
-        let write =
-            fn_ref(new_reduce_writer::<K, V, F> as fn(u32) -> Box<dyn ShuffleWriter> as usize);
-        let read = fn_ref(new_reduce_reader::<K, V, F> as fn() -> Box<dyn ShuffleReader> as usize);
-        Dataset {
-            node: Rc::new(LNode::Shuffle {
-                parent: self.node.clone(),
+        other: &Dataset<(K, W)>,
+    ) -> Dataset<(K, (V, Option<W>))>
+    where
+        K: Clone,
+        V: Clone,
+    {
+        let j = |k: K, vs: Vec<V>, ws: Vec<W>, out: &mut Vec<(K, (V, Option<W>))>| {
+            for v in &vs {
+                if ws.is_empty() {
+                    out.push((k.clone(), (v.clone(), None)));
+                }
+                for w in &ws {
+                    out.push((k.clone(), (v.clone(), Some(w.clone()))));
+                }
+            }
+        };
+        self.join_by(other, j, "left_outer_join")
+    }
+
+    /// Every row of `other` with each matching value of `self`, or `None`.
+    ///
+    /// ```no_run
+    /// # fn f(orders: flint::Dataset<(u32, f64)>, customers: flint::Dataset<(u32, String)>) {
+    /// let all_customers = orders.right_outer_join(&customers); // (id, (Option<amount>, name))
+    /// # }
+    /// ```
+    pub fn right_outer_join<W: crate::Data + Clone>(
+        &self,
+        other: &Dataset<(K, W)>,
+    ) -> Dataset<(K, (Option<V>, W))>
+    where
+        K: Clone,
+        V: Clone,
+    {
+        let j = |k: K, vs: Vec<V>, ws: Vec<W>, out: &mut Vec<(K, (Option<V>, W))>| {
+            for w in &ws {
+                if vs.is_empty() {
+                    out.push((k.clone(), (None, w.clone())));
+                }
+                for v in &vs {
+                    out.push((k.clone(), (Some(v.clone()), w.clone())));
+                }
+            }
+        };
+        self.join_by(other, j, "right_outer_join")
+    }
+
+    /// Rows of both sides: matching pairs, and each unmatched value with `None`.
+    ///
+    /// ```no_run
+    /// # fn f(a: flint::Dataset<(u32, f64)>, b: flint::Dataset<(u32, String)>) {
+    /// let all = a.full_outer_join(&b); // (id, (Option<amount>, Option<name>))
+    /// # }
+    /// ```
+    pub fn full_outer_join<W: crate::Data + Clone>(
+        &self,
+        other: &Dataset<(K, W)>,
+    ) -> Dataset<FullJoined<K, V, W>>
+    where
+        K: Clone,
+        V: Clone,
+    {
+        let j = |k: K, vs: Vec<V>, ws: Vec<W>, out: &mut Vec<FullJoined<K, V, W>>| {
+            if ws.is_empty() {
+                out.extend(vs.into_iter().map(|v| (k.clone(), (Some(v), None))));
+            } else if vs.is_empty() {
+                out.extend(ws.into_iter().map(|w| (k.clone(), (None, Some(w)))));
+            } else {
+                for v in &vs {
+                    for w in &ws {
+                        out.push((k.clone(), (Some(v.clone()), Some(w.clone()))));
+                    }
+                }
+            }
+        };
+        self.join_by(other, j, "full_outer_join")
+    }
+
+    fn join_by<W: crate::Data, O: 'static, J>(
+        &self,
+        other: &Dataset<(K, W)>,
+        j: J,
+        name: &'static str,
+    ) -> Dataset<O>
+    where
+        J: Fn(K, Vec<V>, Vec<W>, &mut Vec<O>) + Copy + 'static,
+    {
+        let _ = j;
+        self.cogroup_with::<W, O, J>(other, name)
+    }
+}
+
+impl<T> Dataset<T> {
+    /// The same dataset whose last shuffle is named `name` in stage names and the UI.
+    fn renamed(self, name: &'static str) -> Dataset<T> {
+        match &*self.node {
+            LNode::Shuffle {
+                sides,
                 partitions,
-                write,
                 read,
-                name: "reduce_by_key",
-            }),
-            _t: PhantomData,
+                ..
+            } => Dataset {
+                node: Rc::new(LNode::Shuffle {
+                    sides: sides.clone(),
+                    partitions: *partitions,
+                    read: read.clone(),
+                    name,
+                }),
+                _t: PhantomData,
+            },
+            _ => self,
         }
     }
 }
 
 /// Lineage → plan nodes in topological order (shared ancestors once).
-fn flatten(root: &Rc<LNode>) -> wit::Plan {
+fn flatten(root: &Rc<LNode>) -> Result<wit::Plan> {
     fn visit(
         n: &Rc<LNode>,
         seen: &mut HashMap<*const LNode, u32>,
         out: &mut Vec<wit::PlanNode>,
-    ) -> u32 {
+    ) -> Result<u32> {
         if let Some(i) = seen.get(&Rc::as_ptr(n)) {
-            return *i;
+            return Ok(*i);
         }
         let node = match &**n {
-            LNode::TextFile { paths, decode } => wit::PlanNode::TextFile(wit::TextSource {
+            LNode::Files {
+                paths,
+                format,
+                malformed,
+                decode,
+            } => wit::PlanNode::Files(wit::FileSource {
                 paths: paths.clone(),
+                format: format.clone(),
                 min_partitions: 0,
-                decode: *decode,
+                malformed: *malformed,
+                decode: decode.clone(),
+            }),
+            LNode::Inline { partitions, decode } => wit::PlanNode::Inline(wit::InlineSource {
+                partitions: partitions.clone(),
+                decode: decode.clone(),
             }),
             LNode::Narrow {
                 parent,
                 apply,
                 name,
             } => {
-                let parent = visit(parent, seen, out);
+                let parent = visit(parent, seen, out)?;
                 wit::PlanNode::Narrow(wit::NarrowOp {
                     parent,
-                    apply: *apply,
+                    apply: apply.clone(),
                     name: name.to_string(),
                 })
             }
             LNode::Shuffle {
-                parent,
+                sides,
                 partitions,
-                write,
                 read,
                 name,
             } => {
-                let parent = visit(parent, seen, out);
+                let mut ws = Vec::new();
+                for (parent, write) in sides {
+                    ws.push(wit::ShuffleSide {
+                        parent: visit(parent, seen, out)?,
+                        write: write.clone(),
+                    });
+                }
                 wit::PlanNode::Shuffle(wit::ShuffleOp {
-                    parent,
+                    sides: ws,
                     partitions: *partitions,
-                    write: *write,
-                    read: *read,
+                    read: read.clone(),
                     name: name.to_string(),
                 })
             }
+            LNode::Union(parents) => {
+                let mut ps = Vec::new();
+                for p in parents {
+                    ps.push(visit(p, seen, out)?);
+                }
+                wit::PlanNode::Union(ps)
+            }
+            LNode::Coalesce { parent, partitions } => {
+                let parent = visit(parent, seen, out)?;
+                wit::PlanNode::Coalesce(wit::CoalesceOp {
+                    parent,
+                    partitions: *partitions,
+                })
+            }
+            LNode::Invalid(why) => return Err(Error::msg(why.clone())),
         };
         out.push(node);
         let i = out.len() as u32 - 1;
         seen.insert(Rc::as_ptr(n), i);
-        i
+        Ok(i)
     }
     let mut nodes = Vec::new();
-    visit(root, &mut HashMap::new(), &mut nodes);
-    wit::Plan { nodes }
+    visit(root, &mut HashMap::new(), &mut nodes)?;
+    Ok(wit::Plan { nodes })
 }
 
-fn apply_map<T: Data, U: Data, F: Fn(T) -> U>(rows: Rows) -> Result<Rows> {
-    let f: F = conjure();
-    Ok(Rows::new(
-        rows.take::<T>()?.into_iter().map(f).collect::<Vec<U>>(),
-    ))
-}
-
-fn apply_flat_map<T: Data, U: Data, I: IntoIterator<Item = U>, F: Fn(T) -> I>(
-    rows: Rows,
-) -> Result<Rows> {
-    let f: F = conjure();
-    Ok(Rows::new(
-        rows.take::<T>()?
-            .into_iter()
-            .flat_map(f)
-            .collect::<Vec<U>>(),
-    ))
-}
-
-fn apply_filter<T: Data, F: Fn(&T) -> bool>(rows: Rows) -> Result<Rows> {
-    let f: F = conjure();
-    let mut v = rows.take::<T>()?;
-    v.retain(f);
-    Ok(Rows::new(v))
-}
-
-fn encode_as_ipc<T: Data>(rows: Rows) -> Result<RecordBatch> {
-    rows::encode_rows::<T>(rows)
-}
-
-fn render_text<T: Data + ToText>(rows: Rows) -> Result<RecordBatch> {
+pub(crate) fn render_text<T: crate::Data + ToText>(_arg: &[u8], rows: Rows) -> Result<RecordBatch> {
     let v: Vec<T> = rows.take()?;
     let mut b = StringBuilder::with_capacity(v.len(), v.len() * 16);
     let mut line = String::new();
@@ -420,118 +1371,7 @@ fn render_text<T: Data + ToText>(rows: Rows) -> Result<RecordBatch> {
     rows::lines_batch(b)
 }
 
-/// Which reduce partition a key goes to; the same in every instance.
-fn partition_of<K: Hash>(k: &K, partitions: u32) -> u32 {
-    let mut h = FxHasher::default();
-    k.hash(&mut h);
-    // Fx's low bits are weak; fold the high half in.
-    let x = h.finish();
-    ((x ^ (x >> 32)) % partitions as u64) as u32
-}
-
-/// Merges values per key: the map-side combiner and the reduce-side merge alike.
-struct Combiner<K, V, F> {
-    map: FxHashMap<K, Option<V>>,
-    _f: PhantomData<F>,
-}
-
-impl<K: Key, V: Data, F: Fn(V, V) -> V> Combiner<K, V, F> {
-    fn new() -> Self {
-        Combiner {
-            map: FxHashMap::default(),
-            _f: PhantomData,
-        }
-    }
-
-    fn add(&mut self, f: &F, k: K, v: V) {
-        let slot = self.map.entry(k).or_insert(None);
-        *slot = Some(match slot.take() {
-            Some(a) => f(a, v),
-            None => v,
-        });
-    }
-
-    fn drain(self) -> impl Iterator<Item = (K, V)> {
-        self.map.into_iter().filter_map(|(k, v)| v.map(|v| (k, v)))
-    }
-}
-
-struct ReduceWriter<K, V, F> {
-    partitions: u32,
-    combiner: Combiner<K, V, F>,
-}
-
-impl<K: Key, V: Data, F: Fn(V, V) -> V> ShuffleWriter for ReduceWriter<K, V, F> {
-    fn push(&mut self, rows: Rows) -> Result<()> {
-        let f: F = conjure();
-        for (k, v) in rows.take::<(K, V)>()? {
-            self.combiner.add(&f, k, v);
-        }
-        Ok(())
-    }
-
-    fn finish(self: Box<Self>) -> Result<Vec<(u32, Vec<RecordBatch>)>> {
-        let n = self.partitions.max(1);
-        let mut parts: Vec<Vec<(K, V)>> = (0..n).map(|_| Vec::new()).collect();
-        for (k, v) in self.combiner.drain() {
-            parts[partition_of(&k, n) as usize].push((k, v));
-        }
-        let mut out = Vec::new();
-        for (p, rows) in parts.into_iter().enumerate() {
-            if rows.is_empty() {
-                continue;
-            }
-            let batches = rows
-                .chunks(BATCH_ROWS)
-                .map(rows::encode_pairs)
-                .collect::<Result<Vec<_>>>()?;
-            out.push((p as u32, batches));
-        }
-        Ok(out)
-    }
-}
-
-fn new_reduce_writer<K: Key, V: Data, F: Fn(V, V) -> V + 'static>(
-    partitions: u32,
-) -> Box<dyn ShuffleWriter> {
-    Box::new(ReduceWriter::<K, V, F> {
-        partitions,
-        combiner: Combiner::new(),
-    })
-}
-
-struct ReduceReader<K, V, F> {
-    combiner: Combiner<K, V, F>,
-}
-
-impl<K: Key, V: Data, F: Fn(V, V) -> V> ShuffleReader for ReduceReader<K, V, F> {
-    fn push(&mut self, batch: &RecordBatch) -> Result<()> {
-        let f: F = conjure();
-        let c = &mut self.combiner;
-        rows::for_each_pair::<K, V>(batch, |k, v| c.add(&f, k, v))
-    }
-
-    fn finish(self: Box<Self>) -> Result<Vec<Rows>> {
-        let mut out = Vec::new();
-        let mut cur = Vec::with_capacity(BATCH_ROWS);
-        for kv in self.combiner.drain() {
-            cur.push(kv);
-            if cur.len() == BATCH_ROWS {
-                out.push(Rows::new(std::mem::replace(
-                    &mut cur,
-                    Vec::with_capacity(BATCH_ROWS),
-                )));
-            }
-        }
-        if !cur.is_empty() {
-            out.push(Rows::new(cur));
-        }
-        Ok(out)
-    }
-}
-
-fn new_reduce_reader<K: Key, V: Data, F: Fn(V, V) -> V + 'static>() -> Box<dyn ShuffleReader> {
-    Box::new(ReduceReader::<K, V, F> {
-        combiner: Combiner::new(),
-    })
+/// Names of the decoders sources use.
+pub(crate) fn decode_op(decode: DecodeFn) -> wit::Op {
+    op(decode as usize, Vec::new())
 }

@@ -38,18 +38,22 @@
 //! across a shuffle). The typed `Dataset` API and the closure trick are Rust
 //! conveniences; another language could implement the same world.
 
+mod context;
 mod dataset;
 mod error;
+mod formats;
+mod ops;
 mod rows;
 mod task;
 
-pub use dataset::{Context, Data, Dataset, Key, ToText};
+pub use context::{Context, CsvOptions, Malformed};
+pub use dataset::{CoGrouped, Data, Dataset, FullJoined, Key, ToText};
 pub use error::{Error, Result};
 pub use flint_guest_macros::main;
 pub use task::{TaskContext, task_context};
 
 /// The `flint:job` interface version this SDK speaks; the host checks it on load.
-pub const INTERFACE_VERSION: u32 = 2;
+pub const INTERFACE_VERSION: u32 = 3;
 
 #[doc(hidden)]
 pub mod __private {
@@ -60,7 +64,9 @@ pub mod __private {
     pub use crate::bindings::exports::flint::job::job::Guest as JobGuest;
     pub use crate::bindings::exports::flint::job::task::{Chunk, Guest as TaskGuest, TaskSpec};
     pub use crate::bindings::flint::job::types::ErrorChain;
-    pub use crate::task::{finish as task_finish, push as task_push, start as task_start};
+    pub use crate::task::{
+        end_piece as task_end_piece, finish as task_finish, push as task_push, start as task_start,
+    };
 
     /// Runs the user's `main` with the job's arguments.
     pub fn run_main(

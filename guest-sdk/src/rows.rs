@@ -24,6 +24,9 @@ impl Rows {
     }
 
     pub fn take<T: 'static>(self) -> Result<Vec<T>> {
+        if self.len == 0 {
+            return Ok(Vec::new());
+        }
         self.data.downcast::<Vec<T>>().map(|b| *b).map_err(|_| {
             Error::msg(format!(
                 "internal: rows are not of type {} (a plan from another component?)",
@@ -73,10 +76,30 @@ fn binary_column<'a>(batch: &'a RecordBatch, name: &str) -> Result<&'a BinaryArr
 
 /// `Vec<T>` → batch with one binary column `row`.
 pub(crate) fn encode_rows<T: Serialize + 'static>(rows: Rows) -> Result<RecordBatch> {
-    let v: Vec<T> = rows.take()?;
+    encode_slice::<T>(&rows.take::<T>()?)
+}
+
+/// [`encode_rows`] as the `collect` op.
+pub(crate) fn encode_rows_op<T: Serialize + 'static>(
+    _arg: &[u8],
+    rows: Rows,
+) -> Result<RecordBatch> {
+    encode_rows::<T>(rows)
+}
+
+/// The decoder of `parallelize`d rows.
+pub(crate) fn decode_rows_op<T: DeserializeOwned + 'static>(
+    _arg: &[u8],
+    batch: &RecordBatch,
+) -> Result<Rows> {
+    Ok(Rows::new(decode_rows::<T>(batch)?))
+}
+
+/// Rows → batch with one binary column `row`.
+pub(crate) fn encode_slice<T: Serialize>(v: &[T]) -> Result<RecordBatch> {
     let mut b = BinaryBuilder::with_capacity(v.len(), v.len() * 16);
     let mut buf = Vec::new();
-    for r in &v {
+    for r in v {
         buf.clear();
         buf = postcard::to_extend(r, buf)?;
         b.append_value(&buf);
@@ -148,7 +171,7 @@ pub(crate) fn lines_batch(lines: StringBuilder) -> Result<RecordBatch> {
 }
 
 /// Batch with a utf8 column `line` → `Vec<String>` (what `text_file` reads).
-pub(crate) fn decode_lines(batch: &RecordBatch) -> Result<Rows> {
+pub(crate) fn decode_lines(_arg: &[u8], batch: &RecordBatch) -> Result<Rows> {
     let col = batch
         .column_by_name("line")
         .and_then(|c| c.as_any().downcast_ref::<StringArray>())

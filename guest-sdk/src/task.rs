@@ -1,14 +1,24 @@
 //! The executor side: one stage's fused pipeline over one partition, batch by batch.
 //!
-//! The host calls `start` once, `push` per input batch, `finish` once, all on one instance;
-//! the state between calls lives here.
+//! The host calls `start` once, then per piece `push` per input batch and `end-piece`,
+//! then `finish`, all on one instance; the state between calls lives here.
 
 use crate::__private::{Chunk, ErrorChain, TaskSpec};
-use crate::bindings::exports::flint::job::task::{TaskInput, TaskOutput};
+use crate::bindings::exports::flint::job::task::{PieceInput, TaskOutput};
+use crate::bindings::flint::job::types::Op;
 use crate::rows::{self, Rows, fn_ptr, ipc_bytes, ipc_stream};
 use crate::{Error, Result};
 use arrow_array::RecordBatch;
 use std::cell::RefCell;
+
+/// A narrow transformation over a stream of row batches; may keep state across batches
+/// and emit more rows when its partition ends.
+pub(crate) trait Operator {
+    fn push(&mut self, rows: Rows) -> Result<Rows>;
+    fn finish(&mut self) -> Result<Option<Rows>> {
+        Ok(None)
+    }
+}
 
 /// Map side of a shuffle: takes rows, returns per-partition batches at the end.
 pub(crate) trait ShuffleWriter {
@@ -16,32 +26,38 @@ pub(crate) trait ShuffleWriter {
     fn finish(self: Box<Self>) -> Result<Vec<(u32, Vec<RecordBatch>)>>;
 }
 
-/// Reduce side of a shuffle: takes fetched batches, returns merged rows at the end.
+/// Reduce side of a shuffle: takes fetched batches of each side; emits rows as it goes
+/// (a pass-through) or at the end (a merge).
 pub(crate) trait ShuffleReader {
-    fn push(&mut self, batch: &RecordBatch) -> Result<()>;
+    fn push(&mut self, side: u32, batch: &RecordBatch) -> Result<Option<Rows>>;
     fn finish(self: Box<Self>) -> Result<Vec<Rows>>;
 }
 
-type DecodeFn = fn(&RecordBatch) -> Result<Rows>;
-type ApplyFn = fn(Rows) -> Result<Rows>;
-type ToBatchFn = fn(Rows) -> Result<RecordBatch>;
-type NewWriterFn = fn(u32) -> Box<dyn ShuffleWriter>;
-type NewReaderFn = fn() -> Box<dyn ShuffleReader>;
+pub(crate) type DecodeFn = fn(&[u8], &RecordBatch) -> Result<Rows>;
+pub(crate) type NewOpFn = fn(&[u8]) -> Result<Box<dyn Operator>>;
+pub(crate) type ToBatchFn = fn(&[u8], Rows) -> Result<RecordBatch>;
+pub(crate) type NewWriterFn = fn(&[u8], u32) -> Result<Box<dyn ShuffleWriter>>;
+pub(crate) type NewReaderFn = fn(&[u8]) -> Result<Box<dyn ShuffleReader>>;
 
 enum Input {
-    Batches(DecodeFn),
-    Shuffle(Box<dyn ShuffleReader>),
+    Batches(DecodeFn, Vec<u8>),
+    Shuffle(Option<Box<dyn ShuffleReader>>),
+}
+
+struct Piece {
+    input: Input,
+    ops: Vec<Box<dyn Operator>>,
 }
 
 enum Output {
     Shuffle(Box<dyn ShuffleWriter>),
-    Batches(ToBatchFn),
+    Batches(ToBatchFn, Vec<u8>),
     Count,
 }
 
 struct Task {
-    input: Input,
-    ops: Vec<ApplyFn>,
+    pieces: Vec<Piece>,
+    ops: Vec<Box<dyn Operator>>,
     output: Output,
 }
 
@@ -78,8 +94,8 @@ pub fn task_context() -> Option<TaskContext> {
 fn cast_decode(r: u32) -> Result<DecodeFn> {
     Ok(unsafe { std::mem::transmute::<usize, DecodeFn>(fn_ptr(r)?) })
 }
-fn cast_apply(r: u32) -> Result<ApplyFn> {
-    Ok(unsafe { std::mem::transmute::<usize, ApplyFn>(fn_ptr(r)?) })
+fn cast_new_op(r: u32) -> Result<NewOpFn> {
+    Ok(unsafe { std::mem::transmute::<usize, NewOpFn>(fn_ptr(r)?) })
 }
 fn cast_to_batch(r: u32) -> Result<ToBatchFn> {
     Ok(unsafe { std::mem::transmute::<usize, ToBatchFn>(fn_ptr(r)?) })
@@ -91,6 +107,12 @@ fn cast_new_reader(r: u32) -> Result<NewReaderFn> {
     Ok(unsafe { std::mem::transmute::<usize, NewReaderFn>(fn_ptr(r)?) })
 }
 
+fn new_ops(ops: &[Op]) -> Result<Vec<Box<dyn Operator>>> {
+    ops.iter()
+        .map(|o| cast_new_op(o.function)?(&o.arg))
+        .collect()
+}
+
 pub fn start(spec: TaskSpec) -> Result<(), ErrorChain> {
     CONTEXT.with(|c| {
         c.set(Some(TaskContext {
@@ -100,37 +122,74 @@ pub fn start(spec: TaskSpec) -> Result<(), ErrorChain> {
         }))
     });
     let task = (|| -> Result<Task> {
-        let input = match spec.input {
-            TaskInput::Batches(r) => Input::Batches(cast_decode(r)?),
-            TaskInput::Shuffle(r) => Input::Shuffle(cast_new_reader(r)?()),
-        };
-        let ops = spec
-            .ops
-            .iter()
-            .map(|r| cast_apply(*r))
-            .collect::<Result<Vec<_>>>()?;
+        let mut pieces = Vec::with_capacity(spec.pieces.len());
+        for p in &spec.pieces {
+            let input = match &p.input {
+                PieceInput::Batches(o) => Input::Batches(cast_decode(o.function)?, o.arg.clone()),
+                PieceInput::Shuffle(o) => {
+                    Input::Shuffle(Some(cast_new_reader(o.function)?(&o.arg)?))
+                }
+            };
+            pieces.push(Piece {
+                input,
+                ops: new_ops(&p.ops)?,
+            });
+        }
         let output = match spec.output {
-            TaskOutput::Shuffle(w) => Output::Shuffle(cast_new_writer(w.write)?(w.partitions)),
-            TaskOutput::Text(r) | TaskOutput::Rows(r) => Output::Batches(cast_to_batch(r)?),
+            TaskOutput::Shuffle(w) => Output::Shuffle(cast_new_writer(w.write.function)?(
+                &w.write.arg,
+                w.partitions,
+            )?),
+            TaskOutput::Render(o) | TaskOutput::Rows(o) => {
+                Output::Batches(cast_to_batch(o.function)?, o.arg)
+            }
             TaskOutput::Count => Output::Count,
         };
-        Ok(Task { input, ops, output })
+        Ok(Task {
+            pieces,
+            ops: new_ops(&spec.ops)?,
+            output,
+        })
     })()
     .map_err(Error::into_chain)?;
     TASK.with(|t| *t.borrow_mut() = Some(task));
     Ok(())
 }
 
-pub fn push(batch: Vec<u8>) -> Result<Vec<Chunk>, ErrorChain> {
+pub fn push(piece: u32, side: u32, batch: Vec<u8>) -> Result<Vec<Chunk>, ErrorChain> {
     with_task(|task| {
         let mut out = Vec::new();
         for b in rows::read_ipc(&batch)? {
-            match &mut task.input {
-                Input::Batches(decode) => {
-                    let rows = decode(&b)?;
-                    task.run(rows, &mut out)?;
-                }
-                Input::Shuffle(reader) => reader.push(&b)?,
+            let p = task.piece(piece)?;
+            let rows = match &mut p.input {
+                Input::Batches(decode, arg) => Some(decode(arg, &b)?),
+                Input::Shuffle(Some(reader)) => reader.push(side, &b)?,
+                Input::Shuffle(None) => return Err(Error::msg("push after end-piece")),
+            };
+            if let Some(rows) = rows {
+                task.run(piece, rows, &mut out)?;
+            }
+        }
+        Ok(out)
+    })
+}
+
+pub fn end_piece(piece: u32) -> Result<Vec<Chunk>, ErrorChain> {
+    with_task(|task| {
+        let mut out = Vec::new();
+        if let Input::Shuffle(reader) = &mut task.piece(piece)?.input
+            && let Some(reader) = reader.take()
+        {
+            for rows in reader.finish()? {
+                task.run(piece, rows, &mut out)?;
+            }
+        }
+        // Partition-wise ops of the piece emit what they held.
+        let n = task.piece(piece)?.ops.len();
+        for i in 0..n {
+            if let Some(rows) = task.piece(piece)?.ops[i].finish()? {
+                let rows = run_chain(&mut task.piece(piece)?.ops[i + 1..], rows)?;
+                task.run_tail(rows, &mut out)?;
             }
         }
         Ok(out)
@@ -142,13 +201,10 @@ pub fn finish() -> Result<Vec<Chunk>, ErrorChain> {
     let mut task = task.ok_or_else(|| Error::msg("finish called before start").into_chain())?;
     (|| -> Result<Vec<Chunk>> {
         let mut out = Vec::new();
-        let input = std::mem::replace(
-            &mut task.input,
-            Input::Batches(|_| Err(Error::msg("input finished"))),
-        );
-        if let Input::Shuffle(reader) = input {
-            for rows in reader.finish()? {
-                task.run(rows, &mut out)?;
+        for i in 0..task.ops.len() {
+            if let Some(rows) = task.ops[i].finish()? {
+                let rows = run_chain(&mut task.ops[i + 1..], rows)?;
+                task.emit(rows, &mut out)?;
             }
         }
         match task.output {
@@ -162,7 +218,7 @@ pub fn finish() -> Result<Vec<Chunk>, ErrorChain> {
                     });
                 }
             }
-            Output::Batches(_) | Output::Count => {}
+            Output::Batches(..) | Output::Count => {}
         }
         Ok(out)
     })()
@@ -179,24 +235,46 @@ fn with_task<R>(f: impl FnOnce(&mut Task) -> Result<R>) -> Result<R, ErrorChain>
     })
 }
 
+fn run_chain(ops: &mut [Box<dyn Operator>], mut rows: Rows) -> Result<Rows> {
+    for op in ops {
+        rows = op.push(rows)?;
+    }
+    Ok(rows)
+}
+
 impl Task {
-    /// Runs the fused narrow ops over one batch of rows and hands the result to the output.
-    fn run(&mut self, mut rows: Rows, out: &mut Vec<Chunk>) -> Result<()> {
-        for op in &self.ops {
-            rows = op(rows)?;
+    fn piece(&mut self, i: u32) -> Result<&mut Piece> {
+        let n = self.pieces.len();
+        self.pieces
+            .get_mut(i as usize)
+            .ok_or_else(|| Error::msg(format!("piece {i} of a task with {n}")))
+    }
+
+    /// Runs rows of piece `piece` through its ops, the task's ops and the output.
+    fn run(&mut self, piece: u32, rows: Rows, out: &mut Vec<Chunk>) -> Result<()> {
+        let rows = run_chain(&mut self.piece(piece)?.ops, rows)?;
+        self.run_tail(rows, out)
+    }
+
+    fn run_tail(&mut self, rows: Rows, out: &mut Vec<Chunk>) -> Result<()> {
+        let rows = run_chain(&mut self.ops, rows)?;
+        self.emit(rows, out)
+    }
+
+    fn emit(&mut self, rows: Rows, out: &mut Vec<Chunk>) -> Result<()> {
+        if rows.len == 0 {
+            return Ok(());
         }
         match &mut self.output {
             Output::Shuffle(w) => w.push(rows)?,
-            Output::Batches(to_batch) => {
+            Output::Batches(to_batch, arg) => {
                 let n = rows.len as u64;
-                if n > 0 {
-                    let b = to_batch(rows)?;
-                    out.push(Chunk {
-                        partition: 0,
-                        ipc: ipc_bytes(&b)?,
-                        rows: n,
-                    });
-                }
+                let b = to_batch(arg, rows)?;
+                out.push(Chunk {
+                    partition: 0,
+                    ipc: ipc_bytes(&b)?,
+                    rows: n,
+                });
             }
             Output::Count => out.push(Chunk {
                 partition: 0,

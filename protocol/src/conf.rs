@@ -281,6 +281,11 @@ impl Conf {
     }
 
     /// Whether `key` was given (rather than left at its default).
+    /// The value given for `key`, if one was (any key, declared or not: guests ask).
+    pub fn get(&self, key: &str) -> Option<&str> {
+        self.values.get(key).map(String::as_str)
+    }
+
     pub fn is_set(&self, key: &str) -> bool {
         self.values.contains_key(key)
     }

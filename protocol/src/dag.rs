@@ -1,18 +1,35 @@
 //! Cutting a [`LogicalPlan`] into stages at shuffle boundaries (the DAG scheduler's
-//! planning half). Narrow nodes fuse into the stage of their parent; each shuffle ends a
-//! map stage and starts a new one that reads it.
+//! planning half). Narrow nodes fuse into the stage of their parent; each shuffle ends
+//! one map stage per side and starts a new stage that reads them all; unions and
+//! coalesces stay inside a stage, whose tasks then read several *pieces* in turn.
 
 use crate::ids::ShuffleId;
-use crate::plan::{Action, FnRef, LogicalPlan, Node, NodeIndex, PlanError};
+use crate::plan::{Action, LogicalPlan, Node, NodeIndex, Op, PlanError};
 use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
 
-/// Where a stage's tasks get their rows.
+/// Where a branch of a stage gets its rows.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum StageInput {
-    /// Splits of the text source at plan node `node`.
-    TextFile { node: NodeIndex, decode: FnRef },
-    /// The reduce side of a shuffle written by a parent stage.
-    Shuffle { shuffle: ShuffleId, read: FnRef },
+    /// The partitions of the source at plan node `node` (file splits or inline rows).
+    Source { node: NodeIndex, decode: Op },
+    /// The reduce side of a shuffle: one shuffle per side, merged by `read`.
+    Shuffle { shuffles: Vec<ShuffleId>, read: Op },
+}
+
+/// One input of a stage with the narrow ops that apply to it alone.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Branch {
+    pub input: StageInput,
+    pub ops: Vec<Op>,
+    pub partitions: u32,
+}
+
+/// A partition of a branch, read by a task.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PieceRef {
+    pub branch: u32,
+    pub partition: u32,
 }
 
 /// What a stage's tasks produce.
@@ -22,7 +39,7 @@ pub enum StageOutput {
     ShuffleWrite {
         shuffle: ShuffleId,
         partitions: u32,
-        write: FnRef,
+        write: Op,
     },
     /// The job's action, per partition.
     Result(Action),
@@ -34,13 +51,29 @@ pub struct StageDef {
     pub index: u32,
     /// Stages whose shuffle output this one reads.
     pub parents: Vec<u32>,
-    pub input: StageInput,
-    /// Narrow functions applied in order, fused.
-    pub ops: Vec<FnRef>,
+    pub branches: Vec<Branch>,
+    /// Per partition of this stage, the branch partitions its task reads, in order.
+    pub pieces: Vec<Vec<PieceRef>>,
+    /// Narrow ops applied after the branches' own, across all pieces of a task.
+    pub ops: Vec<Op>,
     pub output: StageOutput,
     pub partitions: u32,
     /// Human-readable pipeline, e.g. `text_file → flat_map → map → reduce_by_key`.
     pub name: String,
+}
+
+impl StageDef {
+    /// The shuffles this stage reads.
+    pub fn reads(&self) -> impl Iterator<Item = ShuffleId> + '_ {
+        self.branches.iter().flat_map(|b| {
+            match &b.input {
+                StageInput::Shuffle { shuffles, .. } => shuffles.as_slice(),
+                StageInput::Source { .. } => &[],
+            }
+            .iter()
+            .copied()
+        })
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -57,9 +90,9 @@ impl JobDag {
 
 /// Builds the stage DAG.
 ///
-/// `source_partitions(node)` says how many splits a source node has (the driver lists
+/// `source_partitions(node)` says how many splits a file source has (the driver lists
 /// files to know); `default_shuffle_partitions` applies where a shuffle names no count
-/// (`None`: as many as the map side has, Spark's RDD default).
+/// (`None`: as many as its largest side has, Spark's RDD default).
 pub fn build_dag(
     plan: &LogicalPlan,
     source_partitions: &dyn Fn(NodeIndex) -> u32,
@@ -71,14 +104,57 @@ pub fn build_dag(
         source_partitions,
         default_shuffle_partitions,
         stages: Vec::new(),
+        shuffles: HashMap::new(),
+        next_shuffle: 0,
     };
-    b.stage_ending_at(plan.root(), StageOutputKind::Result)?;
+    let p = b.pipeline(plan.root())?;
+    let mut names = p.names.clone();
+    names.push(plan.action.name().to_string());
+    b.push_stage(p, StageOutput::Result(plan.action.clone()), names);
     Ok(JobDag { stages: b.stages })
 }
 
-enum StageOutputKind {
-    Result,
-    Shuffle { node: NodeIndex },
+/// The part of a stage built so far, from its inputs up to some node.
+struct Pipeline {
+    parents: Vec<u32>,
+    branches: Vec<Branch>,
+    pieces: Vec<Vec<PieceRef>>,
+    tail: Vec<Op>,
+    names: Vec<String>,
+}
+
+impl Pipeline {
+    fn single(input: StageInput, partitions: u32, parents: Vec<u32>, name: String) -> Pipeline {
+        Pipeline {
+            parents,
+            branches: vec![Branch {
+                input,
+                ops: Vec::new(),
+                partitions,
+            }],
+            pieces: (0..partitions)
+                .map(|p| {
+                    vec![PieceRef {
+                        branch: 0,
+                        partition: p,
+                    }]
+                })
+                .collect(),
+            tail: Vec::new(),
+            names: vec![name],
+        }
+    }
+
+    /// Moves the tail into every branch: what follows a union or coalesce must not see
+    /// the rows of pieces it did not before.
+    fn sink_tail(&mut self) {
+        let tail = std::mem::take(&mut self.tail);
+        if !tail.is_empty() {
+            for b in &mut self.branches {
+                b.ops.extend(tail.iter().cloned());
+            }
+        }
+    }
 }
 
 struct Builder<'a> {
@@ -86,148 +162,227 @@ struct Builder<'a> {
     source_partitions: &'a dyn Fn(NodeIndex) -> u32,
     default_shuffle_partitions: Option<u32>,
     stages: Vec<StageDef>,
+    /// Shuffle node → (map stages, shuffle ids, partitions), built once however often read.
+    shuffles: HashMap<NodeIndex, (Vec<u32>, Vec<ShuffleId>, u32)>,
+    next_shuffle: u32,
 }
 
 impl Builder<'_> {
-    /// Builds (parents first) the stage whose pipeline ends at `last`, returns its index.
-    fn stage_ending_at(
-        &mut self,
-        last: NodeIndex,
-        kind: StageOutputKind,
-    ) -> Result<u32, PlanError> {
-        // Walk up through narrow nodes to the stage's input.
-        let mut ops = Vec::new();
-        let mut names = Vec::new();
-        let mut cur = last;
-        let (input, parents, partitions) = loop {
-            match &self.plan.nodes[cur] {
-                Node::Narrow {
-                    parent,
-                    apply,
-                    name,
-                } => {
-                    ops.push(*apply);
-                    names.push(name.clone());
-                    cur = *parent;
-                }
-                Node::TextFile { decode, .. } => {
-                    names.push("text_file".to_string());
-                    let n = (self.source_partitions)(cur);
-                    break (
-                        StageInput::TextFile {
-                            node: cur,
-                            decode: *decode,
-                        },
-                        vec![],
-                        n,
-                    );
-                }
-                Node::Shuffle {
-                    parent, read, name, ..
-                } => {
-                    names.push(format!("{name} (read)"));
-                    let parent_stage =
-                        self.stage_ending_at(*parent, StageOutputKind::Shuffle { node: cur })?;
-                    let StageOutput::ShuffleWrite {
-                        shuffle,
-                        partitions,
-                        ..
-                    } = self.stages[parent_stage as usize].output
-                    else {
-                        unreachable!("a shuffle's parent stage writes that shuffle")
-                    };
-                    break (
-                        StageInput::Shuffle {
-                            shuffle,
-                            read: *read,
-                        },
-                        vec![parent_stage],
-                        partitions,
-                    );
-                }
-            }
-        };
-        ops.reverse();
-        names.reverse();
-        let output = match kind {
-            StageOutputKind::Result => {
-                names.push(self.plan.action.name().to_string());
-                StageOutput::Result(self.plan.action.clone())
-            }
-            StageOutputKind::Shuffle { node } => {
-                let Node::Shuffle {
-                    partitions: requested,
-                    write,
-                    name,
-                    ..
-                } = &self.plan.nodes[node]
-                else {
-                    unreachable!("shuffle stages end at shuffle nodes")
-                };
-                names.push(format!("{name} (write)"));
-                let shuffle = ShuffleId(
-                    self.stages
-                        .iter()
-                        .filter(|s| matches!(s.output, StageOutput::ShuffleWrite { .. }))
-                        .count() as u32,
-                );
-                StageOutput::ShuffleWrite {
-                    shuffle,
-                    partitions: requested
-                        .or(self.default_shuffle_partitions)
-                        .unwrap_or(partitions)
-                        .max(1),
-                    write: *write,
-                }
-            }
-        };
+    fn push_stage(&mut self, p: Pipeline, output: StageOutput, names: Vec<String>) -> u32 {
         let index = self.stages.len() as u32;
+        let mut parents = p.parents;
+        parents.sort_unstable();
+        parents.dedup();
         self.stages.push(StageDef {
             index,
             parents,
-            input,
-            ops,
+            partitions: p.pieces.len() as u32,
+            branches: p.branches,
+            pieces: p.pieces,
+            ops: p.tail,
             output,
-            partitions,
             name: names.join(" → "),
         });
-        Ok(index)
+        index
+    }
+
+    /// The pipeline of the stage that computes `node`, building its parent stages.
+    fn pipeline(&mut self, node: NodeIndex) -> Result<Pipeline, PlanError> {
+        Ok(match &self.plan.nodes[node] {
+            Node::Files { format, decode, .. } => Pipeline::single(
+                StageInput::Source {
+                    node,
+                    decode: decode.clone(),
+                },
+                (self.source_partitions)(node),
+                vec![],
+                format.name().to_string(),
+            ),
+            Node::Inline { partitions, decode } => Pipeline::single(
+                StageInput::Source {
+                    node,
+                    decode: decode.clone(),
+                },
+                partitions.len() as u32,
+                vec![],
+                "parallelize".to_string(),
+            ),
+            Node::Narrow {
+                parent,
+                apply,
+                name,
+            } => {
+                let mut p = self.pipeline(*parent)?;
+                p.tail.push(apply.clone());
+                p.names.push(name.clone());
+                p
+            }
+            Node::Shuffle { read, name, .. } => {
+                let (stages, shuffles, partitions) = self.shuffle_stages(node)?;
+                Pipeline::single(
+                    StageInput::Shuffle {
+                        shuffles,
+                        read: read.clone(),
+                    },
+                    partitions,
+                    stages,
+                    format!("{name} (read)"),
+                )
+            }
+            Node::Union { parents } => {
+                let mut out = Pipeline {
+                    parents: vec![],
+                    branches: vec![],
+                    pieces: vec![],
+                    tail: vec![],
+                    names: vec![],
+                };
+                let mut names = Vec::new();
+                for parent in parents {
+                    let mut p = self.pipeline(*parent)?;
+                    p.sink_tail();
+                    let offset = out.branches.len() as u32;
+                    out.parents.extend(p.parents);
+                    out.branches.extend(p.branches);
+                    out.pieces.extend(p.pieces.into_iter().map(|ps| {
+                        ps.into_iter()
+                            .map(|r| PieceRef {
+                                branch: r.branch + offset,
+                                partition: r.partition,
+                            })
+                            .collect()
+                    }));
+                    names.push(p.names.join(" → "));
+                }
+                out.names = vec![format!("union({})", names.join(" | "))];
+                out
+            }
+            Node::Coalesce { parent, partitions } => {
+                let mut p = self.pipeline(*parent)?;
+                let n = (*partitions as usize).min(p.pieces.len()).max(1);
+                if n < p.pieces.len() {
+                    p.sink_tail();
+                    let all = std::mem::take(&mut p.pieces);
+                    let len = all.len();
+                    // Group i takes pieces [i*len/n, (i+1)*len/n): sizes differ by one at most.
+                    let mut groups: Vec<Vec<PieceRef>> = vec![Vec::new(); n];
+                    for (i, piece) in all.into_iter().enumerate() {
+                        groups[i * n / len].extend(piece);
+                    }
+                    p.pieces = groups;
+                }
+                p.names.push(format!("coalesce({partitions})"));
+                p
+            }
+        })
+    }
+
+    /// The map stages of shuffle node `node` (one per side), built once.
+    fn shuffle_stages(
+        &mut self,
+        node: NodeIndex,
+    ) -> Result<(Vec<u32>, Vec<ShuffleId>, u32), PlanError> {
+        if let Some(s) = self.shuffles.get(&node) {
+            return Ok(s.clone());
+        }
+        let Node::Shuffle {
+            sides,
+            partitions: requested,
+            name,
+            ..
+        } = &self.plan.nodes[node]
+        else {
+            unreachable!("shuffle_stages is called on shuffle nodes")
+        };
+        let mut pipelines = Vec::new();
+        for side in sides {
+            pipelines.push(self.pipeline(side.parent)?);
+        }
+        let widest = pipelines.iter().map(|p| p.pieces.len() as u32).max();
+        let partitions = requested
+            .or(self.default_shuffle_partitions)
+            .or(widest)
+            .unwrap_or(1)
+            .max(1);
+        let mut stages = Vec::new();
+        let mut ids = Vec::new();
+        for (side, p) in sides.iter().zip(pipelines) {
+            let shuffle = ShuffleId(self.next_shuffle);
+            self.next_shuffle += 1;
+            let mut names = p.names.clone();
+            names.push(format!("{name} (write)"));
+            let stage = self.push_stage(
+                p,
+                StageOutput::ShuffleWrite {
+                    shuffle,
+                    partitions,
+                    write: side.write.clone(),
+                },
+                names,
+            );
+            stages.push(stage);
+            ids.push(shuffle);
+        }
+        let built = (stages, ids, partitions);
+        self.shuffles.insert(node, built.clone());
+        Ok(built)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::plan::{FnRef, Malformed, ReadFormat, ShuffleSide, WriteFormat};
+
+    fn op(f: u32) -> Op {
+        Op::bare(f)
+    }
+
+    fn text(path: &str) -> Node {
+        Node::Files {
+            paths: vec![path.into()],
+            format: ReadFormat::Text,
+            min_partitions: 2,
+            malformed: Malformed::Fail,
+            decode: op(1),
+        }
+    }
+
+    fn shuffle(parents: &[usize], partitions: Option<u32>, read: u32) -> Node {
+        Node::Shuffle {
+            sides: parents
+                .iter()
+                .map(|p| ShuffleSide {
+                    parent: *p,
+                    write: op(40 + *p as u32),
+                })
+                .collect(),
+            partitions,
+            read: op(read),
+            name: "reduce_by_key".into(),
+        }
+    }
 
     fn wordcount_plan() -> LogicalPlan {
         LogicalPlan {
             nodes: vec![
-                Node::TextFile {
-                    paths: vec!["in".into()],
-                    min_partitions: 2,
-                    decode: FnRef(1),
-                },
+                text("in"),
                 Node::Narrow {
                     parent: 0,
-                    apply: FnRef(2),
+                    apply: op(2),
                     name: "flat_map".into(),
                 },
                 Node::Narrow {
                     parent: 1,
-                    apply: FnRef(3),
+                    apply: op(3),
                     name: "map".into(),
                 },
-                Node::Shuffle {
-                    parent: 2,
-                    partitions: None,
-                    write: FnRef(4),
-                    read: FnRef(5),
-                    name: "reduce_by_key".into(),
-                },
+                shuffle(&[2], None, 5),
             ],
-            action: Action::SaveAsText {
+            action: Action::Save {
                 path: "out".into(),
-                render: FnRef(6),
+                format: WriteFormat::Text,
+                render: op(6),
             },
         }
     }
@@ -238,20 +393,20 @@ mod tests {
         assert_eq!(dag.stages.len(), 2);
         let map = &dag.stages[0];
         assert_eq!(
-            map.input,
-            StageInput::TextFile {
+            map.branches[0].input,
+            StageInput::Source {
                 node: 0,
-                decode: FnRef(1)
+                decode: op(1)
             }
         );
-        assert_eq!(map.ops, vec![FnRef(2), FnRef(3)]);
+        assert_eq!(map.ops, vec![op(2), op(3)]);
         assert_eq!(map.partitions, 5);
         assert_eq!(
             map.output,
             StageOutput::ShuffleWrite {
                 shuffle: ShuffleId(0),
                 partitions: 5,
-                write: FnRef(4)
+                write: op(42)
             }
         );
         assert_eq!(
@@ -261,17 +416,17 @@ mod tests {
         let result = &dag.stages[1];
         assert_eq!(result.parents, vec![0]);
         assert_eq!(
-            result.input,
+            result.branches[0].input,
             StageInput::Shuffle {
-                shuffle: ShuffleId(0),
-                read: FnRef(5)
+                shuffles: vec![ShuffleId(0)],
+                read: op(5)
             }
         );
         assert!(result.ops.is_empty());
         assert_eq!(result.partitions, 5);
         assert!(matches!(
             result.output,
-            StageOutput::Result(Action::SaveAsText { .. })
+            StageOutput::Result(Action::Save { .. })
         ));
     }
 
@@ -292,21 +447,15 @@ mod tests {
         let mut plan = wordcount_plan();
         plan.nodes.push(Node::Narrow {
             parent: 3,
-            apply: FnRef(7),
+            apply: op(7),
             name: "map".into(),
         });
-        plan.nodes.push(Node::Shuffle {
-            parent: 4,
-            partitions: Some(2),
-            write: FnRef(8),
-            read: FnRef(9),
-            name: "reduce_by_key".into(),
-        });
+        plan.nodes.push(shuffle(&[4], Some(2), 9));
         plan.action = Action::Count;
         let dag = build_dag(&plan, &|_| 4, None).unwrap();
         assert_eq!(dag.stages.len(), 3);
         assert_eq!(dag.stages[1].parents, vec![0]);
-        assert_eq!(dag.stages[1].ops, vec![FnRef(7)]);
+        assert_eq!(dag.stages[1].ops, vec![op(7)]);
         assert!(matches!(
             dag.stages[1].output,
             StageOutput::ShuffleWrite {
@@ -320,18 +469,93 @@ mod tests {
     }
 
     #[test]
-    fn a_source_alone_is_one_stage() {
+    fn a_join_shuffles_both_sides_into_one_reading_stage() {
         let plan = LogicalPlan {
-            nodes: vec![Node::TextFile {
-                paths: vec!["x".into()],
-                min_partitions: 1,
-                decode: FnRef(1),
-            }],
+            nodes: vec![text("a"), text("b"), shuffle(&[0, 1], None, 9)],
+            action: Action::Count,
+        };
+        let splits = |n: NodeIndex| if n == 0 { 3 } else { 5 };
+        let dag = build_dag(&plan, &splits, None).unwrap();
+        assert_eq!(dag.stages.len(), 3);
+        // Both sides write as many partitions as the wider side has.
+        for (s, maps) in [(0, 3), (1, 5)] {
+            assert_eq!(dag.stages[s].partitions, maps);
+            assert!(matches!(
+                dag.stages[s].output,
+                StageOutput::ShuffleWrite { partitions: 5, .. }
+            ));
+        }
+        let join = &dag.stages[2];
+        assert_eq!(join.parents, vec![0, 1]);
+        assert_eq!(
+            join.reads().collect::<Vec<_>>(),
+            vec![ShuffleId(0), ShuffleId(1)]
+        );
+        assert_eq!(join.partitions, 5);
+    }
+
+    #[test]
+    fn union_concatenates_and_coalesce_groups_without_a_shuffle() {
+        let plan = LogicalPlan {
+            nodes: vec![
+                text("a"),
+                Node::Narrow {
+                    parent: 0,
+                    apply: op(2),
+                    name: "map".into(),
+                },
+                text("b"),
+                Node::Union {
+                    parents: vec![1, 2],
+                },
+                Node::Coalesce {
+                    parent: 3,
+                    partitions: 2,
+                },
+                Node::Narrow {
+                    parent: 4,
+                    apply: op(3),
+                    name: "map_partitions".into(),
+                },
+            ],
+            action: Action::Count,
+        };
+        let splits = |n: NodeIndex| if n == 0 { 2 } else { 3 };
+        let dag = build_dag(&plan, &splits, None).unwrap();
+        assert_eq!(dag.stages.len(), 1);
+        let s = &dag.stages[0];
+        assert_eq!(s.branches.len(), 2);
+        // The map before the union applies to its own branch only.
+        assert_eq!(s.branches[0].ops, vec![op(2)]);
+        assert!(s.branches[1].ops.is_empty());
+        assert_eq!(s.ops, vec![op(3)]);
+        let piece = |branch, partition| PieceRef { branch, partition };
+        assert_eq!(
+            s.pieces,
+            vec![
+                vec![piece(0, 0), piece(0, 1), piece(1, 0)],
+                vec![piece(1, 1), piece(1, 2)],
+            ]
+        );
+        assert_eq!(s.partitions, 2);
+    }
+
+    #[test]
+    fn a_shuffle_read_twice_is_built_once() {
+        let plan = LogicalPlan {
+            nodes: vec![
+                text("a"),
+                shuffle(&[0], Some(2), 5),
+                Node::Union {
+                    parents: vec![1, 1],
+                },
+            ],
             action: Action::Count,
         };
         let dag = build_dag(&plan, &|_| 3, None).unwrap();
-        assert_eq!(dag.stages.len(), 1);
-        assert_eq!(dag.stages[0].partitions, 3);
+        assert_eq!(dag.stages.len(), 2);
+        assert_eq!(dag.stages[1].partitions, 4);
+        assert_eq!(dag.stages[1].parents, vec![0]);
     }
 
     #[test]
@@ -339,7 +563,10 @@ mod tests {
         let plan = LogicalPlan {
             nodes: vec![Node::Narrow {
                 parent: 0,
-                apply: FnRef(1),
+                apply: Op {
+                    func: FnRef(1),
+                    arg: vec![],
+                },
                 name: "map".into(),
             }],
             action: Action::Count,

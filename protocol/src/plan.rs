@@ -1,8 +1,8 @@
 //! The logical plan: what a job's `main` asked for, before it is cut into stages.
 //!
-//! Functions are named by [`FnRef`]: an entry of the job component's own function table,
-//! produced by the guest SDK on the driver and only ever handed back to an instance of
-//! the same component. The host never interprets one.
+//! Functions are named by [`Op`]: an entry of the job component's own function table and
+//! the bytes of the value it captured, produced by the guest SDK on the driver and only
+//! ever handed back to an instance of the same component. The host never interprets one.
 
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
@@ -11,33 +11,150 @@ use thiserror::Error;
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct FnRef(pub u32);
 
+/// A function of the job component and the value it captured (opaque bytes).
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Op {
+    pub func: FnRef,
+    pub arg: Vec<u8>,
+}
+
+impl Op {
+    /// A function that captured nothing.
+    pub fn bare(func: u32) -> Op {
+        Op {
+            func: FnRef(func),
+            arg: Vec::new(),
+        }
+    }
+}
+
 /// Index of a node in [`LogicalPlan::nodes`].
 pub type NodeIndex = usize;
 
+/// What to do with a record a source cannot parse.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Malformed {
+    /// Fail the task, naming the file and line or row group.
+    Fail,
+    /// Drop the record and count it.
+    Drop,
+}
+
+/// How a source's files become Arrow batches.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum ReadFormat {
+    /// One utf8 column `line` per line.
+    Text,
+    /// `schema`: an Arrow IPC stream holding only the schema; `None` until the driver
+    /// inferred it.
+    Csv {
+        header: bool,
+        delimiter: u8,
+        schema: Option<Vec<u8>>,
+    },
+    JsonLines {
+        schema: Vec<u8>,
+    },
+    Parquet {
+        columns: Option<Vec<String>>,
+    },
+    ArrowIpc,
+}
+
+impl ReadFormat {
+    pub fn name(&self) -> &'static str {
+        match self {
+            ReadFormat::Text => "text_file",
+            ReadFormat::Csv { .. } => "csv",
+            ReadFormat::JsonLines { .. } => "json_lines",
+            ReadFormat::Parquet { .. } => "parquet",
+            ReadFormat::ArrowIpc => "arrow_ipc",
+        }
+    }
+
+    /// Split by byte ranges on line boundaries (as opposed to row groups or batches).
+    pub fn is_line_based(&self) -> bool {
+        matches!(
+            self,
+            ReadFormat::Text | ReadFormat::Csv { .. } | ReadFormat::JsonLines { .. }
+        )
+    }
+}
+
+/// How `save` writes partitions.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum WriteFormat {
+    Text,
+    Csv,
+    JsonLines,
+    Parquet,
+    ArrowIpc,
+}
+
+impl WriteFormat {
+    /// The extension of part files (`part-00000.csv`); none for text.
+    pub fn extension(self) -> &'static str {
+        match self {
+            WriteFormat::Text => "",
+            WriteFormat::Csv => ".csv",
+            WriteFormat::JsonLines => ".jsonl",
+            WriteFormat::Parquet => ".parquet",
+            WriteFormat::ArrowIpc => ".arrow",
+        }
+    }
+}
+
+/// One input of a shuffle.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ShuffleSide {
+    pub parent: NodeIndex,
+    pub write: Op,
+}
+
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum Node {
-    /// Lines of text files; `paths` are files or directories.
-    TextFile {
+    /// Files or directories of files, read in splits.
+    Files {
         paths: Vec<String>,
+        format: ReadFormat,
         min_partitions: u32,
-        decode: FnRef,
+        malformed: Malformed,
+        decode: Op,
     },
-    /// A narrow, batch-at-a-time transformation (map, filter, flat_map...): fuses into the
-    /// stage of its parent.
+    /// Rows the driver program holds: one Arrow IPC stream per partition.
+    Inline {
+        partitions: Vec<Vec<u8>>,
+        decode: Op,
+    },
+    /// A narrow transformation: fuses into the stage of its parent.
     Narrow {
         parent: NodeIndex,
-        apply: FnRef,
+        apply: Op,
         name: String,
     },
-    /// A wide dependency: the map side combines and partitions with `write`, the reduce
-    /// side merges what it fetched with `read`.
+    /// A wide dependency on one or more parents: each side's map tasks partition their
+    /// rows with its `write`; the reduce side merges the segments of all sides with `read`.
     Shuffle {
-        parent: NodeIndex,
+        sides: Vec<ShuffleSide>,
         partitions: Option<u32>,
-        write: FnRef,
-        read: FnRef,
+        read: Op,
         name: String,
     },
+    /// The partitions of all parents, in order.
+    Union { parents: Vec<NodeIndex> },
+    /// `partitions` groups of consecutive parent partitions, without a shuffle.
+    Coalesce { parent: NodeIndex, partitions: u32 },
+}
+
+impl Node {
+    pub fn parents(&self) -> Vec<NodeIndex> {
+        match self {
+            Node::Files { .. } | Node::Inline { .. } => vec![],
+            Node::Narrow { parent, .. } | Node::Coalesce { parent, .. } => vec![*parent],
+            Node::Shuffle { sides, .. } => sides.iter().map(|s| s.parent).collect(),
+            Node::Union { parents } => parents.clone(),
+        }
+    }
 }
 
 /// What the job does with the final dataset.
@@ -45,13 +162,14 @@ pub enum Node {
 pub enum Action {
     /// Bring all rows back to the driver program, encoded by `encode`.
     Collect {
-        encode: FnRef,
+        encode: Op,
     },
     Count,
-    /// Write one `part-NNNNN` text file per partition, rows rendered by `render`.
-    SaveAsText {
+    /// Write one `part-NNNNN` file per partition, rows rendered by `render`.
+    Save {
         path: String,
-        render: FnRef,
+        format: WriteFormat,
+        render: Op,
     },
 }
 
@@ -60,7 +178,13 @@ impl Action {
         match self {
             Action::Collect { .. } => "collect",
             Action::Count => "count",
-            Action::SaveAsText { .. } => "save_as_text",
+            Action::Save { format, .. } => match format {
+                WriteFormat::Text => "save_as_text",
+                WriteFormat::Csv => "save_as_csv",
+                WriteFormat::JsonLines => "save_as_json_lines",
+                WriteFormat::Parquet => "save_as_parquet",
+                WriteFormat::ArrowIpc => "save_as_arrow",
+            },
         }
     }
 }
@@ -89,33 +213,35 @@ impl LogicalPlan {
             return Err(PlanError::Empty);
         }
         for (i, node) in self.nodes.iter().enumerate() {
-            match node {
-                Node::TextFile { paths, .. } => {
-                    if paths.is_empty() {
-                        return Err(PlanError::Invalid {
-                            node: i,
-                            what: "text_file was given no path".into(),
-                        });
-                    }
-                }
-                Node::Narrow { parent, .. } | Node::Shuffle { parent, .. } => {
-                    if *parent >= i {
-                        return Err(PlanError::BadParent {
-                            node: i,
-                            parent: *parent,
-                        });
-                    }
+            let invalid = |what: &str| {
+                Err(PlanError::Invalid {
+                    node: i,
+                    what: what.into(),
+                })
+            };
+            for parent in node.parents() {
+                if parent >= i {
+                    return Err(PlanError::BadParent { node: i, parent });
                 }
             }
-            if let Node::Shuffle {
-                partitions: Some(0),
-                ..
-            } = node
-            {
-                return Err(PlanError::Invalid {
-                    node: i,
-                    what: "a shuffle needs at least one partition".into(),
-                });
+            match node {
+                Node::Files { paths, format, .. } if paths.is_empty() => {
+                    return invalid(&format!("{} was given no path", format.name()));
+                }
+                Node::Shuffle { sides, .. } if sides.is_empty() => {
+                    return invalid("a shuffle needs at least one side");
+                }
+                Node::Shuffle {
+                    partitions: Some(0),
+                    ..
+                } => return invalid("a shuffle needs at least one partition"),
+                Node::Union { parents } if parents.is_empty() => {
+                    return invalid("a union needs at least one parent");
+                }
+                Node::Coalesce { partitions: 0, .. } => {
+                    return invalid("coalesce needs at least one partition");
+                }
+                _ => {}
             }
         }
         Ok(())

@@ -33,6 +33,9 @@ pub struct MapStatus {
 /// One segment a reduce task must fetch.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct MapLocation {
+    pub shuffle: ShuffleId,
+    /// The reduce partition whose segment this is.
+    pub reduce: u32,
     pub map_partition: u32,
     pub executor: ExecutorId,
     pub size: u64,
@@ -88,6 +91,8 @@ impl MapOutputTracker {
             let size = status.sizes.get(reduce as usize).copied().unwrap_or(0);
             if size > 0 {
                 out.push(MapLocation {
+                    shuffle,
+                    reduce,
                     map_partition: i as u32,
                     executor: status.executor,
                     size,
@@ -1043,15 +1048,24 @@ impl Scheduler {
         }
     }
 
-    /// The segments a task of `task_id`'s stage reads, or `None` while some are missing.
+    /// The segments a task of `task_id`'s stage reads (of every shuffle piece and side),
+    /// or `None` while some are missing.
     fn inputs_of(&self, job: &Job, task_id: TaskId) -> Option<Vec<MapLocation>> {
-        match job.dag.stages[task_id.stage.index as usize].input {
-            StageInput::Shuffle { shuffle, .. } => {
-                self.map_outputs
-                    .locations(task_id.stage.job, shuffle, task_id.partition)
+        let stage = &job.dag.stages[task_id.stage.index as usize];
+        let mut out = Vec::new();
+        for piece in stage.pieces.get(task_id.partition as usize)? {
+            let branch = stage.branches.get(piece.branch as usize)?;
+            if let StageInput::Shuffle { shuffles, .. } = &branch.input {
+                for shuffle in shuffles {
+                    out.extend(self.map_outputs.locations(
+                        task_id.stage.job,
+                        *shuffle,
+                        piece.partition,
+                    )?);
+                }
             }
-            StageInput::TextFile { .. } => Some(Vec::new()),
         }
+        Some(out)
     }
 
     /// Fills free executor slots: pending tasks in order, then speculative copies. A task
@@ -1334,7 +1348,29 @@ pub fn fmt_ms(ms: u64) -> String {
 mod tests {
     use super::*;
     use crate::dag::build_dag;
-    use crate::plan::{Action, FnRef, LogicalPlan, Node};
+    use crate::plan::{Action, LogicalPlan, Malformed, Node, Op, ReadFormat, ShuffleSide};
+
+    fn text_node() -> Node {
+        Node::Files {
+            paths: vec!["in".into()],
+            format: ReadFormat::Text,
+            min_partitions: 1,
+            malformed: Malformed::Fail,
+            decode: Op::bare(1),
+        }
+    }
+
+    fn shuffle_node(parent: usize, partitions: u32, name: &str) -> Node {
+        Node::Shuffle {
+            sides: vec![ShuffleSide {
+                parent,
+                write: Op::bare(2),
+            }],
+            partitions: Some(partitions),
+            read: Op::bare(3),
+            name: name.into(),
+        }
+    }
 
     const J: JobId = JobId(1);
     const E1: ExecutorId = ExecutorId(1);
@@ -1342,20 +1378,7 @@ mod tests {
 
     fn two_stage_dag(maps: u32, reduces: u32) -> JobDag {
         let plan = LogicalPlan {
-            nodes: vec![
-                Node::TextFile {
-                    paths: vec!["in".into()],
-                    min_partitions: 1,
-                    decode: FnRef(1),
-                },
-                Node::Shuffle {
-                    parent: 0,
-                    partitions: Some(reduces),
-                    write: FnRef(2),
-                    read: FnRef(3),
-                    name: "reduce_by_key".into(),
-                },
-            ],
+            nodes: vec![text_node(), shuffle_node(0, reduces, "reduce_by_key")],
             action: Action::Count,
         };
         build_dag(&plan, &|_| maps, None).unwrap()
@@ -1437,11 +1460,15 @@ mod tests {
             r0.2,
             vec![
                 MapLocation {
+                    shuffle: ShuffleId(0),
+                    reduce: 0,
                     map_partition: 0,
                     executor: e0,
                     size: 10
                 },
                 MapLocation {
+                    shuffle: ShuffleId(0),
+                    reduce: 0,
                     map_partition: 1,
                     executor: e1,
                     size: 5
@@ -1452,6 +1479,8 @@ mod tests {
         assert_eq!(
             r1.2,
             vec![MapLocation {
+                shuffle: ShuffleId(0),
+                reduce: 1,
                 map_partition: 1,
                 executor: e1,
                 size: 7
@@ -2049,25 +2078,9 @@ mod tests {
         // when it dies during the last stage.
         let plan = LogicalPlan {
             nodes: vec![
-                Node::TextFile {
-                    paths: vec!["in".into()],
-                    min_partitions: 1,
-                    decode: FnRef(1),
-                },
-                Node::Shuffle {
-                    parent: 0,
-                    partitions: Some(2),
-                    write: FnRef(2),
-                    read: FnRef(3),
-                    name: "a".into(),
-                },
-                Node::Shuffle {
-                    parent: 1,
-                    partitions: Some(2),
-                    write: FnRef(4),
-                    read: FnRef(5),
-                    name: "b".into(),
-                },
+                text_node(),
+                shuffle_node(0, 2, "a"),
+                shuffle_node(1, 2, "b"),
             ],
             action: Action::Count,
         };

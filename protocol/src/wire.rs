@@ -7,7 +7,7 @@
 //! [`Hello::Submit`] and receives [`SubmitEvent`]s.
 
 use crate::ids::{ExecutorId, JobId, ModuleHash, ShuffleId, StageId, TaskAttemptId};
-use crate::plan::FnRef;
+use crate::plan::{Malformed, Op, ReadFormat, WriteFormat};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
@@ -103,28 +103,49 @@ pub struct TaskDescriptor {
     /// The job's shuffle capability: map outputs are filed under it, fetches present it.
     pub shuffle_secret: [u8; 16],
     pub module: ModuleHash,
-    pub input: TaskInput,
-    pub ops: Vec<FnRef>,
+    /// What the task reads, in order: one piece, or several for a union or coalesce.
+    pub pieces: Vec<TaskPiece>,
+    /// Narrow ops applied after each piece's own, across all pieces.
+    pub ops: Vec<Op>,
     pub output: TaskOutput,
     pub limits: TaskLimits,
 }
 
+/// One input of a task and the narrow ops that apply to it alone.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct TaskPiece {
+    pub input: TaskInput,
+    pub ops: Vec<Op>,
+}
+
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub enum TaskInput {
-    /// Lines whose first byte lies in `[start, end)` of `path` (Hadoop-style split).
-    TextSplit {
+    /// A split of a file: for line-based formats the lines whose first byte lies in
+    /// `[start, end)` (Hadoop-style); for Parquet the row groups, for Arrow IPC the
+    /// record batches `[start, end)`.
+    Split {
         path: String,
+        format: ReadFormat,
+        malformed: Malformed,
         start: u64,
         end: u64,
-        decode: FnRef,
+        decode: Op,
     },
-    /// Segments of a shuffle for one reduce partition.
+    /// Rows the driver program gave (`parallelize`): one Arrow IPC stream.
+    Inline { ipc: Vec<u8>, decode: Op },
+    /// Segments of one reduce partition of a shuffle, per side.
     Shuffle {
-        shuffle: ShuffleId,
         reduce_partition: u32,
-        read: FnRef,
-        segments: Vec<SegmentSource>,
+        read: Op,
+        sides: Vec<ShuffleSideInput>,
     },
+}
+
+/// The segments of one side of a shuffle a reduce task fetches.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ShuffleSideInput {
+    pub shuffle: ShuffleId,
+    pub segments: Vec<SegmentSource>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -141,15 +162,16 @@ pub enum TaskOutput {
     ShuffleWrite {
         shuffle: ShuffleId,
         partitions: u32,
-        write: FnRef,
+        write: Op,
     },
-    /// Write the rendered lines to `file` (an attempt-private staging path).
-    Text {
+    /// Write the rendered rows to `file` (an attempt-private staging path) in `format`.
+    File {
         file: String,
-        render: FnRef,
+        format: WriteFormat,
+        render: Op,
     },
     Rows {
-        encode: FnRef,
+        encode: Op,
     },
     Count,
 }
@@ -199,7 +221,7 @@ pub enum TaskSuccess {
         batches: Vec<Vec<u8>>,
     },
     Count(u64),
-    Text {
+    File {
         file: String,
         rows: u64,
     },
@@ -254,6 +276,8 @@ pub struct TaskMetrics {
     pub peak_memory_bytes: u64,
     /// Fuel the guest burnt, when its tenant's tasks are metered.
     pub fuel: Option<u64>,
+    /// Malformed input records dropped (with `Malformed::Drop`).
+    pub dropped_records: u64,
 }
 
 impl TaskMetrics {
@@ -269,6 +293,7 @@ impl TaskMetrics {
         self.shuffle_read_local_bytes += o.shuffle_read_local_bytes;
         self.shuffle_read_remote_bytes += o.shuffle_read_remote_bytes;
         self.peak_memory_bytes = self.peak_memory_bytes.max(o.peak_memory_bytes);
+        self.dropped_records += o.dropped_records;
         self.fuel = match (self.fuel, o.fuel) {
             (None, None) => None,
             (a, b) => Some(a.unwrap_or(0) + b.unwrap_or(0)),

@@ -1,0 +1,285 @@
+//! The driver program's view: its arguments, settings, and the sources it can read.
+
+use crate::bindings::flint::job::host;
+use crate::bindings::flint::job::types as wit;
+use crate::dataset::{LNode, decode_op};
+use crate::formats;
+use crate::rows;
+use crate::task::DecodeFn;
+use crate::{Data, Dataset, Error, Result};
+
+/// What a source does with a record it cannot parse.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Malformed {
+    /// Fail the task (and, after retries, the job) with the file and line, or row group.
+    #[default]
+    Fail,
+    /// Drop the record; the task's `dropped_records` metric counts the drops.
+    Drop,
+}
+
+impl Malformed {
+    fn wit(self) -> wit::Malformed {
+        match self {
+            Malformed::Fail => wit::Malformed::Fail,
+            Malformed::Drop => wit::Malformed::Drop,
+        }
+    }
+}
+
+/// How [`Context::csv_with`] reads CSV files.
+///
+/// ```
+/// let opts = flint::CsvOptions { delimiter: b';', ..Default::default() };
+/// assert!(opts.header);
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CsvOptions {
+    /// The first line of each file names the columns (default: true).
+    pub header: bool,
+    /// Field separator (default: `,`).
+    pub delimiter: u8,
+    /// Infer column types from the first file instead of taking them from the row
+    /// type's fields (default: false). Columns still match fields by name.
+    pub infer_schema: bool,
+    /// What to do with a record that does not parse (default: fail).
+    pub malformed: Malformed,
+}
+
+impl Default for CsvOptions {
+    fn default() -> Self {
+        CsvOptions {
+            header: true,
+            delimiter: b',',
+            infer_schema: false,
+            malformed: Malformed::Fail,
+        }
+    }
+}
+
+/// What the driver program sees: its arguments and the sources it can read.
+pub struct Context {
+    args: Vec<String>,
+}
+
+impl Context {
+    pub(crate) fn new(args: Vec<String>) -> Self {
+        Context { args }
+    }
+
+    /// Exactly `N` job arguments (what follows `--` on the command line), or an error
+    /// that says how many were expected.
+    ///
+    /// ```no_run
+    /// # fn f(ctx: &mut flint::Context) -> flint::Result<()> {
+    /// let [input, output] = ctx.args()?;
+    /// # Ok(()) }
+    /// ```
+    pub fn args<const N: usize>(&self) -> Result<[String; N]> {
+        <[String; N]>::try_from(self.args.clone()).map_err(|got| {
+            Error::msg(format!(
+                "this job takes {N} argument(s), got {}: {:?}",
+                got.len(),
+                got
+            ))
+        })
+    }
+
+    /// All job arguments.
+    ///
+    /// ```no_run
+    /// # fn f(ctx: &mut flint::Context) {
+    /// let verbose = ctx.all_args().iter().any(|a| a == "-v");
+    /// # }
+    /// ```
+    pub fn all_args(&self) -> &[String] {
+        &self.args
+    }
+
+    /// The application's setting `key` as given with `--conf key=value`, if set.
+    ///
+    /// ```no_run
+    /// # fn f(ctx: &mut flint::Context) {
+    /// let partitions = ctx.setting("shuffle.partitions");
+    /// # }
+    /// ```
+    pub fn setting(&self, key: &str) -> Option<String> {
+        host::setting(key)
+    }
+
+    fn files<T: Data>(
+        &self,
+        path: &str,
+        format: wit::ReadFormat,
+        malformed: Malformed,
+        decode: DecodeFn,
+    ) -> Dataset<T> {
+        Dataset::from_node(LNode::Files {
+            paths: vec![path.to_string()],
+            format,
+            malformed: malformed.wit(),
+            decode: decode_op(decode),
+        })
+    }
+
+    /// Lines of a text file, or of every file in a directory, without their `\n` or
+    /// `\r\n`. Large files are split into several partitions on line boundaries. Nothing
+    /// is read until an action runs; a missing path is reported then.
+    ///
+    /// ```no_run
+    /// # fn f(ctx: &mut flint::Context) -> flint::Result<()> {
+    /// let lines = ctx.text_file("logs/")?;
+    /// println!("{} lines", lines.count()?);
+    /// # Ok(()) }
+    /// ```
+    pub fn text_file(&mut self, path: &str) -> Result<Dataset<String>> {
+        Ok(self.files(
+            path,
+            wit::ReadFormat::Text,
+            Malformed::Fail,
+            rows::decode_lines,
+        ))
+    }
+
+    /// Rows of CSV files with a header line, one row of `T` per record: `T` is a struct
+    /// whose fields name the columns to read and give their types.
+    ///
+    /// ```no_run
+    /// #[derive(serde::Serialize, serde::Deserialize)]
+    /// struct Sale { region: String, amount: f64 }
+    /// # fn f(ctx: &mut flint::Context) -> flint::Result<()> {
+    /// let sales = ctx.csv::<Sale>("sales/")?;
+    /// # Ok(()) }
+    /// ```
+    pub fn csv<T: Data>(&mut self, path: &str) -> Result<Dataset<T>> {
+        self.csv_with(path, CsvOptions::default())
+    }
+
+    /// CSV files read as `options` say: header or not, delimiter, types from `T` or
+    /// inferred from the first file, and whether malformed records fail the job or are
+    /// dropped and counted.
+    ///
+    /// ```no_run
+    /// # #[derive(serde::Serialize, serde::Deserialize)] struct Sale { region: String, amount: f64 }
+    /// # fn f(ctx: &mut flint::Context) -> flint::Result<()> {
+    /// use flint::{CsvOptions, Malformed};
+    /// let opts = CsvOptions { delimiter: b';', malformed: Malformed::Drop, ..Default::default() };
+    /// let sales = ctx.csv_with::<Sale>("sales.csv", opts)?;
+    /// # Ok(()) }
+    /// ```
+    pub fn csv_with<T: Data>(&mut self, path: &str, options: CsvOptions) -> Result<Dataset<T>> {
+        let schema = if options.infer_schema {
+            None
+        } else {
+            Some(formats::schema_ipc::<T>()?)
+        };
+        Ok(self.files(
+            path,
+            wit::ReadFormat::Csv(wit::CsvOptions {
+                header: options.header,
+                delimiter: options.delimiter,
+                schema,
+            }),
+            options.malformed,
+            formats::decode_typed::<T>,
+        ))
+    }
+
+    /// Rows of JSON-lines files (one object per line); `T`'s fields name the keys read.
+    ///
+    /// ```no_run
+    /// # #[derive(serde::Serialize, serde::Deserialize)] struct Event { user: String, ms: u64 }
+    /// # fn f(ctx: &mut flint::Context) -> flint::Result<()> {
+    /// let events = ctx.json_lines::<Event>("events.jsonl", flint::Malformed::Fail)?;
+    /// # Ok(()) }
+    /// ```
+    pub fn json_lines<T: Data>(&mut self, path: &str, malformed: Malformed) -> Result<Dataset<T>> {
+        Ok(self.files(
+            path,
+            wit::ReadFormat::JsonLines(formats::schema_ipc::<T>()?),
+            malformed,
+            formats::decode_typed::<T>,
+        ))
+    }
+
+    /// Rows of Parquet files. Only the columns `T` names are read (projection), and each
+    /// partition is a run of row groups.
+    ///
+    /// ```no_run
+    /// # #[derive(serde::Serialize, serde::Deserialize)] struct Sale { region: String, amount: f64 }
+    /// # fn f(ctx: &mut flint::Context) -> flint::Result<()> {
+    /// let sales = ctx.parquet::<Sale>("sales.parquet")?;
+    /// # Ok(()) }
+    /// ```
+    pub fn parquet<T: Data>(&mut self, path: &str) -> Result<Dataset<T>> {
+        Ok(self.files(
+            path,
+            wit::ReadFormat::Parquet(Some(formats::columns_of::<T>()?)),
+            Malformed::Fail,
+            formats::decode_typed::<T>,
+        ))
+    }
+
+    /// Rows of Arrow IPC files (the file format); each partition is a run of record
+    /// batches.
+    ///
+    /// ```no_run
+    /// # #[derive(serde::Serialize, serde::Deserialize)] struct Sale { region: String, amount: f64 }
+    /// # fn f(ctx: &mut flint::Context) -> flint::Result<()> {
+    /// let sales = ctx.arrow_ipc::<Sale>("sales.arrow")?;
+    /// # Ok(()) }
+    /// ```
+    pub fn arrow_ipc<T: Data>(&mut self, path: &str) -> Result<Dataset<T>> {
+        formats::fields_of::<T>()?;
+        Ok(self.files(
+            path,
+            wit::ReadFormat::ArrowIpc,
+            Malformed::Fail,
+            formats::decode_typed::<T>,
+        ))
+    }
+
+    /// A dataset of the driver program's own rows, in `partitions` partitions of
+    /// consecutive rows. The rows travel inside the plan: keep this for small data.
+    ///
+    /// ```no_run
+    /// # fn f(ctx: &mut flint::Context) -> flint::Result<()> {
+    /// let xs = ctx.parallelize(vec![1u64, 2, 3, 4], 2)?;
+    /// assert_eq!(xs.count()?, 4);
+    /// # Ok(()) }
+    /// ```
+    pub fn parallelize<T: Data>(&mut self, rows: Vec<T>, partitions: u32) -> Result<Dataset<T>> {
+        let n = partitions.max(1) as usize;
+        let len = rows.len();
+        let mut parts = Vec::with_capacity(n);
+        let mut it = rows.into_iter();
+        for i in 0..n {
+            let size = (i + 1) * len / n - i * len / n;
+            let chunk: Vec<T> = it.by_ref().take(size).collect();
+            parts.push(rows::ipc_bytes(&rows::encode_slice(&chunk)?)?);
+        }
+        Ok(Dataset::from_node(LNode::Inline {
+            partitions: parts,
+            decode: decode_op(rows::decode_rows_op::<T>),
+        }))
+    }
+
+    /// The integers `start..end` in `partitions` partitions; generated in the tasks, so
+    /// the range can be large.
+    ///
+    /// ```no_run
+    /// # fn f(ctx: &mut flint::Context) -> flint::Result<()> {
+    /// let squares = ctx.range(0, 1_000_000, 8)?.map(|x: i64| x * x);
+    /// # Ok(()) }
+    /// ```
+    pub fn range(&mut self, start: i64, end: i64, partitions: u32) -> Result<Dataset<i64>> {
+        let n = partitions.max(1) as i64;
+        let len = (end - start).max(0);
+        let bounds: Vec<(i64, i64)> = (0..n)
+            .map(|i| (start + i * len / n, start + (i + 1) * len / n))
+            .collect();
+        Ok(self
+            .parallelize(bounds, partitions)?
+            .flat_map(|(lo, hi): (i64, i64)| lo..hi))
+    }
+}
