@@ -8,6 +8,11 @@ use std::process::Command;
 const GUESTS: &[(&str, &str, &str)] = &[
     // (const name, package, artifact stem)
     ("WORDCOUNT", "wordcount", "wordcount"),
+    ("SALES", "sales", "sales"),
+    ("JOIN", "join", "join"),
+    ("PAGERANK", "pagerank", "pagerank"),
+    ("KMEANS", "kmeans", "kmeans"),
+    ("TOPK", "topk", "topk"),
     ("TEST_JOBS", "flint-test-guests", "flint_test_jobs"),
     ("NOT_A_JOB", "flint-test-guests", "not-a-job"),
 ];
@@ -18,7 +23,7 @@ fn main() {
         .parent()
         .expect("udfs lives in the workspace")
         .to_path_buf();
-    for dir in ["guest-sdk", "examples/wordcount", "udfs/guests"] {
+    for dir in ["guest-sdk", "examples", "udfs/guests"] {
         println!("cargo:rerun-if-changed={}", root.join(dir).display());
     }
     println!("cargo:rerun-if-changed=build.rs");
@@ -39,7 +44,15 @@ fn main() {
         ])
         .arg("--target-dir")
         .arg(&target_dir);
-    for p in ["wordcount", "flint-test-guests"] {
+    for p in [
+        "wordcount",
+        "sales",
+        "join",
+        "pagerank",
+        "kmeans",
+        "topk",
+        "flint-test-guests",
+    ] {
         cmd.args(["-p", p]);
     }
     // The outer build's flags are for the host, not for the guests.

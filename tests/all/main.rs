@@ -3,6 +3,7 @@
 mod bad_input;
 mod chaos;
 mod cluster;
+mod examples;
 mod faults;
 mod hostile;
 mod multiprocess;

@@ -1,0 +1,417 @@
+//! The example jobs in `examples/`, each run on a local cluster of 2 executor processes
+//! over seeded data, and checked against results computed here independently.
+
+use crate::cluster::Rng;
+use crate::util::*;
+use arrow_array::{Array, Float64Array, Int64Array, RecordBatch, StringArray, UInt64Array};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::path::{Path, PathBuf};
+
+fn run_example(wasm: &str, conf: &[&str], args: &[&Path]) -> std::process::Output {
+    let mut cmd = flint();
+    cmd.args(["run", wasm, "--executors", "2"]);
+    for c in conf {
+        cmd.args(["--conf", c]);
+    }
+    cmd.arg("--");
+    for a in args {
+        cmd.arg(a);
+    }
+    run_ok(&mut cmd)
+}
+
+/// Part files of `dir` in partition order.
+fn parts(dir: &Path) -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| {
+            p.file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with("part-")
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+fn read_parquet(dir: &Path) -> Vec<RecordBatch> {
+    let mut out = Vec::new();
+    for p in parts(dir) {
+        let f = std::fs::File::open(&p).unwrap();
+        let r = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(f)
+            .unwrap()
+            .build()
+            .unwrap();
+        out.extend(r.map(|b| b.unwrap()));
+    }
+    out
+}
+
+fn col<'a, T: 'static>(b: &'a RecordBatch, name: &str) -> &'a T {
+    b.column_by_name(name)
+        .unwrap_or_else(|| panic!("no column {name}"))
+        .as_any()
+        .downcast_ref::<T>()
+        .unwrap_or_else(|| {
+            panic!(
+                "column {name} has type {}",
+                b.column_by_name(name).unwrap().data_type()
+            )
+        })
+}
+
+fn close(a: f64, b: f64) -> bool {
+    (a - b).abs() <= 1e-6 * a.abs().max(b.abs()).max(1.0)
+}
+
+const REGIONS: [&str; 5] = ["north", "south", "east", "west", "central"];
+
+type Totals = BTreeMap<String, (u64, i64, f64)>;
+
+/// Writes `files` CSV files of sales; returns the totals per region computed here.
+fn sales_input(dir: &Path, files: u32, rows: u32) -> (PathBuf, Totals) {
+    let input = dir.join("sales");
+    std::fs::create_dir_all(&input).unwrap();
+    let mut rng = Rng::new(7);
+    let mut totals = Totals::new();
+    for f in 0..files {
+        let mut text = String::from("region,product,quantity,price\n");
+        for _ in 0..rows {
+            let region = REGIONS[rng.range(0, 4) as usize];
+            let q = rng.range(1, 20) as i64;
+            let price = rng.range(100, 99_999) as f64 / 100.0;
+            text.push_str(&format!("{region},p{},{q},{price}\n", rng.range(0, 50)));
+            let t = totals.entry(region.to_string()).or_default();
+            t.0 += 1;
+            t.1 += q;
+            t.2 += q as f64 * price;
+        }
+        std::fs::write(input.join(format!("sales-{f}.csv")), text).unwrap();
+    }
+    (input, totals)
+}
+
+fn read_totals(dir: &Path) -> Totals {
+    let mut out = Totals::new();
+    for b in read_parquet(dir) {
+        let (r, s, u, v) = (
+            col::<StringArray>(&b, "region"),
+            col::<UInt64Array>(&b, "sales"),
+            col::<Int64Array>(&b, "units"),
+            col::<Float64Array>(&b, "revenue"),
+        );
+        for i in 0..b.num_rows() {
+            let prev = out.insert(r.value(i).to_string(), (s.value(i), u.value(i), v.value(i)));
+            assert!(prev.is_none(), "region {} twice", r.value(i));
+        }
+    }
+    out
+}
+
+fn assert_totals(got: &Totals, want: &Totals) {
+    assert_eq!(
+        got.keys().collect::<Vec<_>>(),
+        want.keys().collect::<Vec<_>>()
+    );
+    for (k, w) in want {
+        let g = got[k];
+        assert_eq!((g.0, g.1), (w.0, w.1), "{k}");
+        assert!(close(g.2, w.2), "{k}: revenue {} vs {}", g.2, w.2);
+    }
+}
+
+#[test]
+fn sales_csv_to_parquet_and_back_match_totals_computed_here() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (input, want) = sales_input(tmp.path(), 3, 4000);
+    // Small splits: several per file, most not starting at the header.
+    let split = "files.max_partition_bytes=32k";
+    let out = tmp.path().join("totals");
+    run_example(
+        flint_udfs::SALES,
+        &[split],
+        &[Path::new("csv"), &input, &out],
+    );
+    assert_totals(&read_totals(&out), &want);
+    assert!(out.join("_SUCCESS").exists());
+
+    // CSV → Parquet (one part file per input split), then the same job on Parquet.
+    let pq = tmp.path().join("sales-parquet");
+    run_example(
+        flint_udfs::SALES,
+        &[split],
+        &[Path::new("convert"), &input, &pq],
+    );
+    let rows: usize = read_parquet(&pq).iter().map(|b| b.num_rows()).sum();
+    assert_eq!(rows, 12_000);
+    let out2 = tmp.path().join("totals-from-parquet");
+    run_example(flint_udfs::SALES, &[], &[Path::new("parquet"), &pq, &out2]);
+    assert_totals(&read_totals(&out2), &want);
+}
+
+#[test]
+fn a_malformed_csv_record_fails_naming_file_and_line_or_is_dropped_and_counted() {
+    let tmp = tempfile::tempdir().unwrap();
+    let input = tmp.path().join("sales.csv");
+    let mut text = String::from("region,product,quantity,price\n");
+    for i in 0..50 {
+        if i == 30 {
+            text.push_str("north,p1,many,2.5\n"); // line 32: quantity is not a number
+        } else {
+            text.push_str("north,p1,2,1.5\n");
+        }
+    }
+    std::fs::write(&input, text).unwrap();
+    let out = tmp.path().join("out");
+    let err = run_err(
+        flint()
+            .args(["run", flint_udfs::SALES, "--executors", "1", "--"])
+            .arg("csv")
+            .arg(&input)
+            .arg(&out),
+    );
+    assert!(
+        err.contains("sales.csv:32: malformed CSV record"),
+        "the error names file and line: {err}"
+    );
+    assert!(!out.exists(), "a failed job leaves no output");
+
+    let summary = tmp.path().join("summary.json");
+    run_ok(
+        flint()
+            .args([
+                "run",
+                flint_udfs::SALES,
+                "--executors",
+                "1",
+                "--summary-json",
+            ])
+            .arg(&summary)
+            .arg("--")
+            .arg("csv")
+            .arg(&input)
+            .arg(&out)
+            .arg("drop"),
+    );
+    let totals = read_totals(&out);
+    assert_eq!(totals["north"].0, 49, "the bad record is dropped");
+    let s = read_summary(&summary);
+    let dropped: u64 = s["executors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["metrics"]["dropped_records"].as_u64().unwrap())
+        .sum();
+    assert_eq!(dropped, 1, "{s:#}");
+}
+
+#[test]
+fn join_of_orders_and_customers_matches_a_join_computed_here() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut rng = Rng::new(11);
+    let countries = ["de", "fr", "jp", "br"];
+    let mut customers = String::from("customer_id,name,country\n");
+    let mut country_of = HashMap::new();
+    for id in 0..100u64 {
+        let c = countries[rng.range(0, 3) as usize];
+        customers.push_str(&format!("{id},name{id},{c}\n"));
+        country_of.insert(id, c);
+    }
+    let mut orders = String::from("order_id,customer_id,amount\n");
+    let mut want: BTreeMap<String, (u64, f64)> = BTreeMap::new();
+    for o in 0..3000u64 {
+        let cust = rng.range(0, 119); // ids 100..119 have no customer row
+        let amount = rng.range(1, 100_000) as f64 / 100.0;
+        orders.push_str(&format!("{o},{cust},{amount}\n"));
+        let country = country_of.get(&cust).map_or("unknown", |c| c).to_string();
+        let e = want.entry(country).or_default();
+        e.0 += 1;
+        e.1 += amount;
+    }
+    let (o, c) = (
+        tmp.path().join("orders.csv"),
+        tmp.path().join("customers.csv"),
+    );
+    std::fs::write(&o, orders).unwrap();
+    std::fs::write(&c, customers).unwrap();
+    let out = tmp.path().join("out");
+    run_example(
+        flint_udfs::JOIN,
+        &["files.max_partition_bytes=16k", "shuffle.partitions=3"],
+        &[&o, &c, &out],
+    );
+    let mut got: BTreeMap<String, (u64, f64)> = BTreeMap::new();
+    for p in parts(&out) {
+        assert!(p.to_string_lossy().ends_with(".csv"), "{p:?}");
+        let text = std::fs::read_to_string(&p).unwrap();
+        let mut lines = text.lines();
+        assert_eq!(lines.next(), Some("country,orders,revenue"));
+        for l in lines {
+            let f: Vec<&str> = l.split(',').collect();
+            got.insert(
+                f[0].to_string(),
+                (f[1].parse().unwrap(), f[2].parse().unwrap()),
+            );
+        }
+    }
+    assert_eq!(
+        got.keys().collect::<Vec<_>>(),
+        want.keys().collect::<Vec<_>>()
+    );
+    assert!(got.contains_key("unknown"), "the outer side is kept");
+    for (k, w) in &want {
+        assert_eq!(got[k].0, w.0, "{k}");
+        assert!(close(got[k].1, w.1), "{k}: {} vs {}", got[k].1, w.1);
+    }
+}
+
+/// PageRank as Spark's example computes it, here in plain Rust.
+fn pagerank(links: &[(String, String)], iterations: u32) -> BTreeMap<String, f64> {
+    let mut adj: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    for (a, b) in links {
+        adj.entry(a.clone()).or_default().insert(b.clone());
+    }
+    let mut ranks: BTreeMap<String, f64> = adj.keys().map(|k| (k.clone(), 1.0)).collect();
+    for _ in 0..iterations {
+        let mut contribs: BTreeMap<String, f64> = BTreeMap::new();
+        for (src, dsts) in &adj {
+            if let Some(r) = ranks.get(src) {
+                for d in dsts {
+                    *contribs.entry(d.clone()).or_default() += r / dsts.len() as f64;
+                }
+            }
+        }
+        ranks = contribs
+            .into_iter()
+            .map(|(k, c)| (k, 0.15 + 0.85 * c))
+            .collect();
+    }
+    ranks
+}
+
+#[test]
+fn pagerank_over_ten_iterations_matches_a_reference_implementation() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut rng = Rng::new(5);
+    let mut links = Vec::new();
+    let mut text = String::new();
+    for _ in 0..400 {
+        let (a, b) = (
+            format!("p{}", rng.range(0, 59)),
+            format!("p{}", rng.range(0, 59)),
+        );
+        text.push_str(&format!("{a} {b}\n"));
+        links.push((a, b));
+    }
+    text.push_str(&text.clone()); // duplicate links count once
+    let input = tmp.path().join("links.txt");
+    std::fs::write(&input, text).unwrap();
+    let out = tmp.path().join("ranks");
+    run_example(
+        flint_udfs::PAGERANK,
+        &["files.max_partition_bytes=4k"],
+        &[&input, &out, Path::new("10")],
+    );
+    let want = pagerank(&links, 10);
+    let mut got = BTreeMap::new();
+    for p in parts(&out) {
+        for l in std::fs::read_to_string(p).unwrap().lines() {
+            let (k, v) = l.split_once('\t').unwrap();
+            got.insert(k.to_string(), v.parse::<f64>().unwrap());
+        }
+    }
+    assert_eq!(got.len(), want.len());
+    for (k, w) in &want {
+        assert!((got[k] - w).abs() < 1e-9, "{k}: {} vs {w}", got[k]);
+    }
+}
+
+#[test]
+fn kmeans_matches_lloyds_algorithm_computed_here() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut rng = Rng::new(3);
+    let centers = [(0.0, 0.0), (10.0, 10.0), (-10.0, 8.0)];
+    let mut points = Vec::new();
+    let mut text = String::from("x,y\n");
+    for i in 0..900 {
+        let (cx, cy) = centers[i % 3];
+        let x = cx + rng.range(0, 4000) as f64 / 1000.0 - 2.0;
+        let y = cy + rng.range(0, 4000) as f64 / 1000.0 - 2.0;
+        text.push_str(&format!("{x},{y}\n"));
+        points.push((x, y));
+    }
+    let input = tmp.path().join("points.csv");
+    std::fs::write(&input, text).unwrap();
+    let out = tmp.path().join("centroids");
+    run_example(
+        flint_udfs::KMEANS,
+        &["files.max_partition_bytes=4k"],
+        &[&input, Path::new("3"), Path::new("10"), &out],
+    );
+    // Lloyd's algorithm from the first 3 points.
+    let mut c: Vec<(f64, f64)> = points[..3].to_vec();
+    for _ in 0..10 {
+        let mut sums = vec![(0.0, 0.0, 0u64); c.len()];
+        for p in &points {
+            let mut best = (0, f64::INFINITY);
+            for (i, q) in c.iter().enumerate() {
+                let d = (q.0 - p.0).powi(2) + (q.1 - p.1).powi(2);
+                if d < best.1 {
+                    best = (i, d);
+                }
+            }
+            let s = &mut sums[best.0];
+            s.0 += p.0;
+            s.1 += p.1;
+            s.2 += 1;
+        }
+        for (i, s) in sums.iter().enumerate() {
+            if s.2 > 0 {
+                c[i] = (s.0 / s.2 as f64, s.1 / s.2 as f64);
+            }
+        }
+    }
+    let text = std::fs::read_to_string(parts(&out)[0].clone()).unwrap();
+    let got: Vec<(f64, f64)> = text
+        .lines()
+        .skip(1)
+        .map(|l| {
+            let (x, y) = l.split_once(',').unwrap();
+            (x.parse().unwrap(), y.parse().unwrap())
+        })
+        .collect();
+    assert_eq!(got.len(), 3);
+    for (g, w) in got.iter().zip(&c) {
+        assert!(close(g.0, w.0) && close(g.1, w.1), "{g:?} vs {w:?}");
+    }
+}
+
+#[test]
+fn topk_sorts_globally_across_part_files() {
+    let tmp = tempfile::tempdir().unwrap();
+    let input = crate::cluster::seeded_input(tmp.path(), 9, 3, 400, 300);
+    let out = tmp.path().join("sorted");
+    let o = run_example(
+        flint_udfs::TOPK,
+        &["shuffle.partitions=4", "files.max_partition_bytes=8k"],
+        &[&input, Path::new("5"), &out],
+    );
+    let counts = count_words(&input);
+    let mut want: Vec<(String, u64)> = counts.into_iter().collect();
+    want.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+    let files = parts(&out);
+    assert_eq!(files.len(), 4);
+    let mut got = Vec::new();
+    for p in files {
+        for l in std::fs::read_to_string(p).unwrap().lines() {
+            let (w, n) = l.split_once('\t').unwrap();
+            got.push((w.to_string(), n.parse::<u64>().unwrap()));
+        }
+    }
+    assert_eq!(got, want, "part files concatenated are in order");
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    let top: Vec<String> = want[..5].iter().map(|(w, n)| format!("{w}\t{n}")).collect();
+    assert!(stdout.contains(&top.join("\n")), "top 5 printed: {stdout}");
+}
