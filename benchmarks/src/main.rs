@@ -34,6 +34,13 @@ struct Args {
     /// Tasks in the empty-task overhead measurement.
     #[arg(long, default_value_t = 200)]
     empty_tasks: u32,
+    /// What to measure: `wordcount` (word count, compile cache, task overhead, event log,
+    /// fuel) or `sales` (the sales aggregation on CSV and Parquet, and the join).
+    #[arg(long, default_value = "wordcount")]
+    suite: String,
+    /// Rows of the generated sales table (and orders of the join).
+    #[arg(long, default_value_t = 20_000_000)]
+    rows: u64,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -41,6 +48,9 @@ fn main() -> anyhow::Result<()> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
+    if args.suite == "sales" {
+        return sales_suite(&args, &rt);
+    }
     let corpus = generate_corpus(&args.data, args.mb)?;
     println!(
         "corpus: {} ({} MB, Zipf(1.0) over 50k words, seed 42)",
@@ -375,4 +385,373 @@ fn read_counts(dir: &Path) -> anyhow::Result<HashMap<String, u64>> {
         }
     }
     Ok(m)
+}
+
+const REGIONS: [&str; 8] = [
+    "north",
+    "south",
+    "east",
+    "west",
+    "central",
+    "islands",
+    "mountains",
+    "coast",
+];
+const COUNTRIES: [&str; 6] = ["de", "fr", "jp", "br", "us", "in"];
+const CUSTOMERS: u64 = 100_000;
+
+/// Deterministic generator for the sales tables.
+struct Xs(u64);
+impl Xs {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+}
+
+/// `sales.csv` (region,product,quantity,price), `orders.csv` (order_id,customer_id,amount)
+/// and `customers.csv` (customer_id,name,country), `rows` rows each for the first two.
+fn generate_sales(dir: &Path, rows: u64) -> anyhow::Result<(PathBuf, PathBuf, PathBuf)> {
+    let dir = dir.join(format!("sales-{rows}"));
+    std::fs::create_dir_all(&dir)?;
+    let (sales, orders, customers) = (
+        dir.join("sales.csv"),
+        dir.join("orders.csv"),
+        dir.join("customers.csv"),
+    );
+    if customers.exists() {
+        return Ok((sales, orders, customers));
+    }
+    let mut x = Xs(42);
+    let mut f = std::io::BufWriter::new(std::fs::File::create(&sales)?);
+    writeln!(f, "region,product,quantity,price")?;
+    for _ in 0..rows {
+        let r = REGIONS[(x.next() % 8) as usize];
+        let p = x.next() % 1000;
+        let q = 1 + x.next() % 20;
+        let c = 100 + x.next() % 99_900;
+        writeln!(f, "{r},p{p},{q},{}.{:02}", c / 100, c % 100)?;
+    }
+    f.flush()?;
+    let mut f = std::io::BufWriter::new(std::fs::File::create(&orders)?);
+    writeln!(f, "order_id,customer_id,amount")?;
+    for o in 0..rows {
+        let cust = x.next() % (CUSTOMERS + CUSTOMERS / 10);
+        let c = 100 + x.next() % 99_900;
+        writeln!(f, "{o},{cust},{}.{:02}", c / 100, c % 100)?;
+    }
+    f.flush()?;
+    let tmp = customers.with_extension("tmp");
+    let mut f = std::io::BufWriter::new(std::fs::File::create(&tmp)?);
+    writeln!(f, "customer_id,name,country")?;
+    for id in 0..CUSTOMERS {
+        writeln!(f, "{id},name{id},{}", COUNTRIES[(x.next() % 6) as usize])?;
+    }
+    f.flush()?;
+    drop(f);
+    std::fs::rename(tmp, &customers)?;
+    Ok((sales, orders, customers))
+}
+
+/// Splits `text` (after its header line) into `n` chunks at line boundaries.
+fn line_chunks(text: &str, n: usize) -> Vec<&str> {
+    let body = &text[text.find('\n').map_or(text.len(), |i| i + 1)..];
+    let mut bounds = vec![0];
+    for i in 1..n {
+        let mut b = body.len() * i / n;
+        while b < body.len() && body.as_bytes()[b - 1] != b'\n' {
+            b += 1;
+        }
+        bounds.push(b);
+    }
+    bounds.push(body.len());
+    bounds.windows(2).map(|w| &body[w[0]..w[1]]).collect()
+}
+
+type RegionTotals = std::collections::BTreeMap<String, (u64, i64, f64)>;
+
+/// The native baseline: parse the CSV by hand in `threads` threads, sum per region.
+fn native_sales_csv(path: &Path, threads: usize) -> anyhow::Result<RegionTotals> {
+    let data = std::fs::read_to_string(path)?;
+    let parts: Vec<RegionTotals> = std::thread::scope(|s| {
+        let hs: Vec<_> = line_chunks(&data, threads)
+            .into_iter()
+            .map(|chunk| {
+                s.spawn(move || {
+                    let mut m: HashMap<&str, (u64, i64, f64)> = HashMap::new();
+                    for line in chunk.lines() {
+                        let mut f = line.split(',');
+                        let (Some(r), Some(_), Some(q), Some(p)) =
+                            (f.next(), f.next(), f.next(), f.next())
+                        else {
+                            continue;
+                        };
+                        let (q, p): (i64, f64) = (q.parse().unwrap_or(0), p.parse().unwrap_or(0.0));
+                        let e = m.entry(r).or_default();
+                        e.0 += 1;
+                        e.1 += q;
+                        e.2 += q as f64 * p;
+                    }
+                    m.into_iter().map(|(k, v)| (k.to_string(), v)).collect()
+                })
+            })
+            .collect();
+        hs.into_iter().map(|h| h.join().expect("thread")).collect()
+    });
+    Ok(merge_totals(parts))
+}
+
+fn merge_totals(parts: Vec<RegionTotals>) -> RegionTotals {
+    let mut total = RegionTotals::new();
+    for p in parts {
+        for (k, v) in p {
+            let e = total.entry(k).or_default();
+            e.0 += v.0;
+            e.1 += v.1;
+            e.2 += v.2;
+        }
+    }
+    total
+}
+
+/// The native baseline on Parquet: the row groups read by `threads` threads with the
+/// parquet crate, summed per region.
+fn native_sales_parquet(dir: &Path, threads: usize) -> anyhow::Result<RegionTotals> {
+    use arrow_array::{Array, Float64Array, Int64Array, StringArray};
+    use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)?
+        .map(|e| e.map(|e| e.path()))
+        .collect::<Result<_, _>>()?;
+    files.retain(|p| p.extension().is_some_and(|e| e == "parquet"));
+    files.sort();
+    let parts: Vec<anyhow::Result<RegionTotals>> = std::thread::scope(|s| {
+        let hs: Vec<_> = (0..threads)
+            .map(|t| {
+                let mine: Vec<&PathBuf> = files.iter().skip(t).step_by(threads).collect();
+                s.spawn(move || {
+                    let mut m = RegionTotals::new();
+                    for f in mine {
+                        let r = ParquetRecordBatchReaderBuilder::try_new(std::fs::File::open(f)?)?
+                            .build()?;
+                        for b in r {
+                            let b = b?;
+                            let col = |n: &str| b.column_by_name(n).context("column").cloned();
+                            let (r, q, p) = (col("region")?, col("quantity")?, col("price")?);
+                            let r = r.as_any().downcast_ref::<StringArray>().context("region")?;
+                            let q = q
+                                .as_any()
+                                .downcast_ref::<Int64Array>()
+                                .context("quantity")?;
+                            let p = p.as_any().downcast_ref::<Float64Array>().context("price")?;
+                            for i in 0..b.num_rows() {
+                                let e = m.entry(r.value(i).to_string()).or_default();
+                                e.0 += 1;
+                                e.1 += q.value(i);
+                                e.2 += q.value(i) as f64 * p.value(i);
+                            }
+                        }
+                    }
+                    anyhow::Ok(m)
+                })
+            })
+            .collect();
+        hs.into_iter().map(|h| h.join().expect("thread")).collect()
+    });
+    Ok(merge_totals(
+        parts.into_iter().collect::<anyhow::Result<_>>()?,
+    ))
+}
+
+/// The native join baseline: customers into a hash map, orders streamed in `threads`
+/// threads, revenue and orders per country (unknown customers under `unknown`).
+fn native_join(
+    orders: &Path,
+    customers: &Path,
+    threads: usize,
+) -> anyhow::Result<std::collections::BTreeMap<String, (u64, f64)>> {
+    let ctext = std::fs::read_to_string(customers)?;
+    let mut country: HashMap<u64, &str> = HashMap::new();
+    for line in ctext.lines().skip(1) {
+        let mut f = line.split(',');
+        if let (Some(id), Some(_), Some(c)) = (f.next(), f.next(), f.next()) {
+            country.insert(id.parse()?, c);
+        }
+    }
+    let otext = std::fs::read_to_string(orders)?;
+    let country = &country;
+    let parts: Vec<HashMap<String, (u64, f64)>> = std::thread::scope(|s| {
+        let hs: Vec<_> = line_chunks(&otext, threads)
+            .into_iter()
+            .map(|chunk| {
+                s.spawn(move || {
+                    let mut m: HashMap<&str, (u64, f64)> = HashMap::new();
+                    for line in chunk.lines() {
+                        let mut f = line.split(',');
+                        let (Some(_), Some(c), Some(a)) = (f.next(), f.next(), f.next()) else {
+                            continue;
+                        };
+                        let c: u64 = c.parse().unwrap_or(u64::MAX);
+                        let k = country.get(&c).copied().unwrap_or("unknown");
+                        let e = m.entry(k).or_default();
+                        e.0 += 1;
+                        e.1 += a.parse::<f64>().unwrap_or(0.0);
+                    }
+                    m.into_iter().map(|(k, v)| (k.to_string(), v)).collect()
+                })
+            })
+            .collect();
+        hs.into_iter().map(|h| h.join().expect("thread")).collect()
+    });
+    let mut total = std::collections::BTreeMap::new();
+    for p in parts {
+        for (k, v) in p {
+            let e: &mut (u64, f64) = total.entry(k).or_default();
+            e.0 += v.0;
+            e.1 += v.1;
+        }
+    }
+    Ok(total)
+}
+
+fn read_region_totals(dir: &Path) -> anyhow::Result<RegionTotals> {
+    use arrow_array::{Array, Float64Array, Int64Array, StringArray, UInt64Array};
+    let mut m = RegionTotals::new();
+    for e in std::fs::read_dir(dir)? {
+        let p = e?.path();
+        if !p.extension().is_some_and(|e| e == "parquet") {
+            continue;
+        }
+        let r = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(
+            std::fs::File::open(&p)?,
+        )?
+        .build()?;
+        for b in r {
+            let b = b?;
+            let c = |n: &str| b.column_by_name(n).context("column").cloned();
+            let (r, s, u, v) = (c("region")?, c("sales")?, c("units")?, c("revenue")?);
+            let r = r.as_any().downcast_ref::<StringArray>().context("region")?;
+            let s = s.as_any().downcast_ref::<UInt64Array>().context("sales")?;
+            let u = u.as_any().downcast_ref::<Int64Array>().context("units")?;
+            let v = v
+                .as_any()
+                .downcast_ref::<Float64Array>()
+                .context("revenue")?;
+            for i in 0..b.num_rows() {
+                m.insert(r.value(i).to_string(), (s.value(i), u.value(i), v.value(i)));
+            }
+        }
+    }
+    Ok(m)
+}
+
+fn same_totals(a: &RegionTotals, b: &RegionTotals) -> bool {
+    a.len() == b.len()
+        && a.iter().zip(b).all(|((ka, va), (kb, vb))| {
+            ka == kb && va.0 == vb.0 && va.1 == vb.1 && (va.2 - vb.2).abs() <= 1e-6 * va.2.abs()
+        })
+}
+
+fn sales_suite(args: &Args, rt: &tokio::runtime::Runtime) -> anyhow::Result<()> {
+    let (sales, orders, customers) = generate_sales(&args.data, args.rows)?;
+    let mb = |p: &Path| p.metadata().map(|m| m.len() >> 20).unwrap_or(0);
+    println!(
+        "sales: {} rows ({} MB CSV), orders: {} rows ({} MB), customers: {CUSTOMERS}",
+        args.rows,
+        mb(&sales),
+        args.rows,
+        mb(&orders)
+    );
+    let slots = (args.executors * args.cores) as usize;
+    let sales_wasm = std::fs::read(flint_udfs::SALES)?;
+    let join_wasm = std::fs::read(flint_udfs::JOIN)?;
+    let cache = tempfile::tempdir()?;
+    let out = tempfile::tempdir()?;
+    let s = |p: &Path| p.display().to_string();
+    rt.block_on(async {
+        let cluster = LocalCluster::start(
+            args.executors,
+            args.cores,
+            Conf::default(),
+            Some(cache.path().to_path_buf()),
+        )
+        .await?;
+        // Compile both components first: the timings are of the jobs.
+        for w in [&sales_wasm, &join_wasm] {
+            let _ = run_job(&cluster, w, vec![]).await;
+        }
+        let pq = args.data.join(format!("sales-{}", args.rows)).join("parquet");
+        if !pq.join("_SUCCESS").exists() {
+            let _ = std::fs::remove_dir_all(&pq);
+            run_job(&cluster, &sales_wasm, vec!["convert".into(), s(&sales), s(&pq)]).await?;
+        }
+
+        let t = Instant::now();
+        let native = native_sales_csv(&sales, slots)?;
+        let native_csv = t.elapsed().as_secs_f64();
+        let o = out.path().join("csv");
+        let t = Instant::now();
+        run_job(&cluster, &sales_wasm, vec!["csv".into(), s(&sales), s(&o)]).await?;
+        let flint_csv = t.elapsed().as_secs_f64();
+        if !same_totals(&read_region_totals(&o)?, &native) {
+            bail!("flint's sales totals (CSV) differ from the native ones");
+        }
+        println!(
+            "sales aggregation, CSV: native {slots} threads {native_csv:.2}s, flint {flint_csv:.2}s (flint/native = {:.2}x)",
+            flint_csv / native_csv
+        );
+
+        let t = Instant::now();
+        let native_pq = native_sales_parquet(&pq, slots)?;
+        let native_parquet = t.elapsed().as_secs_f64();
+        let o = out.path().join("parquet");
+        let t = Instant::now();
+        run_job(&cluster, &sales_wasm, vec!["parquet".into(), s(&pq), s(&o)]).await?;
+        let flint_parquet = t.elapsed().as_secs_f64();
+        if !same_totals(&read_region_totals(&o)?, &native_pq) || !same_totals(&native_pq, &native)
+        {
+            bail!("sales totals on Parquet differ");
+        }
+        println!(
+            "sales aggregation, Parquet: native {slots} threads {native_parquet:.2}s, flint {flint_parquet:.2}s (flint/native = {:.2}x)",
+            flint_parquet / native_parquet
+        );
+
+        let t = Instant::now();
+        let native_j = native_join(&orders, &customers, slots)?;
+        let native_join_s = t.elapsed().as_secs_f64();
+        let o = out.path().join("join");
+        let t = Instant::now();
+        run_job(
+            &cluster,
+            &join_wasm,
+            vec![s(&orders), s(&customers), s(&o)],
+        )
+        .await?;
+        let flint_join = t.elapsed().as_secs_f64();
+        let mut got = std::collections::BTreeMap::new();
+        for e in std::fs::read_dir(&o)? {
+            let p = e?.path();
+            if !p.extension().is_some_and(|e| e == "csv") {
+                continue;
+            }
+            for l in std::fs::read_to_string(&p)?.lines().skip(1) {
+                let f: Vec<&str> = l.split(',').collect();
+                got.insert(f[0].to_string(), (f[1].parse::<u64>()?, f[2].parse::<f64>()?));
+            }
+        }
+        let same = got.len() == native_j.len()
+            && got.iter().zip(&native_j).all(|((ka, a), (kb, b))| {
+                ka == kb && a.0 == b.0 && (a.1 - b.1).abs() <= 1e-6 * b.1.abs()
+            });
+        if !same {
+            bail!("flint's join differs from the native join: {got:?} vs {native_j:?}");
+        }
+        println!(
+            "join (orders x customers, left outer): native {slots} threads {native_join_s:.2}s, flint {flint_join:.2}s (flint/native = {:.2}x)",
+            flint_join / native_join_s
+        );
+        anyhow::Ok(())
+    })
 }
