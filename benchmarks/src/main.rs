@@ -620,7 +620,7 @@ fn read_region_totals(dir: &Path) -> anyhow::Result<RegionTotals> {
     let mut m = RegionTotals::new();
     for e in std::fs::read_dir(dir)? {
         let p = e?.path();
-        if !p.extension().is_some_and(|e| e == "parquet") {
+        if p.extension().is_none_or(|e| e != "parquet") {
             continue;
         }
         let r = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(
@@ -733,7 +733,7 @@ fn sales_suite(args: &Args, rt: &tokio::runtime::Runtime) -> anyhow::Result<()> 
         let mut got = std::collections::BTreeMap::new();
         for e in std::fs::read_dir(&o)? {
             let p = e?.path();
-            if !p.extension().is_some_and(|e| e == "csv") {
+            if p.extension().is_none_or(|e| e != "csv") {
                 continue;
             }
             for l in std::fs::read_to_string(&p)?.lines().skip(1) {

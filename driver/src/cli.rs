@@ -110,6 +110,13 @@ enum Command {
         #[command(subcommand)]
         command: TenantCommand,
     },
+    /// Create a job crate in directory NAME, ready for `flint run NAME`.
+    New {
+        name: PathBuf,
+        /// The guest SDK to depend on (default: the one this flint was built with).
+        #[arg(long)]
+        sdk: Option<PathBuf>,
+    },
     /// Serve the web UI of finished jobs from the event logs in DIR (`--event-log`).
     History {
         dir: PathBuf,
@@ -269,6 +276,19 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             })
             .await?;
             finish(result, &report)
+        }
+        Command::New { name, sdk } => {
+            let sdk = sdk.unwrap_or_else(|| {
+                Path::new(env!("CARGO_MANIFEST_DIR"))
+                    .join("..")
+                    .join("guest-sdk")
+            });
+            new_job_crate(&name, &sdk)?;
+            eprintln!(
+                "flint: created job crate {0}; run it with `flint run {0} -- INPUT OUTPUT`",
+                name.display()
+            );
+            Ok(())
         }
         Command::History { dir, web } => {
             let sink = crate::ui::EventSink::replay(&dir)?;
@@ -581,6 +601,90 @@ fn load_job(job: &Path) -> anyhow::Result<(String, Vec<u8>)> {
         .map(|s| s.to_string_lossy().into_owned())
         .unwrap_or_else(|| "job".into());
     Ok((name, bytes))
+}
+
+/// Writes a job crate (`Cargo.toml`, `src/lib.rs`, `.gitignore`) into the new directory
+/// `dir`: a word count to start from, depending on the guest SDK at `sdk`.
+pub fn new_job_crate(dir: &Path, sdk: &Path) -> anyhow::Result<()> {
+    let name = dir
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .context("the new crate needs a directory name")?;
+    let valid = !name.is_empty()
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        && name.starts_with(|c: char| c.is_ascii_alphabetic());
+    if !valid {
+        bail!(
+            "{name:?} is not a crate name: use letters, digits, `-` and `_`, starting with a letter"
+        );
+    }
+    if dir.exists() {
+        bail!("{} already exists", dir.display());
+    }
+    let sdk = std::path::absolute(sdk)?;
+    if !sdk.join("Cargo.toml").is_file() {
+        bail!("no guest SDK at {} (give one with --sdk)", sdk.display());
+    }
+    std::fs::create_dir_all(dir.join("src"))?;
+    std::fs::write(
+        dir.join("Cargo.toml"),
+        format!(
+            r#"[package]
+name = "{name}"
+version = "0.1.0"
+edition = "2024"
+publish = false
+
+# A Flint job is one WebAssembly component: build it with `flint run .`, or
+# `cargo build --target wasm32-wasip2 --release`.
+[lib]
+crate-type = ["cdylib", "rlib"]
+
+[dependencies]
+flint-guest-sdk = {{ path = {sdk:?} }}
+serde = {{ version = "1", features = ["derive"] }}
+
+# Its own workspace, wherever it is created.
+[workspace]
+
+# What `flint run` builds with: optimised, without DWARF (smaller to compile on load).
+[profile.guest]
+inherits = "release"
+debug = false
+strip = "debuginfo"
+"#,
+            sdk = sdk.display().to_string()
+        ),
+    )?;
+    std::fs::write(dir.join(".gitignore"), "/target\n")?;
+    std::fs::write(
+        dir.join("src/lib.rs"),
+        r#"//! A Flint job: `flint run . -- INPUT OUTPUT` counts the words of INPUT into OUTPUT.
+//!
+//! `main` runs on the driver and builds a lazy plan; the closures run in tasks on the
+//! executors. See the guest SDK's documentation (`cargo doc -p flint-guest-sdk --open`).
+
+use flint::{Context, Result};
+
+#[flint::main]
+fn main(ctx: &mut Context) -> Result<()> {
+    let [input, output] = ctx.args()?;
+    ctx.text_file(&input)?
+        .flat_map(|line: String| {
+            line.split_whitespace()
+                .map(str::to_lowercase)
+                .collect::<Vec<_>>()
+        })
+        .map(|w: String| (w, 1u64))
+        .reduce_by_key(|a, b| a + b)
+        .save_as_text(&output)?;
+    Ok(())
+}
+"#,
+    )?;
+    Ok(())
 }
 
 /// `cargo build --target wasm32-wasip2 --profile guest` in a job crate; returns its `.wasm`.

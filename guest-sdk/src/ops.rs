@@ -38,9 +38,15 @@ pub(crate) fn batches_of<T: 'static>(v: Vec<T>) -> Vec<Rows> {
 pub(crate) fn partition_of<K: Hash>(k: &K, partitions: u32) -> u32 {
     let mut h = FxHasher::default();
     k.hash(&mut h);
-    // Fx's low bits are weak; fold the high half in.
-    let x = h.finish();
-    ((x ^ (x >> 32)) % partitions.max(1) as u64) as u32
+    // Fx is a weak, and on wasm32 a 32-bit, hash: small integer keys would all land in
+    // one partition. Mix it fully (murmur3's finalizer), then map onto the partitions.
+    let mut z = h.finish();
+    z ^= z >> 33;
+    z = z.wrapping_mul(0xff51_afd7_ed55_8ccd);
+    z ^= z >> 33;
+    z = z.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
+    z ^= z >> 33;
+    ((z as u128 * partitions.max(1) as u128) >> 64) as u32
 }
 
 // ---------------------------------------------------------------- narrow operators

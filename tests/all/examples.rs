@@ -415,3 +415,178 @@ fn topk_sorts_globally_across_part_files() {
     let top: Vec<String> = want[..5].iter().map(|(w, n)| format!("{w}\t{n}")).collect();
     assert!(stdout.contains(&top.join("\n")), "top 5 printed: {stdout}");
 }
+
+#[test]
+fn flint_new_makes_a_job_crate_that_builds_and_runs() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("my-job");
+    run_ok(flint().arg("new").arg(&dir));
+    for f in ["Cargo.toml", "src/lib.rs", ".gitignore"] {
+        assert!(dir.join(f).is_file(), "{f} missing");
+    }
+    let again = run_err(flint().arg("new").arg(&dir));
+    assert!(again.contains("already exists"), "{again}");
+    let bad = run_err(flint().arg("new").arg(tmp.path().join("1 bad")));
+    assert!(bad.contains("is not a crate name"), "{bad}");
+
+    // Build it against this workspace's lock file and guest target directory, so the
+    // dependencies the guests already compiled are reused.
+    std::fs::copy(
+        concat!(env!("CARGO_MANIFEST_DIR"), "/Cargo.lock"),
+        dir.join("Cargo.lock"),
+    )
+    .unwrap();
+    let target = Path::new(flint_udfs::WORDCOUNT)
+        .ancestors()
+        .nth(4)
+        .unwrap()
+        .to_path_buf();
+    let input = tmp.path().join("in.txt");
+    std::fs::write(&input, "The cat the DOG\ndog the\n").unwrap();
+    let out = tmp.path().join("out");
+    run_ok(
+        flint()
+            .env("CARGO_TARGET_DIR", &target)
+            .args(["run"])
+            .arg(&dir)
+            .args(["--executors", "1", "--"])
+            .arg(&input)
+            .arg(&out),
+    );
+    let counts = crate::util::read_output(&out);
+    let want: HashMap<String, u64> = [("the", 3), ("cat", 1), ("dog", 2)]
+        .into_iter()
+        .map(|(w, n)| (w.to_string(), n))
+        .collect();
+    assert_eq!(counts, want);
+}
+
+#[test]
+fn every_operator_and_format_matches_values_computed_here() {
+    let tmp = tempfile::tempdir().unwrap();
+    let o = run_ok(
+        flint()
+            .args(["run", flint_udfs::TEST_JOBS, "--executors", "2", "--"])
+            .arg("operators")
+            .arg(tmp.path()),
+    );
+    let stdout = String::from_utf8_lossy(&o.stdout).into_owned();
+    let got: HashMap<&str, &str> = stdout.lines().filter_map(|l| l.split_once(": ")).collect();
+    let xs: Vec<i64> = (0..1000).collect();
+    let sum: i64 = xs.iter().sum();
+    let mut want: Vec<(&str, String)> = vec![
+        ("count", "1000".into()),
+        ("reduce", format!("Some({sum})")),
+        ("fold", sum.to_string()),
+        (
+            "filter_with",
+            xs.iter().filter(|x| **x >= 900).count().to_string(),
+        ),
+        ("map_with", "[0, 3, 6]".into()),
+        ("union", "1003".into()),
+        // range: 4 partitions of 250; parallelize([5, 6, 7], 2): 1 and 2 rows. Six
+        // pieces coalesced into 2 tasks of 3 consecutive pieces each.
+        ("coalesce", "[253, 750]".into()),
+        ("distinct", "37".into()),
+        ("take", "[0, 1, 2]".into()),
+        ("first", "Some(0)".into()),
+        ("top", "[999, 998, 997]".into()),
+        ("count_by_value", "[(0, 334), (1, 333), (2, 333)]".into()),
+        ("count_by_key", "[(0, 500), (1, 500)]".into()),
+        ("repartition", "[200, 200, 200, 200, 200]".into()),
+        ("with_partitions", "4".into()),
+        ("flat_map_with", "2000".into()),
+        ("right_outer_join", "20".into()),
+    ];
+    let mut sorted: Vec<i64> = xs.iter().map(|x| (x * 7919) % 1000).collect();
+    sorted.sort_by(|a, b| b.cmp(a));
+    want.push((
+        "sort_desc",
+        sorted
+            .iter()
+            .map(|x| x.to_string())
+            .collect::<Vec<_>>()
+            .join(","),
+    ));
+    let agg: Vec<String> = (0..10)
+        .map(|k| {
+            let s: i64 = xs.iter().filter(|x| *x % 10 == k).sum();
+            format!("({k}, ({s}, 100))")
+        })
+        .collect();
+    want.push(("aggregate_by_key", format!("[{}]", agg.join(", "))));
+    let groups: Vec<String> = (0..10).map(|k| format!("({k}, 100)")).collect();
+    want.push(("group_by_key", format!("[{}]", groups.join(", "))));
+    let join: Vec<String> = (0..15)
+        .map(|k| format!("({k}, ({}, \"v{k}\"))", k * 2))
+        .collect();
+    want.push(("join", format!("[{}]", join.join(", "))));
+    let left: Vec<String> = (0..20)
+        .map(|k| {
+            let w = if k < 15 {
+                format!("Some(\"v{k}\")")
+            } else {
+                "None".into()
+            };
+            format!("({k}, ({}, {w}))", k * 2)
+        })
+        .collect();
+    want.push(("left_outer_join", format!("[{}]", left.join(", "))));
+    let keys: Vec<String> = (0..20).map(|k| k.to_string()).collect();
+    want.push(("full_outer_join", format!("[{}]", keys.join(", "))));
+    let cog: Vec<String> = (0..20)
+        .map(|k| format!("({k}, 1, {})", if k < 15 { 1 } else { 0 }))
+        .collect();
+    want.push(("cogroup", format!("[{}]", cog.join(", "))));
+    let scores: f64 = xs.iter().map(|x| *x as f64 / 2.0).sum();
+    for f in ["json_lines", "arrow_ipc", "csv", "csv_inferred", "parquet"] {
+        want.push((f, format!("(1000, {sum}, {scores:?})")));
+    }
+    for (k, v) in &want {
+        assert_eq!(
+            got.get(k).copied(),
+            Some(v.as_str()),
+            "{k}; all output:\n{stdout}"
+        );
+    }
+    // A sample: the same seed gives the same rows; about a tenth are kept.
+    let s: Vec<u64> = got["sample"]
+        .split(' ')
+        .map(|n| n.parse().unwrap())
+        .collect();
+    assert_eq!(s[0], s[1]);
+    assert!((50..150).contains(&s[0]), "{s:?}");
+    // partition_by: 3 partitions, each key in exactly one, spread over more than one.
+    let parts = got["partition_by"];
+    let sets: Vec<Vec<i64>> = parts
+        .trim_matches(|c| c == '[' || c == ']')
+        .split("], [")
+        .map(|p| {
+            p.split(", ")
+                .filter(|s| !s.is_empty())
+                .map(|n| n.parse().unwrap())
+                .collect()
+        })
+        .collect();
+    assert_eq!(sets.len(), 3, "{parts}");
+    let mut all: Vec<i64> = sets.iter().flatten().copied().collect();
+    all.sort();
+    assert_eq!(all, (0..10).collect::<Vec<_>>(), "{parts}");
+    assert!(
+        sets.iter().filter(|s| !s.is_empty()).count() > 1,
+        "keys spread: {parts}"
+    );
+    // The saved files are there, with the formats' extensions.
+    for (d, ext) in [
+        ("json", "jsonl"),
+        ("arrow", "arrow"),
+        ("csv", "csv"),
+        ("parquet", "parquet"),
+    ] {
+        let files = parts(&tmp.path().join(d));
+        assert!(
+            !files.is_empty() && files.iter().all(|p| p.extension().unwrap() == ext),
+            "{d}: {files:?}"
+        );
+    }
+}

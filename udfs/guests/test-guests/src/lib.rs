@@ -14,6 +14,9 @@
 //!   `unreachable-in-task` (a Wasm `unreachable`), `divide-by-zero`, `read-passwd`
 //!   (opens /etc/passwd), `open-socket` (connects to 127.0.0.1:22), `huge-output` (writes
 //!   10 KB per input byte), `spin-in-main` (the driver program never returns).
+//! - `operators DIR`: every operator and format of the SDK over `range` and
+//!   `parallelize` data, printing `name: value` lines for the test to check; DIR receives
+//!   saved JSON lines, Arrow and CSV files that are read back.
 //! - `straggler INPUT OUTPUT`: a word count whose map tasks sleep 200 ms per line on
 //!   executor 1 only: a slow machine, for speculation.
 
@@ -23,6 +26,7 @@ use flint::{Context, Error, Result};
 fn main(ctx: &mut Context) -> Result<()> {
     let args = ctx.all_args().to_vec();
     match args.first().map(String::as_str) {
+        Some("operators") => operators(ctx, &args[1])?,
         Some("count") => {
             let n = ctx.text_file(&args[1])?.count()?;
             println!("lines: {n}");
@@ -163,5 +167,167 @@ fn hostile<F: Fn(String) -> usize + Copy + 'static>(
 ) -> Result<()> {
     let n = ctx.text_file(input)?.map(f).count()?;
     println!("lines: {n}");
+    Ok(())
+}
+
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+struct Rec {
+    id: i64,
+    name: String,
+    score: f64,
+}
+
+fn sorted<T: Ord>(mut v: Vec<T>) -> Vec<T> {
+    v.sort();
+    v
+}
+
+fn operators(ctx: &mut Context, dir: &str) -> Result<()> {
+    use flint::{CsvOptions, Malformed};
+    let xs = ctx.range(0, 1000, 4)?;
+    println!("count: {}", xs.count()?);
+    println!("reduce: {:?}", xs.reduce(|a, b| a + b)?);
+    println!("fold: {}", xs.fold(0, |a, b| a + b)?);
+    let t = 900i64;
+    println!(
+        "filter_with: {}",
+        xs.filter_with(&t, |t: &i64, x: &i64| x >= t).count()?
+    );
+    println!(
+        "map_with: {:?}",
+        xs.map_with(&3i64, |m: &i64, x: i64| x * m).take(3)?
+    );
+    let extra = ctx.parallelize(vec![5i64, 6, 7], 2)?;
+    let both = xs.union(&extra);
+    println!("union: {}", both.count()?);
+    let lens = both
+        .coalesce(2)
+        .map_partitions(|rows: Vec<i64>| [rows.len() as u64])
+        .collect()?;
+    println!("coalesce: {:?}", sorted(lens));
+    let a = xs.sample(0.1, 7).count()?;
+    let b = xs.sample(0.1, 7).count()?;
+    println!("sample: {a} {b}");
+    println!("distinct: {}", xs.map(|x: i64| x % 37).distinct().count()?);
+    let shuffled = xs.map(|x: i64| (x * 7919) % 1000);
+    let desc = shuffled.sort_by_into(|x: &i64| *x, false, Some(3))?;
+    let v = desc.collect()?;
+    println!(
+        "sort_desc: {}",
+        v.iter()
+            .map(|x| x.to_string())
+            .collect::<Vec<_>>()
+            .join(",")
+    );
+    println!("take: {:?}", xs.take(3)?);
+    println!("first: {:?}", xs.first()?);
+    println!("top: {:?}", shuffled.top(3, |x: &i64| *x)?);
+    let cbv = xs.map(|x: i64| x % 3).count_by_value()?;
+    println!("count_by_value: {:?}", sorted(cbv.into_iter().collect()));
+    let pairs = xs.map(|x: i64| (x % 10, x));
+    let agg = pairs
+        .aggregate_by_key(
+            (0i64, 0u64),
+            |(s, n): (i64, u64), v: i64| (s + v, n + 1),
+            |a: (i64, u64), b: (i64, u64)| (a.0 + b.0, a.1 + b.1),
+        )
+        .collect()?;
+    println!("aggregate_by_key: {:?}", sorted(agg));
+    let groups = pairs
+        .group_by_key()
+        .map_values(|v: Vec<i64>| v.len() as u64)
+        .collect()?;
+    println!("group_by_key: {:?}", sorted(groups));
+    let cbk = xs.key_by(|x: &i64| x % 2).count_by_key()?;
+    println!("count_by_key: {:?}", sorted(cbk.into_iter().collect()));
+    let left = ctx.parallelize((0..20i64).map(|k| (k, k * 2)).collect(), 3)?;
+    let right = ctx.parallelize((0..15i64).map(|k| (k, format!("v{k}"))).collect(), 2)?;
+    println!("join: {:?}", sorted(left.join(&right).collect()?));
+    println!(
+        "left_outer_join: {:?}",
+        sorted(left.left_outer_join(&right).collect()?)
+    );
+    println!(
+        "right_outer_join: {}",
+        right.right_outer_join(&left).count()?
+    );
+    println!(
+        "full_outer_join: {:?}",
+        sorted(left.full_outer_join(&right).keys().collect()?)
+    );
+    println!(
+        "cogroup: {:?}",
+        sorted(
+            left.cogroup(&right)
+                .map(|(k, (a, b)): (i64, (Vec<i64>, Vec<String>))| (k, a.len(), b.len()))
+                .collect()?
+        )
+    );
+    let lens = pairs
+        .partition_by(3)
+        .map_partitions(|rows: Vec<(i64, i64)>| {
+            let mut keys: Vec<i64> = rows.iter().map(|r| r.0).collect();
+            keys.sort();
+            keys.dedup();
+            [keys]
+        })
+        .collect()?;
+    println!("partition_by: {:?}", sorted(lens));
+    let lens = xs
+        .repartition(5)
+        .map_partitions(|rows: Vec<i64>| [rows.len() as u64])
+        .collect()?;
+    println!("repartition: {:?}", sorted(lens));
+    let lens = pairs
+        .reduce_by_key(|a: i64, b: i64| a + b)
+        .with_partitions(4)
+        .map_partitions(|rows: Vec<(i64, i64)>| [rows.len() as u64])
+        .collect()?;
+    println!("with_partitions: {}", lens.len());
+    println!(
+        "flat_map_with: {}",
+        xs.flat_map_with(&2usize, |n: &usize, x: i64| vec![x; *n])
+            .count()?
+    );
+
+    let recs = xs.map(|x: i64| Rec {
+        id: x,
+        name: format!("n{x}"),
+        score: x as f64 / 2.0,
+    });
+    let sum = |d: flint::Dataset<Rec>| -> Result<(u64, i64, f64)> {
+        let v = d.collect()?;
+        Ok((
+            v.len() as u64,
+            v.iter().map(|r| r.id).sum(),
+            v.iter().map(|r| r.score).sum(),
+        ))
+    };
+    let json = format!("{dir}/json");
+    recs.save_as_json_lines(&json)?;
+    println!(
+        "json_lines: {:?}",
+        sum(ctx.json_lines::<Rec>(&json, Malformed::Fail)?)?
+    );
+    let arrow = format!("{dir}/arrow");
+    recs.save_as_arrow(&arrow)?;
+    println!("arrow_ipc: {:?}", sum(ctx.arrow_ipc::<Rec>(&arrow)?)?);
+    let csv = format!("{dir}/csv");
+    recs.save_as_csv(&csv)?;
+    println!(
+        "csv: {:?}",
+        sum(ctx.csv::<Rec>(&format!("{csv}/part-*.csv"))?)?
+    );
+    let inferred = CsvOptions {
+        infer_schema: true,
+        ..Default::default()
+    };
+    println!(
+        "csv_inferred: {:?}",
+        sum(ctx.csv_with::<Rec>(&csv, inferred)?)?
+    );
+    let pq = format!("{dir}/parquet");
+    recs.save_as_parquet(&pq)?;
+    println!("parquet: {:?}", sum(ctx.parquet::<Rec>(&pq)?)?);
     Ok(())
 }
