@@ -557,8 +557,8 @@ fn every_operator_and_format_matches_values_computed_here() {
     assert_eq!(s[0], s[1]);
     assert!((50..150).contains(&s[0]), "{s:?}");
     // partition_by: 3 partitions, each key in exactly one, spread over more than one.
-    let parts = got["partition_by"];
-    let sets: Vec<Vec<i64>> = parts
+    let by_key = got["partition_by"];
+    let sets: Vec<Vec<i64>> = by_key
         .trim_matches(|c| c == '[' || c == ']')
         .split("], [")
         .map(|p| {
@@ -568,13 +568,13 @@ fn every_operator_and_format_matches_values_computed_here() {
                 .collect()
         })
         .collect();
-    assert_eq!(sets.len(), 3, "{parts}");
+    assert_eq!(sets.len(), 3, "{by_key}");
     let mut all: Vec<i64> = sets.iter().flatten().copied().collect();
     all.sort();
-    assert_eq!(all, (0..10).collect::<Vec<_>>(), "{parts}");
+    assert_eq!(all, (0..10).collect::<Vec<_>>(), "{by_key}");
     assert!(
         sets.iter().filter(|s| !s.is_empty()).count() > 1,
-        "keys spread: {parts}"
+        "keys spread: {by_key}"
     );
     // The saved files are there, with the formats' extensions.
     for (d, ext) in [
