@@ -17,26 +17,64 @@
 //! ```
 //!
 //! # How a job runs
-//! A job crate is a `cdylib` built for `wasm32-wasip2`: one WebAssembly component. The
-//! `flint` host instantiates it in two places:
-//! - **on the driver**, where `main` runs. Transformations (`map`, `reduce_by_key`...) only
-//!   record a plan; an action (`collect`, `count`, `save_as_text`) sends the plan to the
-//!   driver and blocks until the cluster ran it. A loop with `collect` inside is an
-//!   iterative job.
-//! - **on executors**, once per task: the same component runs the fused narrow pipeline of
-//!   one stage over one partition, batch by batch, in a fresh sandbox.
+//! A job crate is a `cdylib` built for `wasm32-wasip2`: one WebAssembly component
+//! (`flint new NAME` makes one). The `flint` host instantiates it in two places:
+//! - **on the driver**, where `main` runs. Transformations (`map`, `join`...) only record
+//!   a plan; an action (`collect`, `count`, `save_as_*`...) sends the plan to the driver
+//!   and blocks until the cluster ran it. A loop with an action inside is an iterative
+//!   job (see the k-means and PageRank examples in `examples/`).
+//! - **on executors**, once per task: the same component runs the fused narrow pipeline
+//!   of one stage over one partition, batch by batch, in a fresh sandbox.
 //!
-//! Closures given to transformations must not capture anything (the compiler says so if
-//! they do): a task runs in another instance, on another machine, where only the code
-//! exists. Each closure is named on the wire by its entry in the component's function
-//! table, which is the same in every instance of the same component.
+//! The driver cuts the plan into stages at shuffles (`reduce_by_key`, `join`, `sort_by`,
+//! `repartition`...), as Spark does; narrow operations (`map`, `filter`, `union`,
+//! `coalesce`...) fuse into the stage that feeds them.
+//!
+//! # What runs where
+//! Closures given to transformations run in tasks, on other machines, in other
+//! instances of the component, where only the code exists. So a closure must not capture
+//! variables (the compiler says so if it does); a value from the driver program goes
+//! through the `*_with` forms, which serialize it into the plan:
+//!
+//! ```no_run
+//! # fn f(ctx: &mut flint::Context) -> flint::Result<()> {
+//! let [input, min] = ctx.args()?;
+//! let min: usize = min.parse()?;
+//! let long = ctx.text_file(&input)?.filter_with(&min, |min: &usize, l: &String| l.len() >= *min);
+//! # Ok(()) }
+//! ```
+//!
+//! Each closure is named on the wire by its entry in the component's function table,
+//! which is the same in every instance of the same component.
+//!
+//! # Operations
+//! - Sources ([`Context`]): `text_file`, `csv`/`csv_with`, `json_lines`, `parquet`,
+//!   `arrow_ipc` (a file, a directory or a glob; large files split), `parallelize`,
+//!   `range`.
+//! - Narrow ([`Dataset`]): `map`, `filter`, `flat_map` (and `*_with`), `map_partitions`,
+//!   `key_by`, `map_values`, `keys`, `values`, `sample`, `union`, `coalesce`.
+//! - Wide: `reduce_by_key`, `aggregate_by_key`, `combine_by_key`, `group_by_key`,
+//!   `distinct`, `join`, `left_outer_join`, `right_outer_join`, `full_outer_join`,
+//!   `cogroup`, `sort_by`, `repartition`, `partition_by`; `with_partitions` sets a
+//!   shuffle's partition count (default: the setting `shuffle.partitions`).
+//! - Actions: `collect`, `count`, `first`, `take`, `top`, `reduce`, `fold`,
+//!   `count_by_value`, `count_by_key`, `foreach_partition`, `save_as_text`,
+//!   `save_as_csv`, `save_as_json_lines`, `save_as_parquet`, `save_as_arrow`.
 //!
 //! # The boundary
-//! The host and the job speak the WIT world `flint:job/flint-job` (in `wit/flint.wit`):
-//! control and errors as WIT types, rows as Arrow IPC streams. Rows of a `Dataset<T>`
-//! travel as one binary column of postcard-encoded `T` (keys and values in two columns
-//! across a shuffle). The typed `Dataset` API and the closure trick are Rust
-//! conveniences; another language could implement the same world.
+//! The host and the job speak the WIT world `flint:job/flint-job` (`wit/flint.wit` in
+//! this crate, documented there): a `plan` of nodes (file and inline sources, narrow
+//! ops, shuffles with one or more sides, unions, coalesces) and an `action` go to the
+//! host's `run-action`; tasks are driven through `task.start`, `task.push` (per Arrow
+//! IPC batch, tagged with its piece and shuffle side), `task.end-piece` and
+//! `task.finish`. Every function in a plan is an `op`: a function-table index plus the
+//! bytes of its captured value, both opaque to the host. File formats are parsed and
+//! written by the host: the job sees Arrow batches.
+//!
+//! A job in another language implements that world. What is a Rust convenience: the
+//! typed `Dataset<T>`, closures named by their function-table index, rows encoded with
+//! postcard in a binary Arrow column (`row`, or `key` and `value` across a shuffle),
+//! and typed columnar rows through `serde_arrow`. The host relies on none of them.
 
 mod context;
 mod dataset;
