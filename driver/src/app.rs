@@ -13,7 +13,7 @@ use flint_protocol::dag::build_dag;
 use flint_protocol::ids::{JobId, ModuleHash};
 use flint_protocol::plan::{
     Action, FnRef, LogicalPlan, Malformed, Node, NodeIndex, Op, PlanError, ReadFormat, ShuffleSide,
-    WriteFormat,
+    StorageLevel, WriteFormat,
 };
 use flint_protocol::scheduler::{JobPolicy, Pool};
 use flint_protocol::wire::{
@@ -134,6 +134,17 @@ pub fn to_logical(plan: wit::Plan, action: wit::Action) -> Result<LogicalPlan, P
                 parent: c.parent as usize,
                 partitions: c.partitions,
             },
+            wit::PlanNode::Cache(c) => Node::Cache {
+                parent: c.parent as usize,
+                id: c.id,
+                level: match c.level {
+                    wit::StorageLevel::MemoryOnly => StorageLevel::MemoryOnly,
+                    wit::StorageLevel::MemoryAndDisk => StorageLevel::MemoryAndDisk,
+                    wit::StorageLevel::DiskOnly => StorageLevel::DiskOnly,
+                },
+                write: op(c.write),
+                read: op(c.read),
+            },
         })
         .collect();
     let action = match action {
@@ -194,6 +205,8 @@ struct AppActions {
     /// Directories `save_*` actions wrote.
     outputs: std::sync::Mutex<Vec<String>>,
     tenant: Tenant,
+    /// Capability of the application's cached partitions.
+    app_secret: [u8; 16],
 }
 
 impl ActionRunner for AppActions {
@@ -203,6 +216,19 @@ impl ActionRunner for AppActions {
 
     fn setting(&self, key: &str) -> Option<String> {
         self.conf.get(key).map(str::to_string)
+    }
+
+    fn unpersist(
+        &self,
+        id: u32,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + '_>> {
+        Box::pin(async move {
+            let _ = self
+                .shared
+                .events
+                .send(Event::Unpersist { app: self.app, id })
+                .await;
+        })
     }
 }
 
@@ -349,6 +375,7 @@ impl AppActions {
             tenant: self.tenant.name.clone(),
             progress: self.events.clone(),
             shuffle_secret: rand::random(),
+            app_secret: self.app_secret,
         };
         let _ = self
             .events
@@ -493,6 +520,7 @@ pub async fn run_application(
         name: name.clone(),
         outputs: Default::default(),
         tenant: tenant.clone(),
+        app_secret: rand::random(),
     });
     let limits = StoreLimits {
         memory_bytes: conf.bytes("task.memory"),

@@ -422,6 +422,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 advertise_addr: None,
                 sandbox: None,
                 decommission_timeout: conf.duration("executor.decommission_timeout"),
+                cache_memory: conf.bytes("executor.cache_memory"),
                 metrics,
                 metrics_addr: Some(served_at),
             };

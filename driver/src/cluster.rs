@@ -5,14 +5,15 @@ use crate::output::OutputCommit;
 use crate::ui::{EventSink, now_ms as wall_ms};
 use flint_protocol::dag::{JobDag, StageInput, StageOutput};
 use flint_protocol::events::{self as ev, StageInfo, TaskOutcome};
-use flint_protocol::ids::{ExecutorId, JobId, ModuleHash, TaskAttemptId};
+use flint_protocol::ids::{ExecutorId, JobId, ModuleHash, ShuffleId, TaskAttemptId};
 use flint_protocol::plan::{Action, NodeIndex};
 use flint_protocol::scheduler::{
-    Command, JobFailure, JobPolicy, Scheduler, SchedulerConf, TaskFailure, fmt_ms,
+    Command, JobFailure, JobPolicy, MapStatus, Scheduler, SchedulerConf, TaskFailure, fmt_ms,
 };
 use flint_protocol::wire::{
-    ExecutorSummary, FromExecutor, SegmentSource, ShuffleSideInput, SubmitEvent, TaskDescriptor,
-    TaskErrorKind, TaskInput, TaskLimits, TaskOutput, TaskPiece, TaskSuccess, ToExecutor,
+    CacheTarget, ExecutorSummary, FromExecutor, SegmentSource, ShuffleSideInput, SubmitEvent,
+    TaskDescriptor, TaskErrorKind, TaskInput, TaskLimits, TaskOutput, TaskPiece, TaskSuccess,
+    ToExecutor,
 };
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -38,6 +39,8 @@ pub struct JobSpec {
     pub progress: mpsc::Sender<SubmitEvent>,
     /// The job's shuffle capability (random): only its own tasks can fetch its segments.
     pub shuffle_secret: [u8; 16],
+    /// The application's capability for its cached partitions (random, per application).
+    pub app_secret: [u8; 16],
 }
 
 /// Per result partition, the committed attempt's output.
@@ -65,6 +68,11 @@ pub enum Event {
     },
     TotalCores {
         reply: oneshot::Sender<u32>,
+    },
+    /// The application drops its cached dataset `id`.
+    Unpersist {
+        app: u64,
+        id: u32,
     },
     /// The application is over: hand back what its executors reported.
     AppDone {
@@ -95,6 +103,9 @@ pub struct ClusterLoop {
     executors: HashMap<ExecutorId, ExecutorConn>,
     jobs: HashMap<JobId, RunningJob>,
     apps: HashMap<u64, HashMap<ExecutorId, ExecutorSummary>>,
+    /// Per (application, cached dataset id), where each partition is kept: the block
+    /// manager's master of Spark. Entries go when their executor is lost or evicts them.
+    cached: HashMap<(u64, u32), Vec<Option<MapStatus>>>,
     next_executor: u32,
     started: Instant,
     tick: Duration,
@@ -102,6 +113,17 @@ pub struct ClusterLoop {
 }
 
 impl ClusterLoop {
+    /// Cached partitions kept by a lost executor are gone.
+    fn forget_cached_on(&mut self, executor: ExecutorId) {
+        for parts in self.cached.values_mut() {
+            for slot in parts.iter_mut() {
+                if slot.as_ref().is_some_and(|s| s.executor == executor) {
+                    *slot = None;
+                }
+            }
+        }
+    }
+
     pub fn new(conf: SchedulerConf, tick: Duration, sink: Arc<EventSink>) -> Self {
         ClusterLoop {
             sink,
@@ -109,6 +131,7 @@ impl ClusterLoop {
             executors: HashMap::new(),
             jobs: HashMap::new(),
             apps: HashMap::new(),
+            cached: HashMap::new(),
             next_executor: 1,
             started: Instant::now(),
             tick,
@@ -141,6 +164,7 @@ impl ClusterLoop {
                         // Dropping its sender ends the control stream: a cut-off executor
                         // that comes back finds itself disconnected, not half-registered.
                         self.executors.remove(&id);
+                        self.forget_cached_on(id);
                         self.sink.emit(ev::Event::ExecutorRemoved {
                             at_ms: wall_ms(),
                             executor: id,
@@ -206,6 +230,24 @@ impl ClusterLoop {
                         );
                         self.scheduler.executor_decommissioning(id);
                     }
+                    FromExecutor::CachedDropped { job, shuffle, maps } => {
+                        let app = job.0 & !(1 << 63);
+                        if let Some(parts) = self.cached.get_mut(&(app, shuffle.0)) {
+                            for m in maps {
+                                if let Some(slot) = parts.get_mut(m as usize)
+                                    && slot.as_ref().is_some_and(|s| s.executor == id)
+                                {
+                                    *slot = None;
+                                }
+                            }
+                        }
+                        tracing::debug!(
+                            executor = id.0,
+                            app,
+                            cache = shuffle.0,
+                            "cached partitions evicted"
+                        );
+                    }
                 }
             }
             Event::ExecutorDown { id } => {
@@ -223,6 +265,7 @@ impl ClusterLoop {
                         reason: reason.into(),
                     });
                     self.scheduler.executor_lost(id);
+                    self.forget_cached_on(id);
                 }
             }
             Event::Submit { job, spec, reply } => {
@@ -255,13 +298,46 @@ impl ClusterLoop {
                     results: (0..partitions).map(|_| None).collect(),
                     unclaimed: HashMap::new(),
                 };
+                // Partitions of cached datasets that earlier jobs kept.
+                let mut known = Vec::new();
+                for st in &dag.stages {
+                    if let StageOutput::ShuffleWrite {
+                        shuffle,
+                        cache: Some(c),
+                        ..
+                    } = st.output
+                        && let Some(parts) = self.cached.get(&(running.spec.app, c.id))
+                        && parts.len() == st.partitions as usize
+                    {
+                        for (map, status) in parts.iter().enumerate() {
+                            if let Some(status) = status {
+                                known.push((shuffle, map as u32, status.clone()));
+                            }
+                        }
+                    }
+                }
                 self.jobs.insert(job, running);
-                self.scheduler.submit_job(job, dag, policy);
+                self.scheduler.submit_job_with(job, dag, policy, known);
             }
             Event::TotalCores { reply } => {
                 let _ = reply.send(self.scheduler.total_cores());
             }
+            Event::Unpersist { app, id } => {
+                self.cached.remove(&(app, id));
+                for conn in self.executors.values() {
+                    let _ = conn.tx.try_send(ToExecutor::DropCached {
+                        job: JobId::cache_of_app(app),
+                        shuffle: ShuffleId(id),
+                    });
+                }
+            }
             Event::AppDone { app, reply } => {
+                self.cached.retain(|(a, _), _| *a != app);
+                for conn in self.executors.values() {
+                    let _ = conn.tx.try_send(ToExecutor::CleanJob {
+                        job: JobId::cache_of_app(app),
+                    });
+                }
                 let mut v: Vec<ExecutorSummary> = self
                     .apps
                     .remove(&app)
@@ -353,6 +429,24 @@ impl ClusterLoop {
                     TaskSuccess::MapOutput { sizes } => Some(sizes.clone()),
                     _ => None,
                 };
+                // A partition of a cached dataset: remember where it is kept.
+                if let (Some(sizes), Some(job)) = (&sizes, self.jobs.get(&attempt.task.stage.job))
+                    && self.executors.contains_key(&executor)
+                    && let Some(st) = job.spec.dag.stages.get(attempt.task.stage.index as usize)
+                    && let StageOutput::ShuffleWrite { cache: Some(c), .. } = st.output
+                {
+                    let parts = self
+                        .cached
+                        .entry((job.spec.app, c.id))
+                        .or_insert_with(|| vec![None; st.partitions as usize]);
+                    if parts.len() != st.partitions as usize {
+                        *parts = vec![None; st.partitions as usize];
+                    }
+                    parts[attempt.task.partition as usize] = Some(MapStatus {
+                        executor,
+                        sizes: sizes.clone(),
+                    });
+                }
                 if let Some(job) = self.jobs.get_mut(&attempt.task.stage.job) {
                     job.unclaimed.insert(attempt, success);
                 }
@@ -562,6 +656,11 @@ impl ClusterLoop {
                         .iter()
                         .map(|sh| ShuffleSideInput {
                             shuffle: *sh,
+                            cached: job.spec.dag.cache_of(*sh).map(|c| CacheTarget {
+                                job: JobId::cache_of_app(job.spec.app),
+                                shuffle: ShuffleId(c.id),
+                                level: c.level,
+                            }),
                             segments: inputs
                                 .iter()
                                 .filter(|l| l.shuffle == *sh && l.reduce == r.partition)
@@ -590,10 +689,16 @@ impl ClusterLoop {
                 shuffle,
                 partitions,
                 write,
+                cache,
             } => TaskOutput::ShuffleWrite {
                 shuffle: *shuffle,
                 partitions: *partitions,
                 write: write.clone(),
+                cached: cache.map(|c| CacheTarget {
+                    job: JobId::cache_of_app(job.spec.app),
+                    shuffle: ShuffleId(c.id),
+                    level: c.level,
+                }),
             },
             StageOutput::Result(Action::Collect { encode }) => TaskOutput::Rows {
                 encode: encode.clone(),
@@ -611,6 +716,7 @@ impl ClusterLoop {
         let desc = TaskDescriptor {
             attempt,
             shuffle_secret: job.spec.shuffle_secret,
+            app_secret: job.spec.app_secret,
             module: job.spec.module,
             pieces,
             ops: stage.ops.clone(),
@@ -630,6 +736,7 @@ impl ClusterLoop {
                 "executor's queue is full or closed; declaring it lost"
             );
             self.executors.remove(&executor);
+            self.forget_cached_on(executor);
             self.scheduler.executor_lost(executor);
         }
     }

@@ -49,6 +49,7 @@ impl LocalCluster {
         let shutdown = CancellationToken::new();
         let work = tempfile::Builder::new().prefix("flint-local-").tempdir()?;
         let conf_grace = conf.duration("executor.decommission_timeout");
+        let cache_memory = conf.bytes("executor.cache_memory");
         tokio::spawn(server::serve(
             DriverConfig {
                 conf,
@@ -71,6 +72,7 @@ impl LocalCluster {
                 sandbox: Some(sandbox.clone()),
                 cache_dir: None,
                 decommission_timeout: conf_grace,
+                cache_memory,
                 metrics: Default::default(),
                 metrics_addr: None,
             };

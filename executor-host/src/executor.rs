@@ -38,6 +38,8 @@ pub struct ExecutorConfig {
     pub cache_dir: Option<PathBuf>,
     /// On shutdown, how long running tasks may go on before they are handed back.
     pub decommission_timeout: Duration,
+    /// Memory for cached partitions (`executor.cache_memory`).
+    pub cache_memory: u64,
     /// Counters for whoever serves metrics; `metrics_addr` is where, told to the driver.
     pub metrics: Arc<ExecutorMetrics>,
     pub metrics_addr: Option<String>,
@@ -236,7 +238,10 @@ pub async fn serve(
     };
     tracing::info!(executor = me.0, %shuffle_addr, cores = config.cores, "registered with the driver");
 
-    let store = Arc::new(ShuffleStore::new(&config.work_dir));
+    let store = Arc::new(ShuffleStore::with_cache_memory(
+        &config.work_dir,
+        config.cache_memory,
+    ));
     let metrics = config.metrics.clone();
     metrics.slots.store(config.cores as u64, Ordering::Relaxed);
     let served = metrics.shuffle_served_bytes.clone();
@@ -370,6 +375,16 @@ pub async fn serve(
                         }
                     }
                     count(&metrics, &status);
+                    // Cached partitions evicted for room are no longer cached: say so.
+                    let mut dropped: std::collections::BTreeMap<_, Vec<u32>> = Default::default();
+                    for (job, shuffle, map) in env.shuffle.take_dropped() {
+                        dropped.entry((job, shuffle)).or_default().push(map);
+                    }
+                    for ((job, shuffle), maps) in dropped {
+                        let _ = tx
+                            .send(FromExecutor::CachedDropped { job, shuffle, maps })
+                            .await;
+                    }
                     let _ = tx.send(FromExecutor::Status(Box::new(status))).await;
                     tasks.remove(attempt);
                 });
@@ -378,6 +393,10 @@ pub async fn serve(
             Ok(Some(ToExecutor::CleanJob { job })) => {
                 let store = store.clone();
                 tokio::task::spawn_blocking(move || store.remove_job(job));
+            }
+            Ok(Some(ToExecutor::DropCached { job, shuffle })) => {
+                let store = store.clone();
+                tokio::task::spawn_blocking(move || store.drop_cached(job, shuffle));
             }
             Ok(Some(other)) => tracing::warn!("ignoring unexpected message {other:?}"),
             Ok(None) => break Err(ExecutorError::DriverGone),

@@ -339,13 +339,16 @@ fn fetch_segments(
         .clamp(1 << 20, u32::MAX as u64);
     let permits = Arc::new(Semaphore::new(budget as usize));
     let limit = std::time::Duration::from_millis(desc.limits.fetch_timeout_ms.max(1));
-    let secret = desc.shuffle_secret;
     let total: usize = sides.iter().map(|s| s.segments.len()).sum();
     let (tx, rx) = mpsc::channel(total.max(1));
     for (side, input) in sides.iter().enumerate() {
+        // A cached dataset's partitions are filed under the application, not the job.
+        let (job, shuffle, secret) = match input.cached {
+            Some(c) => (c.job, c.shuffle, desc.app_secret),
+            None => (job, input.shuffle, desc.shuffle_secret),
+        };
         for src in input.segments.clone() {
             let (fetcher, permits, tx) = (env.fetcher.clone(), permits.clone(), tx.clone());
-            let shuffle = input.shuffle;
             tokio::spawn(async move {
                 let want = src.size.clamp(1, budget) as u32;
                 let Ok(permit) = permits.acquire_many_owned(want).await else {
@@ -519,15 +522,24 @@ impl Sink {
     ) -> Result<TaskSuccess, TaskError> {
         Ok(match self {
             Sink::Shuffle { segments } => {
-                let TaskOutput::ShuffleWrite { shuffle, .. } = desc.output else {
+                let TaskOutput::ShuffleWrite {
+                    shuffle, cached, ..
+                } = desc.output
+                else {
                     unreachable!("shuffle sink comes from a shuffle output")
                 };
                 let store = env.shuffle.clone();
                 let (job, map) = (desc.attempt.task.stage.job, desc.attempt.task.partition);
-                let secret = desc.shuffle_secret;
-                let sizes = tokio::task::spawn_blocking(move || {
-                    store.grant(job, secret)?;
-                    store.write(job, shuffle, map, &segments)
+                let (secret, app_secret) = (desc.shuffle_secret, desc.app_secret);
+                let sizes = tokio::task::spawn_blocking(move || match cached {
+                    Some(c) => {
+                        store.grant(c.job, app_secret)?;
+                        store.put_cached((c.job, c.shuffle, map), segments, c.level)
+                    }
+                    None => {
+                        store.grant(job, secret)?;
+                        store.write(job, shuffle, map, &segments)
+                    }
                 })
                 .await
                 .map_err(|e| io_err(e.to_string()))?

@@ -148,6 +148,11 @@ pub trait ActionRunner: Send + Sync {
     fn run(&self, plan: wit::Plan, action: wit::Action) -> ActionFuture<'_>;
     /// The application's setting `key`, if set.
     fn setting(&self, key: &str) -> Option<String>;
+    /// Drops the application's cached dataset `id` everywhere.
+    fn unpersist(
+        &self,
+        id: u32,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + '_>>;
 }
 
 /// The data of one store.
@@ -203,6 +208,12 @@ impl flint::job::host::Host for GuestState {
 
     async fn setting(&mut self, key: String) -> Option<String> {
         self.actions.as_ref().and_then(|a| a.setting(&key))
+    }
+
+    async fn unpersist(&mut self, id: u32) {
+        if let Some(a) = self.actions.clone() {
+            a.unpersist(id).await;
+        }
     }
 }
 

@@ -7,6 +7,7 @@
 
 use crate::net::{self, NetError};
 use flint_protocol::ids::{ExecutorId, JobId, ShuffleId};
+use flint_protocol::plan::StorageLevel;
 use flint_protocol::wire::{FetchSegment, SegmentSource};
 use std::collections::HashMap;
 use std::io::{Read, Seek, SeekFrom, Write};
@@ -36,14 +37,137 @@ pub struct ShuffleStore {
     root: PathBuf,
     /// Per job with outputs here, the capability a fetch must present.
     secrets: Mutex<HashMap<JobId, ShuffleSecret>>,
+    /// Cached partitions kept in memory (the block store's memory tier).
+    cached: Mutex<MemoryTier>,
+}
+
+type BlockKey = (JobId, ShuffleId, u32);
+
+/// Cached partitions in memory under a byte budget, least recently used first out.
+#[derive(Default)]
+struct MemoryTier {
+    blocks: HashMap<BlockKey, Block>,
+    used: u64,
+    budget: u64,
+    clock: u64,
+    /// Evicted memory-only partitions: no longer cached (the driver is told).
+    dropped: Vec<BlockKey>,
+}
+
+struct Block {
+    segments: Vec<Vec<u8>>,
+    level: StorageLevel,
+    bytes: u64,
+    used_at: u64,
 }
 
 impl ShuffleStore {
     pub fn new(work_dir: &Path) -> ShuffleStore {
+        Self::with_cache_memory(work_dir, 512 << 20)
+    }
+
+    /// A store keeping up to `budget` bytes of cached partitions in memory.
+    pub fn with_cache_memory(work_dir: &Path, budget: u64) -> ShuffleStore {
         ShuffleStore {
             root: work_dir.join("shuffle"),
             secrets: Mutex::new(HashMap::new()),
+            cached: Mutex::new(MemoryTier {
+                budget,
+                ..Default::default()
+            }),
         }
+    }
+
+    fn tier(&self) -> std::sync::MutexGuard<'_, MemoryTier> {
+        self.cached.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Keeps a cached dataset's partition at `level`. In memory, older partitions are
+    /// evicted past the budget: to disk for memory-and-disk; for memory-only they are
+    /// written to disk too, so the job that needs them now still finds them, but they
+    /// are no longer cached ([`take_dropped`](Self::take_dropped) says which).
+    pub fn put_cached(
+        &self,
+        key: BlockKey,
+        segments: Vec<Vec<u8>>,
+        level: StorageLevel,
+    ) -> Result<Vec<u64>, ShuffleError> {
+        let sizes: Vec<u64> = segments.iter().map(|s| s.len() as u64).collect();
+        if level == StorageLevel::DiskOnly {
+            return self.write(key.0, key.1, key.2, &segments);
+        }
+        let bytes = sizes.iter().sum::<u64>();
+        let mut evicted = Vec::new();
+        {
+            let mut t = self.tier();
+            t.clock += 1;
+            let used_at = t.clock;
+            if let Some(old) = t.blocks.insert(
+                key,
+                Block {
+                    segments,
+                    level,
+                    bytes,
+                    used_at,
+                },
+            ) {
+                t.used -= old.bytes;
+            }
+            t.used += bytes;
+            // Least recently used out, never the partition just put.
+            while t.used > t.budget {
+                let victim = t
+                    .blocks
+                    .iter()
+                    .filter(|(k, _)| **k != key)
+                    .min_by_key(|(_, b)| b.used_at)
+                    .map(|(k, _)| *k);
+                let Some(victim) = victim else { break };
+                let b = t.blocks.remove(&victim).expect("chosen from the map");
+                t.used -= b.bytes;
+                if b.level == StorageLevel::MemoryOnly {
+                    t.dropped.push(victim);
+                }
+                evicted.push((victim, b));
+            }
+        }
+        for ((job, shuffle, map), b) in evicted {
+            self.write(job, shuffle, map, &b.segments)?;
+        }
+        Ok(sizes)
+    }
+
+    /// Memory-only partitions evicted since the last call.
+    pub fn take_dropped(&self) -> Vec<BlockKey> {
+        std::mem::take(&mut self.tier().dropped)
+    }
+
+    /// Bytes of cached partitions in memory.
+    pub fn cached_memory(&self) -> u64 {
+        self.tier().used
+    }
+
+    /// Drops a cached dataset's partitions, in memory and on disk.
+    pub fn drop_cached(&self, job: JobId, shuffle: ShuffleId) {
+        {
+            let mut t = self.tier();
+            let gone: Vec<BlockKey> = t
+                .blocks
+                .keys()
+                .filter(|k| k.0 == job && k.1 == shuffle)
+                .copied()
+                .collect();
+            for k in gone {
+                if let Some(b) = t.blocks.remove(&k) {
+                    t.used -= b.bytes;
+                }
+            }
+        }
+        let _ = std::fs::remove_dir_all(
+            self.root
+                .join(job.0.to_string())
+                .join(shuffle.0.to_string()),
+        );
     }
 
     fn secrets(&self) -> std::sync::MutexGuard<'_, HashMap<JobId, ShuffleSecret>> {
@@ -119,7 +243,8 @@ impl ShuffleStore {
         Ok(segments.iter().map(|s| s.len() as u64).collect())
     }
 
-    /// Reads reduce partition `reduce`'s segment of one map output.
+    /// Reads reduce partition `reduce`'s segment of one map output (from memory for a
+    /// cached partition held there).
     pub fn read(
         &self,
         job: JobId,
@@ -127,6 +252,20 @@ impl ShuffleStore {
         map: u32,
         reduce: u32,
     ) -> Result<Vec<u8>, ShuffleError> {
+        {
+            let mut t = self.tier();
+            t.clock += 1;
+            let now = t.clock;
+            if let Some(b) = t.blocks.get_mut(&(job, shuffle, map)) {
+                b.used_at = now;
+                let partitions = b.segments.len() as u32;
+                return b
+                    .segments
+                    .get(reduce as usize)
+                    .cloned()
+                    .ok_or(ShuffleError::OutOfRange { reduce, partitions });
+            }
+        }
         let (data, index) = self.paths(job, shuffle, map);
         let idx = std::fs::read(&index).map_err(|source| ShuffleError::Io {
             path: index.clone(),
@@ -165,6 +304,15 @@ impl ShuffleStore {
 
     pub fn remove_job(&self, job: JobId) {
         self.secrets().remove(&job);
+        {
+            let mut t = self.tier();
+            let gone: Vec<BlockKey> = t.blocks.keys().filter(|k| k.0 == job).copied().collect();
+            for k in gone {
+                if let Some(b) = t.blocks.remove(&k) {
+                    t.used -= b.bytes;
+                }
+            }
+        }
         let _ = std::fs::remove_dir_all(self.root.join(job.0.to_string()));
     }
 }

@@ -83,6 +83,17 @@ to_text_tuple!(A, B);
 to_text_tuple!(A, B, C);
 to_text_tuple!(A, B, C, D);
 
+/// Where [`Dataset::persist`] keeps partitions.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StorageLevel {
+    /// In executor memory; partitions evicted for room are dropped and recomputed.
+    MemoryOnly,
+    /// In executor memory; partitions evicted for room go to the executor's disk.
+    MemoryAndDisk,
+    /// On the executor's disk.
+    DiskOnly,
+}
+
 /// A row of [`Dataset::cogroup`]: a key with its values on each side.
 pub type CoGrouped<K, V, W> = (K, (Vec<V>, Vec<W>));
 
@@ -124,6 +135,13 @@ pub(crate) enum LNode {
     Coalesce {
         parent: Rc<LNode>,
         partitions: u32,
+    },
+    Cache {
+        parent: Rc<LNode>,
+        id: u32,
+        level: wit::StorageLevel,
+        write: wit::Op,
+        read: wit::Op,
     },
     /// A transformation that could not be planned (a captured value that does not
     /// serialize); the first action reports it.
@@ -577,6 +595,76 @@ impl<T: crate::Data> Dataset<T> {
             Some(n),
             "sort_by",
         ))
+    }
+
+    /// Keeps this dataset on the executors once an action computed it, at `level`: later
+    /// actions read the kept partitions instead of recomputing the lineage. Each
+    /// executor keeps them in memory up to `executor.cache_memory`, then evicts the least
+    /// recently used: to its disk ([`StorageLevel::MemoryAndDisk`]) or dropped
+    /// ([`StorageLevel::MemoryOnly`]). A partition that is dropped, or lost with its
+    /// executor, is recomputed from lineage when next needed. Tasks that read a kept
+    /// partition run on the executor that holds it when it has a free slot.
+    ///
+    /// ```no_run
+    /// # fn f(ctx: &mut flint::Context) -> flint::Result<()> {
+    /// use flint::StorageLevel;
+    /// let words = ctx
+    ///     .text_file("corpus/")?
+    ///     .flat_map(|l: String| l.split(' ').map(str::to_owned).collect::<Vec<_>>())
+    ///     .persist(StorageLevel::MemoryAndDisk);
+    /// let n = words.count()?; // computes and keeps the partitions
+    /// let distinct = words.distinct().count()?; // reads them back
+    /// # Ok(()) }
+    /// ```
+    pub fn persist(&self, level: StorageLevel) -> Dataset<T> {
+        thread_local! {
+            static NEXT: std::cell::Cell<u32> = const { std::cell::Cell::new(1) };
+        }
+        let id = NEXT.with(|n| {
+            let id = n.get();
+            n.set(id + 1);
+            id
+        });
+        let write = ops::new_keep_writer::<T> as NewWriterFn as usize;
+        let read = ops::new_row_pass_reader::<T> as NewReaderFn as usize;
+        Self::to(Rc::new(LNode::Cache {
+            parent: self.node.clone(),
+            id,
+            level: match level {
+                StorageLevel::MemoryOnly => wit::StorageLevel::MemoryOnly,
+                StorageLevel::MemoryAndDisk => wit::StorageLevel::MemoryAndDisk,
+                StorageLevel::DiskOnly => wit::StorageLevel::DiskOnly,
+            },
+            write: op(write, Vec::new()),
+            read: op(read, Vec::new()),
+        }))
+    }
+
+    /// [`persist`](Self::persist) in memory only, as Spark's `cache`.
+    ///
+    /// ```no_run
+    /// # fn f(links: flint::Dataset<(String, Vec<String>)>) {
+    /// let links = links.cache();
+    /// # }
+    /// ```
+    pub fn cache(&self) -> Dataset<T> {
+        self.persist(StorageLevel::MemoryOnly)
+    }
+
+    /// Drops this dataset's kept partitions on every executor (nothing for a dataset
+    /// that was not persisted). Later actions recompute it.
+    ///
+    /// ```no_run
+    /// # fn f(xs: flint::Dataset<u64>) -> flint::Result<()> {
+    /// let kept = xs.cache();
+    /// kept.count()?;
+    /// kept.unpersist();
+    /// # Ok(()) }
+    /// ```
+    pub fn unpersist(&self) {
+        if let LNode::Cache { id, .. } = &*self.node {
+            host::unpersist(*id);
+        }
     }
 
     /// The distinct rows.
@@ -1345,6 +1433,22 @@ fn flatten(root: &Rc<LNode>) -> Result<wit::Plan> {
                 wit::PlanNode::Coalesce(wit::CoalesceOp {
                     parent,
                     partitions: *partitions,
+                })
+            }
+            LNode::Cache {
+                parent,
+                id,
+                level,
+                write,
+                read,
+            } => {
+                let parent = visit(parent, seen, out)?;
+                wit::PlanNode::Cache(wit::CacheOp {
+                    parent,
+                    id: *id,
+                    level: *level,
+                    write: write.clone(),
+                    read: read.clone(),
                 })
             }
             LNode::Invalid(why) => return Err(Error::msg(why.clone())),

@@ -60,6 +60,7 @@
 //! - Actions: `collect`, `count`, `first`, `take`, `top`, `reduce`, `fold`,
 //!   `count_by_value`, `count_by_key`, `foreach_partition`, `save_as_text`,
 //!   `save_as_csv`, `save_as_json_lines`, `save_as_parquet`, `save_as_arrow`.
+//! - Keeping: `persist`, `cache`, `unpersist`.
 //!
 //! # The boundary
 //! The host and the job speak the WIT world `flint:job/flint-job` (`wit/flint.wit` in
@@ -85,7 +86,7 @@ mod rows;
 mod task;
 
 pub use context::{Context, CsvOptions, Malformed};
-pub use dataset::{CoGrouped, Data, Dataset, FullJoined, Key, ToText};
+pub use dataset::{CoGrouped, Data, Dataset, FullJoined, Key, StorageLevel, ToText};
 pub use error::{Error, Result};
 pub use flint_guest_macros::main;
 pub use task::{TaskContext, task_context};

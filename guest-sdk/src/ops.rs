@@ -437,3 +437,41 @@ where
         _f: PhantomData,
     }))
 }
+
+/// Map side of a cached dataset: the task's rows, whole, as the segment of its own
+/// partition (the partition stays where it was computed).
+pub(crate) struct KeepWriter<T> {
+    partition: u32,
+    partitions: u32,
+    rows: Vec<T>,
+}
+
+impl<T: Data> ShuffleWriter for KeepWriter<T> {
+    fn push(&mut self, rows: Rows) -> Result<()> {
+        self.rows.extend(rows.take::<T>()?);
+        Ok(())
+    }
+
+    fn finish(self: Box<Self>) -> Result<Vec<(u32, Vec<RecordBatch>)>> {
+        if self.rows.is_empty() || self.partition >= self.partitions {
+            return Ok(Vec::new());
+        }
+        let batches = self
+            .rows
+            .chunks(BATCH_ROWS)
+            .map(rows::encode_slice)
+            .collect::<Result<Vec<_>>>()?;
+        Ok(vec![(self.partition, batches)])
+    }
+}
+
+pub(crate) fn new_keep_writer<T: Data>(
+    _arg: &[u8],
+    partitions: u32,
+) -> Result<Box<dyn ShuffleWriter>> {
+    Ok(Box::new(KeepWriter::<T> {
+        partition: crate::task_context().map_or(0, |t| t.partition),
+        partitions,
+        rows: Vec::new(),
+    }))
+}

@@ -132,6 +132,12 @@ pub const KEYS: &[KeyDef] = &[
         doc: "on SIGTERM, how long an executor lets running tasks finish before handing them back",
     },
     KeyDef {
+        key: "executor.cache_memory",
+        kind: Kind::Bytes,
+        default: Some("512m"),
+        doc: "memory an executor keeps cached partitions in; past it the least recently used go to disk (memory-and-disk) or are dropped (memory-only)",
+    },
+    KeyDef {
         key: "executor.heartbeat_interval",
         kind: Kind::Duration,
         default: Some("10s"),

@@ -4,7 +4,7 @@
 //! coalesces stay inside a stage, whose tasks then read several *pieces* in turn.
 
 use crate::ids::ShuffleId;
-use crate::plan::{Action, LogicalPlan, Node, NodeIndex, Op, PlanError};
+use crate::plan::{Action, LogicalPlan, Node, NodeIndex, Op, PlanError, StorageLevel};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 
@@ -32,14 +32,23 @@ pub struct PieceRef {
     pub partition: u32,
 }
 
+/// A cached dataset of the application.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CacheKey {
+    pub id: u32,
+    pub level: StorageLevel,
+}
+
 /// What a stage's tasks produce.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum StageOutput {
-    /// Map side of a shuffle: one segment per reduce partition.
+    /// Map side of a shuffle: one segment per reduce partition. For a cached dataset
+    /// (`cache`), map task `p` keeps partition `p` for the whole application.
     ShuffleWrite {
         shuffle: ShuffleId,
         partitions: u32,
         write: Op,
+        cache: Option<CacheKey>,
     },
     /// The job's action, per partition.
     Result(Action),
@@ -85,6 +94,16 @@ impl JobDag {
     /// The final stage, which runs the action.
     pub fn result_stage(&self) -> &StageDef {
         self.stages.last().expect("a DAG has at least one stage")
+    }
+
+    /// The cached dataset shuffle `shuffle` keeps, if it is one.
+    pub fn cache_of(&self, shuffle: ShuffleId) -> Option<CacheKey> {
+        self.stages.iter().find_map(|s| match s.output {
+            StageOutput::ShuffleWrite {
+                shuffle: sh, cache, ..
+            } if sh == shuffle => cache,
+            _ => None,
+        })
     }
 }
 
@@ -229,6 +248,19 @@ impl Builder<'_> {
                     format!("{name} (read)"),
                 )
             }
+            Node::Cache { read, id, .. } => {
+                let (stages, shuffles, partitions) = self.shuffle_stages(node)?;
+                let name = format!("cached {id}");
+                Pipeline::single(
+                    StageInput::Shuffle {
+                        shuffles,
+                        read: read.clone(),
+                    },
+                    partitions,
+                    stages,
+                    format!("{name} (read)"),
+                )
+            }
             Node::Union { parents } => {
                 let mut out = Pipeline {
                     parents: vec![],
@@ -285,25 +317,52 @@ impl Builder<'_> {
         if let Some(s) = self.shuffles.get(&node) {
             return Ok(s.clone());
         }
-        let Node::Shuffle {
-            sides,
-            partitions: requested,
-            name,
-            ..
-        } = &self.plan.nodes[node]
-        else {
-            unreachable!("shuffle_stages is called on shuffle nodes")
+        // A cached dataset is a shuffle of one side that keeps each partition where it is.
+        let cache_side;
+        let (sides, requested, name, cache) = match &self.plan.nodes[node] {
+            Node::Shuffle {
+                sides,
+                partitions,
+                name,
+                ..
+            } => (sides.as_slice(), *partitions, name.clone(), None),
+            Node::Cache {
+                parent,
+                id,
+                level,
+                write,
+                ..
+            } => {
+                cache_side = [crate::plan::ShuffleSide {
+                    parent: *parent,
+                    write: write.clone(),
+                }];
+                (
+                    cache_side.as_slice(),
+                    None,
+                    format!("cache {id}"),
+                    Some(CacheKey {
+                        id: *id,
+                        level: *level,
+                    }),
+                )
+            }
+            _ => unreachable!("shuffle_stages is called on shuffle and cache nodes"),
         };
         let mut pipelines = Vec::new();
         for side in sides {
             pipelines.push(self.pipeline(side.parent)?);
         }
         let widest = pipelines.iter().map(|p| p.pieces.len() as u32).max();
-        let partitions = requested
-            .or(self.default_shuffle_partitions)
-            .or(widest)
-            .unwrap_or(1)
-            .max(1);
+        let partitions = if cache.is_some() {
+            widest.unwrap_or(1).max(1)
+        } else {
+            requested
+                .or(self.default_shuffle_partitions)
+                .or(widest)
+                .unwrap_or(1)
+                .max(1)
+        };
         let mut stages = Vec::new();
         let mut ids = Vec::new();
         for (side, p) in sides.iter().zip(pipelines) {
@@ -317,6 +376,7 @@ impl Builder<'_> {
                     shuffle,
                     partitions,
                     write: side.write.clone(),
+                    cache,
                 },
                 names,
             );
@@ -406,7 +466,8 @@ mod tests {
             StageOutput::ShuffleWrite {
                 shuffle: ShuffleId(0),
                 partitions: 5,
-                write: op(42)
+                write: op(42),
+                cache: None,
             }
         );
         assert_eq!(

@@ -25,6 +25,19 @@ id!(/// Index of a stage inside its job.
 id!(/// A shuffle inside its job (one per wide dependency).
     ShuffleId(u32), "shuffle {}");
 
+impl JobId {
+    /// The pseudo-job under which application `app` files its cached partitions on
+    /// executors: they outlive the jobs that computed them. Real job ids never set the
+    /// top bit.
+    pub fn cache_of_app(app: u64) -> JobId {
+        JobId(app | 1 << 63)
+    }
+
+    pub fn is_cache(self) -> bool {
+        self.0 & 1 << 63 != 0
+    }
+}
+
 /// A stage, globally: job plus index.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct StageId {

@@ -104,6 +104,16 @@ impl WriteFormat {
     }
 }
 
+/// Where cached partitions are kept.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum StorageLevel {
+    /// In memory; evicted partitions are dropped and recomputed when needed.
+    MemoryOnly,
+    /// In memory; evicted partitions go to disk.
+    MemoryAndDisk,
+    DiskOnly,
+}
+
 /// One input of a shuffle.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ShuffleSide {
@@ -144,13 +154,24 @@ pub enum Node {
     Union { parents: Vec<NodeIndex> },
     /// `partitions` groups of consecutive parent partitions, without a shuffle.
     Coalesce { parent: NodeIndex, partitions: u32 },
+    /// `parent` kept on the executors under the application-wide `id`: written like a
+    /// shuffle whose map task `p` keeps partition `p`, read back with `read`.
+    Cache {
+        parent: NodeIndex,
+        id: u32,
+        level: StorageLevel,
+        write: Op,
+        read: Op,
+    },
 }
 
 impl Node {
     pub fn parents(&self) -> Vec<NodeIndex> {
         match self {
             Node::Files { .. } | Node::Inline { .. } => vec![],
-            Node::Narrow { parent, .. } | Node::Coalesce { parent, .. } => vec![*parent],
+            Node::Narrow { parent, .. }
+            | Node::Coalesce { parent, .. }
+            | Node::Cache { parent, .. } => vec![*parent],
             Node::Shuffle { sides, .. } => sides.iter().map(|s| s.parent).collect(),
             Node::Union { parents } => parents.clone(),
         }

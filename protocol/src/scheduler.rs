@@ -589,7 +589,21 @@ impl Scheduler {
     }
 
     pub fn submit_job(&mut self, job: JobId, dag: JobDag, policy: JobPolicy) {
-        let stages = dag
+        self.submit_job_with(job, dag, policy, Vec::new());
+    }
+
+    /// [`submit_job`](Self::submit_job), with map outputs that already exist: the
+    /// partitions of cached datasets kept by earlier jobs, as `(shuffle, map, status)`.
+    /// Their tasks count as done; a stage none of whose output is missing does not run,
+    /// nor do the stages that would only feed it.
+    pub fn submit_job_with(
+        &mut self,
+        job: JobId,
+        dag: JobDag,
+        policy: JobPolicy,
+        known: Vec<(ShuffleId, u32, MapStatus)>,
+    ) {
+        let mut stages: Vec<Stage> = dag
             .stages
             .iter()
             .map(|s| Stage {
@@ -606,6 +620,20 @@ impl Scheduler {
             if let StageOutput::ShuffleWrite { shuffle, .. } = s.output {
                 self.map_outputs
                     .register_shuffle(job, shuffle, s.partitions);
+            }
+        }
+        for (shuffle, map, status) in known {
+            let Some(writer) = dag.stages.iter().position(|s| {
+                matches!(s.output, StageOutput::ShuffleWrite { shuffle: sh, .. } if sh == shuffle)
+            }) else {
+                continue;
+            };
+            if !self.executors.contains_key(&status.executor) {
+                continue;
+            }
+            if let Some(task) = stages[writer].tasks.get_mut(map as usize) {
+                task.done = true;
+                self.map_outputs.register(job, shuffle, map, status);
             }
         }
         self.jobs.insert(
@@ -904,37 +932,59 @@ impl Scheduler {
         let Some(job) = self.jobs.get_mut(&job_id) else {
             return;
         };
+        // First the stages whose every output exists, whatever their parents: a stage
+        // fed only by cached partitions must not make its parents run.
         for i in 0..job.stages.len() {
+            let stage = &mut job.stages[i];
+            if !stage.all_done() {
+                continue;
+            }
+            if stage.status != StageStatus::Done {
+                stage.failed_attempts = 0;
+                let map_output_bytes = match job.dag.stages[i].output {
+                    StageOutput::ShuffleWrite { shuffle, .. } => {
+                        self.map_outputs.statuses(job_id, shuffle).map(|maps| {
+                            maps.iter()
+                                .flatten()
+                                .map(|m| m.sizes.iter().sum::<u64>())
+                                .sum()
+                        })
+                    }
+                    StageOutput::Result(_) => None,
+                };
+                self.commands.push_back(Command::StageCompleted {
+                    stage: StageId {
+                        job: job_id,
+                        index: i as u32,
+                    },
+                    map_output_bytes,
+                });
+            }
+            stage.status = StageStatus::Done;
+        }
+        let last = job.stages.len().saturating_sub(1);
+        for i in 0..job.stages.len() {
+            if job.stages[i].all_done() {
+                continue;
+            }
             let parents_done = job.dag.stages[i]
                 .parents
                 .iter()
                 .all(|p| job.stages[*p as usize].status == StageStatus::Done);
+            // Needed now: the result, or the input of a stage still to finish.
+            let needed = i == last
+                || job
+                    .dag
+                    .stages
+                    .iter()
+                    .enumerate()
+                    .any(|(c, s)| s.parents.contains(&(i as u32)) && !job.stages[c].all_done());
             let id = StageId {
                 job: job_id,
                 index: i as u32,
             };
             let stage = &mut job.stages[i];
-            if stage.all_done() {
-                if stage.status != StageStatus::Done {
-                    stage.failed_attempts = 0;
-                    let map_output_bytes = match job.dag.stages[i].output {
-                        StageOutput::ShuffleWrite { shuffle, .. } => {
-                            self.map_outputs.statuses(job_id, shuffle).map(|maps| {
-                                maps.iter()
-                                    .flatten()
-                                    .map(|m| m.sizes.iter().sum::<u64>())
-                                    .sum()
-                            })
-                        }
-                        StageOutput::Result(_) => None,
-                    };
-                    self.commands.push_back(Command::StageCompleted {
-                        stage: id,
-                        map_output_bytes,
-                    });
-                }
-                stage.status = StageStatus::Done;
-            } else if parents_done {
+            if parents_done && needed {
                 if stage.status != StageStatus::Running {
                     self.commands.push_back(Command::StageStarted {
                         stage: id,
@@ -1254,7 +1304,20 @@ impl Scheduler {
             return false;
         };
         let task = &job.stages[si].tasks[task_id.partition as usize];
-        let Some(executor) = self.pick_executor(job, si, task) else {
+        // Process-local: a task reading cached partitions goes where they are if it can.
+        let local = inputs
+            .iter()
+            .filter(|l| job.dag.cache_of(l.shuffle).is_some())
+            .max_by_key(|l| l.size)
+            .map(|l| l.executor);
+        let Some(executor) = local
+            .filter(|e| {
+                self.executors.get(e).is_some_and(Executor::has_free_slot)
+                    && job.eligible(si, *e)
+                    && !task.failed_on.contains(e)
+            })
+            .or_else(|| self.pick_executor(job, si, task))
+        else {
             return false;
         };
         self.pending.remove(&task_id);
@@ -2229,6 +2292,69 @@ mod tests {
         assert_eq!(
             b, 2,
             "b gets its min share of 2 before a's weight counts: {l:?}"
+        );
+    }
+
+    /// text → cache → count, with the cached dataset's partitions kept by an earlier job.
+    fn cached_dag() -> JobDag {
+        let plan = LogicalPlan {
+            nodes: vec![
+                text_node(),
+                Node::Cache {
+                    parent: 0,
+                    id: 1,
+                    level: crate::plan::StorageLevel::MemoryOnly,
+                    write: Op::bare(2),
+                    read: Op::bare(3),
+                },
+            ],
+            action: Action::Count,
+        };
+        build_dag(&plan, &|_| 2, None).unwrap()
+    }
+
+    #[test]
+    fn kept_partitions_skip_their_stage_and_a_lost_one_is_recomputed_from_lineage() {
+        let mut s = Scheduler::new(SchedulerConf::default());
+        s.executor_added(E1, 2, 0);
+        s.executor_added(E2, 2, 0);
+        let dag = cached_dag();
+        assert_eq!(dag.stages.len(), 2);
+        let known = vec![
+            (
+                ShuffleId(0),
+                0,
+                MapStatus {
+                    executor: E1,
+                    sizes: vec![7, 0],
+                },
+            ),
+            (
+                ShuffleId(0),
+                1,
+                MapStatus {
+                    executor: E2,
+                    sizes: vec![0, 9],
+                },
+            ),
+        ];
+        s.submit_job_with(J, dag, JobPolicy::default(), known);
+        let l = launches(&drain(&mut s));
+        // Only the reading stage runs, each task where its partition is kept.
+        assert_eq!(l.len(), 2, "{l:?}");
+        for (a, e, inputs) in &l {
+            assert_eq!(a.task.stage.index, 1);
+            assert_eq!(inputs.len(), 1);
+            assert_eq!(*e, inputs[0].executor, "process-local");
+        }
+        // E2 dies with its partition: the cache stage recomputes it from the source.
+        s.executor_lost(E2);
+        let again = launches(&drain(&mut s));
+        assert!(
+            again
+                .iter()
+                .any(|(a, e, _)| a.task.stage.index == 0 && a.task.partition == 1 && *e == E1),
+            "{again:?}"
         );
     }
 }

@@ -7,7 +7,7 @@
 //! [`Hello::Submit`] and receives [`SubmitEvent`]s.
 
 use crate::ids::{ExecutorId, JobId, ModuleHash, ShuffleId, StageId, TaskAttemptId};
-use crate::plan::{Malformed, Op, ReadFormat, WriteFormat};
+use crate::plan::{Malformed, Op, ReadFormat, StorageLevel, WriteFormat};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
@@ -83,6 +83,11 @@ pub enum ToExecutor {
     Kill {
         attempt: TaskAttemptId,
     },
+    /// Drop the partitions of a cached dataset (`unpersist`).
+    DropCached {
+        job: JobId,
+        shuffle: ShuffleId,
+    },
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -94,6 +99,12 @@ pub enum FromExecutor {
     /// The executor is shutting down gracefully: it takes no new tasks, and the ones it
     /// cannot finish in time come back as [`TaskErrorKind::Killed`].
     Decommissioning,
+    /// Cached partitions evicted from memory without a disk copy: gone.
+    CachedDropped {
+        job: JobId,
+        shuffle: ShuffleId,
+        maps: Vec<u32>,
+    },
 }
 
 /// Everything an executor needs to run one task attempt.
@@ -102,6 +113,8 @@ pub struct TaskDescriptor {
     pub attempt: TaskAttemptId,
     /// The job's shuffle capability: map outputs are filed under it, fetches present it.
     pub shuffle_secret: [u8; 16],
+    /// The application's capability for its cached partitions (which outlive jobs).
+    pub app_secret: [u8; 16],
     pub module: ModuleHash,
     /// What the task reads, in order: one piece, or several for a union or coalesce.
     pub pieces: Vec<TaskPiece>,
@@ -146,6 +159,17 @@ pub enum TaskInput {
 pub struct ShuffleSideInput {
     pub shuffle: ShuffleId,
     pub segments: Vec<SegmentSource>,
+    /// For a cached dataset: where its partitions are filed (see [`CacheTarget`]).
+    pub cached: Option<CacheTarget>,
+}
+
+/// Where a cached dataset's partitions are filed on executors: under the application's
+/// cache pseudo-job ([`JobId::cache_of_app`]) and the dataset's id, not under the job.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CacheTarget {
+    pub job: JobId,
+    pub shuffle: ShuffleId,
+    pub level: StorageLevel,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -163,6 +187,8 @@ pub enum TaskOutput {
         shuffle: ShuffleId,
         partitions: u32,
         write: Op,
+        /// Keep the output as a cached dataset's partition instead.
+        cached: Option<CacheTarget>,
     },
     /// Write the rendered rows to `file` (an attempt-private staging path) in `format`.
     File {

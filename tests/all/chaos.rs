@@ -209,3 +209,57 @@ fn recovery_cost_on_the_benchmark_corpus() {
         times[1] as f64 / times[0] as f64
     );
 }
+
+/// A join whose both sides read a dataset cached by an earlier job: an executor is
+/// SIGKILLed while the join runs, so its cached partitions are lost with it and are
+/// recomputed from lineage (the slow word count) on the survivors.
+#[test]
+fn chaos_join_over_cached_partitions_survives_a_killed_executor() {
+    for seed in trials() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut rng = Rng::new(seed);
+        let input = seeded_input(tmp.path(), seed, MAP_TASKS, 10, 40);
+        let output = tmp.path().join("out");
+        let summary = tmp.path().join("summary.json");
+        let mut cluster = ProcCluster::start(tmp.path(), "127.0.0.1:0", FAST_FAILURE_DETECTION);
+        let ids: Vec<u32> = (0..3).map(|_| cluster.add_executor(&[])).collect();
+        let victim = ids[rng.range(0, 2) as usize];
+        let partitions = format!("shuffle.partitions={REDUCE_TASKS}");
+        let job = cluster.submit(
+            flint_udfs::TEST_JOBS,
+            &[partitions.as_str()],
+            &[Path::new("slow-cached-join"), &input, &output],
+            &summary,
+        );
+        // Strike once the second job (the join) has finished a few tasks.
+        let after = rng.range(1, 3);
+        let mut seen = 0;
+        let hit = cluster.wait_for(Duration::from_secs(60), |l| {
+            if l.text.contains("task succeeded") && l.field("job") == Some(2) {
+                seen += 1;
+            }
+            seen >= after
+        });
+        assert!(
+            hit.is_some(),
+            "seed {seed}: the join never ran\n{}",
+            cluster.driver_log()
+        );
+        cluster.kill(victim);
+        let (ok, stdout, stderr) = wait_child(job, Duration::from_secs(120));
+        assert!(
+            ok,
+            "seed {seed}: the join failed after executor {victim} was killed\nstdout: {stdout}\nstderr: {stderr}\ndriver:\n{}",
+            cluster.driver_log()
+        );
+        let mut want = HashMap::new();
+        for (w, n) in count_words(&input) {
+            want.insert(format!("{w}\t{n}"), 2 * n);
+        }
+        assert_eq!(read_output(&output), want, "seed {seed}: wrong output");
+        assert!(
+            stdout.contains(&format!("words: {}", want.len())),
+            "{stdout}"
+        );
+    }
+}

@@ -590,3 +590,69 @@ fn every_operator_and_format_matches_values_computed_here() {
         );
     }
 }
+
+/// Runs the `cache` test job; returns its output and the lines it read from the file.
+fn cached_run(input: &Path, level: &str, conf: &[&str]) -> (String, u64) {
+    let tmp = tempfile::tempdir().unwrap();
+    let summary = tmp.path().join("summary.json");
+    let mut cmd = flint();
+    cmd.args([
+        "run",
+        flint_udfs::TEST_JOBS,
+        "--executors",
+        "2",
+        "--summary-json",
+    ])
+    .arg(&summary)
+    .args(["--conf", "files.max_partition_bytes=4k"]);
+    for c in conf {
+        cmd.args(["--conf", c]);
+    }
+    let o = run_ok(cmd.arg("--").arg("cache").arg(input).arg(level));
+    let s = read_summary(&summary);
+    let read: u64 = s["executors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["metrics"]["input_records"].as_u64().unwrap())
+        .sum();
+    (String::from_utf8_lossy(&o.stdout).into_owned(), read)
+}
+
+#[test]
+fn persisted_partitions_are_read_back_instead_of_recomputed() {
+    let tmp = tempfile::tempdir().unwrap();
+    let input = tmp.path().join("lines.txt");
+    let mut text = String::new();
+    let mut total = 0u64;
+    for i in 0..3000u64 {
+        let line = "x".repeat((i % 17) as usize);
+        total += line.len() as u64;
+        text.push_str(&line);
+        text.push('\n');
+    }
+    std::fs::write(&input, &text).unwrap();
+    let want = format!("cached: 3000 {total} 3000\nafter unpersist: 3000");
+    // The file is read by the first action and, after unpersist, by the last: twice.
+    for level in ["memory", "memory-and-disk", "disk"] {
+        let (out, read) = cached_run(&input, level, &[]);
+        assert!(out.contains(&want), "{level}: {out}");
+        assert_eq!(
+            read, 6000,
+            "{level}: three actions read the kept partitions"
+        );
+    }
+    // A memory budget too small for one partition: memory-and-disk spills to disk and
+    // still reads the file twice; memory-only drops evicted partitions, which the next
+    // actions recompute from lineage, so the file is read more often, with the same results.
+    let tiny = ["executor.cache_memory=1"];
+    let (out, read) = cached_run(&input, "memory-and-disk", &tiny);
+    assert!(out.contains(&want), "{out}");
+    assert_eq!(read, 6000, "spilled partitions are still kept");
+    let (out, read) = cached_run(&input, "memory", &tiny);
+    assert!(out.contains(&want), "{out}");
+    assert!(
+        read > 6000,
+        "evicted memory-only partitions were recomputed: {read}"
+    );
+}

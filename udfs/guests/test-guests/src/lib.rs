@@ -17,6 +17,11 @@
 //! - `operators DIR`: every operator and format of the SDK over `range` and
 //!   `parallelize` data, printing `name: value` lines for the test to check; DIR receives
 //!   saved JSON lines, Arrow and CSV files that are read back.
+//! - `cache INPUT LEVEL`: line lengths persisted at LEVEL (`memory`, `memory-and-disk`,
+//!   `disk`), used by three actions, then unpersisted and counted once more.
+//! - `slow-cached-join INPUT OUTPUT`: the slow word count, cached and counted (job 1),
+//!   then joined with itself doubled and written as `word\tn\t2n` lines (job 2) with a
+//!   slow map, so a fault test can strike while job 2 reads the cached partitions.
 //! - `straggler INPUT OUTPUT`: a word count whose map tasks sleep 200 ms per line on
 //!   executor 1 only: a slow machine, for speculation.
 
@@ -27,6 +32,25 @@ fn main(ctx: &mut Context) -> Result<()> {
     let args = ctx.all_args().to_vec();
     match args.first().map(String::as_str) {
         Some("operators") => operators(ctx, &args[1])?,
+        Some("cache") => {
+            use flint::StorageLevel;
+            let level = match args[2].as_str() {
+                "memory" => StorageLevel::MemoryOnly,
+                "memory-and-disk" => StorageLevel::MemoryAndDisk,
+                "disk" => StorageLevel::DiskOnly,
+                other => return Err(Error::msg(format!("unknown level {other}"))),
+            };
+            let lens = ctx
+                .text_file(&args[1])?
+                .map(|l: String| l.len() as u64)
+                .persist(level);
+            let a = lens.count()?;
+            let b = lens.reduce(|x, y| x + y)?.unwrap_or(0);
+            let c = lens.count()?;
+            println!("cached: {a} {b} {c}");
+            lens.unpersist();
+            println!("after unpersist: {}", lens.count()?);
+        }
         Some("count") => {
             let n = ctx.text_file(&args[1])?.count()?;
             println!("lines: {n}");
@@ -54,6 +78,18 @@ fn main(ctx: &mut Context) -> Result<()> {
         Some("panic-in-main") => panic!("deliberate panic in main"),
         Some("slow-wordcount") => {
             slow_counts(ctx, &args[1])?.save_as_text(&args[2])?;
+        }
+        Some("slow-cached-join") => {
+            let counts = slow_counts(ctx, &args[1])?.cache();
+            println!("words: {}", counts.count()?);
+            let doubled = counts.map_values(|n: u64| n * 2);
+            counts
+                .join(&doubled)
+                .map(|(w, (a, b)): (String, (u64, u64))| {
+                    sleep_ms(30);
+                    (w, a, b)
+                })
+                .save_as_text(&args[2])?;
         }
         Some("slow-wordfreq") => {
             slow_counts(ctx, &args[1])?
