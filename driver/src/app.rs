@@ -25,6 +25,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 use tokio::sync::{mpsc, oneshot};
 
+/// A broadcast value with its application's capability.
+type BroadcastValue = (Arc<Vec<u8>>, [u8; 16]);
+
 /// What every application on this driver shares.
 pub struct DriverShared {
     pub events: mpsc::Sender<Event>,
@@ -35,6 +38,10 @@ pub struct DriverShared {
     pub tenants: Tenants,
     /// Per tenant with `max_jobs_running`, the permits for running actions.
     job_permits: Mutex<HashMap<String, Arc<tokio::sync::Semaphore>>>,
+    /// Broadcast values per (application, id), with the application's capability.
+    broadcasts: Mutex<HashMap<(u64, u32), BroadcastValue>>,
+    /// Broadcast values served to executors, per application.
+    broadcast_fetches: Mutex<HashMap<u64, u64>>,
     next_job: AtomicU64,
     next_app: AtomicU64,
 }
@@ -53,8 +60,29 @@ impl DriverShared {
             conf,
             tenants,
             job_permits: Mutex::new(HashMap::new()),
+            broadcasts: Mutex::new(HashMap::new()),
+            broadcast_fetches: Mutex::new(HashMap::new()),
             next_job: AtomicU64::new(1),
             next_app: AtomicU64::new(1),
+        }
+    }
+
+    /// Broadcast `id` of application `app`, for an executor presenting `secret`.
+    pub fn broadcast(&self, app: u64, id: u32, secret: &[u8; 16]) -> Result<Arc<Vec<u8>>, String> {
+        let map = self.broadcasts.lock().unwrap_or_else(|p| p.into_inner());
+        match map.get(&(app, id)) {
+            Some((v, held)) if held.iter().zip(secret).fold(0u8, |a, (x, y)| a | (x ^ y)) == 0 => {
+                *self
+                    .broadcast_fetches
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .entry(app)
+                    .or_default() += 1;
+                Ok(v.clone())
+            }
+            _ => Err(format!(
+                "no broadcast {id} of application {app} for this capability"
+            )),
         }
     }
 
@@ -205,8 +233,11 @@ struct AppActions {
     /// Directories `save_*` actions wrote.
     outputs: std::sync::Mutex<Vec<String>>,
     tenant: Tenant,
-    /// Capability of the application's cached partitions.
+    /// Capability of the application's cached partitions and broadcast values.
     app_secret: [u8; 16],
+    next_broadcast: std::sync::atomic::AtomicU32,
+    /// Accumulator updates of committed tasks, per accumulator, not yet read.
+    accumulators: Mutex<HashMap<u32, Vec<Vec<u8>>>>,
 }
 
 impl ActionRunner for AppActions {
@@ -216,6 +247,33 @@ impl ActionRunner for AppActions {
 
     fn setting(&self, key: &str) -> Option<String> {
         self.conf.get(key).map(str::to_string)
+    }
+
+    fn broadcast(&self, value: Vec<u8>) -> u32 {
+        let id = self.next_broadcast.fetch_add(1, Ordering::Relaxed);
+        self.shared
+            .broadcasts
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert((self.app, id), (Arc::new(value), self.app_secret));
+        id
+    }
+
+    fn broadcast_value(&self, id: u32) -> Option<Arc<Vec<u8>>> {
+        self.shared
+            .broadcasts
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&(self.app, id))
+            .map(|(v, _)| v.clone())
+    }
+
+    fn accumulator_updates(&self, id: u32) -> Vec<Vec<u8>> {
+        self.accumulators
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&id)
+            .unwrap_or_default()
     }
 
     fn unpersist(
@@ -425,7 +483,13 @@ impl AppActions {
             })
             .await;
         let results = match outcome {
-            Ok(r) => r,
+            Ok((r, updates)) => {
+                let mut acc = self.accumulators.lock().unwrap_or_else(|p| p.into_inner());
+                for (id, v) in updates {
+                    acc.entry(id).or_default().push(v);
+                }
+                r
+            }
             Err(f) => {
                 if let Some(out) = &output {
                     out.abort();
@@ -521,6 +585,8 @@ pub async fn run_application(
         outputs: Default::default(),
         tenant: tenant.clone(),
         app_secret: rand::random(),
+        next_broadcast: std::sync::atomic::AtomicU32::new(1),
+        accumulators: Mutex::new(HashMap::new()),
     });
     let limits = StoreLimits {
         memory_bytes: conf.bytes("task.memory"),
@@ -544,6 +610,11 @@ pub async fn run_application(
     .await;
     let (tx, rx) = oneshot::channel();
     let _ = shared.events.send(Event::AppDone { app, reply: tx }).await;
+    shared
+        .broadcasts
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .retain(|(a, _), _| *a != app);
     let executors = rx.await.unwrap_or_default();
     shared
         .modules
@@ -566,6 +637,12 @@ pub async fn run_application(
                 &mut *actions.outputs.lock().unwrap_or_else(|p| p.into_inner()),
             ),
             stdout: store.data().stdout(),
+            broadcast_fetches: shared
+                .broadcast_fetches
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&app)
+                .unwrap_or(0),
             executors,
         }),
         Err(e) => {

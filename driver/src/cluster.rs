@@ -44,7 +44,11 @@ pub struct JobSpec {
 }
 
 /// Per result partition, the committed attempt's output.
-pub type JobOutcome = Result<Vec<Option<TaskSuccess>>, JobFailure>;
+/// A task's accumulator updates: (accumulator id, encoded partial value).
+pub type AccumulatorUpdates = Vec<(u32, Vec<u8>)>;
+
+/// With the accumulator updates of the committed attempts.
+pub type JobOutcome = Result<(Vec<Option<TaskSuccess>>, AccumulatorUpdates), JobFailure>;
 
 pub enum Event {
     ExecutorUp {
@@ -92,8 +96,11 @@ struct RunningJob {
     spec: Box<JobSpec>,
     reply: Option<oneshot::Sender<JobOutcome>>,
     results: Vec<Option<TaskSuccess>>,
-    /// Successful attempts waiting for the scheduler's commit decision.
-    unclaimed: HashMap<TaskAttemptId, TaskSuccess>,
+    /// Successful attempts waiting for the scheduler's commit decision, with their
+    /// accumulator updates.
+    unclaimed: HashMap<TaskAttemptId, (TaskSuccess, AccumulatorUpdates)>,
+    /// Accumulator updates of committed attempts: each task counts once.
+    updates: AccumulatorUpdates,
     /// Per stage, partitions done (for progress reports).
     done: Vec<std::collections::BTreeSet<u32>>,
 }
@@ -297,6 +304,7 @@ impl ClusterLoop {
                     reply: Some(reply),
                     results: (0..partitions).map(|_| None).collect(),
                     unclaimed: HashMap::new(),
+                    updates: Vec::new(),
                 };
                 // Partitions of cached datasets that earlier jobs kept.
                 let mut known = Vec::new();
@@ -448,7 +456,8 @@ impl ClusterLoop {
                     });
                 }
                 if let Some(job) = self.jobs.get_mut(&attempt.task.stage.job) {
-                    job.unclaimed.insert(attempt, success);
+                    job.unclaimed
+                        .insert(attempt, (success, status.accumulators));
                 }
                 self.scheduler.task_succeeded(attempt, executor, sizes);
             }
@@ -566,9 +575,10 @@ impl ClusterLoop {
         let Some(job) = self.jobs.get_mut(&attempt.task.stage.job) else {
             return;
         };
-        let Some(success) = job.unclaimed.remove(&attempt) else {
+        let Some((success, updates)) = job.unclaimed.remove(&attempt) else {
             return;
         };
+        job.updates.extend(updates);
         if attempt.task.stage.index as usize != job.spec.dag.stages.len() - 1 {
             return; // map outputs are registered by the scheduler itself
         }
@@ -609,7 +619,10 @@ impl ClusterLoop {
         });
         if let Some(reply) = j.reply.take() {
             let _ = reply.send(match failure {
-                None => Ok(std::mem::take(&mut j.results)),
+                None => Ok((
+                    std::mem::take(&mut j.results),
+                    std::mem::take(&mut j.updates),
+                )),
                 Some(f) => Err(f),
             });
         }
@@ -717,6 +730,7 @@ impl ClusterLoop {
             attempt,
             shuffle_secret: job.spec.shuffle_secret,
             app_secret: job.spec.app_secret,
+            app: job.spec.app,
             module: job.spec.module,
             pieces,
             ops: stage.ops.clone(),

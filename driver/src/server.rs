@@ -147,16 +147,26 @@ async fn handle_connection(
                             else {
                                 return;
                             };
-                            let bytes = shared
-                                .modules
-                                .lock()
-                                .unwrap_or_else(|p| p.into_inner())
-                                .get(&req.module)
-                                .cloned();
-                            let reply = bytes.as_deref().map(|b| b.as_slice()).ok_or_else(|| {
-                                format!("the driver has no component {}", req.module)
-                            });
-                            let _ = net::send_blob(&mut s, reply).await;
+                            let reply = match req {
+                                FetchModule::Module(module) => shared
+                                    .modules
+                                    .lock()
+                                    .unwrap_or_else(|p| p.into_inner())
+                                    .get(&module)
+                                    .cloned()
+                                    .ok_or_else(|| format!("the driver has no component {module}")),
+                                FetchModule::Broadcast { app, id, secret } => {
+                                    shared.broadcast(app, id, &secret)
+                                }
+                            };
+                            let _ = net::send_blob(
+                                &mut s,
+                                reply
+                                    .as_deref()
+                                    .map(|b| b.as_slice())
+                                    .map_err(|e| e.clone()),
+                            )
+                            .await;
                         });
                     }
                 })

@@ -138,6 +138,7 @@ fn killed(attempt: TaskAttemptId, why: &str) -> TaskStatus {
         }),
         metrics: Default::default(),
         output: Default::default(),
+        accumulators: Vec::new(),
     }
 }
 
@@ -174,12 +175,31 @@ impl ModuleSource for DriverModules {
         Box::pin(async move {
             let r = async {
                 let (mut send, mut recv) = self.conn.open_bi().await?;
-                net::write_frame(&mut send, &FetchModule { module }).await?;
+                net::write_frame(&mut send, &FetchModule::Module(module)).await?;
                 let _ = send.finish();
                 net::recv_blob(&mut recv, MAX_COMPONENT).await
             }
             .await;
             r.map_err(|e: NetError| format!("from the driver: {e}"))
+        })
+    }
+
+    fn fetch_broadcast(
+        &self,
+        app: u64,
+        id: u32,
+        secret: [u8; 16],
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<Vec<u8>, String>> + Send + '_>>
+    {
+        Box::pin(async move {
+            let r = async {
+                let (mut send, mut recv) = self.conn.open_bi().await?;
+                net::write_frame(&mut send, &FetchModule::Broadcast { app, id, secret }).await?;
+                let _ = send.finish();
+                net::recv_blob(&mut recv, wire::MAX_FRAME as u64).await
+            }
+            .await;
+            r.map_err(|e: NetError| format!("broadcast {id} from the driver: {e}"))
         })
     }
 }
@@ -250,6 +270,7 @@ pub async fn serve(
         shuffle: store.clone(),
         fetcher: Arc::new(Fetcher::new(endpoint.clone(), me, store.clone())),
         modules: Arc::new(DriverModules { conn: conn.clone() }),
+        broadcasts: Default::default(),
     });
 
     // Peers fetching shuffle segments.
@@ -391,6 +412,10 @@ pub async fn serve(
             }
             Ok(Some(ToExecutor::Kill { attempt })) => tasks.cancel(attempt),
             Ok(Some(ToExecutor::CleanJob { job })) => {
+                if job.is_cache() {
+                    // The application ended: its broadcast values go too.
+                    env.broadcasts.forget(job.0 & !(1 << 63));
+                }
                 let store = store.clone();
                 tokio::task::spawn_blocking(move || store.remove_job(job));
             }

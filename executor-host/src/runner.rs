@@ -18,11 +18,18 @@ use std::time::Instant;
 use tokio::sync::{Semaphore, mpsc};
 use wasmtime::Store;
 
-/// Where an executor gets a component's bytes when it has not compiled it yet.
+/// Where an executor gets what the driver holds: components it has not compiled yet, and
+/// broadcast values.
 pub trait ModuleSource: Send + Sync {
     fn fetch(
         &self,
         module: ModuleHash,
+    ) -> Pin<Box<dyn Future<Output = Result<Vec<u8>, String>> + Send + '_>>;
+    fn fetch_broadcast(
+        &self,
+        app: u64,
+        id: u32,
+        secret: [u8; 16],
     ) -> Pin<Box<dyn Future<Output = Result<Vec<u8>, String>> + Send + '_>>;
 }
 
@@ -32,6 +39,64 @@ pub struct TaskEnv {
     pub shuffle: Arc<ShuffleStore>,
     pub fetcher: Arc<Fetcher>,
     pub modules: Arc<dyn ModuleSource>,
+    pub broadcasts: Arc<BroadcastCache>,
+}
+
+type BroadcastCell = Arc<tokio::sync::OnceCell<Arc<Vec<u8>>>>;
+
+/// Broadcast values this executor fetched: each once per application, for all its tasks.
+#[derive(Default)]
+pub struct BroadcastCache {
+    values: std::sync::Mutex<std::collections::HashMap<(u64, u32), BroadcastCell>>,
+    /// Fetches from the driver, for metrics and tests.
+    pub fetches: std::sync::atomic::AtomicU64,
+}
+
+impl BroadcastCache {
+    /// Forgets application `app`'s values (it ended).
+    pub fn forget(&self, app: u64) {
+        self.values
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|(a, _), _| *a != app);
+    }
+
+    async fn get(
+        &self,
+        modules: &dyn ModuleSource,
+        app: u64,
+        id: u32,
+        secret: [u8; 16],
+    ) -> Result<Arc<Vec<u8>>, String> {
+        let cell = self
+            .values
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry((app, id))
+            .or_default()
+            .clone();
+        cell.get_or_try_init(|| async {
+            self.fetches
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            modules.fetch_broadcast(app, id, secret).await.map(Arc::new)
+        })
+        .await
+        .cloned()
+    }
+}
+
+/// One task's view of the broadcast values: its application's, with its capability.
+struct TaskBroadcasts {
+    cache: Arc<BroadcastCache>,
+    modules: Arc<dyn ModuleSource>,
+    app: u64,
+    secret: [u8; 16],
+}
+
+impl sandbox::BroadcastSource for TaskBroadcasts {
+    fn get(&self, id: u32) -> sandbox::BroadcastFuture<'_> {
+        Box::pin(self.cache.get(&*self.modules, self.app, id, self.secret))
+    }
 }
 
 /// Captured guest output per task is capped at this many bytes per stream.
@@ -41,13 +106,16 @@ pub async fn run_task(env: &TaskEnv, desc: TaskDescriptor) -> TaskStatus {
     let started = Instant::now();
     let mut metrics = TaskMetrics::default();
     let mut output = GuestOutput::default();
-    let result = run(env, &desc, &mut metrics, &mut output).await;
+    let mut accumulators = Vec::new();
+    let result = run(env, &desc, &mut metrics, &mut output, &mut accumulators).await;
     metrics.run_ms = started.elapsed().as_millis() as u64;
+    let result_ok = result.is_ok();
     TaskStatus {
         attempt: desc.attempt,
         result,
         metrics,
         output,
+        accumulators: if result_ok { accumulators } else { Vec::new() },
     }
 }
 
@@ -136,6 +204,7 @@ async fn run(
     desc: &TaskDescriptor,
     m: &mut TaskMetrics,
     output: &mut GuestOutput,
+    accumulators: &mut Vec<(u32, Vec<u8>)>,
 ) -> Result<TaskSuccess, TaskError> {
     let modules = env.modules.clone();
     let hash = desc.module;
@@ -157,6 +226,12 @@ async fn run(
         output_bytes: GUEST_OUTPUT_CAP,
     };
     let mut store = sandbox.store(&limits, None);
+    store.data_mut().set_broadcasts(Arc::new(TaskBroadcasts {
+        cache: env.broadcasts.clone(),
+        modules: env.modules.clone(),
+        app: desc.app,
+        secret: desc.app_secret,
+    }));
     let t = Instant::now();
     let job = loaded.instantiate(&mut store).await.map_err(sandbox_err)?;
     m.instantiate_us = t.elapsed().as_micros() as u64;
@@ -262,6 +337,16 @@ async fn run(
         }
         let chunks = guest.finish().await?;
         sink.accept(chunks, m, max_output)?;
+        let r = guest
+            .job
+            .flint_job_task()
+            .call_take_accumulators(&mut guest.store)
+            .await;
+        *accumulators = guest
+            .unwrap(r.map(Ok))?
+            .into_iter()
+            .map(|u| (u.id, u.value))
+            .collect();
         m.peak_memory_bytes = guest.store.data().peak_memory();
         m.fuel = sandbox.fuel_consumed(&guest.store);
         sink.complete(env, desc, m).await

@@ -153,6 +153,20 @@ pub trait ActionRunner: Send + Sync {
         &self,
         id: u32,
     ) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + '_>>;
+    /// Registers a broadcast value; returns its id.
+    fn broadcast(&self, value: Vec<u8>) -> u32;
+    fn broadcast_value(&self, id: u32) -> Option<Arc<Vec<u8>>>;
+    /// Updates of accumulator `id` committed since the last call.
+    fn accumulator_updates(&self, id: u32) -> Vec<Vec<u8>>;
+}
+
+/// A broadcast value on its way.
+pub type BroadcastFuture<'a> =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<Arc<Vec<u8>>, String>> + Send + 'a>>;
+
+/// Where a task gets broadcast values.
+pub trait BroadcastSource: Send + Sync {
+    fn get(&self, id: u32) -> BroadcastFuture<'_>;
 }
 
 /// The data of one store.
@@ -161,11 +175,17 @@ pub struct GuestState {
     table: ResourceTable,
     limiter: Limiter,
     actions: Option<Arc<dyn ActionRunner>>,
+    broadcasts: Option<Arc<dyn BroadcastSource>>,
     stdout: MemoryOutputPipe,
     stderr: MemoryOutputPipe,
 }
 
 impl GuestState {
+    /// Lets a task's guest read broadcast values.
+    pub fn set_broadcasts(&mut self, b: Arc<dyn BroadcastSource>) {
+        self.broadcasts = Some(b);
+    }
+
     /// Peak linear memory the guest reached.
     pub fn peak_memory(&self) -> u64 {
         self.limiter.peak
@@ -214,6 +234,30 @@ impl flint::job::host::Host for GuestState {
         if let Some(a) = self.actions.clone() {
             a.unpersist(id).await;
         }
+    }
+
+    async fn broadcast(&mut self, value: Vec<u8>) -> u32 {
+        // In a task there is nothing to register with: 0 names no broadcast.
+        self.actions.as_ref().map_or(0, |a| a.broadcast(value))
+    }
+
+    async fn broadcast_value(&mut self, id: u32) -> Result<Vec<u8>, String> {
+        if let Some(a) = &self.actions {
+            return a
+                .broadcast_value(id)
+                .map(|v| v.to_vec())
+                .ok_or_else(|| format!("no broadcast {id} in this application"));
+        }
+        match self.broadcasts.clone() {
+            Some(b) => b.get(id).await.map(|v| v.to_vec()),
+            None => Err("broadcast values are not available here".into()),
+        }
+    }
+
+    async fn accumulator_updates(&mut self, id: u32) -> Vec<Vec<u8>> {
+        self.actions
+            .as_ref()
+            .map_or_else(Vec::new, |a| a.accumulator_updates(id))
     }
 }
 
@@ -505,6 +549,7 @@ impl Sandbox {
                     peak: 0,
                 },
                 actions,
+                broadcasts: None,
                 stdout,
                 stderr,
             },

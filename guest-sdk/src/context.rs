@@ -107,6 +107,30 @@ impl Context {
         host::setting(key)
     }
 
+    /// Shares `value` with every task: it is sent to each executor once and read there
+    /// with [`Broadcast::value`](crate::Broadcast::value).
+    ///
+    /// ```no_run
+    /// # fn f(ctx: &mut flint::Context) -> flint::Result<()> {
+    /// let centroids = ctx.broadcast(&vec![(0.0f64, 0.0f64), (5.0, 5.0)])?;
+    /// # Ok(()) }
+    /// ```
+    pub fn broadcast<T: Data>(&mut self, value: &T) -> Result<crate::Broadcast<T>> {
+        crate::Broadcast::register(value)
+    }
+
+    /// A new accumulator of `A`, zero at first.
+    ///
+    /// ```no_run
+    /// # fn f(ctx: &mut flint::Context) {
+    /// let errors = ctx.accumulator::<u64>();
+    /// let by_kind = ctx.accumulator::<std::collections::HashMap<String, u64>>();
+    /// # }
+    /// ```
+    pub fn accumulator<A: crate::Mergeable>(&mut self) -> crate::Accumulator<A> {
+        crate::Accumulator::new()
+    }
+
     fn files<T: Data>(
         &self,
         path: &str,

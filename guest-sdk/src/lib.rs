@@ -61,6 +61,9 @@
 //!   `count_by_value`, `count_by_key`, `foreach_partition`, `save_as_text`,
 //!   `save_as_csv`, `save_as_json_lines`, `save_as_parquet`, `save_as_arrow`.
 //! - Keeping: `persist`, `cache`, `unpersist`.
+//! - Sharing: [`Context::broadcast`] (a read-only value each executor fetches once) and
+//!   [`Context::accumulator`] (tasks add, the driver program reads; each successful
+//!   task counts once).
 //!
 //! # The boundary
 //! The host and the job speak the WIT world `flint:job/flint-job` (`wit/flint.wit` in
@@ -83,12 +86,14 @@ mod error;
 mod formats;
 mod ops;
 mod rows;
+mod shared;
 mod task;
 
 pub use context::{Context, CsvOptions, Malformed};
 pub use dataset::{CoGrouped, Data, Dataset, FullJoined, Key, StorageLevel, ToText};
 pub use error::{Error, Result};
 pub use flint_guest_macros::main;
+pub use shared::{Accumulator, Broadcast, Mergeable};
 pub use task::{TaskContext, task_context};
 
 /// The `flint:job` interface version this SDK speaks; the host checks it on load.
@@ -101,11 +106,20 @@ pub mod __private {
     pub use crate::bindings;
     pub use crate::bindings::export;
     pub use crate::bindings::exports::flint::job::job::Guest as JobGuest;
+    pub use crate::bindings::exports::flint::job::task::AccumulatorUpdate;
     pub use crate::bindings::exports::flint::job::task::{Chunk, Guest as TaskGuest, TaskSpec};
     pub use crate::bindings::flint::job::types::ErrorChain;
     pub use crate::task::{
         end_piece as task_end_piece, finish as task_finish, push as task_push, start as task_start,
     };
+
+    /// The task's accumulator updates, after `finish`.
+    pub fn task_take_accumulators() -> Vec<AccumulatorUpdate> {
+        crate::shared::take_partials()
+            .into_iter()
+            .map(|(id, value)| AccumulatorUpdate { id, value })
+            .collect()
+    }
 
     /// Runs the user's `main` with the job's arguments.
     pub fn run_main(

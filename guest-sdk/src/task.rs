@@ -114,6 +114,7 @@ fn new_ops(ops: &[Op]) -> Result<Vec<Box<dyn Operator>>> {
 }
 
 pub fn start(spec: TaskSpec) -> Result<(), ErrorChain> {
+    crate::shared::reset_partials();
     CONTEXT.with(|c| {
         c.set(Some(TaskContext {
             partition: spec.partition,

@@ -113,8 +113,11 @@ pub struct TaskDescriptor {
     pub attempt: TaskAttemptId,
     /// The job's shuffle capability: map outputs are filed under it, fetches present it.
     pub shuffle_secret: [u8; 16],
-    /// The application's capability for its cached partitions (which outlive jobs).
+    /// The application's capability for its cached partitions (which outlive jobs) and
+    /// its broadcast values.
     pub app_secret: [u8; 16],
+    /// The application the task's job belongs to.
+    pub app: u64,
     pub module: ModuleHash,
     /// What the task reads, in order: one piece, or several for a union or coalesce.
     pub pieces: Vec<TaskPiece>,
@@ -227,6 +230,8 @@ pub struct TaskStatus {
     pub metrics: TaskMetrics,
     /// What the guest printed (capped tails).
     pub output: GuestOutput,
+    /// The task's accumulator updates: (accumulator id, merged partial value).
+    pub accumulators: Vec<(u32, Vec<u8>)>,
 }
 
 /// The tails of a task's captured stdout and stderr.
@@ -327,10 +332,13 @@ impl TaskMetrics {
     }
 }
 
-/// Executor → driver, on its own stream: send me this component's bytes.
+/// Executor → driver, on its own stream: send me these bytes.
 #[derive(Debug, Serialize, Deserialize)]
-pub struct FetchModule {
-    pub module: ModuleHash,
+pub enum FetchModule {
+    /// A component.
+    Module(ModuleHash),
+    /// A broadcast value of application `app`; `secret` is the application's capability.
+    Broadcast { app: u64, id: u32, secret: [u8; 16] },
 }
 
 /// Executor → executor, on its own stream: send me this shuffle segment.
@@ -397,6 +405,8 @@ pub struct AppSummary {
     pub fetch_failures: u64,
     /// Where `save_*` actions wrote.
     pub outputs: Vec<String>,
+    /// Broadcast values sent to executors (each executor fetches a value once).
+    pub broadcast_fetches: u64,
     /// What the driver program printed (capped).
     pub stdout: String,
     pub executors: Vec<ExecutorSummary>,

@@ -656,3 +656,54 @@ fn persisted_partitions_are_read_back_instead_of_recomputed() {
         "evicted memory-only partitions were recomputed: {read}"
     );
 }
+
+#[test]
+fn accumulators_count_each_successful_task_once_and_broadcasts_travel_once_per_executor() {
+    let tmp = tempfile::tempdir().unwrap();
+    let input = tmp.path().join("numbers.txt");
+    let (mut text, mut sum, mut bad) = (String::new(), 0i64, 0u64);
+    for i in 0..4000i64 {
+        let line = match i % 13 {
+            0 => {
+                bad += 1;
+                format!("oops{i}")
+            }
+            1 => "skip".to_string(),
+            _ => {
+                sum += i;
+                i.to_string()
+            }
+        };
+        text.push_str(&line);
+        text.push('\n');
+    }
+    std::fs::write(&input, text).unwrap();
+    let summary = tmp.path().join("summary.json");
+    let o = run_ok(
+        flint()
+            .args([
+                "run",
+                flint_udfs::TEST_JOBS,
+                "--executors",
+                "2",
+                "--summary-json",
+            ])
+            .arg(&summary)
+            .args(["--conf", "files.max_partition_bytes=4k", "--"])
+            .arg("accumulate")
+            .arg(&input),
+    );
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        stdout.contains(&format!("sum: {sum}, bad: {bad}, seen: 4000")),
+        "the failed first attempt's additions do not count: {stdout}"
+    );
+    let s = read_summary(&summary);
+    assert_eq!(s["failed_tasks"], 1, "partition 1 failed once: {s:#}");
+    assert!(s["tasks"].as_u64().unwrap() > 4, "{s:#}");
+    let fetches = s["broadcast_fetches"].as_u64().unwrap();
+    assert!(
+        (1..=2).contains(&fetches),
+        "the stop list went to each of 2 executors at most once: {fetches}"
+    );
+}

@@ -1,9 +1,9 @@
 //! k-means: `kmeans POINTS K ITERATIONS OUTPUT` clusters the `x,y` points of a CSV file
 //! (with a header) by Lloyd's algorithm, starting from the first K points, and writes
-//! the centroids as CSV. Each iteration is one job; the current centroids are captured
-//! into its plan (`map_with`) and reach every task with it.
+//! the centroids as CSV. Each iteration is one job; the current centroids are broadcast
+//! (each executor fetches them once) and read by every task.
 
-use flint::{Context, Error, Result};
+use flint::{Broadcast, Context, Error, Result};
 use serde::{Deserialize, Serialize};
 
 #[derive(Clone, Copy, Debug, Serialize, Deserialize)]
@@ -40,8 +40,10 @@ fn main(ctx: &mut Context) -> Result<()> {
         )));
     }
     for _ in 0..iterations {
+        let current = ctx.broadcast(&centroids)?;
         let sums = points
-            .map_with(&centroids, |c: &Vec<Point>, p: Point| {
+            .map_with(&current, |c: &Broadcast<Vec<Point>>, p: Point| {
+                let c = c.value().expect("the centroids broadcast");
                 (nearest(c, &p), (p.x, p.y, 1u64))
             })
             .reduce_by_key(|a: (f64, f64, u64), b: (f64, f64, u64)| {

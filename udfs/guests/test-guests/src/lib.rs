@@ -22,6 +22,9 @@
 //! - `slow-cached-join INPUT OUTPUT`: the slow word count, cached and counted (job 1),
 //!   then joined with itself doubled and written as `word\tn\t2n` lines (job 2) with a
 //!   slow map, so a fault test can strike while job 2 reads the cached partitions.
+//! - `accumulate INPUT`: sums the numbers of INPUT's lines, skipping lines found in a
+//!   broadcast stop list and counting unparsable ones in an accumulator; the first
+//!   attempt of partition 1 fails after adding, so its additions must not count.
 //! - `straggler INPUT OUTPUT`: a word count whose map tasks sleep 200 ms per line on
 //!   executor 1 only: a slow machine, for speculation.
 
@@ -78,6 +81,35 @@ fn main(ctx: &mut Context) -> Result<()> {
         Some("panic-in-main") => panic!("deliberate panic in main"),
         Some("slow-wordcount") => {
             slow_counts(ctx, &args[1])?.save_as_text(&args[2])?;
+        }
+        Some("accumulate") => {
+            use flint::{Accumulator, Broadcast};
+            let bad = ctx.accumulator::<u64>();
+            let seen = ctx.accumulator::<u64>();
+            let stop = ctx.broadcast(&vec!["skip".to_string()])?;
+            type Shared = (Accumulator<u64>, Accumulator<u64>, Broadcast<Vec<String>>);
+            let nums = ctx.text_file(&args[1])?.flat_map_with(
+                &(bad.clone(), seen.clone(), stop),
+                |(bad, seen, stop): &Shared, l: String| {
+                    seen.add(1);
+                    let t = flint::task_context().expect("in a task");
+                    if t.partition == 1 && t.attempt == 0 {
+                        panic!("deliberate failure of the first attempt, after adding");
+                    }
+                    if stop.value().expect("the stop list").contains(&l) {
+                        return None;
+                    }
+                    match l.trim().parse::<i64>() {
+                        Ok(n) => Some(n),
+                        Err(_) => {
+                            bad.add(1);
+                            None
+                        }
+                    }
+                },
+            );
+            let sum = nums.fold(0, |a, b| a + b)?;
+            println!("sum: {sum}, bad: {}, seen: {}", bad.value()?, seen.value()?);
         }
         Some("slow-cached-join") => {
             let counts = slow_counts(ctx, &args[1])?.cache();
