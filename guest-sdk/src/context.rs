@@ -9,6 +9,10 @@ use crate::task::DecodeFn;
 use crate::{Data, Dataset, Error, Result};
 
 /// What a source does with a record it cannot parse.
+///
+/// ```
+/// assert_eq!(flint::Malformed::default(), flint::Malformed::Fail);
+/// ```
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Malformed {
     /// Fail the task (and, after retries, the job) with the file and line, or row group.

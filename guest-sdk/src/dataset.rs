@@ -84,6 +84,12 @@ to_text_tuple!(A, B, C);
 to_text_tuple!(A, B, C, D);
 
 /// Where [`Dataset::persist`] keeps partitions.
+///
+/// ```no_run
+/// # fn f(xs: flint::Dataset<u64>) {
+/// let kept = xs.persist(flint::StorageLevel::DiskOnly);
+/// # }
+/// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum StorageLevel {
     /// In executor memory; partitions evicted for room are dropped and recomputed.
@@ -95,9 +101,19 @@ pub enum StorageLevel {
 }
 
 /// A row of [`Dataset::cogroup`]: a key with its values on each side.
+///
+/// ```
+/// let row: flint::CoGrouped<u32, f64, String> = (7, (vec![1.5], vec![]));
+/// assert!(row.1.1.is_empty());
+/// ```
 pub type CoGrouped<K, V, W> = (K, (Vec<V>, Vec<W>));
 
 /// A row of [`Dataset::full_outer_join`]: a key with a value of either side or both.
+///
+/// ```
+/// let row: flint::FullJoined<u32, f64, String> = (7, (None, Some("x".into())));
+/// assert!(row.1.0.is_none());
+/// ```
 pub type FullJoined<K, V, W> = (K, (Option<V>, Option<W>));
 
 /// A function of this component and its captured value, as the plan names it.

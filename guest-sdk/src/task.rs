@@ -67,6 +67,13 @@ thread_local! {
 }
 
 /// Where the current task runs: Spark's `TaskContext`.
+///
+/// ```no_run
+/// # fn f(xs: flint::Dataset<u64>) {
+/// // Tag each row with the partition that produced it.
+/// let tagged = xs.map(|x: u64| (flint::task_context().map_or(0, |t| t.partition), x));
+/// # }
+/// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct TaskContext {
     /// The partition the task computes.
