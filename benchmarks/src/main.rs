@@ -334,20 +334,10 @@ fn generate_corpus(dir: &Path, mb: u64) -> anyhow::Result<PathBuf> {
 fn native_wordcount(path: &Path, threads: usize) -> anyhow::Result<HashMap<String, u64>> {
     let data = std::fs::read(path)?;
     let text = std::str::from_utf8(&data)?;
-    let mut bounds = vec![0];
-    for i in 1..threads {
-        let mut b = text.len() * i / threads;
-        while b < text.len() && text.as_bytes()[b - 1] != b'\n' {
-            b += 1;
-        }
-        bounds.push(b);
-    }
-    bounds.push(text.len());
     let parts: Vec<HashMap<&str, u64>> = std::thread::scope(|s| {
-        let handles: Vec<_> = bounds
-            .windows(2)
-            .map(|w| {
-                let chunk = &text[w[0]..w[1]];
+        let handles: Vec<_> = split_lines(text, threads)
+            .into_iter()
+            .map(|chunk| {
                 s.spawn(move || {
                     let mut m: HashMap<&str, u64> = HashMap::new();
                     for word in chunk.split_ascii_whitespace() {
@@ -459,7 +449,11 @@ fn generate_sales(dir: &Path, rows: u64) -> anyhow::Result<(PathBuf, PathBuf, Pa
 
 /// Splits `text` (after its header line) into `n` chunks at line boundaries.
 fn line_chunks(text: &str, n: usize) -> Vec<&str> {
-    let body = &text[text.find('\n').map_or(text.len(), |i| i + 1)..];
+    split_lines(&text[text.find('\n').map_or(text.len(), |i| i + 1)..], n)
+}
+
+/// Splits `body` into `n` chunks of about equal size at line boundaries.
+fn split_lines(body: &str, n: usize) -> Vec<&str> {
     let mut bounds = vec![0];
     for i in 1..n {
         let mut b = body.len() * i / n;

@@ -71,7 +71,7 @@ impl DriverShared {
     pub fn broadcast(&self, app: u64, id: u32, secret: &[u8; 16]) -> Result<Arc<Vec<u8>>, String> {
         let map = self.broadcasts.lock().unwrap_or_else(|p| p.into_inner());
         match map.get(&(app, id)) {
-            Some((v, held)) if held.iter().zip(secret).fold(0u8, |a, (x, y)| a | (x ^ y)) == 0 => {
+            Some((v, held)) if flint_executor_host::shuffle::same(held, secret) => {
                 *self
                     .broadcast_fetches
                     .lock()

@@ -238,7 +238,7 @@ impl ClusterLoop {
                         self.scheduler.executor_decommissioning(id);
                     }
                     FromExecutor::CachedDropped { job, shuffle, maps } => {
-                        let app = job.0 & !(1 << 63);
+                        let Some(app) = job.cached_app() else { return };
                         if let Some(parts) = self.cached.get_mut(&(app, shuffle.0)) {
                             for m in maps {
                                 if let Some(slot) = parts.get_mut(m as usize)

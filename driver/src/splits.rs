@@ -101,6 +101,23 @@ pub fn list_files(path: &Path) -> Result<Vec<(PathBuf, u64)>, SplitError> {
     Ok(out)
 }
 
+/// The files of every path, with their sizes, and the split size that gives about
+/// `min_partitions` splits in all, between `floor` and `max_split` bytes.
+fn files_and_split_size(
+    paths: &[String],
+    min_partitions: u32,
+    floor: u64,
+    max_split: u64,
+) -> Result<(Vec<(PathBuf, u64)>, u64), SplitError> {
+    let mut files = Vec::new();
+    for p in paths {
+        files.extend(list_matching(Path::new(p))?);
+    }
+    let total: u64 = files.iter().map(|(_, len)| len).sum();
+    let size = (total / min_partitions.max(1) as u64).clamp(floor, max_split.max(floor));
+    Ok((files, size))
+}
+
 /// Splits: about `total / min_partitions` bytes each, at most `max_split`; empty files
 /// give none.
 pub fn plan(
@@ -108,13 +125,7 @@ pub fn plan(
     min_partitions: u32,
     max_split: u64,
 ) -> Result<Vec<Split>, SplitError> {
-    let mut files = Vec::new();
-    for p in paths {
-        files.extend(list_matching(Path::new(p))?);
-    }
-    let total: u64 = files.iter().map(|(_, len)| len).sum();
-    let goal = total / min_partitions.max(1) as u64;
-    let size = goal.clamp(4096, max_split.max(4096));
+    let (files, size) = files_and_split_size(paths, min_partitions, 4096, max_split)?;
     let mut out = Vec::new();
     for (path, len) in files {
         let mut start = 0;
@@ -144,12 +155,7 @@ pub fn plan_units(
     min_partitions: u32,
     max_split: u64,
 ) -> Result<Vec<Split>, SplitError> {
-    let mut files = Vec::new();
-    for p in paths {
-        files.extend(list_matching(Path::new(p))?);
-    }
-    let total: u64 = files.iter().map(|(_, len)| len).sum();
-    let size = (total / min_partitions.max(1) as u64).clamp(1, max_split.max(1));
+    let (files, size) = files_and_split_size(paths, min_partitions, 1, max_split)?;
     let mut out = Vec::new();
     for (path, _) in files {
         let format = |message: String| SplitError::Format {

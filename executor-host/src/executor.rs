@@ -412,9 +412,9 @@ pub async fn serve(
             }
             Ok(Some(ToExecutor::Kill { attempt })) => tasks.cancel(attempt),
             Ok(Some(ToExecutor::CleanJob { job })) => {
-                if job.is_cache() {
+                if let Some(app) = job.cached_app() {
                     // The application ended: its broadcast values go too.
-                    env.broadcasts.forget(job.0 & !(1 << 63));
+                    env.broadcasts.forget(app);
                 }
                 let store = store.clone();
                 tokio::task::spawn_blocking(move || store.remove_job(job));

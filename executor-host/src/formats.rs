@@ -107,28 +107,14 @@ impl LineParser {
                     .with_delimiter(*delimiter)
                     .with_batch_size(cap)
                     .build_decoder();
-                let mut at = 0;
-                while at < bytes.len() {
-                    let n = d.decode(&bytes[at..])?;
-                    if n == 0 {
-                        break;
-                    }
-                    at += n;
-                }
+                feed(bytes, |b| d.decode(b))?;
                 d.flush()?
             }
             LineParser::Json { schema } => {
                 let mut d = arrow_json::ReaderBuilder::new(schema.clone())
                     .with_batch_size(cap)
                     .build_decoder()?;
-                let mut at = 0;
-                while at < bytes.len() {
-                    let n = d.decode(&bytes[at..])?;
-                    if n == 0 {
-                        break;
-                    }
-                    at += n;
-                }
+                feed(bytes, |b| d.decode(b))?;
                 d.flush()?
             }
         };
@@ -139,6 +125,34 @@ impl LineParser {
         match self {
             LineParser::Csv { schema, .. } | LineParser::Json { schema } => schema.clone(),
         }
+    }
+}
+
+/// Hands all of `bytes` to a push decoder, which takes what it can each call.
+fn feed(
+    bytes: &[u8],
+    mut decode: impl FnMut(&[u8]) -> Result<usize, ArrowError>,
+) -> Result<(), ArrowError> {
+    let mut at = 0;
+    while at < bytes.len() {
+        let n = decode(&bytes[at..])?;
+        if n == 0 {
+            break;
+        }
+        at += n;
+    }
+    Ok(())
+}
+
+impl SourceBatch {
+    /// A batch read whole from a columnar file.
+    fn columnar(batch: &RecordBatch) -> Result<SourceBatch, FormatError> {
+        Ok(SourceBatch {
+            rows: batch.num_rows() as u64,
+            bytes: batch.get_array_memory_size() as u64,
+            ipc: ipc_of(batch).map_err(InputError::Arrow)?,
+            dropped: 0,
+        })
     }
 }
 
@@ -302,12 +316,7 @@ impl SourceReader {
                 }
                 Some(Ok(batch)) => {
                     *read += batch.num_rows() as u64;
-                    Ok(Some(SourceBatch {
-                        rows: batch.num_rows() as u64,
-                        bytes: batch.get_array_memory_size() as u64,
-                        ipc: ipc_of(&batch).map_err(InputError::Arrow)?,
-                        dropped: 0,
-                    }))
+                    SourceBatch::columnar(&batch).map(Some)
                 }
             },
             Kind::Arrow { reader, left } => {
@@ -321,12 +330,7 @@ impl SourceReader {
                         path: path.clone(),
                         message: e.to_string(),
                     }),
-                    Some(Ok(batch)) => Ok(Some(SourceBatch {
-                        rows: batch.num_rows() as u64,
-                        bytes: batch.get_array_memory_size() as u64,
-                        ipc: ipc_of(&batch).map_err(InputError::Arrow)?,
-                        dropped: 0,
-                    })),
+                    Some(Ok(batch)) => SourceBatch::columnar(&batch).map(Some),
                 }
             }
         }

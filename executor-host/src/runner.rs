@@ -48,8 +48,6 @@ type BroadcastCell = Arc<tokio::sync::OnceCell<Arc<Vec<u8>>>>;
 #[derive(Default)]
 pub struct BroadcastCache {
     values: std::sync::Mutex<std::collections::HashMap<(u64, u32), BroadcastCell>>,
-    /// Fetches from the driver, for metrics and tests.
-    pub fetches: std::sync::atomic::AtomicU64,
 }
 
 impl BroadcastCache {
@@ -76,8 +74,6 @@ impl BroadcastCache {
             .or_default()
             .clone();
         cell.get_or_try_init(|| async {
-            self.fetches
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             modules.fetch_broadcast(app, id, secret).await.map(Arc::new)
         })
         .await

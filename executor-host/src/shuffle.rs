@@ -142,27 +142,23 @@ impl ShuffleStore {
         std::mem::take(&mut self.tier().dropped)
     }
 
-    /// Bytes of cached partitions in memory.
-    pub fn cached_memory(&self) -> u64 {
-        self.tier().used
+    /// Forgets the in-memory cached partitions whose key `gone` picks.
+    fn forget_blocks(&self, gone: impl Fn(&BlockKey) -> bool) {
+        let mut t = self.tier();
+        let mut freed = 0;
+        t.blocks.retain(|k, b| {
+            let keep = !gone(k);
+            if !keep {
+                freed += b.bytes;
+            }
+            keep
+        });
+        t.used -= freed;
     }
 
     /// Drops a cached dataset's partitions, in memory and on disk.
     pub fn drop_cached(&self, job: JobId, shuffle: ShuffleId) {
-        {
-            let mut t = self.tier();
-            let gone: Vec<BlockKey> = t
-                .blocks
-                .keys()
-                .filter(|k| k.0 == job && k.1 == shuffle)
-                .copied()
-                .collect();
-            for k in gone {
-                if let Some(b) = t.blocks.remove(&k) {
-                    t.used -= b.bytes;
-                }
-            }
-        }
+        self.forget_blocks(|k| k.0 == job && k.1 == shuffle);
         let _ = std::fs::remove_dir_all(
             self.root
                 .join(job.0.to_string())
@@ -304,20 +300,13 @@ impl ShuffleStore {
 
     pub fn remove_job(&self, job: JobId) {
         self.secrets().remove(&job);
-        {
-            let mut t = self.tier();
-            let gone: Vec<BlockKey> = t.blocks.keys().filter(|k| k.0 == job).copied().collect();
-            for k in gone {
-                if let Some(b) = t.blocks.remove(&k) {
-                    t.used -= b.bytes;
-                }
-            }
-        }
+        self.forget_blocks(|k| k.0 == job);
         let _ = std::fs::remove_dir_all(self.root.join(job.0.to_string()));
     }
 }
 
-fn same(a: &ShuffleSecret, b: &ShuffleSecret) -> bool {
+/// Whether two capabilities are equal, compared without an early exit.
+pub fn same(a: &ShuffleSecret, b: &ShuffleSecret) -> bool {
     a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 

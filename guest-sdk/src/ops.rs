@@ -151,19 +151,31 @@ where
     }
 }
 
-fn encode_parts<K: Data, V: Data>(parts: Vec<Vec<(K, V)>>) -> Result<Vec<(u32, Vec<RecordBatch>)>> {
+/// Per-partition rows → the non-empty partitions' segments, `encode`d batch by batch.
+fn encode_parts_with<T>(
+    parts: impl IntoIterator<Item = (u32, Vec<T>)>,
+    encode: fn(&[T]) -> Result<RecordBatch>,
+) -> Result<Vec<(u32, Vec<RecordBatch>)>> {
     let mut out = Vec::new();
-    for (p, rows) in parts.into_iter().enumerate() {
+    for (p, rows) in parts {
         if rows.is_empty() {
             continue;
         }
         let batches = rows
             .chunks(BATCH_ROWS)
-            .map(rows::encode_pairs)
+            .map(encode)
             .collect::<Result<Vec<_>>>()?;
-        out.push((p as u32, batches));
+        out.push((p, batches));
     }
     Ok(out)
+}
+
+/// Key/value rows per partition, as `key` and `value` columns.
+fn encode_parts<K: Data, V: Data>(parts: Vec<Vec<(K, V)>>) -> Result<Vec<(u32, Vec<RecordBatch>)>> {
+    encode_parts_with(
+        (0u32..).zip(parts),
+        rows::encode_pairs::<K, V> as fn(&[(K, V)]) -> Result<RecordBatch>,
+    )
 }
 
 pub(crate) fn new_combine_writer<C, K, V, U, Cr, Mv>(
@@ -278,18 +290,7 @@ impl<C, T: Data, Pl: Fn(&C, &T, u32, u64) -> u32> ShuffleWriter for RowWriter<C,
     }
 
     fn finish(self: Box<Self>) -> Result<Vec<(u32, Vec<RecordBatch>)>> {
-        let mut out = Vec::new();
-        for (p, rows) in self.parts.into_iter().enumerate() {
-            if rows.is_empty() {
-                continue;
-            }
-            let batches = rows
-                .chunks(BATCH_ROWS)
-                .map(rows::encode_slice)
-                .collect::<Result<Vec<_>>>()?;
-            out.push((p as u32, batches));
-        }
-        Ok(out)
+        encode_parts_with((0u32..).zip(self.parts), rows::encode_slice::<T>)
     }
 }
 
@@ -453,15 +454,10 @@ impl<T: Data> ShuffleWriter for KeepWriter<T> {
     }
 
     fn finish(self: Box<Self>) -> Result<Vec<(u32, Vec<RecordBatch>)>> {
-        if self.rows.is_empty() || self.partition >= self.partitions {
+        if self.partition >= self.partitions {
             return Ok(Vec::new());
         }
-        let batches = self
-            .rows
-            .chunks(BATCH_ROWS)
-            .map(rows::encode_slice)
-            .collect::<Result<Vec<_>>>()?;
-        Ok(vec![(self.partition, batches)])
+        encode_parts_with([(self.partition, self.rows)], rows::encode_slice::<T>)
     }
 }
 

@@ -236,31 +236,8 @@ impl Builder<'_> {
                 p.names.push(name.clone());
                 p
             }
-            Node::Shuffle { read, name, .. } => {
-                let (stages, shuffles, partitions) = self.shuffle_stages(node)?;
-                Pipeline::single(
-                    StageInput::Shuffle {
-                        shuffles,
-                        read: read.clone(),
-                    },
-                    partitions,
-                    stages,
-                    format!("{name} (read)"),
-                )
-            }
-            Node::Cache { read, id, .. } => {
-                let (stages, shuffles, partitions) = self.shuffle_stages(node)?;
-                let name = format!("cached {id}");
-                Pipeline::single(
-                    StageInput::Shuffle {
-                        shuffles,
-                        read: read.clone(),
-                    },
-                    partitions,
-                    stages,
-                    format!("{name} (read)"),
-                )
-            }
+            Node::Shuffle { read, name, .. } => self.read_side(node, read, name)?,
+            Node::Cache { read, id, .. } => self.read_side(node, read, &format!("cached {id}"))?,
             Node::Union { parents } => {
                 let mut out = Pipeline {
                     parents: vec![],
@@ -307,6 +284,21 @@ impl Builder<'_> {
                 p
             }
         })
+    }
+
+    /// The reduce side of shuffle or cache node `node`: a stage reading what its map
+    /// stages wrote.
+    fn read_side(&mut self, node: NodeIndex, read: &Op, name: &str) -> Result<Pipeline, PlanError> {
+        let (stages, shuffles, partitions) = self.shuffle_stages(node)?;
+        Ok(Pipeline::single(
+            StageInput::Shuffle {
+                shuffles,
+                read: read.clone(),
+            },
+            partitions,
+            stages,
+            format!("{name} (read)"),
+        ))
     }
 
     /// The map stages of shuffle node `node` (one per side), built once.

@@ -33,8 +33,9 @@ impl JobId {
         JobId(app | 1 << 63)
     }
 
-    pub fn is_cache(self) -> bool {
-        self.0 & 1 << 63 != 0
+    /// For a cache pseudo-job, the application it belongs to.
+    pub fn cached_app(self) -> Option<u64> {
+        (self.0 & 1 << 63 != 0).then_some(self.0 & !(1 << 63))
     }
 }
 

@@ -71,14 +71,6 @@ impl ReadFormat {
             ReadFormat::ArrowIpc => "arrow_ipc",
         }
     }
-
-    /// Split by byte ranges on line boundaries (as opposed to row groups or batches).
-    pub fn is_line_based(&self) -> bool {
-        matches!(
-            self,
-            ReadFormat::Text | ReadFormat::Csv { .. } | ReadFormat::JsonLines { .. }
-        )
-    }
 }
 
 /// How `save` writes partitions.

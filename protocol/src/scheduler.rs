@@ -1305,9 +1305,14 @@ impl Scheduler {
         };
         let task = &job.stages[si].tasks[task_id.partition as usize];
         // Process-local: a task reading cached partitions goes where they are if it can.
+        // (Judged per stage first: most stages read no cached dataset.)
+        let cached: Vec<ShuffleId> = job.dag.stages[si]
+            .reads()
+            .filter(|sh| job.dag.cache_of(*sh).is_some())
+            .collect();
         let local = inputs
             .iter()
-            .filter(|l| job.dag.cache_of(l.shuffle).is_some())
+            .filter(|l| cached.contains(&l.shuffle))
             .max_by_key(|l| l.size)
             .map(|l| l.executor);
         let Some(executor) = local
