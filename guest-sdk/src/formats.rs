@@ -51,9 +51,11 @@ pub(crate) fn columns_of<T: Data>() -> Result<Vec<String>> {
 }
 
 /// A batch of a columnar source → rows of `T`, matching columns to fields by name.
+/// Flat columns take the direct path of [`columns`](crate::columns); other shapes go
+/// through `serde_arrow`.
 pub(crate) fn decode_typed<T: Data>(_arg: &[u8], batch: &RecordBatch) -> Result<Rows> {
-    let v: Vec<T> = serde_arrow::from_record_batch(batch).map_err(|e| {
-        Error::from(e).context(format!(
+    let context = |e: Error| {
+        e.context(format!(
             "reading columns {:?} as {}",
             batch
                 .schema()
@@ -63,7 +65,11 @@ pub(crate) fn decode_typed<T: Data>(_arg: &[u8], batch: &RecordBatch) -> Result<
                 .collect::<Vec<_>>(),
             std::any::type_name::<T>()
         ))
-    })?;
+    };
+    let v: Vec<T> = match crate::columns::decode(batch, &columns_of::<T>()?) {
+        Some(rows) => rows.map_err(|e| context(e.into()))?,
+        None => serde_arrow::from_record_batch(batch).map_err(|e| context(e.into()))?,
+    };
     Ok(Rows::new(v))
 }
 

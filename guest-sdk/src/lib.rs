@@ -80,6 +80,7 @@
 //! postcard in a binary Arrow column (`row`, or `key` and `value` across a shuffle),
 //! and typed columnar rows through `serde_arrow`. The host relies on none of them.
 
+mod columns;
 mod context;
 mod dataset;
 mod error;

@@ -1,0 +1,393 @@
+//! Arrow columns → rows of a flat struct, without an intermediate representation.
+//!
+//! `serde_arrow` reads any shape (nested structs, lists, unions, dates) through a general
+//! random-access deserializer; on the flat rows that CSV, JSON lines and most Parquet
+//! files hold, that generality was most of a job's guest time. Here each column is
+//! downcast once per batch, and each row is handed to the row type's `Deserialize` as a
+//! map of (column name, cell) with a direct call per cell: no per-value dispatch on the
+//! Arrow type, no second UTF-8 validation (Arrow validated the strings when the batch
+//! was made). A batch with a column of another type returns `None`, and the caller uses
+//! `serde_arrow`.
+
+use arrow_array::types::{
+    Float32Type, Float64Type, Int8Type, Int16Type, Int32Type, Int64Type, UInt8Type, UInt16Type,
+    UInt32Type, UInt64Type,
+};
+use arrow_array::{
+    Array, BooleanArray, LargeStringArray, PrimitiveArray, RecordBatch, StringArray,
+};
+use arrow_buffer::NullBuffer;
+use arrow_schema::DataType;
+use serde::de::{self, DeserializeOwned, DeserializeSeed, IntoDeserializer, MapAccess, Visitor};
+use std::fmt;
+
+/// Why a row did not deserialize.
+#[derive(Debug)]
+pub(crate) struct DeError(String);
+
+impl fmt::Display for DeError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for DeError {}
+
+impl de::Error for DeError {
+    fn custom<M: fmt::Display>(msg: M) -> Self {
+        DeError(msg.to_string())
+    }
+}
+
+/// The values of one column, downcast.
+enum Values<'a> {
+    Bool(&'a BooleanArray),
+    I8(&'a PrimitiveArray<Int8Type>),
+    I16(&'a PrimitiveArray<Int16Type>),
+    I32(&'a PrimitiveArray<Int32Type>),
+    I64(&'a PrimitiveArray<Int64Type>),
+    U8(&'a PrimitiveArray<UInt8Type>),
+    U16(&'a PrimitiveArray<UInt16Type>),
+    U32(&'a PrimitiveArray<UInt32Type>),
+    U64(&'a PrimitiveArray<UInt64Type>),
+    F32(&'a PrimitiveArray<Float32Type>),
+    F64(&'a PrimitiveArray<Float64Type>),
+    Utf8(&'a StringArray),
+    LargeUtf8(&'a LargeStringArray),
+}
+
+/// A column the row type has a field for.
+struct Column<'a> {
+    name: &'a str,
+    nulls: Option<&'a NullBuffer>,
+    values: Values<'a>,
+}
+
+impl<'a> Column<'a> {
+    /// `None` for an Arrow type this path does not read.
+    fn of(name: &'a str, array: &'a dyn Array) -> Option<Self> {
+        let a = array.as_any();
+        let values = match array.data_type() {
+            DataType::Boolean => Values::Bool(a.downcast_ref()?),
+            DataType::Int8 => Values::I8(a.downcast_ref()?),
+            DataType::Int16 => Values::I16(a.downcast_ref()?),
+            DataType::Int32 => Values::I32(a.downcast_ref()?),
+            DataType::Int64 => Values::I64(a.downcast_ref()?),
+            DataType::UInt8 => Values::U8(a.downcast_ref()?),
+            DataType::UInt16 => Values::U16(a.downcast_ref()?),
+            DataType::UInt32 => Values::U32(a.downcast_ref()?),
+            DataType::UInt64 => Values::U64(a.downcast_ref()?),
+            DataType::Float32 => Values::F32(a.downcast_ref()?),
+            DataType::Float64 => Values::F64(a.downcast_ref()?),
+            DataType::Utf8 => Values::Utf8(a.downcast_ref()?),
+            DataType::LargeUtf8 => Values::LargeUtf8(a.downcast_ref()?),
+            _ => return None,
+        };
+        Some(Column {
+            name,
+            nulls: array.nulls(),
+            values,
+        })
+    }
+}
+
+/// The rows of `batch` as `T`, reading the columns named in `fields` (the serialized
+/// names of `T`'s fields; other columns are skipped). `None` when one of those columns
+/// has a type this path does not read.
+pub(crate) fn decode<T: DeserializeOwned>(
+    batch: &RecordBatch,
+    fields: &[String],
+) -> Option<Result<Vec<T>, DeError>> {
+    let schema = batch.schema_ref();
+    let mut columns = Vec::with_capacity(fields.len());
+    for (field, array) in schema.fields().iter().zip(batch.columns()) {
+        if fields.iter().any(|f| f == field.name()) {
+            columns.push(Column::of(field.name(), array.as_ref())?);
+        }
+    }
+    Some(
+        (0..batch.num_rows())
+            .map(|row| {
+                T::deserialize(Row {
+                    columns: &columns,
+                    row,
+                })
+            })
+            .collect(),
+    )
+}
+
+/// One row: a map from column name to cell.
+struct Row<'c, 'a> {
+    columns: &'c [Column<'a>],
+    row: usize,
+}
+
+impl<'de> de::Deserializer<'de> for Row<'_, '_> {
+    type Error = DeError;
+
+    fn deserialize_any<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, DeError> {
+        visitor.visit_map(Cells {
+            columns: self.columns.iter(),
+            current: None,
+            row: self.row,
+        })
+    }
+
+    serde::forward_to_deserialize_any! {
+        bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string bytes
+        byte_buf option unit unit_struct newtype_struct seq tuple tuple_struct map struct
+        enum identifier ignored_any
+    }
+}
+
+struct Cells<'c, 'a> {
+    columns: std::slice::Iter<'c, Column<'a>>,
+    current: Option<&'c Column<'a>>,
+    row: usize,
+}
+
+impl<'de> MapAccess<'de> for Cells<'_, '_> {
+    type Error = DeError;
+
+    fn next_key_seed<K: DeserializeSeed<'de>>(
+        &mut self,
+        seed: K,
+    ) -> Result<Option<K::Value>, DeError> {
+        let Some(column) = self.columns.next() else {
+            return Ok(None);
+        };
+        self.current = Some(column);
+        seed.deserialize(column.name.into_deserializer()).map(Some)
+    }
+
+    fn next_value_seed<V: DeserializeSeed<'de>>(&mut self, seed: V) -> Result<V::Value, DeError> {
+        let column = self
+            .current
+            .take()
+            .ok_or_else(|| DeError("a value asked for before its key".into()))?;
+        seed.deserialize(Cell {
+            column,
+            row: self.row,
+        })
+    }
+
+    fn size_hint(&self) -> Option<usize> {
+        Some(self.columns.len())
+    }
+}
+
+/// One value of one column.
+struct Cell<'c, 'a> {
+    column: &'c Column<'a>,
+    row: usize,
+}
+
+impl Cell<'_, '_> {
+    fn is_null(&self) -> bool {
+        self.column.nulls.is_some_and(|n| n.is_null(self.row))
+    }
+}
+
+impl<'de> de::Deserializer<'de> for Cell<'_, '_> {
+    type Error = DeError;
+
+    fn deserialize_any<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, DeError> {
+        if self.is_null() {
+            return Err(DeError(format!(
+                "column `{}` is null in row {} of the batch, but its field is not an Option",
+                self.column.name, self.row
+            )));
+        }
+        let i = self.row;
+        match &self.column.values {
+            Values::Bool(a) => visitor.visit_bool(a.value(i)),
+            Values::I8(a) => visitor.visit_i8(a.value(i)),
+            Values::I16(a) => visitor.visit_i16(a.value(i)),
+            Values::I32(a) => visitor.visit_i32(a.value(i)),
+            Values::I64(a) => visitor.visit_i64(a.value(i)),
+            Values::U8(a) => visitor.visit_u8(a.value(i)),
+            Values::U16(a) => visitor.visit_u16(a.value(i)),
+            Values::U32(a) => visitor.visit_u32(a.value(i)),
+            Values::U64(a) => visitor.visit_u64(a.value(i)),
+            Values::F32(a) => visitor.visit_f32(a.value(i)),
+            Values::F64(a) => visitor.visit_f64(a.value(i)),
+            Values::Utf8(a) => visitor.visit_str(a.value(i)),
+            Values::LargeUtf8(a) => visitor.visit_str(a.value(i)),
+        }
+    }
+
+    fn deserialize_option<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, DeError> {
+        if self.is_null() {
+            visitor.visit_none()
+        } else {
+            visitor.visit_some(self)
+        }
+    }
+
+    fn deserialize_newtype_struct<V: Visitor<'de>>(
+        self,
+        _name: &'static str,
+        visitor: V,
+    ) -> Result<V::Value, DeError> {
+        visitor.visit_newtype_struct(self)
+    }
+
+    /// A string column holds the names of unit variants.
+    fn deserialize_enum<V: Visitor<'de>>(
+        self,
+        _name: &'static str,
+        _variants: &'static [&'static str],
+        visitor: V,
+    ) -> Result<V::Value, DeError> {
+        let i = self.row;
+        match (&self.column.values, self.is_null()) {
+            (Values::Utf8(a), false) => visitor.visit_enum(a.value(i).into_deserializer()),
+            (Values::LargeUtf8(a), false) => visitor.visit_enum(a.value(i).into_deserializer()),
+            _ => self.deserialize_any(visitor),
+        }
+    }
+
+    fn deserialize_ignored_any<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, DeError> {
+        visitor.visit_unit()
+    }
+
+    serde::forward_to_deserialize_any! {
+        bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string bytes
+        byte_buf unit unit_struct seq tuple tuple_struct map struct identifier
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use arrow_array::{ArrayRef, Float64Array, Int32Array, Int64Array, UInt64Array};
+    use arrow_schema::{Field, Schema};
+    use serde::{Deserialize, Serialize};
+    use std::sync::Arc;
+
+    #[derive(Debug, PartialEq, Serialize, Deserialize)]
+    struct Id(u64);
+
+    #[derive(Debug, PartialEq, Serialize, Deserialize)]
+    enum Kind {
+        Retail,
+        Online,
+    }
+
+    #[derive(Debug, PartialEq, Serialize, Deserialize)]
+    struct Sale {
+        #[serde(rename = "sale_id")]
+        id: Id,
+        region: String,
+        kind: Kind,
+        quantity: i64,
+        price: f64,
+        note: Option<String>,
+        discount: Option<i32>,
+        paid: bool,
+        #[serde(default)]
+        missing: u32,
+    }
+
+    fn batch() -> RecordBatch {
+        let columns: Vec<(&str, ArrayRef)> = vec![
+            ("extra", Arc::new(Float64Array::from(vec![0.5, 1.5, 2.5]))),
+            ("sale_id", Arc::new(UInt64Array::from(vec![7, 8, 9]))),
+            (
+                "region",
+                Arc::new(StringArray::from(vec!["north", "", "söuth"])),
+            ),
+            (
+                "kind",
+                Arc::new(StringArray::from(vec!["Retail", "Online", "Retail"])),
+            ),
+            ("quantity", Arc::new(Int64Array::from(vec![1, -2, 3]))),
+            ("price", Arc::new(Float64Array::from(vec![1.25, 2.0, 0.0]))),
+            (
+                "note",
+                Arc::new(StringArray::from(vec![Some("a"), None, Some("c")])),
+            ),
+            (
+                "discount",
+                Arc::new(Int32Array::from(vec![None, Some(5), None])),
+            ),
+            (
+                "paid",
+                Arc::new(BooleanArray::from(vec![true, false, true])),
+            ),
+        ];
+        let schema = Schema::new(
+            columns
+                .iter()
+                .map(|(n, a)| Field::new(*n, a.data_type().clone(), true))
+                .collect::<Vec<_>>(),
+        );
+        RecordBatch::try_new(
+            Arc::new(schema),
+            columns.into_iter().map(|(_, a)| a).collect(),
+        )
+        .unwrap()
+    }
+
+    fn names() -> Vec<String> {
+        [
+            "sale_id", "region", "kind", "quantity", "price", "note", "discount", "paid", "missing",
+        ]
+        .map(String::from)
+        .to_vec()
+    }
+
+    #[test]
+    fn reads_what_serde_arrow_reads() {
+        let b = batch();
+        let fast: Vec<Sale> = decode(&b, &names()).expect("flat columns").unwrap();
+        let general: Vec<Sale> =
+            serde_arrow::from_record_batch(&b.project(&[1, 2, 3, 4, 5, 6, 7, 8]).unwrap()).unwrap();
+        assert_eq!(fast, general);
+        assert_eq!(fast[2].region, "söuth");
+        assert_eq!(fast[1].kind, Kind::Online);
+        assert_eq!(fast[1].note, None);
+        assert_eq!(fast[1].discount, Some(5));
+    }
+
+    #[test]
+    fn a_null_in_a_required_field_names_the_column_and_row() {
+        #[derive(Debug, Deserialize)]
+        struct Strict {
+            #[allow(dead_code)]
+            note: String,
+        }
+        let err = decode::<Strict>(&batch(), &["note".to_string()])
+            .expect("flat columns")
+            .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "column `note` is null in row 1 of the batch, but its field is not an Option"
+        );
+    }
+
+    #[test]
+    fn a_missing_field_without_default_is_an_error() {
+        #[derive(Debug, Deserialize)]
+        struct Wants {
+            #[allow(dead_code)]
+            absent: u32,
+        }
+        let err = decode::<Wants>(&batch(), &["absent".to_string()])
+            .expect("flat columns")
+            .unwrap_err();
+        assert!(err.to_string().contains("missing field `absent`"), "{err}");
+    }
+
+    #[test]
+    fn other_column_types_fall_back() {
+        let list = arrow_array::ListArray::from_iter_primitive::<Int32Type, _, _>(vec![Some(
+            vec![Some(1)],
+        )]);
+        let b = RecordBatch::try_from_iter(vec![("xs", Arc::new(list) as ArrayRef)]).unwrap();
+        assert!(decode::<Vec<i32>>(&b, &["xs".to_string()]).is_none());
+        // A column the row type does not name does not matter.
+        assert!(decode::<Vec<i32>>(&b, &[]).is_some());
+    }
+}
