@@ -105,16 +105,17 @@ pub(crate) fn decode<T: DeserializeOwned>(
             columns.push(Column::of(field.name(), array.as_ref())?);
         }
     }
-    Some(
-        (0..batch.num_rows())
-            .map(|row| {
-                T::deserialize(Row {
-                    columns: &columns,
-                    row,
-                })
-            })
-            .collect(),
-    )
+    let mut rows = Vec::with_capacity(batch.num_rows());
+    for row in 0..batch.num_rows() {
+        match T::deserialize(Row {
+            columns: &columns,
+            row,
+        }) {
+            Ok(r) => rows.push(r),
+            Err(e) => return Some(Err(e)),
+        }
+    }
+    Some(Ok(rows))
 }
 
 /// One row: a map from column name to cell.
@@ -184,6 +185,7 @@ struct Cell<'c, 'a> {
 }
 
 impl Cell<'_, '_> {
+    #[inline]
     fn is_null(&self) -> bool {
         self.column.nulls.is_some_and(|n| n.is_null(self.row))
     }

@@ -17,19 +17,22 @@ pub(crate) fn capture<C: Data>(arg: &[u8]) -> Result<C> {
         .map_err(|e| crate::Error::from(e).context("decoding a captured value"))
 }
 
-/// Splits rows into batches of at most `BATCH_ROWS`.
-pub(crate) fn batches_of<T: 'static>(v: Vec<T>) -> Vec<Rows> {
-    if v.len() <= BATCH_ROWS {
-        return vec![Rows::new(v)];
-    }
-    let mut out = Vec::with_capacity(v.len() / BATCH_ROWS + 1);
-    let mut it = v.into_iter();
+/// Where a reduce side's `finish` hands its rows, batch by batch.
+pub(crate) type Emit<'a> = dyn FnMut(Rows) -> Result<()> + 'a;
+
+/// Hands rows on in batches of at most `BATCH_ROWS` as `rows` yields them, so a reduce
+/// side's output is never held whole.
+pub(crate) fn emit_batches<T: 'static>(
+    rows: impl IntoIterator<Item = T>,
+    emit: &mut Emit<'_>,
+) -> Result<()> {
+    let mut rows = rows.into_iter();
     loop {
-        let chunk: Vec<T> = it.by_ref().take(BATCH_ROWS).collect();
+        let chunk: Vec<T> = rows.by_ref().take(BATCH_ROWS).collect();
         if chunk.is_empty() {
-            return out;
+            return Ok(());
         }
-        out.push(Rows::new(chunk));
+        emit(Rows::new(chunk))?;
     }
 }
 
@@ -218,13 +221,11 @@ impl<K: Key, U: Data, Mc: Fn(U, U) -> U> ShuffleReader for CombineReader<K, U, M
         Ok(None)
     }
 
-    fn finish(self: Box<Self>) -> Result<Vec<Rows>> {
-        let v: Vec<(K, U)> = self
-            .map
-            .into_iter()
-            .filter_map(|(k, u)| u.map(|u| (k, u)))
-            .collect();
-        Ok(batches_of(v))
+    fn finish(self: Box<Self>, emit: &mut Emit<'_>) -> Result<()> {
+        emit_batches(
+            self.map.into_iter().filter_map(|(k, u)| u.map(|u| (k, u))),
+            emit,
+        )
     }
 }
 
@@ -318,8 +319,8 @@ impl<K: Data, V: Data> ShuffleReader for PairPassReader<K, V> {
         Ok(Some(Rows::new(v)))
     }
 
-    fn finish(self: Box<Self>) -> Result<Vec<Rows>> {
-        Ok(Vec::new())
+    fn finish(self: Box<Self>, _emit: &mut Emit<'_>) -> Result<()> {
+        Ok(())
     }
 }
 
@@ -337,8 +338,8 @@ impl<T: Data> ShuffleReader for RowPassReader<T> {
         Ok(Some(Rows::new(rows::decode_rows::<T>(batch)?)))
     }
 
-    fn finish(self: Box<Self>) -> Result<Vec<Rows>> {
-        Ok(Vec::new())
+    fn finish(self: Box<Self>, _emit: &mut Emit<'_>) -> Result<()> {
+        Ok(())
     }
 }
 
@@ -359,7 +360,7 @@ impl<T: Data, K: Ord, Kf: Fn(&T) -> K> ShuffleReader for SortReader<T, K, Kf> {
         Ok(None)
     }
 
-    fn finish(self: Box<Self>) -> Result<Vec<Rows>> {
+    fn finish(self: Box<Self>, emit: &mut Emit<'_>) -> Result<()> {
         let key: Kf = conjure();
         let mut keyed: Vec<(K, T)> = self.rows.into_iter().map(|r| (key(&r), r)).collect();
         if self.ascending {
@@ -367,7 +368,7 @@ impl<T: Data, K: Ord, Kf: Fn(&T) -> K> ShuffleReader for SortReader<T, K, Kf> {
         } else {
             keyed.sort_by(|a, b| b.0.cmp(&a.0));
         }
-        Ok(batches_of(keyed.into_iter().map(|(_, r)| r).collect()))
+        emit_batches(keyed.into_iter().map(|(_, r)| r), emit)
     }
 }
 
@@ -415,13 +416,19 @@ where
         Ok(None)
     }
 
-    fn finish(self: Box<Self>) -> Result<Vec<Rows>> {
+    fn finish(self: Box<Self>, emit: &mut Emit<'_>) -> Result<()> {
         let j: J = conjure();
-        let mut out = Vec::new();
+        let mut out = Vec::with_capacity(BATCH_ROWS);
         for (k, (vs, ws)) in self.groups {
             j(k, vs, ws, &mut out);
+            if out.len() >= BATCH_ROWS {
+                emit(Rows::new(std::mem::replace(
+                    &mut out,
+                    Vec::with_capacity(BATCH_ROWS),
+                )))?;
+            }
         }
-        Ok(batches_of(out))
+        emit(Rows::new(out))
     }
 }
 

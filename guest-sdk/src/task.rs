@@ -30,7 +30,8 @@ pub(crate) trait ShuffleWriter {
 /// (a pass-through) or at the end (a merge).
 pub(crate) trait ShuffleReader {
     fn push(&mut self, side: u32, batch: &RecordBatch) -> Result<Option<Rows>>;
-    fn finish(self: Box<Self>) -> Result<Vec<Rows>>;
+    /// Hands on what the reduce side held, batch by batch, through `emit`.
+    fn finish(self: Box<Self>, emit: &mut crate::ops::Emit<'_>) -> Result<()>;
 }
 
 pub(crate) type DecodeFn = fn(&[u8], &RecordBatch) -> Result<Rows>;
@@ -188,9 +189,7 @@ pub fn end_piece(piece: u32) -> Result<Vec<Chunk>, ErrorChain> {
         if let Input::Shuffle(reader) = &mut task.piece(piece)?.input
             && let Some(reader) = reader.take()
         {
-            for rows in reader.finish()? {
-                task.run(piece, rows, &mut out)?;
-            }
+            reader.finish(&mut |rows| task.run(piece, rows, &mut out))?;
         }
         // Partition-wise ops of the piece emit what they held.
         let n = task.piece(piece)?.ops.len();
