@@ -9,7 +9,7 @@ use flint_executor_host::sandbox::{
     self, ActionFuture, ActionRunner, Sandbox, SandboxError, StoreLimits, wit,
 };
 use flint_protocol::conf::Conf;
-use flint_protocol::dag::build_dag;
+use flint_protocol::dag::{JobDag, build_dag, take_round};
 use flint_protocol::ids::{JobId, ModuleHash};
 use flint_protocol::plan::{
     Action, FnRef, LogicalPlan, Malformed, Node, NodeIndex, Op, PlanError, ReadFormat, ShuffleSide,
@@ -176,7 +176,10 @@ pub fn to_logical(plan: wit::Plan, action: wit::Action) -> Result<LogicalPlan, P
         })
         .collect();
     let action = match action {
-        wit::Action::Collect(encode) => Action::Collect { encode: op(encode) },
+        wit::Action::Collect(c) => Action::Collect {
+            encode: op(c.encode),
+            limit: c.limit,
+        },
         wit::Action::Count => Action::Count,
         wit::Action::Save(s) => Action::Save {
             path: s.path,
@@ -291,6 +294,73 @@ impl ActionRunner for AppActions {
 }
 
 impl AppActions {
+    /// Runs one job of the application to its end: its results per result partition,
+    /// or its failure as an error chain. Keeps the accumulator updates of a success.
+    async fn run_job(
+        &self,
+        job: JobId,
+        spec: JobSpec,
+    ) -> Result<Vec<Option<TaskSuccess>>, wit::ErrorChain> {
+        let action = spec.action.clone();
+        let _ = self
+            .events
+            .send(SubmitEvent::JobStarted {
+                job,
+                action: action.clone(),
+                stages: spec
+                    .dag
+                    .stages
+                    .iter()
+                    .map(|s| format!("{} task(s): {}", s.partitions, s.name))
+                    .collect(),
+                stage_tasks: spec.dag.stages.iter().map(|s| s.partitions).collect(),
+            })
+            .await;
+        // A tenant at its max_jobs_running waits here for one of its jobs to end.
+        let _permit = self.shared.job_permit(&self.tenant).await;
+        let started = Instant::now();
+        let (tx, rx) = oneshot::channel();
+        let sent = self
+            .shared
+            .events
+            .send(Event::Submit {
+                job,
+                spec: Box::new(spec),
+                reply: tx,
+            })
+            .await;
+        let shutting_down = || flint_protocol::scheduler::JobFailure {
+            message: "the driver is shutting down".into(),
+            causes: vec![],
+        };
+        let outcome = match sent {
+            Ok(()) => rx.await.unwrap_or_else(|_| Err(shutting_down())),
+            Err(_) => Err(shutting_down()),
+        };
+        let _ = self
+            .events
+            .send(SubmitEvent::JobEnded {
+                job,
+                ok: outcome.is_ok(),
+                ms: started.elapsed().as_millis() as u64,
+            })
+            .await;
+        match outcome {
+            Ok((results, updates)) => {
+                let mut acc = self.accumulators.lock().unwrap_or_else(|p| p.into_inner());
+                for (id, v) in updates {
+                    acc.entry(id).or_default().push(v);
+                }
+                Ok(results)
+            }
+            Err(f) => {
+                let mut causes = vec![f.message];
+                causes.extend(f.causes);
+                Err(chain(format!("{job} ({action}) failed"), causes))
+            }
+        }
+    }
+
     async fn run_action(
         &self,
         plan: wit::Plan,
@@ -404,30 +474,32 @@ impl AppActions {
             _ => None,
         };
         let max_result = self.conf.bytes("driver.max_result_size");
-        let spec = JobSpec {
+        let limits = TaskLimits {
+            memory_bytes: self.conf.bytes("task.memory"),
+            deadline_ms: self.conf.duration("task.deadline").as_millis() as u64,
+            max_bytes_in_flight: self.conf.bytes("shuffle.max_bytes_in_flight"),
+            max_result_bytes: max_result,
+            fetch_timeout_ms: self.conf.duration("shuffle.fetch_timeout").as_millis() as u64,
+            max_output_bytes: self.conf.bytes("task.max_output_bytes"),
+            meter_fuel: self.conf.flag("task.meter_fuel") || self.tenant.meter_fuel,
+        };
+        let policy = JobPolicy {
+            pool: Pool {
+                name: self.tenant.name.clone(),
+                weight: self.tenant.weight,
+                min_share: self.tenant.min_share,
+                max_slots: self.tenant.max_slots,
+            },
+            ..self.conf.job_policy()
+        };
+        let spec_of = |dag: JobDag, output: Option<Arc<OutputCommit>>| JobSpec {
             app: self.app,
-            dag: dag.clone(),
+            dag,
             module: self.module,
-            sources,
-            output: output.clone(),
-            limits: TaskLimits {
-                memory_bytes: self.conf.bytes("task.memory"),
-                deadline_ms: self.conf.duration("task.deadline").as_millis() as u64,
-                max_bytes_in_flight: self.conf.bytes("shuffle.max_bytes_in_flight"),
-                max_result_bytes: max_result,
-                fetch_timeout_ms: self.conf.duration("shuffle.fetch_timeout").as_millis() as u64,
-                max_output_bytes: self.conf.bytes("task.max_output_bytes"),
-                meter_fuel: self.conf.flag("task.meter_fuel") || self.tenant.meter_fuel,
-            },
-            policy: JobPolicy {
-                pool: Pool {
-                    name: self.tenant.name.clone(),
-                    weight: self.tenant.weight,
-                    min_share: self.tenant.min_share,
-                    max_slots: self.tenant.max_slots,
-                },
-                ..self.conf.job_policy()
-            },
+            sources: sources.clone(),
+            output,
+            limits: limits.clone(),
+            policy: policy.clone(),
             name: self.name.clone(),
             action: action_name.to_string(),
             tenant: self.tenant.name.clone(),
@@ -435,69 +507,47 @@ impl AppActions {
             shuffle_secret: rand::random(),
             app_secret: self.app_secret,
         };
-        let _ = self
-            .events
-            .send(SubmitEvent::JobStarted {
-                job,
-                action: action_name.to_string(),
-                stages: dag
-                    .stages
-                    .iter()
-                    .map(|s| format!("{} task(s): {}", s.partitions, s.name))
-                    .collect(),
-                stage_tasks: dag.stages.iter().map(|s| s.partitions).collect(),
-            })
-            .await;
-        // A tenant at its max_jobs_running waits here for one of its jobs to end.
-        let _permit = self.shared.job_permit(&self.tenant).await;
-        let started = Instant::now();
-        let (tx, rx) = oneshot::channel();
-        let sent = self
-            .shared
-            .events
-            .send(Event::Submit {
-                job,
-                spec: Box::new(spec),
-                reply: tx,
-            })
-            .await;
-        let outcome = match sent {
-            Ok(()) => rx.await.unwrap_or_else(|_| {
-                Err(flint_protocol::scheduler::JobFailure {
-                    message: "the driver is shutting down".into(),
-                    causes: vec![],
-                })
-            }),
-            Err(_) => Err(flint_protocol::scheduler::JobFailure {
-                message: "the driver is shutting down".into(),
-                causes: vec![],
-            }),
-        };
-        let ok = outcome.is_ok();
-        let _ = self
-            .events
-            .send(SubmitEvent::JobEnded {
-                job,
-                ok,
-                ms: started.elapsed().as_millis() as u64,
-            })
-            .await;
-        let results = match outcome {
-            Ok((r, updates)) => {
-                let mut acc = self.accumulators.lock().unwrap_or_else(|p| p.into_inner());
-                for (id, v) in updates {
-                    acc.entry(id).or_default().push(v);
+        let total = dag.result_stage().partitions;
+        let results = match plan.action {
+            // `take`: partitions in rounds, each its own job, until enough rows came back.
+            Action::Collect {
+                limit: Some(limit), ..
+            } if total > 0 && dag.result_reads_cheaply() => {
+                let (mut results, mut found, mut scanned, mut job) = (Vec::new(), 0u64, 0u32, job);
+                loop {
+                    let end = scanned
+                        .saturating_add(take_round(limit, found, scanned))
+                        .min(total);
+                    let round = spec_of(dag.with_result_partitions(scanned..end), None);
+                    let got = self.run_job(job, round).await?;
+                    found += got
+                        .iter()
+                        .map(|r| match r {
+                            Some(TaskSuccess::Rows { rows, .. }) => *rows,
+                            _ => 0,
+                        })
+                        .sum::<u64>();
+                    results.extend(got);
+                    scanned = end;
+                    if found >= limit || scanned >= total {
+                        break results;
+                    }
+                    job = JobId(self.shared.next_job.fetch_add(1, Ordering::Relaxed));
+                    self.jobs.fetch_add(1, Ordering::Relaxed);
                 }
-                r
             }
-            Err(f) => {
-                if let Some(out) = &output {
-                    out.abort();
+            _ => match self
+                .run_job(job, spec_of(dag.clone(), output.clone()))
+                .await
+            {
+                Ok(results) => results,
+                Err(e) => {
+                    if let Some(out) = &output {
+                        out.abort();
+                    }
+                    return Err(e);
                 }
-                let mut causes = vec![f.message];
-                causes.extend(f.causes);
-                return Err(chain(format!("{job} ({action_name}) failed"), causes));
-            }
+            },
         };
         match plan.action {
             Action::Save { .. } => {
@@ -529,7 +579,7 @@ impl AppActions {
                 let mut all = Vec::new();
                 let mut bytes = 0u64;
                 for r in results.into_iter().flatten() {
-                    if let TaskSuccess::Rows { batches } = r {
+                    if let TaskSuccess::Rows { batches, .. } = r {
                         for b in batches {
                             bytes += b.len() as u64;
                             if bytes > max_result {

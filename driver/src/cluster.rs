@@ -713,7 +713,7 @@ impl ClusterLoop {
                     level: c.level,
                 }),
             },
-            StageOutput::Result(Action::Collect { encode }) => TaskOutput::Rows {
+            StageOutput::Result(Action::Collect { encode, .. }) => TaskOutput::Rows {
                 encode: encode.clone(),
             },
             StageOutput::Result(Action::Count) => TaskOutput::Count,

@@ -475,6 +475,7 @@ enum Sink {
     },
     Rows {
         batches: Vec<Vec<u8>>,
+        rows: u64,
         bytes: u64,
         max: u64,
     },
@@ -495,6 +496,7 @@ impl Sink {
             },
             TaskOutput::Rows { .. } => Sink::Rows {
                 batches: Vec::new(),
+                rows: 0,
                 bytes: 0,
                 max: desc.limits.max_result_bytes,
             },
@@ -575,6 +577,7 @@ impl Sink {
                 }
                 Sink::Rows {
                     batches,
+                    rows,
                     bytes,
                     max,
                 } => {
@@ -587,6 +590,7 @@ impl Sink {
                             )],
                         ));
                     }
+                    *rows += c.rows;
                     batches.push(c.ipc);
                 }
                 Sink::Count(n) => *n += c.rows,
@@ -654,7 +658,7 @@ impl Sink {
                 }
                 TaskSuccess::File { file, rows }
             }
-            Sink::Rows { batches, .. } => TaskSuccess::Rows { batches },
+            Sink::Rows { batches, rows, .. } => TaskSuccess::Rows { batches, rows },
             Sink::Count(n) => TaskSuccess::Count(n),
         })
     }

@@ -35,7 +35,7 @@ pub use flint::job::types as wit;
 /// number `interface-version` must return).
 pub const INTERFACE_PACKAGE: &str = "flint:job";
 pub const INTERFACE_SEMVER: &str = "0.1.0";
-pub const INTERFACE_VERSION: u32 = 3;
+pub const INTERFACE_VERSION: u32 = 4;
 
 /// How often the epoch advances; deadlines are checked (and long guest computations yield
 /// to the runtime) at this granularity.

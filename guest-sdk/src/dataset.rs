@@ -710,8 +710,18 @@ impl<T: crate::Data> Dataset<T> {
     /// # Ok(()) }
     /// ```
     pub fn collect(&self) -> Result<Vec<T>> {
+        self.collect_limit(None)
+    }
+
+    /// All rows, or with `limit` at least that many where there are (rows of the first
+    /// partitions first).
+    fn collect_limit(&self, limit: Option<u64>) -> Result<Vec<T>> {
         let encode = rows::encode_rows_op::<T> as ToBatchFn as usize;
-        match self.run(wit::Action::Collect(op(encode, Vec::new())))? {
+        let action = wit::Action::Collect(wit::Collect {
+            encode: op(encode, Vec::new()),
+            limit,
+        });
+        match self.run(action)? {
             wit::ActionResult::Rows(streams) => {
                 let mut out = Vec::new();
                 for s in streams {
@@ -741,12 +751,22 @@ impl<T: crate::Data> Dataset<T> {
 
     /// The first `n` rows, in partition order. Each task sends back at most `n` rows.
     ///
+    /// As in Spark, partitions are read in rounds, each its own job: the first partition,
+    /// then up to four times as many partitions as were read so far (fewer when the rows
+    /// found so far say fewer will do), until `n` rows are found. `first()` on a large
+    /// file reads one split. Where the dataset is read from a shuffle that is not cached,
+    /// every round would recompute the shuffle's input, so all partitions are read in one
+    /// job instead.
+    ///
     /// ```no_run
     /// # fn f(lines: flint::Dataset<String>) -> flint::Result<()> {
     /// for l in lines.take(5)? { println!("{l}"); }
     /// # Ok(()) }
     /// ```
     pub fn take(&self, n: usize) -> Result<Vec<T>> {
+        if n == 0 {
+            return Ok(Vec::new());
+        }
         let mut v = self
             .stream(
                 &(n as u64),
@@ -758,7 +778,7 @@ impl<T: crate::Data> Dataset<T> {
                 |_: &u64, s: &mut Vec<T>| Ok(std::mem::take(s)),
                 "take",
             )
-            .collect()?;
+            .collect_limit(Some(n as u64))?;
         v.truncate(n);
         Ok(v)
     }

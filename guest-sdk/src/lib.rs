@@ -98,7 +98,7 @@ pub use shared::{Accumulator, Broadcast, Mergeable};
 pub use task::{TaskContext, task_context};
 
 /// The `flint:job` interface version this SDK speaks; the host checks it on load.
-pub const INTERFACE_VERSION: u32 = 3;
+pub const INTERFACE_VERSION: u32 = 4;
 
 #[doc(hidden)]
 pub mod __private {

@@ -105,6 +105,46 @@ impl JobDag {
             _ => None,
         })
     }
+
+    /// Whether the result stage can read some of its partitions without recomputing a
+    /// shuffle: it reads sources and cached datasets only.
+    pub fn result_reads_cheaply(&self) -> bool {
+        self.result_stage()
+            .reads()
+            .all(|shuffle| self.cache_of(shuffle).is_some())
+    }
+
+    /// This DAG with its result stage cut to the partitions in `range`, which become
+    /// partitions `0..range.len()` of the job (the rounds of a `take`).
+    pub fn with_result_partitions(&self, range: std::ops::Range<u32>) -> JobDag {
+        let mut dag = self.clone();
+        if let Some(result) = dag.stages.last_mut() {
+            let end = (range.end as usize).min(result.pieces.len());
+            let start = (range.start as usize).min(end);
+            result.pieces = result.pieces[start..end].to_vec();
+            result.partitions = result.pieces.len() as u32;
+        }
+        dag
+    }
+}
+
+/// How many more partitions the next round of a `take` of `limit` rows reads, after
+/// `scanned` partitions gave `found` rows. Spark's rule (`spark.rdd.limit.scaleUpFactor`
+/// = 4): one partition first; then four times as many as were read while nothing is
+/// found; else 1.5 × what the rows found so far suggest, at least one, at most four
+/// times as many as were read.
+pub fn take_round(limit: u64, found: u64, scanned: u32) -> u32 {
+    const SCALE_UP: u64 = 4;
+    let s = scanned as u64;
+    let more = if scanned == 0 {
+        1
+    } else if found == 0 {
+        s * SCALE_UP
+    } else {
+        let suggested = (1.5 * limit as f64 * s as f64 / found as f64) as u64;
+        suggested.saturating_sub(s).clamp(1, s * SCALE_UP)
+    };
+    more.min(u32::MAX as u64) as u32
 }
 
 /// Builds the stage DAG.
@@ -481,6 +521,84 @@ mod tests {
             result.output,
             StageOutput::Result(Action::Save { .. })
         ));
+    }
+
+    #[test]
+    fn take_reads_in_rounds_only_where_a_round_recomputes_no_shuffle() {
+        let take = Action::Collect {
+            encode: op(9),
+            limit: Some(10),
+        };
+        // text → filter: a round reads its own splits only.
+        let narrow = LogicalPlan {
+            nodes: vec![
+                text("in"),
+                Node::Narrow {
+                    parent: 0,
+                    apply: op(2),
+                    name: "filter".into(),
+                },
+            ],
+            action: take.clone(),
+        };
+        let dag = build_dag(&narrow, &|_| 6, None).unwrap();
+        assert!(dag.result_reads_cheaply());
+        let round = dag.with_result_partitions(1..5);
+        assert_eq!(round.result_stage().partitions, 4);
+        assert_eq!(
+            round.result_stage().pieces,
+            (1..5)
+                .map(|p| vec![PieceRef {
+                    branch: 0,
+                    partition: p
+                }])
+                .collect::<Vec<_>>()
+        );
+        // A range past the end is cut to what there is.
+        assert_eq!(
+            dag.with_result_partitions(4..99).result_stage().partitions,
+            2
+        );
+
+        // Over a cached dataset: the cache is computed once, rounds read it.
+        let mut cached = narrow.clone();
+        cached.nodes.push(Node::Cache {
+            parent: 1,
+            id: 1,
+            level: crate::plan::StorageLevel::MemoryOnly,
+            write: op(5),
+            read: op(6),
+        });
+        assert!(
+            build_dag(&cached, &|_| 6, None)
+                .unwrap()
+                .result_reads_cheaply()
+        );
+
+        // After a shuffle that is not cached, each round would rerun its map stage.
+        let mut wide = wordcount_plan();
+        wide.action = take;
+        assert!(
+            !build_dag(&wide, &|_| 6, None)
+                .unwrap()
+                .result_reads_cheaply()
+        );
+    }
+
+    #[test]
+    fn take_rounds_grow_as_spark_does() {
+        // One partition first.
+        assert_eq!(take_round(10, 0, 0), 1);
+        // Nothing found: four times as many as were read.
+        assert_eq!(take_round(10, 0, 1), 4);
+        assert_eq!(take_round(10, 0, 5), 20);
+        // 2 rows in 1 partition, 10 wanted: 1.5 × 10 / 2 = 7.5 → 7 partitions in all,
+        // capped at 4 more.
+        assert_eq!(take_round(10, 2, 1), 4);
+        // 8 rows in 4 partitions: 1.5 × 10 × 4 / 8 = 7.5 → 7, so 3 more.
+        assert_eq!(take_round(10, 8, 4), 3);
+        // Plenty found already (the caller stops), still at least one.
+        assert_eq!(take_round(10, 1000, 4), 1);
     }
 
     #[test]

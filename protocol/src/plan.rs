@@ -173,9 +173,13 @@ impl Node {
 /// What the job does with the final dataset.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum Action {
-    /// Bring all rows back to the driver program, encoded by `encode`.
+    /// Bring rows back to the driver program, encoded by `encode`: all of them, or, with
+    /// a `limit`, at least `limit` rows when the dataset has that many (`take`). A limited
+    /// collect reads partitions in rounds from the first, as Spark's `take` does, where a
+    /// round costs only its own partitions.
     Collect {
         encode: Op,
+        limit: Option<u64>,
     },
     Count,
     /// Write one `part-NNNNN` file per partition, rows rendered by `render`.
@@ -189,7 +193,8 @@ pub enum Action {
 impl Action {
     pub fn name(&self) -> &'static str {
         match self {
-            Action::Collect { .. } => "collect",
+            Action::Collect { limit: None, .. } => "collect",
+            Action::Collect { limit: Some(_), .. } => "take",
             Action::Count => "count",
             Action::Save { format, .. } => match format {
                 WriteFormat::Text => "save_as_text",

@@ -247,9 +247,10 @@ pub enum TaskSuccess {
     MapOutput {
         sizes: Vec<u64>,
     },
-    /// Arrow IPC streams of encoded rows.
+    /// Arrow IPC streams of encoded rows, `rows` in all.
     Rows {
         batches: Vec<Vec<u8>>,
+        rows: u64,
     },
     Count(u64),
     File {

@@ -707,3 +707,51 @@ fn accumulators_count_each_successful_task_once_and_broadcasts_travel_once_per_e
         "the stop list went to each of 2 executors at most once: {fetches}"
     );
 }
+
+/// `take` reads partitions in rounds (1, then up to 4× as many as were read, fewer when
+/// the rows found say so), each round a job, and stops when it has enough rows. The
+/// dataset is `range(0, 1000, 10)`: partition p holds 100p..100p+99.
+#[test]
+fn take_reads_partitions_in_rounds_as_spark_does() {
+    let tmp = tempfile::tempdir().unwrap();
+    let run = |case: &str| {
+        let summary = tmp.path().join(format!("{case}.json"));
+        let o = run_ok(
+            flint()
+                .args(["run", flint_udfs::TEST_JOBS, "--executors", "2"])
+                .arg("--summary-json")
+                .arg(&summary)
+                .args(["--", "take", case]),
+        );
+        let s = read_summary(&summary);
+        let line = String::from_utf8_lossy(&o.stdout)
+            .lines()
+            .find(|l| l.starts_with("took "))
+            .unwrap_or_else(|| panic!("{case}: no result line"))
+            .to_string();
+        (
+            line,
+            s["jobs"].as_u64().unwrap(),
+            s["tasks"].as_u64().unwrap(),
+        )
+    };
+    let took = |rows: Vec<i64>| format!("took {} rows: {:?}", rows.len(), rows);
+
+    // first(): one job of one task, however many partitions there are.
+    assert_eq!(run("first"), (took(vec![0]), 1, 1));
+    // Rows only in the last partition: rounds of 1, 4 and the remaining 5 partitions.
+    assert_eq!(run("late"), (took((950..955).collect()), 3, 10));
+    // Multiples of 40: 3 in partition 0, so 1.5 × 10 / 3 → 5 partitions suffice: a
+    // second round of 4.
+    let multiples: Vec<i64> = (0..1000).filter(|x| x % 40 == 0).take(10).collect();
+    assert_eq!(run("sparse"), (took(multiples), 2, 5));
+    // More rows wanted than exist: every partition, in rounds of 1, 4 and 5.
+    let (line, jobs, tasks) = run("all");
+    assert!(line.starts_with("took 1000 rows: [0, 1, 2,"), "{line}");
+    assert_eq!((jobs, tasks), (3, 10));
+    // After a shuffle that is not cached, rounds would rerun the map stage: one job
+    // reads every partition (10 map tasks, 10 reduce tasks).
+    let (line, jobs, tasks) = run("shuffled");
+    assert!(line.starts_with("took 2 rows"), "{line}");
+    assert_eq!((jobs, tasks), (1, 20));
+}

@@ -35,6 +35,26 @@ fn main(ctx: &mut Context) -> Result<()> {
     let args = ctx.all_args().to_vec();
     match args.first().map(String::as_str) {
         Some("operators") => operators(ctx, &args[1])?,
+        // One `take` over 10 partitions of 100 rows each (0..1000), for the test to
+        // count the jobs and tasks it ran.
+        Some("take") => {
+            let xs = ctx.range(0, 1000, 10)?;
+            let got = match args[1].as_str() {
+                "first" => xs.first()?.into_iter().collect(),
+                // Only the last partition has such rows.
+                "late" => xs.filter(|x: &i64| *x >= 950).take(5)?,
+                // 3 rows in partition 0 but 250 wanted: the rows found say how far.
+                "sparse" => xs.filter(|x: &i64| x % 40 == 0).take(10)?,
+                "shuffled" => xs
+                    .map(|x: i64| (x % 100, x))
+                    .group_by_key()
+                    .keys()
+                    .take(2)?,
+                "all" => xs.take(5000)?,
+                other => return Err(Error::msg(format!("unknown take case {other}"))),
+            };
+            println!("took {} rows: {:?}", got.len(), &got[..got.len().min(10)]);
+        }
         Some("cache") => {
             use flint::StorageLevel;
             let level = match args[2].as_str() {
