@@ -57,7 +57,8 @@
 //!   `distinct`, `join`, `left_outer_join`, `right_outer_join`, `full_outer_join`,
 //!   `cogroup`, `sort_by`, `repartition`, `partition_by`; `with_partitions` sets a
 //!   shuffle's partition count (default: the setting `shuffle.partitions`).
-//! - Actions: `collect`, `count`, `first`, `take`, `top`, `reduce`, `fold`,
+//! - Actions: `collect`, `count`, `first`, `take` (partitions read in rounds, see
+//!   [`Dataset::take`]), `top`, `reduce`, `fold`,
 //!   `count_by_value`, `count_by_key`, `foreach_partition`, `save_as_text`,
 //!   `save_as_csv`, `save_as_json_lines`, `save_as_parquet`, `save_as_arrow`.
 //! - Keeping: `persist`, `cache`, `unpersist`.
