@@ -534,6 +534,17 @@ fn every_operator_and_format_matches_values_computed_here() {
     want.push(("left_outer_join", format!("[{}]", left.join(", "))));
     let keys: Vec<String> = (0..20).map(|k| k.to_string()).collect();
     want.push(("full_outer_join", format!("[{}]", keys.join(", "))));
+    let full: Vec<String> = (0..20)
+        .map(|k| {
+            let v = if k < 15 {
+                format!("Some(\"v{k}\")")
+            } else {
+                "None".into()
+            };
+            format!("({k}, ({v}, Some({})))", k * 2)
+        })
+        .collect();
+    want.push(("full_outer_join_values", format!("[{}]", full.join(", "))));
     let cog: Vec<String> = (0..20)
         .map(|k| format!("({k}, 1, {})", if k < 15 { 1 } else { 0 }))
         .collect();

@@ -343,6 +343,11 @@ fn operators(ctx: &mut Context, dir: &str) -> Result<()> {
         "full_outer_join: {:?}",
         sorted(left.full_outer_join(&right).keys().collect()?)
     );
+    // Values on both sides, and keys (15..20) that only the right side has.
+    println!(
+        "full_outer_join_values: {:?}",
+        sorted(right.full_outer_join(&left).collect()?)
+    );
     println!(
         "cogroup: {:?}",
         sorted(
