@@ -74,13 +74,7 @@ fn main() -> anyhow::Result<()> {
     let wasm = std::fs::read(flint_udfs::WORDCOUNT).context("reading wordcount.wasm")?;
     let cache = tempfile::tempdir()?;
     let flint_s = rt.block_on(async {
-        let cluster = LocalCluster::start(
-            args.executors,
-            args.cores,
-            Conf::default(),
-            Some(cache.path().to_path_buf()),
-        )
-        .await?;
+        let cluster = local_cluster(&args, Conf::default(), cache.path()).await?;
         // Warm the compile cache so the timing is of the job, not of Cranelift.
         let tmp = tempfile::tempdir()?;
         let tiny = tmp.path().join("tiny.txt");
@@ -148,13 +142,7 @@ fn main() -> anyhow::Result<()> {
         std::fs::write(tiny.path().join(format!("f{i:05}.txt")), "x\n")?;
     }
     rt.block_on(async {
-        let cluster = LocalCluster::start(
-            args.executors,
-            args.cores,
-            Conf::default(),
-            Some(cache.path().to_path_buf()),
-        )
-        .await?;
+        let cluster = local_cluster(&args, Conf::default(), cache.path()).await?;
         run_job(
             &cluster,
             &jobs,
@@ -225,13 +213,7 @@ fn main() -> anyhow::Result<()> {
             for (i, fuel) in ["false", "true"].into_iter().enumerate() {
                 let mut conf = Conf::default();
                 conf.set("task.meter_fuel", fuel)?;
-                let cluster = LocalCluster::start(
-                    args.executors,
-                    args.cores,
-                    conf,
-                    Some(cache.path().to_path_buf()),
-                )
-                .await?;
+                let cluster = local_cluster(&args, conf, cache.path()).await?;
                 times[i] += timed_word_count(&cluster, &wasm, &corpus).await? / 2.0;
             }
         }
@@ -264,6 +246,11 @@ async fn timed_word_count(
     )
     .await?;
     Ok(t.elapsed().as_secs_f64())
+}
+
+/// A local cluster of `args.executors` × `args.cores` sharing the compile cache `cache`.
+async fn local_cluster(args: &Args, conf: Conf, cache: &Path) -> anyhow::Result<LocalCluster> {
+    LocalCluster::start(args.executors, args.cores, conf, Some(cache.to_path_buf())).await
 }
 
 async fn run_job(cluster: &LocalCluster, wasm: &[u8], args: Vec<String>) -> anyhow::Result<()> {
@@ -666,13 +653,7 @@ fn sales_suite(args: &Args, rt: &tokio::runtime::Runtime) -> anyhow::Result<()> 
     let out = tempfile::tempdir()?;
     let s = |p: &Path| p.display().to_string();
     rt.block_on(async {
-        let cluster = LocalCluster::start(
-            args.executors,
-            args.cores,
-            Conf::default(),
-            Some(cache.path().to_path_buf()),
-        )
-        .await?;
+        let cluster = local_cluster(args, Conf::default(), cache.path()).await?;
         // Compile both components first: the timings are of the jobs.
         for w in [&sales_wasm, &join_wasm] {
             let _ = run_job(&cluster, w, vec![]).await;

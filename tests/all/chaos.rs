@@ -95,15 +95,8 @@ fn trial(moment: Moment, seed: u64) -> (Option<u64>, u64) {
         }
         Moment::DuringReduce => (last_stage, rng.range(1, REDUCE_TASKS as u64 - 2)),
     };
-    let mut seen = 0;
-    let hit = cluster.wait_for(Duration::from_secs(60), |l| {
-        if l.text.contains("task succeeded") && l.field("stage") == Some(stage) {
-            seen += 1;
-        }
-        seen >= after
-    });
     assert!(
-        hit.is_some(),
+        cluster.wait_for_successes(Duration::from_secs(60), "stage", stage, after),
         "seed {seed}: never saw {after} tasks of stage {stage} succeed\n{}",
         cluster.driver_log()
     );
@@ -187,15 +180,10 @@ fn recovery_cost_on_the_benchmark_corpus() {
             &summary,
         );
         if kill {
-            let mut seen = 0;
-            cluster
-                .wait_for(Duration::from_secs(600), |l| {
-                    if l.text.contains("task succeeded") && l.field("stage") == Some(0) {
-                        seen += 1;
-                    }
-                    seen >= 6
-                })
-                .expect("map tasks finish");
+            assert!(
+                cluster.wait_for_successes(Duration::from_secs(600), "stage", 0, 6),
+                "map tasks finish"
+            );
             cluster.kill(ids[1]);
         }
         let (ok, _, stderr) = wait_child(job, Duration::from_secs(900));
@@ -233,15 +221,8 @@ fn chaos_join_over_cached_partitions_survives_a_killed_executor() {
         );
         // Strike once the second job (the join) has finished a few tasks.
         let after = rng.range(1, 3);
-        let mut seen = 0;
-        let hit = cluster.wait_for(Duration::from_secs(60), |l| {
-            if l.text.contains("task succeeded") && l.field("job") == Some(2) {
-                seen += 1;
-            }
-            seen >= after
-        });
         assert!(
-            hit.is_some(),
+            cluster.wait_for_successes(Duration::from_secs(60), "job", 2, after),
             "seed {seed}: the join never ran\n{}",
             cluster.driver_log()
         );

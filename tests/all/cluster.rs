@@ -231,6 +231,19 @@ impl ProcCluster {
         }
     }
 
+    /// Waits up to `limit` until `count` tasks whose driver log lines have `field` =
+    /// `value` (`stage` or `job`) have succeeded; whether they did.
+    pub fn wait_for_successes(&self, limit: Duration, field: &str, value: u64, count: u64) -> bool {
+        let mut seen = 0;
+        self.wait_for(limit, |l| {
+            if l.text.contains("task succeeded") && l.field(field) == Some(value) {
+                seen += 1;
+            }
+            seen >= count
+        })
+        .is_some()
+    }
+
     pub fn driver_log(&self) -> String {
         self.log.lock().unwrap().join("\n")
     }

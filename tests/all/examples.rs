@@ -521,28 +521,22 @@ fn every_operator_and_format_matches_values_computed_here() {
         .map(|k| format!("({k}, ({}, \"v{k}\"))", k * 2))
         .collect();
     want.push(("join", format!("[{}]", join.join(", "))));
+    // The right side's value for key k, as Debug prints an Option of it.
+    let right_value = |k: i64| {
+        if k < 15 {
+            format!("Some(\"v{k}\")")
+        } else {
+            "None".into()
+        }
+    };
     let left: Vec<String> = (0..20)
-        .map(|k| {
-            let w = if k < 15 {
-                format!("Some(\"v{k}\")")
-            } else {
-                "None".into()
-            };
-            format!("({k}, ({}, {w}))", k * 2)
-        })
+        .map(|k| format!("({k}, ({}, {}))", k * 2, right_value(k)))
         .collect();
     want.push(("left_outer_join", format!("[{}]", left.join(", "))));
     let keys: Vec<String> = (0..20).map(|k| k.to_string()).collect();
     want.push(("full_outer_join", format!("[{}]", keys.join(", "))));
     let full: Vec<String> = (0..20)
-        .map(|k| {
-            let v = if k < 15 {
-                format!("Some(\"v{k}\")")
-            } else {
-                "None".into()
-            };
-            format!("({k}, ({v}, Some({})))", k * 2)
-        })
+        .map(|k| format!("({k}, ({}, Some({})))", right_value(k), k * 2))
         .collect();
     want.push(("full_outer_join_values", format!("[{}]", full.join(", "))));
     let cog: Vec<String> = (0..20)

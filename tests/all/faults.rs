@@ -162,16 +162,8 @@ fn an_executor_cut_off_by_a_firewall_is_declared_lost_and_the_job_finishes() {
         &[Path::new("slow-wordcount"), &input, &output],
         &summary,
     );
-    let mut seen = 0;
     assert!(
-        cluster
-            .wait_for(Duration::from_secs(60), |l| {
-                if l.text.contains("task succeeded") && l.field("stage") == Some(0) {
-                    seen += 1;
-                }
-                seen >= 3
-            })
-            .is_some(),
+        cluster.wait_for_successes(Duration::from_secs(60), "stage", 0, 3),
         "{}",
         cluster.driver_log()
     );
