@@ -740,18 +740,25 @@ impl ClusterLoop {
         let Some(conn) = self.executors.get(&executor) else {
             return;
         };
-        if conn
-            .tx
-            .try_send(ToExecutor::Launch(Box::new(desc)))
-            .is_err()
-        {
-            tracing::warn!(
+        match conn.tx.try_send(ToExecutor::Launch(Box::new(desc))) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                tracing::warn!(
+                    executor = executor.0,
+                    "executor's queue is full; declaring it lost"
+                );
+                self.executors.remove(&executor);
+                self.forget_cached_on(executor);
+                self.scheduler.executor_lost(executor);
+            }
+            // The connection is going away. Its reader still hands on what the executor
+            // said last (a decommission notice, task statuses), then `ExecutorDown`, which
+            // gives this attempt back to the scheduler. Deciding now would lose those.
+            Err(mpsc::error::TrySendError::Closed(_)) => tracing::debug!(
                 executor = executor.0,
-                "executor's queue is full or closed; declaring it lost"
-            );
-            self.executors.remove(&executor);
-            self.forget_cached_on(executor);
-            self.scheduler.executor_lost(executor);
+                %attempt,
+                "executor's connection is closing; its end will reschedule the attempt"
+            ),
         }
     }
 }
