@@ -1,5 +1,6 @@
-//! The `flint` binary: see `flint --help`. All logic lives in `flint_driver::cli`.
+//! The `flint` binary: see `flint --help`; the command line lives in the `flint_cli`
+//! library beside it.
 
 fn main() -> std::process::ExitCode {
-    flint_driver::cli::main()
+    flint_cli::main()
 }

@@ -8,11 +8,10 @@
 
 use anyhow::{Context as _, bail};
 use clap::Parser;
-use flint_driver::client;
-use flint_driver::local::LocalCluster;
-use flint_executor_host::sandbox::{Sandbox, SandboxOptions};
+use flint_cli::local::LocalCluster;
+use flint_client::Submission;
 use flint_protocol::conf::Conf;
-use flint_protocol::wire::SubmitRequest;
+use flint_sandbox::{Sandbox, SandboxOptions};
 use std::collections::HashMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -254,17 +253,16 @@ async fn local_cluster(args: &Args, conf: Conf, cache: &Path) -> anyhow::Result<
 }
 
 async fn run_job(cluster: &LocalCluster, wasm: &[u8], args: Vec<String>) -> anyhow::Result<()> {
-    let req = SubmitRequest {
-        protocol_version: flint_protocol::PROTOCOL_VERSION,
+    let submission = Submission {
         name: "bench".into(),
         component: wasm.to_vec(),
         args,
         conf: vec![],
         token: None,
     };
-    match client::submit(&cluster.member, &cluster.driver_addr, req, |_| {}).await? {
+    match flint_client::submit(&cluster.client, submission, |_| {}).await? {
         Ok(_) => Ok(()),
-        Err(chain) => bail!("job failed: {}", chain.join(": ")),
+        Err(e) => bail!("job failed: {e}"),
     }
 }
 

@@ -1,32 +1,36 @@
 //! One submitted application: its driver program runs in a sandbox on the driver, and
-//! each action it takes (`run-action`) becomes a job on the cluster.
+//! each action it takes becomes a job on the cluster. Everything the program asks for is
+//! checked against the application's bounds (settings and tenant quotas) before the
+//! driver spends memory on it; a bound that is hit is a typed error naming it, for this
+//! application only.
 
-use crate::cluster::{Event, JobSpec};
+use crate::cluster::{Event, JobResults, JobSpec};
 use crate::output::OutputCommit;
-use crate::splits;
-use crate::tenants::{Tenant, Tenants};
-use flint_executor_host::sandbox::{
-    self, ActionFuture, ActionRunner, Sandbox, SandboxError, StoreLimits, wit,
-};
-use flint_protocol::conf::Conf;
+use crate::splits::{self, SplitError, SplitLimits};
+use crate::tenants::{Tenant, TenantError, Tenants};
+use flint_protocol::conf::{Conf, Settings};
 use flint_protocol::dag::{JobDag, build_dag, take_round};
 use flint_protocol::ids::{JobId, ModuleHash};
-use flint_protocol::plan::{
-    Action, FnRef, LogicalPlan, Malformed, Node, NodeIndex, Op, PlanError, ReadFormat, ShuffleSide,
-    StorageLevel, WriteFormat,
-};
+use flint_protocol::plan::{Action, LogicalPlan, Node, NodeIndex, PlanError, ReadFormat};
 use flint_protocol::scheduler::{JobPolicy, Pool};
 use flint_protocol::wire::{
-    AppSummary, SubmitEvent, SubmitRequest, TaskInput, TaskLimits, TaskSuccess,
+    AppError, AppErrorKind, AppSummary, SubmitEvent, TaskInput, TaskLimits, TaskResult, TaskSuccess,
+};
+use flint_sandbox::{
+    ActionError, ActionFuture, ActionResult, ActionRunner, Sandbox, SandboxError, StoreLimits,
 };
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 
 /// A broadcast value with its application's capability.
 type BroadcastValue = (Arc<Vec<u8>>, [u8; 16]);
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
 
 /// What every application on this driver shares.
 pub struct DriverShared {
@@ -34,16 +38,29 @@ pub struct DriverShared {
     pub sandbox: Arc<Sandbox>,
     /// Component bytes by hash, for executors that have not compiled them yet.
     pub modules: Mutex<HashMap<ModuleHash, Arc<Vec<u8>>>>,
+    /// The driver's settings: defaults for applications, and the bounds they may lower.
     pub conf: Conf,
+    pub settings: Settings,
     pub tenants: Tenants,
     /// Per tenant with `max_jobs_running`, the permits for running actions.
-    job_permits: Mutex<HashMap<String, Arc<tokio::sync::Semaphore>>>,
+    job_permits: Mutex<HashMap<String, Arc<Semaphore>>>,
+    /// Driver programs at once: per tenant, and over all.
+    app_permits: Mutex<HashMap<String, Arc<Semaphore>>>,
+    all_apps: Arc<Semaphore>,
     /// Broadcast values per (application, id), with the application's capability.
     broadcasts: Mutex<HashMap<(u64, u32), BroadcastValue>>,
     /// Broadcast values served to executors, per application.
     broadcast_fetches: Mutex<HashMap<u64, u64>>,
     next_job: AtomicU64,
     next_app: AtomicU64,
+}
+
+/// An admitted application's place among the driver programs that run: given back when
+/// it ends.
+pub struct Admission {
+    pub app: u64,
+    _tenant: OwnedSemaphorePermit,
+    _all: OwnedSemaphorePermit,
 }
 
 impl DriverShared {
@@ -53,13 +70,17 @@ impl DriverShared {
         conf: Conf,
         tenants: Tenants,
     ) -> Self {
+        let settings = conf.settings();
         DriverShared {
             events,
             sandbox,
             modules: Mutex::new(HashMap::new()),
+            all_apps: Arc::new(Semaphore::new(settings.max_apps as usize)),
             conf,
+            settings,
             tenants,
             job_permits: Mutex::new(HashMap::new()),
+            app_permits: Mutex::new(HashMap::new()),
             broadcasts: Mutex::new(HashMap::new()),
             broadcast_fetches: Mutex::new(HashMap::new()),
             next_job: AtomicU64::new(1),
@@ -67,17 +88,63 @@ impl DriverShared {
         }
     }
 
+    /// Who `token` belongs to, as a typed refusal if nobody.
+    pub fn authenticate(&self, token: Option<&str>) -> Result<Tenant, AppError> {
+        self.tenants
+            .authenticate(token)
+            .map_err(|e| AppError::refused(e.to_string()))
+    }
+
+    /// A place for one more driver program of `tenant`, or a refusal naming the limit
+    /// that is full. Refused at once rather than queued: the submitter learns why.
+    pub fn admit(&self, tenant: &Tenant) -> Result<Admission, AppError> {
+        let (max, quota) = match tenant.max_apps_running {
+            Some(n) => (n, "the tenants file's max_apps_running"),
+            None => (
+                self.settings.max_apps_per_tenant,
+                "driver.max_apps_per_tenant",
+            ),
+        };
+        let sem = lock(&self.app_permits)
+            .entry(tenant.name.clone())
+            .or_insert_with(|| Arc::new(Semaphore::new(max.max(1) as usize)))
+            .clone();
+        let limit = if tenant.max_apps_running.is_some() {
+            "max_apps_running"
+        } else {
+            "driver.max_apps_per_tenant"
+        };
+        let mine = sem.try_acquire_owned().map_err(|_| {
+            AppError::limit(
+                limit,
+                format!(
+                    "tenant {} already runs {max} applications ({quota} = {max}); submit again when one ends",
+                    tenant.name
+                ),
+            )
+        })?;
+        let all = self.all_apps.clone().try_acquire_owned().map_err(|_| {
+            AppError::limit(
+                "driver.max_apps",
+                format!(
+                    "the driver already runs {} applications (driver.max_apps); submit again when one ends",
+                    self.settings.max_apps
+                ),
+            )
+        })?;
+        Ok(Admission {
+            app: self.next_app.fetch_add(1, Ordering::Relaxed),
+            _tenant: mine,
+            _all: all,
+        })
+    }
+
     /// Broadcast `id` of application `app`, for an executor presenting `secret`.
     pub fn broadcast(&self, app: u64, id: u32, secret: &[u8; 16]) -> Result<Arc<Vec<u8>>, String> {
-        let map = self.broadcasts.lock().unwrap_or_else(|p| p.into_inner());
+        let map = lock(&self.broadcasts);
         match map.get(&(app, id)) {
-            Some((v, held)) if flint_executor_host::shuffle::same(held, secret) => {
-                *self
-                    .broadcast_fetches
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .entry(app)
-                    .or_default() += 1;
+            Some((v, held)) if same(held, secret) => {
+                *lock(&self.broadcast_fetches).entry(app).or_default() += 1;
                 Ok(v.clone())
             }
             _ => Err(format!(
@@ -87,115 +154,19 @@ impl DriverShared {
     }
 
     /// Waits until `tenant` may run one more job; the permit ends with the job.
-    async fn job_permit(&self, tenant: &Tenant) -> Option<tokio::sync::OwnedSemaphorePermit> {
+    async fn job_permit(&self, tenant: &Tenant) -> Option<OwnedSemaphorePermit> {
         let max = tenant.max_jobs_running?;
-        let sem = self
-            .job_permits
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
+        let sem = lock(&self.job_permits)
             .entry(tenant.name.clone())
-            .or_insert_with(|| Arc::new(tokio::sync::Semaphore::new(max.max(1) as usize)))
+            .or_insert_with(|| Arc::new(Semaphore::new(max.max(1) as usize)))
             .clone();
         sem.acquire_owned().await.ok()
     }
 }
 
-fn op(o: wit::Op) -> Op {
-    Op {
-        func: FnRef(o.function),
-        arg: o.arg,
-    }
-}
-
-/// Converts what the guest sent into the protocol's plan, checking its structure.
-pub fn to_logical(plan: wit::Plan, action: wit::Action) -> Result<LogicalPlan, PlanError> {
-    let nodes = plan
-        .nodes
-        .into_iter()
-        .map(|n| match n {
-            wit::PlanNode::Files(f) => Node::Files {
-                paths: f.paths,
-                format: match f.format {
-                    wit::ReadFormat::Text => ReadFormat::Text,
-                    wit::ReadFormat::Csv(c) => ReadFormat::Csv {
-                        header: c.header,
-                        delimiter: c.delimiter,
-                        schema: c.schema,
-                    },
-                    wit::ReadFormat::JsonLines(schema) => ReadFormat::JsonLines { schema },
-                    wit::ReadFormat::Parquet(columns) => ReadFormat::Parquet { columns },
-                    wit::ReadFormat::ArrowIpc => ReadFormat::ArrowIpc,
-                },
-                min_partitions: f.min_partitions,
-                malformed: match f.malformed {
-                    wit::Malformed::Fail => Malformed::Fail,
-                    wit::Malformed::Drop => Malformed::Drop,
-                },
-                decode: op(f.decode),
-            },
-            wit::PlanNode::Inline(i) => Node::Inline {
-                partitions: i.partitions,
-                decode: op(i.decode),
-            },
-            wit::PlanNode::Narrow(n) => Node::Narrow {
-                parent: n.parent as usize,
-                apply: op(n.apply),
-                name: n.name,
-            },
-            wit::PlanNode::Shuffle(s) => Node::Shuffle {
-                sides: s
-                    .sides
-                    .into_iter()
-                    .map(|side| ShuffleSide {
-                        parent: side.parent as usize,
-                        write: op(side.write),
-                    })
-                    .collect(),
-                partitions: s.partitions,
-                read: op(s.read),
-                name: s.name,
-            },
-            wit::PlanNode::Union(parents) => Node::Union {
-                parents: parents.into_iter().map(|p| p as usize).collect(),
-            },
-            wit::PlanNode::Coalesce(c) => Node::Coalesce {
-                parent: c.parent as usize,
-                partitions: c.partitions,
-            },
-            wit::PlanNode::Cache(c) => Node::Cache {
-                parent: c.parent as usize,
-                id: c.id,
-                level: match c.level {
-                    wit::StorageLevel::MemoryOnly => StorageLevel::MemoryOnly,
-                    wit::StorageLevel::MemoryAndDisk => StorageLevel::MemoryAndDisk,
-                    wit::StorageLevel::DiskOnly => StorageLevel::DiskOnly,
-                },
-                write: op(c.write),
-                read: op(c.read),
-            },
-        })
-        .collect();
-    let action = match action {
-        wit::Action::Collect(c) => Action::Collect {
-            encode: op(c.encode),
-            limit: c.limit,
-        },
-        wit::Action::Count => Action::Count,
-        wit::Action::Save(s) => Action::Save {
-            path: s.path,
-            format: match s.format {
-                wit::WriteFormat::Text => WriteFormat::Text,
-                wit::WriteFormat::Csv => WriteFormat::Csv,
-                wit::WriteFormat::JsonLines => WriteFormat::JsonLines,
-                wit::WriteFormat::Parquet => WriteFormat::Parquet,
-                wit::WriteFormat::ArrowIpc => WriteFormat::ArrowIpc,
-            },
-            render: op(s.render),
-        },
-    };
-    let plan = LogicalPlan { nodes, action };
-    plan.validate()?;
-    Ok(plan)
+/// Whether two capabilities are equal, compared without an early exit.
+fn same(a: &[u8; 16], b: &[u8; 16]) -> bool {
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 /// Infers a CSV source's schema from its first file (Spark's `inferSchema`), as an Arrow
@@ -217,11 +188,43 @@ fn infer_csv_schema(
     w.into_inner().map_err(|e| e.to_string())
 }
 
-fn chain(message: impl Into<String>, causes: Vec<String>) -> wit::ErrorChain {
-    wit::ErrorChain {
-        message: message.into(),
-        causes,
-    }
+/// A refused plan: a bound it passes, or its shape.
+fn plan_error(e: PlanError) -> ActionError {
+    let kind = match e.limit() {
+        Some(limit) => AppErrorKind::Limit {
+            limit: limit.to_string(),
+        },
+        None => AppErrorKind::InvalidPlan,
+    };
+    ActionError::new(kind, "the job's plan was refused", vec![e.to_string()])
+}
+
+fn split_error(e: SplitError) -> ActionError {
+    let kind = match &e {
+        SplitError::Limit { limit, .. } => AppErrorKind::Limit {
+            limit: limit.to_string(),
+        },
+        SplitError::BadGlob { .. } => AppErrorKind::InvalidPlan,
+        _ => AppErrorKind::Io,
+    };
+    ActionError::new(kind, "listing the job's input", vec![e.to_string()])
+}
+
+fn tenant_error(e: TenantError) -> ActionError {
+    ActionError::new(AppErrorKind::Denied, e.to_string(), Vec::new())
+}
+
+fn from_app_error(e: AppError) -> ActionError {
+    let mut chain = e.chain.into_iter();
+    let message = chain.next().unwrap_or_default();
+    ActionError::new(e.kind, message, chain.collect())
+}
+
+/// Accumulator updates of committed tasks not yet read, per accumulator, and their size.
+#[derive(Default)]
+struct PendingUpdates {
+    by_id: HashMap<u32, Vec<Vec<u8>>>,
+    bytes: u64,
 }
 
 struct AppActions {
@@ -229,54 +232,62 @@ struct AppActions {
     app: u64,
     module: ModuleHash,
     conf: Conf,
+    settings: Settings,
     events: mpsc::Sender<SubmitEvent>,
     jobs: AtomicU64,
     /// The component's name, for the UI and logs.
     name: String,
     /// Directories `save_*` actions wrote.
-    outputs: std::sync::Mutex<Vec<String>>,
+    outputs: Mutex<Vec<String>>,
     tenant: Tenant,
     /// Capability of the application's cached partitions and broadcast values.
     app_secret: [u8; 16],
-    next_broadcast: std::sync::atomic::AtomicU32,
-    /// Accumulator updates of committed tasks, per accumulator, not yet read.
-    accumulators: Mutex<HashMap<u32, Vec<Vec<u8>>>>,
+    next_broadcast: AtomicU32,
+    broadcast_bytes: AtomicU64,
+    accumulators: Mutex<PendingUpdates>,
 }
 
 impl ActionRunner for AppActions {
-    fn run(&self, plan: wit::Plan, action: wit::Action) -> ActionFuture<'_> {
-        Box::pin(self.run_action(plan, action))
+    fn run(&self, plan: LogicalPlan) -> ActionFuture<'_> {
+        Box::pin(self.run_action(plan))
     }
 
     fn setting(&self, key: &str) -> Option<String> {
         self.conf.get(key).map(str::to_string)
     }
 
-    fn broadcast(&self, value: Vec<u8>) -> u32 {
+    fn broadcast(&self, value: Vec<u8>) -> Result<u32, ActionError> {
+        let max = self.settings.max_broadcast_bytes;
+        let len = value.len() as u64;
+        let held = self.broadcast_bytes.fetch_add(len, Ordering::Relaxed) + len;
+        if held > max {
+            self.broadcast_bytes.fetch_sub(len, Ordering::Relaxed);
+            return Err(ActionError::new(
+                AppErrorKind::Limit {
+                    limit: "driver.max_broadcast_bytes".into(),
+                },
+                format!(
+                    "a broadcast of {len} bytes would make the application's broadcast values {held} bytes, over driver.max_broadcast_bytes ({max} bytes)"
+                ),
+                Vec::new(),
+            ));
+        }
         let id = self.next_broadcast.fetch_add(1, Ordering::Relaxed);
-        self.shared
-            .broadcasts
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert((self.app, id), (Arc::new(value), self.app_secret));
-        id
+        lock(&self.shared.broadcasts).insert((self.app, id), (Arc::new(value), self.app_secret));
+        Ok(id)
     }
 
     fn broadcast_value(&self, id: u32) -> Option<Arc<Vec<u8>>> {
-        self.shared
-            .broadcasts
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
+        lock(&self.shared.broadcasts)
             .get(&(self.app, id))
             .map(|(v, _)| v.clone())
     }
 
     fn accumulator_updates(&self, id: u32) -> Vec<Vec<u8>> {
-        self.accumulators
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&id)
-            .unwrap_or_default()
+        let mut pending = lock(&self.accumulators);
+        let updates = pending.by_id.remove(&id).unwrap_or_default();
+        pending.bytes -= updates.iter().map(|u| u.len() as u64).sum::<u64>();
+        updates
     }
 
     fn unpersist(
@@ -294,13 +305,9 @@ impl ActionRunner for AppActions {
 }
 
 impl AppActions {
-    /// Runs one job of the application to its end: its results per result partition,
-    /// or its failure as an error chain. Keeps the accumulator updates of a success.
-    async fn run_job(
-        &self,
-        job: JobId,
-        spec: JobSpec,
-    ) -> Result<Vec<Option<TaskSuccess>>, wit::ErrorChain> {
+    /// Runs one job of the application to its end: its results, or its failure. Keeps
+    /// the accumulator updates of a success.
+    async fn run_job(&self, job: JobId, spec: JobSpec) -> Result<JobResults, ActionError> {
         let action = spec.action.clone();
         let _ = self
             .events
@@ -329,9 +336,11 @@ impl AppActions {
                 reply: tx,
             })
             .await;
-        let shutting_down = || flint_protocol::scheduler::JobFailure {
-            message: "the driver is shutting down".into(),
-            causes: vec![],
+        let shutting_down = || {
+            AppError::new(
+                AppErrorKind::Driver,
+                vec!["the driver is shutting down".into()],
+            )
         };
         let outcome = match sent {
             Ok(()) => rx.await.unwrap_or_else(|_| Err(shutting_down())),
@@ -346,34 +355,31 @@ impl AppActions {
             })
             .await;
         match outcome {
-            Ok((results, updates)) => {
-                let mut acc = self.accumulators.lock().unwrap_or_else(|p| p.into_inner());
-                for (id, v) in updates {
-                    acc.entry(id).or_default().push(v);
+            Ok(mut results) => {
+                let mut pending = lock(&self.accumulators);
+                pending.bytes += results.accumulator_bytes;
+                for (id, v) in std::mem::take(&mut results.updates) {
+                    pending.by_id.entry(id).or_default().push(v);
                 }
                 Ok(results)
             }
-            Err(f) => {
-                let mut causes = vec![f.message];
-                causes.extend(f.causes);
-                Err(chain(format!("{job} ({action}) failed"), causes))
-            }
+            Err(e) => Err(from_app_error(
+                e.context(format!("{job} ({action}) failed")),
+            )),
         }
     }
 
-    async fn run_action(
-        &self,
-        plan: wit::Plan,
-        action: wit::Action,
-    ) -> Result<wit::ActionResult, wit::ErrorChain> {
-        let mut plan = to_logical(plan, action)
-            .map_err(|e| chain("the job's plan is invalid", vec![e.to_string()]))?;
-        let job = JobId(self.shared.next_job.fetch_add(1, Ordering::Relaxed));
+    fn next_job(&self) -> JobId {
         self.jobs.fetch_add(1, Ordering::Relaxed);
-        let action_name = plan.action.name();
-        let fail = |e: String| chain(format!("{job} ({action_name}) failed"), vec![e]);
+        JobId(self.shared.next_job.fetch_add(1, Ordering::Relaxed))
+    }
 
-        // Input splits, per source node.
+    /// The input of every partition of every source of `plan`, listing files (within the
+    /// bounds) and checking the tenant may read them.
+    async fn sources(
+        &self,
+        plan: &mut LogicalPlan,
+    ) -> Result<HashMap<NodeIndex, Vec<TaskInput>>, ActionError> {
         let (tx, rx) = oneshot::channel();
         let _ = self
             .shared
@@ -381,7 +387,11 @@ impl AppActions {
             .send(Event::TotalCores { reply: tx })
             .await;
         let cores = rx.await.unwrap_or(2).max(2);
-        let max_split = self.conf.bytes("files.max_partition_bytes");
+        let max_split = self.settings.files_max_partition_bytes;
+        let limits = SplitLimits {
+            max_files: self.settings.max_tasks_per_job,
+            max_splits: self.settings.max_partitions_per_stage,
+        };
         let mut sources: HashMap<NodeIndex, Vec<TaskInput>> = HashMap::new();
         for i in 0..plan.nodes.len() {
             let node = &mut plan.nodes[i];
@@ -407,25 +417,25 @@ impl AppActions {
                 continue;
             };
             for p in paths.iter() {
-                self.tenant
-                    .check_path("read", p)
-                    .map_err(|e| fail(e.to_string()))?;
+                self.tenant.check_path("read", p).map_err(tenant_error)?;
             }
             let (list, fmt) = (paths.clone(), format.clone());
             let min = (*min_partitions).max(cores);
             let s = tokio::task::spawn_blocking(move || match fmt {
-                ReadFormat::Parquet { .. } => splits::plan_units(&list, true, min, max_split),
-                ReadFormat::ArrowIpc => splits::plan_units(&list, false, min, max_split),
-                _ => splits::plan(&list, min, max_split),
+                ReadFormat::Parquet { .. } => {
+                    splits::plan_units(&list, true, min, max_split, &limits)
+                }
+                ReadFormat::ArrowIpc => splits::plan_units(&list, false, min, max_split, &limits),
+                _ => splits::plan(&list, min, max_split, &limits),
             })
             .await
-            .map_err(|e| fail(e.to_string()))?
-            .map_err(|e| fail(e.to_string()))?;
+            .map_err(|e| ActionError::new(AppErrorKind::Driver, e.to_string(), Vec::new()))?
+            .map_err(split_error)?;
             // Each file too: a link inside an allowed directory may point out of it.
             for split in &s {
                 self.tenant
                     .check_path("read", &split.path)
-                    .map_err(|e| fail(e.to_string()))?;
+                    .map_err(tenant_error)?;
             }
             if let ReadFormat::Csv {
                 header,
@@ -438,8 +448,10 @@ impl AppActions {
                 *schema = Some(
                     tokio::task::spawn_blocking(move || infer_csv_schema(&path, h, d))
                         .await
-                        .map_err(|e| fail(e.to_string()))?
-                        .map_err(fail)?,
+                        .map_err(|e| {
+                            ActionError::new(AppErrorKind::Driver, e.to_string(), Vec::new())
+                        })?
+                        .map_err(|e| ActionError::new(AppErrorKind::Io, e, Vec::new()))?,
                 );
             }
             let inputs = s
@@ -455,33 +467,45 @@ impl AppActions {
                 .collect();
             sources.insert(i, inputs);
         }
+        Ok(sources)
+    }
+
+    async fn run_action(&self, mut plan: LogicalPlan) -> Result<ActionResult, ActionError> {
+        let limits = self.settings.plan_limits();
+        plan.validate(&limits).map_err(plan_error)?;
+        let job = self.next_job();
+        let action_name = plan.action.name();
+        let sources = self.sources(&mut plan).await?;
         let dag = build_dag(
             &plan,
             &|n| sources.get(&n).map_or(0, |s| s.len() as u32),
-            self.conf.count("shuffle.partitions"),
+            self.settings.shuffle_partitions,
+            &limits,
         )
-        .map_err(|e| fail(e.to_string()))?;
+        .map_err(plan_error)?;
         let output = match &plan.action {
             Action::Save { path, format, .. } => {
                 self.tenant
                     .check_path("write", path)
-                    .map_err(|e| fail(e.to_string()))?;
+                    .map_err(tenant_error)?;
                 Some(Arc::new(
-                    OutputCommit::prepare(path, job, format.extension())
-                        .map_err(|e| fail(e.to_string()))?,
+                    OutputCommit::prepare(path, job, format.extension()).map_err(|e| {
+                        ActionError::new(AppErrorKind::Io, e.to_string(), Vec::new())
+                    })?,
                 ))
             }
             _ => None,
         };
-        let max_result = self.conf.bytes("driver.max_result_size");
+        let s = &self.settings;
+        let max_result = s.max_result_size;
         let limits = TaskLimits {
-            memory_bytes: self.conf.bytes("task.memory"),
-            deadline_ms: self.conf.duration("task.deadline").as_millis() as u64,
-            max_bytes_in_flight: self.conf.bytes("shuffle.max_bytes_in_flight"),
+            memory_bytes: s.task_memory,
+            deadline_ms: s.task_deadline.as_millis() as u64,
+            max_bytes_in_flight: s.shuffle_max_bytes_in_flight,
             max_result_bytes: max_result,
-            fetch_timeout_ms: self.conf.duration("shuffle.fetch_timeout").as_millis() as u64,
-            max_output_bytes: self.conf.bytes("task.max_output_bytes"),
-            meter_fuel: self.conf.flag("task.meter_fuel") || self.tenant.meter_fuel,
+            fetch_timeout_ms: s.shuffle_fetch_timeout.as_millis() as u64,
+            max_output_bytes: s.task_max_output_bytes,
+            meter_fuel: s.task_meter_fuel || self.tenant.meter_fuel,
         };
         let policy = JobPolicy {
             pool: Pool {
@@ -490,57 +514,68 @@ impl AppActions {
                 min_share: self.tenant.min_share,
                 max_slots: self.tenant.max_slots,
             },
-            ..self.conf.job_policy()
+            ..s.job_policy()
         };
-        let spec_of = |dag: JobDag, output: Option<Arc<OutputCommit>>| JobSpec {
-            app: self.app,
-            dag,
-            module: self.module,
-            sources: sources.clone(),
-            output,
-            limits: limits.clone(),
-            policy: policy.clone(),
-            name: self.name.clone(),
-            action: action_name.to_string(),
-            tenant: self.tenant.name.clone(),
-            progress: self.events.clone(),
-            shuffle_secret: rand::random(),
-            app_secret: self.app_secret,
+        let spec_of = |dag: JobDag, output: Option<Arc<OutputCommit>>, result_budget: u64| {
+            let pending = lock(&self.accumulators).bytes;
+            JobSpec {
+                app: self.app,
+                dag,
+                module: self.module,
+                sources: sources.clone(),
+                output,
+                limits: TaskLimits {
+                    max_result_bytes: result_budget,
+                    ..limits.clone()
+                },
+                policy: policy.clone(),
+                name: self.name.clone(),
+                action: action_name.to_string(),
+                tenant: self.tenant.name.clone(),
+                progress: self.events.clone(),
+                shuffle_secret: rand::random(),
+                app_secret: self.app_secret,
+                max_result_bytes: result_budget,
+                max_accumulator_bytes: s.max_accumulator_bytes.saturating_sub(pending),
+            }
         };
         let total = dag.result_stage().partitions;
         let results = match plan.action {
-            // `take`: partitions in rounds, each its own job, until enough rows came back.
+            // `take`: partitions in rounds, each its own job, until enough rows came back;
+            // the rounds share the action's result budget.
             Action::Collect {
                 limit: Some(limit), ..
             } if total > 0 && dag.result_reads_cheaply() => {
                 let (mut results, mut found, mut scanned, mut job) = (Vec::new(), 0u64, 0u32, job);
+                let mut budget = max_result;
                 loop {
                     let end = scanned
                         .saturating_add(take_round(limit, found, scanned))
                         .min(total);
-                    let round = spec_of(dag.with_result_partitions(scanned..end), None);
+                    let round = spec_of(dag.with_result_partitions(scanned..end), None, budget);
                     let got = self.run_job(job, round).await?;
+                    budget = budget.saturating_sub(got.result_bytes);
                     found += got
+                        .results
                         .iter()
                         .map(|r| match r {
                             Some(TaskSuccess::Rows { rows, .. }) => *rows,
                             _ => 0,
                         })
                         .sum::<u64>();
-                    results.extend(got);
+                    results.extend(got.results);
                     scanned = end;
                     if found >= limit || scanned >= total {
                         break results;
                     }
-                    job = JobId(self.shared.next_job.fetch_add(1, Ordering::Relaxed));
-                    self.jobs.fetch_add(1, Ordering::Relaxed);
+                    job = self.next_job();
                 }
             }
             _ => match self
-                .run_job(job, spec_of(dag.clone(), output.clone()))
+                .run_job(job, spec_of(dag.clone(), output.clone(), max_result))
                 .await
             {
-                Ok(results) => results,
+                Ok(r) => r.results,
                 Err(e) => {
                     if let Some(out) = &output {
                         out.abort();
@@ -549,24 +584,24 @@ impl AppActions {
                 }
             },
         };
+        let fail = |kind: AppErrorKind, e: String| {
+            ActionError::new(kind, format!("{job} ({action_name}) failed"), vec![e])
+        };
         match plan.action {
             Action::Save { .. } => {
                 let out = output.expect("save prepared its output");
                 let o = out.clone();
                 let path = tokio::task::spawn_blocking(move || o.commit_job())
                     .await
-                    .map_err(|e| fail(e.to_string()))?
+                    .map_err(|e| fail(AppErrorKind::Driver, e.to_string()))?
                     .map_err(|e| {
                         out.abort();
-                        fail(e.to_string())
+                        fail(AppErrorKind::Io, e.to_string())
                     })?;
-                self.outputs
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .push(path.display().to_string());
-                Ok(wit::ActionResult::Saved)
+                lock(&self.outputs).push(path.display().to_string());
+                Ok(ActionResult::Saved)
             }
-            Action::Count => Ok(wit::ActionResult::Count(
+            Action::Count => Ok(ActionResult::Count(
                 results
                     .iter()
                     .map(|r| match r {
@@ -577,101 +612,121 @@ impl AppActions {
             )),
             Action::Collect { .. } => {
                 let mut all = Vec::new();
-                let mut bytes = 0u64;
                 for r in results.into_iter().flatten() {
-                    if let TaskSuccess::Rows { batches, .. } = r {
-                        for b in batches {
-                            bytes += b.len() as u64;
-                            if bytes > max_result {
-                                return Err(fail(format!(
-                                    "collect's result exceeds driver.max_result_size ({max_result} bytes); write large results with save_as_text instead"
-                                )));
-                            }
-                            all.push(b);
-                        }
+                    if let TaskSuccess::Rows {
+                        result: TaskResult::Direct(batches),
+                        ..
+                    } = r
+                    {
+                        all.extend(batches);
                     }
                 }
-                Ok(wit::ActionResult::Rows(all))
+                Ok(ActionResult::Rows(all))
             }
         }
     }
 }
 
-/// Runs an application to its end. Errors are chains, outermost first.
+/// What a tenant submitted, once admitted and read.
+pub struct Application {
+    pub admission: Admission,
+    pub name: String,
+    pub component: Vec<u8>,
+    pub args: Vec<String>,
+    /// The application's settings over the driver's, within the tenant's quotas.
+    pub conf: Conf,
+    pub tenant: Tenant,
+}
+
+/// Ends an application on the cluster when it is dropped, however it ends: its jobs
+/// stop (a submitter that left takes its application with it), its cached data and
+/// broadcast values go.
+struct AppEnd {
+    shared: Arc<DriverShared>,
+    app: u64,
+    module: ModuleHash,
+    reported: bool,
+}
+
+impl Drop for AppEnd {
+    fn drop(&mut self) {
+        lock(&self.shared.broadcasts).retain(|(a, _), _| *a != self.app);
+        lock(&self.shared.broadcast_fetches).remove(&self.app);
+        lock(&self.shared.modules).remove(&self.module);
+        if !self.reported {
+            let (events, app) = (self.shared.events.clone(), self.app);
+            tokio::spawn(async move {
+                let _ = events.send(Event::AppDone { app, reply: None }).await;
+            });
+        }
+    }
+}
+
+/// Runs an application to its end.
 pub async fn run_application(
     shared: Arc<DriverShared>,
-    req: SubmitRequest,
-    tenant: Tenant,
+    a: Application,
     events: mpsc::Sender<SubmitEvent>,
-) -> Result<AppSummary, Vec<String>> {
+) -> Result<AppSummary, AppError> {
     let started = Instant::now();
-    let app = shared.next_app.fetch_add(1, Ordering::Relaxed);
-    let mut conf = shared.conf.clone();
-    let job_conf = Conf::from_pairs(&req.conf).map_err(|e| vec![e.to_string()])?;
-    conf.overlay(&job_conf);
-    tenant.bound(&mut conf).map_err(|e| vec![e.to_string()])?;
-    let name = req.name.clone();
-    let bytes = Arc::new(req.component);
-    let module = sandbox::hash_bytes(&bytes);
+    let app = a.admission.app;
+    let settings = a.conf.settings();
+    let name = a.name.clone();
+    let bytes = Arc::new(a.component);
+    let module = flint_sandbox::hash_bytes(&bytes);
+    let mut end = AppEnd {
+        shared: shared.clone(),
+        app,
+        module,
+        reported: false,
+    };
     let (loaded, _) = shared
         .sandbox
         .load_bytes(bytes.to_vec())
         .await
         .map_err(|e| load_error(&name, e))?;
-    shared
-        .modules
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .insert(module, bytes);
-    tracing::info!(app, %name, %module, "application started");
+    lock(&shared.modules).insert(module, bytes);
+    tracing::info!(app, %name, %module, tenant = %a.tenant.name, "application started");
     let actions = Arc::new(AppActions {
         shared: shared.clone(),
         app,
         module,
-        conf: conf.clone(),
+        conf: a.conf.clone(),
+        settings: settings.clone(),
         events,
         jobs: AtomicU64::new(0),
         name: name.clone(),
         outputs: Default::default(),
-        tenant: tenant.clone(),
+        tenant: a.tenant.clone(),
         app_secret: rand::random(),
-        next_broadcast: std::sync::atomic::AtomicU32::new(1),
-        accumulators: Mutex::new(HashMap::new()),
+        next_broadcast: AtomicU32::new(1),
+        broadcast_bytes: AtomicU64::new(0),
+        accumulators: Mutex::new(PendingUpdates::default()),
     });
     let limits = StoreLimits {
-        memory_bytes: conf.bytes("task.memory"),
-        deadline: Some(conf.duration("driver.main_deadline")),
+        memory_bytes: settings.main_memory,
+        memory_setting: "driver.main_memory",
+        deadline: Some(settings.main_deadline),
         deadline_setting: "driver.main_deadline",
-        output_bytes: conf.bytes("driver.max_main_output") as usize,
+        output_bytes: settings.max_main_output as usize,
     };
-    let mut store = shared.sandbox.store(&limits, Some(actions.clone()));
-    let result = async {
-        let instance = loaded.instantiate(&mut store).await?;
-        match instance
-            .flint_job_job()
-            .call_main(&mut store, &req.args)
-            .await
-        {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => Err(sandbox::guest_error(e)),
-            Err(trap) => Err(sandbox::classify(trap, &store)),
-        }
-    }
-    .await;
+    let outcome = shared
+        .sandbox
+        .run_program(&loaded, &limits, actions.clone(), &a.args)
+        .await;
     let (tx, rx) = oneshot::channel();
-    let _ = shared.events.send(Event::AppDone { app, reply: tx }).await;
-    shared
-        .broadcasts
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .retain(|(a, _), _| *a != app);
+    end.reported = true;
+    let _ = shared
+        .events
+        .send(Event::AppDone {
+            app,
+            reply: Some(tx),
+        })
+        .await;
     let executors = rx.await.unwrap_or_default();
-    shared
-        .modules
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .remove(&module);
-    match result {
+    let broadcast_fetches = lock(&shared.broadcast_fetches).remove(&app).unwrap_or(0);
+    drop(end);
+    match outcome.result {
         Ok(()) => Ok(AppSummary {
             elapsed_ms: started.elapsed().as_millis() as u64,
             jobs: actions.jobs.load(Ordering::Relaxed) as u32,
@@ -683,28 +738,49 @@ pub async fn run_application(
             killed_tasks: executors.iter().map(|e| e.tasks_killed).sum(),
             speculative_tasks: executors.iter().map(|e| e.tasks_speculated).sum(),
             fetch_failures: executors.iter().map(|e| e.fetch_failures).sum(),
-            outputs: std::mem::take(
-                &mut *actions.outputs.lock().unwrap_or_else(|p| p.into_inner()),
-            ),
-            stdout: store.data().stdout(),
-            broadcast_fetches: shared
-                .broadcast_fetches
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .remove(&app)
-                .unwrap_or(0),
+            outputs: std::mem::take(&mut *lock(&actions.outputs)),
+            stdout: outcome.stdout,
+            broadcast_fetches,
             executors,
         }),
         Err(e) => {
-            let mut c = vec![format!("job program {name} failed")];
-            c.extend(e.chain());
-            Err(c)
+            // A program that failed because an action did keeps that action's kind.
+            let kind = match &e {
+                SandboxError::Guest {
+                    kind: Some(kind), ..
+                } => kind.clone(),
+                SandboxError::Limit(hit) => AppErrorKind::Limit {
+                    limit: hit.setting().to_string(),
+                },
+                _ => AppErrorKind::Program,
+            };
+            let mut chain = vec![format!("job program {name} failed")];
+            chain.extend(e.chain());
+            Err(AppError::new(kind, chain))
         }
     }
 }
 
-fn load_error(name: &str, e: SandboxError) -> Vec<String> {
-    let mut c = vec![format!("cannot load {name}")];
-    c.extend(e.chain());
-    c
+fn load_error(name: &str, e: SandboxError) -> AppError {
+    let mut chain = vec![format!("cannot load {name}")];
+    chain.extend(e.chain());
+    AppError::new(AppErrorKind::BadComponent, chain)
+}
+
+/// A submission's settings: the driver's, overlaid with what the application asked for
+/// (cluster keys refused, bounds only lowered), then the tenant's quotas.
+pub fn application_conf(
+    driver: &Conf,
+    asked: &[(String, String)],
+    tenant: &Tenant,
+) -> Result<Conf, AppError> {
+    let refused = |e: String| AppError::refused(e);
+    let asked = Conf::from_pairs(asked).map_err(|e| refused(e.to_string()))?;
+    let mut conf = driver
+        .for_application(&asked)
+        .map_err(|e| refused(e.to_string()))?;
+    tenant
+        .bound(&mut conf)
+        .map_err(|e| refused(e.to_string()))?;
+    Ok(conf)
 }

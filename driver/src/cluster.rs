@@ -1,5 +1,10 @@
-//! The driver's event loop: owns the [`Scheduler`] state machine, turns its commands into
-//! task descriptors for executors, and turns executor messages back into events.
+//! The driver's event loop: the IO shell around the [`Scheduler`] state machine. It turns
+//! the scheduler's commands into messages to executors, and what executors say back into
+//! scheduler events, after checking that each status is one the scheduler waits for.
+//!
+//! It keeps no state of its own about executors or where data lives: the scheduler
+//! decides who is alive and where cached partitions are; the loop holds connections,
+//! the jobs' results on their way to the driver program, and per-application reports.
 
 use crate::output::OutputCommit;
 use crate::ui::{EventSink, now_ms as wall_ms};
@@ -8,17 +13,18 @@ use flint_protocol::events::{self as ev, StageInfo, TaskOutcome};
 use flint_protocol::ids::{ExecutorId, JobId, ModuleHash, ShuffleId, TaskAttemptId};
 use flint_protocol::plan::{Action, NodeIndex};
 use flint_protocol::scheduler::{
-    Command, JobFailure, JobPolicy, MapStatus, Scheduler, SchedulerConf, TaskFailure, fmt_ms,
+    Command, JobFailure, JobPolicy, MapLocation, Scheduler, SchedulerConf, TaskFailure,
 };
 use flint_protocol::wire::{
-    CacheTarget, ExecutorSummary, FromExecutor, SegmentSource, ShuffleSideInput, SubmitEvent,
-    TaskDescriptor, TaskErrorKind, TaskInput, TaskLimits, TaskOutput, TaskPiece, TaskSuccess,
-    ToExecutor,
+    self, AppError, AppErrorKind, CacheTarget, ExecutorSummary, FetchResult, FromExecutor,
+    SegmentSource, ShuffleSideInput, SubmitEvent, TaskDescriptor, TaskError, TaskErrorKind,
+    TaskInput, TaskLimits, TaskOutput, TaskPiece, TaskResult, TaskStatus, TaskSuccess, ToExecutor,
 };
-use std::collections::HashMap;
+use flint_transport::net::{self, NetError};
+use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{Semaphore, mpsc, oneshot};
 
 /// One action's job, ready to schedule.
 pub struct JobSpec {
@@ -41,20 +47,37 @@ pub struct JobSpec {
     pub shuffle_secret: [u8; 16],
     /// The application's capability for its cached partitions (random, per application).
     pub app_secret: [u8; 16],
+    /// Result bytes the job may bring back: what is left of its action's
+    /// `driver.max_result_size`.
+    pub max_result_bytes: u64,
+    /// Accumulator bytes it may add: what is left of its application's
+    /// `driver.max_accumulator_bytes`.
+    pub max_accumulator_bytes: u64,
 }
 
-/// Per result partition, the committed attempt's output.
 /// A task's accumulator updates: (accumulator id, encoded partial value).
 pub type AccumulatorUpdates = Vec<(u32, Vec<u8>)>;
 
-/// With the accumulator updates of the committed attempts.
-pub type JobOutcome = Result<(Vec<Option<TaskSuccess>>, AccumulatorUpdates), JobFailure>;
+/// What a finished job hands its driver program.
+pub struct JobResults {
+    /// Per result partition, the committed attempt's output.
+    pub results: Vec<Option<TaskSuccess>>,
+    /// The accumulator updates of the committed attempts.
+    pub updates: AccumulatorUpdates,
+    /// Result bytes brought back.
+    pub result_bytes: u64,
+    /// Accumulator bytes among `updates`.
+    pub accumulator_bytes: u64,
+}
+
+pub type JobOutcome = Result<JobResults, AppError>;
 
 pub enum Event {
     ExecutorUp {
         cores: u32,
         shuffle_addr: String,
         metrics_addr: Option<String>,
+        conn: quinn::Connection,
         tx: mpsc::Sender<ToExecutor>,
         reply: oneshot::Sender<ExecutorId>,
     },
@@ -64,6 +87,13 @@ pub enum Event {
     },
     ExecutorDown {
         id: ExecutorId,
+    },
+    /// A stored result arrived (or could not be fetched); its status counts now.
+    ResultFetched {
+        id: ExecutorId,
+        status: Box<TaskStatus>,
+        bytes: u64,
+        fetched: Result<Vec<Vec<u8>>, String>,
     },
     Submit {
         job: JobId,
@@ -78,18 +108,18 @@ pub enum Event {
         app: u64,
         id: u32,
     },
-    /// The application is over: hand back what its executors reported.
+    /// The application is over (or its submitter left): its jobs stop, its cached data
+    /// goes, and what its executors reported is handed back.
     AppDone {
         app: u64,
-        reply: oneshot::Sender<Vec<ExecutorSummary>>,
+        reply: Option<oneshot::Sender<Vec<ExecutorSummary>>>,
     },
 }
 
 struct ExecutorConn {
     addr: String,
     tx: mpsc::Sender<ToExecutor>,
-    last_heard_ms: u64,
-    decommissioning: bool,
+    conn: quinn::Connection,
 }
 
 struct RunningJob {
@@ -102,46 +132,48 @@ struct RunningJob {
     /// Accumulator updates of committed attempts: each task counts once.
     updates: AccumulatorUpdates,
     /// Per stage, partitions done (for progress reports).
-    done: Vec<std::collections::BTreeSet<u32>>,
+    done: Vec<BTreeSet<u32>>,
+    /// Result bytes committed, and being fetched.
+    result_bytes: u64,
+    fetching: u64,
+    accumulator_bytes: u64,
 }
+
+/// Stored results fetched at once, over all jobs.
+const RESULT_FETCHES: usize = 4;
 
 pub struct ClusterLoop {
     scheduler: Scheduler,
     executors: HashMap<ExecutorId, ExecutorConn>,
     jobs: HashMap<JobId, RunningJob>,
     apps: HashMap<u64, HashMap<ExecutorId, ExecutorSummary>>,
-    /// Per (application, cached dataset id), where each partition is kept: the block
-    /// manager's master of Spark. Entries go when their executor is lost or evicts them.
-    cached: HashMap<(u64, u32), Vec<Option<MapStatus>>>,
     next_executor: u32,
     started: Instant,
     tick: Duration,
     sink: Arc<EventSink>,
+    /// For what the loop's own tasks report back (fetched results).
+    events: mpsc::Sender<Event>,
+    fetches: Arc<Semaphore>,
 }
 
 impl ClusterLoop {
-    /// Cached partitions kept by a lost executor are gone.
-    fn forget_cached_on(&mut self, executor: ExecutorId) {
-        for parts in self.cached.values_mut() {
-            for slot in parts.iter_mut() {
-                if slot.as_ref().is_some_and(|s| s.executor == executor) {
-                    *slot = None;
-                }
-            }
-        }
-    }
-
-    pub fn new(conf: SchedulerConf, tick: Duration, sink: Arc<EventSink>) -> Self {
+    pub fn new(
+        conf: SchedulerConf,
+        tick: Duration,
+        sink: Arc<EventSink>,
+        events: mpsc::Sender<Event>,
+    ) -> Self {
         ClusterLoop {
             sink,
             scheduler: Scheduler::new(conf),
             executors: HashMap::new(),
             jobs: HashMap::new(),
             apps: HashMap::new(),
-            cached: HashMap::new(),
             next_executor: 1,
             started: Instant::now(),
             tick,
+            events,
+            fetches: Arc::new(Semaphore::new(RESULT_FETCHES)),
         }
     }
 
@@ -159,25 +191,7 @@ impl ClusterLoop {
                 },
                 _ = tick.tick() => {
                     let now = self.now_ms();
-                    let lost = self.scheduler.tick(now);
-                    for id in lost {
-                        let silent = self.executors.get(&id).map_or(0, |e| now.saturating_sub(e.last_heard_ms));
-                        tracing::warn!(
-                            executor = id.0,
-                            silent_ms = silent,
-                            "executor lost: no heartbeat within executor.timeout ({} silent)",
-                            fmt_ms(silent)
-                        );
-                        // Dropping its sender ends the control stream: a cut-off executor
-                        // that comes back finds itself disconnected, not half-registered.
-                        self.executors.remove(&id);
-                        self.forget_cached_on(id);
-                        self.sink.emit(ev::Event::ExecutorRemoved {
-                            at_ms: wall_ms(),
-                            executor: id,
-                            reason: format!("lost: no heartbeat for {}", fmt_ms(silent)),
-                        });
-                    }
+                    self.scheduler.tick(now);
                 }
             }
             self.drain_commands();
@@ -192,13 +206,13 @@ impl ClusterLoop {
                 cores,
                 shuffle_addr,
                 metrics_addr,
+                conn,
                 tx,
                 reply,
             } => {
                 let id = ExecutorId(self.next_executor);
                 self.next_executor += 1;
                 tracing::info!(executor = id.0, cores, addr = %shuffle_addr, "executor registered");
-                let now = self.now_ms();
                 self.sink.emit(ev::Event::ExecutorAdded {
                     at_ms: wall_ms(),
                     executor: id,
@@ -211,20 +225,17 @@ impl ClusterLoop {
                     ExecutorConn {
                         addr: shuffle_addr,
                         tx,
-                        last_heard_ms: now,
-                        decommissioning: false,
+                        conn,
                     },
                 );
                 let _ = reply.send(id);
                 self.scheduler.executor_added(id, cores, now);
             }
             Event::Executor { id, msg } => {
-                let now = self.now_ms();
-                let Some(conn) = self.executors.get_mut(&id) else {
-                    // Declared lost already: whatever it says no longer counts.
+                if !self.scheduler.is_registered(id) {
+                    // Removed already: whatever it says no longer counts.
                     return;
-                };
-                conn.last_heard_ms = now;
+                }
                 self.scheduler.heartbeat(id, now);
                 self.sink.heartbeat(id.0);
                 match msg {
@@ -235,103 +246,59 @@ impl ClusterLoop {
                             executor = id.0,
                             "executor is shutting down: no new tasks for it"
                         );
+                        self.sink.emit(ev::Event::ExecutorDecommissioning {
+                            at_ms: wall_ms(),
+                            executor: id,
+                        });
                         self.scheduler.executor_decommissioning(id);
                     }
                     FromExecutor::CachedDropped { job, shuffle, maps } => {
                         let Some(app) = job.cached_app() else { return };
-                        if let Some(parts) = self.cached.get_mut(&(app, shuffle.0)) {
-                            for m in maps {
-                                if let Some(slot) = parts.get_mut(m as usize)
-                                    && slot.as_ref().is_some_and(|s| s.executor == id)
-                                {
-                                    *slot = None;
-                                }
-                            }
-                        }
                         tracing::debug!(
                             executor = id.0,
                             app,
                             cache = shuffle.0,
                             "cached partitions evicted"
                         );
+                        self.scheduler.cached_dropped(id, app, shuffle.0, &maps);
                     }
                 }
             }
-            Event::ExecutorDown { id } => {
-                if let Some(conn) = self.executors.remove(&id) {
-                    let reason = if conn.decommissioning {
-                        tracing::info!(executor = id.0, "executor left after decommissioning");
-                        "decommissioned"
-                    } else {
-                        tracing::warn!(executor = id.0, "executor disconnected");
-                        "disconnected"
-                    };
-                    self.sink.emit(ev::Event::ExecutorRemoved {
-                        at_ms: wall_ms(),
-                        executor: id,
-                        reason: reason.into(),
-                    });
-                    self.scheduler.executor_lost(id);
-                    self.forget_cached_on(id);
+            Event::ExecutorDown { id } => self.scheduler.executor_disconnected(id),
+            Event::ResultFetched {
+                id,
+                mut status,
+                bytes,
+                fetched,
+            } => {
+                if let Some(job) = self.jobs.get_mut(&status.attempt.task.stage.job) {
+                    job.fetching = job.fetching.saturating_sub(bytes);
                 }
-            }
-            Event::Submit { job, spec, reply } => {
-                let partitions = spec.dag.result_stage().partitions as usize;
-                let dag = spec.dag.clone();
-                let policy = spec.policy.clone();
-                self.sink.emit(ev::Event::JobStarted {
-                    at_ms: wall_ms(),
-                    job,
-                    app: spec.app,
-                    name: spec.name.clone(),
-                    action: spec.action.clone(),
-                    tenant: spec.tenant.clone(),
-                    stages: dag
-                        .stages
-                        .iter()
-                        .map(|s| StageInfo {
-                            index: s.index,
-                            parents: s.parents.clone(),
-                            partitions: s.partitions,
-                            name: s.name.clone(),
-                            shuffle_write: matches!(s.output, StageOutput::ShuffleWrite { .. }),
-                        })
-                        .collect(),
-                });
-                let running = RunningJob {
-                    done: vec![Default::default(); dag.stages.len()],
-                    spec,
-                    reply: Some(reply),
-                    results: (0..partitions).map(|_| None).collect(),
-                    unclaimed: HashMap::new(),
-                    updates: Vec::new(),
+                if !self.scheduler.accepts_status(status.attempt, id) {
+                    return;
+                }
+                status.result = match (status.result, fetched) {
+                    (Ok(TaskSuccess::Rows { rows, .. }), Ok(batches)) => Ok(TaskSuccess::Rows {
+                        rows,
+                        result: TaskResult::Direct(batches),
+                    }),
+                    (_, Err(why)) => Err(TaskError {
+                        kind: TaskErrorKind::Io,
+                        chain: vec![format!(
+                            "fetching the result of {} from executor {}: {why}",
+                            status.attempt, id.0
+                        )],
+                    }),
+                    (other, Ok(_)) => other,
                 };
-                // Partitions of cached datasets that earlier jobs kept.
-                let mut known = Vec::new();
-                for st in &dag.stages {
-                    if let StageOutput::ShuffleWrite {
-                        shuffle,
-                        cache: Some(c),
-                        ..
-                    } = st.output
-                        && let Some(parts) = self.cached.get(&(running.spec.app, c.id))
-                        && parts.len() == st.partitions as usize
-                    {
-                        for (map, status) in parts.iter().enumerate() {
-                            if let Some(status) = status {
-                                known.push((shuffle, map as u32, status.clone()));
-                            }
-                        }
-                    }
-                }
-                self.jobs.insert(job, running);
-                self.scheduler.submit_job_with(job, dag, policy, known);
+                self.finish_status(id, *status);
             }
+            Event::Submit { job, spec, reply } => self.submit(job, spec, reply),
             Event::TotalCores { reply } => {
                 let _ = reply.send(self.scheduler.total_cores());
             }
             Event::Unpersist { app, id } => {
-                self.cached.remove(&(app, id));
+                self.scheduler.unpersist(app, id);
                 for conn in self.executors.values() {
                     let _ = conn.tx.try_send(ToExecutor::DropCached {
                         job: JobId::cache_of_app(app),
@@ -340,7 +307,24 @@ impl ClusterLoop {
                 }
             }
             Event::AppDone { app, reply } => {
-                self.cached.retain(|(a, _), _| *a != app);
+                let left: Vec<JobId> = self
+                    .jobs
+                    .iter()
+                    .filter(|(_, j)| j.spec.app == app)
+                    .map(|(id, _)| *id)
+                    .collect();
+                for job in left {
+                    tracing::info!(app, job = job.0, "the application ended: its job stops");
+                    self.scheduler.cancel_job(job);
+                    self.end_job(
+                        job,
+                        Err(AppError::new(
+                            AppErrorKind::Driver,
+                            vec!["the application ended before its job did".into()],
+                        )),
+                    );
+                }
+                self.scheduler.app_ended(app);
                 for conn in self.executors.values() {
                     let _ = conn.tx.try_send(ToExecutor::CleanJob {
                         job: JobId::cache_of_app(app),
@@ -353,9 +337,52 @@ impl ClusterLoop {
                     .into_values()
                     .collect();
                 v.sort_by_key(|s| s.executor);
-                let _ = reply.send(v);
+                if let Some(reply) = reply {
+                    let _ = reply.send(v);
+                }
             }
         }
+    }
+
+    fn submit(&mut self, job: JobId, spec: Box<JobSpec>, reply: oneshot::Sender<JobOutcome>) {
+        let partitions = spec.dag.result_stage().partitions as usize;
+        let dag = spec.dag.clone();
+        let policy = spec.policy.clone();
+        let app = spec.app;
+        self.sink.emit(ev::Event::JobStarted {
+            at_ms: wall_ms(),
+            job,
+            app,
+            name: spec.name.clone(),
+            action: spec.action.clone(),
+            tenant: spec.tenant.clone(),
+            stages: dag
+                .stages
+                .iter()
+                .map(|s| StageInfo {
+                    index: s.index,
+                    parents: s.parents.clone(),
+                    partitions: s.partitions,
+                    name: s.name.clone(),
+                    shuffle_write: matches!(s.output, StageOutput::ShuffleWrite { .. }),
+                })
+                .collect(),
+        });
+        self.jobs.insert(
+            job,
+            RunningJob {
+                done: vec![Default::default(); dag.stages.len()],
+                spec,
+                reply: Some(reply),
+                results: (0..partitions).map(|_| None).collect(),
+                unclaimed: HashMap::new(),
+                updates: Vec::new(),
+                result_bytes: 0,
+                fetching: 0,
+                accumulator_bytes: 0,
+            },
+        );
+        self.scheduler.submit_job(job, app, dag, policy);
     }
 
     /// What `executor` did for application `app`, so far.
@@ -372,7 +399,63 @@ impl ClusterLoop {
             })
     }
 
-    fn task_status(&mut self, executor: ExecutorId, status: flint_protocol::wire::TaskStatus) {
+    /// A status from `executor`. Only one the scheduler waits for counts: the attempt
+    /// must have been launched on this executor and not have ended. A stored result is
+    /// fetched first, if the job may still bring that many bytes back.
+    fn task_status(&mut self, executor: ExecutorId, status: TaskStatus) {
+        let attempt = status.attempt;
+        if !self.scheduler.accepts_status(attempt, executor) {
+            tracing::warn!(
+                executor = executor.0,
+                %attempt,
+                "ignoring a status for an attempt that is not running on this executor"
+            );
+            return;
+        }
+        let stored = match &status.result {
+            Ok(TaskSuccess::Rows {
+                result: TaskResult::Stored { bytes },
+                ..
+            }) => Some(*bytes),
+            _ => None,
+        };
+        let (Some(bytes), Some(job)) = (stored, self.jobs.get_mut(&attempt.task.stage.job)) else {
+            self.finish_status(executor, status);
+            return;
+        };
+        let max = job.spec.max_result_bytes;
+        if job.result_bytes + job.fetching + bytes > max {
+            let job_id = attempt.task.stage.job;
+            let error = result_too_large(job_id, job.result_bytes + job.fetching + bytes, max);
+            self.fail_job(job_id, error);
+            // The attempt is over for the scheduler too; its stored bytes go with the job.
+            self.scheduler.task_killed(attempt, executor);
+            return;
+        }
+        job.fetching += bytes;
+        let Some(conn) = self.executors.get(&executor).map(|e| e.conn.clone()) else {
+            return;
+        };
+        let (events, permits) = (self.events.clone(), self.fetches.clone());
+        tokio::spawn(async move {
+            let _permit = permits.acquire_owned().await;
+            let fetched = fetch_result(&conn, attempt, bytes)
+                .await
+                .map_err(|e| e.to_string());
+            let _ = events
+                .send(Event::ResultFetched {
+                    id: executor,
+                    status: Box::new(status),
+                    bytes,
+                    fetched,
+                })
+                .await;
+        });
+    }
+
+    /// A status that counts, with its result at hand: recorded for the UI and the
+    /// summary, then handed to the scheduler.
+    fn finish_status(&mut self, executor: ExecutorId, status: TaskStatus) {
         let attempt = status.attempt;
         let outcome = match &status.result {
             Ok(_) => TaskOutcome::Succeeded,
@@ -423,7 +506,17 @@ impl ClusterLoop {
                 Err(_) => s.tasks_failed += 1,
             }
         }
-        match status.result {
+        let result = match status.result {
+            Ok(success) => match self.check_output(attempt, &success) {
+                Ok(()) => Ok(success),
+                Err(why) => Err(TaskError {
+                    kind: TaskErrorKind::Io,
+                    chain: vec![format!("executor {}: {why}", executor.0)],
+                }),
+            },
+            Err(e) => Err(e),
+        };
+        match result {
             Ok(success) => {
                 tracing::debug!(
                     job = attempt.task.stage.job.0,
@@ -437,24 +530,6 @@ impl ClusterLoop {
                     TaskSuccess::MapOutput { sizes } => Some(sizes.clone()),
                     _ => None,
                 };
-                // A partition of a cached dataset: remember where it is kept.
-                if let (Some(sizes), Some(job)) = (&sizes, self.jobs.get(&attempt.task.stage.job))
-                    && self.executors.contains_key(&executor)
-                    && let Some(st) = job.spec.dag.stages.get(attempt.task.stage.index as usize)
-                    && let StageOutput::ShuffleWrite { cache: Some(c), .. } = st.output
-                {
-                    let parts = self
-                        .cached
-                        .entry((job.spec.app, c.id))
-                        .or_insert_with(|| vec![None; st.partitions as usize]);
-                    if parts.len() != st.partitions as usize {
-                        *parts = vec![None; st.partitions as usize];
-                    }
-                    parts[attempt.task.partition as usize] = Some(MapStatus {
-                        executor,
-                        sizes: sizes.clone(),
-                    });
-                }
                 if let Some(job) = self.jobs.get_mut(&attempt.task.stage.job) {
                     job.unclaimed
                         .insert(attempt, (success, status.accumulators));
@@ -481,15 +556,59 @@ impl ClusterLoop {
                     }
                     kind => {
                         tracing::info!(%attempt, executor = executor.0, "task failed: {}", chain.join(": "));
-                        let retryable = kind != TaskErrorKind::BadModule;
+                        let limit = match &kind {
+                            TaskErrorKind::Limit(l) => Some(l.setting().to_string()),
+                            _ => None,
+                        };
                         self.scheduler.task_failed(
                             attempt,
                             executor,
-                            TaskFailure { chain, retryable },
+                            TaskFailure {
+                                chain,
+                                retryable: !kind.is_deterministic(),
+                                limit,
+                            },
                         )
                     }
                 }
             }
+        }
+    }
+
+    /// Whether a success is the kind of output its stage makes (the scheduler checks a
+    /// map output's sizes itself).
+    fn check_output(&self, attempt: TaskAttemptId, success: &TaskSuccess) -> Result<(), String> {
+        let Some(stage) = self
+            .jobs
+            .get(&attempt.task.stage.job)
+            .and_then(|j| j.spec.dag.stages.get(attempt.task.stage.index as usize))
+        else {
+            return Ok(());
+        };
+        let fits = matches!(
+            (&stage.output, success),
+            (
+                StageOutput::ShuffleWrite { .. },
+                TaskSuccess::MapOutput { .. }
+            ) | (
+                StageOutput::Result(Action::Collect { .. }),
+                TaskSuccess::Rows {
+                    result: TaskResult::Direct(_),
+                    ..
+                }
+            ) | (StageOutput::Result(Action::Count), TaskSuccess::Count(_))
+                | (
+                    StageOutput::Result(Action::Save { .. }),
+                    TaskSuccess::File { .. }
+                )
+        );
+        if fits {
+            Ok(())
+        } else {
+            Err(format!(
+                "reported an output that {} does not produce",
+                attempt.task.stage
+            ))
         }
     }
 
@@ -543,6 +662,32 @@ impl ClusterLoop {
                             .exclusions
                             .push(format!("{scope}: {reason}"));
                     }
+                    self.sink.emit(ev::Event::ExecutorExcluded {
+                        at_ms: wall_ms(),
+                        executor,
+                        job,
+                        stage,
+                        reason,
+                    });
+                }
+                Command::RemoveExecutor { executor, reason } => {
+                    match &reason {
+                        flint_protocol::scheduler::ExecutorRemoval::Decommissioned => {
+                            tracing::info!(executor = executor.0, "executor left: {reason}")
+                        }
+                        _ => tracing::warn!(executor = executor.0, "executor removed: {reason}"),
+                    }
+                    // Dropping its sender ends the control stream: a cut-off executor that
+                    // comes back finds itself disconnected, not half-registered.
+                    if let Some(conn) = self.executors.remove(&executor) {
+                        conn.conn
+                            .close(0u32.into(), format!("removed: {reason}").as_bytes());
+                    }
+                    self.sink.emit(ev::Event::ExecutorRemoved {
+                        at_ms: wall_ms(),
+                        executor,
+                        reason: reason.to_string(),
+                    });
                 }
                 Command::CommitTask { attempt } => self.commit_task(attempt),
                 Command::StageStarted { stage, attempt } => {
@@ -560,8 +705,8 @@ impl ClusterLoop {
                     stage,
                     map_output_bytes,
                 }),
-                Command::JobSucceeded { job } => self.end_job(job, None),
-                Command::JobFailed { job, error } => self.end_job(job, Some(error)),
+                Command::JobSucceeded { job } => self.job_succeeded(job),
+                Command::JobFailed { job, error } => self.end_job(job, Err(job_error(error))),
                 Command::CleanJob { job } => {
                     for e in self.executors.values() {
                         let _ = e.tx.try_send(ToExecutor::CleanJob { job });
@@ -571,30 +716,62 @@ impl ClusterLoop {
         }
     }
 
+    /// Fails `job` from the shell's side (a bound the scheduler does not know).
+    fn fail_job(&mut self, job: JobId, error: AppError) {
+        tracing::info!(job = job.0, "job failed: {error}");
+        self.scheduler.cancel_job(job);
+        self.end_job(job, Err(error));
+    }
+
     fn commit_task(&mut self, attempt: TaskAttemptId) {
-        let Some(job) = self.jobs.get_mut(&attempt.task.stage.job) else {
+        let job_id = attempt.task.stage.job;
+        let Some(job) = self.jobs.get_mut(&job_id) else {
             return;
         };
         let Some((success, updates)) = job.unclaimed.remove(&attempt) else {
             return;
         };
+        job.accumulator_bytes += updates.iter().map(|(_, v)| v.len() as u64).sum::<u64>();
+        if job.accumulator_bytes > job.spec.max_accumulator_bytes {
+            let (got, max) = (job.accumulator_bytes, job.spec.max_accumulator_bytes);
+            self.fail_job(
+                job_id,
+                AppError::limit(
+                    "driver.max_accumulator_bytes",
+                    format!(
+                        "{job_id}'s tasks added {got} bytes of accumulator updates, over what the application may hold ({max} bytes left of driver.max_accumulator_bytes)"
+                    ),
+                ),
+            );
+            return;
+        }
         job.updates.extend(updates);
         if attempt.task.stage.index as usize != job.spec.dag.stages.len() - 1 {
             return; // map outputs are registered by the scheduler itself
+        }
+        if let TaskSuccess::Rows {
+            result: TaskResult::Direct(batches),
+            ..
+        } = &success
+        {
+            job.result_bytes += batches.iter().map(|b| b.len() as u64).sum::<u64>();
+            if job.result_bytes > job.spec.max_result_bytes {
+                let error = result_too_large(job_id, job.result_bytes, job.spec.max_result_bytes);
+                self.fail_job(job_id, error);
+                return;
+            }
         }
         if let (Some(out), TaskSuccess::File { rows, .. }) = (&job.spec.output, &success)
             && let Err(e) = out.commit_task(attempt, *rows)
         {
             // The attempt succeeded but its output cannot be published: the job fails.
             tracing::error!(%attempt, "committing task output: {e}");
-            let job_id = attempt.task.stage.job;
-            self.scheduler.cancel_job(job_id);
-            self.end_job(
+            self.fail_job(
                 job_id,
-                Some(JobFailure {
-                    message: format!("committing the output of {attempt}"),
-                    causes: vec![e.to_string()],
-                }),
+                AppError::new(
+                    AppErrorKind::Io,
+                    vec![format!("committing the output of {attempt}"), e.to_string()],
+                ),
             );
             return;
         }
@@ -603,65 +780,86 @@ impl ClusterLoop {
         }
     }
 
-    /// Answers the job's waiter: its results, or `failure`.
-    fn end_job(&mut self, job: JobId, failure: Option<JobFailure>) {
+    fn job_succeeded(&mut self, job: JobId) {
+        let Some(j) = self.jobs.get_mut(&job) else {
+            return;
+        };
+        let results = JobResults {
+            results: std::mem::take(&mut j.results),
+            updates: std::mem::take(&mut j.updates),
+            result_bytes: j.result_bytes,
+            accumulator_bytes: j.accumulator_bytes,
+        };
+        self.end_job(job, Ok(results));
+    }
+
+    /// Answers the job's waiter.
+    fn end_job(&mut self, job: JobId, outcome: JobOutcome) {
         let Some(mut j) = self.jobs.remove(&job) else {
             return;
         };
         self.sink.emit(ev::Event::JobEnded {
             at_ms: wall_ms(),
             job,
-            succeeded: failure.is_none(),
-            error: failure
-                .iter()
-                .flat_map(|f| std::iter::once(f.message.clone()).chain(f.causes.iter().cloned()))
-                .collect(),
+            succeeded: outcome.is_ok(),
+            error: outcome
+                .as_ref()
+                .err()
+                .map(|e| e.chain.clone())
+                .unwrap_or_default(),
         });
         if let Some(reply) = j.reply.take() {
-            let _ = reply.send(match failure {
-                None => Ok((
-                    std::mem::take(&mut j.results),
-                    std::mem::take(&mut j.updates),
-                )),
-                Some(f) => Err(f),
-            });
+            let _ = reply.send(outcome);
         }
     }
 
-    fn launch(
-        &mut self,
-        attempt: TaskAttemptId,
-        executor: ExecutorId,
-        inputs: Vec<flint_protocol::scheduler::MapLocation>,
-    ) {
+    fn launch(&mut self, attempt: TaskAttemptId, executor: ExecutorId, inputs: Vec<MapLocation>) {
         let Some(job) = self.jobs.get(&attempt.task.stage.job) else {
             return;
         };
-        let stage = &job.spec.dag.stages[attempt.task.stage.index as usize];
-        let p = attempt.task.partition;
-        let Some(refs) = stage.pieces.get(p as usize) else {
+        let Some(desc) = self.descriptor(job, attempt, &inputs) else {
             tracing::error!(%attempt, "no such partition in its stage");
             return;
         };
+        let Some(conn) = self.executors.get(&executor) else {
+            return;
+        };
+        match conn.tx.try_send(ToExecutor::Launch(Box::new(desc))) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                self.scheduler
+                    .executor_unreachable(executor, "its queue of messages is full");
+            }
+            // The connection is going away. Its reader still hands on what the executor
+            // said last (a decommission notice, task statuses), then `ExecutorDown`, which
+            // gives this attempt back to the scheduler. Deciding now would lose those.
+            Err(mpsc::error::TrySendError::Closed(_)) => tracing::debug!(
+                executor = executor.0,
+                %attempt,
+                "executor's connection is closing; its end will reschedule the attempt"
+            ),
+        }
+    }
+
+    /// What the executor needs to run `attempt`.
+    fn descriptor(
+        &self,
+        job: &RunningJob,
+        attempt: TaskAttemptId,
+        inputs: &[MapLocation],
+    ) -> Option<TaskDescriptor> {
+        let stage = job.spec.dag.stages.get(attempt.task.stage.index as usize)?;
+        let refs = stage.pieces.get(attempt.task.partition as usize)?;
         let mut pieces = Vec::with_capacity(refs.len());
         for r in refs {
-            let Some(branch) = stage.branches.get(r.branch as usize) else {
-                return;
-            };
+            let branch = stage.branches.get(r.branch as usize)?;
             let input = match &branch.input {
-                StageInput::Source { node, .. } => {
-                    let input = job
-                        .spec
-                        .sources
-                        .get(node)
-                        .and_then(|s| s.get(r.partition as usize))
-                        .cloned();
-                    let Some(input) = input else {
-                        tracing::error!(%attempt, "no input for this partition");
-                        return;
-                    };
-                    input
-                }
+                StageInput::Source { node, .. } => job
+                    .spec
+                    .sources
+                    .get(node)
+                    .and_then(|s| s.get(r.partition as usize))
+                    .cloned()?,
                 StageInput::Shuffle { shuffles, read } => TaskInput::Shuffle {
                     reduce_partition: r.partition,
                     read: read.clone(),
@@ -717,16 +915,16 @@ impl ClusterLoop {
                 encode: encode.clone(),
             },
             StageOutput::Result(Action::Count) => TaskOutput::Count,
-            StageOutput::Result(Action::Save { render, format, .. }) => match &job.spec.output {
-                Some(out) => TaskOutput::File {
+            StageOutput::Result(Action::Save { render, format, .. }) => {
+                let out = job.spec.output.as_ref()?;
+                TaskOutput::File {
                     file: out.attempt_file(attempt).to_string_lossy().into_owned(),
                     format: *format,
                     render: render.clone(),
-                },
-                None => return,
-            },
+                }
+            }
         };
-        let desc = TaskDescriptor {
+        Some(TaskDescriptor {
             attempt,
             shuffle_secret: job.spec.shuffle_secret,
             app_secret: job.spec.app_secret,
@@ -736,29 +934,55 @@ impl ClusterLoop {
             ops: stage.ops.clone(),
             output,
             limits: job.spec.limits.clone(),
-        };
-        let Some(conn) = self.executors.get(&executor) else {
-            return;
-        };
-        match conn.tx.try_send(ToExecutor::Launch(Box::new(desc))) {
-            Ok(()) => {}
-            Err(mpsc::error::TrySendError::Full(_)) => {
-                tracing::warn!(
-                    executor = executor.0,
-                    "executor's queue is full; declaring it lost"
-                );
-                self.executors.remove(&executor);
-                self.forget_cached_on(executor);
-                self.scheduler.executor_lost(executor);
-            }
-            // The connection is going away. Its reader still hands on what the executor
-            // said last (a decommission notice, task statuses), then `ExecutorDown`, which
-            // gives this attempt back to the scheduler. Deciding now would lose those.
-            Err(mpsc::error::TrySendError::Closed(_)) => tracing::debug!(
-                executor = executor.0,
-                %attempt,
-                "executor's connection is closing; its end will reschedule the attempt"
-            ),
-        }
+        })
     }
+}
+
+/// A job failure as the application sees it: a task that failed, or a limit it hit.
+fn job_error(f: JobFailure) -> AppError {
+    let kind = match f.limit {
+        Some(limit) => AppErrorKind::Limit { limit },
+        None => AppErrorKind::TaskFailed,
+    };
+    let mut chain = vec![f.message];
+    chain.extend(f.causes);
+    AppError::new(kind, chain)
+}
+
+fn result_too_large(job: JobId, bytes: u64, max: u64) -> AppError {
+    AppError::limit(
+        "driver.max_result_size",
+        format!(
+            "{job}'s result reached {bytes} bytes, over what its action may bring to the driver ({max} bytes of driver.max_result_size); write large results with a save_* action instead"
+        ),
+    )
+}
+
+/// A stored result, from the executor that holds it: `bytes` of length-prefixed Arrow
+/// IPC streams, read batch by batch, none larger than what is left.
+async fn fetch_result(
+    conn: &quinn::Connection,
+    attempt: TaskAttemptId,
+    bytes: u64,
+) -> Result<Vec<Vec<u8>>, NetError> {
+    let (mut send, mut recv) = conn.open_bi().await?;
+    net::write_frame(&mut send, &FetchResult { attempt }).await?;
+    let _ = send.finish();
+    let reply: wire::FetchReply = net::expect_frame(&mut recv, 1 << 16).await?;
+    let len = reply.map_err(NetError::Refused)?;
+    if len != bytes {
+        return Err(NetError::Refused(format!(
+            "the executor offers {len} bytes of a result it reported as {bytes}"
+        )));
+    }
+    let mut left = len;
+    let mut batches = Vec::new();
+    while left > 0 {
+        let mut prefix = [0u8; 4];
+        recv.read_exact(&mut prefix).await?;
+        let n = u32::from_le_bytes(prefix) as u64;
+        left = left.checked_sub(4 + n).ok_or(NetError::Truncated)?;
+        batches.push(net::read_exact_vec(&mut recv, n as usize).await?);
+    }
+    Ok(batches)
 }

@@ -1,25 +1,96 @@
-//! The driver's QUIC endpoint: executors register here, submitters submit here.
+//! The driver's QUIC endpoint. Every connection opens with the preamble and a small
+//! hello; what it may say depends on who it is (its TLS identity):
+//! - a connection with an executor certificate registers as an executor, and only that;
+//! - a connection without one submits (with a tenant token) or enrols (with the
+//!   operator's enrolment token), never speaks as an executor.
+//!
+//! Anything else is refused with a reason and the connection closed.
 
-use crate::app::{DriverShared, run_application};
+use crate::app::{Application, DriverShared, application_conf, run_application};
 use crate::cluster::{ClusterLoop, Event};
-use flint_executor_host::net::{self, NetError};
-use flint_executor_host::sandbox::{Sandbox, SandboxError, SandboxOptions};
 use flint_protocol::conf::Conf;
 use flint_protocol::scheduler::SchedulerConf;
-use flint_protocol::wire::{self, FetchModule, FromExecutor, Hello, SubmitEvent, ToExecutor};
+use flint_protocol::wire::{
+    self, AppError, AppErrorKind, EnrolGrant, EnrolReply, EnrolRequest, ExecutorHello, FetchModule,
+    FromExecutor, Hello, SubmitEvent, SubmitHello, ToExecutor,
+};
+use flint_sandbox::{Sandbox, SandboxError, SandboxOptions};
+use flint_transport::net::{self, NetError};
+use flint_transport::tls::{self, ClusterAuthority, DriverIdentity, TlsError};
+use flint_transport::{ClientFile, ClusterFile, FileKind};
+use sha2::{Digest, Sha256};
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 use thiserror::Error;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
+/// The driver's secrets: the cluster's authorities, its own identity, and the enrolment
+/// token that lets a host become an executor. Made at start; the token goes into
+/// `cluster.json` only.
+pub struct Credentials {
+    authority: ClusterAuthority,
+    identity: DriverIdentity,
+    enrolment_token: String,
+}
+
+impl Credentials {
+    pub fn generate() -> Result<Credentials, TlsError> {
+        let authority = ClusterAuthority::generate()?;
+        let identity = authority.driver_identity()?;
+        let token: [u8; 32] = rand::random();
+        Ok(Credentials {
+            authority,
+            identity,
+            enrolment_token: hex::encode(token),
+        })
+    }
+
+    /// The driver's endpoint on `listen`.
+    pub fn endpoint(&self, listen: std::net::SocketAddr) -> Result<quinn::Endpoint, NetError> {
+        tls::driver_endpoint(&self.identity, listen)
+    }
+
+    /// What an executor joins with (the operator keeps it).
+    pub fn cluster_file(&self, driver: &str) -> ClusterFile {
+        ClusterFile {
+            file: FileKind::Cluster,
+            driver: driver.to_string(),
+            protocol_version: flint_protocol::PROTOCOL_VERSION,
+            driver_ca_pem: self.authority.driver_ca_pem().to_string(),
+            enrolment_token: self.enrolment_token.clone(),
+        }
+    }
+
+    /// What a tenant is given.
+    pub fn client_file(&self, driver: &str, ui: Option<String>) -> ClientFile {
+        ClientFile {
+            file: FileKind::Client,
+            driver: driver.to_string(),
+            protocol_version: flint_protocol::PROTOCOL_VERSION,
+            driver_ca_pem: self.authority.driver_ca_pem().to_string(),
+            ui,
+        }
+    }
+}
+
+/// The web UI's listener and who may read it.
+pub struct UiConfig {
+    pub listener: std::net::TcpListener,
+    /// Required of every request when the listener is not on loopback (with a tenant's
+    /// token, which sees that tenant's jobs only).
+    pub admin_token: Option<String>,
+}
+
 pub struct DriverConfig {
     pub conf: Conf,
+    pub credentials: Credentials,
     /// A sandbox to share (local mode); `None`: make one caching in `cache_dir`.
     pub sandbox: Option<Arc<Sandbox>>,
     pub cache_dir: Option<PathBuf>,
-    /// Serve the web UI on this listener.
-    pub ui: Option<std::net::TcpListener>,
+    /// Serve the web UI.
+    pub ui: Option<UiConfig>,
     /// Append scheduler events here, one JSON-lines file per job.
     pub event_log: Option<PathBuf>,
     /// Who may submit; open (everyone is `default`) when empty.
@@ -36,47 +107,63 @@ pub enum DriverError {
     Ui(std::io::Error),
 }
 
+/// What connection handlers share besides the applications' state.
+struct Endpointed {
+    shared: Arc<DriverShared>,
+    authority: ClusterAuthority,
+    enrolment_sha256: [u8; 32],
+}
+
 /// Serves until `shutdown` fires.
 pub async fn serve(
     config: DriverConfig,
     endpoint: quinn::Endpoint,
     shutdown: CancellationToken,
 ) -> Result<(), DriverError> {
+    let conf = config.conf;
+    let settings = conf.settings();
     let sandbox = match config.sandbox {
         Some(s) => s,
         None => Sandbox::new(SandboxOptions {
             fuel: false,
-            max_instances: 32,
-            max_memory_bytes: 4 << 30,
+            max_instances: settings.max_apps + 2,
+            max_memory_bytes: settings.main_memory.max(1 << 20),
             cache_dir: config.cache_dir,
         })?,
     };
-    let conf = config.conf;
     let (events, rx) = mpsc::channel(4096);
     let sched = SchedulerConf {
-        executor_timeout_ms: conf.duration("executor.timeout").as_millis() as u64,
-        fair: conf.fair(),
+        executor_timeout_ms: settings.executor_timeout.as_millis() as u64,
+        fair: settings.scheduler_mode == flint_protocol::conf::SchedulingMode::Fair,
     };
-    let tick = conf
-        .duration("executor.heartbeat_interval")
-        .min(std::time::Duration::from_millis(200));
+    let tick = settings
+        .executor_heartbeat_interval
+        .min(Duration::from_millis(200));
     let sink = crate::ui::EventSink::live(config.event_log)?;
-    if let Some(listener) = config.ui {
-        crate::ui::spawn(listener, sink.clone()).map_err(DriverError::Ui)?;
+    if let Some(ui) = config.ui {
+        let access = crate::ui::Access::new(&ui.listener, ui.admin_token, config.tenants.clone())
+            .map_err(DriverError::Ui)?;
+        crate::ui::spawn(ui.listener, sink.clone(), access).map_err(DriverError::Ui)?;
     }
-    let cluster = tokio::spawn(ClusterLoop::new(sched, tick, sink).run(rx));
-    let shared = Arc::new(DriverShared::new(events, sandbox, conf, config.tenants));
+    let cluster = tokio::spawn(ClusterLoop::new(sched, tick, sink, events.clone()).run(rx));
+    let credentials = config.credentials;
+    let ctx = Arc::new(Endpointed {
+        shared: Arc::new(DriverShared::new(events, sandbox, conf, config.tenants)),
+        enrolment_sha256: Sha256::digest(credentials.enrolment_token.as_bytes()).into(),
+        authority: credentials.authority,
+    });
     loop {
         let incoming = tokio::select! {
             _ = shutdown.cancelled() => break,
             i = endpoint.accept() => match i { Some(i) => i, None => break },
         };
-        let shared = shared.clone();
+        let ctx = ctx.clone();
         tokio::spawn(async move {
             match incoming.await {
                 Ok(conn) => {
-                    if let Err(e) = handle_connection(shared, conn).await {
-                        tracing::debug!("connection ended: {e}");
+                    let peer = conn.remote_address();
+                    if let Err(e) = handle_connection(&ctx, conn).await {
+                        tracing::debug!(%peer, "connection ended: {e}");
                     }
                 }
                 Err(e) => tracing::info!("refused a connection: {e}"),
@@ -88,92 +175,181 @@ pub async fn serve(
     Ok(())
 }
 
-async fn handle_connection(
-    shared: Arc<DriverShared>,
-    conn: quinn::Connection,
+/// Finishes a refused conversation: the reason is written, the stream finished, and
+/// the connection left for the peer to close (or closed after a grace period).
+async fn refuse_with<T: serde::Serialize>(
+    conn: &quinn::Connection,
+    mut send: quinn::SendStream,
+    msg: &T,
 ) -> Result<(), NetError> {
-    let (mut send, mut recv) = conn.accept_bi().await?;
-    match net::expect_frame::<Hello>(&mut recv, wire::MAX_FRAME).await? {
-        Hello::Executor(hello) => {
-            if hello.protocol_version != flint_protocol::PROTOCOL_VERSION {
-                let reason = format!(
-                    "protocol version {} is not this driver's {}",
-                    hello.protocol_version,
-                    flint_protocol::PROTOCOL_VERSION
-                );
-                net::write_frame(&mut send, &ToExecutor::Refused { reason }).await?;
-                let _ = send.finish();
-                return Ok(());
+    net::write_frame(&mut send, msg).await?;
+    let _ = send.finish();
+    let _ = tokio::time::timeout(Duration::from_secs(5), conn.closed()).await;
+    conn.close(1u32.into(), b"refused");
+    Ok(())
+}
+
+async fn handle_connection(ctx: &Endpointed, conn: quinn::Connection) -> Result<(), NetError> {
+    let executor = tls::has_client_certificate(&conn);
+    let (send, mut recv) = match net::accept(&conn).await {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::info!(peer = %conn.remote_address(), "refused a connection: {e}");
+            conn.close(1u32.into(), e.to_string().as_bytes());
+            return Err(e);
+        }
+    };
+    let hello = match net::read_hello::<Hello>(&mut recv).await {
+        Ok(h) => h,
+        Err(e) => {
+            tracing::warn!(peer = %conn.remote_address(), executor, "refused a connection before its hello: {e}");
+            conn.close(1u32.into(), b"bad hello");
+            return Err(e);
+        }
+    };
+    match (executor, hello) {
+        (true, Hello::Executor(h)) => executor_connection(ctx, conn, send, recv, h).await,
+        (false, Hello::Submit(h)) => submission(ctx, conn, send, recv, h).await,
+        (false, Hello::Enrol(r)) => enrol(ctx, conn, send, r).await,
+        (false, Hello::Executor(_)) => {
+            tracing::warn!(peer = %conn.remote_address(), "refused an executor without an executor certificate");
+            let reason = "this connection presents no executor certificate: an executor enrols \
+                          with the operator's cluster.json first (a tenant's client.json cannot \
+                          register one)"
+                .to_string();
+            refuse_with(&conn, send, &ToExecutor::Refused { reason }).await
+        }
+        (true, Hello::Submit(_)) => {
+            let e = AppError::refused(
+                "this connection presents an executor certificate: submit as a tenant, with client.json",
+            );
+            refuse_with(&conn, send, &SubmitEvent::Finished(Err(e))).await
+        }
+        (true, Hello::Enrol(_)) => {
+            let reply: EnrolReply = Err("this connection is an executor's already".into());
+            refuse_with(&conn, send, &reply).await
+        }
+    }
+}
+
+/// Whether `token` is this cluster's enrolment token, compared without an early exit.
+fn token_matches(ctx: &Endpointed, token: &str) -> bool {
+    let got: [u8; 32] = Sha256::digest(token.trim().as_bytes()).into();
+    got.iter()
+        .zip(&ctx.enrolment_sha256)
+        .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+        == 0
+}
+
+async fn enrol(
+    ctx: &Endpointed,
+    conn: quinn::Connection,
+    send: quinn::SendStream,
+    req: EnrolRequest,
+) -> Result<(), NetError> {
+    let reply: EnrolReply = if !token_matches(ctx, &req.token) {
+        tracing::warn!(peer = %conn.remote_address(), "refused an enrolment: wrong token");
+        // Slow down guessing (the token has 256 bits; this keeps logs quiet too).
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        Err(
+            "the enrolment token is not this cluster's: executors join with the cluster.json the \
+             operator keeps, not a tenant's client.json"
+                .into(),
+        )
+    } else {
+        ctx.authority
+            .issue_executor(&req.public_key)
+            .map(|cert_pem| EnrolGrant {
+                cert_pem,
+                executor_ca_pem: ctx.authority.executor_ca_pem().to_string(),
+            })
+            .map_err(|e| e.to_string())
+    };
+    refuse_with(&conn, send, &reply).await
+}
+
+async fn executor_connection(
+    ctx: &Endpointed,
+    conn: quinn::Connection,
+    mut send: quinn::SendStream,
+    mut recv: quinn::RecvStream,
+    hello: ExecutorHello,
+) -> Result<(), NetError> {
+    let shared = ctx.shared.clone();
+    if hello.cores == 0 || hello.cores > wire::MAX_EXECUTOR_CORES {
+        let reason = format!(
+            "an executor declares 1 to {} task slots, not {}",
+            wire::MAX_EXECUTOR_CORES,
+            hello.cores
+        );
+        return refuse_with(&conn, send, &ToExecutor::Refused { reason }).await;
+    }
+    let (tx, mut rx) = mpsc::channel::<ToExecutor>(1024);
+    let (id_tx, id_rx) = oneshot::channel();
+    let _ = shared
+        .events
+        .send(Event::ExecutorUp {
+            cores: hello.cores,
+            shuffle_addr: hello.shuffle_addr,
+            metrics_addr: hello.metrics_addr,
+            conn: conn.clone(),
+            tx,
+            reply: id_tx,
+        })
+        .await;
+    let Ok(id) = id_rx.await else { return Ok(()) };
+    let heartbeat_interval_ms = shared.settings.executor_heartbeat_interval.as_millis() as u64;
+    net::write_frame(
+        &mut send,
+        &ToExecutor::Welcome {
+            executor: id,
+            heartbeat_interval_ms,
+        },
+    )
+    .await?;
+    let writer = tokio::spawn(async move {
+        while let Some(msg) = rx.recv().await {
+            if net::write_frame(&mut send, &msg).await.is_err() {
+                break;
             }
-            let (tx, mut rx) = mpsc::channel::<ToExecutor>(1024);
-            let (id_tx, id_rx) = oneshot::channel();
-            let _ = shared
-                .events
-                .send(Event::ExecutorUp {
-                    cores: hello.cores,
-                    shuffle_addr: hello.shuffle_addr,
-                    metrics_addr: hello.metrics_addr,
-                    tx,
-                    reply: id_tx,
-                })
-                .await;
-            let Ok(id) = id_rx.await else { return Ok(()) };
-            let heartbeat_interval_ms = shared
-                .conf
-                .duration("executor.heartbeat_interval")
-                .as_millis() as u64;
-            net::write_frame(
-                &mut send,
-                &ToExecutor::Welcome {
-                    executor: id,
-                    heartbeat_interval_ms,
-                },
-            )
-            .await?;
-            let writer = tokio::spawn(async move {
-                while let Some(msg) = rx.recv().await {
-                    if net::write_frame(&mut send, &msg).await.is_err() {
-                        break;
-                    }
-                }
-            });
-            let modules = {
-                let (conn, shared) = (conn.clone(), shared.clone());
+        }
+    });
+    let modules = {
+        let (conn, shared) = (conn.clone(), shared.clone());
+        tokio::spawn(async move {
+            while let Ok((mut s, mut r)) = conn.accept_bi().await {
+                let shared = shared.clone();
                 tokio::spawn(async move {
-                    while let Ok((mut s, mut r)) = conn.accept_bi().await {
-                        let shared = shared.clone();
-                        tokio::spawn(async move {
-                            let Ok(req) = net::expect_frame::<FetchModule>(&mut r, 1024).await
-                            else {
-                                return;
-                            };
-                            let reply = match req {
-                                FetchModule::Module(module) => shared
-                                    .modules
-                                    .lock()
-                                    .unwrap_or_else(|p| p.into_inner())
-                                    .get(&module)
-                                    .cloned()
-                                    .ok_or_else(|| format!("the driver has no component {module}")),
-                                FetchModule::Broadcast { app, id, secret } => {
-                                    shared.broadcast(app, id, &secret)
-                                }
-                            };
-                            let _ = net::send_blob(
-                                &mut s,
-                                reply
-                                    .as_deref()
-                                    .map(|b| b.as_slice())
-                                    .map_err(|e| e.clone()),
-                            )
-                            .await;
-                        });
-                    }
-                })
-            };
-            while let Ok(Some(msg)) =
-                net::read_frame::<FromExecutor>(&mut recv, wire::MAX_FRAME).await
-            {
+                    let Ok(req) = net::expect_frame::<FetchModule>(&mut r, 1024).await else {
+                        return;
+                    };
+                    let reply = match req {
+                        FetchModule::Module(module) => shared
+                            .modules
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .get(&module)
+                            .cloned()
+                            .ok_or_else(|| format!("the driver has no component {module}")),
+                        FetchModule::Broadcast { app, id, secret } => {
+                            shared.broadcast(app, id, &secret)
+                        }
+                    };
+                    let _ = net::send_blob(
+                        &mut s,
+                        reply
+                            .as_deref()
+                            .map(|b| b.as_slice())
+                            .map_err(|e| e.clone()),
+                    )
+                    .await;
+                });
+            }
+        })
+    };
+    loop {
+        match net::read_frame::<FromExecutor>(&mut recv, wire::MAX_STATUS).await {
+            Ok(Some(msg)) => {
                 if shared
                     .events
                     .send(Event::Executor { id, msg })
@@ -183,49 +359,96 @@ async fn handle_connection(
                     break;
                 }
             }
-            writer.abort();
-            modules.abort();
-            let _ = shared.events.send(Event::ExecutorDown { id }).await;
-            Ok(())
-        }
-        Hello::Submit(req) => {
-            if req.protocol_version != flint_protocol::PROTOCOL_VERSION {
-                let msg = format!(
-                    "protocol version {} is not this driver's {}",
-                    req.protocol_version,
-                    flint_protocol::PROTOCOL_VERSION
-                );
-                net::write_frame(&mut send, &SubmitEvent::Finished(Err(vec![msg]))).await?;
-                let _ = send.finish();
-                return Ok(());
-            }
-            // Who is asking, before anything of theirs runs.
-            let tenant = match shared.tenants.authenticate(req.token.as_deref()) {
-                Ok(t) => t,
-                Err(e) => {
-                    tracing::warn!(addr = %conn.remote_address(), "refused a submission: {e}");
-                    net::write_frame(&mut send, &SubmitEvent::Finished(Err(vec![e.to_string()])))
-                        .await?;
-                    let _ = send.finish();
-                    let _ = conn.closed().await;
-                    return Ok(());
+            Ok(None) => break,
+            Err(e) => {
+                if !matches!(e, NetError::Read(_) | NetError::Connection(_)) {
+                    tracing::warn!(executor = id.0, "closing the executor's connection: {e}");
+                    conn.close(1u32.into(), e.to_string().as_bytes());
                 }
-            };
-            let (tx, mut rx) = mpsc::channel::<SubmitEvent>(64);
-            let app = tokio::spawn(run_application(shared, req, tenant, tx));
-            while let Some(ev) = rx.recv().await {
-                net::write_frame(&mut send, &ev).await?;
+                break;
             }
-            let result = app.await.unwrap_or_else(|e| {
-                Err(vec![format!(
-                    "the application crashed the driver task: {e}"
-                )])
-            });
-            net::write_frame(&mut send, &SubmitEvent::Finished(result)).await?;
-            let _ = send.finish();
-            // Keep the connection until the submitter has read everything and closes.
-            let _ = conn.closed().await;
-            Ok(())
         }
     }
+    writer.abort();
+    modules.abort();
+    let _ = shared.events.send(Event::ExecutorDown { id }).await;
+    Ok(())
+}
+
+async fn submission(
+    ctx: &Endpointed,
+    conn: quinn::Connection,
+    mut send: quinn::SendStream,
+    mut recv: quinn::RecvStream,
+    hello: SubmitHello,
+) -> Result<(), NetError> {
+    let shared = ctx.shared.clone();
+    let peer = conn.remote_address();
+    // Who is asking, and whether there is room, before anything of theirs is read.
+    let admitted = (|| {
+        let tenant = shared.authenticate(hello.token.as_deref())?;
+        let admission = shared.admit(&tenant)?;
+        let max = shared.settings.max_component_size;
+        if hello.component_bytes > max {
+            return Err(AppError::limit(
+                "driver.max_component_size",
+                format!(
+                    "the component has {} bytes, over driver.max_component_size ({max} bytes)",
+                    hello.component_bytes
+                ),
+            ));
+        }
+        let conf = application_conf(&shared.conf, &hello.conf, &tenant)?;
+        Ok((tenant, admission, conf))
+    })();
+    let (tenant, admission, conf) = match admitted {
+        Ok(a) => a,
+        Err(e) => {
+            tracing::warn!(%peer, "refused a submission: {e}");
+            return refuse_with(&conn, send, &SubmitEvent::Finished(Err(e))).await;
+        }
+    };
+    net::write_frame(&mut send, &SubmitEvent::Accepted { app: admission.app }).await?;
+    let component = net::read_exact_vec(&mut recv, hello.component_bytes as usize).await?;
+    if flint_sandbox::hash_bytes(&component) != hello.component {
+        let e = AppError::new(
+            AppErrorKind::BadComponent,
+            vec!["the component's bytes do not match the hash its submitter sent".into()],
+        );
+        return refuse_with(&conn, send, &SubmitEvent::Finished(Err(e))).await;
+    }
+    let app_id = admission.app;
+    let (tx, mut rx) = mpsc::channel::<SubmitEvent>(64);
+    let application = Application {
+        admission,
+        name: hello.name,
+        component,
+        args: hello.args,
+        conf,
+        tenant,
+    };
+    let app = run_application(shared, application, tx);
+    tokio::pin!(app);
+    let result = loop {
+        tokio::select! {
+            ev = rx.recv() => match ev {
+                Some(ev) => net::write_frame(&mut send, &ev).await?,
+                None => break (&mut app).await,
+            },
+            r = &mut app => break r,
+            _ = conn.closed() => {
+                // Dropping the application stops it: its program and its jobs.
+                tracing::info!(app = app_id, %peer, "the submitter left: its application stops");
+                return Ok(());
+            }
+        }
+    };
+    while let Ok(ev) = rx.try_recv() {
+        net::write_frame(&mut send, &ev).await?;
+    }
+    net::write_frame(&mut send, &SubmitEvent::Finished(result)).await?;
+    let _ = send.finish();
+    // Keep the connection until the submitter has read everything and closes.
+    let _ = conn.closed().await;
+    Ok(())
 }

@@ -24,42 +24,74 @@ pub enum SplitError {
     Format { path: PathBuf, message: String },
     #[error("no file matches {0}")]
     NoMatch(PathBuf),
+    #[error("{pattern} is not a usable glob: {message}")]
+    BadGlob { pattern: String, message: String },
+    /// A bound was hit; `limit` names the setting.
+    #[error("{what}, over {limit} = {max}")]
+    Limit {
+        limit: &'static str,
+        what: String,
+        max: u64,
+    },
 }
 
-/// Whether `name` matches `pattern`, where `*` is any run of characters and `?` any one.
-fn glob_match(pattern: &[u8], name: &[u8]) -> bool {
-    match (pattern.first(), name.first()) {
-        (None, None) => true,
-        (Some(b'*'), _) => {
-            glob_match(&pattern[1..], name) || (!name.is_empty() && glob_match(pattern, &name[1..]))
+/// How much listing and splitting one source may produce.
+#[derive(Clone, Copy, Debug)]
+pub struct SplitLimits {
+    /// Files listed, and splits made, at most (`driver.max_tasks_per_job`).
+    pub max_files: u32,
+    /// Splits of one source at most (`driver.max_partitions_per_stage`).
+    pub max_splits: u32,
+}
+
+impl Default for SplitLimits {
+    fn default() -> Self {
+        SplitLimits {
+            max_files: 1_000_000,
+            max_splits: 100_000,
         }
-        (Some(b'?'), Some(_)) => glob_match(&pattern[1..], &name[1..]),
-        (Some(p), Some(n)) if p == n => glob_match(&pattern[1..], &name[1..]),
-        _ => false,
     }
 }
 
+/// Longest glob pattern accepted: matching is linear in the name, compiling is not free.
+const MAX_GLOB: usize = 1024;
+
+/// A glob over file names: `*` any run of characters, `?` one, `[a-z]` a class, as the
+/// `globset` crate matches them, in time linear in the name whatever the pattern.
+fn glob(pattern: &str) -> Result<globset::GlobMatcher, SplitError> {
+    let bad = |message: String| SplitError::BadGlob {
+        pattern: pattern.to_string(),
+        message,
+    };
+    if pattern.len() > MAX_GLOB {
+        return Err(bad(format!("it is longer than {MAX_GLOB} bytes")));
+    }
+    globset::GlobBuilder::new(pattern)
+        .literal_separator(true)
+        .build()
+        .map(|g| g.compile_matcher())
+        .map_err(|e| bad(e.kind().to_string()))
+}
+
 /// Files of `path`, where the last component may be a glob (`data/part-*.csv`).
-pub fn list_matching(path: &Path) -> Result<Vec<(PathBuf, u64)>, SplitError> {
+pub fn list_matching(path: &Path, limits: &SplitLimits) -> Result<Vec<(PathBuf, u64)>, SplitError> {
     let name = path
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
-    if !name.contains(['*', '?']) {
-        return list_files(path);
+    if !name.contains(['*', '?', '[']) {
+        return list_files(path, limits);
     }
+    let matcher = glob(&name)?;
     let dir = path.parent().unwrap_or(Path::new("."));
     let dir = if dir.as_os_str().is_empty() {
         Path::new(".")
     } else {
         dir
     };
-    let out: Vec<_> = list_files(dir)?
+    let out: Vec<_> = list_files(dir, limits)?
         .into_iter()
-        .filter(|(p, _)| {
-            p.file_name()
-                .is_some_and(|n| glob_match(name.as_bytes(), n.to_string_lossy().as_bytes()))
-        })
+        .filter(|(p, _)| p.file_name().is_some_and(|n| matcher.is_match(n)))
         .collect();
     if out.is_empty() {
         return Err(SplitError::NoMatch(path.to_path_buf()));
@@ -68,8 +100,9 @@ pub fn list_matching(path: &Path) -> Result<Vec<(PathBuf, u64)>, SplitError> {
 }
 
 /// Files of `path`: the file itself, or the visible files of a directory (names starting
-/// with `.` or `_` are skipped, as Hadoop does), in name order.
-pub fn list_files(path: &Path) -> Result<Vec<(PathBuf, u64)>, SplitError> {
+/// with `.` or `_` are skipped, as Hadoop does), in name order; at most
+/// `limits.max_files` of them.
+pub fn list_files(path: &Path, limits: &SplitLimits) -> Result<Vec<(PathBuf, u64)>, SplitError> {
     let io = |source| SplitError::Io {
         path: path.to_path_buf(),
         source,
@@ -94,6 +127,17 @@ pub fn list_files(path: &Path) -> Result<Vec<(PathBuf, u64)>, SplitError> {
         }
         let m = entry.metadata().map_err(io)?;
         if m.is_file() {
+            if out.len() as u64 >= limits.max_files as u64 {
+                return Err(SplitError::Limit {
+                    limit: "driver.max_tasks_per_job",
+                    what: format!(
+                        "{} holds more than {} files",
+                        path.display(),
+                        limits.max_files
+                    ),
+                    max: limits.max_files as u64,
+                });
+            }
             out.push((entry.path(), m.len()));
         }
     }
@@ -108,14 +152,41 @@ fn files_and_split_size(
     min_partitions: u32,
     floor: u64,
     max_split: u64,
+    limits: &SplitLimits,
 ) -> Result<(Vec<(PathBuf, u64)>, u64), SplitError> {
     let mut files = Vec::new();
     for p in paths {
-        files.extend(list_matching(Path::new(p))?);
+        files.extend(list_matching(Path::new(p), limits)?);
+        if files.len() as u64 > limits.max_files as u64 {
+            return Err(SplitError::Limit {
+                limit: "driver.max_tasks_per_job",
+                what: format!(
+                    "the source's paths list more than {} files",
+                    limits.max_files
+                ),
+                max: limits.max_files as u64,
+            });
+        }
     }
     let total: u64 = files.iter().map(|(_, len)| len).sum();
     let size = (total / min_partitions.max(1) as u64).clamp(floor, max_split.max(floor));
     Ok((files, size))
+}
+
+/// One more split, unless the source has as many as it may.
+fn push_split(out: &mut Vec<Split>, split: Split, limits: &SplitLimits) -> Result<(), SplitError> {
+    if out.len() as u64 >= limits.max_splits as u64 {
+        return Err(SplitError::Limit {
+            limit: "driver.max_partitions_per_stage",
+            what: format!(
+                "the source has more than {} splits (raise files.max_partition_bytes for fewer)",
+                limits.max_splits
+            ),
+            max: limits.max_splits as u64,
+        });
+    }
+    out.push(split);
+    Ok(())
 }
 
 /// Splits: about `total / min_partitions` bytes each, at most `max_split`; empty files
@@ -124,8 +195,9 @@ pub fn plan(
     paths: &[String],
     min_partitions: u32,
     max_split: u64,
+    limits: &SplitLimits,
 ) -> Result<Vec<Split>, SplitError> {
-    let (files, size) = files_and_split_size(paths, min_partitions, 4096, max_split)?;
+    let (files, size) = files_and_split_size(paths, min_partitions, 4096, max_split, limits)?;
     let mut out = Vec::new();
     for (path, len) in files {
         let mut start = 0;
@@ -136,11 +208,15 @@ pub fn plan(
             } else {
                 start + size
             };
-            out.push(Split {
-                path: path.to_string_lossy().into_owned(),
-                start,
-                end,
-            });
+            push_split(
+                &mut out,
+                Split {
+                    path: path.to_string_lossy().into_owned(),
+                    start,
+                    end,
+                },
+                limits,
+            )?;
             start = end;
         }
     }
@@ -154,8 +230,9 @@ pub fn plan_units(
     parquet: bool,
     min_partitions: u32,
     max_split: u64,
+    limits: &SplitLimits,
 ) -> Result<Vec<Split>, SplitError> {
-    let (files, size) = files_and_split_size(paths, min_partitions, 1, max_split)?;
+    let (files, size) = files_and_split_size(paths, min_partitions, 1, max_split, limits)?;
     let mut out = Vec::new();
     for (path, _) in files {
         let format = |message: String| SplitError::Format {
@@ -188,21 +265,29 @@ pub fn plan_units(
         for (i, u) in units.iter().enumerate() {
             acc += u;
             if acc >= size {
-                out.push(Split {
-                    path: name.clone(),
-                    start,
-                    end: i as u64 + 1,
-                });
+                push_split(
+                    &mut out,
+                    Split {
+                        path: name.clone(),
+                        start,
+                        end: i as u64 + 1,
+                    },
+                    limits,
+                )?;
                 start = i as u64 + 1;
                 acc = 0;
             }
         }
         if start < units.len() as u64 {
-            out.push(Split {
-                path: name,
-                start,
-                end: units.len() as u64,
-            });
+            push_split(
+                &mut out,
+                Split {
+                    path: name,
+                    start,
+                    end: units.len() as u64,
+                },
+                limits,
+            )?;
         }
     }
     Ok(out)
@@ -219,7 +304,13 @@ mod tests {
         std::fs::write(dir.path().join("b.txt"), b"").unwrap();
         std::fs::write(dir.path().join("_SUCCESS"), b"").unwrap();
         std::fs::write(dir.path().join("c.txt"), b"hi\n").unwrap();
-        let splits = plan(&[dir.path().to_string_lossy().into()], 4, 1 << 20).unwrap();
+        let splits = plan(
+            &[dir.path().to_string_lossy().into()],
+            4,
+            1 << 20,
+            &SplitLimits::default(),
+        )
+        .unwrap();
         let a: Vec<_> = splits
             .iter()
             .filter(|s| s.path.ends_with("a.txt"))
@@ -243,7 +334,13 @@ mod tests {
             std::fs::write(dir.path().join(f), b"x\n").unwrap();
         }
         let pattern = dir.path().join("*.csv");
-        let splits = plan(&[pattern.to_string_lossy().into()], 1, 1 << 20).unwrap();
+        let splits = plan(
+            &[pattern.to_string_lossy().into()],
+            1,
+            1 << 20,
+            &SplitLimits::default(),
+        )
+        .unwrap();
         let names: Vec<_> = splits
             .iter()
             .map(|s| {
@@ -257,14 +354,78 @@ mod tests {
         assert_eq!(names, vec!["a.csv", "b.csv"]);
         let none = dir.path().join("*.json");
         assert!(matches!(
-            plan(&[none.to_string_lossy().into()], 1, 1 << 20),
+            plan(
+                &[none.to_string_lossy().into()],
+                1,
+                1 << 20,
+                &SplitLimits::default()
+            ),
             Err(SplitError::NoMatch(_))
         ));
     }
 
     #[test]
     fn missing_path_is_named() {
-        let e = plan(&["/no/such/input".into()], 1, 1 << 20).unwrap_err();
+        let e = plan(
+            &["/no/such/input".into()],
+            1,
+            1 << 20,
+            &SplitLimits::default(),
+        )
+        .unwrap_err();
         assert_eq!(e.to_string(), "input path /no/such/input does not exist");
+    }
+
+    #[test]
+    fn a_pathological_glob_matches_in_linear_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = "a".repeat(200);
+        std::fs::write(dir.path().join(&a), b"x\n").unwrap();
+        // With backtracking, this is exponential in the number of stars.
+        let pattern = format!("{}{}b", "a".repeat(50), "*a".repeat(30));
+        let started = std::time::Instant::now();
+        let e = plan(
+            &[dir.path().join(&pattern).to_string_lossy().into()],
+            1,
+            1 << 20,
+            &SplitLimits::default(),
+        )
+        .unwrap_err();
+        assert!(matches!(e, SplitError::NoMatch(_)), "{e}");
+        assert!(started.elapsed() < std::time::Duration::from_secs(5));
+        let long = dir.path().join("*".repeat(2000));
+        assert!(matches!(
+            plan(
+                &[long.to_string_lossy().into()],
+                1,
+                1 << 20,
+                &SplitLimits::default()
+            ),
+            Err(SplitError::BadGlob { .. })
+        ));
+    }
+
+    #[test]
+    fn files_and_splits_are_bounded_while_listing() {
+        let dir = tempfile::tempdir().unwrap();
+        for i in 0..20 {
+            std::fs::write(dir.path().join(format!("f{i}")), vec![b'x'; 10_000]).unwrap();
+        }
+        let path: String = dir.path().to_string_lossy().into();
+        let few_files = SplitLimits {
+            max_files: 10,
+            max_splits: 1000,
+        };
+        let e = plan(std::slice::from_ref(&path), 1, 1 << 20, &few_files).unwrap_err();
+        assert!(e.to_string().contains("driver.max_tasks_per_job"), "{e}");
+        let few_splits = SplitLimits {
+            max_files: 1000,
+            max_splits: 30,
+        };
+        let e = plan(&[path], 1, 4096, &few_splits).unwrap_err();
+        assert!(
+            e.to_string().contains("driver.max_partitions_per_stage"),
+            "{e}"
+        );
     }
 }

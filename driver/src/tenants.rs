@@ -12,9 +12,19 @@
 //! max_task_memory = "1g"            # cap on task.memory
 //! max_result_size = "256m"          # cap on driver.max_result_size
 //! task_deadline = "10m"             # cap on task.deadline
+//! max_apps_running = 2              # driver programs at once (default driver.max_apps_per_tenant)
+//! max_partitions_per_stage = 20000  # cap on driver.max_partitions_per_stage
+//! max_tasks_per_job = 100000        # cap on driver.max_tasks_per_job
+//! max_plan_nodes = 5000             # cap on driver.max_plan_nodes
+//! max_accumulator_bytes = "16m"     # cap on driver.max_accumulator_bytes
+//! max_broadcast_bytes = "128m"      # cap on driver.max_broadcast_bytes
+//! max_main_memory = "512m"          # cap on driver.main_memory
 //! allowed_paths = ["/data/alice/"]  # inputs and outputs must lie below one of these
 //! meter_fuel = true                 # count Wasm instructions of its tasks (flint usage)
 //! ```
+//!
+//! A quota caps a setting: an application that leaves the setting at its default gets the
+//! quota; one that asks for more is refused, naming both.
 //!
 //! `flint tenant add NAME --tenants FILE` adds a tenant and prints its token once. Without
 //! a tenants file the cluster is open: every application is tenant `default`, unlimited.
@@ -89,6 +99,20 @@ pub struct TenantEntry {
     pub max_result_size: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub task_deadline: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_apps_running: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_partitions_per_stage: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_tasks_per_job: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_plan_nodes: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_accumulator_bytes: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_broadcast_bytes: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_main_memory: Option<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub allowed_paths: Vec<String>,
     /// Count the fuel of this tenant's tasks (for accounting; slows them).
@@ -112,6 +136,17 @@ pub struct TenantsFile {
     pub tenants: BTreeMap<String, TenantEntry>,
 }
 
+/// A quota of the tenants file on one setting.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Cap {
+    /// The setting it caps (`task.memory`).
+    pub setting: &'static str,
+    /// Its name in the tenants file (`max_task_memory`).
+    pub quota: &'static str,
+    /// In the setting's unit: bytes, a count, or milliseconds.
+    pub max: u64,
+}
+
 /// A tenant as the driver uses it: quotas parsed.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Tenant {
@@ -120,9 +155,10 @@ pub struct Tenant {
     pub min_share: u32,
     pub max_slots: Option<u32>,
     pub max_jobs_running: Option<u32>,
-    pub max_task_memory: Option<u64>,
-    pub max_result_size: Option<u64>,
-    pub task_deadline_ms: Option<u64>,
+    /// Driver programs at once; `None`: `driver.max_apps_per_tenant`.
+    pub max_apps_running: Option<u32>,
+    /// Quotas on settings.
+    pub caps: Vec<Cap>,
     /// Empty: anywhere.
     pub allowed_paths: Vec<PathBuf>,
     pub meter_fuel: bool,
@@ -137,64 +173,46 @@ impl Tenant {
             min_share: 0,
             max_slots: None,
             max_jobs_running: None,
-            max_task_memory: None,
-            max_result_size: None,
-            task_deadline_ms: None,
+            max_apps_running: None,
+            caps: Vec::new(),
             allowed_paths: Vec::new(),
             meter_fuel: false,
         }
     }
 
-    /// Applies the tenant's caps to an application's settings: a setting left at its
-    /// default is lowered to the cap; one set above it is refused.
+    /// Applies the tenant's quotas to an application's settings: a setting left at its
+    /// default is lowered to the quota; one set above it is refused.
     pub fn bound(&self, conf: &mut Conf) -> Result<(), TenantError> {
-        let caps: [(&'static str, &'static str, Option<u64>, bool); 3] = [
-            ("task.memory", "max_task_memory", self.max_task_memory, true),
-            (
-                "driver.max_result_size",
-                "max_result_size",
-                self.max_result_size,
-                true,
-            ),
-            (
-                "task.deadline",
-                "task_deadline",
-                self.task_deadline_ms,
-                false,
-            ),
-        ];
-        for (key, limit, max, is_bytes) in caps {
-            let Some(max) = max else { continue };
-            let value = if is_bytes {
-                conf.bytes(key)
-            } else {
-                conf.duration(key).as_millis() as u64
+        for cap in &self.caps {
+            let Some(value) = conf.magnitude(cap.setting, None) else {
+                continue;
             };
-            if value <= max {
+            if value <= cap.max {
                 continue;
             }
+            let is_duration = cap.setting.ends_with("deadline");
             let shown = |v: u64| {
-                if is_bytes {
-                    format!("{v} bytes")
-                } else {
+                if is_duration {
                     flint_protocol::scheduler::fmt_ms(v)
+                } else {
+                    v.to_string()
                 }
             };
-            if conf.is_set(key) {
+            if conf.is_set(cap.setting) {
                 return Err(TenantError::OverQuota {
                     tenant: self.name.clone(),
-                    key,
+                    key: cap.setting,
                     value: shown(value),
-                    limit,
-                    max: shown(max),
+                    limit: cap.quota,
+                    max: shown(cap.max),
                 });
             }
-            let v = if is_bytes {
-                max.to_string()
+            let v = if is_duration {
+                format!("{}ms", cap.max)
             } else {
-                format!("{max}ms")
+                cap.max.to_string()
             };
-            conf.set(key, &v).map_err(|e| TenantError::Parse {
+            conf.set(cap.setting, &v).map_err(|e| TenantError::Parse {
                 path: PathBuf::new(),
                 message: e.to_string(),
             })?;
@@ -269,7 +287,7 @@ pub fn hash_token(token: &str) -> String {
 }
 
 /// Equal-length hex digests compared without an early exit.
-fn digest_eq(a: &str, b: &str) -> bool {
+pub fn digest_eq(a: &str, b: &str) -> bool {
     a.len() == b.len()
         && a.bytes()
             .zip(b.bytes())
@@ -326,15 +344,67 @@ impl Tenants {
                         })
                 })
                 .transpose()?;
+            let count = |v: Option<u32>| v.map(u64::from);
+            let quotas: Vec<(&'static str, &'static str, Option<u64>)> = vec![
+                (
+                    "task.memory",
+                    "max_task_memory",
+                    bytes("max_task_memory", &e.max_task_memory)?,
+                ),
+                (
+                    "driver.max_result_size",
+                    "max_result_size",
+                    bytes("max_result_size", &e.max_result_size)?,
+                ),
+                ("task.deadline", "task_deadline", deadline),
+                (
+                    "driver.max_partitions_per_stage",
+                    "max_partitions_per_stage",
+                    count(e.max_partitions_per_stage),
+                ),
+                (
+                    "driver.max_tasks_per_job",
+                    "max_tasks_per_job",
+                    count(e.max_tasks_per_job),
+                ),
+                (
+                    "driver.max_plan_nodes",
+                    "max_plan_nodes",
+                    count(e.max_plan_nodes),
+                ),
+                (
+                    "driver.max_accumulator_bytes",
+                    "max_accumulator_bytes",
+                    bytes("max_accumulator_bytes", &e.max_accumulator_bytes)?,
+                ),
+                (
+                    "driver.max_broadcast_bytes",
+                    "max_broadcast_bytes",
+                    bytes("max_broadcast_bytes", &e.max_broadcast_bytes)?,
+                ),
+                (
+                    "driver.main_memory",
+                    "max_main_memory",
+                    bytes("max_main_memory", &e.max_main_memory)?,
+                ),
+            ];
             let tenant = Tenant {
                 name: name.clone(),
                 weight: e.weight.max(1),
                 min_share: e.min_share,
                 max_slots: e.max_slots,
                 max_jobs_running: e.max_jobs_running,
-                max_task_memory: bytes("max_task_memory", &e.max_task_memory)?,
-                max_result_size: bytes("max_result_size", &e.max_result_size)?,
-                task_deadline_ms: deadline,
+                max_apps_running: e.max_apps_running,
+                caps: quotas
+                    .into_iter()
+                    .filter_map(|(setting, quota, max)| {
+                        Some(Cap {
+                            setting,
+                            quota,
+                            max: max?,
+                        })
+                    })
+                    .collect(),
                 allowed_paths: e
                     .allowed_paths
                     .iter()
@@ -494,12 +564,24 @@ mod tests {
     fn quotas_cap_defaults_and_refuse_explicit_excess() {
         let t = Tenant {
             name: "alice".into(),
-            max_task_memory: Some(64 << 20),
+            caps: vec![
+                Cap {
+                    setting: "task.memory",
+                    quota: "max_task_memory",
+                    max: 64 << 20,
+                },
+                Cap {
+                    setting: "driver.max_partitions_per_stage",
+                    quota: "max_partitions_per_stage",
+                    max: 100,
+                },
+            ],
             ..Tenant::default_tenant()
         };
         let mut c = Conf::default();
         t.bound(&mut c).unwrap();
-        assert_eq!(c.bytes("task.memory"), 64 << 20, "the default is lowered");
+        assert_eq!(c.settings().task_memory, 64 << 20, "the default is lowered");
+        assert_eq!(c.settings().max_partitions_per_stage, 100);
         let mut c = Conf::default();
         c.set("task.memory", "1g").unwrap();
         let e = t.bound(&mut c).unwrap_err().to_string();

@@ -1,17 +1,20 @@
-//! The executor process role: join the driver, heartbeat, run up to `cores` tasks at once,
-//! serve this executor's shuffle outputs to peers.
+//! The executor process role: enrol with the driver, register, heartbeat, run up to
+//! `cores` tasks at once, serve this executor's shuffle outputs to peers and its stored
+//! results to the driver.
 
 use crate::metrics::ExecutorMetrics;
-use crate::net::{self, NetError};
+use crate::results::ResultStore;
 use crate::runner::{ModuleSource, TaskEnv, run_task};
-use crate::sandbox::{Sandbox, SandboxError, SandboxOptions};
 use crate::shuffle::{Fetcher, ShuffleStore, serve_connection};
-use crate::tls;
 use flint_protocol::ids::{ModuleHash, TaskAttemptId};
 use flint_protocol::wire::{
-    self, ExecutorHello, FetchModule, FromExecutor, Hello, TaskError, TaskErrorKind, TaskStatus,
-    ToExecutor,
+    self, EnrolReply, EnrolRequest, ExecutorHello, FetchModule, FetchResult, FromExecutor, Hello,
+    TaskError, TaskErrorKind, TaskStatus, ToExecutor,
 };
+use flint_sandbox::{Sandbox, SandboxError, SandboxOptions};
+use flint_transport::ClusterFile;
+use flint_transport::net::{self, NetError};
+use flint_transport::tls::{self, ExecutorIdentity, ExecutorKey};
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -26,6 +29,8 @@ use tokio_util::sync::CancellationToken;
 pub struct ExecutorConfig {
     /// The driver's QUIC address.
     pub driver_addr: String,
+    /// This executor's key and certificate (from [`enrol`]).
+    pub identity: ExecutorIdentity,
     /// Task slots.
     pub cores: u32,
     /// Shuffle files live here.
@@ -40,9 +45,10 @@ pub struct ExecutorConfig {
     pub decommission_timeout: Duration,
     /// Memory for cached partitions (`executor.cache_memory`).
     pub cache_memory: u64,
-    /// Counters for whoever serves metrics; `metrics_addr` is where, told to the driver.
+    /// Counters, served in the Prometheus format on `metrics` when given (and its
+    /// address told to the driver).
     pub metrics: Arc<ExecutorMetrics>,
-    pub metrics_addr: Option<String>,
+    pub metrics_listener: Option<Arc<std::net::TcpListener>>,
 }
 
 /// The attempts this executor is running, each with the token that stops it.
@@ -113,7 +119,7 @@ fn count(m: &ExecutorMetrics, status: &TaskStatus) {
         Err(e) => match e.kind {
             TaskErrorKind::Killed => add(&m.tasks_killed, 1),
             TaskErrorKind::FetchFailed { .. } => add(&m.fetch_failures, 1),
-            TaskErrorKind::Limit => {
+            TaskErrorKind::Limit(_) => {
                 add(&m.tasks_failed, 1);
                 add(&m.sandbox_limit_hits, 1);
             }
@@ -146,6 +152,12 @@ fn killed(attempt: TaskAttemptId, why: &str) -> TaskStatus {
 pub enum ExecutorError {
     #[error(transparent)]
     Net(#[from] NetError),
+    #[error(transparent)]
+    Tls(#[from] tls::TlsError),
+    #[error("the driver refused to enrol this executor: {0}")]
+    Enrolment(String),
+    #[error("serving metrics: {0}")]
+    Metrics(std::io::Error),
     #[error(transparent)]
     Sandbox(#[from] SandboxError),
     #[error("the driver refused this executor: {0}")]
@@ -204,9 +216,38 @@ impl ModuleSource for DriverModules {
     }
 }
 
+/// Gets this host an executor identity from the driver of `cluster`: a fresh key made
+/// here, a certificate for it issued by the cluster's executor CA in exchange for the
+/// operator's enrolment token.
+pub async fn enrol(cluster: &ClusterFile) -> Result<ExecutorIdentity, ExecutorError> {
+    let key = ExecutorKey::generate()?;
+    let endpoint = tls::anonymous_endpoint(&cluster.driver_ca_pem)?;
+    let conn = net::connect(&endpoint, &cluster.driver, tls::DRIVER_NAME).await?;
+    let (mut send, mut recv) = net::open(&conn).await?;
+    net::write_frame(
+        &mut send,
+        &Hello::Enrol(EnrolRequest {
+            token: cluster.enrolment_token.clone(),
+            public_key: key.public_key(),
+        }),
+    )
+    .await?;
+    let _ = send.finish();
+    let reply: EnrolReply = net::expect_frame(&mut recv, 1 << 16).await?;
+    conn.close(0u32.into(), b"enrolled");
+    endpoint.wait_idle().await;
+    let grant = reply.map_err(ExecutorError::Enrolment)?;
+    Ok(key.into_identity(
+        grant.cert_pem,
+        grant.executor_ca_pem,
+        cluster.driver_ca_pem.clone(),
+    ))
+}
+
 /// Runs an executor until the driver goes away, or `shutdown` fires: then it tells the
 /// driver, takes no new tasks, lets running ones finish within `decommission_timeout`,
-/// hands back the rest as killed (not failed), and leaves.
+/// hands back the rest as killed (not failed), and leaves. `endpoint` serves peers: make
+/// it with [`ExecutorIdentity::endpoint`].
 pub async fn serve(
     config: ExecutorConfig,
     endpoint: quinn::Endpoint,
@@ -216,6 +257,19 @@ pub async fn serve(
         path: config.work_dir.clone(),
         source,
     })?;
+    // What an earlier run of this executor left (it was killed): no job will read it.
+    let results = Arc::new(ResultStore::new(&config.work_dir));
+    results.clear();
+    let _ = std::fs::remove_dir_all(config.work_dir.join("shuffle"));
+    let metrics_addr = match &config.metrics_listener {
+        Some(l) => {
+            let addr = l.local_addr().map_err(ExecutorError::Metrics)?.to_string();
+            crate::metrics::serve(l.clone(), config.metrics.clone())
+                .map_err(ExecutorError::Metrics)?;
+            Some(addr)
+        }
+        None => None,
+    };
     let sandbox = match config.sandbox.clone() {
         Some(s) => s,
         None => Sandbox::new(SandboxOptions {
@@ -225,8 +279,14 @@ pub async fn serve(
             cache_dir: config.cache_dir.clone(),
         })?,
     };
-    let conn = net::connect(&endpoint, &config.driver_addr, tls::DRIVER_NAME).await?;
-    let (mut send, mut recv) = conn.open_bi().await.map_err(NetError::from)?;
+    let conn = net::connect_with(
+        &endpoint,
+        config.identity.driver_client_config()?,
+        &config.driver_addr,
+        tls::DRIVER_NAME,
+    )
+    .await?;
+    let (mut send, mut recv) = net::open(&conn).await?;
     let shuffle_addr = match &config.advertise_addr {
         Some(a) => a.clone(),
         None => endpoint.local_addr().map_err(NetError::Bind)?.to_string(),
@@ -234,10 +294,9 @@ pub async fn serve(
     net::write_frame(
         &mut send,
         &Hello::Executor(ExecutorHello {
-            protocol_version: flint_protocol::PROTOCOL_VERSION,
             cores: config.cores,
             shuffle_addr: shuffle_addr.clone(),
-            metrics_addr: config.metrics_addr.clone(),
+            metrics_addr,
         }),
     )
     .await?;
@@ -268,6 +327,7 @@ pub async fn serve(
     let env = Arc::new(TaskEnv {
         sandbox,
         shuffle: store.clone(),
+        results: results.clone(),
         fetcher: Arc::new(Fetcher::new(endpoint.clone(), me, store.clone())),
         modules: Arc::new(DriverModules { conn: conn.clone() }),
         broadcasts: Default::default(),
@@ -283,6 +343,24 @@ pub async fn serve(
                     match incoming.await {
                         Ok(c) => serve_connection(c, store, served).await,
                         Err(e) => tracing::debug!("refused a peer connection: {e}"),
+                    }
+                });
+            }
+        })
+    };
+
+    // The driver fetching stored results, on streams it opens on our connection.
+    let results_server = {
+        let (conn, results) = (conn.clone(), results.clone());
+        tokio::spawn(async move {
+            while let Ok((mut send, mut recv)) = conn.accept_bi().await {
+                let results = results.clone();
+                tokio::spawn(async move {
+                    let Ok(req) = net::expect_frame::<FetchResult>(&mut recv, 1024).await else {
+                        return;
+                    };
+                    if let Err(e) = send_result(&results, &mut send, req.attempt).await {
+                        tracing::info!(attempt = %req.attempt, "sending a stored result: {e}");
                     }
                 });
             }
@@ -416,8 +494,11 @@ pub async fn serve(
                     // The application ended: its broadcast values go too.
                     env.broadcasts.forget(app);
                 }
-                let store = store.clone();
-                tokio::task::spawn_blocking(move || store.remove_job(job));
+                let (store, results) = (store.clone(), results.clone());
+                tokio::task::spawn_blocking(move || {
+                    store.remove_job(job);
+                    results.remove_job(job);
+                });
             }
             Ok(Some(ToExecutor::DropCached { job, shuffle })) => {
                 let store = store.clone();
@@ -441,6 +522,45 @@ pub async fn serve(
     }
     beat.abort();
     accept.abort();
+    results_server.abort();
     conn.close(0u32.into(), b"executor stopping");
     result
+}
+
+/// Sends `attempt`'s stored result: a header with its size, then the file as it is on
+/// disk, read in pieces. The file goes once sent.
+async fn send_result(
+    results: &ResultStore,
+    send: &mut quinn::SendStream,
+    attempt: TaskAttemptId,
+) -> Result<(), NetError> {
+    use tokio::io::AsyncReadExt;
+    let Some((path, bytes)) = results.take(attempt) else {
+        return net::send_blob(send, Err(format!("no stored result of {attempt}"))).await;
+    };
+    let sent = async {
+        let mut f = tokio::fs::File::open(&path)
+            .await
+            .map_err(|e| NetError::Refused(format!("{}: {e}", path.display())))?;
+        net::write_frame(send, &Ok::<u64, String>(bytes)).await?;
+        let mut buf = vec![0u8; 1 << 20];
+        let mut left = bytes;
+        while left > 0 {
+            let want = (left as usize).min(buf.len());
+            let n = f
+                .read(&mut buf[..want])
+                .await
+                .map_err(|e| NetError::Refused(format!("{}: {e}", path.display())))?;
+            if n == 0 {
+                return Err(NetError::Truncated);
+            }
+            send.write_all(&buf[..n]).await?;
+            left -= n as u64;
+        }
+        let _ = send.finish();
+        Ok(())
+    }
+    .await;
+    let _ = tokio::fs::remove_file(&path).await;
+    sent
 }

@@ -1,16 +1,19 @@
-//! The executor host: runs Flint tasks in a wasmtime sandbox and serves shuffle data.
+//! The executor role: runs Flint tasks in the Wasm sandbox, keeps and serves shuffle
+//! data. One entry: [`serve`], given its [`ExecutorConfig`] (with the identity [`enrol`]
+//! got from the driver), a bound endpoint and a shutdown token.
 //!
-//! Neighbours: `flint-protocol` defines what arrives ([`flint_protocol::wire`]); the
-//! driver (`flint-driver`) sends tasks and also uses this crate's [`sandbox`] to run a
-//! job's `main` and its [`tls`]/[`net`] pieces for its own endpoint.
+//! Neighbours: `flint-protocol` defines what arrives ([`flint_protocol::wire`]); guests
+//! run in `flint-sandbox`; connections go through `flint-transport`. The driver
+//! (`flint-driver`) is a peer over the network, never a library here.
 //!
 //! Layout:
-//! - [`sandbox`]: engine, compiled-component cache, per-task stores with limits.
-//! - [`tls`], [`net`]: the cluster CA, mutual-TLS QUIC configs, framed streams.
-//! - [`input`]: Hadoop-style text splits turned into Arrow batches.
-//! - [`shuffle`]: map output files, the segment server and the fetcher.
+//! - [`executor`]: the process role: enrols, registers, heartbeats, runs up to `cores`
+//!   tasks, serves stored results to the driver.
 //! - [`runner`]: one task attempt, start to status.
-//! - [`executor`]: the process role: registers, heartbeats, runs up to `cores` tasks.
+//! - [`input`], [`formats`]: file splits turned into Arrow batches, and part files written.
+//! - [`shuffle`]: map output files, the segment server (executors only) and the fetcher.
+//! - [`results`]: results too large for a status, kept until the driver fetches them.
+//! - [`metrics`]: counters, served in the Prometheus format.
 //!
 //! The one decision to know: the executor never accepts compiled code. It receives a
 //! component's bytes (at most once, named by SHA-256), compiles them itself and caches
@@ -20,10 +23,8 @@ pub mod executor;
 pub mod formats;
 pub mod input;
 pub mod metrics;
-pub mod net;
+pub mod results;
 pub mod runner;
-pub mod sandbox;
 pub mod shuffle;
-pub mod tls;
 
-pub use executor::{ExecutorConfig, ExecutorError, serve};
+pub use executor::{ExecutorConfig, ExecutorError, enrol, serve};

@@ -116,3 +116,34 @@ impl ExecutorMetrics {
         out
     }
 }
+
+/// Serves `/metrics` on `listener` until the process ends.
+pub fn serve(
+    listener: Arc<std::net::TcpListener>,
+    metrics: Arc<ExecutorMetrics>,
+) -> std::io::Result<()> {
+    let listener = listener.try_clone()?;
+    listener.set_nonblocking(true)?;
+    let listener = tokio::net::TcpListener::from_std(listener)?;
+    let app = axum::Router::new().route(
+        "/metrics",
+        axum::routing::get(move || {
+            let m = metrics.clone();
+            async move {
+                (
+                    [(
+                        axum::http::header::CONTENT_TYPE,
+                        "text/plain; version=0.0.4",
+                    )],
+                    m.render(),
+                )
+            }
+        }),
+    );
+    tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, app).await {
+            tracing::error!("metrics server stopped: {e}");
+        }
+    });
+    Ok(())
+}

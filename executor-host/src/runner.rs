@@ -2,21 +2,22 @@
 //! fresh store, feed it the partition batch by batch, and put its output where it goes.
 
 use crate::formats::{FileWriter, SourceReader};
-use crate::sandbox::{self, FlintJob, GuestState, Sandbox, SandboxError, StoreLimits, wit_task};
+use crate::results::{ResultStore, ResultWriter};
 use crate::shuffle::{Fetcher, ShuffleStore};
 use flint_protocol::ids::ModuleHash;
-use flint_protocol::plan::{Op, WriteFormat};
+use flint_protocol::plan::WriteFormat;
 use flint_protocol::wire::{
-    GuestOutput, SegmentSource, ShuffleSideInput, TaskDescriptor, TaskError, TaskErrorKind,
-    TaskInput, TaskMetrics, TaskOutput, TaskStatus, TaskSuccess,
+    GuestOutput, Limit, MAX_TASK_ACCUMULATOR_BYTES, SegmentSource, ShuffleSideInput,
+    TaskDescriptor, TaskError, TaskErrorKind, TaskInput, TaskMetrics, TaskOutput, TaskStatus,
+    TaskSuccess,
 };
+use flint_sandbox::{BroadcastFuture, BroadcastSource, Chunk, Sandbox, StoreLimits, TaskInstance};
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Instant;
 use tokio::sync::{Semaphore, mpsc};
-use wasmtime::Store;
 
 /// Where an executor gets what the driver holds: components it has not compiled yet, and
 /// broadcast values.
@@ -37,6 +38,7 @@ pub trait ModuleSource: Send + Sync {
 pub struct TaskEnv {
     pub sandbox: Arc<Sandbox>,
     pub shuffle: Arc<ShuffleStore>,
+    pub results: Arc<ResultStore>,
     pub fetcher: Arc<Fetcher>,
     pub modules: Arc<dyn ModuleSource>,
     pub broadcasts: Arc<BroadcastCache>,
@@ -89,8 +91,8 @@ struct TaskBroadcasts {
     secret: [u8; 16],
 }
 
-impl sandbox::BroadcastSource for TaskBroadcasts {
-    fn get(&self, id: u32) -> sandbox::BroadcastFuture<'_> {
+impl BroadcastSource for TaskBroadcasts {
+    fn get(&self, id: u32) -> BroadcastFuture<'_> {
         Box::pin(self.cache.get(&*self.modules, self.app, id, self.secret))
     }
 }
@@ -133,66 +135,12 @@ fn err(kind: TaskErrorKind, chain: Vec<String>) -> TaskError {
     TaskError { kind, chain }
 }
 
-fn sandbox_err(e: SandboxError) -> TaskError {
-    let kind = match &e {
-        SandboxError::Limit(_) => TaskErrorKind::Limit,
-        SandboxError::Trap { .. } => TaskErrorKind::Trap,
-        SandboxError::Guest { .. } => TaskErrorKind::Guest,
-        e if e.is_bad_module() => TaskErrorKind::BadModule,
-        _ => TaskErrorKind::Io,
-    };
-    err(kind, e.chain())
-}
-
 fn io_err(what: String) -> TaskError {
     err(TaskErrorKind::Io, vec![what])
 }
 
-/// A live guest instance for one task.
-struct Guest {
-    store: Store<GuestState>,
-    job: FlintJob,
-}
-
-impl Guest {
-    async fn push(
-        &mut self,
-        piece: u32,
-        side: u32,
-        batch: Vec<u8>,
-    ) -> Result<Vec<wit_task::Chunk>, TaskError> {
-        let r = self
-            .job
-            .flint_job_task()
-            .call_push(&mut self.store, piece, side, &batch)
-            .await;
-        self.unwrap(r)
-    }
-
-    async fn end_piece(&mut self, piece: u32) -> Result<Vec<wit_task::Chunk>, TaskError> {
-        let r = self
-            .job
-            .flint_job_task()
-            .call_end_piece(&mut self.store, piece)
-            .await;
-        self.unwrap(r)
-    }
-
-    async fn finish(&mut self) -> Result<Vec<wit_task::Chunk>, TaskError> {
-        let r = self.job.flint_job_task().call_finish(&mut self.store).await;
-        self.unwrap(r)
-    }
-
-    fn unwrap<T>(
-        &self,
-        r: wasmtime::Result<Result<T, sandbox::wit::ErrorChain>>,
-    ) -> Result<T, TaskError> {
-        match r {
-            Ok(Ok(v)) => Ok(v),
-            Ok(Err(chain)) => Err(sandbox_err(sandbox::guest_error(chain))),
-            Err(e) => Err(sandbox_err(sandbox::classify(e, &self.store))),
-        }
-    }
+fn limit(limit: Limit, what: String) -> TaskError {
+    err(TaskErrorKind::Limit(limit), vec![what])
 }
 
 async fn run(
@@ -205,197 +153,161 @@ async fn run(
     let modules = env.modules.clone();
     let hash = desc.module;
     let sandbox = if desc.limits.meter_fuel {
-        env.sandbox.metered().map_err(sandbox_err)?
+        env.sandbox.metered()?
     } else {
         env.sandbox.clone()
     };
     let (loaded, info) = sandbox
         .load(hash, || async move { modules.fetch(hash).await })
-        .await
-        .map_err(sandbox_err)?;
+        .await?;
     m.load_ms = info.ms;
     m.compiled = info.compiled;
     let limits = StoreLimits {
         memory_bytes: desc.limits.memory_bytes,
+        memory_setting: "task.memory",
         deadline: Some(std::time::Duration::from_millis(desc.limits.deadline_ms)),
         deadline_setting: "task.deadline",
         output_bytes: GUEST_OUTPUT_CAP,
     };
-    let mut store = sandbox.store(&limits, None);
-    store.data_mut().set_broadcasts(Arc::new(TaskBroadcasts {
+    let broadcasts = Arc::new(TaskBroadcasts {
         cache: env.broadcasts.clone(),
         modules: env.modules.clone(),
         app: desc.app,
         secret: desc.app_secret,
-    }));
-    let t = Instant::now();
-    let job = loaded.instantiate(&mut store).await.map_err(sandbox_err)?;
-    m.instantiate_us = t.elapsed().as_micros() as u64;
-    let mut guest = Guest { store, job };
-    let result: Result<TaskSuccess, TaskError> = async {
-        let spec = task_spec(desc, env.fetcher.me().0);
-        let r = guest
-            .job
-            .flint_job_task()
-            .call_start(&mut guest.store, &spec)
-            .await;
-        guest.unwrap(r)?;
-
-        let mut sink = Sink::new(desc);
-        let max_output = desc.limits.max_output_bytes;
-        for (i, piece) in desc.pieces.iter().enumerate() {
-            let i = i as u32;
-            match &piece.input {
-                TaskInput::Split {
-                    path,
-                    format,
-                    malformed,
-                    start,
-                    end,
-                    ..
-                } => {
-                    let (tx, mut rx) = mpsc::channel(2);
-                    let (path, format, malformed, start, end) = (
-                        PathBuf::from(path),
-                        format.clone(),
-                        *malformed,
-                        *start,
-                        *end,
-                    );
-                    // Reading and encoding run on a blocking thread, one batch ahead of
-                    // the guest.
-                    let reader = tokio::task::spawn_blocking(move || {
-                        let mut r = match SourceReader::open(&path, &format, malformed, start, end)
-                        {
-                            Ok(r) => r,
-                            Err(e) => {
-                                let _ = tx.blocking_send(Err(e));
-                                return;
-                            }
-                        };
-                        loop {
-                            let next = r.next_batch().transpose();
-                            let Some(item) = next else { return };
-                            let failed = item.is_err();
-                            if tx.blocking_send(item).is_err() || failed {
-                                return;
-                            }
-                        }
-                    });
-                    while let Some(item) = rx.recv().await {
-                        let batch = item.map_err(|e| io_err(e.to_string()))?;
-                        m.input_records += batch.rows;
-                        m.input_bytes += batch.bytes;
-                        m.dropped_records += batch.dropped;
-                        if batch.rows == 0 {
-                            continue;
-                        }
-                        let chunks = guest.push(i, 0, batch.ipc).await?;
-                        sink.accept(chunks, m, max_output)?;
-                    }
-                    let _ = reader.await;
-                }
-                TaskInput::Inline { ipc, .. } => {
-                    m.input_bytes += ipc.len() as u64;
-                    let chunks = guest.push(i, 0, ipc.clone()).await?;
-                    sink.accept(chunks, m, max_output)?;
-                }
-                TaskInput::Shuffle {
-                    reduce_partition,
-                    sides,
-                    ..
-                } => {
-                    let mut rx = fetch_segments(env, desc, *reduce_partition, sides);
-                    while let Some((side, r, permit, src)) = rx.recv().await {
-                        let (data, remote) = r.map_err(|e| {
-                            err(
-                                TaskErrorKind::FetchFailed {
-                                    executor: src.executor,
-                                    map_partition: src.map_partition,
-                                },
-                                vec![e],
-                            )
-                        })?;
-                        if remote {
-                            m.shuffle_read_remote_bytes += data.len() as u64;
-                        } else {
-                            m.shuffle_read_local_bytes += data.len() as u64;
-                        }
-                        m.input_bytes += data.len() as u64;
-                        let chunks = guest.push(i, side, data).await?;
-                        drop(permit);
-                        sink.accept(chunks, m, max_output)?;
-                    }
-                }
-            }
-            let chunks = guest.end_piece(i).await?;
-            sink.accept(chunks, m, max_output)?;
+    });
+    let mut guest = sandbox
+        .start_task(&loaded, &limits, broadcasts, desc, env.fetcher.me().0)
+        .await?;
+    m.instantiate_us = guest.instantiate_us;
+    let mut sink = Sink::new(env, desc);
+    let fed = feed(env, desc, &mut guest, &mut sink, m, accumulators).await;
+    let result = match fed {
+        Ok(()) => sink.complete(env, desc, m).await,
+        Err(e) => {
+            sink.discard();
+            Err(e)
         }
-        let chunks = guest.finish().await?;
-        sink.accept(chunks, m, max_output)?;
-        let r = guest
-            .job
-            .flint_job_task()
-            .call_take_accumulators(&mut guest.store)
-            .await;
-        *accumulators = guest
-            .unwrap(r.map(Ok))?
-            .into_iter()
-            .map(|u| (u.id, u.value))
-            .collect();
-        m.peak_memory_bytes = guest.store.data().peak_memory();
-        m.fuel = sandbox.fuel_consumed(&guest.store);
-        sink.complete(env, desc, m).await
-    }
-    .await;
+    };
     // What the guest printed, capped, for the task's record.
-    let data = guest.store.data();
     *output = GuestOutput {
-        stdout: tail(&data.stdout(), GUEST_OUTPUT_IN_STATUS),
-        stderr: tail(&data.stderr(), GUEST_OUTPUT_IN_STATUS),
+        stdout: tail(&guest.stdout(), GUEST_OUTPUT_IN_STATUS),
+        stderr: tail(&guest.stderr(), GUEST_OUTPUT_IN_STATUS),
     };
     result
 }
 
-fn wit_op(o: &Op) -> sandbox::wit::Op {
-    sandbox::wit::Op {
-        function: o.func.0,
-        arg: o.arg.clone(),
-    }
-}
-
-/// The guest's view of the task.
-fn task_spec(desc: &TaskDescriptor, executor: u32) -> wit_task::TaskSpec {
-    wit_task::TaskSpec {
-        pieces: desc
-            .pieces
-            .iter()
-            .map(|p| wit_task::Piece {
-                input: match &p.input {
-                    TaskInput::Split { decode, .. } | TaskInput::Inline { decode, .. } => {
-                        wit_task::PieceInput::Batches(wit_op(decode))
+/// Every piece's input through the guest, its output into `sink`.
+async fn feed(
+    env: &TaskEnv,
+    desc: &TaskDescriptor,
+    guest: &mut TaskInstance,
+    sink: &mut Sink,
+    m: &mut TaskMetrics,
+    accumulators: &mut Vec<(u32, Vec<u8>)>,
+) -> Result<(), TaskError> {
+    let max_output = desc.limits.max_output_bytes;
+    for (i, piece) in desc.pieces.iter().enumerate() {
+        let i = i as u32;
+        match &piece.input {
+            TaskInput::Split {
+                path,
+                format,
+                malformed,
+                start,
+                end,
+                ..
+            } => {
+                let (tx, mut rx) = mpsc::channel(2);
+                let (path, format, malformed, start, end) = (
+                    PathBuf::from(path),
+                    format.clone(),
+                    *malformed,
+                    *start,
+                    *end,
+                );
+                // Reading and encoding run on a blocking thread, one batch ahead of the
+                // guest.
+                let reader = tokio::task::spawn_blocking(move || {
+                    let mut r = match SourceReader::open(&path, &format, malformed, start, end) {
+                        Ok(r) => r,
+                        Err(e) => {
+                            let _ = tx.blocking_send(Err(e));
+                            return;
+                        }
+                    };
+                    loop {
+                        let next = r.next_batch().transpose();
+                        let Some(item) = next else { return };
+                        let failed = item.is_err();
+                        if tx.blocking_send(item).is_err() || failed {
+                            return;
+                        }
                     }
-                    TaskInput::Shuffle { read, .. } => wit_task::PieceInput::Shuffle(wit_op(read)),
-                },
-                ops: p.ops.iter().map(wit_op).collect(),
-            })
-            .collect(),
-        ops: desc.ops.iter().map(wit_op).collect(),
-        output: match &desc.output {
-            TaskOutput::ShuffleWrite {
-                write, partitions, ..
-            } => wit_task::TaskOutput::Shuffle(wit_task::ShuffleWrite {
-                write: wit_op(write),
-                partitions: *partitions,
-            }),
-            TaskOutput::File { render, .. } => wit_task::TaskOutput::Render(wit_op(render)),
-            TaskOutput::Rows { encode } => wit_task::TaskOutput::Rows(wit_op(encode)),
-            TaskOutput::Count => wit_task::TaskOutput::Count,
-        },
-        partition: desc.attempt.task.partition,
-        attempt: desc.attempt.attempt,
-        executor,
+                });
+                while let Some(item) = rx.recv().await {
+                    let batch = item.map_err(|e| io_err(e.to_string()))?;
+                    m.input_records += batch.rows;
+                    m.input_bytes += batch.bytes;
+                    m.dropped_records += batch.dropped;
+                    if batch.rows == 0 {
+                        continue;
+                    }
+                    let chunks = guest.push(i, 0, &batch.ipc).await?;
+                    sink.accept(chunks, m, max_output)?;
+                }
+                let _ = reader.await;
+            }
+            TaskInput::Inline { ipc, .. } => {
+                m.input_bytes += ipc.len() as u64;
+                let chunks = guest.push(i, 0, ipc).await?;
+                sink.accept(chunks, m, max_output)?;
+            }
+            TaskInput::Shuffle {
+                reduce_partition,
+                sides,
+                ..
+            } => {
+                let mut rx = fetch_segments(env, desc, *reduce_partition, sides);
+                while let Some((side, r, permit, src)) = rx.recv().await {
+                    let (data, remote) = r.map_err(|e| {
+                        err(
+                            TaskErrorKind::FetchFailed {
+                                executor: src.executor,
+                                map_partition: src.map_partition,
+                            },
+                            vec![e],
+                        )
+                    })?;
+                    if remote {
+                        m.shuffle_read_remote_bytes += data.len() as u64;
+                    } else {
+                        m.shuffle_read_local_bytes += data.len() as u64;
+                    }
+                    m.input_bytes += data.len() as u64;
+                    let chunks = guest.push(i, side, &data).await?;
+                    drop(permit);
+                    sink.accept(chunks, m, max_output)?;
+                }
+            }
+        }
+        let chunks = guest.end_piece(i).await?;
+        sink.accept(chunks, m, max_output)?;
     }
+    let chunks = guest.finish().await?;
+    sink.accept(chunks, m, max_output)?;
+    *accumulators = guest.take_accumulators().await?;
+    let bytes: usize = accumulators.iter().map(|(_, v)| v.len()).sum();
+    if bytes > MAX_TASK_ACCUMULATOR_BYTES {
+        return Err(limit(
+            Limit::Accumulators,
+            format!(
+                "the task's accumulator updates are {bytes} bytes, over the {MAX_TASK_ACCUMULATOR_BYTES} one task may report"
+            ),
+        ));
+    }
+    m.peak_memory_bytes = guest.peak_memory();
+    m.fuel = guest.fuel_consumed();
+    Ok(())
 }
 
 type Fetched = (
@@ -474,16 +386,15 @@ enum Sink {
         rows: u64,
     },
     Rows {
-        batches: Vec<Vec<u8>>,
+        result: ResultWriter,
         rows: u64,
-        bytes: u64,
         max: u64,
     },
     Count(u64),
 }
 
 impl Sink {
-    fn new(desc: &TaskDescriptor) -> Sink {
+    fn new(env: &TaskEnv, desc: &TaskDescriptor) -> Sink {
         match &desc.output {
             TaskOutput::ShuffleWrite { partitions, .. } => Sink::Shuffle {
                 segments: vec![Vec::new(); *partitions as usize],
@@ -495,9 +406,8 @@ impl Sink {
                 rows: 0,
             },
             TaskOutput::Rows { .. } => Sink::Rows {
-                batches: Vec::new(),
+                result: env.results.writer(desc.attempt),
                 rows: 0,
-                bytes: 0,
                 max: desc.limits.max_result_bytes,
             },
             TaskOutput::Count => Sink::Count(0),
@@ -506,7 +416,7 @@ impl Sink {
 
     fn accept(
         &mut self,
-        chunks: Vec<wit_task::Chunk>,
+        chunks: Vec<Chunk>,
         m: &mut TaskMetrics,
         max_output: u64,
     ) -> Result<(), TaskError> {
@@ -514,11 +424,9 @@ impl Sink {
             m.output_records += c.rows;
             m.output_bytes += c.ipc.len() as u64;
             if m.output_bytes > max_output {
-                return Err(err(
-                    TaskErrorKind::Limit,
-                    vec![format!(
-                        "the task's output exceeds task.max_output_bytes ({max_output} bytes)"
-                    )],
+                return Err(limit(
+                    Limit::Output,
+                    format!("the task's output exceeds task.max_output_bytes ({max_output} bytes)"),
                 ));
             }
             match self {
@@ -575,28 +483,31 @@ impl Sink {
                         *rows += batch.num_rows() as u64;
                     }
                 }
-                Sink::Rows {
-                    batches,
-                    rows,
-                    bytes,
-                    max,
-                } => {
-                    *bytes += c.ipc.len() as u64;
-                    if *bytes > *max {
-                        return Err(err(
-                            TaskErrorKind::Limit,
-                            vec![format!(
-                                "result of this task exceeds driver.max_result_size ({max} bytes); write large results with save_as_text instead of collect"
-                            )],
+                Sink::Rows { result, rows, max } => {
+                    result
+                        .push(c.ipc)
+                        .map_err(|e| io_err(format!("storing the task's result: {e}")))?;
+                    if result.bytes() > *max {
+                        return Err(limit(
+                            Limit::Result,
+                            format!(
+                                "the result of this task exceeds driver.max_result_size ({max} bytes); write large results with a save_* action instead of collect"
+                            ),
                         ));
                     }
                     *rows += c.rows;
-                    batches.push(c.ipc);
                 }
                 Sink::Count(n) => *n += c.rows,
             }
         }
         Ok(())
+    }
+
+    /// A failed task's partial result goes.
+    fn discard(self) {
+        if let Sink::Rows { result, .. } = self {
+            result.discard();
+        }
     }
 
     async fn complete(
@@ -658,7 +569,15 @@ impl Sink {
                 }
                 TaskSuccess::File { file, rows }
             }
-            Sink::Rows { batches, rows, .. } => TaskSuccess::Rows { batches, rows },
+            Sink::Rows { result, rows, .. } => {
+                let (result, kept) = result
+                    .finish()
+                    .map_err(|e| io_err(format!("storing the task's result: {e}")))?;
+                if let Some((path, bytes)) = kept {
+                    env.results.keep(desc.attempt, path, bytes);
+                }
+                TaskSuccess::Rows { rows, result }
+            }
             Sink::Count(n) => TaskSuccess::Count(n),
         })
     }

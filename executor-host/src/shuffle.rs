@@ -5,10 +5,10 @@
 //! `WORK/shuffle/<job>/<shuffle>/`, index last, both by rename, so a reader sees a whole
 //! output or none.
 
-use crate::net::{self, NetError};
 use flint_protocol::ids::{ExecutorId, JobId, ShuffleId};
 use flint_protocol::plan::StorageLevel;
 use flint_protocol::wire::{FetchSegment, SegmentSource};
+use flint_transport::net::{self, NetError};
 use std::collections::HashMap;
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
@@ -310,12 +310,24 @@ pub fn same(a: &ShuffleSecret, b: &ShuffleSecret) -> bool {
     a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-/// Serves segment fetches on one peer connection until it closes.
+/// Serves segment fetches on one peer connection until it closes. The peer is an
+/// executor of this cluster (the handshake required its certificate); its connection
+/// opens with the preamble, then every fetch is a stream of its own.
 pub async fn serve_connection(
     conn: quinn::Connection,
     store: std::sync::Arc<ShuffleStore>,
     served: std::sync::Arc<std::sync::atomic::AtomicU64>,
 ) {
+    match net::accept(&conn).await {
+        Ok((mut send, _)) => {
+            let _ = send.finish();
+        }
+        Err(e) => {
+            tracing::debug!("refused a peer connection: {e}");
+            conn.close(1u32.into(), e.to_string().as_bytes());
+            return;
+        }
+    }
     while let Ok((mut send, mut recv)) = conn.accept_bi().await {
         let store = store.clone();
         let served = served.clone();
@@ -458,7 +470,8 @@ impl Fetcher {
         if let Some(c) = cached.filter(|c| c.close_reason().is_none()) {
             return Ok(c);
         }
-        let c = net::connect(&self.endpoint, addr, crate::tls::MEMBER_NAME).await?;
+        let c = net::connect(&self.endpoint, addr, flint_transport::tls::EXECUTOR_NAME).await?;
+        net::open(&c).await?;
         self.conns
             .lock()
             .unwrap_or_else(|p| p.into_inner())

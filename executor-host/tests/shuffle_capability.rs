@@ -1,16 +1,28 @@
-//! A forged fetch over real QUIC: a member of the cluster (so past mutual TLS) asks an
-//! executor for another job's shuffle segment, guessing its ids but not its capability.
+//! Shuffle serving over real QUIC: only executors of the cluster get past the handshake,
+//! and an executor of the cluster (say, one running a hostile tenant's task) that asks for
+//! another job's segment, guessing its ids but not its capability, is refused.
 
 use flint_executor_host::shuffle::{Fetcher, ShuffleStore, serve_connection};
-use flint_executor_host::tls::{self, ClusterCredentials};
 use flint_protocol::ids::{ExecutorId, JobId, ShuffleId};
 use flint_protocol::wire::SegmentSource;
+use flint_transport::tls::{ClusterAuthority, ExecutorIdentity, ExecutorKey};
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 
+/// An executor identity as enrolment gives one: its own key, certified by the CA.
+fn executor(ca: &ClusterAuthority) -> ExecutorIdentity {
+    let key = ExecutorKey::generate().unwrap();
+    let cert = ca.issue_executor(&key.public_key()).unwrap();
+    key.into_identity(
+        cert,
+        ca.executor_ca_pem().to_string(),
+        ca.driver_ca_pem().to_string(),
+    )
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_fetch_without_the_job_s_capability_is_refused() {
-    let creds = ClusterCredentials::generate().unwrap();
+    let ca = ClusterAuthority::generate().unwrap();
     let dir = tempfile::tempdir().unwrap();
     let store = Arc::new(ShuffleStore::new(dir.path()));
     let (tenant_a, tenant_b) = (JobId(1), JobId(2));
@@ -24,7 +36,9 @@ async fn a_fetch_without_the_job_s_capability_is_refused() {
         "a job id cannot be taken over with another capability"
     );
 
-    let server = tls::endpoint(&creds.member, "127.0.0.1:0".parse().unwrap()).unwrap();
+    let server = executor(&ca)
+        .endpoint("127.0.0.1:0".parse().unwrap())
+        .unwrap();
     let addr = server.local_addr().unwrap().to_string();
     let served = Arc::new(AtomicU64::new(0));
     {
@@ -38,7 +52,9 @@ async fn a_fetch_without_the_job_s_capability_is_refused() {
         });
     }
 
-    let client = tls::endpoint(&creds.member, "127.0.0.1:0".parse().unwrap()).unwrap();
+    let client = executor(&ca)
+        .endpoint("127.0.0.1:0".parse().unwrap())
+        .unwrap();
     let other = tempfile::tempdir().unwrap();
     let fetcher = Fetcher::new(
         client,
@@ -83,6 +99,64 @@ async fn a_fetch_without_the_job_s_capability_is_refused() {
     assert!(
         fetcher
             .fetch(tenant_b, ShuffleId(0), 0, &src, secret_b)
+            .await
+            .is_err()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_executors_of_the_cluster_get_past_the_handshake() {
+    let ca = ClusterAuthority::generate().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(ShuffleStore::new(dir.path()));
+    let server = executor(&ca)
+        .endpoint("127.0.0.1:0".parse().unwrap())
+        .unwrap();
+    let addr = server.local_addr().unwrap();
+    {
+        let (server, store) = (server.clone(), store.clone());
+        tokio::spawn(async move {
+            while let Some(incoming) = server.accept().await {
+                if let Ok(c) = incoming.await {
+                    tokio::spawn(serve_connection(c, store.clone(), Default::default()));
+                }
+            }
+        });
+    }
+    // A tenant holds the driver CA only, and no certificate: refused at the handshake.
+    let tenant = flint_transport::tls::anonymous_endpoint(ca.driver_ca_pem()).unwrap();
+    let r = async {
+        let c = tenant
+            .connect(addr, flint_transport::tls::EXECUTOR_NAME)?
+            .await?;
+        c.open_bi().await?.0.write_all(b"FLNT").await?;
+        c.accept_bi().await?;
+        anyhow::Ok(())
+    }
+    .await;
+    assert!(
+        r.is_err(),
+        "a connection without a certificate is served nothing"
+    );
+    // An executor of another cluster: refused too.
+    let other = ClusterAuthority::generate().unwrap();
+    let stranger = executor(&other)
+        .endpoint("127.0.0.1:0".parse().unwrap())
+        .unwrap();
+    let fetcher = Fetcher::new(
+        stranger,
+        ExecutorId(9),
+        Arc::new(ShuffleStore::new(dir.path())),
+    );
+    let src = SegmentSource {
+        executor: ExecutorId(1),
+        addr: addr.to_string(),
+        map_partition: 0,
+        size: 4,
+    };
+    assert!(
+        fetcher
+            .fetch(JobId(1), ShuffleId(0), 0, &src, [0; 16])
             .await
             .is_err()
     );

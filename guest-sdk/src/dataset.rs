@@ -1398,16 +1398,71 @@ impl<T> Dataset<T> {
     }
 }
 
-/// Lineage → plan nodes in topological order (shared ancestors once).
-fn flatten(root: &Rc<LNode>) -> Result<wit::Plan> {
-    fn visit(
-        n: &Rc<LNode>,
-        seen: &mut HashMap<*const LNode, u32>,
-        out: &mut Vec<wit::PlanNode>,
-    ) -> Result<u32> {
-        if let Some(i) = seen.get(&Rc::as_ptr(n)) {
-            return Ok(*i);
+impl LNode {
+    /// The parents, in plan order.
+    fn parents(&self) -> Vec<&Rc<LNode>> {
+        match self {
+            LNode::Files { .. } | LNode::Inline { .. } | LNode::Invalid(_) => Vec::new(),
+            LNode::Narrow { parent, .. }
+            | LNode::Coalesce { parent, .. }
+            | LNode::Cache { parent, .. } => vec![parent],
+            LNode::Shuffle { sides, .. } => sides.iter().map(|(p, _)| p).collect(),
+            LNode::Union(parents) => parents.iter().collect(),
         }
+    }
+
+    /// Moves the parents out (a placeholder takes their place), so that dropping a long
+    /// lineage is a loop rather than one nested call per node.
+    fn take_parents(&mut self) -> Vec<Rc<LNode>> {
+        thread_local! {
+            static PLACEHOLDER: Rc<LNode> = Rc::new(LNode::Invalid(String::new()));
+        }
+        let placeholder = || PLACEHOLDER.with(Rc::clone);
+        match self {
+            LNode::Files { .. } | LNode::Inline { .. } | LNode::Invalid(_) => Vec::new(),
+            LNode::Narrow { parent, .. }
+            | LNode::Coalesce { parent, .. }
+            | LNode::Cache { parent, .. } => vec![std::mem::replace(parent, placeholder())],
+            LNode::Shuffle { sides, .. } => {
+                std::mem::take(sides).into_iter().map(|(p, _)| p).collect()
+            }
+            LNode::Union(parents) => std::mem::take(parents),
+        }
+    }
+}
+
+impl Drop for LNode {
+    fn drop(&mut self) {
+        let mut orphans = self.take_parents();
+        while let Some(n) = orphans.pop() {
+            if let Ok(mut node) = Rc::try_unwrap(n) {
+                orphans.extend(node.take_parents());
+            }
+        }
+    }
+}
+
+/// Lineage → plan nodes in topological order (shared ancestors once). Walks with an
+/// explicit stack: a lineage thousands of nodes long must not overflow the guest's.
+fn flatten(root: &Rc<LNode>) -> Result<wit::Plan> {
+    let mut index: HashMap<*const LNode, u32> = HashMap::new();
+    let mut out: Vec<wit::PlanNode> = Vec::new();
+    // (node, whether its parents have been pushed already)
+    let mut stack: Vec<(&Rc<LNode>, bool)> = vec![(root, false)];
+    while let Some((n, expanded)) = stack.pop() {
+        if index.contains_key(&Rc::as_ptr(n)) {
+            continue;
+        }
+        if !expanded {
+            stack.push((n, true));
+            for p in n.parents().into_iter().rev() {
+                if !index.contains_key(&Rc::as_ptr(p)) {
+                    stack.push((p, false));
+                }
+            }
+            continue;
+        }
+        let at = |p: &Rc<LNode>| index[&Rc::as_ptr(p)];
         let node = match &**n {
             LNode::Files {
                 paths,
@@ -1429,74 +1484,52 @@ fn flatten(root: &Rc<LNode>) -> Result<wit::Plan> {
                 parent,
                 apply,
                 name,
-            } => {
-                let parent = visit(parent, seen, out)?;
-                wit::PlanNode::Narrow(wit::NarrowOp {
-                    parent,
-                    apply: apply.clone(),
-                    name: name.to_string(),
-                })
-            }
+            } => wit::PlanNode::Narrow(wit::NarrowOp {
+                parent: at(parent),
+                apply: apply.clone(),
+                name: name.to_string(),
+            }),
             LNode::Shuffle {
                 sides,
                 partitions,
                 read,
                 name,
-            } => {
-                let mut ws = Vec::new();
-                for (parent, write) in sides {
-                    ws.push(wit::ShuffleSide {
-                        parent: visit(parent, seen, out)?,
+            } => wit::PlanNode::Shuffle(wit::ShuffleOp {
+                sides: sides
+                    .iter()
+                    .map(|(parent, write)| wit::ShuffleSide {
+                        parent: at(parent),
                         write: write.clone(),
-                    });
-                }
-                wit::PlanNode::Shuffle(wit::ShuffleOp {
-                    sides: ws,
-                    partitions: *partitions,
-                    read: read.clone(),
-                    name: name.to_string(),
-                })
-            }
-            LNode::Union(parents) => {
-                let mut ps = Vec::new();
-                for p in parents {
-                    ps.push(visit(p, seen, out)?);
-                }
-                wit::PlanNode::Union(ps)
-            }
-            LNode::Coalesce { parent, partitions } => {
-                let parent = visit(parent, seen, out)?;
-                wit::PlanNode::Coalesce(wit::CoalesceOp {
-                    parent,
-                    partitions: *partitions,
-                })
-            }
+                    })
+                    .collect(),
+                partitions: *partitions,
+                read: read.clone(),
+                name: name.to_string(),
+            }),
+            LNode::Union(parents) => wit::PlanNode::Union(parents.iter().map(at).collect()),
+            LNode::Coalesce { parent, partitions } => wit::PlanNode::Coalesce(wit::CoalesceOp {
+                parent: at(parent),
+                partitions: *partitions,
+            }),
             LNode::Cache {
                 parent,
                 id,
                 level,
                 write,
                 read,
-            } => {
-                let parent = visit(parent, seen, out)?;
-                wit::PlanNode::Cache(wit::CacheOp {
-                    parent,
-                    id: *id,
-                    level: *level,
-                    write: write.clone(),
-                    read: read.clone(),
-                })
-            }
+            } => wit::PlanNode::Cache(wit::CacheOp {
+                parent: at(parent),
+                id: *id,
+                level: *level,
+                write: write.clone(),
+                read: read.clone(),
+            }),
             LNode::Invalid(why) => return Err(Error::msg(why.clone())),
         };
         out.push(node);
-        let i = out.len() as u32 - 1;
-        seen.insert(Rc::as_ptr(n), i);
-        Ok(i)
+        index.insert(Rc::as_ptr(n), out.len() as u32 - 1);
     }
-    let mut nodes = Vec::new();
-    visit(root, &mut HashMap::new(), &mut nodes)?;
-    Ok(wit::Plan { nodes })
+    Ok(wit::Plan { nodes: out })
 }
 
 pub(crate) fn render_text<T: crate::Data + ToText>(_arg: &[u8], rows: Rows) -> Result<RecordBatch> {

@@ -1,10 +1,12 @@
-use crate::bindings::flint::job::types::ErrorChain;
+use crate::bindings::flint::job::types::{ErrorChain, ErrorKind};
 use std::fmt;
 
 /// A job's error: a message and the chain of causes under it.
 ///
 /// Any `std::error::Error` converts into it with `?`, keeping its `source()` chain, so the
-/// user sees the root cause on their terminal.
+/// user sees the root cause on their terminal. An error the host returned (a failed
+/// action) keeps what kind of failure it was through `?` and [`Error::context`], so the
+/// submitter learns why the job ended (a limit, a failed task...), not just that it did.
 ///
 /// ```
 /// fn parse(s: &str) -> flint::Result<u64> {
@@ -15,6 +17,8 @@ use std::fmt;
 pub struct Error {
     message: String,
     causes: Vec<String>,
+    /// Set on errors that came from the host.
+    kind: Option<ErrorKind>,
 }
 
 /// `Result` with [`Error`].
@@ -31,6 +35,7 @@ impl Error {
         Error {
             message: message.to_string(),
             causes: Vec::new(),
+            kind: None,
         }
     }
 
@@ -46,6 +51,7 @@ impl Error {
         Error {
             message: message.to_string(),
             causes,
+            kind: self.kind,
         }
     }
 
@@ -53,6 +59,7 @@ impl Error {
         ErrorChain {
             message: self.message,
             causes: self.causes,
+            kind: self.kind,
         }
     }
 
@@ -60,6 +67,7 @@ impl Error {
         Error {
             message: c.message,
             causes: c.causes,
+            kind: c.kind,
         }
     }
 }
@@ -94,6 +102,7 @@ impl<E: std::error::Error> From<E> for Error {
         Error {
             message: e.to_string(),
             causes,
+            kind: None,
         }
     }
 }

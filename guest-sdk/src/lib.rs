@@ -68,7 +68,7 @@
 //!
 //! # The boundary
 //! The host and the job speak the WIT world `flint:job/flint-job` (`wit/flint.wit` in
-//! this crate, documented there): a `plan` of nodes (file and inline sources, narrow
+//! this crate's folder, documented there): a `plan` of nodes (file and inline sources, narrow
 //! ops, shuffles with one or more sides, unions, coalesces) and an `action` go to the
 //! host's `run-action`; tasks are driven through `task.start`, `task.push` (per Arrow
 //! IPC batch, tagged with its piece and shuffle side), `task.end-piece` and
@@ -98,8 +98,9 @@ pub use flint_guest_macros::main;
 pub use shared::{Accumulator, Broadcast, Mergeable};
 pub use task::{TaskContext, task_context};
 
-/// The `flint:job` interface version this SDK speaks; the host checks it on load.
-pub const INTERFACE_VERSION: u32 = 4;
+/// The `flint:job` interface version this SDK speaks; the host checks it on load. Read
+/// from the WIT world's package version (crate `flint-wit`), as the host reads it.
+pub const INTERFACE_VERSION: u32 = flint_wit::INTERFACE_VERSION;
 
 #[doc(hidden)]
 pub mod __private {
@@ -136,7 +137,7 @@ pub mod __private {
 #[doc(hidden)]
 pub mod bindings {
     wit_bindgen::generate!({
-        path: "wit",
+        path: "wit/flint.wit",
         world: "flint-job",
         pub_export_macro: true,
         default_bindings_module: "::flint::__private::bindings",

@@ -35,7 +35,7 @@ impl<T: Data> Broadcast<T> {
         let bytes = postcard::to_stdvec(value)
             .map_err(|e| Error::from(e).context("serializing a broadcast value"))?;
         Ok(Broadcast {
-            id: host::broadcast(&bytes),
+            id: host::broadcast(&bytes).map_err(Error::from_chain)?,
             value: OnceCell::new(),
             _t: PhantomData,
         })

@@ -1,6 +1,12 @@
 //! Spark-style settings: `--conf KEY=VALUE` and config files of `key = value` lines.
-//! Every key is declared in [`KEYS`]; an unknown key or a bad value is an error that
-//! names it (and the file and line it came from).
+//! Every key is declared once, in the `settings!` table below, with its kind, default,
+//! scope and doc; an unknown key or a bad value is an error that names it (and the file
+//! and line it came from). [`Settings`] is the typed view, parsed once from a [`Conf`]:
+//! code reads `settings.task_memory`, never a string key.
+//!
+//! The scope says who may set a key: a submitter may set [`Scope::App`] keys freely,
+//! [`Scope::Capped`] keys only at or below the driver's own value (the cluster's bound,
+//! which the tenants file can lower per tenant), and never a [`Scope::Cluster`] key.
 
 use crate::scheduler::{Exclusion, JobPolicy, Speculation};
 use std::collections::BTreeMap;
@@ -25,173 +31,220 @@ pub enum Kind {
     Mode,
 }
 
+/// Who may set a key.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Scope {
+    /// Any application, for itself.
+    App,
+    /// An application may ask for less than the driver's value, not more: a bound that
+    /// protects the driver and the other tenants.
+    Capped,
+    /// Only the operator, on `flint driver` or `flint executor`.
+    Cluster,
+}
+
 pub struct KeyDef {
     pub key: &'static str,
     pub kind: Kind,
     /// `None`: unset unless given.
     pub default: Option<&'static str>,
+    pub scope: Scope,
     pub doc: &'static str,
 }
 
-/// Every setting Flint knows.
-pub const KEYS: &[KeyDef] = &[
-    KeyDef {
-        key: "shuffle.partitions",
-        kind: Kind::Count,
-        default: None,
-        doc: "reduce partitions of a shuffle that names none (default: as many as the map side)",
-    },
-    KeyDef {
-        key: "task.max_failures",
-        kind: Kind::Count,
-        default: Some("4"),
-        doc: "attempts of one task before its job fails",
-    },
-    KeyDef {
-        key: "task.memory",
-        kind: Kind::Bytes,
-        default: Some("2g"),
-        doc: "cap on a task's guest memory",
-    },
-    KeyDef {
-        key: "task.deadline",
-        kind: Kind::Duration,
-        default: Some("1h"),
-        doc: "wall-clock budget of one task attempt",
-    },
-    KeyDef {
-        key: "stage.max_consecutive_attempts",
-        kind: Kind::Count,
-        default: Some("4"),
-        doc: "attempts of a stage that lost its shuffle input before its job fails",
-    },
-    KeyDef {
-        key: "speculation",
-        kind: Kind::Bool,
-        default: Some("false"),
-        doc: "run copies of slow tasks on other executors; the first to finish wins",
-    },
-    KeyDef {
-        key: "speculation.multiplier",
-        kind: Kind::Number,
-        default: Some("3"),
-        doc: "a task is slow past this many times the stage's median task time",
-    },
-    KeyDef {
-        key: "speculation.quantile",
-        kind: Kind::Fraction,
-        default: Some("0.9"),
-        doc: "fraction of a stage's tasks that must finish before speculation starts",
-    },
-    KeyDef {
-        key: "speculation.min_runtime",
-        kind: Kind::Duration,
-        default: Some("100ms"),
-        doc: "tasks that ran less than this are never speculated",
-    },
-    KeyDef {
-        key: "exclude_on_failure.enabled",
-        kind: Kind::Bool,
-        default: Some("false"),
-        doc: "stop giving a job's tasks to executors that keep failing them",
-    },
-    KeyDef {
-        key: "exclude_on_failure.stage.max_failed_tasks",
-        kind: Kind::Count,
-        default: Some("2"),
-        doc: "different tasks of a stage failed on an executor before it is excluded for the stage",
-    },
-    KeyDef {
-        key: "exclude_on_failure.job.max_failed_tasks",
-        kind: Kind::Count,
-        default: Some("4"),
-        doc: "task failures of a job on an executor before it is excluded for the job",
-    },
-    KeyDef {
-        key: "scheduler.executor_wait_timeout",
-        kind: Kind::Duration,
-        default: Some("60s"),
-        doc: "how long a job waits while no executor can take its tasks",
-    },
-    KeyDef {
-        key: "scheduler.mode",
-        kind: Kind::Mode,
-        default: Some("FAIR"),
-        doc: "FAIR: tenants share slots by weight and min share, FIFO inside a tenant; FIFO: jobs in submission order",
-    },
-    KeyDef {
-        key: "shuffle.fetch_timeout",
-        kind: Kind::Duration,
-        default: Some("30s"),
-        doc: "time to fetch one shuffle segment before it is a fetch failure",
-    },
-    KeyDef {
-        key: "executor.decommission_timeout",
-        kind: Kind::Duration,
-        default: Some("30s"),
-        doc: "on SIGTERM, how long an executor lets running tasks finish before handing them back",
-    },
-    KeyDef {
-        key: "executor.cache_memory",
-        kind: Kind::Bytes,
-        default: Some("512m"),
-        doc: "memory an executor keeps cached partitions in; past it the least recently used go to disk (memory-and-disk) or are dropped (memory-only)",
-    },
-    KeyDef {
-        key: "executor.heartbeat_interval",
-        kind: Kind::Duration,
-        default: Some("10s"),
-        doc: "how often executors report",
-    },
-    KeyDef {
-        key: "executor.timeout",
-        kind: Kind::Duration,
-        default: Some("120s"),
-        doc: "silence after which an executor is lost",
-    },
-    KeyDef {
-        key: "shuffle.max_bytes_in_flight",
-        kind: Kind::Bytes,
-        default: Some("48m"),
-        doc: "shuffle bytes a reduce task fetches at once",
-    },
-    KeyDef {
-        key: "files.max_partition_bytes",
-        kind: Kind::Bytes,
-        default: Some("128m"),
-        doc: "largest input split",
-    },
-    KeyDef {
-        key: "driver.max_result_size",
-        kind: Kind::Bytes,
-        default: Some("1g"),
-        doc: "largest result collect may bring to the driver",
-    },
-    KeyDef {
-        key: "task.meter_fuel",
-        kind: Kind::Bool,
-        default: Some("false"),
-        doc: "count the Wasm instructions tasks execute (fuel), for accounting; slows guests",
-    },
-    KeyDef {
-        key: "task.max_output_bytes",
-        kind: Kind::Bytes,
-        default: Some("8g"),
-        doc: "cap on the bytes one task may output (shuffle segments, text, rows)",
-    },
-    KeyDef {
-        key: "driver.main_deadline",
-        kind: Kind::Duration,
-        default: Some("24h"),
-        doc: "wall-clock budget of the driver program, jobs it waits for included",
-    },
-    KeyDef {
-        key: "driver.max_main_output",
-        kind: Kind::Bytes,
-        default: Some("1m"),
-        doc: "captured stdout/stderr of the driver program",
-    },
-];
+/// FAIR or FIFO scheduling between jobs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SchedulingMode {
+    Fair,
+    Fifo,
+}
+
+/// A value of a setting, read from its validated text.
+trait FromSetting: Sized {
+    fn from_setting(v: Option<&str>) -> Self;
+}
+
+impl FromSetting for u64 {
+    fn from_setting(v: Option<&str>) -> Self {
+        v.and_then(parse_bytes).unwrap_or(0)
+    }
+}
+
+impl FromSetting for Duration {
+    fn from_setting(v: Option<&str>) -> Self {
+        v.and_then(parse_duration).unwrap_or_default()
+    }
+}
+
+impl FromSetting for u32 {
+    fn from_setting(v: Option<&str>) -> Self {
+        v.and_then(|v| v.parse().ok()).unwrap_or(0)
+    }
+}
+
+impl FromSetting for Option<u32> {
+    fn from_setting(v: Option<&str>) -> Self {
+        v.and_then(|v| v.parse().ok())
+    }
+}
+
+impl FromSetting for bool {
+    fn from_setting(v: Option<&str>) -> Self {
+        v.and_then(parse_bool).unwrap_or(false)
+    }
+}
+
+impl FromSetting for f64 {
+    fn from_setting(v: Option<&str>) -> Self {
+        v.and_then(|v| v.parse().ok()).unwrap_or(0.0)
+    }
+}
+
+impl FromSetting for SchedulingMode {
+    fn from_setting(v: Option<&str>) -> Self {
+        match v {
+            Some(v) if v.eq_ignore_ascii_case("fifo") => SchedulingMode::Fifo,
+            _ => SchedulingMode::Fair,
+        }
+    }
+}
+
+macro_rules! settings {
+    ($( $field:ident: $ty:ty = $key:literal, $kind:ident, $default:expr, $scope:ident, $doc:literal; )*) => {
+        /// Every setting Flint knows.
+        pub const KEYS: &[KeyDef] = &[
+            $( KeyDef { key: $key, kind: Kind::$kind, default: $default, scope: Scope::$scope, doc: $doc }, )*
+        ];
+
+        /// The settings, typed: parsed once from a validated [`Conf`], defaults filled in.
+        #[derive(Clone, Debug, PartialEq)]
+        pub struct Settings {
+            $( #[doc = $doc] pub $field: $ty, )*
+        }
+
+        impl Settings {
+            pub fn from_conf(c: &Conf) -> Settings {
+                Settings {
+                    $( $field: FromSetting::from_setting(c.raw($key)), )*
+                }
+            }
+        }
+    };
+}
+
+settings! {
+    shuffle_partitions: Option<u32> = "shuffle.partitions", Count, None, App,
+        "reduce partitions of a shuffle that names none (default: as many as the map side)";
+    task_max_failures: u32 = "task.max_failures", Count, Some("4"), App,
+        "attempts of one task before its job fails";
+    task_memory: u64 = "task.memory", Bytes, Some("2g"), App,
+        "cap on a task's guest memory";
+    task_deadline: Duration = "task.deadline", Duration, Some("1h"), App,
+        "wall-clock budget of one task attempt";
+    stage_max_consecutive_attempts: u32 = "stage.max_consecutive_attempts", Count, Some("4"), App,
+        "attempts of a stage that lost its shuffle input before its job fails";
+    speculation: bool = "speculation", Bool, Some("false"), App,
+        "run copies of slow tasks on other executors; the first to finish wins";
+    speculation_multiplier: f64 = "speculation.multiplier", Number, Some("3"), App,
+        "a task is slow past this many times the stage's median task time";
+    speculation_quantile: f64 = "speculation.quantile", Fraction, Some("0.9"), App,
+        "fraction of a stage's tasks that must finish before speculation starts";
+    speculation_min_runtime: Duration = "speculation.min_runtime", Duration, Some("100ms"), App,
+        "tasks that ran less than this are never speculated";
+    exclude_on_failure: bool = "exclude_on_failure.enabled", Bool, Some("false"), App,
+        "stop giving a job's tasks to executors that keep failing them";
+    exclude_stage_max_failed_tasks: u32 = "exclude_on_failure.stage.max_failed_tasks", Count, Some("2"), App,
+        "different tasks of a stage failed on an executor before it is excluded for the stage";
+    exclude_job_max_failed_tasks: u32 = "exclude_on_failure.job.max_failed_tasks", Count, Some("4"), App,
+        "task failures of a job on an executor before it is excluded for the job";
+    executor_wait_timeout: Duration = "scheduler.executor_wait_timeout", Duration, Some("60s"), App,
+        "how long a job waits while no executor can take its tasks";
+    scheduler_mode: SchedulingMode = "scheduler.mode", Mode, Some("FAIR"), Cluster,
+        "FAIR: tenants share slots by weight and min share, FIFO inside a tenant; FIFO: jobs in submission order";
+    shuffle_fetch_timeout: Duration = "shuffle.fetch_timeout", Duration, Some("30s"), App,
+        "time to fetch one shuffle segment before it is a fetch failure";
+    executor_decommission_timeout: Duration = "executor.decommission_timeout", Duration, Some("30s"), Cluster,
+        "on SIGTERM, how long an executor lets running tasks finish before handing them back";
+    executor_cache_memory: u64 = "executor.cache_memory", Bytes, Some("512m"), Cluster,
+        "memory an executor keeps cached partitions in; past it the least recently used go to disk (memory-and-disk) or are dropped (memory-only)";
+    executor_heartbeat_interval: Duration = "executor.heartbeat_interval", Duration, Some("10s"), Cluster,
+        "how often executors report";
+    executor_timeout: Duration = "executor.timeout", Duration, Some("120s"), Cluster,
+        "silence after which an executor is lost";
+    shuffle_max_bytes_in_flight: u64 = "shuffle.max_bytes_in_flight", Bytes, Some("48m"), App,
+        "shuffle bytes a reduce task fetches at once";
+    files_max_partition_bytes: u64 = "files.max_partition_bytes", Bytes, Some("128m"), App,
+        "largest input split";
+    max_result_size: u64 = "driver.max_result_size", Bytes, Some("1g"), Capped,
+        "largest result one action may bring to the driver (collect, take...), and one task";
+    task_meter_fuel: bool = "task.meter_fuel", Bool, Some("false"), App,
+        "count the Wasm instructions tasks execute (fuel), for accounting; slows guests";
+    task_max_output_bytes: u64 = "task.max_output_bytes", Bytes, Some("8g"), App,
+        "cap on the bytes one task may output (shuffle segments, text, rows)";
+    main_deadline: Duration = "driver.main_deadline", Duration, Some("24h"), App,
+        "wall-clock budget of the driver program, jobs it waits for included";
+    main_memory: u64 = "driver.main_memory", Bytes, Some("1g"), Capped,
+        "cap on the driver program's guest memory (collected results land there)";
+    max_main_output: u64 = "driver.max_main_output", Bytes, Some("1m"), Capped,
+        "captured stdout/stderr of the driver program";
+    max_partitions_per_stage: u32 = "driver.max_partitions_per_stage", Count, Some("100000"), Capped,
+        "partitions (input pieces, before coalesce) one stage may have";
+    max_tasks_per_job: u32 = "driver.max_tasks_per_job", Count, Some("1000000"), Capped,
+        "tasks of all stages of one job, and input files of one source";
+    max_plan_nodes: u32 = "driver.max_plan_nodes", Count, Some("10000"), Capped,
+        "nodes and edges of a job's plan, and operations its stages hold once shared inputs are expanded";
+    max_plan_depth: u32 = "driver.max_plan_depth", Count, Some("2000"), Capped,
+        "longest chain of operations from a source to the action";
+    max_accumulator_bytes: u64 = "driver.max_accumulator_bytes", Bytes, Some("64m"), Capped,
+        "accumulator updates an application holds before its driver program reads them";
+    max_broadcast_bytes: u64 = "driver.max_broadcast_bytes", Bytes, Some("512m"), Capped,
+        "broadcast values one application keeps on the driver";
+    max_apps: u32 = "driver.max_apps", Count, Some("32"), Cluster,
+        "driver programs that run at once, over all tenants";
+    max_apps_per_tenant: u32 = "driver.max_apps_per_tenant", Count, Some("8"), Cluster,
+        "driver programs one tenant runs at once (the tenants file's max_apps_running overrides it)";
+    max_component_size: u64 = "driver.max_component_size", Bytes, Some("256m"), Cluster,
+        "largest job component a driver accepts";
+}
+
+impl Settings {
+    /// The scheduler's per-job failure policy from these settings.
+    pub fn job_policy(&self) -> JobPolicy {
+        let ms = |d: Duration| d.as_millis() as u64;
+        JobPolicy {
+            max_task_failures: self.task_max_failures,
+            max_stage_attempts: self.stage_max_consecutive_attempts,
+            speculation: self.speculation.then(|| Speculation {
+                multiplier: self.speculation_multiplier,
+                quantile: self.speculation_quantile,
+                min_runtime_ms: ms(self.speculation_min_runtime),
+            }),
+            exclusion: self.exclude_on_failure.then_some(Exclusion {
+                max_failed_tasks_per_stage: self.exclude_stage_max_failed_tasks,
+                max_failed_tasks_per_job: self.exclude_job_max_failed_tasks,
+            }),
+            executor_wait_timeout_ms: ms(self.executor_wait_timeout),
+            attempt_timeout_ms: Some(ms(self.task_deadline) + ms(self.executor_timeout)),
+            pool: Default::default(),
+        }
+    }
+
+    /// The plan and DAG bounds.
+    pub fn plan_limits(&self) -> crate::plan::PlanLimits {
+        crate::plan::PlanLimits {
+            max_nodes: self.max_plan_nodes,
+            max_depth: self.max_plan_depth,
+            max_partitions_per_stage: self.max_partitions_per_stage,
+            max_tasks_per_job: self.max_tasks_per_job,
+        }
+    }
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings::from_conf(&Conf::default())
+    }
+}
 
 #[derive(Debug, Error, PartialEq)]
 pub enum ConfError {
@@ -211,9 +264,21 @@ pub enum ConfError {
         line: usize,
         source: Box<ConfError>,
     },
+    #[error(
+        "`{key}` is a cluster setting: the operator sets it on `flint driver` or `flint executor`, not an application"
+    )]
+    ClusterOnly { key: String },
+    #[error(
+        "`{key}` = {value} is above this cluster's bound of {bound}; ask for less, or ask the operator"
+    )]
+    AboveBound {
+        key: String,
+        value: String,
+        bound: String,
+    },
 }
 
-/// Validated settings, defaults filled in on read.
+/// Validated settings as given, as text; [`Settings`] is their typed view.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Conf {
     values: BTreeMap<String, String>,
@@ -263,6 +328,63 @@ impl Conf {
         }
     }
 
+    /// An application's settings over the driver's (`self`): refused if they set a
+    /// cluster key, or a capped key above the driver's value.
+    pub fn for_application(&self, app: &Conf) -> Result<Conf, ConfError> {
+        for (key, value) in &app.values {
+            let Some(def) = KEYS.iter().find(|d| d.key == key) else {
+                continue;
+            };
+            match def.scope {
+                Scope::App => {}
+                Scope::Cluster => return Err(ConfError::ClusterOnly { key: key.clone() }),
+                Scope::Capped => {
+                    let (asked, bound) =
+                        (self.magnitude(key, Some(value)), self.magnitude(key, None));
+                    if let (Some(asked), Some(bound)) = (asked, bound)
+                        && asked > bound
+                    {
+                        return Err(ConfError::AboveBound {
+                            key: key.clone(),
+                            value: value.clone(),
+                            bound: self.raw(key).unwrap_or_default().to_string(),
+                        });
+                    }
+                }
+            }
+        }
+        let mut out = self.clone();
+        out.overlay(app);
+        Ok(out)
+    }
+
+    /// A size, count or duration setting as one number (bytes, units or ms), to compare;
+    /// `value` instead of this conf's own when given.
+    pub fn magnitude(&self, key: &str, value: Option<&str>) -> Option<u64> {
+        let def = KEYS.iter().find(|d| d.key == key)?;
+        let v = value.or_else(|| self.raw(key))?;
+        match def.kind {
+            Kind::Bytes => parse_bytes(v),
+            Kind::Count => v.parse().ok(),
+            Kind::Duration => parse_duration(v).map(|d| d.as_millis() as u64),
+            _ => None,
+        }
+    }
+
+    /// The settings an application may send: all but the cluster's (for `flint run`,
+    /// whose settings configure the local cluster and its one application at once).
+    pub fn application_pairs(&self) -> Vec<(String, String)> {
+        self.values
+            .iter()
+            .filter(|(k, _)| {
+                KEYS.iter()
+                    .find(|d| d.key == k.as_str())
+                    .is_some_and(|d| d.scope != Scope::Cluster)
+            })
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect()
+    }
+
     pub fn pairs(&self) -> Vec<(String, String)> {
         self.values
             .iter()
@@ -278,72 +400,25 @@ impl Conf {
         Ok(c)
     }
 
+    /// The value of `key`, or its default.
     fn raw(&self, key: &str) -> Option<&str> {
-        let def = KEYS
-            .iter()
-            .find(|d| d.key == key)
-            .unwrap_or_else(|| panic!("undeclared setting {key}"));
+        let def = KEYS.iter().find(|d| d.key == key)?;
         self.values.get(key).map(String::as_str).or(def.default)
     }
 
-    /// Whether `key` was given (rather than left at its default).
     /// The value given for `key`, if one was (any key, declared or not: guests ask).
     pub fn get(&self, key: &str) -> Option<&str> {
         self.values.get(key).map(String::as_str)
     }
 
+    /// Whether `key` was given (rather than left at its default).
     pub fn is_set(&self, key: &str) -> bool {
         self.values.contains_key(key)
     }
 
-    pub fn bytes(&self, key: &str) -> u64 {
-        self.raw(key).and_then(parse_bytes).unwrap_or(0)
-    }
-
-    pub fn duration(&self, key: &str) -> Duration {
-        self.raw(key).and_then(parse_duration).unwrap_or_default()
-    }
-
-    pub fn count(&self, key: &str) -> Option<u32> {
-        self.raw(key).and_then(|v| v.parse().ok())
-    }
-
-    /// `scheduler.mode` is FAIR.
-    pub fn fair(&self) -> bool {
-        self.raw("scheduler.mode")
-            .is_some_and(|v| v.eq_ignore_ascii_case("fair"))
-    }
-
-    pub fn flag(&self, key: &str) -> bool {
-        self.raw(key).and_then(parse_bool).unwrap_or(false)
-    }
-
-    pub fn number(&self, key: &str) -> f64 {
-        self.raw(key).and_then(|v| v.parse().ok()).unwrap_or(0.0)
-    }
-
-    /// The scheduler's per-job failure policy from these settings.
-    pub fn job_policy(&self) -> JobPolicy {
-        let ms = |k| self.duration(k).as_millis() as u64;
-        JobPolicy {
-            max_task_failures: self.count("task.max_failures").unwrap_or(4),
-            max_stage_attempts: self.count("stage.max_consecutive_attempts").unwrap_or(4),
-            speculation: self.flag("speculation").then(|| Speculation {
-                multiplier: self.number("speculation.multiplier"),
-                quantile: self.number("speculation.quantile"),
-                min_runtime_ms: ms("speculation.min_runtime"),
-            }),
-            exclusion: self.flag("exclude_on_failure.enabled").then(|| Exclusion {
-                max_failed_tasks_per_stage: self
-                    .count("exclude_on_failure.stage.max_failed_tasks")
-                    .unwrap_or(2),
-                max_failed_tasks_per_job: self
-                    .count("exclude_on_failure.job.max_failed_tasks")
-                    .unwrap_or(4),
-            }),
-            executor_wait_timeout_ms: ms("scheduler.executor_wait_timeout"),
-            pool: Default::default(),
-        }
+    /// The typed view.
+    pub fn settings(&self) -> Settings {
+        Settings::from_conf(self)
     }
 }
 
@@ -458,27 +533,26 @@ mod tests {
         let mut c = Conf::default();
         c.set_pair("executor.heartbeat_interval=500ms").unwrap();
         c.set_pair("task.memory = 64m").unwrap();
-        assert_eq!(
-            c.duration("executor.heartbeat_interval"),
-            Duration::from_millis(500)
-        );
-        assert_eq!(c.bytes("task.memory"), 64 << 20);
-        assert_eq!(c.duration("executor.timeout"), Duration::from_secs(120));
-        assert_eq!(c.count("task.max_failures"), Some(4));
-        assert_eq!(c.count("shuffle.partitions"), None);
+        let s = c.settings();
+        assert_eq!(s.executor_heartbeat_interval, Duration::from_millis(500));
+        assert_eq!(s.task_memory, 64 << 20);
+        assert_eq!(s.executor_timeout, Duration::from_secs(120));
+        assert_eq!(s.task_max_failures, 4);
+        assert_eq!(s.shuffle_partitions, None);
+        assert_eq!(s.scheduler_mode, SchedulingMode::Fair);
     }
 
     #[test]
     fn the_job_policy_follows_the_settings() {
         let mut c = Conf::default();
-        let p = c.job_policy();
+        let p = c.settings().job_policy();
         assert_eq!((p.max_task_failures, p.max_stage_attempts), (4, 4));
         assert!(p.speculation.is_none() && p.exclusion.is_none());
         c.set_pair("speculation=true").unwrap();
         c.set_pair("speculation.quantile=0.5").unwrap();
         c.set_pair("exclude_on_failure.enabled=on").unwrap();
         c.set_pair("stage.max_consecutive_attempts=2").unwrap();
-        let p = c.job_policy();
+        let p = c.settings().job_policy();
         let spec = p.speculation.unwrap();
         assert_eq!(
             (spec.multiplier, spec.quantile, spec.min_runtime_ms),
@@ -516,8 +590,8 @@ mod tests {
             "# comment\ntask.max_failures 2\nshuffle.partitions = 8\n",
         )
         .unwrap();
-        assert_eq!(c.count("task.max_failures"), Some(2));
-        assert_eq!(c.count("shuffle.partitions"), Some(8));
+        assert_eq!(c.settings().task_max_failures, 2);
+        assert_eq!(c.settings().shuffle_partitions, Some(8));
         let e = c
             .merge_file("f.conf", "\n\nbogus.key = 1\n")
             .unwrap_err()
@@ -526,5 +600,47 @@ mod tests {
             e.starts_with("f.conf:3: unknown setting `bogus.key`"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn an_application_may_lower_a_bound_not_raise_it_nor_touch_a_cluster_key() {
+        let mut driver = Conf::default();
+        driver.set_pair("driver.max_result_size=100m").unwrap();
+        let app = |pair: &str| {
+            let mut c = Conf::default();
+            c.set_pair(pair).unwrap();
+            c
+        };
+        let merged = driver
+            .for_application(&app("driver.max_result_size=10m"))
+            .unwrap();
+        assert_eq!(merged.settings().max_result_size, 10 << 20);
+        let e = driver
+            .for_application(&app("driver.max_result_size=1g"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("above this cluster's bound of 100m"), "{e}");
+        // The default is the bound where the driver set none.
+        assert!(
+            Conf::default()
+                .for_application(&app("driver.max_partitions_per_stage=200000"))
+                .is_err()
+        );
+        let e = driver
+            .for_application(&app("executor.timeout=1s"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("cluster setting"), "{e}");
+        assert!(driver.for_application(&app("task.memory=8g")).is_ok());
+    }
+
+    #[test]
+    fn every_key_has_a_typed_field_and_parses_its_default() {
+        for def in KEYS {
+            if let Some(d) = def.default {
+                check(def, d).unwrap_or_else(|e| panic!("default of {}: {e}", def.key));
+            }
+        }
+        assert_eq!(Settings::default().max_plan_depth, 2000);
     }
 }

@@ -4,9 +4,10 @@
 //! coalesces stay inside a stage, whose tasks then read several *pieces* in turn.
 
 use crate::ids::ShuffleId;
-use crate::plan::{Action, LogicalPlan, Node, NodeIndex, Op, PlanError, StorageLevel};
+use crate::plan::{
+    Action, LogicalPlan, Node, NodeIndex, Op, PlanError, PlanLimits, ShuffleSide, StorageLevel,
+};
 use serde::{Deserialize, Serialize};
-use std::collections::HashMap;
 
 /// Where a branch of a stage gets its rows.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -147,33 +148,71 @@ pub fn take_round(limit: u64, found: u64, scanned: u32) -> u32 {
     more.min(u32::MAX as u64) as u32
 }
 
+/// Largest captured-value and inline-row bytes one task may carry: its descriptor must
+/// fit a frame to the executor ([`crate::wire::MAX_FRAME`]) with room to spare.
+pub const MAX_TASK_PLAN_BYTES: u64 = (crate::wire::MAX_FRAME / 2) as u64;
+
 /// Builds the stage DAG.
 ///
 /// `source_partitions(node)` says how many splits a file source has (the driver lists
 /// files to know); `default_shuffle_partitions` applies where a shuffle names no count
-/// (`None`: as many as its largest side has, Spark's RDD default).
+/// (`None`: as many as its largest side has, Spark's RDD default). `limits` bound what
+/// the result may hold: the plan is checked first, and the expansion of shared inputs
+/// into every stage that reads them is counted as it happens, before it is allocated.
+///
+/// The nodes are visited once each, in order (parents always come first), with no
+/// recursion: a plan thousands of nodes long cannot exhaust the driver's stack. A node
+/// read by several others is built once; its pipeline is copied only for the extra
+/// readers, and each copy is counted against the limits.
 pub fn build_dag(
     plan: &LogicalPlan,
     source_partitions: &dyn Fn(NodeIndex) -> u32,
     default_shuffle_partitions: Option<u32>,
+    limits: &PlanLimits,
 ) -> Result<JobDag, PlanError> {
-    plan.validate()?;
+    plan.validate(limits)?;
+    let n = plan.nodes.len();
+    let root = plan.root();
+    // What the action needs, and how many times each node is read.
+    let mut needed = vec![false; n];
+    let mut readers = vec![0u32; n];
+    needed[root] = true;
+    for i in (0..n).rev() {
+        if !needed[i] {
+            continue;
+        }
+        for p in plan.nodes[i].parents() {
+            needed[p] = true;
+            readers[p] += 1;
+        }
+    }
     let mut b = Builder {
         plan,
         source_partitions,
         default_shuffle_partitions,
+        limits: *limits,
         stages: Vec::new(),
-        shuffles: HashMap::new(),
+        built: (0..n).map(|_| None).collect(),
+        readers,
         next_shuffle: 0,
+        ops: 0,
+        tasks: 0,
     };
-    let p = b.pipeline(plan.root())?;
+    for (i, needed) in needed.into_iter().enumerate() {
+        if needed {
+            let p = b.build(i)?;
+            b.built[i] = Some(p);
+        }
+    }
+    let p = b.built[root].take().expect("the root was built");
     let mut names = p.names.clone();
     names.push(plan.action.name().to_string());
-    b.push_stage(p, StageOutput::Result(plan.action.clone()), names);
+    b.push_stage(p, StageOutput::Result(plan.action.clone()), names)?;
     Ok(JobDag { stages: b.stages })
 }
 
 /// The part of a stage built so far, from its inputs up to some node.
+#[derive(Clone)]
 struct Pipeline {
     parents: Vec<u32>,
     branches: Vec<Branch>,
@@ -204,15 +243,19 @@ impl Pipeline {
         }
     }
 
-    /// Moves the tail into every branch: what follows a union or coalesce must not see
-    /// the rows of pieces it did not before.
-    fn sink_tail(&mut self) {
-        let tail = std::mem::take(&mut self.tail);
-        if !tail.is_empty() {
-            for b in &mut self.branches {
-                b.ops.extend(tail.iter().cloned());
-            }
-        }
+    /// Input pieces over all partitions (a union or coalesce puts several in one).
+    fn piece_count(&self) -> u64 {
+        self.pieces.iter().map(|p| p.len() as u64).sum()
+    }
+
+    /// Operations it holds.
+    fn op_count(&self) -> u64 {
+        self.tail.len() as u64
+            + self
+                .branches
+                .iter()
+                .map(|b| b.ops.len() as u64)
+                .sum::<u64>()
     }
 }
 
@@ -220,15 +263,93 @@ struct Builder<'a> {
     plan: &'a LogicalPlan,
     source_partitions: &'a dyn Fn(NodeIndex) -> u32,
     default_shuffle_partitions: Option<u32>,
+    limits: PlanLimits,
     stages: Vec<StageDef>,
-    /// Shuffle node → (map stages, shuffle ids, partitions), built once however often read.
-    shuffles: HashMap<NodeIndex, (Vec<u32>, Vec<ShuffleId>, u32)>,
+    /// Per plan node, what its readers start from: the pipeline computing it (for a
+    /// shuffle or cache node, the reading side of its map stages).
+    built: Vec<Option<Pipeline>>,
+    /// Readers of each node not yet served.
+    readers: Vec<u32>,
     next_shuffle: u32,
+    /// Operations placed in pipelines so far, copies included.
+    ops: u64,
+    /// Tasks of the stages pushed so far.
+    tasks: u64,
 }
 
 impl Builder<'_> {
-    fn push_stage(&mut self, p: Pipeline, output: StageOutput, names: Vec<String>) -> u32 {
+    fn count_ops(&mut self, more: u64) -> Result<(), PlanError> {
+        self.ops += more;
+        if self.ops > self.limits.max_nodes as u64 {
+            return Err(PlanError::Limit {
+                limit: "driver.max_plan_nodes",
+                what: format!(
+                    "the job's stages would hold more than {} operations (an input read by several datasets is copied into each)",
+                    self.limits.max_nodes
+                ),
+                max: self.limits.max_nodes as u64,
+            });
+        }
+        Ok(())
+    }
+
+    fn check_pieces(&self, pieces: u64, what: &str) -> Result<(), PlanError> {
+        let max = self.limits.max_partitions_per_stage as u64;
+        if pieces > max {
+            return Err(PlanError::Limit {
+                limit: "driver.max_partitions_per_stage",
+                what: format!("{what} has {pieces} partitions"),
+                max,
+            });
+        }
+        Ok(())
+    }
+
+    /// The pipeline of `node` for one of its readers: the last reader takes it, the
+    /// others get a copy, counted against the limits.
+    fn read(&mut self, node: NodeIndex) -> Result<Pipeline, PlanError> {
+        self.readers[node] = self.readers[node].saturating_sub(1);
+        if self.readers[node] == 0 {
+            return Ok(self.built[node].take().expect("parents are built first"));
+        }
+        let p = self.built[node].as_ref().expect("parents are built first");
+        let (ops, pieces) = (p.op_count(), p.piece_count());
+        self.count_ops(ops)?;
+        self.check_pieces(pieces, &format!("a copy of plan node {node}"))?;
+        Ok(self.built[node].clone().expect("checked above"))
+    }
+
+    /// Moves the tail into every branch: what follows a union or coalesce must not see
+    /// the rows of pieces it did not before.
+    fn sink_tail(&mut self, p: &mut Pipeline) -> Result<(), PlanError> {
+        let tail = std::mem::take(&mut p.tail);
+        if !tail.is_empty() {
+            let copies = (p.branches.len() as u64).saturating_sub(1);
+            self.count_ops(copies * tail.len() as u64)?;
+            for b in &mut p.branches {
+                b.ops.extend(tail.iter().cloned());
+            }
+        }
+        Ok(())
+    }
+
+    fn push_stage(
+        &mut self,
+        p: Pipeline,
+        output: StageOutput,
+        names: Vec<String>,
+    ) -> Result<u32, PlanError> {
         let index = self.stages.len() as u32;
+        self.tasks += p.pieces.len() as u64;
+        let max_tasks = self.limits.max_tasks_per_job as u64;
+        if self.tasks > max_tasks {
+            return Err(PlanError::Limit {
+                limit: "driver.max_tasks_per_job",
+                what: format!("the job has more than {max_tasks} tasks"),
+                max: max_tasks,
+            });
+        }
+        self.check_task_bytes(&p, index)?;
         let mut parents = p.parents;
         parents.sort_unstable();
         parents.dedup();
@@ -242,21 +363,59 @@ impl Builder<'_> {
             output,
             name: names.join(" → "),
         });
-        index
+        Ok(index)
     }
 
-    /// The pipeline of the stage that computes `node`, building its parent stages.
-    fn pipeline(&mut self, node: NodeIndex) -> Result<Pipeline, PlanError> {
+    /// Each task carries its pieces' ops and inline rows: the largest must fit a frame.
+    fn check_task_bytes(&self, p: &Pipeline, stage: u32) -> Result<(), PlanError> {
+        let op_bytes = |ops: &[Op]| ops.iter().map(|o| o.arg.len() as u64).sum::<u64>();
+        let branch_bytes: Vec<u64> = p.branches.iter().map(|b| op_bytes(&b.ops)).collect();
+        let tail = op_bytes(&p.tail);
+        for pieces in &p.pieces {
+            let mut bytes = tail;
+            for r in pieces {
+                bytes += branch_bytes.get(r.branch as usize).copied().unwrap_or(0);
+                if let Some(Branch {
+                    input: StageInput::Source { node, .. },
+                    ..
+                }) = p.branches.get(r.branch as usize)
+                    && let Some(Node::Inline { partitions, .. }) = self.plan.nodes.get(*node)
+                {
+                    bytes += partitions
+                        .get(r.partition as usize)
+                        .map_or(0, |v| v.len() as u64);
+                }
+            }
+            if bytes > MAX_TASK_PLAN_BYTES {
+                return Err(PlanError::Limit {
+                    limit: "the wire's task size",
+                    what: format!(
+                        "a task of stage {stage} would carry {bytes} bytes of captured values and inline rows (broadcast large values instead)"
+                    ),
+                    max: MAX_TASK_PLAN_BYTES,
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// The pipeline that computes `node`, from its parents' (already built), pushing the
+    /// map stages of a shuffle or cache node.
+    fn build(&mut self, node: NodeIndex) -> Result<Pipeline, PlanError> {
         Ok(match &self.plan.nodes[node] {
-            Node::Files { format, decode, .. } => Pipeline::single(
-                StageInput::Source {
-                    node,
-                    decode: decode.clone(),
-                },
-                (self.source_partitions)(node),
-                vec![],
-                format.name().to_string(),
-            ),
+            Node::Files { format, decode, .. } => {
+                let parts = (self.source_partitions)(node);
+                self.check_pieces(parts as u64, &format!("the {} source", format.name()))?;
+                Pipeline::single(
+                    StageInput::Source {
+                        node,
+                        decode: decode.clone(),
+                    },
+                    parts,
+                    vec![],
+                    format.name().to_string(),
+                )
+            }
             Node::Inline { partitions, decode } => Pipeline::single(
                 StageInput::Source {
                     node,
@@ -271,14 +430,49 @@ impl Builder<'_> {
                 apply,
                 name,
             } => {
-                let mut p = self.pipeline(*parent)?;
+                let mut p = self.read(*parent)?;
+                self.count_ops(1)?;
                 p.tail.push(apply.clone());
                 p.names.push(name.clone());
                 p
             }
-            Node::Shuffle { read, name, .. } => self.read_side(node, read, name)?,
-            Node::Cache { read, id, .. } => self.read_side(node, read, &format!("cached {id}"))?,
+            Node::Shuffle {
+                sides,
+                partitions,
+                read,
+                name,
+            } => {
+                let requested = *partitions;
+                let sides = sides.clone();
+                self.map_stages(node, &sides, requested, None, name.clone())?
+                    .reading(read, name)
+            }
+            Node::Cache {
+                parent,
+                id,
+                level,
+                write,
+                read,
+            } => {
+                let side = [ShuffleSide {
+                    parent: *parent,
+                    write: write.clone(),
+                }];
+                let key = CacheKey {
+                    id: *id,
+                    level: *level,
+                };
+                self.map_stages(node, &side, None, Some(key), format!("cache {id}"))?
+                    .reading(read, &format!("cached {id}"))
+            }
             Node::Union { parents } => {
+                let mut total = 0u64;
+                for parent in parents {
+                    total += self.built[*parent]
+                        .as_ref()
+                        .map_or(0, Pipeline::piece_count);
+                }
+                self.check_pieces(total, &format!("the union at plan node {node}"))?;
                 let mut out = Pipeline {
                     parents: vec![],
                     branches: vec![],
@@ -288,8 +482,8 @@ impl Builder<'_> {
                 };
                 let mut names = Vec::new();
                 for parent in parents {
-                    let mut p = self.pipeline(*parent)?;
-                    p.sink_tail();
+                    let mut p = self.read(*parent)?;
+                    self.sink_tail(&mut p)?;
                     let offset = out.branches.len() as u32;
                     out.parents.extend(p.parents);
                     out.branches.extend(p.branches);
@@ -307,10 +501,10 @@ impl Builder<'_> {
                 out
             }
             Node::Coalesce { parent, partitions } => {
-                let mut p = self.pipeline(*parent)?;
+                let mut p = self.read(*parent)?;
                 let n = (*partitions as usize).min(p.pieces.len()).max(1);
                 if n < p.pieces.len() {
-                    p.sink_tail();
+                    self.sink_tail(&mut p)?;
                     let all = std::mem::take(&mut p.pieces);
                     let len = all.len();
                     // Group i takes pieces [i*len/n, (i+1)*len/n): sizes differ by one at most.
@@ -326,64 +520,18 @@ impl Builder<'_> {
         })
     }
 
-    /// The reduce side of shuffle or cache node `node`: a stage reading what its map
-    /// stages wrote.
-    fn read_side(&mut self, node: NodeIndex, read: &Op, name: &str) -> Result<Pipeline, PlanError> {
-        let (stages, shuffles, partitions) = self.shuffle_stages(node)?;
-        Ok(Pipeline::single(
-            StageInput::Shuffle {
-                shuffles,
-                read: read.clone(),
-            },
-            partitions,
-            stages,
-            format!("{name} (read)"),
-        ))
-    }
-
-    /// The map stages of shuffle node `node` (one per side), built once.
-    fn shuffle_stages(
+    /// The map stages of shuffle or cache node `node`, one per side.
+    fn map_stages(
         &mut self,
         node: NodeIndex,
-    ) -> Result<(Vec<u32>, Vec<ShuffleId>, u32), PlanError> {
-        if let Some(s) = self.shuffles.get(&node) {
-            return Ok(s.clone());
-        }
-        // A cached dataset is a shuffle of one side that keeps each partition where it is.
-        let cache_side;
-        let (sides, requested, name, cache) = match &self.plan.nodes[node] {
-            Node::Shuffle {
-                sides,
-                partitions,
-                name,
-                ..
-            } => (sides.as_slice(), *partitions, name.clone(), None),
-            Node::Cache {
-                parent,
-                id,
-                level,
-                write,
-                ..
-            } => {
-                cache_side = [crate::plan::ShuffleSide {
-                    parent: *parent,
-                    write: write.clone(),
-                }];
-                (
-                    cache_side.as_slice(),
-                    None,
-                    format!("cache {id}"),
-                    Some(CacheKey {
-                        id: *id,
-                        level: *level,
-                    }),
-                )
-            }
-            _ => unreachable!("shuffle_stages is called on shuffle and cache nodes"),
-        };
-        let mut pipelines = Vec::new();
+        sides: &[ShuffleSide],
+        requested: Option<u32>,
+        cache: Option<CacheKey>,
+        name: String,
+    ) -> Result<MapStages, PlanError> {
+        let mut pipelines = Vec::with_capacity(sides.len());
         for side in sides {
-            pipelines.push(self.pipeline(side.parent)?);
+            pipelines.push(self.read(side.parent)?);
         }
         let widest = pipelines.iter().map(|p| p.pieces.len() as u32).max();
         let partitions = if cache.is_some() {
@@ -395,6 +543,10 @@ impl Builder<'_> {
                 .unwrap_or(1)
                 .max(1)
         };
+        self.check_pieces(
+            partitions as u64,
+            &format!("the shuffle at plan node {node}"),
+        )?;
         let mut stages = Vec::new();
         let mut ids = Vec::new();
         for (side, p) in sides.iter().zip(pipelines) {
@@ -411,20 +563,44 @@ impl Builder<'_> {
                     cache,
                 },
                 names,
-            );
+            )?;
             stages.push(stage);
             ids.push(shuffle);
         }
-        let built = (stages, ids, partitions);
-        self.shuffles.insert(node, built.clone());
-        Ok(built)
+        Ok(MapStages {
+            stages,
+            shuffles: ids,
+            partitions,
+        })
+    }
+}
+
+/// The map stages of a shuffle, for the stage that reads them.
+struct MapStages {
+    stages: Vec<u32>,
+    shuffles: Vec<ShuffleId>,
+    partitions: u32,
+}
+
+impl MapStages {
+    /// The start of the stage that reads them with `read`.
+    fn reading(self, read: &Op, name: &str) -> Pipeline {
+        Pipeline::single(
+            StageInput::Shuffle {
+                shuffles: self.shuffles,
+                read: read.clone(),
+            },
+            self.partitions,
+            self.stages,
+            format!("{name} (read)"),
+        )
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::plan::{FnRef, Malformed, ReadFormat, ShuffleSide, WriteFormat};
+    use crate::plan::{FnRef, Malformed, ReadFormat, WriteFormat};
 
     fn op(f: u32) -> Op {
         Op::bare(f)
@@ -481,7 +657,7 @@ mod tests {
 
     #[test]
     fn narrow_ops_fuse_and_shuffle_cuts_a_stage() {
-        let dag = build_dag(&wordcount_plan(), &|_| 5, None).unwrap();
+        let dag = build_dag(&wordcount_plan(), &|_| 5, None, &PlanLimits::default()).unwrap();
         assert_eq!(dag.stages.len(), 2);
         let map = &dag.stages[0];
         assert_eq!(
@@ -541,7 +717,7 @@ mod tests {
             ],
             action: take.clone(),
         };
-        let dag = build_dag(&narrow, &|_| 6, None).unwrap();
+        let dag = build_dag(&narrow, &|_| 6, None, &PlanLimits::default()).unwrap();
         assert!(dag.result_reads_cheaply());
         let round = dag.with_result_partitions(1..5);
         assert_eq!(round.result_stage().partitions, 4);
@@ -570,7 +746,7 @@ mod tests {
             read: op(6),
         });
         assert!(
-            build_dag(&cached, &|_| 6, None)
+            build_dag(&cached, &|_| 6, None, &PlanLimits::default())
                 .unwrap()
                 .result_reads_cheaply()
         );
@@ -579,7 +755,7 @@ mod tests {
         let mut wide = wordcount_plan();
         wide.action = take;
         assert!(
-            !build_dag(&wide, &|_| 6, None)
+            !build_dag(&wide, &|_| 6, None, &PlanLimits::default())
                 .unwrap()
                 .result_reads_cheaply()
         );
@@ -604,12 +780,12 @@ mod tests {
     #[test]
     fn shuffle_partitions_come_from_node_then_conf_then_map_side() {
         let mut plan = wordcount_plan();
-        let dag = build_dag(&plan, &|_| 5, Some(7)).unwrap();
+        let dag = build_dag(&plan, &|_| 5, Some(7), &PlanLimits::default()).unwrap();
         assert_eq!(dag.stages[1].partitions, 7);
         if let Node::Shuffle { partitions, .. } = &mut plan.nodes[3] {
             *partitions = Some(3);
         }
-        let dag = build_dag(&plan, &|_| 5, Some(7)).unwrap();
+        let dag = build_dag(&plan, &|_| 5, Some(7), &PlanLimits::default()).unwrap();
         assert_eq!(dag.stages[1].partitions, 3);
     }
 
@@ -623,7 +799,7 @@ mod tests {
         });
         plan.nodes.push(shuffle(&[4], Some(2), 9));
         plan.action = Action::Count;
-        let dag = build_dag(&plan, &|_| 4, None).unwrap();
+        let dag = build_dag(&plan, &|_| 4, None, &PlanLimits::default()).unwrap();
         assert_eq!(dag.stages.len(), 3);
         assert_eq!(dag.stages[1].parents, vec![0]);
         assert_eq!(dag.stages[1].ops, vec![op(7)]);
@@ -646,7 +822,7 @@ mod tests {
             action: Action::Count,
         };
         let splits = |n: NodeIndex| if n == 0 { 3 } else { 5 };
-        let dag = build_dag(&plan, &splits, None).unwrap();
+        let dag = build_dag(&plan, &splits, None, &PlanLimits::default()).unwrap();
         assert_eq!(dag.stages.len(), 3);
         // Both sides write as many partitions as the wider side has.
         for (s, maps) in [(0, 3), (1, 5)] {
@@ -692,7 +868,7 @@ mod tests {
             action: Action::Count,
         };
         let splits = |n: NodeIndex| if n == 0 { 2 } else { 3 };
-        let dag = build_dag(&plan, &splits, None).unwrap();
+        let dag = build_dag(&plan, &splits, None, &PlanLimits::default()).unwrap();
         assert_eq!(dag.stages.len(), 1);
         let s = &dag.stages[0];
         assert_eq!(s.branches.len(), 2);
@@ -723,7 +899,7 @@ mod tests {
             ],
             action: Action::Count,
         };
-        let dag = build_dag(&plan, &|_| 3, None).unwrap();
+        let dag = build_dag(&plan, &|_| 3, None, &PlanLimits::default()).unwrap();
         assert_eq!(dag.stages.len(), 2);
         assert_eq!(dag.stages[1].partitions, 4);
         assert_eq!(dag.stages[1].parents, vec![0]);
@@ -736,15 +912,160 @@ mod tests {
                 parent: 0,
                 apply: Op {
                     func: FnRef(1),
-                    arg: vec![],
+                    arg: Vec::new().into(),
                 },
                 name: "map".into(),
             }],
             action: Action::Count,
         };
         assert_eq!(
-            build_dag(&plan, &|_| 1, None).unwrap_err(),
+            build_dag(&plan, &|_| 1, None, &PlanLimits::default()).unwrap_err(),
             PlanError::BadParent { node: 0, parent: 0 }
         );
+    }
+
+    /// The error of a plan that must be refused (an accepted DAG is too big to print).
+    fn refused(r: Result<JobDag, PlanError>) -> PlanError {
+        match r {
+            Ok(_) => panic!("the plan was accepted"),
+            Err(e) => e,
+        }
+    }
+
+    fn narrow(parent: usize) -> Node {
+        Node::Narrow {
+            parent,
+            apply: op(2),
+            name: "map".into(),
+        }
+    }
+
+    #[test]
+    fn a_long_chain_is_built_without_recursion_and_bounded_by_depth() {
+        // 100 000 maps: far deeper than any native stack would take one frame each.
+        let mut nodes = vec![text("in")];
+        nodes.extend((0..100_000).map(narrow));
+        let plan = LogicalPlan {
+            nodes,
+            action: Action::Count,
+        };
+        let roomy = PlanLimits {
+            max_nodes: 1_000_000,
+            max_depth: 1_000_000,
+            ..Default::default()
+        };
+        let dag = build_dag(&plan, &|_| 1, None, &roomy).unwrap();
+        assert_eq!(dag.stages[0].ops.len(), 100_000);
+        let e = refused(build_dag(&plan, &|_| 1, None, &PlanLimits::default()));
+        assert_eq!(e.limit(), Some("driver.max_plan_nodes"), "{e}");
+        let e = refused(build_dag(
+            &plan,
+            &|_| 1,
+            None,
+            &PlanLimits {
+                max_nodes: 1_000_000,
+                ..Default::default()
+            },
+        ));
+        assert_eq!(e.limit(), Some("driver.max_plan_depth"), "{e}");
+    }
+
+    #[test]
+    fn a_dataset_unioned_with_itself_is_refused_by_its_partition_count_not_built() {
+        // d = d.union(d), 40 times: 2^40 partitions if expanded.
+        let mut nodes = vec![text("in")];
+        for i in 0..40 {
+            nodes.push(Node::Union {
+                parents: vec![i, i],
+            });
+        }
+        let plan = LogicalPlan {
+            nodes,
+            action: Action::Count,
+        };
+        let e = refused(build_dag(&plan, &|_| 2, None, &PlanLimits::default()));
+        assert_eq!(e.limit(), Some("driver.max_partitions_per_stage"), "{e}");
+        assert!(e.to_string().contains("131072 partitions"), "{e}");
+    }
+
+    #[test]
+    fn partition_counts_are_bounded_before_anything_is_allocated() {
+        let mut plan = wordcount_plan();
+        if let Node::Shuffle { partitions, .. } = &mut plan.nodes[3] {
+            *partitions = Some(4_000_000_000);
+        }
+        let e = refused(build_dag(&plan, &|_| 5, None, &PlanLimits::default()));
+        assert_eq!(e.limit(), Some("driver.max_partitions_per_stage"), "{e}");
+        assert!(e.to_string().contains("4000000000"), "{e}");
+        // From the settings too, and from a source's splits.
+        let plan = wordcount_plan();
+        let e = refused(build_dag(
+            &plan,
+            &|_| 5,
+            Some(3_000_000),
+            &PlanLimits::default(),
+        ));
+        assert_eq!(e.limit(), Some("driver.max_partitions_per_stage"), "{e}");
+        let e = refused(build_dag(&plan, &|_| 200_000, None, &PlanLimits::default()));
+        assert_eq!(e.limit(), Some("driver.max_partitions_per_stage"), "{e}");
+        // Tasks over all stages.
+        let few = PlanLimits {
+            max_tasks_per_job: 9,
+            ..Default::default()
+        };
+        let e = refused(build_dag(&plan, &|_| 5, None, &few));
+        assert_eq!(e.limit(), Some("driver.max_tasks_per_job"), "{e}");
+    }
+
+    #[test]
+    fn copies_of_a_shared_input_count_against_the_operations_bound() {
+        // One map chain read by 30 unions of itself: each reader gets a copy.
+        let mut nodes = vec![text("in")];
+        nodes.extend((0..300).map(narrow));
+        let shared = nodes.len() - 1;
+        nodes.push(Node::Union {
+            parents: vec![shared; 40],
+        });
+        let plan = LogicalPlan {
+            nodes,
+            action: Action::Count,
+        };
+        let e = refused(build_dag(&plan, &|_| 1, None, &PlanLimits::default()));
+        assert_eq!(e.limit(), Some("driver.max_plan_nodes"), "{e}");
+        let roomy = PlanLimits {
+            max_nodes: 100_000,
+            ..Default::default()
+        };
+        let dag = build_dag(&plan, &|_| 1, None, &roomy).unwrap();
+        assert_eq!(dag.stages[0].branches.len(), 40);
+        assert!(dag.stages[0].branches.iter().all(|b| b.ops.len() == 300));
+    }
+
+    #[test]
+    fn a_task_that_would_not_fit_a_frame_is_refused() {
+        let big = Op {
+            func: FnRef(2),
+            arg: vec![0u8; 100 << 20].into(),
+        };
+        let plan = LogicalPlan {
+            nodes: vec![
+                text("a"),
+                Node::Narrow {
+                    parent: 0,
+                    apply: big,
+                    name: "map_with".into(),
+                },
+                Node::Union {
+                    parents: vec![1, 1],
+                },
+                Node::Coalesce {
+                    parent: 2,
+                    partitions: 1,
+                },
+            ],
+            action: Action::Count,
+        };
+        let e = refused(build_dag(&plan, &|_| 1, None, &PlanLimits::default()));
+        assert_eq!(e.limit(), Some("the wire's task size"), "{e}");
     }
 }

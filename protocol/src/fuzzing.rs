@@ -6,7 +6,8 @@
 use crate::conf::Conf;
 use crate::events::Event;
 use crate::wire::{
-    self, FetchModule, FetchReply, FetchSegment, FromExecutor, Hello, SubmitEvent, ToExecutor,
+    self, EnrolReply, FetchModule, FetchReply, FetchResult, FetchSegment, FromExecutor, Hello,
+    SubmitEvent, ToExecutor,
 };
 
 /// A frame as a peer sends it: a length prefix checked against the limit, then the body
@@ -31,6 +32,13 @@ fn decode_bodies(body: &[u8]) {
     let _ = wire::decode_body::<FetchModule>(body);
     let _ = wire::decode_body::<FetchReply>(body);
     let _ = wire::decode_body::<SubmitEvent>(body);
+    let _ = wire::decode_body::<FetchResult>(body);
+    let _ = wire::decode_body::<EnrolReply>(body);
+    if let Ok(p) =
+        <[u8; wire::preamble::LEN]>::try_from(body.get(..wire::preamble::LEN).unwrap_or(&[]))
+    {
+        let _ = wire::preamble::check(&p);
+    }
 }
 
 /// Event-log lines, as `flint history` reads them.
@@ -49,5 +57,5 @@ pub fn parse_settings(data: &[u8]) {
     for line in text.lines() {
         let _ = c.set_pair(line);
     }
-    let _ = c.job_policy();
+    let _ = c.settings().job_policy();
 }

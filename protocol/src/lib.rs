@@ -24,4 +24,4 @@ pub mod scheduler;
 pub mod wire;
 
 /// Version of the driver/executor/submit protocol, checked in every handshake.
-pub const PROTOCOL_VERSION: u32 = 4;
+pub const PROTOCOL_VERSION: u32 = 5;

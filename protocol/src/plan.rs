@@ -5,17 +5,20 @@
 //! ever handed back to an instance of the same component. The host never interprets one.
 
 use serde::{Deserialize, Serialize};
+use std::sync::Arc;
 use thiserror::Error;
 
 /// A function inside the job component (its indirect-call table index).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct FnRef(pub u32);
 
-/// A function of the job component and the value it captured (opaque bytes).
+/// A function of the job component and the value it captured (opaque bytes). The
+/// bytes are shared: the DAG builder copies an op into every branch that applies it, and
+/// a copy must not cost the size of what it captured.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Op {
     pub func: FnRef,
-    pub arg: Vec<u8>,
+    pub arg: Arc<[u8]>,
 }
 
 impl Op {
@@ -23,7 +26,7 @@ impl Op {
     pub fn bare(func: u32) -> Op {
         Op {
             func: FnRef(func),
-            arg: Vec::new(),
+            arg: Arc::from(Vec::new()),
         }
     }
 }
@@ -214,6 +217,31 @@ pub struct LogicalPlan {
     pub action: Action,
 }
 
+/// Bounds on what one job's plan may ask of the driver (settings `driver.max_*`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PlanLimits {
+    /// Nodes plus edges of the plan; also the operations its stages may hold once shared
+    /// inputs are expanded into every branch that reads them.
+    pub max_nodes: u32,
+    /// Longest chain from a source to the root.
+    pub max_depth: u32,
+    /// Partitions (and input pieces) of one stage.
+    pub max_partitions_per_stage: u32,
+    /// Tasks of all stages of one job.
+    pub max_tasks_per_job: u32,
+}
+
+impl Default for PlanLimits {
+    fn default() -> Self {
+        PlanLimits {
+            max_nodes: 10_000,
+            max_depth: 2_000,
+            max_partitions_per_stage: 100_000,
+            max_tasks_per_job: 1_000_000,
+        }
+    }
+}
+
 #[derive(Debug, Error, PartialEq)]
 pub enum PlanError {
     #[error("the plan has no nodes")]
@@ -222,14 +250,48 @@ pub enum PlanError {
     BadParent { node: usize, parent: usize },
     #[error("plan node {node}: {what}")]
     Invalid { node: usize, what: String },
+    /// A bound was hit; `limit` names the setting.
+    #[error("{what}, over {limit} = {max}")]
+    Limit {
+        limit: &'static str,
+        what: String,
+        max: u64,
+    },
+}
+
+impl PlanError {
+    /// The setting whose bound was hit, for a limit.
+    pub fn limit(&self) -> Option<&'static str> {
+        match self {
+            PlanError::Limit { limit, .. } => Some(limit),
+            _ => None,
+        }
+    }
 }
 
 impl LogicalPlan {
-    /// Checks the structure a guest sent: parents point backwards, counts are sane.
-    pub fn validate(&self) -> Result<(), PlanError> {
+    /// Checks the structure a guest sent: parents point backwards, counts are sane and
+    /// within `limits`. Walks the nodes once, in order, without recursion.
+    pub fn validate(&self, limits: &PlanLimits) -> Result<(), PlanError> {
         if self.nodes.is_empty() {
             return Err(PlanError::Empty);
         }
+        let edges: usize = self.nodes.iter().map(|n| n.parents().len()).sum();
+        let size = self.nodes.len() as u64 + edges as u64;
+        if size > limits.max_nodes as u64 {
+            return Err(PlanError::Limit {
+                limit: "driver.max_plan_nodes",
+                what: format!("the plan has {} nodes and {edges} edges", self.nodes.len()),
+                max: limits.max_nodes as u64,
+            });
+        }
+        let max_parts = limits.max_partitions_per_stage;
+        let too_many = |node: usize, what: &str, n: u64| PlanError::Limit {
+            limit: "driver.max_partitions_per_stage",
+            what: format!("plan node {node} asks for {n} {what}"),
+            max: max_parts as u64,
+        };
+        let mut depth = vec![0u32; self.nodes.len()];
         for (i, node) in self.nodes.iter().enumerate() {
             let invalid = |what: &str| {
                 Err(PlanError::Invalid {
@@ -237,14 +299,33 @@ impl LogicalPlan {
                     what: what.into(),
                 })
             };
+            let mut d = 0;
             for parent in node.parents() {
                 if parent >= i {
                     return Err(PlanError::BadParent { node: i, parent });
                 }
+                d = d.max(depth[parent]);
+            }
+            depth[i] = d + 1;
+            if depth[i] > limits.max_depth {
+                return Err(PlanError::Limit {
+                    limit: "driver.max_plan_depth",
+                    what: format!(
+                        "the plan is more than {} operations deep at node {i}",
+                        limits.max_depth
+                    ),
+                    max: limits.max_depth as u64,
+                });
             }
             match node {
                 Node::Files { paths, format, .. } if paths.is_empty() => {
                     return invalid(&format!("{} was given no path", format.name()));
+                }
+                Node::Files { min_partitions, .. } if *min_partitions > max_parts => {
+                    return Err(too_many(i, "partitions at least", *min_partitions as u64));
+                }
+                Node::Inline { partitions, .. } if partitions.len() as u64 > max_parts as u64 => {
+                    return Err(too_many(i, "inline partitions", partitions.len() as u64));
                 }
                 Node::Shuffle { sides, .. } if sides.is_empty() => {
                     return invalid("a shuffle needs at least one side");
@@ -253,6 +334,10 @@ impl LogicalPlan {
                     partitions: Some(0),
                     ..
                 } => return invalid("a shuffle needs at least one partition"),
+                Node::Shuffle {
+                    partitions: Some(n),
+                    ..
+                } if *n > max_parts => return Err(too_many(i, "shuffle partitions", *n as u64)),
                 Node::Union { parents } if parents.is_empty() => {
                     return invalid("a union needs at least one parent");
                 }

@@ -1,20 +1,46 @@
 //! Messages on the wire, and their framing: a `u32` little-endian length, then postcard.
 //!
-//! Streams: an executor's first bidirectional stream to the driver carries
-//! [`Hello::Executor`] and then the control conversation ([`ToExecutor`] /
-//! [`FromExecutor`]); every module fetch and every shuffle fetch gets a stream of its own,
-//! so bulk data never queues behind control messages. A submitter's first stream carries
-//! [`Hello::Submit`] and receives [`SubmitEvent`]s.
+//! Every connection opens with a [preamble](preamble) in each direction on its first
+//! bidirectional stream, checked before any body is decoded. Then, by the peer's role
+//! (its TLS identity, see `flint-transport`):
+//! - a **submitter** (a tenant, no client certificate) sends [`Hello::Submit`], small,
+//!   and after [`SubmitEvent::Accepted`] the component's bytes; it then receives
+//!   [`SubmitEvent`]s;
+//! - a host **enrolling** as an executor (no certificate yet) sends [`Hello::Enrol`] with
+//!   the operator's enrolment token and its public key, and gets a certificate back;
+//! - an **executor** (a certificate the cluster CA issued for that role) sends
+//!   [`Hello::Executor`], then the control conversation ([`ToExecutor`] /
+//!   [`FromExecutor`]) follows. Every module, broadcast or result fetch gets a stream of
+//!   its own, so bulk data never queues behind control messages.
+//!
+//! A message is refused before anything is allocated for it when its length passes the
+//! limit of where it arrives: [`MAX_HELLO`] before the peer is known, [`MAX_STATUS`] on
+//! an executor's control stream.
 
 use crate::ids::{ExecutorId, JobId, ModuleHash, ShuffleId, StageId, TaskAttemptId};
 use crate::plan::{Malformed, Op, ReadFormat, StorageLevel, WriteFormat};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
+use std::fmt;
 use thiserror::Error;
 
-/// Largest control frame accepted (task descriptors, statuses, submit requests with their
-/// component). A length field above this is refused before anything is allocated.
+/// Largest frame a driver sends an executor (task descriptors carry inline rows and
+/// captured values; the DAG builder refuses a task that would not fit).
 pub const MAX_FRAME: usize = 256 << 20;
+
+/// Largest first message on a connection, before the peer is authenticated.
+pub const MAX_HELLO: usize = 64 << 10;
+
+/// Largest message an executor sends on its control stream (a task status with its
+/// accumulator updates; results travel on streams of their own).
+pub const MAX_STATUS: usize = 16 << 20;
+
+/// Accumulator updates one task may report, in bytes: they ride in its status.
+pub const MAX_TASK_ACCUMULATOR_BYTES: usize = 8 << 20;
+
+/// Results up to this size ride in the task's status; larger ones stay on the executor
+/// until the driver fetches them (Spark's direct and indirect task results).
+pub const MAX_DIRECT_RESULT: u64 = 1 << 20;
 
 #[derive(Debug, Error)]
 pub enum FrameError {
@@ -47,16 +73,85 @@ pub fn decode_body<T: DeserializeOwned>(body: &[u8]) -> Result<T, FrameError> {
     Ok(postcard::from_bytes(body)?)
 }
 
-/// The first message on a connection to the driver.
+/// The fixed opening of every connection: 4 bytes of magic, then the protocol version
+/// (`u32` little endian). Checked before any message is decoded, so a peer of another
+/// version gets "protocol version 3, this driver speaks 5", not "malformed message".
+pub mod preamble {
+    use thiserror::Error;
+
+    pub const MAGIC: [u8; 4] = *b"FLNT";
+    pub const LEN: usize = 8;
+
+    /// This side's preamble.
+    pub fn ours() -> [u8; LEN] {
+        let mut p = [0u8; LEN];
+        p[..4].copy_from_slice(&MAGIC);
+        p[4..].copy_from_slice(&crate::PROTOCOL_VERSION.to_le_bytes());
+        p
+    }
+
+    #[derive(Debug, Error, PartialEq, Eq)]
+    pub enum PreambleError {
+        #[error("the peer does not speak Flint's protocol (its first bytes are not `FLNT`)")]
+        NotFlint,
+        #[error(
+            "the peer speaks protocol version {theirs}, this flint speaks {ours}; use matching flint builds"
+        )]
+        Version { theirs: u32, ours: u32 },
+    }
+
+    /// The peer's version, if its preamble is Flint's and its version is ours.
+    pub fn check(p: &[u8; LEN]) -> Result<(), PreambleError> {
+        if p[..4] != MAGIC {
+            return Err(PreambleError::NotFlint);
+        }
+        let theirs = u32::from_le_bytes([p[4], p[5], p[6], p[7]]);
+        if theirs != crate::PROTOCOL_VERSION {
+            return Err(PreambleError::Version {
+                theirs,
+                ours: crate::PROTOCOL_VERSION,
+            });
+        }
+        Ok(())
+    }
+}
+
+/// The first message on a connection to the driver, after the preamble. Which ones a
+/// connection may send depends on its TLS identity; anything else closes it.
 #[derive(Debug, Serialize, Deserialize)]
 pub enum Hello {
+    /// A tenant submits an application (connections without a certificate).
+    Submit(SubmitHello),
+    /// A host with the operator's cluster file asks for an executor certificate
+    /// (connections without a certificate).
+    Enrol(EnrolRequest),
+    /// A registered executor (connections with an executor certificate only).
     Executor(ExecutorHello),
-    Submit(SubmitRequest),
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct EnrolRequest {
+    /// The enrolment token of the operator's `cluster.json`.
+    pub token: String,
+    /// The executor's own public key (raw ECDSA P-256 point); the certificate the
+    /// driver issues binds it to the executor role. The private key never leaves.
+    pub public_key: Vec<u8>,
+}
+
+/// The driver's answer to an enrolment, or why not.
+pub type EnrolReply = Result<EnrolGrant, String>;
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct EnrolGrant {
+    /// The executor's certificate (PEM), for its key, issued by the executors' CA.
+    pub cert_pem: String,
+    /// The executors' CA (PEM): what other executors' certificates are checked against.
+    pub executor_ca_pem: String,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
 pub struct ExecutorHello {
-    pub protocol_version: u32,
+    /// Task slots; at most [`MAX_EXECUTOR_CORES`].
     pub cores: u32,
     /// Where this executor serves shuffle segments (its QUIC endpoint).
     pub shuffle_addr: String,
@@ -64,18 +159,21 @@ pub struct ExecutorHello {
     pub metrics_addr: Option<String>,
 }
 
+/// Most task slots an executor may declare.
+pub const MAX_EXECUTOR_CORES: u32 = 1024;
+
 #[derive(Debug, Serialize, Deserialize)]
 pub enum ToExecutor {
     Welcome {
         executor: ExecutorId,
         heartbeat_interval_ms: u64,
     },
-    /// The handshake was refused (protocol version...).
+    /// The registration was refused.
     Refused {
         reason: String,
     },
     Launch(Box<TaskDescriptor>),
-    /// The job is over: its shuffle files may go.
+    /// The job is over: its shuffle files and stored results may go.
     CleanJob {
         job: JobId,
     },
@@ -105,6 +203,14 @@ pub enum FromExecutor {
         shuffle: ShuffleId,
         maps: Vec<u32>,
     },
+}
+
+/// Driver → executor, on a stream the driver opens on the executor's connection: send
+/// me the stored result of this attempt. The answer is a [`FetchReply`] header and the
+/// result's bytes: length-prefixed (`u32` LE) Arrow IPC streams, back to back.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct FetchResult {
+    pub attempt: TaskAttemptId,
 }
 
 /// Everything an executor needs to run one task attempt.
@@ -247,10 +353,10 @@ pub enum TaskSuccess {
     MapOutput {
         sizes: Vec<u64>,
     },
-    /// Arrow IPC streams of encoded rows, `rows` in all.
+    /// Encoded rows for the driver, `rows` in all.
     Rows {
-        batches: Vec<Vec<u8>>,
         rows: u64,
+        result: TaskResult,
     },
     Count(u64),
     File {
@@ -259,14 +365,60 @@ pub enum TaskSuccess {
     },
 }
 
+/// A task's result rows: in its status when small, else kept by the executor until the
+/// driver fetches them ([`FetchResult`]), after checking they fit what the action may
+/// bring back.
+#[derive(Debug, Serialize, Deserialize)]
+pub enum TaskResult {
+    /// Arrow IPC streams.
+    Direct(Vec<Vec<u8>>),
+    /// This many bytes (IPC streams with their length prefixes) wait on the executor.
+    Stored { bytes: u64 },
+}
+
+/// Which limit ended a task.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Limit {
+    /// Guest memory (`task.memory`).
+    Memory,
+    /// Wall time (`task.deadline`).
+    Deadline,
+    /// Bytes the task output (`task.max_output_bytes`).
+    Output,
+    /// Result bytes for the driver (`driver.max_result_size`).
+    Result,
+    /// Accumulator updates of one task ([`MAX_TASK_ACCUMULATOR_BYTES`]).
+    Accumulators,
+}
+
+impl Limit {
+    /// The setting (or protocol limit) that sets it, as errors name it.
+    pub fn setting(self) -> &'static str {
+        match self {
+            Limit::Memory => "task.memory",
+            Limit::Deadline => "task.deadline",
+            Limit::Output => "task.max_output_bytes",
+            Limit::Result => "driver.max_result_size",
+            Limit::Accumulators => "the protocol's 8 MiB of accumulator updates per task",
+        }
+    }
+
+    /// Whether another attempt would hit it again: the same code over the same
+    /// partition allocates, outputs and returns the same. Only time depends on the
+    /// machine.
+    pub fn is_deterministic(self) -> bool {
+        !matches!(self, Limit::Deadline)
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum TaskErrorKind {
     /// The guest returned an error of its own.
     Guest,
     /// The guest trapped (a panic, `unreachable`, out-of-bounds...).
     Trap,
-    /// A sandbox limit was hit (memory, deadline, output size).
-    Limit,
+    /// A sandbox limit was hit.
+    Limit(Limit),
     /// The component could not be loaded; retrying cannot help.
     BadModule,
     /// Input or output could not be read or written.
@@ -279,6 +431,19 @@ pub enum TaskErrorKind {
     /// The attempt was stopped on request, or handed back by an executor shutting down:
     /// not a failure of the task.
     Killed,
+}
+
+impl TaskErrorKind {
+    /// Whether retrying the task cannot help: the component does not load, or a
+    /// deterministic limit was hit. Such a failure ends the job at once, naming it,
+    /// instead of being retried `task.max_failures` times.
+    pub fn is_deterministic(&self) -> bool {
+        match self {
+            TaskErrorKind::BadModule => true,
+            TaskErrorKind::Limit(l) => l.is_deterministic(),
+            _ => false,
+        }
+    }
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -356,21 +521,29 @@ pub struct FetchSegment {
 /// Answer header to a fetch; on `Ok(len)`, `len` raw bytes follow.
 pub type FetchReply = Result<u64, String>;
 
+/// What a tenant submits, before it is authenticated: small (at most [`MAX_HELLO`]).
+/// The component follows as raw bytes once the driver answers
+/// [`SubmitEvent::Accepted`].
 #[derive(Debug, Serialize, Deserialize)]
-pub struct SubmitRequest {
-    pub protocol_version: u32,
+pub struct SubmitHello {
     /// Shown in logs and summaries (the component's file or crate name).
     pub name: String,
-    pub component: Vec<u8>,
     pub args: Vec<String>,
     /// `--conf` settings for this application, already validated by the submitter.
     pub conf: Vec<(String, String)>,
     /// The tenant's API token, where the cluster has tenants.
     pub token: Option<String>,
+    /// Size and SHA-256 of the component that follows.
+    pub component_bytes: u64,
+    pub component: ModuleHash,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
 pub enum SubmitEvent {
+    /// The submission passed authentication and the tenant's quotas: send the component.
+    Accepted {
+        app: u64,
+    },
     JobStarted {
         job: JobId,
         action: String,
@@ -389,7 +562,81 @@ pub enum SubmitEvent {
         done: u32,
         total: u32,
     },
-    Finished(Result<AppSummary, Vec<String>>),
+    Finished(Result<AppSummary, AppError>),
+}
+
+/// Why an application failed, typed, so a submitter can tell a refusal from an invalid
+/// plan from a failed task without reading the messages.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum AppErrorKind {
+    /// Refused before anything of it ran: authentication, a quota, a setting.
+    Refused,
+    /// The component could not be loaded.
+    BadComponent,
+    /// The driver program failed on its own: its error, a panic or trap, its deadline.
+    Program,
+    /// The plan the driver program sent is malformed.
+    InvalidPlan,
+    /// A limit was hit; `limit` names the setting or quota.
+    Limit { limit: String },
+    /// A path outside what the tenant may read or write.
+    Denied,
+    /// An input could not be listed or read, or an output committed.
+    Io,
+    /// A job failed because one of its tasks failed.
+    TaskFailed,
+    /// The driver could not go on (it is shutting down).
+    Driver,
+}
+
+impl fmt::Display for AppErrorKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            AppErrorKind::Refused => f.write_str("refused"),
+            AppErrorKind::BadComponent => f.write_str("bad component"),
+            AppErrorKind::Program => f.write_str("driver program failed"),
+            AppErrorKind::InvalidPlan => f.write_str("invalid plan"),
+            AppErrorKind::Limit { limit } => write!(f, "limit {limit}"),
+            AppErrorKind::Denied => f.write_str("denied"),
+            AppErrorKind::Io => f.write_str("input/output"),
+            AppErrorKind::TaskFailed => f.write_str("task failed"),
+            AppErrorKind::Driver => f.write_str("driver"),
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, Error)]
+#[error("{}", .chain.join(": "))]
+pub struct AppError {
+    pub kind: AppErrorKind,
+    /// Outermost first, root cause last.
+    pub chain: Vec<String>,
+}
+
+impl AppError {
+    pub fn new(kind: AppErrorKind, chain: Vec<String>) -> AppError {
+        AppError { kind, chain }
+    }
+
+    pub fn refused(message: impl Into<String>) -> AppError {
+        AppError::new(AppErrorKind::Refused, vec![message.into()])
+    }
+
+    /// A limit hit, naming it.
+    pub fn limit(limit: impl Into<String>, message: impl Into<String>) -> AppError {
+        AppError::new(
+            AppErrorKind::Limit {
+                limit: limit.into(),
+            },
+            vec![message.into()],
+        )
+    }
+
+    /// This error under an outer message.
+    pub fn context(mut self, message: impl Into<String>) -> AppError {
+        self.chain.insert(0, message.into());
+        self
+    }
 }
 
 /// What a finished application reports back to its submitter.
@@ -462,5 +709,29 @@ mod tests {
             let _ = decode_body::<ToExecutor>(&bytes);
             let _ = decode_body::<FromExecutor>(&bytes);
         }
+    }
+
+    #[test]
+    fn preambles_tell_a_version_mismatch_from_a_stranger() {
+        assert_eq!(preamble::check(&preamble::ours()), Ok(()));
+        let mut old = preamble::ours();
+        old[4..].copy_from_slice(&3u32.to_le_bytes());
+        assert_eq!(
+            preamble::check(&old),
+            Err(preamble::PreambleError::Version {
+                theirs: 3,
+                ours: crate::PROTOCOL_VERSION
+            })
+        );
+        assert!(
+            preamble::check(&old)
+                .unwrap_err()
+                .to_string()
+                .contains("protocol version 3")
+        );
+        assert_eq!(
+            preamble::check(b"GET / HT"),
+            Err(preamble::PreambleError::NotFlint)
+        );
     }
 }

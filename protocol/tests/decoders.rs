@@ -40,7 +40,6 @@ proptest! {
         let msgs = [
             wire::encode_frame(&FromExecutor::Heartbeat { running: 3 }),
             wire::encode_frame(&Hello::Executor(wire::ExecutorHello {
-                protocol_version: 2,
                 cores: 4,
                 shuffle_addr: "127.0.0.1:1".into(),
                 metrics_addr: Some("127.0.0.1:2".into()),
@@ -66,7 +65,7 @@ fn huge_length_fields_are_errors() {
     let claim = [0xff, 0xff, 0xff, 0xff, 0x0f];
     assert!(wire::decode_body::<Vec<u8>>(&claim).is_err());
     assert!(wire::decode_body::<Vec<String>>(&claim).is_err());
-    let mut submit = vec![1u8, 2]; // Hello::Submit, protocol_version 2, then a name of 4 GiB
+    let mut submit = vec![0u8]; // Hello::Submit, then a name of 4 GiB
     submit.extend(claim);
     assert!(wire::decode_body::<Hello>(&submit).is_err());
 }

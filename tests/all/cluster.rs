@@ -39,7 +39,10 @@ impl LogLine {
 
 pub struct ProcCluster {
     pub dir: PathBuf,
+    /// `cluster.json`: what executors join with.
     pub join: PathBuf,
+    /// `client.json`: what tenants submit with.
+    pub client: PathBuf,
     driver: Guard,
     /// Driver log lines as they come.
     pub events: mpsc::Receiver<LogLine>,
@@ -114,6 +117,7 @@ impl ProcCluster {
         ProcCluster {
             dir: dir.to_path_buf(),
             join: state.join("cluster.json"),
+            client: state.join("client.json"),
             driver: Guard(child),
             events,
             log,
@@ -201,7 +205,7 @@ impl ProcCluster {
     pub fn submit(&self, job: &str, conf: &[&str], args: &[&Path], summary: &Path) -> Child {
         let mut cmd = flint();
         cmd.args(["submit", "--join"])
-            .arg(&self.join)
+            .arg(&self.client)
             .arg(job)
             .arg("--summary-json")
             .arg(summary)

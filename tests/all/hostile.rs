@@ -74,13 +74,15 @@ fn hostile_guests_fail_clearly_while_another_tenant_s_job_succeeds() {
     let hostile = token(tmp.path(), &tenants, "hostile");
     let good = token(tmp.path(), &tenants, "good");
     let t = tenants.clone();
-    let mut cluster = ProcCluster::start_with(tmp.path(), "127.0.0.1:0", &[], move |mut c| {
+    // Twelve programs of one tenant at once: more than the default per-tenant bound.
+    let conf = ["driver.max_apps_per_tenant=16"];
+    let mut cluster = ProcCluster::start_with(tmp.path(), "127.0.0.1:0", &conf, move |mut c| {
         c.arg("--tenants").arg(&t);
         c
     });
     cluster.add_executor(&[]);
     cluster.add_executor(&[]);
-    let join = cluster.join.clone();
+    let join = cluster.client.clone();
     let good_input = seeded_input(&tmp.path().join("good"), 4, 4, 5, 20);
     let expected = count_words(&good_input);
     let small = tmp.path().join("small.txt");

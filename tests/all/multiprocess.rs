@@ -40,6 +40,8 @@ fn driver_two_executors_and_submit_as_separate_processes() {
     );
     let join = state.join("cluster.json");
     assert!(join.is_file());
+    let client = state.join("client.json");
+    assert!(client.is_file());
     let _executors: Vec<Guard> = (0..2)
         .map(|i| {
             Guard(
@@ -59,7 +61,7 @@ fn driver_two_executors_and_submit_as_separate_processes() {
     run_ok(
         flint()
             .args(["submit", "--join"])
-            .arg(&join)
+            .arg(&client)
             .arg(flint_udfs::WORDCOUNT)
             .arg("--summary-json")
             .arg(&summary)
@@ -75,7 +77,7 @@ fn driver_two_executors_and_submit_as_separate_processes() {
     let err = run_err(
         flint()
             .args(["submit", "--join"])
-            .arg(&join)
+            .arg(&client)
             .arg(flint_udfs::TEST_JOBS)
             .args(["--", "error-in-main"]),
     );
@@ -86,7 +88,7 @@ fn driver_two_executors_and_submit_as_separate_processes() {
     let out = run_ok(
         flint()
             .args(["submit", "--join"])
-            .arg(&join)
+            .arg(&client)
             .arg(flint_udfs::TEST_JOBS)
             .args(["--", "count"])
             .arg(&input),

@@ -55,7 +55,7 @@ fn only_known_tenants_run_and_only_inside_their_paths() {
         c
     });
     cluster.add_executor(&[]);
-    let join = cluster.join.clone();
+    let join = cluster.client.clone();
     let out = alice_dir.join("out");
     let save = [Path::new("panic-in-task"), input.as_path(), out.as_path()];
 
@@ -74,7 +74,7 @@ fn only_known_tenants_run_and_only_inside_their_paths() {
     let other = tempfile::tempdir().unwrap();
     let foreign = ProcCluster::start(other.path(), "127.0.0.1:0", &[]);
     let mut forged: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&foreign.join).unwrap()).unwrap();
+        serde_json::from_str(&std::fs::read_to_string(&foreign.client).unwrap()).unwrap();
     let real: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&join).unwrap()).unwrap();
     forged["driver"] = real["driver"].clone();
@@ -153,7 +153,7 @@ fn small_job_during_a_flood(mode: &str) -> (u64, bool) {
     let mut flood = flint();
     flood
         .args(["submit", "--join"])
-        .arg(&cluster.join)
+        .arg(&cluster.client)
         .arg("--token-file")
         .arg(&flood_token)
         .arg(flint_udfs::TEST_JOBS)
@@ -172,7 +172,7 @@ fn small_job_during_a_flood(mode: &str) -> (u64, bool) {
     let small_input = tmp.path().join("small.txt");
     std::fs::write(&small_input, "one line\n").unwrap();
     let (ok, err) = submit_with(
-        &cluster.join,
+        &cluster.client,
         Some(&small_token),
         &[Path::new("count"), &small_input],
     );
@@ -228,14 +228,14 @@ fn usage_is_accounted_per_tenant_with_fuel_where_metered() {
     let input = seeded_input(&tmp.path().join("in"), 2, 3, 5, 10);
     let out = tmp.path().join("out");
     let (ok, err) = submit_with(
-        &cluster.join,
+        &cluster.client,
         Some(&alice),
         &[Path::new("slow-wordcount"), &input, &out],
     );
     assert!(ok, "{err}");
     let small = tmp.path().join("small.txt");
     std::fs::write(&small, "x\n").unwrap();
-    let (ok, err) = submit_with(&cluster.join, Some(&bob), &[Path::new("count"), &small]);
+    let (ok, err) = submit_with(&cluster.client, Some(&bob), &[Path::new("count"), &small]);
     assert!(ok, "{err}");
 
     let usage = |tenant: &str, from: &[&str], path: &Path| {
@@ -247,7 +247,7 @@ fn usage_is_accounted_per_tenant_with_fuel_where_metered() {
         );
         String::from_utf8(out.stdout).unwrap()
     };
-    let live = usage("alice", &["--join"], &cluster.join);
+    let live = usage("alice", &["--join"], &cluster.client);
     assert!(
         live.starts_with("tenant alice: 1 job(s), 6 task attempt(s)"),
         "3 map and 3 reduce tasks: {live}"
@@ -259,7 +259,7 @@ fn usage_is_accounted_per_tenant_with_fuel_where_metered() {
         .and_then(|f| f.parse().ok())
         .unwrap_or_else(|| panic!("alice is metered: {live}"));
     assert!(fuel > 10_000, "{live}");
-    let bob_usage = usage("bob", &["--join"], &cluster.join);
+    let bob_usage = usage("bob", &["--join"], &cluster.client);
     assert!(
         bob_usage.starts_with("tenant bob: 1 job(s)") && bob_usage.contains("fuel not metered"),
         "{bob_usage}"

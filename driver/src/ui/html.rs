@@ -57,9 +57,9 @@ pre{{margin:0;white-space:pre-wrap;max-width:60em}}
     )
 }
 
-pub fn jobs(st: &UiState, live: bool, now: u64) -> String {
+pub fn jobs(jobs: &[&JobView], live: bool, now: u64) -> String {
     let mut rows = String::new();
-    for j in st.jobs.values().rev() {
+    for j in jobs.iter().rev() {
         rows.push_str(&format!(
             r#"<tr><td class="n"><a href="/jobs/{id}">{id}</a></td><td>{tenant}</td><td>{name}</td><td>{action}</td><td class="{state}">{state}</td><td class="n">{dur}</td><td class="n">{done}/{total}</td></tr>"#,
             id = j.id,
@@ -72,11 +72,11 @@ pub fn jobs(st: &UiState, live: bool, now: u64) -> String {
             total = j.stages.len(),
         ));
     }
-    let running = st.jobs.values().any(|j| j.state == "running");
+    let running = jobs.iter().any(|j| j.state == "running");
     let body = format!(
         "<p>{} job(s), {} running. {}</p><table><tr><th>Job</th><th>Tenant</th><th>Name</th><th>Action</th><th>State</th><th>Duration</th><th>Stages done/total</th></tr>{rows}</table>",
-        st.jobs.len(),
-        st.jobs.values().filter(|j| j.state == "running").count(),
+        jobs.len(),
+        jobs.iter().filter(|j| j.state == "running").count(),
         if live {
             "Live."
         } else {

@@ -12,12 +12,18 @@
 //!   when metered, peak guest memory, bytes read, shuffled and output), per job and in
 //!   total; without `tenant`, every tenant's.
 //! - `GET /metrics`: Prometheus text format.
+//!
+//! Everything is read-only. On a loopback address anyone on the host may read it; on
+//! any other address every request needs a token (`Authorization: Bearer TOKEN`, or the
+//! password of HTTP basic auth, so a browser asks for it): the admin token sees every
+//! job, a tenant's token sees that tenant's jobs and usage only, and no metrics.
 
 mod html;
 pub mod state;
 
 use axum::Router;
-use axum::extract::{Path, State};
+use axum::extract::{FromRequestParts, Path, State};
+use axum::http::request::Parts;
 use axum::http::{StatusCode, header};
 use axum::response::{Html, IntoResponse, Json, Response};
 use axum::routing::get;
@@ -194,8 +200,148 @@ impl EventSink {
     }
 }
 
+/// Who may read the UI.
+#[derive(Clone)]
+pub struct Access {
+    /// Whether a request without a token is refused (the UI is not on loopback).
+    required: bool,
+    admin_sha256: Option<String>,
+    tenants: crate::tenants::Tenants,
+}
+
+impl Access {
+    /// Open on loopback, token-only elsewhere. Off loopback an admin token is required.
+    pub fn new(
+        listener: &std::net::TcpListener,
+        admin_token: Option<String>,
+        tenants: crate::tenants::Tenants,
+    ) -> std::io::Result<Access> {
+        let required = !listener.local_addr()?.ip().is_loopback();
+        if required && admin_token.is_none() {
+            return Err(std::io::Error::other(
+                "a web UI on a non-loopback address needs an admin token",
+            ));
+        }
+        Ok(Access {
+            required,
+            admin_sha256: admin_token.map(|t| crate::tenants::hash_token(&t)),
+            tenants,
+        })
+    }
+
+    /// Anyone may read (`flint history` on loopback).
+    pub fn open() -> Access {
+        Access {
+            required: false,
+            admin_sha256: None,
+            tenants: Default::default(),
+        }
+    }
+
+    fn viewer(&self, token: Option<&str>) -> Option<Viewer> {
+        let Some(token) = token else {
+            return (!self.required).then_some(Viewer::Admin);
+        };
+        if let Some(admin) = &self.admin_sha256
+            && crate::tenants::digest_eq(admin, &crate::tenants::hash_token(token))
+        {
+            return Some(Viewer::Admin);
+        }
+        if !self.tenants.is_open()
+            && let Ok(t) = self.tenants.authenticate(Some(token))
+        {
+            return Some(Viewer::Tenant(t.name));
+        }
+        // A wrong token on an open UI still reads it as anyone would.
+        (!self.required).then_some(Viewer::Admin)
+    }
+}
+
+/// Who is reading: the admin (or anyone, on an open UI), or one tenant.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Viewer {
+    Admin,
+    Tenant(String),
+}
+
+impl Viewer {
+    fn sees(&self, j: &JobView) -> bool {
+        match self {
+            Viewer::Admin => true,
+            Viewer::Tenant(t) => &j.tenant == t,
+        }
+    }
+}
+
+/// The token of a request: a bearer token, or the password of basic auth.
+fn request_token(parts: &Parts) -> Option<String> {
+    let h = parts.headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    if let Some(t) = h.strip_prefix("Bearer ") {
+        return Some(t.trim().to_string());
+    }
+    let b64 = h.strip_prefix("Basic ")?;
+    let decoded = base64_decode(b64.trim())?;
+    let text = String::from_utf8(decoded).ok()?;
+    Some(
+        text.split_once(':')
+            .map_or(text.clone(), |(_, p)| p.to_string()),
+    )
+}
+
+fn base64_decode(s: &str) -> Option<Vec<u8>> {
+    let val = |c: u8| -> Option<u32> {
+        Some(match c {
+            b'A'..=b'Z' => c - b'A',
+            b'a'..=b'z' => c - b'a' + 26,
+            b'0'..=b'9' => c - b'0' + 52,
+            b'+' => 62,
+            b'/' => 63,
+            _ => return None,
+        } as u32)
+    };
+    let bytes = s.trim_end_matches('=').as_bytes();
+    let mut out = Vec::with_capacity(bytes.len() * 3 / 4);
+    for chunk in bytes.chunks(4) {
+        let mut n = 0u32;
+        for (i, c) in chunk.iter().enumerate() {
+            n |= val(*c)? << (18 - 6 * i);
+        }
+        let take = match chunk.len() {
+            4 => 3,
+            3 => 2,
+            2 => 1,
+            _ => return None,
+        };
+        out.extend_from_slice(&n.to_be_bytes()[1..1 + take]);
+    }
+    Some(out)
+}
+
+/// The UI's state: the events folded so far, and who may read them.
+pub struct Ui {
+    sink: Arc<EventSink>,
+    access: Access,
+}
+
+impl FromRequestParts<Arc<Ui>> for Viewer {
+    type Rejection = Response;
+
+    async fn from_request_parts(parts: &mut Parts, ui: &Arc<Ui>) -> Result<Viewer, Response> {
+        ui.access
+            .viewer(request_token(parts).as_deref())
+            .ok_or_else(|| {
+                (
+                    StatusCode::UNAUTHORIZED,
+                    [(header::WWW_AUTHENTICATE, "Basic realm=\"flint\"")],
+                    "this UI needs a token: the admin token, or a tenant's",
+                )
+                    .into_response()
+            })
+    }
+}
+
 /// The UI's routes over `sink`.
-pub fn router(sink: Arc<EventSink>) -> Router {
+pub fn router(sink: Arc<EventSink>, access: Access) -> Router {
     Router::new()
         .route("/", get(jobs_page))
         .route("/jobs/{job}", get(job_page))
@@ -207,15 +353,19 @@ pub fn router(sink: Arc<EventSink>) -> Router {
         .route("/api/v1/executors", get(executors_api))
         .route("/api/v1/usage", get(usage_api))
         .route("/metrics", get(metrics))
-        .with_state(sink)
+        .with_state(Arc::new(Ui { sink, access }))
 }
 
 /// Serves the UI on `listener` until the process ends.
-pub fn spawn(listener: std::net::TcpListener, sink: Arc<EventSink>) -> std::io::Result<()> {
+pub fn spawn(
+    listener: std::net::TcpListener,
+    sink: Arc<EventSink>,
+    access: Access,
+) -> std::io::Result<()> {
     listener.set_nonblocking(true)?;
     let listener = tokio::net::TcpListener::from_std(listener)?;
     tokio::spawn(async move {
-        if let Err(e) = axum::serve(listener, router(sink)).await {
+        if let Err(e) = axum::serve(listener, router(sink, access)).await {
             tracing::error!("web UI stopped: {e}");
         }
     });
@@ -277,21 +427,22 @@ fn stage_summary(s: &StageView, now: u64) -> serde_json::Value {
     })
 }
 
-async fn jobs_api(State(sink): State<Arc<EventSink>>) -> Json<serde_json::Value> {
+async fn jobs_api(State(ui): State<Arc<Ui>>, viewer: Viewer) -> Json<serde_json::Value> {
     let now = now_ms();
-    let st = sink.state();
+    let st = ui.sink.state();
     Json(json!(
         st.jobs
             .values()
+            .filter(|j| viewer.sees(j))
             .map(|j| job_summary(j, now))
             .collect::<Vec<_>>()
     ))
 }
 
-async fn job_api(State(sink): State<Arc<EventSink>>, Path(job): Path<u64>) -> Response {
+async fn job_api(State(ui): State<Arc<Ui>>, viewer: Viewer, Path(job): Path<u64>) -> Response {
     let now = now_ms();
-    let st = sink.state();
-    let Some(j) = st.jobs.get(&job) else {
+    let st = ui.sink.state();
+    let Some(j) = st.jobs.get(&job).filter(|j| viewer.sees(j)) else {
         return not_found(format!("no job {job}"));
     };
     let mut v = job_summary(j, now);
@@ -305,12 +456,18 @@ async fn job_api(State(sink): State<Arc<EventSink>>, Path(job): Path<u64>) -> Re
 }
 
 async fn stage_api(
-    State(sink): State<Arc<EventSink>>,
+    State(ui): State<Arc<Ui>>,
+    viewer: Viewer,
     Path((job, stage)): Path<(u64, u32)>,
 ) -> Response {
     let now = now_ms();
-    let st = sink.state();
-    let Some(s) = st.jobs.get(&job).and_then(|j| j.stages.get(stage as usize)) else {
+    let st = ui.sink.state();
+    let Some(s) = st
+        .jobs
+        .get(&job)
+        .filter(|j| viewer.sees(j))
+        .and_then(|j| j.stages.get(stage as usize))
+    else {
         return not_found(format!("no stage {job}.{stage}"));
     };
     let mut v = stage_summary(s, now);
@@ -324,11 +481,17 @@ struct UsageQuery {
 }
 
 async fn usage_api(
-    State(sink): State<Arc<EventSink>>,
+    State(ui): State<Arc<Ui>>,
+    viewer: Viewer,
     axum::extract::Query(q): axum::extract::Query<UsageQuery>,
 ) -> Json<serde_json::Value> {
-    let st = sink.state();
-    match q.tenant {
+    let st = ui.sink.state();
+    // A tenant reads its own usage, whatever it asks for.
+    let tenant = match viewer {
+        Viewer::Tenant(t) => Some(t),
+        Viewer::Admin => q.tenant,
+    };
+    match tenant {
         Some(t) => Json(json!(st.usage(&t))),
         None => Json(json!(
             st.tenants().iter().map(|t| st.usage(t)).collect::<Vec<_>>()
@@ -336,47 +499,54 @@ async fn usage_api(
     }
 }
 
-async fn executors_api(State(sink): State<Arc<EventSink>>) -> Json<serde_json::Value> {
-    let st = sink.state();
+async fn executors_api(State(ui): State<Arc<Ui>>, _viewer: Viewer) -> Json<serde_json::Value> {
+    let st = ui.sink.state();
     Json(json!(st.executors.values().collect::<Vec<_>>()))
 }
 
-async fn jobs_page(State(sink): State<Arc<EventSink>>) -> Html<String> {
-    let st = sink.state();
-    Html(html::jobs(&st, sink.live, now_ms()))
+async fn jobs_page(State(ui): State<Arc<Ui>>, viewer: Viewer) -> Html<String> {
+    let st = ui.sink.state();
+    let jobs: Vec<&JobView> = st.jobs.values().filter(|j| viewer.sees(j)).collect();
+    Html(html::jobs(&jobs, ui.sink.live, now_ms()))
 }
 
-async fn job_page(State(sink): State<Arc<EventSink>>, Path(job): Path<u64>) -> Response {
-    let st = sink.state();
-    match st.jobs.get(&job) {
-        Some(j) => Html(html::job(j, sink.live, now_ms())).into_response(),
+async fn job_page(State(ui): State<Arc<Ui>>, viewer: Viewer, Path(job): Path<u64>) -> Response {
+    let st = ui.sink.state();
+    match st.jobs.get(&job).filter(|j| viewer.sees(j)) {
+        Some(j) => Html(html::job(j, ui.sink.live, now_ms())).into_response(),
         None => not_found(format!("no job {job}")),
     }
 }
 
 async fn stage_page(
-    State(sink): State<Arc<EventSink>>,
+    State(ui): State<Arc<Ui>>,
+    viewer: Viewer,
     Path((job, stage)): Path<(u64, u32)>,
 ) -> Response {
-    let st = sink.state();
+    let st = ui.sink.state();
     match st
         .jobs
         .get(&job)
+        .filter(|j| viewer.sees(j))
         .and_then(|j| Some((j, j.stages.get(stage as usize)?)))
     {
-        Some((j, s)) => Html(html::stage(j, s, sink.live, now_ms())).into_response(),
+        Some((j, s)) => Html(html::stage(j, s, ui.sink.live, now_ms())).into_response(),
         None => not_found(format!("no stage {job}.{stage}")),
     }
 }
 
-async fn executors_page(State(sink): State<Arc<EventSink>>) -> Html<String> {
-    let st = sink.state();
-    Html(html::executors(&st, sink.live, now_ms()))
+async fn executors_page(State(ui): State<Arc<Ui>>, _viewer: Viewer) -> Html<String> {
+    let st = ui.sink.state();
+    Html(html::executors(&st, ui.sink.live, now_ms()))
 }
 
-/// Driver metrics in Prometheus text format, computed from the same state as the pages.
-async fn metrics(State(sink): State<Arc<EventSink>>) -> impl IntoResponse {
-    let st = sink.state();
+/// Driver metrics in Prometheus text format, computed from the same state as the pages;
+/// the admin's only, since they count every tenant's work.
+async fn metrics(State(ui): State<Arc<Ui>>, viewer: Viewer) -> Response {
+    if viewer != Viewer::Admin {
+        return (StatusCode::FORBIDDEN, "metrics are the admin's").into_response();
+    }
+    let st = ui.sink.state();
     let mut m = Metrics::default();
     for j in st.jobs.values() {
         m.count("flint_jobs_total", &[("state", &j.state)], 1);
@@ -422,6 +592,7 @@ async fn metrics(State(sink): State<Arc<EventSink>>) -> impl IntoResponse {
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
         m.render(),
     )
+        .into_response()
 }
 
 /// A tiny Prometheus text-format writer: `(name, labels) → value`, counters and gauges.
@@ -466,12 +637,14 @@ impl Metrics {
     }
 }
 
-/// A plain HTTP/1.0 GET of `path` from `addr`; the body of a 200 answer.
-pub fn http_get(addr: &str, path: &str) -> std::io::Result<String> {
+/// A plain HTTP/1.0 GET of `path` from `addr`, with `token` if given; the body of a 200
+/// answer.
+pub fn http_get(addr: &str, path: &str, token: Option<&str>) -> std::io::Result<String> {
     use std::io::Read;
     let mut s = std::net::TcpStream::connect(addr)?;
     s.set_read_timeout(Some(std::time::Duration::from_secs(30)))?;
-    write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n")?;
+    let auth = token.map_or(String::new(), |t| format!("Authorization: Bearer {t}\r\n"));
+    write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n{auth}\r\n")?;
     let mut text = String::new();
     s.read_to_string(&mut text)?;
     let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));

@@ -1,10 +1,32 @@
-//! The wasmtime sandbox: one [`Sandbox`] (engine, linker, compiled-component cache) per
-//! process, one `Store` per task or driver program, with a memory cap and an epoch
-//! deadline. Guests get no preopened directories, no sockets and no inherited stdio:
-//! their stdout and stderr are captured, size-capped, and their only door out is the
-//! `flint:job/host` import.
+//! The host side of the WIT world between Flint and a job component: one [`Sandbox`]
+//! (engine, linker, compiled-component cache) per process, one store per task or
+//! driver program, with a memory cap and an epoch deadline.
+//!
+//! Neighbours: both roles use it. The driver runs a job's `main` with
+//! [`Sandbox::run_program`], answering its actions through an [`ActionRunner`]; an
+//! executor runs tasks with [`Sandbox::start_task`] and drives the [`TaskInstance`].
+//! The world itself is `guest-sdk/wit/flint.wit` (crate `flint-wit`), which the guest SDK
+//! compiles from too; the interface version comes from there.
+//!
+//! The one decision to know: everything of wasmtime and of the WIT types stays in this
+//! crate. Callers speak `flint-protocol` ([`LogicalPlan`], [`TaskDescriptor`],
+//! [`TaskError`](flint_protocol::wire::TaskError)); [`convert`] is where the two meet.
+//! Guests get no preopened directories, no sockets and no inherited stdio: their stdout
+//! and stderr are captured, size-capped, and their only door out is the `flint:job/host`
+//! import.
+//!
+//! [`LogicalPlan`]: flint_protocol::plan::LogicalPlan
+//! [`TaskDescriptor`]: flint_protocol::wire::TaskDescriptor
+
+pub mod convert;
+mod program;
+mod task;
+
+pub use program::{ActionError, ActionFuture, ActionResult, ActionRunner, ProgramOutcome};
+pub use task::{BroadcastFuture, BroadcastSource, Chunk, TaskInstance};
 
 use flint_protocol::ids::ModuleHash;
+use flint_protocol::wire::AppErrorKind;
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
@@ -20,22 +42,20 @@ use wasmtime::{
 use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
-wasmtime::component::bindgen!({
-    path: "../guest-sdk/wit",
-    world: "flint-job",
-    imports: { default: async },
-    exports: { default: async },
-});
+mod bindings {
+    wasmtime::component::bindgen!({
+        path: "../wit/flint.wit",
+        world: "flint-job",
+        imports: { default: async },
+        exports: { default: async },
+    });
+}
 
-pub use exports::flint::job::task as wit_task;
-/// The WIT types, for the driver's plan conversion.
-pub use flint::job::types as wit;
+use bindings::flint::job::types as wit;
+use bindings::{FlintJob, FlintJobPre};
 
-/// The interface version this host speaks (the `flint:job` package version and the
-/// number `interface-version` must return).
-pub const INTERFACE_PACKAGE: &str = "flint:job";
-pub const INTERFACE_SEMVER: &str = "0.1.0";
-pub const INTERFACE_VERSION: u32 = 4;
+/// The interface version this host speaks, read from the WIT world (`flint-wit`).
+pub const INTERFACE_VERSION: u32 = flint_wit::INTERFACE_VERSION;
 
 /// How often the epoch advances; deadlines are checked (and long guest computations yield
 /// to the runtime) at this granularity.
@@ -76,10 +96,12 @@ pub enum SandboxError {
         message: String,
         detail: Vec<String>,
     },
+    /// The guest's own error; `kind` when it wraps an error the host reported.
     #[error("{message}")]
     Guest {
         message: String,
         causes: Vec<String>,
+        kind: Option<AppErrorKind>,
     },
 }
 
@@ -90,7 +112,9 @@ impl SandboxError {
             SandboxError::Trap { detail, .. } => std::iter::once(self.to_string())
                 .chain(detail.iter().cloned())
                 .collect(),
-            SandboxError::Guest { message, causes } => std::iter::once(message.clone())
+            SandboxError::Guest {
+                message, causes, ..
+            } => std::iter::once(message.clone())
                 .chain(causes.iter().cloned())
                 .collect(),
             other => vec![other.to_string()],
@@ -115,9 +139,14 @@ impl SandboxError {
 #[derive(Clone, Debug, Error, PartialEq, Eq)]
 pub enum LimitHit {
     #[error(
-        "memory limit hit: the guest asked for {desired} bytes of memory, over its cap of {cap} bytes (task.memory)"
+        "memory limit hit: the guest asked for {desired} bytes of memory, over its cap of {cap} bytes ({setting})"
     )]
-    Memory { cap: u64, desired: u64 },
+    Memory {
+        cap: u64,
+        desired: u64,
+        /// The setting that gave the cap.
+        setting: &'static str,
+    },
     #[error("deadline hit: the guest ran past its budget of {budget:?} ({setting})")]
     Deadline {
         budget: Duration,
@@ -130,6 +159,8 @@ pub enum LimitHit {
 #[derive(Clone, Debug)]
 pub struct StoreLimits {
     pub memory_bytes: u64,
+    /// The setting the memory cap comes from, named when it is hit.
+    pub memory_setting: &'static str,
     /// `None`: no deadline.
     pub deadline: Option<Duration>,
     /// The setting the deadline comes from, named when it is hit.
@@ -138,39 +169,8 @@ pub struct StoreLimits {
     pub output_bytes: usize,
 }
 
-/// What an action answers the driver program, in time.
-pub type ActionFuture<'a> = std::pin::Pin<
-    Box<dyn std::future::Future<Output = Result<wit::ActionResult, wit::ErrorChain>> + Send + 'a>,
->;
-
-/// Runs an action for a driver program. Only the driver installs one.
-pub trait ActionRunner: Send + Sync {
-    fn run(&self, plan: wit::Plan, action: wit::Action) -> ActionFuture<'_>;
-    /// The application's setting `key`, if set.
-    fn setting(&self, key: &str) -> Option<String>;
-    /// Drops the application's cached dataset `id` everywhere.
-    fn unpersist(
-        &self,
-        id: u32,
-    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + '_>>;
-    /// Registers a broadcast value; returns its id.
-    fn broadcast(&self, value: Vec<u8>) -> u32;
-    fn broadcast_value(&self, id: u32) -> Option<Arc<Vec<u8>>>;
-    /// Updates of accumulator `id` committed since the last call.
-    fn accumulator_updates(&self, id: u32) -> Vec<Vec<u8>>;
-}
-
-/// A broadcast value on its way.
-pub type BroadcastFuture<'a> =
-    std::pin::Pin<Box<dyn std::future::Future<Output = Result<Arc<Vec<u8>>, String>> + Send + 'a>>;
-
-/// Where a task gets broadcast values.
-pub trait BroadcastSource: Send + Sync {
-    fn get(&self, id: u32) -> BroadcastFuture<'_>;
-}
-
 /// The data of one store.
-pub struct GuestState {
+pub(crate) struct GuestState {
     wasi: WasiCtx,
     table: ResourceTable,
     limiter: Limiter,
@@ -181,21 +181,16 @@ pub struct GuestState {
 }
 
 impl GuestState {
-    /// Lets a task's guest read broadcast values.
-    pub fn set_broadcasts(&mut self, b: Arc<dyn BroadcastSource>) {
-        self.broadcasts = Some(b);
-    }
-
     /// Peak linear memory the guest reached.
-    pub fn peak_memory(&self) -> u64 {
+    fn peak_memory(&self) -> u64 {
         self.limiter.peak
     }
 
-    pub fn stdout(&self) -> String {
+    fn stdout(&self) -> String {
         String::from_utf8_lossy(&self.stdout.contents()).into_owned()
     }
 
-    pub fn stderr(&self) -> String {
+    fn stderr(&self) -> String {
         String::from_utf8_lossy(&self.stderr.contents()).into_owned()
     }
 }
@@ -209,60 +204,9 @@ impl WasiView for GuestState {
     }
 }
 
-impl flint::job::types::Host for GuestState {}
-
-impl flint::job::host::Host for GuestState {
-    async fn run_action(
-        &mut self,
-        plan: wit::Plan,
-        action: wit::Action,
-    ) -> Result<wit::ActionResult, wit::ErrorChain> {
-        match self.actions.clone() {
-            Some(runner) => runner.run(plan, action).await,
-            None => Err(wit::ErrorChain {
-                message: "actions (collect, count, save_as_text) can only run in the driver program, not inside a task".into(),
-                causes: Vec::new(),
-            }),
-        }
-    }
-
-    async fn setting(&mut self, key: String) -> Option<String> {
-        self.actions.as_ref().and_then(|a| a.setting(&key))
-    }
-
-    async fn unpersist(&mut self, id: u32) {
-        if let Some(a) = self.actions.clone() {
-            a.unpersist(id).await;
-        }
-    }
-
-    async fn broadcast(&mut self, value: Vec<u8>) -> u32 {
-        // In a task there is nothing to register with: 0 names no broadcast.
-        self.actions.as_ref().map_or(0, |a| a.broadcast(value))
-    }
-
-    async fn broadcast_value(&mut self, id: u32) -> Result<Vec<u8>, String> {
-        if let Some(a) = &self.actions {
-            return a
-                .broadcast_value(id)
-                .map(|v| v.to_vec())
-                .ok_or_else(|| format!("no broadcast {id} in this application"));
-        }
-        match self.broadcasts.clone() {
-            Some(b) => b.get(id).await.map(|v| v.to_vec()),
-            None => Err("broadcast values are not available here".into()),
-        }
-    }
-
-    async fn accumulator_updates(&mut self, id: u32) -> Vec<Vec<u8>> {
-        self.actions
-            .as_ref()
-            .map_or_else(Vec::new, |a| a.accumulator_updates(id))
-    }
-}
-
 struct Limiter {
     cap: u64,
+    setting: &'static str,
     peak: u64,
 }
 
@@ -277,6 +221,7 @@ impl wasmtime::ResourceLimiter for Limiter {
             return Err(LimitHit::Memory {
                 cap: self.cap,
                 desired: desired as u64,
+                setting: self.setting,
             }
             .into());
         }
@@ -366,10 +311,16 @@ impl Sandbox {
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut linker)
             .map_err(|e| SandboxError::Instantiate(format!("{e:#}")))?;
-        flint::job::host::add_to_linker::<GuestState, HasSelf<GuestState>>(&mut linker, |s| s)
-            .map_err(|e| SandboxError::Instantiate(format!("{e:#}")))?;
-        flint::job::types::add_to_linker::<GuestState, HasSelf<GuestState>>(&mut linker, |s| s)
-            .map_err(|e| SandboxError::Instantiate(format!("{e:#}")))?;
+        bindings::flint::job::host::add_to_linker::<GuestState, HasSelf<GuestState>>(
+            &mut linker,
+            |s| s,
+        )
+        .map_err(|e| SandboxError::Instantiate(format!("{e:#}")))?;
+        bindings::flint::job::types::add_to_linker::<GuestState, HasSelf<GuestState>>(
+            &mut linker,
+            |s| s,
+        )
+        .map_err(|e| SandboxError::Instantiate(format!("{e:#}")))?;
         let weak = engine.weak();
         std::thread::Builder::new()
             .name("flint-epoch".into())
@@ -408,7 +359,7 @@ impl Sandbox {
     }
 
     /// Fuel the guest of `store` has burnt, when this sandbox meters it.
-    pub fn fuel_consumed(&self, store: &Store<GuestState>) -> Option<u64> {
+    fn fuel_consumed(&self, store: &Store<GuestState>) -> Option<u64> {
         self.opts
             .fuel
             .then(|| u64::MAX - store.get_fuel().unwrap_or(u64::MAX))
@@ -524,11 +475,13 @@ impl Sandbox {
         Ok(LoadedJob { hash, pre })
     }
 
-    /// A fresh store with the given limits; `actions` only for driver programs.
-    pub fn store(
+    /// A fresh store with the given limits; `actions` only for driver programs,
+    /// `broadcasts` only for tasks.
+    fn store(
         &self,
         limits: &StoreLimits,
         actions: Option<Arc<dyn ActionRunner>>,
+        broadcasts: Option<Arc<dyn BroadcastSource>>,
     ) -> Store<GuestState> {
         let stdout = MemoryOutputPipe::new(limits.output_bytes);
         let stderr = MemoryOutputPipe::new(limits.output_bytes);
@@ -546,10 +499,11 @@ impl Sandbox {
                 table: ResourceTable::new(),
                 limiter: Limiter {
                     cap: limits.memory_bytes,
+                    setting: limits.memory_setting,
                     peak: 0,
                 },
                 actions,
-                broadcasts: None,
+                broadcasts,
                 stdout,
                 stderr,
             },
@@ -577,10 +531,7 @@ impl Sandbox {
 
 impl LoadedJob {
     /// Instantiates into `store` and checks the interface version the guest reports.
-    pub async fn instantiate(
-        &self,
-        store: &mut Store<GuestState>,
-    ) -> Result<FlintJob, SandboxError> {
+    async fn instantiate(&self, store: &mut Store<GuestState>) -> Result<FlintJob, SandboxError> {
         let job = self
             .pre
             .instantiate_async(&mut *store)
@@ -593,7 +544,7 @@ impl LoadedJob {
             .map_err(|e| classify(e, store))?;
         if v != INTERFACE_VERSION {
             return Err(SandboxError::InterfaceVersion {
-                found: format!("{INTERFACE_PACKAGE}@{INTERFACE_SEMVER} version {v}"),
+                found: format!("{}@{} version {v}", flint_wit::PACKAGE, flint_wit::SEMVER),
                 expected: format!("version {INTERFACE_VERSION}"),
             });
         }
@@ -603,7 +554,7 @@ impl LoadedJob {
 
 /// Maps a wasmtime error from a guest call to what happened, with the guest's stderr tail
 /// (a panic message) when it trapped.
-pub fn classify(err: wasmtime::Error, store: &Store<GuestState>) -> SandboxError {
+fn classify(err: wasmtime::Error, store: &Store<GuestState>) -> SandboxError {
     if let Some(hit) = err.downcast_ref::<LimitHit>() {
         return SandboxError::Limit(hit.clone());
     }
@@ -648,10 +599,23 @@ fn tail_chars(s: &str, max: usize) -> &str {
 }
 
 /// A guest-returned error chain as a sandbox error.
-pub fn guest_error(e: wit::ErrorChain) -> SandboxError {
+fn guest_error(e: wit::ErrorChain) -> SandboxError {
     SandboxError::Guest {
         message: e.message,
         causes: e.causes,
+        kind: e.kind.map(convert::kind_from_wit),
+    }
+}
+
+/// The result of a guest call: its value, its own error, or what stopped it.
+fn unwrap_call<T>(
+    r: wasmtime::Result<Result<T, wit::ErrorChain>>,
+    store: &Store<GuestState>,
+) -> Result<T, SandboxError> {
+    match r {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(chain)) => Err(guest_error(chain)),
+        Err(e) => Err(classify(e, store)),
     }
 }
 
@@ -673,8 +637,9 @@ fn check_header(bytes: &[u8]) -> Result<(), SandboxError> {
 fn check_interface(engine: &Engine, component: &Component) -> Result<(), SandboxError> {
     let ty = component.component_type();
     let exports: Vec<String> = ty.exports(engine).map(|(n, _)| n.to_string()).collect();
-    let expected = format!("{INTERFACE_PACKAGE}@{INTERFACE_SEMVER}");
-    let job_prefix = format!("{INTERFACE_PACKAGE}/job");
+    let (package, semver) = (flint_wit::PACKAGE, flint_wit::SEMVER);
+    let expected = format!("{package}@{semver}");
+    let job_prefix = format!("{package}/job");
     match exports.iter().find(|n| n.starts_with(&job_prefix)) {
         None => {
             return Err(SandboxError::NotAJob {
@@ -685,7 +650,7 @@ fn check_interface(engine: &Engine, component: &Component) -> Result<(), Sandbox
                 },
             });
         }
-        Some(n) if *n != format!("{job_prefix}@{INTERFACE_SEMVER}") => {
+        Some(n) if *n != format!("{job_prefix}@{semver}") => {
             return Err(SandboxError::InterfaceVersion {
                 found: n.replace("/job", ""),
                 expected,
@@ -703,4 +668,39 @@ fn write_atomically(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()>
     let tmp = path.with_extension(format!("tmp{}", std::process::id()));
     std::fs::write(&tmp, bytes)?;
     std::fs::rename(&tmp, path)
+}
+
+impl LimitHit {
+    /// The setting whose cap was hit.
+    pub fn setting(&self) -> &'static str {
+        match self {
+            LimitHit::Memory { setting, .. } | LimitHit::Deadline { setting, .. } => setting,
+        }
+    }
+
+    /// The limit, as the wire names it.
+    pub fn limit(&self) -> flint_protocol::wire::Limit {
+        match self {
+            LimitHit::Memory { .. } => flint_protocol::wire::Limit::Memory,
+            LimitHit::Deadline { .. } => flint_protocol::wire::Limit::Deadline,
+        }
+    }
+}
+
+/// How a task's sandbox failure is reported to the driver.
+impl From<SandboxError> for flint_protocol::wire::TaskError {
+    fn from(e: SandboxError) -> Self {
+        use flint_protocol::wire::TaskErrorKind;
+        let kind = match &e {
+            SandboxError::Limit(hit) => TaskErrorKind::Limit(hit.limit()),
+            SandboxError::Trap { .. } => TaskErrorKind::Trap,
+            SandboxError::Guest { .. } => TaskErrorKind::Guest,
+            e if e.is_bad_module() => TaskErrorKind::BadModule,
+            _ => TaskErrorKind::Io,
+        };
+        flint_protocol::wire::TaskError {
+            kind,
+            chain: e.chain(),
+        }
+    }
 }

@@ -1,17 +1,19 @@
 //! The embedded local cluster of `flint run`: a driver and N executors in this process,
-//! talking over loopback QUIC with the same certificates as a real cluster.
+//! talking over loopback QUIC. It is the same code as a real cluster, not a second path:
+//! the executors enrol with the driver's cluster file as separate hosts would, and the
+//! job is submitted with the client file a tenant would hold.
 
-use crate::server::{self, DriverConfig};
+use flint_driver::{Credentials, DriverConfig, UiConfig};
 use flint_executor_host::ExecutorConfig;
-use flint_executor_host::sandbox::{Sandbox, SandboxOptions};
-use flint_executor_host::tls::{self, ClusterCredentials, Identity};
 use flint_protocol::conf::Conf;
+use flint_sandbox::{Sandbox, SandboxOptions};
+use flint_transport::ClientFile;
 use std::path::PathBuf;
 use tokio_util::sync::CancellationToken;
 
 pub struct LocalCluster {
-    pub driver_addr: String,
-    pub member: Identity,
+    /// What the local tenant submits with.
+    pub client: ClientFile,
     shutdown: CancellationToken,
     _work: tempfile::TempDir,
 }
@@ -35,27 +37,36 @@ impl LocalCluster {
         ui: Option<std::net::TcpListener>,
         event_log: Option<PathBuf>,
     ) -> anyhow::Result<LocalCluster> {
-        let creds = ClusterCredentials::generate()?;
+        let settings = conf.settings();
+        let credentials = Credentials::generate()?;
         let loopback: std::net::SocketAddr = "127.0.0.1:0".parse()?;
-        let driver_ep = tls::endpoint(&creds.driver, loopback)?;
+        let driver_ep = credentials.endpoint(loopback)?;
         let driver_addr = driver_ep.local_addr()?.to_string();
+        let ui_addr = match &ui {
+            Some(l) => Some(l.local_addr()?.to_string()),
+            None => None,
+        };
+        let cluster_file = credentials.cluster_file(&driver_addr);
+        let client = credentials.client_file(&driver_addr, ui_addr);
         // One sandbox for the whole process: a component compiles once, not once per executor.
         let sandbox = Sandbox::new(SandboxOptions {
             fuel: false,
             max_instances: executors * cores * 2 + 8,
-            max_memory_bytes: conf.bytes("task.memory").max(1 << 20),
+            max_memory_bytes: settings.task_memory.max(settings.main_memory).max(1 << 20),
             cache_dir,
         })?;
         let shutdown = CancellationToken::new();
         let work = tempfile::Builder::new().prefix("flint-local-").tempdir()?;
-        let conf_grace = conf.duration("executor.decommission_timeout");
-        let cache_memory = conf.bytes("executor.cache_memory");
-        tokio::spawn(server::serve(
+        tokio::spawn(flint_driver::serve(
             DriverConfig {
                 conf,
+                credentials,
                 sandbox: Some(sandbox.clone()),
                 cache_dir: None,
-                ui,
+                ui: ui.map(|listener| UiConfig {
+                    listener,
+                    admin_token: None,
+                }),
                 event_log,
                 tenants: Default::default(),
             },
@@ -63,18 +74,20 @@ impl LocalCluster {
             shutdown.clone(),
         ));
         for i in 0..executors {
-            let ep = tls::endpoint(&creds.member, loopback)?;
+            let identity = flint_executor_host::enrol(&cluster_file).await?;
+            let ep = identity.endpoint(loopback)?;
             let config = ExecutorConfig {
                 driver_addr: driver_addr.clone(),
+                identity,
                 cores,
                 work_dir: work.path().join(format!("executor-{i}")),
                 advertise_addr: None,
                 sandbox: Some(sandbox.clone()),
                 cache_dir: None,
-                decommission_timeout: conf_grace,
-                cache_memory,
+                decommission_timeout: settings.executor_decommission_timeout,
+                cache_memory: settings.executor_cache_memory,
                 metrics: Default::default(),
-                metrics_addr: None,
+                metrics_listener: None,
             };
             let token = shutdown.clone();
             tokio::spawn(async move {
@@ -84,8 +97,7 @@ impl LocalCluster {
             });
         }
         Ok(LocalCluster {
-            driver_addr,
-            member: creds.member,
+            client,
             shutdown,
             _work: work,
         })

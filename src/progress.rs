@@ -106,7 +106,7 @@ impl Progress {
                     *ms as f64 / 1000.0
                 ));
             }
-            SubmitEvent::Finished(_) => {}
+            SubmitEvent::Finished(_) | SubmitEvent::Accepted { .. } => {}
         }
     }
 }

@@ -1,0 +1,179 @@
+//! Where map outputs live: per job and shuffle, the executor holding each map task's
+//! output and its segment sizes (Spark's `MapOutputTracker`); and, across the jobs of an
+//! application, where the partitions of its cached datasets are kept (the block
+//! manager master's half that Flint needs).
+
+use crate::ids::{ExecutorId, JobId, ShuffleId};
+use std::collections::BTreeMap;
+
+/// Where one map task's output lives and how big each reduce partition's segment is.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MapStatus {
+    pub executor: ExecutorId,
+    /// Bytes per reduce partition.
+    pub sizes: Vec<u64>,
+}
+
+/// One segment a reduce task must fetch.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MapLocation {
+    pub shuffle: ShuffleId,
+    /// The reduce partition whose segment this is.
+    pub reduce: u32,
+    pub map_partition: u32,
+    pub executor: ExecutorId,
+    pub size: u64,
+}
+
+/// Map outputs per (job, shuffle).
+#[derive(Debug, Default)]
+pub struct MapOutputTracker {
+    outputs: BTreeMap<(JobId, ShuffleId), Vec<Option<MapStatus>>>,
+}
+
+impl MapOutputTracker {
+    pub(super) fn register_shuffle(&mut self, job: JobId, shuffle: ShuffleId, map_partitions: u32) {
+        self.outputs
+            .insert((job, shuffle), vec![None; map_partitions as usize]);
+    }
+
+    pub(super) fn register(&mut self, job: JobId, shuffle: ShuffleId, map: u32, status: MapStatus) {
+        if let Some(slot) = self
+            .outputs
+            .get_mut(&(job, shuffle))
+            .and_then(|v| v.get_mut(map as usize))
+        {
+            *slot = Some(status);
+        }
+    }
+
+    /// Forgets every output held by `executor`; returns the (job, shuffle, map) triples lost.
+    pub(super) fn remove_executor(&mut self, executor: ExecutorId) -> Vec<(JobId, ShuffleId, u32)> {
+        let mut lost = Vec::new();
+        for ((job, shuffle), maps) in &mut self.outputs {
+            for (i, slot) in maps.iter_mut().enumerate() {
+                if slot.as_ref().is_some_and(|s| s.executor == executor) {
+                    *slot = None;
+                    lost.push((*job, *shuffle, i as u32));
+                }
+            }
+        }
+        lost
+    }
+
+    /// The segments of `reduce` partition, or `None` while any map output is missing.
+    pub fn locations(
+        &self,
+        job: JobId,
+        shuffle: ShuffleId,
+        reduce: u32,
+    ) -> Option<Vec<MapLocation>> {
+        let maps = self.outputs.get(&(job, shuffle))?;
+        let mut out = Vec::new();
+        for (i, slot) in maps.iter().enumerate() {
+            let status = slot.as_ref()?;
+            let size = status.sizes.get(reduce as usize).copied().unwrap_or(0);
+            if size > 0 {
+                out.push(MapLocation {
+                    shuffle,
+                    reduce,
+                    map_partition: i as u32,
+                    executor: status.executor,
+                    size,
+                });
+            }
+        }
+        Some(out)
+    }
+
+    /// Per map partition, where its output lives (for reporting).
+    pub fn statuses(&self, job: JobId, shuffle: ShuffleId) -> Option<&[Option<MapStatus>]> {
+        self.outputs.get(&(job, shuffle)).map(|v| v.as_slice())
+    }
+
+    pub(super) fn remove_job(&mut self, job: JobId) {
+        self.outputs.retain(|(j, _), _| *j != job);
+    }
+}
+
+/// Where each partition of each cached dataset is kept, per (application, dataset id).
+/// Entries go when their executor is removed, evicts them, or the dataset is unpersisted.
+#[derive(Debug, Default)]
+pub struct CachedPartitions {
+    kept: BTreeMap<(u64, u32), Vec<Option<MapStatus>>>,
+}
+
+impl CachedPartitions {
+    /// Partition `map` of dataset `id` (of `partitions`) is kept as `status`.
+    pub(super) fn record(
+        &mut self,
+        app: u64,
+        id: u32,
+        partitions: u32,
+        map: u32,
+        status: MapStatus,
+    ) {
+        let parts = self
+            .kept
+            .entry((app, id))
+            .or_insert_with(|| vec![None; partitions as usize]);
+        if parts.len() != partitions as usize {
+            *parts = vec![None; partitions as usize];
+        }
+        if let Some(slot) = parts.get_mut(map as usize) {
+            *slot = Some(status);
+        }
+    }
+
+    /// The kept partitions of dataset `id`, when it has `partitions` of them.
+    pub(super) fn kept(&self, app: u64, id: u32, partitions: u32) -> Vec<(u32, MapStatus)> {
+        match self.kept.get(&(app, id)) {
+            Some(parts) if parts.len() == partitions as usize => parts
+                .iter()
+                .enumerate()
+                .filter_map(|(m, s)| Some((m as u32, s.clone()?)))
+                .collect(),
+            _ => Vec::new(),
+        }
+    }
+
+    /// `executor` no longer keeps partitions `maps` of dataset `id` (evicted).
+    pub(super) fn dropped(&mut self, app: u64, id: u32, executor: ExecutorId, maps: &[u32]) {
+        if let Some(parts) = self.kept.get_mut(&(app, id)) {
+            for m in maps {
+                if let Some(slot) = parts.get_mut(*m as usize)
+                    && slot.as_ref().is_some_and(|s| s.executor == executor)
+                {
+                    *slot = None;
+                }
+            }
+        }
+    }
+
+    pub(super) fn forget_executor(&mut self, executor: ExecutorId) {
+        for parts in self.kept.values_mut() {
+            for slot in parts.iter_mut() {
+                if slot.as_ref().is_some_and(|s| s.executor == executor) {
+                    *slot = None;
+                }
+            }
+        }
+    }
+
+    pub(super) fn forget_dataset(&mut self, app: u64, id: u32) {
+        self.kept.remove(&(app, id));
+    }
+
+    pub(super) fn forget_app(&mut self, app: u64) {
+        self.kept.retain(|(a, _), _| *a != app);
+    }
+
+    /// Partitions kept of every dataset of `app` (for reports and tests).
+    pub fn count(&self, app: u64) -> usize {
+        self.kept
+            .iter()
+            .filter(|((a, _), _)| *a == app)
+            .map(|(_, p)| p.iter().flatten().count())
+            .sum()
+    }
+}

@@ -1,0 +1,441 @@
+//! The DAG scheduler: jobs and their stages. A stage runs when its parents are done and
+//! something still needs its output; a fetch failure starts a new stage attempt after
+//! the lost map outputs are recomputed; a job ends when its result stage is done.
+
+use super::policy::{JobFailure, JobPolicy};
+use super::{Command, Scheduler, fmt_ms};
+use crate::dag::{JobDag, StageOutput};
+use crate::ids::{ExecutorId, JobId, ShuffleId, StageId, TaskAttemptId, TaskId};
+use std::collections::{BTreeMap, BTreeSet};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum StageStatus {
+    /// Parents not done yet.
+    Waiting,
+    Running,
+    Done,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub(super) struct RunningAttempt {
+    pub(super) executor: ExecutorId,
+    pub(super) started_ms: u64,
+    /// The stage attempt it was launched in (fetch failures of older ones count once).
+    pub(super) stage_attempt: u32,
+}
+
+#[derive(Debug, Default)]
+pub(super) struct TaskState {
+    pub(super) next_attempt: u32,
+    pub(super) running: BTreeMap<u32, RunningAttempt>,
+    pub(super) done: bool,
+    pub(super) failures: Vec<Vec<String>>,
+    /// Executors to avoid for this task when another one exists.
+    pub(super) failed_on: BTreeSet<ExecutorId>,
+}
+
+#[derive(Debug)]
+pub(super) struct Stage {
+    pub(super) status: StageStatus,
+    pub(super) tasks: Vec<TaskState>,
+    /// Current attempt of the stage; bumped by each fetch failure that restarts it.
+    pub(super) attempt: u32,
+    /// Attempts since the stage last completed that ended in a fetch failure.
+    pub(super) failed_attempts: u32,
+    /// Run times of successful attempts, for speculation.
+    pub(super) durations: Vec<u64>,
+    /// Per executor, the partitions that failed on it.
+    pub(super) failed_tasks_on: BTreeMap<ExecutorId, BTreeSet<u32>>,
+    pub(super) excluded: BTreeMap<ExecutorId, String>,
+}
+
+impl Stage {
+    pub(super) fn all_done(&self) -> bool {
+        self.tasks.iter().all(|t| t.done)
+    }
+}
+
+#[derive(Debug)]
+pub(super) struct Job {
+    /// The application the job belongs to (its cached datasets are the application's).
+    pub(super) app: u64,
+    pub(super) dag: JobDag,
+    pub(super) stages: Vec<Stage>,
+    pub(super) policy: JobPolicy,
+    pub(super) failures_on: BTreeMap<ExecutorId, u32>,
+    pub(super) excluded: BTreeMap<ExecutorId, String>,
+    /// Since when no executor could take any of its ready tasks.
+    pub(super) starved_since: Option<u64>,
+}
+
+impl Job {
+    /// Whether some stage reading `stage`'s output, directly or not, has yet to finish.
+    pub(super) fn downstream_unfinished(&self, stage: usize) -> bool {
+        // Stages read only stages with smaller indices: one pass from the end decides
+        // each stage from those after it.
+        let n = self.stages.len();
+        let mut needs_input = vec![false; n];
+        for i in (0..n).rev() {
+            let unfinished = self.stages[i].status != StageStatus::Done || needs_input[i];
+            if unfinished {
+                for p in &self.dag.stages[i].parents {
+                    if let Some(slot) = needs_input.get_mut(*p as usize) {
+                        *slot = true;
+                    }
+                }
+            }
+        }
+        needs_input.get(stage).copied().unwrap_or(false)
+    }
+
+    pub(super) fn eligible(&self, stage: usize, executor: ExecutorId) -> bool {
+        !self.excluded.contains_key(&executor)
+            && !self.stages[stage].excluded.contains_key(&executor)
+    }
+
+    /// The stage that writes `shuffle`.
+    pub(super) fn writer_of(&self, shuffle: ShuffleId) -> Option<usize> {
+        self.dag.stages.iter().position(
+            |s| matches!(s.output, StageOutput::ShuffleWrite { shuffle: sh, .. } if sh == shuffle),
+        )
+    }
+}
+
+impl Scheduler {
+    /// Runs `job` of application `app`. Partitions of cached datasets that earlier jobs
+    /// of the application kept count as done: a stage none of whose output is missing
+    /// does not run, nor do the stages that would only feed it.
+    pub fn submit_job(&mut self, job: JobId, app: u64, dag: JobDag, policy: JobPolicy) {
+        let mut stages: Vec<Stage> = dag
+            .stages
+            .iter()
+            .map(|s| Stage {
+                status: StageStatus::Waiting,
+                tasks: (0..s.partitions).map(|_| TaskState::default()).collect(),
+                attempt: 0,
+                failed_attempts: 0,
+                durations: Vec::new(),
+                failed_tasks_on: BTreeMap::new(),
+                excluded: BTreeMap::new(),
+            })
+            .collect();
+        for (i, s) in dag.stages.iter().enumerate() {
+            let StageOutput::ShuffleWrite { shuffle, cache, .. } = s.output else {
+                continue;
+            };
+            self.map_outputs
+                .register_shuffle(job, shuffle, s.partitions);
+            let Some(c) = cache else { continue };
+            for (map, status) in self.cached.kept(app, c.id, s.partitions) {
+                if !self.executors.contains_key(&status.executor) {
+                    continue;
+                }
+                if let Some(task) = stages[i].tasks.get_mut(map as usize) {
+                    task.done = true;
+                    self.map_outputs.register(job, shuffle, map, status);
+                }
+            }
+        }
+        self.jobs.insert(
+            job,
+            Job {
+                app,
+                dag,
+                stages,
+                policy,
+                failures_on: BTreeMap::new(),
+                excluded: BTreeMap::new(),
+                starved_since: None,
+            },
+        );
+        self.advance_stages(job);
+        self.schedule();
+    }
+
+    /// Stops a job: pending tasks are dropped and running attempts are killed.
+    pub fn cancel_job(&mut self, job: JobId) {
+        if self.jobs.remove(&job).is_none() {
+            return;
+        }
+        self.pending.retain(|t| t.stage.job != job);
+        self.speculatable.retain(|t| t.stage.job != job);
+        self.map_outputs.remove_job(job);
+        for (id, e) in &self.executors {
+            for attempt in e.running.iter().filter(|a| a.task.stage.job == job) {
+                self.commands.push_back(Command::KillTask {
+                    attempt: *attempt,
+                    executor: *id,
+                });
+            }
+        }
+        self.commands.push_back(Command::CleanJob { job });
+    }
+
+    /// The application dropped its cached dataset `id`.
+    pub fn unpersist(&mut self, app: u64, id: u32) {
+        self.cached.forget_dataset(app, id);
+    }
+
+    /// The application ended: its cached datasets are gone.
+    pub fn app_ended(&mut self, app: u64) {
+        self.cached.forget_app(app);
+    }
+
+    /// `executor` evicted partitions `maps` of the application's cached dataset `id`.
+    pub fn cached_dropped(&mut self, executor: ExecutorId, app: u64, id: u32, maps: &[u32]) {
+        self.cached.dropped(app, id, executor, maps);
+    }
+
+    pub(super) fn fail_job(&mut self, job: JobId, error: JobFailure) {
+        self.cancel_job(job);
+        self.commands.push_back(Command::JobFailed { job, error });
+    }
+
+    /// Drops a running attempt that will never report; its task runs again if no other
+    /// attempt is running.
+    pub(super) fn forget_attempt(&mut self, attempt: TaskAttemptId) {
+        let Some(job) = self.jobs.get_mut(&attempt.task.stage.job) else {
+            return;
+        };
+        let Some(stage) = job.stages.get_mut(attempt.task.stage.index as usize) else {
+            return;
+        };
+        let running_stage = stage.status == StageStatus::Running;
+        let Some(task) = stage.tasks.get_mut(attempt.task.partition as usize) else {
+            return;
+        };
+        task.running.remove(&attempt.attempt);
+        if !task.done && task.running.is_empty() && running_stage {
+            self.pending.insert(attempt.task);
+        }
+    }
+
+    /// Forgets `executor`'s map outputs. Map tasks whose output a stage still to finish
+    /// needs (directly or through another stage) run again, elsewhere if possible, and
+    /// every stage downstream of them waits.
+    pub(super) fn unregister_outputs(&mut self, executor: ExecutorId) {
+        let mut touched = BTreeSet::new();
+        for (job_id, shuffle, map) in self.map_outputs.remove_executor(executor) {
+            let Some(job) = self.jobs.get_mut(&job_id) else {
+                continue;
+            };
+            let Some(writer) = job.writer_of(shuffle) else {
+                continue;
+            };
+            if !job.downstream_unfinished(writer) {
+                continue;
+            }
+            let task = &mut job.stages[writer].tasks[map as usize];
+            task.done = false;
+            task.failed_on.insert(executor);
+            touched.insert(job_id);
+        }
+        for job in touched {
+            self.advance_stages(job);
+        }
+    }
+
+    /// A reduce attempt could not fetch `map_partition`'s segment from `from`. Not a task
+    /// failure: `from`'s map outputs are unregistered (its files are presumed gone), the
+    /// lost map tasks run again, and this task waits for them. Each stage attempt that
+    /// ends this way counts once towards `max_stage_attempts`.
+    pub fn task_fetch_failed(
+        &mut self,
+        attempt: TaskAttemptId,
+        executor: ExecutorId,
+        from: ExecutorId,
+        map_partition: u32,
+        chain: Vec<String>,
+    ) {
+        if let Some(e) = self.executors.get_mut(&executor) {
+            e.running.remove(&attempt);
+        }
+        let job_id = attempt.task.stage.job;
+        let Some(job) = self.jobs.get_mut(&job_id) else {
+            self.schedule();
+            return;
+        };
+        let max = job.policy.max_stage_attempts;
+        let Some(stage) = job.stages.get_mut(attempt.task.stage.index as usize) else {
+            return;
+        };
+        let Some(task) = stage.tasks.get_mut(attempt.task.partition as usize) else {
+            return;
+        };
+        let Some(run) = task.running.remove(&attempt.attempt) else {
+            self.schedule();
+            return;
+        };
+        if task.done {
+            self.schedule();
+            return;
+        }
+        if run.stage_attempt == stage.attempt {
+            stage.attempt += 1;
+            stage.failed_attempts += 1;
+            if stage.failed_attempts >= max {
+                let message = format!(
+                    "{} failed {} consecutive attempts (stage.max_consecutive_attempts = {max}): \
+                     shuffle output of map partition {map_partition} on executor {} could not be fetched",
+                    attempt.task.stage, stage.failed_attempts, from.0
+                );
+                self.fail_job(
+                    job_id,
+                    JobFailure {
+                        message,
+                        causes: chain,
+                        limit: None,
+                    },
+                );
+                self.schedule();
+                return;
+            }
+        }
+        // Only a registered executor's outputs can be unregistered: a status naming one
+        // that never was changes nothing.
+        self.unregister_outputs(from);
+        // The outputs may already have been unregistered and recomputed elsewhere: then
+        // the stage is running and this task simply goes again.
+        self.forget_attempt(attempt);
+        self.schedule();
+    }
+
+    /// Brings every stage's status in line with its tasks and parents, in dependency
+    /// order: all tasks done → done; parents all done → running, its idle unfinished tasks
+    /// pending; otherwise waiting, with nothing pending. Ends the job when its result stage
+    /// is done.
+    pub(super) fn advance_stages(&mut self, job_id: JobId) {
+        let Some(job) = self.jobs.get_mut(&job_id) else {
+            return;
+        };
+        // First the stages whose every output exists, whatever their parents: a stage
+        // fed only by cached partitions must not make its parents run.
+        for i in 0..job.stages.len() {
+            let stage = &mut job.stages[i];
+            if !stage.all_done() {
+                continue;
+            }
+            if stage.status != StageStatus::Done {
+                stage.failed_attempts = 0;
+                let map_output_bytes = match job.dag.stages[i].output {
+                    StageOutput::ShuffleWrite { shuffle, .. } => {
+                        self.map_outputs.statuses(job_id, shuffle).map(|maps| {
+                            maps.iter()
+                                .flatten()
+                                .map(|m| m.sizes.iter().sum::<u64>())
+                                .sum()
+                        })
+                    }
+                    StageOutput::Result(_) => None,
+                };
+                self.commands.push_back(Command::StageCompleted {
+                    stage: StageId {
+                        job: job_id,
+                        index: i as u32,
+                    },
+                    map_output_bytes,
+                });
+            }
+            stage.status = StageStatus::Done;
+        }
+        let last = job.stages.len().saturating_sub(1);
+        for i in 0..job.stages.len() {
+            if job.stages[i].all_done() {
+                continue;
+            }
+            let parents_done = job.dag.stages[i]
+                .parents
+                .iter()
+                .all(|p| job.stages[*p as usize].status == StageStatus::Done);
+            // Needed now: the result, or the input of a stage still to finish.
+            let needed = i == last
+                || job
+                    .dag
+                    .stages
+                    .iter()
+                    .enumerate()
+                    .any(|(c, s)| s.parents.contains(&(i as u32)) && !job.stages[c].all_done());
+            let id = StageId {
+                job: job_id,
+                index: i as u32,
+            };
+            let stage = &mut job.stages[i];
+            if parents_done && needed {
+                if stage.status != StageStatus::Running {
+                    self.commands.push_back(Command::StageStarted {
+                        stage: id,
+                        attempt: stage.attempt,
+                    });
+                }
+                stage.status = StageStatus::Running;
+                for (p, t) in stage.tasks.iter().enumerate() {
+                    if !t.done && t.running.is_empty() {
+                        self.pending.insert(TaskId {
+                            stage: id,
+                            partition: p as u32,
+                        });
+                    }
+                }
+            } else {
+                stage.status = StageStatus::Waiting;
+                self.pending.retain(|t| t.stage != id);
+                self.speculatable.retain(|t| t.stage != id);
+            }
+        }
+        if job
+            .stages
+            .last()
+            .is_some_and(|s| s.status == StageStatus::Done)
+        {
+            self.jobs.remove(&job_id);
+            self.pending.retain(|t| t.stage.job != job_id);
+            self.speculatable.retain(|t| t.stage.job != job_id);
+            self.map_outputs.remove_job(job_id);
+            self.commands
+                .push_back(Command::JobSucceeded { job: job_id });
+            self.commands.push_back(Command::CleanJob { job: job_id });
+        }
+    }
+
+    /// A job whose ready tasks no executor can take (none registered, or all shutting
+    /// down) fails once it has waited `executor_wait_timeout_ms`.
+    pub(super) fn check_starved_jobs(&mut self) {
+        let now = self.now_ms;
+        let any_usable = self.executors.values().any(|e| !e.decommissioning);
+        let waiting: BTreeSet<JobId> = self.pending.iter().map(|t| t.stage.job).collect();
+        let mut expired = Vec::new();
+        for (id, job) in &mut self.jobs {
+            if any_usable || !waiting.contains(id) {
+                job.starved_since = None;
+                continue;
+            }
+            let since = *job.starved_since.get_or_insert(now);
+            let limit = job.policy.executor_wait_timeout_ms;
+            if now.saturating_sub(since) >= limit {
+                expired.push((*id, limit));
+            }
+        }
+        for (job, limit) in expired {
+            let message = format!(
+                "job {} waited {} for an executor and none could take its tasks \
+                 (scheduler.executor_wait_timeout = {})",
+                job.0,
+                fmt_ms(limit),
+                fmt_ms(limit)
+            );
+            let causes = vec![if self.executors.is_empty() {
+                "no executor is registered with the driver".to_string()
+            } else {
+                "every executor is shutting down".to_string()
+            }];
+            self.fail_job(
+                job,
+                JobFailure {
+                    message,
+                    causes,
+                    limit: Some("scheduler.executor_wait_timeout".into()),
+                },
+            );
+        }
+    }
+}
