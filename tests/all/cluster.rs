@@ -298,6 +298,10 @@ impl ProcCluster {
     pub fn driver_alive(&mut self) -> bool {
         self.driver.0.try_wait().unwrap().is_none()
     }
+
+    pub fn driver_pid(&self) -> u32 {
+        self.driver.0.id()
+    }
 }
 
 /// Waits for a child with a time limit; kills it past the limit.

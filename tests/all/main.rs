@@ -8,6 +8,7 @@ mod faults;
 mod hostile;
 mod multiprocess;
 mod tenants;
+mod trust;
 mod ui;
 mod util;
 mod wordcount;

@@ -27,6 +27,12 @@
 //!   attempt of partition 1 fails after adding, so its additions must not count.
 //! - `straggler INPUT OUTPUT`: a word count whose map tasks sleep 200 ms per line on
 //!   executor 1 only: a slow machine, for speculation.
+//! - Hostile driver programs, each a short program a tenant could write that asks the
+//!   driver for too much: `many-partitions` (a shuffle into 4 000 000 000 partitions),
+//!   `deep-chain` (3 000 maps in a row), `union-doubling` (a dataset unioned with itself
+//!   40 times), `glob-bomb DIR` (a pattern with 30 stars, matched against a long name),
+//!   `collect-huge INPUT` (every line made 1 KiB, all collected through one partition),
+//!   `broadcast-bomb MB` (broadcasts of 100 MB until MB are held).
 
 use flint::{Context, Error, Result};
 
@@ -218,6 +224,50 @@ fn main(ctx: &mut Context) -> Result<()> {
                 .map(|w: String| (w, 1u64))
                 .reduce_by_key(|a, b| a + b)
                 .save_as_text(&args[2])?;
+        }
+        Some("many-partitions") => {
+            let n = ctx
+                .range(0, 100, 2)?
+                .map(|x: i64| (x % 10, x))
+                .reduce_by_key(|a, b| a + b)
+                .with_partitions(4_000_000_000)
+                .count()?;
+            println!("count: {n}");
+        }
+        Some("deep-chain") => {
+            let mut d = ctx.range(0, 100, 2)?;
+            for _ in 0..3000 {
+                d = d.map(|x: i64| x + 1);
+            }
+            println!("count: {}", d.count()?);
+        }
+        Some("union-doubling") => {
+            let mut d = ctx.range(0, 100, 2)?;
+            for _ in 0..40 {
+                d = d.union(&d);
+            }
+            println!("count: {}", d.count()?);
+        }
+        Some("glob-bomb") => {
+            let pattern = format!("{}/{}{}b", args[1], "a".repeat(60), "*a".repeat(30));
+            println!("count: {}", ctx.text_file(&pattern)?.count()?);
+        }
+        Some("collect-huge") => {
+            let rows = ctx
+                .text_file(&args[1])?
+                .coalesce(1)
+                .map(|l: String| format!("{l:<1024}"))
+                .collect()?;
+            println!("collected: {}", rows.len());
+        }
+        Some("broadcast-bomb") => {
+            let mb: usize = args[1].parse()?;
+            let chunk = vec![7u8; 100 << 20];
+            let mut held = Vec::new();
+            for _ in 0..mb.div_ceil(100) {
+                held.push(ctx.broadcast(&chunk)?);
+            }
+            println!("broadcasts: {}", held.len());
         }
         other => return Err(Error::msg(format!("unknown scenario {other:?}"))),
     }
