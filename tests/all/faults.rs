@@ -283,6 +283,27 @@ fn sigterm_drains_an_executor_without_failing_anything() {
     // Leaving is not failing: no task failed.
     cluster.word_count_ok(job, &input, &output, &summary);
     assert!(cluster.driver_alive());
+    // And it is recorded as what it was: decommissioned, not disconnected (the driver's
+    // shell once kept its own liveness flags, and never set this one).
+    let ui = cluster.ui();
+    let end = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let executors = crate::ui::api(&ui, "/api/v1/executors");
+        let state = executors
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["id"] == leaving)
+            .map(|e| e["state"].clone());
+        if state == Some("decommissioned".into()) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < end,
+            "executor {leaving} is {state:?}: {executors}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
 
 #[test]

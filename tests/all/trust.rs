@@ -316,6 +316,19 @@ fn hostile_programs_get_an_error_naming_the_bound_while_another_tenant_s_job_run
             !stderr.contains("panicked"),
             "{name}: nothing panics: {stderr}"
         );
+        if expect.starts_with("driver.") {
+            // The submitter gets the kind typed, not only in words.
+            assert!(
+                stderr.contains(&format!("error: (limit {expect})")),
+                "{name}: {stderr}"
+            );
+        }
+        if name == "collect-huge" {
+            assert!(
+                stderr.contains("another attempt would fail the same way"),
+                "a size limit is not retried: {stderr}"
+            );
+        }
         assert!(cluster.driver_alive(), "{name} took the driver down");
         let rss = peak_rss(cluster.driver_pid());
         eprintln!(

@@ -256,7 +256,12 @@ fn main(ctx: &mut Context) -> Result<()> {
             let rows = ctx
                 .text_file(&args[1])?
                 .coalesce(1)
-                .map(|l: String| format!("{l:<1024}"))
+                .map(|l: String| {
+                    let mut row = " ".repeat(1024);
+                    let n = l.len().min(1024);
+                    row.replace_range(..n, &l[..n]);
+                    row
+                })
                 .collect()?;
             println!("collected: {}", rows.len());
         }
