@@ -28,6 +28,9 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 /// A broadcast value with its application's capability.
 type BroadcastValue = (Arc<Vec<u8>>, [u8; 16]);
 
+/// A component's bytes and how many running applications use them.
+type HeldModule = (Arc<Vec<u8>>, usize);
+
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
@@ -36,8 +39,9 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 pub struct DriverShared {
     pub events: mpsc::Sender<Event>,
     pub sandbox: Arc<Sandbox>,
-    /// Component bytes by hash, for executors that have not compiled them yet.
-    pub modules: Mutex<HashMap<ModuleHash, Arc<Vec<u8>>>>,
+    /// Component bytes by hash, for executors that have not compiled them yet, with
+    /// the number of running applications of each.
+    modules: Mutex<HashMap<ModuleHash, HeldModule>>,
     /// The driver's settings: defaults for applications, and the bounds they may lower.
     pub conf: Conf,
     pub settings: Settings,
@@ -137,6 +141,25 @@ impl DriverShared {
             _tenant: mine,
             _all: all,
         })
+    }
+
+    /// The bytes of component `module`, while an application runs it.
+    pub fn module(&self, module: &ModuleHash) -> Option<Arc<Vec<u8>>> {
+        lock(&self.modules).get(module).map(|(b, _)| b.clone())
+    }
+
+    fn hold_module(&self, module: ModuleHash, bytes: Arc<Vec<u8>>) {
+        lock(&self.modules).entry(module).or_insert((bytes, 0)).1 += 1;
+    }
+
+    fn release_module(&self, module: &ModuleHash) {
+        let mut modules = lock(&self.modules);
+        if let Some((_, users)) = modules.get_mut(module) {
+            *users -= 1;
+            if *users == 0 {
+                modules.remove(module);
+            }
+        }
     }
 
     /// Broadcast `id` of application `app`, for an executor presenting `secret`.
@@ -645,6 +668,7 @@ struct AppEnd {
     shared: Arc<DriverShared>,
     app: u64,
     module: ModuleHash,
+    holds_module: bool,
     reported: bool,
 }
 
@@ -652,7 +676,9 @@ impl Drop for AppEnd {
     fn drop(&mut self) {
         lock(&self.shared.broadcasts).retain(|(a, _), _| *a != self.app);
         lock(&self.shared.broadcast_fetches).remove(&self.app);
-        lock(&self.shared.modules).remove(&self.module);
+        if self.holds_module {
+            self.shared.release_module(&self.module);
+        }
         if !self.reported {
             let (events, app) = (self.shared.events.clone(), self.app);
             tokio::spawn(async move {
@@ -678,6 +704,7 @@ pub async fn run_application(
         shared: shared.clone(),
         app,
         module,
+        holds_module: false,
         reported: false,
     };
     let (loaded, _) = shared
@@ -685,7 +712,8 @@ pub async fn run_application(
         .load_bytes(bytes.to_vec())
         .await
         .map_err(|e| load_error(&name, e))?;
-    lock(&shared.modules).insert(module, bytes);
+    shared.hold_module(module, bytes);
+    end.holds_module = true;
     tracing::info!(app, %name, %module, tenant = %a.tenant.name, "application started");
     let actions = Arc::new(AppActions {
         shared: shared.clone(),

@@ -325,11 +325,7 @@ async fn executor_connection(
                     };
                     let reply = match req {
                         FetchModule::Module(module) => shared
-                            .modules
-                            .lock()
-                            .unwrap_or_else(|p| p.into_inner())
-                            .get(&module)
-                            .cloned()
+                            .module(&module)
                             .ok_or_else(|| format!("the driver has no component {module}")),
                         FetchModule::Broadcast { app, id, secret } => {
                             shared.broadcast(app, id, &secret)
