@@ -53,6 +53,16 @@ impl Default for SplitLimits {
     }
 }
 
+impl SplitLimits {
+    fn too_many_files(&self, what: &str) -> SplitError {
+        SplitError::Limit {
+            limit: "driver.max_tasks_per_job",
+            what: format!("{what} hold more than {} files", self.max_files),
+            max: self.max_files as u64,
+        }
+    }
+}
+
 /// Longest glob pattern accepted: matching is linear in the name, compiling is not free.
 const MAX_GLOB: usize = 1024;
 
@@ -128,15 +138,7 @@ pub fn list_files(path: &Path, limits: &SplitLimits) -> Result<Vec<(PathBuf, u64
         let m = entry.metadata().map_err(io)?;
         if m.is_file() {
             if out.len() as u64 >= limits.max_files as u64 {
-                return Err(SplitError::Limit {
-                    limit: "driver.max_tasks_per_job",
-                    what: format!(
-                        "{} holds more than {} files",
-                        path.display(),
-                        limits.max_files
-                    ),
-                    max: limits.max_files as u64,
-                });
+                return Err(limits.too_many_files(&path.display().to_string()));
             }
             out.push((entry.path(), m.len()));
         }
@@ -158,14 +160,7 @@ fn files_and_split_size(
     for p in paths {
         files.extend(list_matching(Path::new(p), limits)?);
         if files.len() as u64 > limits.max_files as u64 {
-            return Err(SplitError::Limit {
-                limit: "driver.max_tasks_per_job",
-                what: format!(
-                    "the source's paths list more than {} files",
-                    limits.max_files
-                ),
-                max: limits.max_files as u64,
-            });
+            return Err(limits.too_many_files("the source's paths"));
         }
     }
     let total: u64 = files.iter().map(|(_, len)| len).sum();

@@ -304,6 +304,37 @@ impl ProcCluster {
     }
 }
 
+/// Adds tenant `name` to `tenants`; returns the file its token was written to.
+pub fn add_tenant_token(tmp: &Path, tenants: &Path, name: &str) -> PathBuf {
+    let out = run_ok(
+        flint()
+            .args(["tenant", "add", name, "--tenants"])
+            .arg(tenants),
+    );
+    let f = tmp.join(format!("{name}.token"));
+    std::fs::write(&f, out.stdout).unwrap();
+    f
+}
+
+/// Starts `flint submit --join CLIENT --token-file TOKEN [--conf ..] JOB -- ARGS`.
+pub fn submit_as(client: &Path, token: &Path, job: &Path, conf: &[&str], args: &[&Path]) -> Child {
+    let mut cmd = flint();
+    cmd.args(["submit", "--join"])
+        .arg(client)
+        .arg("--token-file")
+        .arg(token);
+    for c in conf {
+        cmd.args(["--conf", c]);
+    }
+    cmd.arg(job)
+        .arg("--")
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("starting flint submit")
+}
+
 /// Waits for a child with a time limit; kills it past the limit.
 pub fn wait_child(mut child: Child, limit: Duration) -> (bool, String, String) {
     let end = Instant::now() + limit;

@@ -5,7 +5,6 @@
 use crate::cluster::*;
 use crate::util::*;
 use std::path::Path;
-use std::process::Stdio;
 use std::time::Duration;
 
 /// (scenario, settings for it, what the error must say)
@@ -32,47 +31,12 @@ const HOSTILE: &[(&str, &[&str], &str)] = &[
     ),
 ];
 
-fn token(tmp: &Path, tenants: &Path, name: &str) -> std::path::PathBuf {
-    let out = run_ok(
-        flint()
-            .args(["tenant", "add", name, "--tenants"])
-            .arg(tenants),
-    );
-    let f = tmp.join(format!("{name}.token"));
-    std::fs::write(&f, out.stdout).unwrap();
-    f
-}
-
-fn submit(
-    join: &Path,
-    token: &Path,
-    job: &Path,
-    conf: &[&str],
-    args: &[&Path],
-) -> std::process::Child {
-    let mut cmd = flint();
-    cmd.args(["submit", "--join"])
-        .arg(join)
-        .arg("--token-file")
-        .arg(token);
-    for c in conf {
-        cmd.args(["--conf", c]);
-    }
-    cmd.arg(job)
-        .arg("--")
-        .args(args)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap()
-}
-
 #[test]
 fn hostile_guests_fail_clearly_while_another_tenant_s_job_succeeds() {
     let tmp = tempfile::tempdir().unwrap();
     let tenants = tmp.path().join("tenants.toml");
-    let hostile = token(tmp.path(), &tenants, "hostile");
-    let good = token(tmp.path(), &tenants, "good");
+    let hostile = add_tenant_token(tmp.path(), &tenants, "hostile");
+    let good = add_tenant_token(tmp.path(), &tenants, "good");
     let t = tenants.clone();
     // Twelve programs of one tenant at once: more than the default per-tenant bound.
     let conf = ["driver.max_apps_per_tenant=16"];
@@ -122,13 +86,13 @@ fn hostile_guests_fail_clearly_while_another_tenant_s_job_succeeds() {
     for (name, conf, expect) in HOSTILE {
         let mut conf = conf.to_vec();
         conf.push("task.max_failures=1");
-        let child = submit(&join, &hostile, jobs, &conf, &[Path::new(name), &small]);
+        let child = submit_as(&join, &hostile, jobs, &conf, &[Path::new(name), &small]);
         cases.push((name.to_string(), child, expect.to_string()));
     }
     let out = tmp.path().join("huge-out");
     cases.push((
         "huge-output".into(),
-        submit(
+        submit_as(
             &join,
             &hostile,
             jobs,
@@ -139,23 +103,23 @@ fn hostile_guests_fail_clearly_while_another_tenant_s_job_succeeds() {
     ));
     cases.push((
         "truncated".into(),
-        submit(&join, &hostile, &truncated, &[], &[]),
+        submit_as(&join, &hostile, &truncated, &[], &[]),
         "cannot load truncated".into(),
     ));
     cases.push((
         "other interface version".into(),
-        submit(&join, &hostile, &other_version, &[], &[]),
+        submit_as(&join, &hostile, &other_version, &[], &[]),
         "flint:job@9.9.9".into(),
     ));
     cases.push((
         "unknown imports".into(),
-        submit(&join, &hostile, &importer, &[], &[]),
+        submit_as(&join, &hostile, &importer, &[], &[]),
         "evil:host/api".into(),
     ));
 
     // Meanwhile, another tenant's job on the same executors.
     let good_out = tmp.path().join("good-out");
-    let good_job = submit(
+    let good_job = submit_as(
         &join,
         &good,
         jobs,
@@ -206,7 +170,7 @@ fn hostile_guests_fail_clearly_while_another_tenant_s_job_succeeds() {
         assert!(e.0.try_wait().unwrap().is_none(), "executor {id} died");
     }
     let (ok, stdout, stderr) = wait_child(
-        submit(&join, &good, jobs, &[], &[Path::new("count"), &small]),
+        submit_as(&join, &good, jobs, &[], &[Path::new("count"), &small]),
         Duration::from_secs(60),
     );
     assert!(ok && stdout.contains("lines: 2"), "{stderr}");

@@ -20,25 +20,13 @@ use flint_protocol::wire::{
 use flint_transport::net;
 use flint_transport::{ClientFile, ClusterFile, tls};
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::time::{Duration, Instant};
-
-fn add_tenant(tmp: &Path, tenants: &Path, name: &str) -> PathBuf {
-    let out = run_ok(
-        flint()
-            .args(["tenant", "add", name, "--tenants"])
-            .arg(tenants),
-    );
-    let f = tmp.join(format!("{name}.token"));
-    std::fs::write(&f, out.stdout).unwrap();
-    f
-}
 
 /// A driver with tenants `a` and `b`, and `executors` executors.
 fn tenant_cluster(tmp: &Path, conf: &[&str], executors: u32) -> (ProcCluster, PathBuf, PathBuf) {
     let tenants = tmp.join("tenants.toml");
-    let a = add_tenant(tmp, &tenants, "a");
-    let b = add_tenant(tmp, &tenants, "b");
+    let a = add_tenant_token(tmp, &tenants, "a");
+    let b = add_tenant_token(tmp, &tenants, "b");
     let t = tenants.clone();
     let mut cluster = ProcCluster::start_with(tmp, "127.0.0.1:0", conf, move |mut c| {
         c.arg("--tenants").arg(&t);
@@ -51,21 +39,7 @@ fn tenant_cluster(tmp: &Path, conf: &[&str], executors: u32) -> (ProcCluster, Pa
 }
 
 fn submit(client: &Path, token: &Path, conf: &[&str], args: &[&Path]) -> std::process::Child {
-    let mut cmd = flint();
-    cmd.args(["submit", "--join"])
-        .arg(client)
-        .arg("--token-file")
-        .arg(token);
-    for c in conf {
-        cmd.args(["--conf", c]);
-    }
-    cmd.arg(flint_udfs::TEST_JOBS)
-        .arg("--")
-        .args(args)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap()
+    submit_as(client, token, Path::new(flint_udfs::TEST_JOBS), conf, args)
 }
 
 /// Tenant A's job while the test does its worst: a slow word count, to be checked with
@@ -619,8 +593,8 @@ fn the_crate_graph_keeps_the_roles_apart() {
 fn the_web_ui_off_loopback_needs_a_token_and_shows_a_tenant_its_own_jobs() {
     let tmp = tempfile::tempdir().unwrap();
     let tenants = tmp.path().join("tenants.toml");
-    let a = add_tenant(tmp.path(), &tenants, "a");
-    let b = add_tenant(tmp.path(), &tenants, "b");
+    let a = add_tenant_token(tmp.path(), &tenants, "a");
+    let b = add_tenant_token(tmp.path(), &tenants, "b");
     let t = tenants.clone();
     let mut cluster = ProcCluster::start_with(tmp.path(), "127.0.0.1:0", &[], move |mut c| {
         c.arg("--tenants").arg(&t).args(["--ui-host", "0.0.0.0"]);

@@ -280,41 +280,12 @@ fn request_token(parts: &Parts) -> Option<String> {
         return Some(t.trim().to_string());
     }
     let b64 = h.strip_prefix("Basic ")?;
-    let decoded = base64_decode(b64.trim())?;
+    let decoded = flint_transport::tls::base64_decode(b64.trim())?;
     let text = String::from_utf8(decoded).ok()?;
     Some(
         text.split_once(':')
             .map_or(text.clone(), |(_, p)| p.to_string()),
     )
-}
-
-fn base64_decode(s: &str) -> Option<Vec<u8>> {
-    let val = |c: u8| -> Option<u32> {
-        Some(match c {
-            b'A'..=b'Z' => c - b'A',
-            b'a'..=b'z' => c - b'a' + 26,
-            b'0'..=b'9' => c - b'0' + 52,
-            b'+' => 62,
-            b'/' => 63,
-            _ => return None,
-        } as u32)
-    };
-    let bytes = s.trim_end_matches('=').as_bytes();
-    let mut out = Vec::with_capacity(bytes.len() * 3 / 4);
-    for chunk in bytes.chunks(4) {
-        let mut n = 0u32;
-        for (i, c) in chunk.iter().enumerate() {
-            n |= val(*c)? << (18 - 6 * i);
-        }
-        let take = match chunk.len() {
-            4 => 3,
-            3 => 2,
-            2 => 1,
-            _ => return None,
-        };
-        out.extend_from_slice(&n.to_be_bytes()[1..1 + take]);
-    }
-    Some(out)
 }
 
 /// The UI's state: the events folded so far, and who may read them.

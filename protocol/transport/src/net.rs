@@ -149,16 +149,8 @@ pub async fn connect(
     addr: &str,
     server_name: &str,
 ) -> Result<quinn::Connection, NetError> {
-    let connecting = ep
-        .connect(parse_addr(addr)?, server_name)
-        .map_err(|e| NetError::Connect {
-            addr: addr.to_string(),
-            source: Box::new(e),
-        })?;
-    connecting.await.map_err(|e| NetError::Connect {
-        addr: addr.to_string(),
-        source: Box::new(e),
-    })
+    let sock = parse_addr(addr)?;
+    finish_connect(ep.connect(sock, server_name), addr).await
 }
 
 /// Connects with `config` instead of the endpoint's default.
@@ -168,16 +160,22 @@ pub async fn connect_with(
     addr: &str,
     server_name: &str,
 ) -> Result<quinn::Connection, NetError> {
-    let connecting = ep
-        .connect_with(config, parse_addr(addr)?, server_name)
-        .map_err(|e| NetError::Connect {
-            addr: addr.to_string(),
-            source: Box::new(e),
-        })?;
-    connecting.await.map_err(|e| NetError::Connect {
+    let sock = parse_addr(addr)?;
+    finish_connect(ep.connect_with(config, sock, server_name), addr).await
+}
+
+async fn finish_connect(
+    connecting: Result<quinn::Connecting, quinn::ConnectError>,
+    addr: &str,
+) -> Result<quinn::Connection, NetError> {
+    let fail = |source: Box<dyn std::error::Error + Send + Sync>| NetError::Connect {
         addr: addr.to_string(),
-        source: Box::new(e),
-    })
+        source,
+    };
+    connecting
+        .map_err(|e| fail(Box::new(e)))?
+        .await
+        .map_err(|e| fail(Box::new(e)))
 }
 
 /// Sends a fetch reply header and the bytes after it, then finishes the stream.

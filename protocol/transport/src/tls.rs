@@ -239,7 +239,8 @@ fn pem_blocks(text: &str, label: &str) -> Result<Vec<Vec<u8>>, TlsError> {
     Ok(out)
 }
 
-fn base64_decode(s: &str) -> Option<Vec<u8>> {
+/// Standard base64 (padding optional), as PEM blocks and HTTP basic auth carry it.
+pub fn base64_decode(s: &str) -> Option<Vec<u8>> {
     let val = |c: u8| -> Option<u32> {
         Some(match c {
             b'A'..=b'Z' => c - b'A',
