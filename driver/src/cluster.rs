@@ -13,7 +13,7 @@ use flint_protocol::events::{self as ev, StageInfo, TaskOutcome};
 use flint_protocol::ids::{ExecutorId, JobId, ModuleHash, ShuffleId, TaskAttemptId};
 use flint_protocol::plan::{Action, NodeIndex};
 use flint_protocol::scheduler::{
-    Command, JobFailure, JobPolicy, MapLocation, Scheduler, SchedulerConf, TaskFailure,
+    Command, JobFailure, JobPolicy, MapLocation, Scheduler, SchedulerConf, TaskFailure, fmt_ms,
 };
 use flint_protocol::wire::{
     self, AppError, AppErrorKind, CacheTarget, ExecutorSummary, FetchResult, FromExecutor,
@@ -671,11 +671,22 @@ impl ClusterLoop {
                     });
                 }
                 Command::RemoveExecutor { executor, reason } => {
+                    use flint_protocol::scheduler::ExecutorRemoval as R;
+                    let id = executor.0;
                     match &reason {
-                        flint_protocol::scheduler::ExecutorRemoval::Decommissioned => {
-                            tracing::info!(executor = executor.0, "executor left: {reason}")
+                        R::Lost { silent_ms } => tracing::warn!(
+                            executor = id,
+                            silent_ms,
+                            "executor lost: no heartbeat within executor.timeout ({} silent)",
+                            fmt_ms(*silent_ms)
+                        ),
+                        R::Disconnected => tracing::warn!(executor = id, "executor disconnected"),
+                        R::Decommissioned => {
+                            tracing::info!(executor = id, "executor left after decommissioning")
                         }
-                        _ => tracing::warn!(executor = executor.0, "executor removed: {reason}"),
+                        R::Unreachable { why } => {
+                            tracing::warn!(executor = id, "executor removed: {why}")
+                        }
                     }
                     // Dropping its sender ends the control stream: a cut-off executor that
                     // comes back finds itself disconnected, not half-registered.

@@ -195,6 +195,9 @@ async fn handle_connection(ctx: &Endpointed, conn: quinn::Connection) -> Result<
         Ok(s) => s,
         Err(e) => {
             tracing::info!(peer = %conn.remote_address(), "refused a connection: {e}");
+            // Our preamble went back: let the peer read it (and close) before the reason
+            // closes the connection for it.
+            let _ = tokio::time::timeout(Duration::from_secs(2), conn.closed()).await;
             conn.close(1u32.into(), e.to_string().as_bytes());
             return Err(e);
         }

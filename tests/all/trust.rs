@@ -194,6 +194,21 @@ fn a_tenant_s_client_file_cannot_make_an_executor() {
         net::write_frame(&mut send, &enrol).await.unwrap();
         let reply: EnrolReply = net::expect_frame(&mut recv, 1 << 16).await.unwrap();
         assert!(reply.is_err(), "a tenant's token enrols nobody");
+        // A peer of another protocol version learns the driver's from its preamble,
+        // before anything is decoded, and the driver says why it closed.
+        let conn = net::connect(&ep, &client.driver, tls::DRIVER_NAME)
+            .await
+            .unwrap();
+        let (mut send, mut recv) = conn.open_bi().await.unwrap();
+        let mut old = wire::preamble::ours();
+        old[4..].copy_from_slice(&(flint_protocol::PROTOCOL_VERSION - 1).to_le_bytes());
+        send.write_all(&old).await.unwrap();
+        let mut theirs = [0u8; wire::preamble::LEN];
+        recv.read_exact(&mut theirs).await.unwrap();
+        assert_eq!(theirs, wire::preamble::ours());
+        let closed = conn.closed().await.to_string();
+        assert!(closed.contains("protocol version"), "{closed}");
+
         // Fetching shuffle data from an executor: no certificate, no handshake.
         let executors = crate::ui::api(&ui, "/api/v1/executors");
         let addr: std::net::SocketAddr = executors[0]["addr"].as_str().unwrap().parse().unwrap();
