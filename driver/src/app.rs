@@ -243,6 +243,10 @@ fn from_app_error(e: AppError) -> ActionError {
     ActionError::new(e.kind, message, chain.collect())
 }
 
+/// Per source node of a plan, the input of each of its partitions; shared by the jobs
+/// of one action (the rounds of a `take`).
+type Sources = Arc<HashMap<NodeIndex, Vec<TaskInput>>>;
+
 /// Accumulator updates of committed tasks not yet read, per accumulator, and their size.
 #[derive(Default)]
 struct PendingUpdates {
@@ -397,12 +401,10 @@ impl AppActions {
         JobId(self.shared.next_job.fetch_add(1, Ordering::Relaxed))
     }
 
-    /// The input of every partition of every source of `plan`, listing files (within the
-    /// bounds) and checking the tenant may read them.
-    async fn sources(
-        &self,
-        plan: &mut LogicalPlan,
-    ) -> Result<HashMap<NodeIndex, Vec<TaskInput>>, ActionError> {
+    /// The input of every partition of every source the action needs, listing files
+    /// within the bounds (splits of all sources together count against
+    /// `driver.max_tasks_per_job`) and checking the tenant may read them.
+    async fn sources(&self, plan: &mut LogicalPlan) -> Result<Sources, ActionError> {
         let (tx, rx) = oneshot::channel();
         let _ = self
             .shared
@@ -411,13 +413,13 @@ impl AppActions {
             .await;
         let cores = rx.await.unwrap_or(2).max(2);
         let max_split = self.settings.files_max_partition_bytes;
-        let limits = SplitLimits {
-            max_files: self.settings.max_tasks_per_job,
-            max_splits: self.settings.max_partitions_per_stage,
-        };
+        let (needed, _) = plan.needed();
+        let mut left = self.settings.max_tasks_per_job;
         let mut sources: HashMap<NodeIndex, Vec<TaskInput>> = HashMap::new();
-        for i in 0..plan.nodes.len() {
-            let node = &mut plan.nodes[i];
+        for (i, node) in plan.nodes.iter_mut().enumerate() {
+            if !needed[i] {
+                continue;
+            }
             if let Node::Inline { partitions, decode } = node {
                 let inputs = partitions
                     .iter()
@@ -442,6 +444,10 @@ impl AppActions {
             for p in paths.iter() {
                 self.tenant.check_path("read", p).map_err(tenant_error)?;
             }
+            let limits = SplitLimits {
+                max_files: left,
+                max_splits: self.settings.max_partitions_per_stage.min(left),
+            };
             let (list, fmt) = (paths.clone(), format.clone());
             let min = (*min_partitions).max(cores);
             let s = tokio::task::spawn_blocking(move || match fmt {
@@ -454,6 +460,7 @@ impl AppActions {
             .await
             .map_err(|e| ActionError::new(AppErrorKind::Driver, e.to_string(), Vec::new()))?
             .map_err(split_error)?;
+            left = left.saturating_sub(s.len() as u32);
             // Each file too: a link inside an allowed directory may point out of it.
             for split in &s {
                 self.tenant
@@ -477,11 +484,12 @@ impl AppActions {
                         .map_err(|e| ActionError::new(AppErrorKind::Io, e, Vec::new()))?,
                 );
             }
+            let shared = Arc::new(format.clone());
             let inputs = s
                 .into_iter()
                 .map(|split| TaskInput::Split {
                     path: split.path,
-                    format: format.clone(),
+                    format: shared.clone(),
                     malformed: *malformed,
                     start: split.start,
                     end: split.end,
@@ -490,7 +498,7 @@ impl AppActions {
                 .collect();
             sources.insert(i, inputs);
         }
-        Ok(sources)
+        Ok(Arc::new(sources))
     }
 
     async fn run_action(&self, mut plan: LogicalPlan) -> Result<ActionResult, ActionError> {

@@ -32,7 +32,7 @@ pub struct JobSpec {
     pub dag: JobDag,
     pub module: ModuleHash,
     /// Per source node of the plan, the input of each of its partitions.
-    pub sources: HashMap<NodeIndex, Vec<TaskInput>>,
+    pub sources: Arc<HashMap<NodeIndex, Vec<TaskInput>>>,
     /// Where a `save_*` action writes.
     pub output: Option<Arc<OutputCommit>>,
     pub limits: TaskLimits,
@@ -120,6 +120,8 @@ struct ExecutorConn {
     addr: String,
     tx: mpsc::Sender<ToExecutor>,
     conn: quinn::Connection,
+    /// Stored results fetched from it at once: a stalled executor holds only its own.
+    fetches: Arc<Semaphore>,
 }
 
 struct RunningJob {
@@ -136,11 +138,19 @@ struct RunningJob {
     /// Result bytes committed, and being fetched.
     result_bytes: u64,
     fetching: u64,
+    /// Tasks whose result is being fetched (a second attempt's is not).
+    fetching_tasks: BTreeSet<flint_protocol::ids::TaskId>,
     accumulator_bytes: u64,
 }
 
-/// Stored results fetched at once, over all jobs.
-const RESULT_FETCHES: usize = 4;
+/// Stored results fetched at once from one executor.
+const RESULT_FETCHES: usize = 2;
+
+/// Time for a stored result to arrive: a base, and a rate no link slower than 1 MiB/s
+/// would miss. A fetch past it fails, and its task runs again.
+fn fetch_time(bytes: u64) -> Duration {
+    Duration::from_secs(30 + bytes / (1 << 20))
+}
 
 pub struct ClusterLoop {
     scheduler: Scheduler,
@@ -153,7 +163,6 @@ pub struct ClusterLoop {
     sink: Arc<EventSink>,
     /// For what the loop's own tasks report back (fetched results).
     events: mpsc::Sender<Event>,
-    fetches: Arc<Semaphore>,
 }
 
 impl ClusterLoop {
@@ -173,7 +182,6 @@ impl ClusterLoop {
             started: Instant::now(),
             tick,
             events,
-            fetches: Arc::new(Semaphore::new(RESULT_FETCHES)),
         }
     }
 
@@ -226,6 +234,7 @@ impl ClusterLoop {
                         addr: shuffle_addr,
                         tx,
                         conn,
+                        fetches: Arc::new(Semaphore::new(RESULT_FETCHES)),
                     },
                 );
                 let _ = reply.send(id);
@@ -273,6 +282,7 @@ impl ClusterLoop {
             } => {
                 if let Some(job) = self.jobs.get_mut(&status.attempt.task.stage.job) {
                     job.fetching = job.fetching.saturating_sub(bytes);
+                    job.fetching_tasks.remove(&status.attempt.task);
                 }
                 if !self.scheduler.accepts_status(status.attempt, id) {
                     return;
@@ -379,6 +389,7 @@ impl ClusterLoop {
                 updates: Vec::new(),
                 result_bytes: 0,
                 fetching: 0,
+                fetching_tasks: BTreeSet::new(),
                 accumulator_bytes: 0,
             },
         );
@@ -423,25 +434,49 @@ impl ClusterLoop {
             self.finish_status(executor, status);
             return;
         };
+        let job_id = attempt.task.stage.job;
+        // Another attempt's result counts already, or is on its way: this one is not
+        // fetched, and does not count as a failure.
+        if self.scheduler.task_done(attempt.task) || job.fetching_tasks.contains(&attempt.task) {
+            self.scheduler.task_killed(attempt, executor);
+            return;
+        }
         let max = job.spec.max_result_bytes;
-        if job.result_bytes + job.fetching + bytes > max {
-            let job_id = attempt.task.stage.job;
-            let error = result_too_large(job_id, job.result_bytes + job.fetching + bytes, max);
+        let wanted = job
+            .result_bytes
+            .checked_add(job.fetching)
+            .and_then(|b| b.checked_add(bytes));
+        if wanted.is_none_or(|w| w > max) {
+            let error = result_too_large(job_id, wanted.unwrap_or(u64::MAX), max);
             self.fail_job(job_id, error);
             // The attempt is over for the scheduler too; its stored bytes go with the job.
             self.scheduler.task_killed(attempt, executor);
             return;
         }
-        job.fetching += bytes;
-        let Some(conn) = self.executors.get(&executor).map(|e| e.conn.clone()) else {
+        let Some((conn, permits)) = self
+            .executors
+            .get(&executor)
+            .map(|e| (e.conn.clone(), e.fetches.clone()))
+        else {
             return;
         };
-        let (events, permits) = (self.events.clone(), self.fetches.clone());
+        job.fetching += bytes;
+        job.fetching_tasks.insert(attempt.task);
+        let events = self.events.clone();
         tokio::spawn(async move {
-            let _permit = permits.acquire_owned().await;
-            let fetched = fetch_result(&conn, attempt, bytes)
-                .await
-                .map_err(|e| e.to_string());
+            let fetched = async {
+                let _permit = permits.acquire_owned().await;
+                match tokio::time::timeout(fetch_time(bytes), fetch_result(&conn, attempt, bytes))
+                    .await
+                {
+                    Ok(r) => r.map_err(|e| e.to_string()),
+                    Err(_) => Err(format!(
+                        "the {bytes} bytes did not arrive within {:?}",
+                        fetch_time(bytes)
+                    )),
+                }
+            }
+            .await;
             let _ = events
                 .send(Event::ResultFetched {
                     id: executor,
@@ -530,11 +565,21 @@ impl ClusterLoop {
                     TaskSuccess::MapOutput { sizes } => Some(sizes.clone()),
                     _ => None,
                 };
-                if let Some(job) = self.jobs.get_mut(&attempt.task.stage.job) {
+                // A task done already (a late duplicate) is not kept: it would never be
+                // committed, and its rows would outlive the budget that admitted them.
+                if !self.scheduler.task_done(attempt.task)
+                    && let Some(job) = self.jobs.get_mut(&attempt.task.stage.job)
+                {
                     job.unclaimed
                         .insert(attempt, (success, status.accumulators));
                 }
                 self.scheduler.task_succeeded(attempt, executor, sizes);
+                // Not committed (a map output that does not fit its stage): not kept.
+                if let Some(job) = self.jobs.get_mut(&attempt.task.stage.job)
+                    && !self.scheduler.task_done(attempt.task)
+                {
+                    job.unclaimed.remove(&attempt);
+                }
             }
             Err(e) => {
                 let mut chain = vec![format!("{attempt} on executor {}", executor.0)];
@@ -824,18 +869,46 @@ impl ClusterLoop {
         }
     }
 
+    /// Sends `attempt` to `executor`. An attempt that cannot be sent goes back to the
+    /// scheduler (killed, not failed) so its slot is not held by nothing.
     fn launch(&mut self, attempt: TaskAttemptId, executor: ExecutorId, inputs: Vec<MapLocation>) {
-        let Some(job) = self.jobs.get(&attempt.task.stage.job) else {
+        let job_id = attempt.task.stage.job;
+        let Some(job) = self.jobs.get(&job_id) else {
+            // Its job ended earlier in this round of commands.
+            self.scheduler.task_killed(attempt, executor);
             return;
         };
         let Some(desc) = self.descriptor(job, attempt, &inputs) else {
             tracing::error!(%attempt, "no such partition in its stage");
+            self.scheduler.task_killed(attempt, executor);
             return;
         };
+        let msg = ToExecutor::Launch(Box::new(desc));
+        // The DAG builder bounds what a task carries; this is the last word before the
+        // wire, so that no executor is ever sent a frame it must refuse.
+        match wire::body_size(&msg) {
+            Ok(len) if len <= wire::MAX_FRAME => {}
+            other => {
+                let len = other.map_or("an unknown number of".to_string(), |l| l.to_string());
+                self.scheduler.task_killed(attempt, executor);
+                self.fail_job(
+                    job_id,
+                    AppError::limit(
+                        "the wire's task size",
+                        format!(
+                            "{attempt}'s descriptor has {len} bytes, over the {} a frame may have",
+                            wire::MAX_FRAME
+                        ),
+                    ),
+                );
+                return;
+            }
+        }
         let Some(conn) = self.executors.get(&executor) else {
+            self.scheduler.task_killed(attempt, executor);
             return;
         };
-        match conn.tx.try_send(ToExecutor::Launch(Box::new(desc))) {
+        match conn.tx.try_send(msg) {
             Ok(()) => {}
             Err(mpsc::error::TrySendError::Full(_)) => {
                 self.scheduler

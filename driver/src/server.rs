@@ -152,17 +152,24 @@ pub async fn serve(
         enrolment_sha256: Sha256::digest(credentials.enrolment_token.as_bytes()).into(),
         authority: credentials.authority,
     });
+    // Connections not yet past their hello, at once: each may hold a few MiB of windows.
+    let unknown = Arc::new(tokio::sync::Semaphore::new(MAX_UNKNOWN_PEERS));
     loop {
         let incoming = tokio::select! {
             _ = shutdown.cancelled() => break,
             i = endpoint.accept() => match i { Some(i) => i, None => break },
+        };
+        let Ok(permit) = unknown.clone().try_acquire_owned() else {
+            tracing::warn!(peer = %incoming.remote_address(), "refused a connection: {MAX_UNKNOWN_PEERS} are being opened already");
+            incoming.refuse();
+            continue;
         };
         let ctx = ctx.clone();
         tokio::spawn(async move {
             match incoming.await {
                 Ok(conn) => {
                     let peer = conn.remote_address();
-                    if let Err(e) = handle_connection(&ctx, conn).await {
+                    if let Err(e) = handle_connection(&ctx, conn, permit).await {
                         tracing::debug!(%peer, "connection ended: {e}");
                     }
                 }
@@ -189,7 +196,14 @@ async fn refuse_with<T: serde::Serialize>(
     Ok(())
 }
 
-async fn handle_connection(ctx: &Endpointed, conn: quinn::Connection) -> Result<(), NetError> {
+/// Connections being opened (not past their hello) at once; more are refused.
+const MAX_UNKNOWN_PEERS: usize = 128;
+
+async fn handle_connection(
+    ctx: &Endpointed,
+    conn: quinn::Connection,
+    opening: tokio::sync::OwnedSemaphorePermit,
+) -> Result<(), NetError> {
     let executor = tls::has_client_certificate(&conn);
     let (send, mut recv) = match net::accept(&conn).await {
         Ok(s) => s,
@@ -210,6 +224,7 @@ async fn handle_connection(ctx: &Endpointed, conn: quinn::Connection) -> Result<
             return Err(e);
         }
     };
+    drop(opening);
     match (executor, hello) {
         (true, Hello::Executor(h)) => executor_connection(ctx, conn, send, recv, h).await,
         (false, Hello::Submit(h)) => submission(ctx, conn, send, recv, h).await,
@@ -301,6 +316,7 @@ async fn executor_connection(
         })
         .await;
     let Ok(id) = id_rx.await else { return Ok(()) };
+    tls::open_up(&conn);
     let heartbeat_interval_ms = shared.settings.executor_heartbeat_interval.as_millis() as u64;
     net::write_frame(
         &mut send,
@@ -408,7 +424,25 @@ async fn submission(
         }
     };
     net::write_frame(&mut send, &SubmitEvent::Accepted { app: admission.app }).await?;
-    let component = net::read_exact_vec(&mut recv, hello.component_bytes as usize).await?;
+    tls::open_up(&conn);
+    // A generous deadline (a slow link at 1 MiB/s), so a stalled upload does not hold
+    // the tenant's place among the running applications.
+    let upload = Duration::from_secs(30 + hello.component_bytes / (1 << 20));
+    let component = match tokio::time::timeout(
+        upload,
+        net::read_exact_vec(&mut recv, hello.component_bytes as usize),
+    )
+    .await
+    {
+        Ok(c) => c?,
+        Err(_) => {
+            let e = AppError::refused(format!(
+                "the component's {} bytes did not arrive within {upload:?}",
+                hello.component_bytes
+            ));
+            return refuse_with(&conn, send, &SubmitEvent::Finished(Err(e))).await;
+        }
+    };
     if flint_sandbox::hash_bytes(&component) != hello.component {
         let e = AppError::new(
             AppErrorKind::BadComponent,

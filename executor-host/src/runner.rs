@@ -220,7 +220,7 @@ async fn feed(
                 let (tx, mut rx) = mpsc::channel(2);
                 let (path, format, malformed, start, end) = (
                     PathBuf::from(path),
-                    format.clone(),
+                    std::sync::Arc::clone(format),
                     *malformed,
                     *start,
                     *end,

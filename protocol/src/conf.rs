@@ -193,6 +193,8 @@ settings! {
         "tasks of all stages of one job, and input files of one source";
     max_plan_nodes: u32 = "driver.max_plan_nodes", Count, Some("10000"), Capped,
         "nodes and edges of a job's plan, and operations its stages hold once shared inputs are expanded";
+    max_shuffle_blocks: u32 = "driver.max_shuffle_blocks", Count, Some("20000000"), Capped,
+        "map outputs times reduce partitions over a job's shuffles (the driver tracks a size for each)";
     max_plan_depth: u32 = "driver.max_plan_depth", Count, Some("2000"), Capped,
         "longest chain of operations from a source to the action";
     max_accumulator_bytes: u64 = "driver.max_accumulator_bytes", Bytes, Some("64m"), Capped,
@@ -236,6 +238,7 @@ impl Settings {
             max_depth: self.max_plan_depth,
             max_partitions_per_stage: self.max_partitions_per_stage,
             max_tasks_per_job: self.max_tasks_per_job,
+            max_shuffle_blocks: self.max_shuffle_blocks as u64,
         }
     }
 }

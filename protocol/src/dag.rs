@@ -174,18 +174,7 @@ pub fn build_dag(
     let n = plan.nodes.len();
     let root = plan.root();
     // What the action needs, and how many times each node is read.
-    let mut needed = vec![false; n];
-    let mut readers = vec![0u32; n];
-    needed[root] = true;
-    for i in (0..n).rev() {
-        if !needed[i] {
-            continue;
-        }
-        for p in plan.nodes[i].parents() {
-            needed[p] = true;
-            readers[p] += 1;
-        }
-    }
+    let (needed, readers) = plan.needed();
     let mut b = Builder {
         plan,
         source_partitions,
@@ -197,6 +186,8 @@ pub fn build_dag(
         next_shuffle: 0,
         ops: 0,
         tasks: 0,
+        pieces: 0,
+        blocks: 0,
     };
     for (i, needed) in needed.into_iter().enumerate() {
         if needed {
@@ -217,6 +208,9 @@ struct Pipeline {
     parents: Vec<u32>,
     branches: Vec<Branch>,
     pieces: Vec<Vec<PieceRef>>,
+    /// Input pieces over all partitions (a union or coalesce puts several in one), kept
+    /// as they change: bounds are checked against it before copies are made.
+    piece_count: u64,
     tail: Vec<Op>,
     names: Vec<String>,
 }
@@ -238,14 +232,14 @@ impl Pipeline {
                     }]
                 })
                 .collect(),
+            piece_count: partitions as u64,
             tail: Vec::new(),
             names: vec![name],
         }
     }
 
-    /// Input pieces over all partitions (a union or coalesce puts several in one).
     fn piece_count(&self) -> u64 {
-        self.pieces.iter().map(|p| p.len() as u64).sum()
+        self.piece_count
     }
 
     /// Operations it holds.
@@ -275,6 +269,10 @@ struct Builder<'a> {
     ops: u64,
     /// Tasks of the stages pushed so far.
     tasks: u64,
+    /// Input pieces allocated so far, copies included: what the stages will hold.
+    pieces: u64,
+    /// Map outputs × reduce partitions of the shuffles so far.
+    blocks: u64,
 }
 
 impl Builder<'_> {
@@ -288,6 +286,23 @@ impl Builder<'_> {
                     self.limits.max_nodes
                 ),
                 max: self.limits.max_nodes as u64,
+            });
+        }
+        Ok(())
+    }
+
+    /// `more` input pieces are about to be allocated (a source, a shuffle's reading side,
+    /// a copy): the job's stages may hold `max_tasks_per_job` pieces in all.
+    fn count_pieces(&mut self, more: u64) -> Result<(), PlanError> {
+        self.pieces += more;
+        let max = self.limits.max_tasks_per_job as u64;
+        if self.pieces > max {
+            return Err(PlanError::Limit {
+                limit: "driver.max_tasks_per_job",
+                what: format!(
+                    "the job's stages would read more than {max} input pieces (an input read by several datasets is copied into each)"
+                ),
+                max,
             });
         }
         Ok(())
@@ -313,9 +328,10 @@ impl Builder<'_> {
             return Ok(self.built[node].take().expect("parents are built first"));
         }
         let p = self.built[node].as_ref().expect("parents are built first");
-        let (ops, pieces) = (p.op_count(), p.piece_count());
-        self.count_ops(ops)?;
+        let (ops, branches, pieces) = (p.op_count(), p.branches.len() as u64, p.piece_count());
+        self.count_ops(ops + branches)?;
         self.check_pieces(pieces, &format!("a copy of plan node {node}"))?;
+        self.count_pieces(pieces)?;
         Ok(self.built[node].clone().expect("checked above"))
     }
 
@@ -366,10 +382,49 @@ impl Builder<'_> {
         Ok(index)
     }
 
-    /// Each task carries its pieces' ops and inline rows: the largest must fit a frame.
+    /// What one piece of `branch` costs a task's descriptor, besides inline rows: its
+    /// ops, its input's decoder or reader, and what locates its input (a split's path and
+    /// format, or one segment source per map output of each shuffle side).
+    fn piece_bytes(&self, branch: &Branch) -> u64 {
+        /// A split's path (at most a path's length) and its offsets.
+        const SPLIT: u64 = 4096 + 64;
+        /// One segment source: executor, address, map partition, size.
+        const SEGMENT: u64 = 96;
+        let op_bytes = |ops: &[Op]| ops.iter().map(|o| o.arg.len() as u64 + 16).sum::<u64>();
+        let input = match &branch.input {
+            StageInput::Source { node, decode } => {
+                let located = match self.plan.nodes.get(*node) {
+                    Some(Node::Files { format, .. }) => SPLIT + format.size() as u64,
+                    _ => 0,
+                };
+                decode.arg.len() as u64 + located
+            }
+            StageInput::Shuffle { shuffles, read } => {
+                let maps: u64 = shuffles
+                    .iter()
+                    .map(|sh| self.map_partitions(*sh) as u64)
+                    .sum();
+                read.arg.len() as u64 + maps * SEGMENT
+            }
+        };
+        32 + op_bytes(&branch.ops) + input
+    }
+
+    /// Map tasks of `shuffle` (pushed before any stage that reads it).
+    fn map_partitions(&self, shuffle: ShuffleId) -> u32 {
+        self.stages
+            .iter()
+            .find(|s| {
+                matches!(s.output, StageOutput::ShuffleWrite { shuffle: sh, .. } if sh == shuffle)
+            })
+            .map_or(0, |s| s.partitions)
+    }
+
+    /// Each task carries its pieces' ops, inputs and inline rows: the largest must fit a
+    /// frame.
     fn check_task_bytes(&self, p: &Pipeline, stage: u32) -> Result<(), PlanError> {
         let op_bytes = |ops: &[Op]| ops.iter().map(|o| o.arg.len() as u64).sum::<u64>();
-        let branch_bytes: Vec<u64> = p.branches.iter().map(|b| op_bytes(&b.ops)).collect();
+        let branch_bytes: Vec<u64> = p.branches.iter().map(|b| self.piece_bytes(b)).collect();
         let tail = op_bytes(&p.tail);
         for pieces in &p.pieces {
             let mut bytes = tail;
@@ -406,6 +461,7 @@ impl Builder<'_> {
             Node::Files { format, decode, .. } => {
                 let parts = (self.source_partitions)(node);
                 self.check_pieces(parts as u64, &format!("the {} source", format.name()))?;
+                self.count_pieces(parts as u64)?;
                 Pipeline::single(
                     StageInput::Source {
                         node,
@@ -416,15 +472,18 @@ impl Builder<'_> {
                     format.name().to_string(),
                 )
             }
-            Node::Inline { partitions, decode } => Pipeline::single(
-                StageInput::Source {
-                    node,
-                    decode: decode.clone(),
-                },
-                partitions.len() as u32,
-                vec![],
-                "parallelize".to_string(),
-            ),
+            Node::Inline { partitions, decode } => {
+                self.count_pieces(partitions.len() as u64)?;
+                Pipeline::single(
+                    StageInput::Source {
+                        node,
+                        decode: decode.clone(),
+                    },
+                    partitions.len() as u32,
+                    vec![],
+                    "parallelize".to_string(),
+                )
+            }
             Node::Narrow {
                 parent,
                 apply,
@@ -477,6 +536,7 @@ impl Builder<'_> {
                     parents: vec![],
                     branches: vec![],
                     pieces: vec![],
+                    piece_count: 0,
                     tail: vec![],
                     names: vec![],
                 };
@@ -487,6 +547,7 @@ impl Builder<'_> {
                     let offset = out.branches.len() as u32;
                     out.parents.extend(p.parents);
                     out.branches.extend(p.branches);
+                    out.piece_count += p.piece_count;
                     out.pieces.extend(p.pieces.into_iter().map(|ps| {
                         ps.into_iter()
                             .map(|r| PieceRef {
@@ -529,6 +590,23 @@ impl Builder<'_> {
         cache: Option<CacheKey>,
         name: String,
     ) -> Result<MapStages, PlanError> {
+        // What the sides would cost, checked before any side is read (copied).
+        let mut side_pieces = 0u64;
+        for side in sides {
+            side_pieces += self.built[side.parent]
+                .as_ref()
+                .map_or(0, Pipeline::piece_count);
+        }
+        let max_tasks = self.limits.max_tasks_per_job as u64;
+        if self.tasks + side_pieces > max_tasks {
+            return Err(PlanError::Limit {
+                limit: "driver.max_tasks_per_job",
+                what: format!(
+                    "the shuffle at plan node {node} would have more than {max_tasks} map tasks"
+                ),
+                max: max_tasks,
+            });
+        }
         let mut pipelines = Vec::with_capacity(sides.len());
         for side in sides {
             pipelines.push(self.read(side.parent)?);
@@ -547,6 +625,19 @@ impl Builder<'_> {
             partitions as u64,
             &format!("the shuffle at plan node {node}"),
         )?;
+        let maps: u64 = pipelines.iter().map(|p| p.pieces.len() as u64).sum();
+        self.blocks += maps * partitions as u64;
+        let max_blocks = self.limits.max_shuffle_blocks;
+        if self.blocks > max_blocks {
+            return Err(PlanError::Limit {
+                limit: "driver.max_shuffle_blocks",
+                what: format!(
+                    "the job's shuffles have more than {max_blocks} map outputs × reduce partitions ({maps} × {partitions} at plan node {node})"
+                ),
+                max: max_blocks,
+            });
+        }
+        self.count_pieces(partitions as u64)?;
         let mut stages = Vec::new();
         let mut ids = Vec::new();
         for (side, p) in sides.iter().zip(pipelines) {
@@ -971,7 +1062,7 @@ mod tests {
     }
 
     #[test]
-    fn a_dataset_unioned_with_itself_is_refused_by_its_partition_count_not_built() {
+    fn a_dataset_unioned_with_itself_is_refused_before_it_is_built() {
         // d = d.union(d), 40 times: 2^40 partitions if expanded.
         let mut nodes = vec![text("in")];
         for i in 0..40 {
@@ -984,6 +1075,15 @@ mod tests {
             action: Action::Count,
         };
         let e = refused(build_dag(&plan, &|_| 2, None, &PlanLimits::default()));
+        // Each copy's branches count as operations: 2^14 branches pass the bound long
+        // before 2^17 partitions would.
+        assert_eq!(e.limit(), Some("driver.max_plan_nodes"), "{e}");
+        // With room for operations, the partitions bound holds.
+        let roomy = PlanLimits {
+            max_nodes: u32::MAX,
+            ..Default::default()
+        };
+        let e = refused(build_dag(&plan, &|_| 2, None, &roomy));
         assert_eq!(e.limit(), Some("driver.max_partitions_per_stage"), "{e}");
         assert!(e.to_string().contains("131072 partitions"), "{e}");
     }
@@ -1067,5 +1167,86 @@ mod tests {
         };
         let e = refused(build_dag(&plan, &|_| 1, None, &PlanLimits::default()));
         assert_eq!(e.limit(), Some("the wire's task size"), "{e}");
+    }
+
+    #[test]
+    fn a_source_read_by_thousands_of_sides_is_refused_before_its_copies_are_made() {
+        // 100 000 empty inline partitions, read by 9 000 sides of one shuffle: a tiny
+        // plan that would copy 900 million pieces.
+        let plan = LogicalPlan {
+            nodes: vec![
+                Node::Inline {
+                    partitions: vec![Vec::new(); 100_000],
+                    decode: op(1),
+                },
+                Node::Shuffle {
+                    sides: (0..9000)
+                        .map(|_| ShuffleSide {
+                            parent: 0,
+                            write: op(2),
+                        })
+                        .collect(),
+                    partitions: Some(1),
+                    read: op(3),
+                    name: "cogroup".into(),
+                },
+            ],
+            action: Action::Count,
+        };
+        let e = refused(build_dag(&plan, &|_| 0, None, &PlanLimits::default()));
+        assert_eq!(e.limit(), Some("driver.max_tasks_per_job"), "{e}");
+        // Narrows reading it (no shuffle): counted as they are copied, so at most the
+        // bound's worth is built (a small bound keeps the test quick).
+        let mut nodes = vec![Node::Inline {
+            partitions: vec![Vec::new(); 10_000],
+            decode: op(1),
+        }];
+        nodes.extend((0..20).map(|_| narrow(0)));
+        nodes.push(Node::Union {
+            parents: (1..21).collect(),
+        });
+        let plan = LogicalPlan {
+            nodes,
+            action: Action::Count,
+        };
+        let small = PlanLimits {
+            max_tasks_per_job: 50_000,
+            ..Default::default()
+        };
+        let e = refused(build_dag(&plan, &|_| 0, None, &small));
+        assert_eq!(e.limit(), Some("driver.max_tasks_per_job"), "{e}");
+    }
+
+    #[test]
+    fn what_every_piece_carries_counts_toward_a_task_s_size() {
+        // A decoder that captured 3 KiB, 100 000 partitions, coalesced into one task.
+        let plan = LogicalPlan {
+            nodes: vec![
+                Node::Inline {
+                    partitions: vec![Vec::new(); 100_000],
+                    decode: Op {
+                        func: FnRef(1),
+                        arg: vec![0u8; 3 << 10].into(),
+                    },
+                },
+                Node::Coalesce {
+                    parent: 0,
+                    partitions: 1,
+                },
+            ],
+            action: Action::Count,
+        };
+        let e = refused(build_dag(&plan, &|_| 0, None, &PlanLimits::default()));
+        assert_eq!(e.limit(), Some("the wire's task size"), "{e}");
+    }
+
+    #[test]
+    fn map_outputs_times_reduce_partitions_are_bounded() {
+        let mut plan = wordcount_plan();
+        if let Node::Shuffle { partitions, .. } = &mut plan.nodes[3] {
+            *partitions = Some(50_000);
+        }
+        let e = refused(build_dag(&plan, &|_| 50_000, None, &PlanLimits::default()));
+        assert_eq!(e.limit(), Some("driver.max_shuffle_blocks"), "{e}");
     }
 }

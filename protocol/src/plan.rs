@@ -65,6 +65,16 @@ pub enum ReadFormat {
 }
 
 impl ReadFormat {
+    /// Bytes the format carries (schema, column names): copied into every split's task.
+    pub fn size(&self) -> usize {
+        match self {
+            ReadFormat::Text | ReadFormat::ArrowIpc => 0,
+            ReadFormat::Csv { schema, .. } => schema.as_ref().map_or(0, Vec::len),
+            ReadFormat::JsonLines { schema } => schema.len(),
+            ReadFormat::Parquet { columns } => columns.iter().flatten().map(|c| c.len() + 8).sum(),
+        }
+    }
+
     pub fn name(&self) -> &'static str {
         match self {
             ReadFormat::Text => "text_file",
@@ -217,6 +227,10 @@ pub struct LogicalPlan {
     pub action: Action,
 }
 
+/// Largest schema (or list of columns) one source may carry: every task of the source
+/// carries a copy.
+pub const MAX_SOURCE_SCHEMA: usize = 1 << 20;
+
 /// Bounds on what one job's plan may ask of the driver (settings `driver.max_*`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct PlanLimits {
@@ -229,6 +243,9 @@ pub struct PlanLimits {
     pub max_partitions_per_stage: u32,
     /// Tasks of all stages of one job.
     pub max_tasks_per_job: u32,
+    /// Map outputs times reduce partitions, over a job's shuffles: what the map-output
+    /// tracker holds a size for.
+    pub max_shuffle_blocks: u64,
 }
 
 impl Default for PlanLimits {
@@ -238,6 +255,7 @@ impl Default for PlanLimits {
             max_depth: 2_000,
             max_partitions_per_stage: 100_000,
             max_tasks_per_job: 1_000_000,
+            max_shuffle_blocks: 20_000_000,
         }
     }
 }
@@ -321,6 +339,17 @@ impl LogicalPlan {
                 Node::Files { paths, format, .. } if paths.is_empty() => {
                     return invalid(&format!("{} was given no path", format.name()));
                 }
+                Node::Files { format, .. } if format.size() > MAX_SOURCE_SCHEMA => {
+                    return Err(PlanError::Limit {
+                        limit: "the protocol's 1 MiB per source schema",
+                        what: format!(
+                            "plan node {i}'s {} schema has {} bytes",
+                            format.name(),
+                            format.size()
+                        ),
+                        max: MAX_SOURCE_SCHEMA as u64,
+                    });
+                }
                 Node::Files { min_partitions, .. } if *min_partitions > max_parts => {
                     return Err(too_many(i, "partitions at least", *min_partitions as u64));
                 }
@@ -352,5 +381,29 @@ impl LogicalPlan {
 
     pub fn root(&self) -> NodeIndex {
         self.nodes.len() - 1
+    }
+
+    /// Which nodes the action needs (the root and its ancestors), and how many times
+    /// each is read by a needed node. One pass from the root down: parents come first.
+    pub fn needed(&self) -> (Vec<bool>, Vec<u32>) {
+        let n = self.nodes.len();
+        let mut needed = vec![false; n];
+        let mut readers = vec![0u32; n];
+        if n == 0 {
+            return (needed, readers);
+        }
+        needed[self.root()] = true;
+        for i in (0..n).rev() {
+            if !needed[i] {
+                continue;
+            }
+            for p in self.nodes[i].parents() {
+                if let Some(slot) = needed.get_mut(p) {
+                    *slot = true;
+                    readers[p] += 1;
+                }
+            }
+        }
+        (needed, readers)
     }
 }

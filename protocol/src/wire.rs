@@ -50,14 +50,22 @@ pub enum FrameError {
     Decode(#[from] postcard::Error),
 }
 
-/// Serializes `msg` with its length prefix.
-pub fn encode_frame<T: Serialize>(msg: &T) -> Vec<u8> {
-    let mut out = vec![0u8; 4];
-    // postcard into a Vec cannot fail for our plain-data types.
-    let body = postcard::to_stdvec(msg).expect("wire types always serialize");
-    out[..4].copy_from_slice(&(body.len() as u32).to_le_bytes());
-    out.extend_from_slice(&body);
-    out
+/// Serializes `msg` with its length prefix; a body over `max` bytes is refused before
+/// anything is allocated for it.
+pub fn encode_frame<T: Serialize>(msg: &T, max: usize) -> Result<Vec<u8>, FrameError> {
+    let len = body_size(msg)?;
+    if len > max || len > u32::MAX as usize {
+        return Err(FrameError::TooLarge { len, max });
+    }
+    let mut out = Vec::with_capacity(4 + len);
+    out.extend_from_slice(&(len as u32).to_le_bytes());
+    postcard::to_io(msg, &mut out)?;
+    Ok(out)
+}
+
+/// The size of `msg`'s body on the wire, computed without encoding it.
+pub fn body_size<T: Serialize>(msg: &T) -> Result<usize, FrameError> {
+    Ok(postcard::experimental::serialized_size(msg)?)
 }
 
 /// Reads a length prefix, refusing one larger than `max`.
@@ -247,7 +255,8 @@ pub enum TaskInput {
     /// record batches `[start, end)`.
     Split {
         path: String,
-        format: ReadFormat,
+        /// Shared by every split of the source (it can carry a schema).
+        format: std::sync::Arc<ReadFormat>,
         malformed: Malformed,
         start: u64,
         end: u64,
@@ -686,11 +695,26 @@ mod tests {
     #[test]
     fn frame_roundtrip() {
         let msg = FromExecutor::Heartbeat { running: 3 };
-        let frame = encode_frame(&msg);
+        let frame = encode_frame(&msg, MAX_FRAME).unwrap();
         let len = frame_len(frame[..4].try_into().unwrap(), MAX_FRAME).unwrap();
         assert_eq!(len, frame.len() - 4);
         let back: FromExecutor = decode_body(&frame[4..]).unwrap();
         assert!(matches!(back, FromExecutor::Heartbeat { running: 3 }));
+    }
+
+    #[test]
+    fn a_message_over_the_limit_is_refused_before_it_is_encoded() {
+        let msg = FromExecutor::CachedDropped {
+            job: JobId(1),
+            shuffle: ShuffleId(0),
+            maps: vec![u32::MAX; 1000],
+        };
+        let size = body_size(&msg).unwrap();
+        assert!(matches!(
+            encode_frame(&msg, size - 1),
+            Err(FrameError::TooLarge { .. })
+        ));
+        assert_eq!(encode_frame(&msg, size).unwrap().len(), size + 4);
     }
 
     #[test]

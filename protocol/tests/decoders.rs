@@ -38,12 +38,12 @@ proptest! {
     #[test]
     fn mutated_real_messages_never_panic(flips in proptest::collection::vec((any::<usize>(), any::<u8>()), 1..8)) {
         let msgs = [
-            wire::encode_frame(&FromExecutor::Heartbeat { running: 3 }),
+            wire::encode_frame(&FromExecutor::Heartbeat { running: 3 }, wire::MAX_FRAME).unwrap(),
             wire::encode_frame(&Hello::Executor(wire::ExecutorHello {
                 cores: 4,
                 shuffle_addr: "127.0.0.1:1".into(),
                 metrics_addr: Some("127.0.0.1:2".into()),
-            })),
+            }), wire::MAX_FRAME).unwrap(),
         ];
         for m in msgs {
             let mut m = m.clone();

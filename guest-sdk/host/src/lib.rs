@@ -695,6 +695,9 @@ impl From<SandboxError> for flint_protocol::wire::TaskError {
             SandboxError::Limit(hit) => TaskErrorKind::Limit(hit.limit()),
             SandboxError::Trap { .. } => TaskErrorKind::Trap,
             SandboxError::Guest { .. } => TaskErrorKind::Guest,
+            // The driver compiled the same bytes: a compile that fails here is more
+            // likely this host's trouble than the component's, so it may be retried.
+            SandboxError::Compile(_) => TaskErrorKind::Io,
             e if e.is_bad_module() => TaskErrorKind::BadModule,
             _ => TaskErrorKind::Io,
         };

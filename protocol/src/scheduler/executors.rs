@@ -163,7 +163,7 @@ impl Scheduler {
             self.forget_attempt(attempt);
         }
         self.cached.forget_executor(id);
-        self.unregister_outputs(id);
+        self.unregister_outputs(id, None);
         self.commands.push_back(Command::RemoveExecutor {
             executor: id,
             reason,

@@ -47,10 +47,18 @@ impl MapOutputTracker {
         }
     }
 
-    /// Forgets every output held by `executor`; returns the (job, shuffle, map) triples lost.
-    pub(super) fn remove_executor(&mut self, executor: ExecutorId) -> Vec<(JobId, ShuffleId, u32)> {
+    /// Forgets every output held by `executor` (of `only` job, when given); returns the
+    /// (job, shuffle, map) triples lost.
+    pub(super) fn remove_executor(
+        &mut self,
+        executor: ExecutorId,
+        only: Option<JobId>,
+    ) -> Vec<(JobId, ShuffleId, u32)> {
         let mut lost = Vec::new();
         for ((job, shuffle), maps) in &mut self.outputs {
+            if only.is_some_and(|j| j != *job) {
+                continue;
+            }
             for (i, slot) in maps.iter_mut().enumerate() {
                 if slot.as_ref().is_some_and(|s| s.executor == executor) {
                     *slot = None;

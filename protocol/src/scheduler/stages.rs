@@ -186,6 +186,28 @@ impl Scheduler {
         self.cached.dropped(app, id, executor, maps);
     }
 
+    /// Whether `task`'s stage reads a shuffle with a map output `map_partition`.
+    fn reads_map_output(&self, task: TaskId, map_partition: u32) -> bool {
+        let Some(stage) = self.stage_def(task.stage) else {
+            return false;
+        };
+        stage.reads().any(|sh| {
+            self.map_outputs
+                .statuses(task.stage.job, sh)
+                .is_some_and(|maps| (map_partition as usize) < maps.len())
+        })
+    }
+
+    /// Whether `task` has succeeded (an attempt of it was committed). A task of a job that
+    /// is over counts as done.
+    pub fn task_done(&self, task: TaskId) -> bool {
+        self.jobs
+            .get(&task.stage.job)
+            .and_then(|j| j.stages.get(task.stage.index as usize))
+            .and_then(|s| s.tasks.get(task.partition as usize))
+            .is_none_or(|t| t.done)
+    }
+
     pub(super) fn fail_job(&mut self, job: JobId, error: JobFailure) {
         self.cancel_job(job);
         self.commands.push_back(Command::JobFailed { job, error });
@@ -210,12 +232,12 @@ impl Scheduler {
         }
     }
 
-    /// Forgets `executor`'s map outputs. Map tasks whose output a stage still to finish
-    /// needs (directly or through another stage) run again, elsewhere if possible, and
-    /// every stage downstream of them waits.
-    pub(super) fn unregister_outputs(&mut self, executor: ExecutorId) {
+    /// Forgets `executor`'s map outputs (of job `only`, when given). Map tasks whose
+    /// output a stage still to finish needs (directly or through another stage) run again,
+    /// elsewhere if possible, and every stage downstream of them waits.
+    pub(super) fn unregister_outputs(&mut self, executor: ExecutorId, only: Option<JobId>) {
         let mut touched = BTreeSet::new();
-        for (job_id, shuffle, map) in self.map_outputs.remove_executor(executor) {
+        for (job_id, shuffle, map) in self.map_outputs.remove_executor(executor, only) {
             let Some(job) = self.jobs.get_mut(&job_id) else {
                 continue;
             };
@@ -239,6 +261,10 @@ impl Scheduler {
     /// failure: `from`'s map outputs are unregistered (its files are presumed gone), the
     /// lost map tasks run again, and this task waits for them. Each stage attempt that
     /// ends this way counts once towards `max_stage_attempts`.
+    ///
+    /// Only the job's own outputs on `from` are unregistered: the claim comes from one
+    /// executor about one task, and other tenants' jobs find out for themselves. A claim
+    /// about an output the task does not read is a failure of the task, not of `from`.
     pub fn task_fetch_failed(
         &mut self,
         attempt: TaskAttemptId,
@@ -247,6 +273,26 @@ impl Scheduler {
         map_partition: u32,
         chain: Vec<String>,
     ) {
+        if !self.reads_map_output(attempt.task, map_partition) {
+            let mut chain = chain;
+            chain.insert(
+                0,
+                format!(
+                    "executor {} reported a fetch failure of map output {map_partition}, which {} does not read",
+                    executor.0, attempt.task
+                ),
+            );
+            self.task_failed(
+                attempt,
+                executor,
+                super::TaskFailure {
+                    chain,
+                    retryable: true,
+                    limit: None,
+                },
+            );
+            return;
+        }
         if let Some(e) = self.executors.get_mut(&executor) {
             e.running.remove(&attempt);
         }
@@ -293,7 +339,7 @@ impl Scheduler {
         }
         // Only a registered executor's outputs can be unregistered: a status naming one
         // that never was changes nothing.
-        self.unregister_outputs(from);
+        self.unregister_outputs(from, Some(job_id));
         // The outputs may already have been unregistered and recomputed elsewhere: then
         // the stage is running and this task simply goes again.
         self.forget_attempt(attempt);

@@ -1089,3 +1089,40 @@ fn evicted_and_unpersisted_partitions_are_no_longer_kept() {
     s.unpersist(APP, 1);
     assert_eq!(s.cached_partitions().count(APP), 0);
 }
+
+#[test]
+fn a_fetch_failure_unregisters_only_its_job_s_outputs_and_only_for_outputs_it_reads() {
+    let mut s = Scheduler::new(SchedulerConf::default());
+    s.executor_added(E1, 2, 0);
+    s.executor_added(E2, 2, 0);
+    let other = JobId(2);
+    s.submit_job_default(J, two_stage_dag(2, 1));
+    s.submit_job_default(other, two_stage_dag(2, 1));
+    for (a, e, _) in launches(&drain(&mut s)) {
+        s.task_succeeded(a, e, Some(vec![8]));
+    }
+    let reduces = launches(&drain(&mut s));
+    let (r, re, _) = reduces
+        .iter()
+        .find(|l| l.0.task.stage.job == J)
+        .unwrap()
+        .clone();
+    let held = |s: &Scheduler, job: JobId| {
+        s.map_outputs()
+            .statuses(job, ShuffleId(0))
+            .unwrap()
+            .iter()
+            .flatten()
+            .count()
+    };
+    // A claim about a map output the task does not read: its own failure, nothing lost.
+    s.task_fetch_failed(r, re, E1, 7, vec!["bogus".into()]);
+    let cmds = drain(&mut s);
+    assert_eq!((held(&s, J), held(&s, other)), (2, 2), "{cmds:?}");
+    let (r, re, _) = launches(&cmds)[0].clone();
+    // A real one: only job J's outputs on E1 go; the other job keeps its own.
+    s.task_fetch_failed(r, re, E1, 0, vec!["gone".into()]);
+    drain(&mut s);
+    assert!(held(&s, J) < 2);
+    assert_eq!(held(&s, other), 2, "another job's outputs are not touched");
+}

@@ -40,8 +40,10 @@ pub enum NetError {
 /// How long a peer may take to open its first stream and send its preamble and hello.
 pub const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Writes `msg` framed; one over [`wire::MAX_FRAME`] is refused, nothing sent.
 pub async fn write_frame<T: Serialize>(s: &mut quinn::SendStream, msg: &T) -> Result<(), NetError> {
-    s.write_all(&wire::encode_frame(msg)).await?;
+    s.write_all(&wire::encode_frame(msg, wire::MAX_FRAME)?)
+        .await?;
     Ok(())
 }
 

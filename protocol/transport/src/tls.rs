@@ -310,6 +310,28 @@ fn client_builder()
         .with_protocol_versions(&[&rustls::version::TLS13])?)
 }
 
+/// What the driver offers every peer before it knows it: a few streams and small
+/// windows, so an anonymous peer cannot make it buffer much. A peer it admits gets more
+/// (see [`open_up`]).
+fn driver_transport() -> Arc<quinn::TransportConfig> {
+    let mut t = quinn::TransportConfig::default();
+    t.keep_alive_interval(Some(Duration::from_secs(2)));
+    t.max_idle_timeout(Some(Duration::from_secs(30).try_into().expect("30s fits")));
+    t.stream_receive_window((2u32 << 20).into());
+    t.receive_window((4u32 << 20).into());
+    t.send_window(32 << 20);
+    t.max_concurrent_bidi_streams(4u32.into());
+    t.max_concurrent_uni_streams(0u32.into());
+    Arc::new(t)
+}
+
+/// Gives an admitted peer (an executor, or a submitter being read) the room the others
+/// get from the start: many streams (module and result fetches), a larger window.
+pub fn open_up(conn: &quinn::Connection) {
+    conn.set_max_concurrent_bi_streams(1024u32.into());
+    conn.set_receive_window((32u32 << 20).into());
+}
+
 /// The driver's side: presents the driver's certificate; a client may present an
 /// executor certificate (then it is an executor) or none (a tenant, or a host enrolling).
 fn driver_server_config(id: &DriverIdentity) -> Result<quinn::ServerConfig, TlsError> {
@@ -324,7 +346,9 @@ fn driver_server_config(id: &DriverIdentity) -> Result<quinn::ServerConfig, TlsE
         .with_client_cert_verifier(verifier)
         .with_single_cert(certs(&id.cert_pem)?, key(&id.key_pem)?)?;
     cfg.alpn_protocols = vec![ALPN.to_vec()];
-    quic_server(cfg)
+    let mut sc = quic_server(cfg)?;
+    sc.transport_config(driver_transport());
+    Ok(sc)
 }
 
 /// The driver's QUIC endpoint.
