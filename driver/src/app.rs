@@ -102,10 +102,11 @@ impl DriverShared {
     /// A place for one more driver program of `tenant`, or a refusal naming the limit
     /// that is full. Refused at once rather than queued: the submitter learns why.
     pub fn admit(&self, tenant: &Tenant) -> Result<Admission, AppError> {
-        let (max, quota) = match tenant.max_apps_running {
-            Some(n) => (n, "the tenants file's max_apps_running"),
+        let (max, limit, quota) = match tenant.max_apps_running {
+            Some(n) => (n, "max_apps_running", "the tenants file's max_apps_running"),
             None => (
                 self.settings.max_apps_per_tenant,
+                "driver.max_apps_per_tenant",
                 "driver.max_apps_per_tenant",
             ),
         };
@@ -113,11 +114,6 @@ impl DriverShared {
             .entry(tenant.name.clone())
             .or_insert_with(|| Arc::new(Semaphore::new(max.max(1) as usize)))
             .clone();
-        let limit = if tenant.max_apps_running.is_some() {
-            "max_apps_running"
-        } else {
-            "driver.max_apps_per_tenant"
-        };
         let mine = sem.try_acquire_owned().map_err(|_| {
             AppError::limit(
                 limit,
@@ -166,7 +162,7 @@ impl DriverShared {
     pub fn broadcast(&self, app: u64, id: u32, secret: &[u8; 16]) -> Result<Arc<Vec<u8>>, String> {
         let map = lock(&self.broadcasts);
         match map.get(&(app, id)) {
-            Some((v, held)) if same(held, secret) => {
+            Some((v, held)) if flint_protocol::constant_time_eq(held, secret) => {
                 *lock(&self.broadcast_fetches).entry(app).or_default() += 1;
                 Ok(v.clone())
             }
@@ -185,11 +181,6 @@ impl DriverShared {
             .clone();
         sem.acquire_owned().await.ok()
     }
-}
-
-/// Whether two capabilities are equal, compared without an early exit.
-fn same(a: &[u8; 16], b: &[u8; 16]) -> bool {
-    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 /// Infers a CSV source's schema from its first file (Spark's `inferSchema`), as an Arrow

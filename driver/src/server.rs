@@ -253,10 +253,7 @@ async fn handle_connection(
 /// Whether `token` is this cluster's enrolment token, compared without an early exit.
 fn token_matches(ctx: &Endpointed, token: &str) -> bool {
     let got: [u8; 32] = Sha256::digest(token.trim().as_bytes()).into();
-    got.iter()
-        .zip(&ctx.enrolment_sha256)
-        .fold(0u8, |acc, (a, b)| acc | (a ^ b))
-        == 0
+    flint_protocol::constant_time_eq(&got, &ctx.enrolment_sha256)
 }
 
 async fn enrol(

@@ -286,15 +286,6 @@ pub fn hash_token(token: &str) -> String {
     hex::encode(Sha256::digest(token.trim().as_bytes()))
 }
 
-/// Equal-length hex digests compared without an early exit.
-pub fn digest_eq(a: &str, b: &str) -> bool {
-    a.len() == b.len()
-        && a.bytes()
-            .zip(b.bytes())
-            .fold(0u8, |acc, (x, y)| acc | (x ^ y))
-            == 0
-}
-
 /// The tenants a driver knows, or none (an open cluster).
 #[derive(Clone, Debug, Default)]
 pub struct Tenants {
@@ -426,7 +417,7 @@ impl Tenants {
         let digest = hash_token(token);
         let mut found = None;
         for (hash, tenant) in &self.by_hash {
-            if digest_eq(hash, &digest) {
+            if flint_protocol::constant_time_eq(hash.as_bytes(), digest.as_bytes()) {
                 found = Some(tenant.clone());
             }
         }

@@ -175,7 +175,7 @@ impl ShuffleStore {
     pub fn grant(&self, job: JobId, secret: ShuffleSecret) -> Result<(), ShuffleError> {
         let mut s = self.secrets();
         let held = s.entry(job).or_insert(secret);
-        if same(held, &secret) {
+        if flint_protocol::constant_time_eq(held, &secret) {
             Ok(())
         } else {
             Err(ShuffleError::Forbidden(job))
@@ -185,7 +185,7 @@ impl ShuffleStore {
     /// Whether `secret` is `job`'s capability (compared in constant time).
     pub fn check(&self, job: JobId, secret: &ShuffleSecret) -> Result<(), ShuffleError> {
         match self.secrets().get(&job) {
-            Some(held) if same(held, secret) => Ok(()),
+            Some(held) if flint_protocol::constant_time_eq(held, secret) => Ok(()),
             _ => Err(ShuffleError::Forbidden(job)),
         }
     }
@@ -303,11 +303,6 @@ impl ShuffleStore {
         self.forget_blocks(|k| k.0 == job);
         let _ = std::fs::remove_dir_all(self.root.join(job.0.to_string()));
     }
-}
-
-/// Whether two capabilities are equal, compared without an early exit.
-pub fn same(a: &ShuffleSecret, b: &ShuffleSecret) -> bool {
-    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 /// Serves segment fetches on one peer connection until it closes. The peer is an

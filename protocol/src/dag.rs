@@ -184,6 +184,7 @@ pub fn build_dag(
         built: (0..n).map(|_| None).collect(),
         readers,
         next_shuffle: 0,
+        map_tasks: Vec::new(),
         ops: 0,
         tasks: 0,
         pieces: 0,
@@ -265,6 +266,8 @@ struct Builder<'a> {
     /// Readers of each node not yet served.
     readers: Vec<u32>,
     next_shuffle: u32,
+    /// Per shuffle id (in order), its map tasks.
+    map_tasks: Vec<u32>,
     /// Operations placed in pipelines so far, copies included.
     ops: u64,
     /// Tasks of the stages pushed so far.
@@ -410,14 +413,9 @@ impl Builder<'_> {
         32 + op_bytes(&branch.ops) + input
     }
 
-    /// Map tasks of `shuffle` (pushed before any stage that reads it).
+    /// Map tasks of `shuffle` (made before any stage that reads it).
     fn map_partitions(&self, shuffle: ShuffleId) -> u32 {
-        self.stages
-            .iter()
-            .find(|s| {
-                matches!(s.output, StageOutput::ShuffleWrite { shuffle: sh, .. } if sh == shuffle)
-            })
-            .map_or(0, |s| s.partitions)
+        self.map_tasks.get(shuffle.0 as usize).copied().unwrap_or(0)
     }
 
     /// Each task carries its pieces' ops, inputs and inline rows: the largest must fit a
@@ -643,6 +641,7 @@ impl Builder<'_> {
         for (side, p) in sides.iter().zip(pipelines) {
             let shuffle = ShuffleId(self.next_shuffle);
             self.next_shuffle += 1;
+            self.map_tasks.push(p.pieces.len() as u32);
             let mut names = p.names.clone();
             names.push(format!("{name} (write)"));
             let stage = self.push_stage(

@@ -23,5 +23,11 @@ pub mod plan;
 pub mod scheduler;
 pub mod wire;
 
+/// Whether two secrets (capabilities, token digests) are equal, compared without an
+/// early exit, so the time taken says nothing about where they differ.
+pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
 /// Version of the driver/executor/submit protocol, checked in every handshake.
 pub const PROTOCOL_VERSION: u32 = 5;

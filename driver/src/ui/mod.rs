@@ -243,7 +243,10 @@ impl Access {
             return (!self.required).then_some(Viewer::Admin);
         };
         if let Some(admin) = &self.admin_sha256
-            && crate::tenants::digest_eq(admin, &crate::tenants::hash_token(token))
+            && flint_protocol::constant_time_eq(
+                admin.as_bytes(),
+                crate::tenants::hash_token(token).as_bytes(),
+            )
         {
             return Some(Viewer::Admin);
         }

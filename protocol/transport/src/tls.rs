@@ -269,16 +269,27 @@ pub fn base64_decode(s: &str) -> Option<Vec<u8>> {
     Some(out)
 }
 
-fn transport() -> Arc<quinn::TransportConfig> {
+/// Streams and receive window of a known peer.
+const STREAMS: u32 = 1024;
+const WINDOW: u32 = 32 << 20;
+
+/// Keep-alives and idle timeout as every connection has them, with these windows.
+fn transport_with(stream_window: u32, window: u32, streams: u32) -> Arc<quinn::TransportConfig> {
     let mut t = quinn::TransportConfig::default();
     t.keep_alive_interval(Some(Duration::from_secs(2)));
     t.max_idle_timeout(Some(Duration::from_secs(30).try_into().expect("30s fits")));
-    // Shuffle segments are bulk data: allow a few MB in flight per stream.
-    t.stream_receive_window((8u32 << 20).into());
-    t.receive_window((32u32 << 20).into());
-    t.send_window(32 << 20);
-    t.max_concurrent_bidi_streams(1024u32.into());
+    t.stream_receive_window(stream_window.into());
+    t.receive_window(window.into());
+    t.send_window(WINDOW as u64);
+    t.max_concurrent_bidi_streams(streams.into());
+    t.max_concurrent_uni_streams(0u32.into());
     Arc::new(t)
+}
+
+/// Between executors, and from the driver: shuffle segments are bulk data, so a few MB
+/// in flight per stream.
+fn transport() -> Arc<quinn::TransportConfig> {
+    transport_with(8 << 20, WINDOW, STREAMS)
 }
 
 fn quic_server(cfg: rustls::ServerConfig) -> Result<quinn::ServerConfig, TlsError> {
@@ -314,22 +325,14 @@ fn client_builder()
 /// windows, so an anonymous peer cannot make it buffer much. A peer it admits gets more
 /// (see [`open_up`]).
 fn driver_transport() -> Arc<quinn::TransportConfig> {
-    let mut t = quinn::TransportConfig::default();
-    t.keep_alive_interval(Some(Duration::from_secs(2)));
-    t.max_idle_timeout(Some(Duration::from_secs(30).try_into().expect("30s fits")));
-    t.stream_receive_window((2u32 << 20).into());
-    t.receive_window((4u32 << 20).into());
-    t.send_window(32 << 20);
-    t.max_concurrent_bidi_streams(4u32.into());
-    t.max_concurrent_uni_streams(0u32.into());
-    Arc::new(t)
+    transport_with(2 << 20, 4 << 20, 4)
 }
 
 /// Gives an admitted peer (an executor, or a submitter being read) the room the others
 /// get from the start: many streams (module and result fetches), a larger window.
 pub fn open_up(conn: &quinn::Connection) {
-    conn.set_max_concurrent_bi_streams(1024u32.into());
-    conn.set_receive_window((32u32 << 20).into());
+    conn.set_max_concurrent_bi_streams(STREAMS.into());
+    conn.set_receive_window(WINDOW.into());
 }
 
 /// The driver's side: presents the driver's certificate; a client may present an
