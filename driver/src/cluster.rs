@@ -565,20 +565,17 @@ impl ClusterLoop {
                     TaskSuccess::MapOutput { sizes } => Some(sizes.clone()),
                     _ => None,
                 };
-                // A task done already (a late duplicate) is not kept: it would never be
-                // committed, and its rows would outlive the budget that admitted them.
-                if !self.scheduler.task_done(attempt.task)
+                // Only the attempt that makes its task done is kept for its commit: a late
+                // duplicate, or a map output that does not fit its stage, never will be,
+                // and its rows would outlive the budget that admitted them.
+                let was_done = self.scheduler.task_done(attempt.task);
+                self.scheduler.task_succeeded(attempt, executor, sizes);
+                if !was_done
+                    && self.scheduler.task_done(attempt.task)
                     && let Some(job) = self.jobs.get_mut(&attempt.task.stage.job)
                 {
                     job.unclaimed
                         .insert(attempt, (success, status.accumulators));
-                }
-                self.scheduler.task_succeeded(attempt, executor, sizes);
-                // Not committed (a map output that does not fit its stage): not kept.
-                if let Some(job) = self.jobs.get_mut(&attempt.task.stage.job)
-                    && !self.scheduler.task_done(attempt.task)
-                {
-                    job.unclaimed.remove(&attempt);
                 }
             }
             Err(e) => {
