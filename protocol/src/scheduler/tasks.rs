@@ -229,28 +229,24 @@ impl Scheduler {
     /// are killed): an executor that takes tasks and never answers cannot hold a job.
     pub(super) fn give_up_on_silent_attempts(&mut self) {
         let now = self.now_ms;
+        // Only running attempts can be silent: walk the executors' slots, not every task
+        // of every job, on each tick.
         let mut silent = Vec::new();
-        for (id, job) in &self.jobs {
-            let Some(limit) = job.policy.attempt_timeout_ms else {
-                continue;
-            };
-            for (si, stage) in job.stages.iter().enumerate() {
-                for (p, task) in stage.tasks.iter().enumerate() {
-                    for (n, run) in &task.running {
-                        if now.saturating_sub(run.started_ms) > limit {
-                            let attempt = TaskAttemptId {
-                                task: TaskId {
-                                    stage: StageId {
-                                        job: *id,
-                                        index: si as u32,
-                                    },
-                                    partition: p as u32,
-                                },
-                                attempt: *n,
-                            };
-                            silent.push((attempt, run.executor, limit));
-                        }
-                    }
+        for (executor, e) in &self.executors {
+            for attempt in &e.running {
+                let Some(job) = self.jobs.get(&attempt.task.stage.job) else {
+                    continue;
+                };
+                let Some(limit) = job.policy.attempt_timeout_ms else {
+                    continue;
+                };
+                let run = job
+                    .stages
+                    .get(attempt.task.stage.index as usize)
+                    .and_then(|s| s.tasks.get(attempt.task.partition as usize))
+                    .and_then(|t| t.running.get(&attempt.attempt));
+                if run.is_some_and(|r| now.saturating_sub(r.started_ms) > limit) {
+                    silent.push((*attempt, *executor, limit));
                 }
             }
         }
