@@ -371,7 +371,10 @@ pub async fn serve(
     let (tx, mut rx) = mpsc::channel::<FromExecutor>(256);
     let writer = tokio::spawn(async move {
         while let Some(msg) = rx.recv().await {
-            if net::write_frame(&mut send, &msg).await.is_err() {
+            if net::write_frame(&mut send, &within_status_limit(msg))
+                .await
+                .is_err()
+            {
                 return;
             }
         }
@@ -525,6 +528,34 @@ pub async fn serve(
     results_server.abort();
     conn.close(0u32.into(), b"executor stopping");
     result
+}
+
+/// A status too large for the driver to take ([`wire::MAX_STATUS`]) becomes a failure
+/// saying so: the driver would close the connection on it, and the attempt would be left
+/// running.
+fn within_status_limit(msg: FromExecutor) -> FromExecutor {
+    let FromExecutor::Status(status) = &msg else {
+        return msg;
+    };
+    match wire::body_size(&msg) {
+        Ok(n) if n <= wire::MAX_STATUS => msg,
+        size => {
+            let size = size.map_or("too many".to_string(), |n| n.to_string());
+            FromExecutor::Status(Box::new(TaskStatus {
+                attempt: status.attempt,
+                result: Err(TaskError {
+                    kind: TaskErrorKind::Io,
+                    chain: vec![format!(
+                        "the task's status has {size} bytes, over the {} a status may have",
+                        wire::MAX_STATUS
+                    )],
+                }),
+                metrics: status.metrics.clone(),
+                output: Default::default(),
+                accumulators: Vec::new(),
+            }))
+        }
+    }
 }
 
 /// Sends `attempt`'s stored result: a header with its size, then the file as it is on

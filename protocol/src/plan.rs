@@ -227,6 +227,10 @@ pub struct LogicalPlan {
     pub action: Action,
 }
 
+/// Longest name of a plan node (`map`, `reduce_by_key`): names are copied into every
+/// stage that reads the node.
+pub const MAX_NODE_NAME: usize = 256;
+
 /// Largest schema (or list of columns) one source may carry: every task of the source
 /// carries a copy.
 pub const MAX_SOURCE_SCHEMA: usize = 1 << 20;
@@ -334,6 +338,14 @@ impl LogicalPlan {
                     ),
                     max: limits.max_depth as u64,
                 });
+            }
+            if let Node::Narrow { name, .. } | Node::Shuffle { name, .. } = node
+                && name.len() > MAX_NODE_NAME
+            {
+                return invalid(&format!(
+                    "its name has {} bytes, over the {MAX_NODE_NAME} a name may have",
+                    name.len()
+                ));
             }
             match node {
                 Node::Files { paths, format, .. } if paths.is_empty() => {

@@ -38,6 +38,35 @@ pub const MAX_STATUS: usize = 16 << 20;
 /// Accumulator updates one task may report, in bytes: they ride in its status.
 pub const MAX_TASK_ACCUMULATOR_BYTES: usize = 8 << 20;
 
+/// An error chain from a guest keeps at most this many messages, each at most
+/// [`MAX_ERROR_MESSAGE`] bytes: it rides in a task's status and a submitter's answer.
+pub const MAX_ERROR_MESSAGES: usize = 32;
+pub const MAX_ERROR_MESSAGE: usize = 4096;
+
+/// `chain` within [`MAX_ERROR_MESSAGES`] and [`MAX_ERROR_MESSAGE`], saying what was cut.
+pub fn bound_chain(chain: Vec<String>) -> Vec<String> {
+    let n = chain.len();
+    let mut out: Vec<String> = chain
+        .into_iter()
+        .take(MAX_ERROR_MESSAGES)
+        .map(|mut m| {
+            if m.len() > MAX_ERROR_MESSAGE {
+                let mut end = MAX_ERROR_MESSAGE;
+                while !m.is_char_boundary(end) {
+                    end -= 1;
+                }
+                m.truncate(end);
+                m.push('…');
+            }
+            m
+        })
+        .collect();
+    if n > MAX_ERROR_MESSAGES {
+        out.push(format!("(and {} more causes)", n - MAX_ERROR_MESSAGES));
+    }
+    out
+}
+
 /// Results up to this size ride in the task's status; larger ones stay on the executor
 /// until the driver fetches them (Spark's direct and indirect task results).
 pub const MAX_DIRECT_RESULT: u64 = 1 << 20;
@@ -700,6 +729,16 @@ mod tests {
         assert_eq!(len, frame.len() - 4);
         let back: FromExecutor = decode_body(&frame[4..]).unwrap();
         assert!(matches!(back, FromExecutor::Heartbeat { running: 3 }));
+    }
+
+    #[test]
+    fn a_guest_s_error_chain_is_bounded() {
+        let long = "é".repeat(MAX_ERROR_MESSAGE);
+        let chain = bound_chain(vec![long; 100]);
+        assert_eq!(chain.len(), MAX_ERROR_MESSAGES + 1);
+        assert!(chain[0].len() <= MAX_ERROR_MESSAGE + 3);
+        assert_eq!(chain.last().unwrap(), "(and 68 more causes)");
+        assert_eq!(bound_chain(vec!["short".into()]), vec!["short"]);
     }
 
     #[test]

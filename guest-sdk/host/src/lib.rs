@@ -598,11 +598,15 @@ fn tail_chars(s: &str, max: usize) -> &str {
     &s[start..]
 }
 
-/// A guest-returned error chain as a sandbox error.
+/// A guest-returned error chain as a sandbox error; the guest wrote it, so it is
+/// bounded before anything carries it further.
 fn guest_error(e: wit::ErrorChain) -> SandboxError {
+    let mut chain =
+        flint_protocol::wire::bound_chain(std::iter::once(e.message).chain(e.causes).collect())
+            .into_iter();
     SandboxError::Guest {
-        message: e.message,
-        causes: e.causes,
+        message: chain.next().unwrap_or_default(),
+        causes: chain.collect(),
         kind: e.kind.map(convert::kind_from_wit),
     }
 }
