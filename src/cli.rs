@@ -578,13 +578,21 @@ fn finish(result: Result<AppSummary, AppError>, report: &Report) -> anyhow::Resu
         .iter()
         .map(|e| e.metrics.shuffle_read_remote_bytes)
         .sum();
+    let (spilled, runs) = summary.executors.iter().fold((0, 0), |(b, n), e| {
+        (b + e.metrics.spill_bytes, n + e.metrics.spill_count)
+    });
+    let spill = if runs == 0 {
+        String::new()
+    } else {
+        format!(", {spilled} bytes spilled in {runs} run(s)")
+    };
     let outputs = if summary.outputs.is_empty() {
         String::new()
     } else {
         format!("; output in {}", summary.outputs.join(", "))
     };
     eprintln!(
-        "flint: done in {:.2}s: {} job(s), {} task attempt(s) ({} failed and retried, {} fetch failures, {} speculative, {} killed), {} shuffle bytes written, {} fetched from peers{outputs}.",
+        "flint: done in {:.2}s: {} job(s), {} task attempt(s) ({} failed and retried, {} fetch failures, {} speculative, {} killed), {} shuffle bytes written, {} fetched from peers{spill}{outputs}.",
         summary.elapsed_ms as f64 / 1000.0,
         summary.jobs,
         summary.tasks,

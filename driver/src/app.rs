@@ -528,6 +528,7 @@ impl AppActions {
             fetch_timeout_ms: s.shuffle_fetch_timeout.as_millis() as u64,
             max_output_bytes: s.task_max_output_bytes,
             meter_fuel: s.task_meter_fuel || self.tenant.meter_fuel,
+            max_spill_bytes: s.task_max_spill_bytes,
         };
         let policy = JobPolicy {
             pool: Pool {

@@ -19,6 +19,7 @@
 //! max_accumulator_bytes = "16m"     # cap on driver.max_accumulator_bytes
 //! max_broadcast_bytes = "128m"      # cap on driver.max_broadcast_bytes
 //! max_main_memory = "512m"          # cap on driver.main_memory
+//! max_task_spill_bytes = "20g"      # cap on task.max_spill_bytes
 //! allowed_paths = ["/data/alice/"]  # inputs and outputs must lie below one of these
 //! meter_fuel = true                 # count Wasm instructions of its tasks (flint usage)
 //! ```
@@ -113,6 +114,8 @@ pub struct TenantEntry {
     pub max_broadcast_bytes: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_main_memory: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_task_spill_bytes: Option<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub allowed_paths: Vec<String>,
     /// Count the fuel of this tenant's tasks (for accounting; slows them).
@@ -377,6 +380,11 @@ impl Tenants {
                     "driver.main_memory",
                     "max_main_memory",
                     bytes("max_main_memory", &e.max_main_memory)?,
+                ),
+                (
+                    "task.max_spill_bytes",
+                    "max_task_spill_bytes",
+                    bytes("max_task_spill_bytes", &e.max_task_spill_bytes)?,
                 ),
             ];
             let tenant = Tenant {

@@ -115,6 +115,7 @@ fn count(m: &ExecutorMetrics, status: &TaskStatus) {
             add(&m.shuffle_write_bytes, t.shuffle_write_bytes);
             add(&m.shuffle_fetch_remote_bytes, t.shuffle_read_remote_bytes);
             add(&m.shuffle_read_local_bytes, t.shuffle_read_local_bytes);
+            add(&m.spill_bytes, t.spill_bytes);
         }
         Err(e) => match e.kind {
             TaskErrorKind::Killed => add(&m.tasks_killed, 1),
@@ -261,6 +262,7 @@ pub async fn serve(
     let results = Arc::new(ResultStore::new(&config.work_dir));
     results.clear();
     let _ = std::fs::remove_dir_all(config.work_dir.join("shuffle"));
+    let _ = std::fs::remove_dir_all(config.work_dir.join("spill"));
     let metrics_addr = match &config.metrics_listener {
         Some(l) => {
             let addr = l.local_addr().map_err(ExecutorError::Metrics)?.to_string();
@@ -331,6 +333,7 @@ pub async fn serve(
         fetcher: Arc::new(Fetcher::new(endpoint.clone(), me, store.clone())),
         modules: Arc::new(DriverModules { conn: conn.clone() }),
         broadcasts: Default::default(),
+        work_dir: config.work_dir.clone(),
     });
 
     // Peers fetching shuffle segments.

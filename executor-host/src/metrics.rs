@@ -18,6 +18,8 @@ pub struct ExecutorMetrics {
     pub shuffle_write_bytes: AtomicU64,
     pub shuffle_fetch_remote_bytes: AtomicU64,
     pub shuffle_read_local_bytes: AtomicU64,
+    /// Bytes tasks spilled (guest runs and map output past the host's buffer).
+    pub spill_bytes: AtomicU64,
     /// Shared with the shuffle server, which counts what it sends.
     pub shuffle_served_bytes: Arc<AtomicU64>,
 }
@@ -29,7 +31,7 @@ impl ExecutorMetrics {
 
     pub fn render(&self) -> String {
         let g = |a: &AtomicU64| a.load(Ordering::Relaxed);
-        let rows: [(&str, &str, &str, u64); 13] = [
+        let rows: [(&str, &str, &str, u64); 14] = [
             ("flint_executor_slots", "gauge", "", g(&self.slots)),
             (
                 "flint_executor_slots_busy",
@@ -84,6 +86,12 @@ impl ExecutorMetrics {
                 "counter",
                 "",
                 g(&self.shuffle_write_bytes),
+            ),
+            (
+                "flint_executor_spill_bytes_total",
+                "counter",
+                "",
+                g(&self.spill_bytes),
             ),
             (
                 "flint_executor_shuffle_read_bytes_total",

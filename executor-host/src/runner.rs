@@ -3,7 +3,7 @@
 
 use crate::formats::{FileWriter, SourceReader};
 use crate::results::{ResultStore, ResultWriter};
-use crate::shuffle::{Fetcher, ShuffleStore};
+use crate::shuffle::{Fetcher, MapOutputWriter, ShuffleStore};
 use flint_protocol::ids::ModuleHash;
 use flint_protocol::plan::WriteFormat;
 use flint_protocol::wire::{
@@ -11,11 +11,14 @@ use flint_protocol::wire::{
     TaskDescriptor, TaskError, TaskErrorKind, TaskInput, TaskMetrics, TaskOutput, TaskStatus,
     TaskSuccess,
 };
-use flint_sandbox::{BroadcastFuture, BroadcastSource, Chunk, Sandbox, StoreLimits, TaskInstance};
+use flint_sandbox::spill::{MAX_FRAME_BYTES, SpillConfig};
+use flint_sandbox::{
+    BroadcastFuture, BroadcastSource, Chunk, OutputSink, Sandbox, StoreLimits, TaskInstance,
+};
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 use tokio::sync::{Semaphore, mpsc};
 
@@ -42,7 +45,12 @@ pub struct TaskEnv {
     pub fetcher: Arc<Fetcher>,
     pub modules: Arc<dyn ModuleSource>,
     pub broadcasts: Arc<BroadcastCache>,
+    /// Spill runs live under `work_dir/spill/<job>/`.
+    pub work_dir: PathBuf,
 }
+
+/// Bytes of a map task's output the host holds before it appends them to a spill run.
+const MAP_OUTPUT_BUFFER: u64 = 32 << 20;
 
 type BroadcastCell = Arc<tokio::sync::OnceCell<Arc<Vec<u8>>>>;
 
@@ -175,12 +183,53 @@ async fn run(
         app: desc.app,
         secret: desc.app_secret,
     });
+    let attempt = desc.attempt;
+    let dir = env
+        .work_dir
+        .join("spill")
+        .join(attempt.task.stage.job.0.to_string());
+    let name = format!(
+        "{}-{}-{}",
+        attempt.task.stage.index, attempt.task.partition, attempt.attempt
+    );
+    let sink = Arc::new(Mutex::new(SinkState {
+        sink: Some(Sink::new(env, desc, dir.join(format!("map-{name}.run")))),
+        records: 0,
+        bytes: 0,
+        max_output: desc.limits.max_output_bytes,
+    }));
+    let spill = SpillConfig {
+        dir: dir.join(format!("task-{name}")),
+        max_bytes: desc.limits.max_spill_bytes,
+        tenant: None,
+    };
+    // The guest's operators spill at a quarter of its memory cap: the rest is for what a
+    // spill or a merge needs beside the state (encoding, a hash table's growth) and for
+    // the allocator's fragmentation (linear memory never shrinks).
+    let budget = desc.limits.memory_bytes / 4;
     let mut guest = sandbox
-        .start_task(&loaded, &limits, broadcasts, desc, env.fetcher.me().0)
+        .start_task(
+            &loaded,
+            &limits,
+            broadcasts,
+            desc,
+            env.fetcher.me().0,
+            budget,
+            Box::new(SharedSink(sink.clone())),
+            spill,
+        )
         .await?;
     m.instantiate_us = guest.instantiate_us;
-    let mut sink = Sink::new(env, desc);
-    let fed = feed(env, desc, &mut guest, &mut sink, m, accumulators).await;
+    let fed = feed(env, desc, &mut guest, m, accumulators).await;
+    let (spilled, runs) = guest.spilled();
+    m.spill_bytes += spilled;
+    m.spill_count += runs;
+    let sink = {
+        let mut st = sink.lock().unwrap_or_else(|p| p.into_inner());
+        m.output_records += st.records;
+        m.output_bytes += st.bytes;
+        st.sink.take().expect("the sink is taken once")
+    };
     let result = match fed {
         Ok(()) => sink.complete(env, desc, m).await,
         Err(e) => {
@@ -201,11 +250,9 @@ async fn feed(
     env: &TaskEnv,
     desc: &TaskDescriptor,
     guest: &mut TaskInstance,
-    sink: &mut Sink,
     m: &mut TaskMetrics,
     accumulators: &mut Vec<(u32, Vec<u8>)>,
 ) -> Result<(), TaskError> {
-    let max_output = desc.limits.max_output_bytes;
     for (i, piece) in desc.pieces.iter().enumerate() {
         let i = i as u32;
         match &piece.input {
@@ -252,15 +299,15 @@ async fn feed(
                     if batch.rows == 0 {
                         continue;
                     }
-                    let chunks = guest.push(i, 0, &batch.ipc).await?;
-                    sink.accept(chunks, m, max_output)?;
+                    guest.push(i, 0, &batch.ipc).await?;
                 }
                 let _ = reader.await;
             }
             TaskInput::Inline { ipc, .. } => {
                 m.input_bytes += ipc.len() as u64;
-                let chunks = guest.push(i, 0, ipc).await?;
-                sink.accept(chunks, m, max_output)?;
+                for batch in split_stream(ipc).map_err(|e| io_err(format!("inline rows: {e}")))? {
+                    guest.push(i, 0, &batch).await?;
+                }
             }
             TaskInput::Shuffle {
                 reduce_partition,
@@ -284,17 +331,25 @@ async fn feed(
                         m.shuffle_read_local_bytes += data.len() as u64;
                     }
                     m.input_bytes += data.len() as u64;
-                    let chunks = guest.push(i, side, &data).await?;
+                    for frame in crate::shuffle::frames(&data) {
+                        let frame = frame.map_err(|e| {
+                            err(
+                                TaskErrorKind::FetchFailed {
+                                    executor: src.executor,
+                                    map_partition: src.map_partition,
+                                },
+                                vec![e],
+                            )
+                        })?;
+                        guest.push(i, side, frame).await?;
+                    }
                     drop(permit);
-                    sink.accept(chunks, m, max_output)?;
                 }
             }
         }
-        let chunks = guest.end_piece(i).await?;
-        sink.accept(chunks, m, max_output)?;
+        guest.end_piece(i).await?;
     }
-    let chunks = guest.finish().await?;
-    sink.accept(chunks, m, max_output)?;
+    guest.finish().await?;
     *accumulators = guest.take_accumulators().await?;
     let bytes: usize = accumulators.iter().map(|(_, v)| v.len()).sum();
     if bytes > MAX_TASK_ACCUMULATOR_BYTES {
@@ -373,11 +428,60 @@ fn fetch_segments(
     rx
 }
 
+/// One Arrow IPC stream of inline rows as streams of one batch each, so that no push
+/// carries more than a batch.
+fn split_stream(ipc: &[u8]) -> Result<Vec<Vec<u8>>, arrow_schema::ArrowError> {
+    if ipc.len() <= MAX_FRAME_BYTES {
+        return Ok(vec![ipc.to_vec()]);
+    }
+    let reader = arrow_ipc::reader::StreamReader::try_new(std::io::Cursor::new(ipc), None)?;
+    let mut out = Vec::new();
+    for b in reader {
+        let b = b?;
+        let mut w = arrow_ipc::writer::StreamWriter::try_new(Vec::new(), &b.schema())?;
+        w.write(&b)?;
+        w.finish()?;
+        out.push(w.into_inner()?);
+    }
+    Ok(out)
+}
+
+/// The sink as the guest's `emit` reaches it, with the output counted and capped.
+struct SinkState {
+    /// Taken back by the runner when the guest is done.
+    sink: Option<Sink>,
+    records: u64,
+    bytes: u64,
+    max_output: u64,
+}
+
+struct SharedSink(Arc<Mutex<SinkState>>);
+
+impl OutputSink for SharedSink {
+    fn accept(&mut self, chunk: Chunk) -> Result<(), TaskError> {
+        let mut st = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        st.records += chunk.rows;
+        st.bytes += chunk.ipc.len() as u64;
+        if st.bytes > st.max_output {
+            let max = st.max_output;
+            return Err(limit(
+                Limit::Output,
+                format!("the task's output exceeds task.max_output_bytes ({max} bytes)"),
+            ));
+        }
+        match st.sink.as_mut() {
+            Some(sink) => sink.accept(chunk),
+            None => Err(err(
+                TaskErrorKind::Guest,
+                vec!["the guest emitted after its task ended".into()],
+            )),
+        }
+    }
+}
+
 /// Where a task's output chunks go.
 enum Sink {
-    Shuffle {
-        segments: Vec<Vec<u8>>,
-    },
+    Shuffle(MapOutputWriter),
     /// A part file, created with the first batch (text files even when empty).
     File {
         file: String,
@@ -394,11 +498,11 @@ enum Sink {
 }
 
 impl Sink {
-    fn new(env: &TaskEnv, desc: &TaskDescriptor) -> Sink {
+    fn new(env: &TaskEnv, desc: &TaskDescriptor, run: PathBuf) -> Sink {
         match &desc.output {
-            TaskOutput::ShuffleWrite { partitions, .. } => Sink::Shuffle {
-                segments: vec![Vec::new(); *partitions as usize],
-            },
+            TaskOutput::ShuffleWrite { partitions, .. } => {
+                Sink::Shuffle(MapOutputWriter::new(*partitions, MAP_OUTPUT_BUFFER, run))
+            }
             TaskOutput::File { file, format, .. } => Sink::File {
                 file: file.clone(),
                 format: *format,
@@ -414,91 +518,68 @@ impl Sink {
         }
     }
 
-    fn accept(
-        &mut self,
-        chunks: Vec<Chunk>,
-        m: &mut TaskMetrics,
-        max_output: u64,
-    ) -> Result<(), TaskError> {
-        for c in chunks {
-            m.output_records += c.rows;
-            m.output_bytes += c.ipc.len() as u64;
-            if m.output_bytes > max_output {
-                return Err(limit(
-                    Limit::Output,
-                    format!("the task's output exceeds task.max_output_bytes ({max_output} bytes)"),
-                ));
-            }
-            match self {
-                Sink::Shuffle { segments } => {
-                    let n = segments.len();
-                    let seg = segments.get_mut(c.partition as usize).ok_or_else(|| {
-                        err(
-                            TaskErrorKind::Guest,
-                            vec![format!(
-                                "guest wrote shuffle partition {} of {n}",
-                                c.partition
-                            )],
-                        )
-                    })?;
-                    if !seg.is_empty() {
-                        return Err(err(
-                            TaskErrorKind::Guest,
-                            vec![format!(
-                                "guest wrote shuffle partition {} twice",
-                                c.partition
-                            )],
-                        ));
-                    }
-                    *seg = c.ipc;
+    fn accept(&mut self, c: Chunk) -> Result<(), TaskError> {
+        match self {
+            Sink::Shuffle(out) => {
+                let n = out.partitions();
+                if c.partition as usize >= n {
+                    return Err(err(
+                        TaskErrorKind::Guest,
+                        vec![format!(
+                            "guest wrote shuffle partition {} of {n}",
+                            c.partition
+                        )],
+                    ));
                 }
-                Sink::File {
-                    file,
-                    format,
-                    out,
-                    rows,
-                } => {
-                    let reader =
-                        arrow_ipc::reader::StreamReader::try_new(std::io::Cursor::new(c.ipc), None)
-                            .map_err(|e| {
-                                err(
-                                    TaskErrorKind::Guest,
-                                    vec![format!("guest output is not Arrow IPC: {e}")],
-                                )
-                            })?;
-                    for batch in reader {
-                        let batch = batch.map_err(|e| {
-                            err(TaskErrorKind::Guest, vec![format!("guest output: {e}")])
+                out.append(c.partition as usize, &c.ipc)
+                    .map_err(|e| io_err(format!("spilling the task's shuffle output: {e}")))?;
+            }
+            Sink::File {
+                file,
+                format,
+                out,
+                rows,
+            } => {
+                let reader =
+                    arrow_ipc::reader::StreamReader::try_new(std::io::Cursor::new(c.ipc), None)
+                        .map_err(|e| {
+                            err(
+                                TaskErrorKind::Guest,
+                                vec![format!("guest output is not Arrow IPC: {e}")],
+                            )
                         })?;
-                        if out.is_none() {
-                            *out = Some(Box::new(
-                                FileWriter::create(Path::new(file), *format, &batch.schema())
-                                    .map_err(io_err)?,
-                            ));
-                        }
-                        if let Some(w) = out.as_mut() {
-                            w.write(&batch)
-                                .map_err(|e| io_err(format!("writing {file}: {e}")))?;
-                        }
-                        *rows += batch.num_rows() as u64;
-                    }
-                }
-                Sink::Rows { result, rows, max } => {
-                    result
-                        .push(c.ipc)
-                        .map_err(|e| io_err(format!("storing the task's result: {e}")))?;
-                    if result.bytes() > *max {
-                        return Err(limit(
-                            Limit::Result,
-                            format!(
-                                "the result of this task exceeds driver.max_result_size ({max} bytes); write large results with a save_* action instead of collect"
-                            ),
+                for batch in reader {
+                    let batch = batch.map_err(|e| {
+                        err(TaskErrorKind::Guest, vec![format!("guest output: {e}")])
+                    })?;
+                    if out.is_none() {
+                        *out = Some(Box::new(
+                            FileWriter::create(Path::new(file), *format, &batch.schema())
+                                .map_err(io_err)?,
                         ));
                     }
-                    *rows += c.rows;
+                    if let Some(w) = out.as_mut() {
+                        w.write(&batch)
+                            .map_err(|e| io_err(format!("writing {file}: {e}")))?;
+                    }
+                    *rows += batch.num_rows() as u64;
                 }
-                Sink::Count(n) => *n += c.rows,
             }
+            Sink::Rows { result, rows, max } => {
+                result
+                    .push(c.ipc)
+                    .map_err(|e| io_err(format!("storing the task's result: {e}")))?;
+                if result.bytes() > *max {
+                    return Err(limit(
+                        Limit::Result,
+                        format!(
+                            "the result of this task exceeds driver.max_result_size ({max} bytes); write large results with a save_* action instead of collect"
+                        ),
+                    ));
+                }
+                *rows += c.rows;
+            }
+            Sink::Count(n) => *n += c.rows,
         }
         Ok(())
     }
@@ -517,7 +598,9 @@ impl Sink {
         m: &mut TaskMetrics,
     ) -> Result<TaskSuccess, TaskError> {
         Ok(match self {
-            Sink::Shuffle { segments } => {
+            Sink::Shuffle(out) => {
+                m.spill_bytes += out.spill_bytes;
+                m.spill_count += out.spill_count;
                 let TaskOutput::ShuffleWrite {
                     shuffle, cached, ..
                 } = desc.output
@@ -530,11 +613,17 @@ impl Sink {
                 let sizes = tokio::task::spawn_blocking(move || match cached {
                     Some(c) => {
                         store.grant(c.job, app_secret)?;
-                        store.put_cached((c.job, c.shuffle, map), segments, c.level)
+                        match out.into_segments() {
+                            Ok(segments) => {
+                                store.put_cached((c.job, c.shuffle, map), segments, c.level)
+                            }
+                            // Too large to have been held: it stays on disk.
+                            Err(out) => out.commit(&store, c.job, c.shuffle, map),
+                        }
                     }
                     None => {
                         store.grant(job, secret)?;
-                        store.write(job, shuffle, map, &segments)
+                        out.commit(&store, job, shuffle, map)
                     }
                 })
                 .await

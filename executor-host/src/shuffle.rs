@@ -209,6 +209,23 @@ impl ShuffleStore {
         map: u32,
         segments: &[Vec<u8>],
     ) -> Result<Vec<u64>, ShuffleError> {
+        self.write_with(job, shuffle, map, segments.len(), |p, f| {
+            f.write_all(&segments[p])?;
+            Ok(segments[p].len() as u64)
+        })
+    }
+
+    /// Writes a map output of `partitions` segments, `segment(p, file)` writing reduce
+    /// partition `p`'s bytes and returning how many. Data file first, index last, each by
+    /// rename.
+    pub fn write_with(
+        &self,
+        job: JobId,
+        shuffle: ShuffleId,
+        map: u32,
+        partitions: usize,
+        mut segment: impl FnMut(usize, &mut dyn Write) -> std::io::Result<u64>,
+    ) -> Result<Vec<u64>, ShuffleError> {
         let (data, index) = self.paths(job, shuffle, map);
         let io = |path: &Path| {
             let path = path.to_path_buf();
@@ -221,13 +238,15 @@ impl ShuffleStore {
             1 << 20,
             std::fs::File::create(&tmp_data).map_err(io(&tmp_data))?,
         );
-        let mut offsets = Vec::with_capacity(segments.len() + 1);
+        let mut offsets = Vec::with_capacity(partitions + 1);
+        let mut sizes = Vec::with_capacity(partitions);
         let mut off = 0u64;
         offsets.push(0u64);
-        for s in segments {
-            f.write_all(s).map_err(io(&tmp_data))?;
-            off += s.len() as u64;
+        for p in 0..partitions {
+            let n = segment(p, &mut f).map_err(io(&tmp_data))?;
+            off += n;
             offsets.push(off);
+            sizes.push(n);
         }
         f.flush().map_err(io(&tmp_data))?;
         drop(f);
@@ -236,7 +255,7 @@ impl ShuffleStore {
         let bytes: Vec<u8> = offsets.iter().flat_map(|o| o.to_le_bytes()).collect();
         std::fs::write(&tmp_index, bytes).map_err(io(&tmp_index))?;
         std::fs::rename(&tmp_index, &index).map_err(io(&index))?;
-        Ok(segments.iter().map(|s| s.len() as u64).collect())
+        Ok(sizes)
     }
 
     /// Reads reduce partition `reduce`'s segment of one map output (from memory for a
@@ -302,7 +321,169 @@ impl ShuffleStore {
         self.secrets().remove(&job);
         self.forget_blocks(|k| k.0 == job);
         let _ = std::fs::remove_dir_all(self.root.join(job.0.to_string()));
+        // Spill runs go with their task; what a task left if it was cut off goes here.
+        if let Some(work) = self.root.parent() {
+            let _ = std::fs::remove_dir_all(work.join("spill").join(job.0.to_string()));
+        }
     }
+}
+
+/// A map task's output as its guest emits it: framed chunks per reduce partition
+/// (`u32` length, then one Arrow IPC stream), held in memory up to a budget and appended
+/// to one spill run past it, then written as the map output's one data file and index in
+/// partition order (Spark's sort shuffle, with the guest's chunks as records).
+pub struct MapOutputWriter {
+    parts: Vec<Vec<u8>>,
+    held: u64,
+    budget: u64,
+    run_path: PathBuf,
+    run: Option<std::io::BufWriter<std::fs::File>>,
+    run_len: u64,
+    /// Per partition, its (offset, length) ranges in the run, in order.
+    spilled: Vec<Vec<(u64, u64)>>,
+    /// Bytes appended to the run, and how many times the buffers went there.
+    pub spill_bytes: u64,
+    pub spill_count: u64,
+}
+
+impl MapOutputWriter {
+    /// A writer for `partitions` reduce partitions holding up to `budget` bytes; its run
+    /// (if it needs one) is `run_path`.
+    pub fn new(partitions: u32, budget: u64, run_path: PathBuf) -> MapOutputWriter {
+        MapOutputWriter {
+            parts: vec![Vec::new(); partitions as usize],
+            held: 0,
+            budget,
+            run_path,
+            run: None,
+            run_len: 0,
+            spilled: vec![Vec::new(); partitions as usize],
+            spill_bytes: 0,
+            spill_count: 0,
+        }
+    }
+
+    pub fn partitions(&self) -> usize {
+        self.parts.len()
+    }
+
+    /// Appends one chunk of reduce partition `p` (in range: the caller checked).
+    pub fn append(&mut self, p: usize, ipc: &[u8]) -> std::io::Result<()> {
+        let part = &mut self.parts[p];
+        part.extend_from_slice(&(ipc.len() as u32).to_le_bytes());
+        part.extend_from_slice(ipc);
+        self.held += ipc.len() as u64 + 4;
+        if self.held > self.budget {
+            self.spill()?;
+        }
+        Ok(())
+    }
+
+    fn spill(&mut self) -> std::io::Result<()> {
+        if self.run.is_none() {
+            if let Some(dir) = self.run_path.parent() {
+                std::fs::create_dir_all(dir)?;
+            }
+            self.run = Some(std::io::BufWriter::with_capacity(
+                1 << 20,
+                std::fs::File::create(&self.run_path)?,
+            ));
+        }
+        let run = self.run.as_mut().expect("opened above");
+        for (p, part) in self.parts.iter_mut().enumerate() {
+            if part.is_empty() {
+                continue;
+            }
+            run.write_all(part)?;
+            self.spilled[p].push((self.run_len, part.len() as u64));
+            self.run_len += part.len() as u64;
+            self.spill_bytes += part.len() as u64;
+            *part = Vec::new();
+        }
+        self.held = 0;
+        self.spill_count += 1;
+        Ok(())
+    }
+
+    /// The segments whole, in memory, when nothing was spilled (for the cache's memory
+    /// tier); otherwise the writer back.
+    pub fn into_segments(mut self) -> Result<Vec<Vec<u8>>, Box<MapOutputWriter>> {
+        if self.run.is_none() {
+            Ok(std::mem::take(&mut self.parts))
+        } else {
+            Err(Box::new(self))
+        }
+    }
+
+    /// Writes the map output into `store` and removes the run; the segments' sizes.
+    pub fn commit(
+        mut self,
+        store: &ShuffleStore,
+        job: JobId,
+        shuffle: ShuffleId,
+        map: u32,
+    ) -> Result<Vec<u64>, ShuffleError> {
+        let io = |path: &Path| {
+            let path = path.to_path_buf();
+            move |source| ShuffleError::Io { path, source }
+        };
+        let mut run = match self.run.take() {
+            None => return store.write(job, shuffle, map, &self.parts),
+            Some(w) => {
+                let f = w
+                    .into_inner()
+                    .map_err(|e| e.into_error())
+                    .map_err(io(&self.run_path))?;
+                drop(f);
+                std::fs::File::open(&self.run_path).map_err(io(&self.run_path))?
+            }
+        };
+        let (parts, spilled) = (&self.parts, &self.spilled);
+        let r = store.write_with(job, shuffle, map, parts.len(), |p, out| {
+            let mut n = 0;
+            for &(off, len) in &spilled[p] {
+                run.seek(SeekFrom::Start(off))?;
+                n += std::io::copy(&mut (&mut run).take(len), out)?;
+            }
+            out.write_all(&parts[p])?;
+            Ok(n + parts[p].len() as u64)
+        });
+        drop(run);
+        let _ = std::fs::remove_file(&self.run_path);
+        r
+    }
+}
+
+impl Drop for MapOutputWriter {
+    fn drop(&mut self) {
+        if self.run.take().is_some() || self.run_len > 0 {
+            let _ = std::fs::remove_file(&self.run_path);
+        }
+    }
+}
+
+/// The frames of a segment written by [`MapOutputWriter`]: each one Arrow IPC stream.
+pub fn frames(segment: &[u8]) -> impl Iterator<Item = Result<&[u8], String>> {
+    let mut rest = segment;
+    std::iter::from_fn(move || {
+        if rest.is_empty() {
+            return None;
+        }
+        if rest.len() < 4 {
+            rest = &[];
+            return Some(Err("a shuffle segment ends inside a frame header".into()));
+        }
+        let len = u32::from_le_bytes(rest[..4].try_into().expect("4 bytes")) as usize;
+        if rest.len() - 4 < len {
+            rest = &[];
+            return Some(Err(format!(
+                "a shuffle segment's frame of {len} bytes runs past its end"
+            )));
+        }
+        let (frame, tail) = rest[4..].split_at(len);
+        rest = tail;
+        Some(Ok(frame))
+    })
 }
 
 /// Serves segment fetches on one peer connection until it closes. The peer is an

@@ -1163,19 +1163,26 @@ impl<K: crate::Key, V: crate::Data> Dataset<(K, V)> {
     /// # }
     /// ```
     pub fn group_by_key(&self) -> Dataset<(K, Vec<V>)> {
-        self.combine_by_key(
-            &(),
-            |_: &(), v: V| vec![v],
-            |mut g: Vec<V>, v: V| {
-                g.push(v);
-                g
-            },
-            |mut a: Vec<V>, b: Vec<V>| {
-                a.extend(b);
-                a
-            },
-        )
-        .renamed("group_by_key")
+        // No map-side combine (as in Spark): grouping only grows the data. The map side
+        // sends each value as a group of one; the reduce side merges the groups, spilling
+        // past its memory budget. One key's group must fit in memory.
+        let singles = self.map_values(|v: V| vec![v]);
+        let write = ops::new_key_writer::<K, Vec<V>> as NewWriterFn as usize;
+        fn reader_of<K: crate::Key, U: crate::Data, Mc: Fn(U, U) -> U + Copy + 'static>(
+            _: Mc,
+        ) -> usize {
+            ops::new_combine_reader::<K, U, Mc> as NewReaderFn as usize
+        }
+        let read = reader_of::<K, Vec<V>, _>(|mut a: Vec<V>, b: Vec<V>| {
+            a.extend(b);
+            a
+        });
+        Dataset::<(K, Vec<V>)>::to(Rc::new(LNode::Shuffle {
+            sides: vec![(singles.node.clone(), op(write, Vec::new()))],
+            partitions: None,
+            read: op(read, Vec::new()),
+            name: "group_by_key",
+        }))
     }
 
     /// The number of rows per key, brought back to the driver program.

@@ -89,6 +89,7 @@ mod formats;
 mod ops;
 mod rows;
 mod shared;
+mod spill;
 mod task;
 
 pub use context::{Context, CsvOptions, Malformed};
@@ -110,7 +111,7 @@ pub mod __private {
     pub use crate::bindings::export;
     pub use crate::bindings::exports::flint::job::job::Guest as JobGuest;
     pub use crate::bindings::exports::flint::job::task::AccumulatorUpdate;
-    pub use crate::bindings::exports::flint::job::task::{Chunk, Guest as TaskGuest, TaskSpec};
+    pub use crate::bindings::exports::flint::job::task::{Guest as TaskGuest, TaskSpec};
     pub use crate::bindings::flint::job::types::ErrorChain;
     pub use crate::task::{
         end_piece as task_end_piece, finish as task_finish, push as task_push, start as task_start,

@@ -114,12 +114,58 @@ impl SplitMix {
 
 // ---------------------------------------------------------------- combine by key
 
-/// Map side of `combine_by_key`: merges values per key before the shuffle.
+/// Rows an operator holds at least before it spills or flushes for memory: below this,
+/// what fills the budget is not its state.
+const MIN_HELD: usize = 1024;
+
+/// Whether a hash map about to take a new key should give up its entries first: the
+/// guest is over its budget, or the map is full and growing it (a second table beside
+/// the first while it rehashes) would take the guest over.
+fn map_must_yield<K, V>(map: &FxHashMap<K, V>) -> bool {
+    if map.len() < MIN_HELD {
+        return false;
+    }
+    let growth = if map.len() == map.capacity() {
+        (map.capacity() as u64 * 2) * (std::mem::size_of::<(K, V)>() as u64 + 1)
+    } else {
+        0
+    };
+    crate::spill::over_budget(growth)
+}
+
+/// The full 64-bit hash a spilled entry is sorted by (the same in every run).
+fn hash64<K: Hash>(k: &K) -> u64 {
+    let mut h = FxHasher::default();
+    k.hash(&mut h);
+    let mut z = h.finish();
+    z ^= z >> 33;
+    z = z.wrapping_mul(0xff51_afd7_ed55_8ccd);
+    z ^= z >> 33;
+    z = z.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
+    z ^ (z >> 33)
+}
+
+/// Map side of `combine_by_key`: merges values per key before the shuffle, in a hash map
+/// bounded by the task's memory budget: when full it emits its partial aggregates (the
+/// reduce side merges them) and starts again.
 pub(crate) struct CombineWriter<C, K, V, U, Cr, Mv> {
     c: C,
     partitions: u32,
     map: FxHashMap<K, Option<U>>,
     _f: PhantomData<fn(V, Cr, Mv)>,
+}
+
+impl<C, K: Key, V, U: Data, Cr, Mv> CombineWriter<C, K, V, U, Cr, Mv> {
+    fn flush(&mut self) -> Result<()> {
+        let n = self.partitions.max(1);
+        let mut parts: Vec<Vec<(K, U)>> = (0..n).map(|_| Vec::new()).collect();
+        for (k, u) in std::mem::take(&mut self.map) {
+            if let Some(u) = u {
+                parts[partition_of(&k, n) as usize].push((k, u));
+            }
+        }
+        emit_parts(parts)
+    }
 }
 
 impl<C, K, V, U, Cr, Mv> ShuffleWriter for CombineWriter<C, K, V, U, Cr, Mv>
@@ -132,6 +178,9 @@ where
 {
     fn push(&mut self, rows: Rows) -> Result<()> {
         let (create, merge): (Cr, Mv) = (conjure(), conjure());
+        if map_must_yield(&self.map) {
+            self.flush()?;
+        }
         for (k, v) in rows.take::<(K, V)>()? {
             let slot = self.map.entry(k).or_insert(None);
             *slot = Some(match slot.take() {
@@ -142,40 +191,27 @@ where
         Ok(())
     }
 
-    fn finish(self: Box<Self>) -> Result<Vec<(u32, Vec<RecordBatch>)>> {
-        let n = self.partitions.max(1);
-        let mut parts: Vec<Vec<(K, U)>> = (0..n).map(|_| Vec::new()).collect();
-        for (k, u) in self.map {
-            if let Some(u) = u {
-                parts[partition_of(&k, n) as usize].push((k, u));
-            }
-        }
-        encode_parts(parts)
+    fn finish(mut self: Box<Self>) -> Result<()> {
+        self.flush()
     }
 }
 
-/// Per-partition rows → the non-empty partitions' segments, `encode`d batch by batch.
-fn encode_parts_with<T>(
+/// Per-partition rows → emitted chunks, `encode`d batch by batch.
+fn emit_parts_with<T>(
     parts: impl IntoIterator<Item = (u32, Vec<T>)>,
     encode: fn(&[T]) -> Result<RecordBatch>,
-) -> Result<Vec<(u32, Vec<RecordBatch>)>> {
-    let mut out = Vec::new();
+) -> Result<()> {
     for (p, rows) in parts {
-        if rows.is_empty() {
-            continue;
+        for chunk in rows.chunks(BATCH_ROWS) {
+            crate::spill::emit_batch(p, &encode(chunk)?)?;
         }
-        let batches = rows
-            .chunks(BATCH_ROWS)
-            .map(encode)
-            .collect::<Result<Vec<_>>>()?;
-        out.push((p, batches));
     }
-    Ok(out)
+    Ok(())
 }
 
 /// Key/value rows per partition, as `key` and `value` columns.
-fn encode_parts<K: Data, V: Data>(parts: Vec<Vec<(K, V)>>) -> Result<Vec<(u32, Vec<RecordBatch>)>> {
-    encode_parts_with(
+fn emit_parts<K: Data, V: Data>(parts: Vec<Vec<(K, V)>>) -> Result<()> {
+    emit_parts_with(
         (0u32..).zip(parts),
         rows::encode_pairs::<K, V> as fn(&[(K, V)]) -> Result<RecordBatch>,
     )
@@ -201,14 +237,38 @@ where
     }))
 }
 
-/// Reduce side of `combine_by_key`: merges the combiners of all map tasks.
+/// Reduce side of `combine_by_key`: merges the combiners of all map tasks in a hash map.
+/// Past the task's memory budget the map is sorted by key hash into a spill run; at the
+/// end the runs are merged by hash (equal keys meet there) as Spark's
+/// ExternalAppendOnlyMap does.
 pub(crate) struct CombineReader<K, U, Mc> {
     map: FxHashMap<K, Option<U>>,
+    runs: Vec<crate::spill::RunReader<(u64, K, U)>>,
     _f: PhantomData<Mc>,
+}
+
+impl<K: Key, U: Data, Mc> CombineReader<K, U, Mc> {
+    fn spill(&mut self) -> Result<()> {
+        let mut v: Vec<(u64, K, U)> = std::mem::take(&mut self.map)
+            .into_iter()
+            .filter_map(|(k, u)| u.map(|u| (hash64(&k), k, u)))
+            .collect();
+        v.sort_unstable_by_key(|e| e.0);
+        let mut w = crate::spill::RunWriter::new()?;
+        for e in &v {
+            w.push(e)?;
+        }
+        drop(v);
+        self.runs.push(w.finish()?);
+        Ok(())
+    }
 }
 
 impl<K: Key, U: Data, Mc: Fn(U, U) -> U> ShuffleReader for CombineReader<K, U, Mc> {
     fn push(&mut self, _side: u32, batch: &RecordBatch) -> Result<Option<Rows>> {
+        if map_must_yield(&self.map) {
+            self.spill()?;
+        }
         let merge: Mc = conjure();
         let map = &mut self.map;
         rows::for_each_pair::<K, U>(batch, |k, u| {
@@ -221,12 +281,93 @@ impl<K: Key, U: Data, Mc: Fn(U, U) -> U> ShuffleReader for CombineReader<K, U, M
         Ok(None)
     }
 
-    fn finish(self: Box<Self>, emit: &mut Emit<'_>) -> Result<()> {
-        emit_batches(
-            self.map.into_iter().filter_map(|(k, u)| u.map(|u| (k, u))),
-            emit,
-        )
+    fn finish(mut self: Box<Self>, emit: &mut Emit<'_>) -> Result<()> {
+        if self.runs.is_empty() {
+            return emit_batches(
+                self.map.into_iter().filter_map(|(k, u)| u.map(|u| (k, u))),
+                emit,
+            );
+        }
+        self.spill()?;
+        let merge: Mc = conjure();
+        let mut out = Vec::with_capacity(BATCH_ROWS);
+        merge_by_hash(std::mem::take(&mut self.runs), |group: Vec<(K, U)>| {
+            // Equal hashes, mostly one key: merge equal keys.
+            let mut keys: Vec<(K, U)> = Vec::with_capacity(1);
+            for (k, u) in group {
+                match keys.iter().position(|(k2, _)| *k2 == k) {
+                    Some(i) => {
+                        let (k2, a) = keys.swap_remove(i);
+                        keys.push((k2, merge(a, u)));
+                    }
+                    None => keys.push((k, u)),
+                }
+                if crate::spill::over_budget(0)
+                    && crate::spill::used() > crate::spill::budget() * 3 / 2
+                {
+                    return Err(crate::Error::msg(format!(
+                        "one key's merged value holds {} bytes of guest memory, more than the task's memory budget of {} bytes (task.memory): the values of a single key must fit in memory, as in Spark",
+                        crate::spill::used(),
+                        crate::spill::budget()
+                    )));
+                }
+            }
+            out.extend(keys);
+            if out.len() >= BATCH_ROWS {
+                emit(Rows::new(std::mem::replace(
+                    &mut out,
+                    Vec::with_capacity(BATCH_ROWS),
+                )))?;
+            }
+            Ok(())
+        })?;
+        emit(Rows::new(out))
     }
+}
+
+/// Merges runs sorted by hash: `f` gets, per hash, every entry of every run with it.
+fn merge_by_hash<K: Data, X: Data>(
+    mut runs: Vec<crate::spill::RunReader<(u64, K, X)>>,
+    mut f: impl FnMut(Vec<(K, X)>) -> Result<()>,
+) -> Result<()> {
+    use std::cmp::Reverse;
+    use std::collections::BinaryHeap;
+    let mut heads: Vec<Option<(u64, K, X)>> = Vec::with_capacity(runs.len());
+    let mut heap = BinaryHeap::with_capacity(runs.len());
+    for (i, r) in runs.iter_mut().enumerate() {
+        let h = r.next()?;
+        if let Some(e) = &h {
+            heap.push(Reverse((e.0, i)));
+        }
+        heads.push(h);
+    }
+    while let Some(Reverse((hash, _))) = heap.peek().copied() {
+        let mut group = Vec::new();
+        while let Some(Reverse((h, i))) = heap.peek().copied() {
+            if h != hash {
+                break;
+            }
+            heap.pop();
+            // Take every entry of run `i` with this hash.
+            loop {
+                match heads[i].take() {
+                    Some(e) if e.0 == hash => {
+                        group.push((e.1, e.2));
+                        heads[i] = runs[i].next()?;
+                    }
+                    other => {
+                        if let Some(e) = &other {
+                            heap.push(Reverse((e.0, i)));
+                        }
+                        heads[i] = other;
+                        break;
+                    }
+                }
+            }
+        }
+        f(group)?;
+    }
+    Ok(())
 }
 
 pub(crate) fn new_combine_reader<K: Key, U: Data, Mc: Fn(U, U) -> U + 'static>(
@@ -234,6 +375,7 @@ pub(crate) fn new_combine_reader<K: Key, U: Data, Mc: Fn(U, U) -> U + 'static>(
 ) -> Result<Box<dyn ShuffleReader>> {
     Ok(Box::new(CombineReader::<K, U, Mc> {
         map: FxHashMap::default(),
+        runs: Vec::new(),
         _f: PhantomData,
     }))
 }
@@ -241,22 +383,39 @@ pub(crate) fn new_combine_reader<K: Key, U: Data, Mc: Fn(U, U) -> U + 'static>(
 // ---------------------------------------------------------------- plain partitioning
 
 /// Map side that sends each `(key, value)` to its key's partition, uncombined (join and
-/// cogroup sides, `partition_by`).
+/// cogroup sides, `partition_by`, `group_by_key`). A partition's buffer is emitted when it
+/// holds a batch, all of them when the task reaches its memory budget.
 pub(crate) struct KeyWriter<K, V> {
     parts: Vec<Vec<(K, V)>>,
+    held: usize,
 }
 
 impl<K: Key, V: Data> ShuffleWriter for KeyWriter<K, V> {
     fn push(&mut self, rows: Rows) -> Result<()> {
         let n = self.parts.len() as u32;
         for (k, v) in rows.take::<(K, V)>()? {
-            self.parts[partition_of(&k, n) as usize].push((k, v));
+            let p = partition_of(&k, n) as usize;
+            self.parts[p].push((k, v));
+            if self.parts[p].len() >= BATCH_ROWS {
+                let full = std::mem::take(&mut self.parts[p]);
+                self.held -= full.len() - 1;
+                emit_parts_with([(p as u32, full)], rows::encode_pairs::<K, V>)?;
+            } else {
+                self.held += 1;
+            }
+        }
+        if self.held >= MIN_HELD && crate::spill::over_budget(0) {
+            self.held = 0;
+            emit_parts(std::mem::replace(
+                &mut self.parts,
+                (0..n).map(|_| Vec::new()).collect(),
+            ))?;
         }
         Ok(())
     }
 
-    fn finish(self: Box<Self>) -> Result<Vec<(u32, Vec<RecordBatch>)>> {
-        encode_parts(self.parts)
+    fn finish(self: Box<Self>) -> Result<()> {
+        emit_parts(self.parts)
     }
 }
 
@@ -266,14 +425,16 @@ pub(crate) fn new_key_writer<K: Key, V: Data>(
 ) -> Result<Box<dyn ShuffleWriter>> {
     Ok(Box::new(KeyWriter::<K, V> {
         parts: (0..partitions.max(1)).map(|_| Vec::new()).collect(),
+        held: 0,
     }))
 }
 
 /// Map side that places whole rows by `place(captured, row, partitions, row index)`
-/// (round robin for `repartition`, key ranges for `sort_by`).
+/// (round robin for `repartition`, key ranges for `sort_by`); buffers as [`KeyWriter`].
 pub(crate) struct RowWriter<C, T, Pl> {
     c: C,
     parts: Vec<Vec<T>>,
+    held: usize,
     next: u64,
     _f: PhantomData<Pl>,
 }
@@ -283,15 +444,27 @@ impl<C, T: Data, Pl: Fn(&C, &T, u32, u64) -> u32> ShuffleWriter for RowWriter<C,
         let place: Pl = conjure();
         let n = self.parts.len() as u32;
         for r in rows.take::<T>()? {
-            let p = place(&self.c, &r, n, self.next).min(n - 1);
+            let p = place(&self.c, &r, n, self.next).min(n - 1) as usize;
             self.next += 1;
-            self.parts[p as usize].push(r);
+            self.parts[p].push(r);
+            if self.parts[p].len() >= BATCH_ROWS {
+                let full = std::mem::take(&mut self.parts[p]);
+                self.held -= full.len() - 1;
+                emit_parts_with([(p as u32, full)], rows::encode_slice::<T>)?;
+            } else {
+                self.held += 1;
+            }
+        }
+        if self.held >= MIN_HELD && crate::spill::over_budget(0) {
+            self.held = 0;
+            let parts = std::mem::replace(&mut self.parts, (0..n).map(|_| Vec::new()).collect());
+            emit_parts_with((0u32..).zip(parts), rows::encode_slice::<T>)?;
         }
         Ok(())
     }
 
-    fn finish(self: Box<Self>) -> Result<Vec<(u32, Vec<RecordBatch>)>> {
-        encode_parts_with((0u32..).zip(self.parts), rows::encode_slice::<T>)
+    fn finish(self: Box<Self>) -> Result<()> {
+        emit_parts_with((0u32..).zip(self.parts), rows::encode_slice::<T>)
     }
 }
 
@@ -304,6 +477,7 @@ pub(crate) fn new_row_writer<C: Data, T: Data, Pl: Fn(&C, &T, u32, u64) -> u32 +
     Ok(Box::new(RowWriter::<C, T, Pl> {
         c: capture(arg)?,
         parts: (0..partitions.max(1)).map(|_| Vec::new()).collect(),
+        held: 0,
         next: start,
         _f: PhantomData,
     }))
@@ -347,28 +521,127 @@ pub(crate) fn new_row_pass_reader<T: Data>(_arg: &[u8]) -> Result<Box<dyn Shuffl
     Ok(Box::new(RowPassReader::<T>(PhantomData)))
 }
 
-/// Reduce side of `sort_by`: holds the partition's rows and sorts them by key at the end.
+/// Reduce side of `sort_by`: an external merge sort. Rows are held until the task's
+/// memory budget, then sorted by key into a spill run; at the end the runs (and what is
+/// held) are merged by key.
 pub(crate) struct SortReader<T, K, Kf> {
     ascending: bool,
     rows: Vec<T>,
+    runs: Vec<crate::spill::RunReader<T>>,
     _f: PhantomData<fn(Kf) -> K>,
+}
+
+impl<T: Data, K: Ord, Kf: Fn(&T) -> K> SortReader<T, K, Kf> {
+    /// Sorts the held rows in place (stable: equal keys keep their arrival order).
+    fn sort(&mut self) {
+        let key: Kf = conjure();
+        if self.ascending {
+            self.rows.sort_by_cached_key(|r| key(r));
+        } else {
+            self.rows.sort_by_cached_key(|r| std::cmp::Reverse(key(r)));
+        }
+    }
+
+    fn spill(&mut self) -> Result<()> {
+        self.sort();
+        let mut w = crate::spill::RunWriter::new()?;
+        for r in &self.rows {
+            w.push(r)?;
+        }
+        self.rows.clear();
+        self.runs.push(w.finish()?);
+        Ok(())
+    }
+}
+
+/// A run's next row in a sort's merge, ordered so that the heap's top comes first.
+struct Head<K> {
+    key: K,
+    run: usize,
+    ascending: bool,
+}
+
+impl<K: Ord> PartialEq for Head<K> {
+    fn eq(&self, o: &Self) -> bool {
+        self.cmp(o) == std::cmp::Ordering::Equal
+    }
+}
+impl<K: Ord> Eq for Head<K> {}
+impl<K: Ord> PartialOrd for Head<K> {
+    fn partial_cmp(&self, o: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(o))
+    }
+}
+impl<K: Ord> Ord for Head<K> {
+    fn cmp(&self, o: &Self) -> std::cmp::Ordering {
+        // BinaryHeap pops the greatest: the smallest key (ascending) or the largest,
+        // earlier runs first among equals (runs hold rows in arrival order).
+        let by_key = if self.ascending {
+            o.key.cmp(&self.key)
+        } else {
+            self.key.cmp(&o.key)
+        };
+        by_key.then(o.run.cmp(&self.run))
+    }
 }
 
 impl<T: Data, K: Ord, Kf: Fn(&T) -> K> ShuffleReader for SortReader<T, K, Kf> {
     fn push(&mut self, _side: u32, batch: &RecordBatch) -> Result<Option<Rows>> {
+        let (len, cap) = (self.rows.len(), self.rows.capacity());
+        // Growing the buffer holds the old one beside the new while it moves.
+        let growth = if cap - len < batch.num_rows() {
+            (cap.max(batch.num_rows()) * 2 * std::mem::size_of::<T>()) as u64
+        } else {
+            0
+        };
+        if len >= MIN_HELD && crate::spill::over_budget(growth) {
+            self.spill()?;
+        }
         self.rows.extend(rows::decode_rows::<T>(batch)?);
         Ok(None)
     }
 
-    fn finish(self: Box<Self>, emit: &mut Emit<'_>) -> Result<()> {
-        let key: Kf = conjure();
-        let mut keyed: Vec<(K, T)> = self.rows.into_iter().map(|r| (key(&r), r)).collect();
-        if self.ascending {
-            keyed.sort_by(|a, b| a.0.cmp(&b.0));
-        } else {
-            keyed.sort_by(|a, b| b.0.cmp(&a.0));
+    fn finish(mut self: Box<Self>, emit: &mut Emit<'_>) -> Result<()> {
+        if self.runs.is_empty() {
+            self.sort();
+            return emit_batches(std::mem::take(&mut self.rows), emit);
         }
-        emit_batches(keyed.into_iter().map(|(_, r)| r), emit)
+        self.spill()?;
+        let key: Kf = conjure();
+        let mut runs = std::mem::take(&mut self.runs);
+        let mut heads: Vec<Option<T>> = Vec::with_capacity(runs.len());
+        let mut heap = std::collections::BinaryHeap::with_capacity(runs.len());
+        for (i, r) in runs.iter_mut().enumerate() {
+            let h = r.next()?;
+            if let Some(row) = &h {
+                heap.push(Head {
+                    key: key(row),
+                    run: i,
+                    ascending: self.ascending,
+                });
+            }
+            heads.push(h);
+        }
+        let mut out = Vec::with_capacity(BATCH_ROWS);
+        while let Some(Head { run, .. }) = heap.pop() {
+            let row = heads[run].take().expect("a head in the heap has its row");
+            out.push(row);
+            if let Some(next) = runs[run].next()? {
+                heap.push(Head {
+                    key: key(&next),
+                    run,
+                    ascending: self.ascending,
+                });
+                heads[run] = Some(next);
+            }
+            if out.len() >= BATCH_ROWS {
+                emit(Rows::new(std::mem::replace(
+                    &mut out,
+                    Vec::with_capacity(BATCH_ROWS),
+                )))?;
+            }
+        }
+        emit(Rows::new(out))
     }
 }
 
@@ -378,6 +651,7 @@ pub(crate) fn new_sort_reader<T: Data, K: Ord + 'static, Kf: Fn(&T) -> K + 'stat
     Ok(Box::new(SortReader::<T, K, Kf> {
         ascending: capture(arg)?,
         rows: Vec::new(),
+        runs: Vec::new(),
         _f: PhantomData,
     }))
 }
@@ -456,15 +730,22 @@ pub(crate) struct KeepWriter<T> {
 
 impl<T: Data> ShuffleWriter for KeepWriter<T> {
     fn push(&mut self, rows: Rows) -> Result<()> {
+        if self.partition >= self.partitions {
+            return Ok(());
+        }
         self.rows.extend(rows.take::<T>()?);
+        if self.rows.len() >= BATCH_ROWS {
+            let rows = std::mem::take(&mut self.rows);
+            emit_parts_with([(self.partition, rows)], rows::encode_slice::<T>)?;
+        }
         Ok(())
     }
 
-    fn finish(self: Box<Self>) -> Result<Vec<(u32, Vec<RecordBatch>)>> {
+    fn finish(self: Box<Self>) -> Result<()> {
         if self.partition >= self.partitions {
-            return Ok(Vec::new());
+            return Ok(());
         }
-        encode_parts_with([(self.partition, self.rows)], rows::encode_slice::<T>)
+        emit_parts_with([(self.partition, self.rows)], rows::encode_slice::<T>)
     }
 }
 

@@ -46,19 +46,6 @@ pub(crate) fn ipc_bytes(batch: &RecordBatch) -> Result<Vec<u8>> {
     Ok(w.into_inner()?)
 }
 
-/// Several batches of one schema as one IPC stream.
-pub(crate) fn ipc_stream(batches: &[RecordBatch]) -> Result<Vec<u8>> {
-    let Some(first) = batches.first() else {
-        return Ok(Vec::new());
-    };
-    let mut w = arrow_ipc::writer::StreamWriter::try_new(Vec::new(), &first.schema())?;
-    for b in batches {
-        w.write(b)?;
-    }
-    w.finish()?;
-    Ok(w.into_inner()?)
-}
-
 pub(crate) fn read_ipc(bytes: &[u8]) -> Result<Vec<RecordBatch>> {
     if bytes.is_empty() {
         return Ok(Vec::new());

@@ -1,12 +1,14 @@
 //! The executor side: one stage's fused pipeline over one partition, batch by batch.
 //!
 //! The host calls `start` once, then per piece `push` per input batch and `end-piece`,
-//! then `finish`, all on one instance; the state between calls lives here.
+//! then `finish`, all on one instance; the state between calls lives here. Output leaves
+//! through `task-host.emit` as it is made (see [`crate::spill`]).
 
-use crate::__private::{Chunk, ErrorChain, TaskSpec};
+use crate::__private::{ErrorChain, TaskSpec};
 use crate::bindings::exports::flint::job::task::{PieceInput, TaskOutput};
 use crate::bindings::flint::job::types::Op;
-use crate::rows::{self, Rows, fn_ptr, ipc_bytes, ipc_stream};
+use crate::rows::{self, Rows, fn_ptr};
+use crate::spill::{emit_batch, emit_raw};
 use crate::{Error, Result};
 use arrow_array::RecordBatch;
 use std::cell::RefCell;
@@ -20,10 +22,11 @@ pub(crate) trait Operator {
     }
 }
 
-/// Map side of a shuffle: takes rows, returns per-partition batches at the end.
+/// Map side of a shuffle: takes rows, emits per-partition batches as its buffers fill
+/// (or its memory budget is reached) and what is left at the end.
 pub(crate) trait ShuffleWriter {
     fn push(&mut self, rows: Rows) -> Result<()>;
-    fn finish(self: Box<Self>) -> Result<Vec<(u32, Vec<RecordBatch>)>>;
+    fn finish(self: Box<Self>) -> Result<()>;
 }
 
 /// Reduce side of a shuffle: takes fetched batches of each side; emits rows as it goes
@@ -123,6 +126,7 @@ fn new_ops(ops: &[Op]) -> Result<Vec<Box<dyn Operator>>> {
 
 pub fn start(spec: TaskSpec) -> Result<(), ErrorChain> {
     crate::shared::reset_partials();
+    crate::spill::set_budget(spec.memory_budget);
     CONTEXT.with(|c| {
         c.set(Some(TaskContext {
             partition: spec.partition,
@@ -165,10 +169,11 @@ pub fn start(spec: TaskSpec) -> Result<(), ErrorChain> {
     Ok(())
 }
 
-pub fn push(piece: u32, side: u32, batch: Vec<u8>) -> Result<Vec<Chunk>, ErrorChain> {
+pub fn push(piece: u32, side: u32, batch: Vec<u8>) -> Result<(), ErrorChain> {
     with_task(|task| {
-        let mut out = Vec::new();
-        for b in rows::read_ipc(&batch)? {
+        let batches = rows::read_ipc(&batch)?;
+        drop(batch);
+        for b in batches {
             let p = task.piece(piece)?;
             let rows = match &mut p.input {
                 Input::Batches(decode, arg) => Some(decode(arg, &b)?),
@@ -176,58 +181,46 @@ pub fn push(piece: u32, side: u32, batch: Vec<u8>) -> Result<Vec<Chunk>, ErrorCh
                 Input::Shuffle(None) => return Err(Error::msg("push after end-piece")),
             };
             if let Some(rows) = rows {
-                task.run(piece, rows, &mut out)?;
+                task.run(piece, rows)?;
             }
         }
-        Ok(out)
+        Ok(())
     })
 }
 
-pub fn end_piece(piece: u32) -> Result<Vec<Chunk>, ErrorChain> {
+pub fn end_piece(piece: u32) -> Result<(), ErrorChain> {
     with_task(|task| {
-        let mut out = Vec::new();
         if let Input::Shuffle(reader) = &mut task.piece(piece)?.input
             && let Some(reader) = reader.take()
         {
-            reader.finish(&mut |rows| task.run(piece, rows, &mut out))?;
+            reader.finish(&mut |rows| task.run(piece, rows))?;
         }
         // Partition-wise ops of the piece emit what they held.
         let n = task.piece(piece)?.ops.len();
         for i in 0..n {
             if let Some(rows) = task.piece(piece)?.ops[i].finish()? {
                 let rows = run_chain(&mut task.piece(piece)?.ops[i + 1..], rows)?;
-                task.run_tail(rows, &mut out)?;
+                task.run_tail(rows)?;
             }
         }
-        Ok(out)
+        Ok(())
     })
 }
 
-pub fn finish() -> Result<Vec<Chunk>, ErrorChain> {
+pub fn finish() -> Result<(), ErrorChain> {
     let task = TASK.with(|t| t.borrow_mut().take());
     let mut task = task.ok_or_else(|| Error::msg("finish called before start").into_chain())?;
-    (|| -> Result<Vec<Chunk>> {
-        let mut out = Vec::new();
+    (|| -> Result<()> {
         for i in 0..task.ops.len() {
             if let Some(rows) = task.ops[i].finish()? {
                 let rows = run_chain(&mut task.ops[i + 1..], rows)?;
-                task.emit(rows, &mut out)?;
+                task.emit(rows)?;
             }
         }
         match task.output {
-            Output::Shuffle(writer) => {
-                for (partition, batches) in writer.finish()? {
-                    let rows = batches.iter().map(|b| b.num_rows() as u64).sum();
-                    out.push(Chunk {
-                        partition,
-                        ipc: ipc_stream(&batches)?,
-                        rows,
-                    });
-                }
-            }
-            Output::Batches(..) | Output::Count => {}
+            Output::Shuffle(writer) => writer.finish(),
+            Output::Batches(..) | Output::Count => Ok(()),
         }
-        Ok(out)
     })()
     .map_err(Error::into_chain)
 }
@@ -258,36 +251,24 @@ impl Task {
     }
 
     /// Runs rows of piece `piece` through its ops, the task's ops and the output.
-    fn run(&mut self, piece: u32, rows: Rows, out: &mut Vec<Chunk>) -> Result<()> {
+    fn run(&mut self, piece: u32, rows: Rows) -> Result<()> {
         let rows = run_chain(&mut self.piece(piece)?.ops, rows)?;
-        self.run_tail(rows, out)
+        self.run_tail(rows)
     }
 
-    fn run_tail(&mut self, rows: Rows, out: &mut Vec<Chunk>) -> Result<()> {
+    fn run_tail(&mut self, rows: Rows) -> Result<()> {
         let rows = run_chain(&mut self.ops, rows)?;
-        self.emit(rows, out)
+        self.emit(rows)
     }
 
-    fn emit(&mut self, rows: Rows, out: &mut Vec<Chunk>) -> Result<()> {
+    fn emit(&mut self, rows: Rows) -> Result<()> {
         if rows.len == 0 {
             return Ok(());
         }
         match &mut self.output {
             Output::Shuffle(w) => w.push(rows)?,
-            Output::Batches(to_batch, arg) => {
-                let n = rows.len as u64;
-                let b = to_batch(arg, rows)?;
-                out.push(Chunk {
-                    partition: 0,
-                    ipc: ipc_bytes(&b)?,
-                    rows: n,
-                });
-            }
-            Output::Count => out.push(Chunk {
-                partition: 0,
-                ipc: Vec::new(),
-                rows: rows.len as u64,
-            }),
+            Output::Batches(to_batch, arg) => emit_batch(0, &to_batch(arg, rows)?)?,
+            Output::Count => emit_raw(0, &[], rows.len as u64)?,
         }
         Ok(())
     }

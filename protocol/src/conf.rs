@@ -181,6 +181,8 @@ settings! {
         "count the Wasm instructions tasks execute (fuel), for accounting; slows guests";
     task_max_output_bytes: u64 = "task.max_output_bytes", Bytes, Some("8g"), App,
         "cap on the bytes one task may output (shuffle segments, text, rows)";
+    task_max_spill_bytes: u64 = "task.max_spill_bytes", Bytes, Some("64g"), Capped,
+        "disk one task may spill to (operators' runs past their memory budget, map output past the host's buffer)";
     main_deadline: Duration = "driver.main_deadline", Duration, Some("24h"), App,
         "wall-clock budget of the driver program, jobs it waits for included";
     main_memory: u64 = "driver.main_memory", Bytes, Some("1g"), Capped,

@@ -365,6 +365,8 @@ pub struct TaskLimits {
     pub max_output_bytes: u64,
     /// Count the guest's fuel (Wasm instructions) for accounting.
     pub meter_fuel: bool,
+    /// Disk the task may spill to (`task.max_spill_bytes`).
+    pub max_spill_bytes: u64,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -427,6 +429,8 @@ pub enum Limit {
     Result,
     /// Accumulator updates of one task ([`MAX_TASK_ACCUMULATOR_BYTES`]).
     Accumulators,
+    /// Disk a task spilled to (`task.max_spill_bytes`, or its tenant's quota).
+    Spill,
 }
 
 impl Limit {
@@ -438,6 +442,7 @@ impl Limit {
             Limit::Output => "task.max_output_bytes",
             Limit::Result => "driver.max_result_size",
             Limit::Accumulators => "the protocol's 8 MiB of accumulator updates per task",
+            Limit::Spill => "task.max_spill_bytes",
         }
     }
 
@@ -513,6 +518,11 @@ pub struct TaskMetrics {
     pub fuel: Option<u64>,
     /// Malformed input records dropped (with `Malformed::Drop`).
     pub dropped_records: u64,
+    /// Bytes the task spilled to disk: its guest's spill runs and the map output the host
+    /// could not hold.
+    pub spill_bytes: u64,
+    /// Spill runs the guest made, plus times the host's map output buffer went to disk.
+    pub spill_count: u64,
 }
 
 impl TaskMetrics {
@@ -529,6 +539,8 @@ impl TaskMetrics {
         self.shuffle_read_remote_bytes += o.shuffle_read_remote_bytes;
         self.peak_memory_bytes = self.peak_memory_bytes.max(o.peak_memory_bytes);
         self.dropped_records += o.dropped_records;
+        self.spill_bytes += o.spill_bytes;
+        self.spill_count += o.spill_count;
         self.fuel = match (self.fuel, o.fuel) {
             (None, None) => None,
             (a, b) => Some(a.unwrap_or(0) + b.unwrap_or(0)),

@@ -161,7 +161,7 @@ pub fn job(j: &JobView, live: bool, now: u64) -> String {
         let t = s.totals();
         let c = s.counts();
         rows.push_str(&format!(
-            r#"<tr><td class="n"><a href="/jobs/{job}/stages/{i}">{i}</a></td><td>{name}</td><td class="{state}">{state}</td><td class="n">{done}/{total}</td><td class="n">{failed}</td><td class="n">{rin}</td><td class="n">{sr}</td><td class="n">{sw}</td></tr>"#,
+            r#"<tr><td class="n"><a href="/jobs/{job}/stages/{i}">{i}</a></td><td>{name}</td><td class="{state}">{state}</td><td class="n">{done}/{total}</td><td class="n">{failed}</td><td class="n">{rin}</td><td class="n">{sr}</td><td class="n">{sw}</td><td class="n">{spill}</td></tr>"#,
             job = j.id,
             i = s.info.index,
             name = esc(&s.info.name),
@@ -172,6 +172,11 @@ pub fn job(j: &JobView, live: bool, now: u64) -> String {
             rin = t.input_records,
             sr = bytes(t.shuffle_read_local_bytes + t.shuffle_read_remote_bytes),
             sw = bytes(t.shuffle_write_bytes),
+            spill = if t.spill_count == 0 {
+                "—".to_string()
+            } else {
+                format!("{} in {} run(s)", bytes(t.spill_bytes), t.spill_count)
+            },
         ));
     }
     let error = if j.error.is_empty() {
@@ -185,7 +190,7 @@ pub fn job(j: &JobView, live: bool, now: u64) -> String {
     let body = format!(
         r#"<p>{name} · {action} · tenant {tenant} · <span class="{state}">{state}</span> · {dur} · stages {done}/{total}</p>
 <h2>Stages</h2>{svg}
-<table><tr><th>Stage</th><th>Pipeline</th><th>State</th><th>Tasks done/total</th><th>Failed attempts</th><th>Input records</th><th>Shuffle read</th><th>Shuffle write</th></tr>{rows}</table>{error}"#,
+<table><tr><th>Stage</th><th>Pipeline</th><th>State</th><th>Tasks done/total</th><th>Failed attempts</th><th>Input records</th><th>Shuffle read</th><th>Shuffle write</th><th>Spilled</th></tr>{rows}</table>{error}"#,
         name = esc(&j.name),
         action = esc(&j.action),
         tenant = esc(&j.tenant),

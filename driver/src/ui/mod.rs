@@ -536,6 +536,8 @@ async fn metrics(State(ui): State<Arc<Ui>>, viewer: Viewer) -> Response {
                         &[],
                         t.metrics.shuffle_write_bytes,
                     );
+                    m.count("flint_spill_bytes_total", &[], t.metrics.spill_bytes);
+                    m.count("flint_spill_runs_total", &[], t.metrics.spill_count);
                     m.count(
                         "flint_shuffle_read_bytes_total",
                         &[("from", "remote")],

@@ -116,7 +116,11 @@ pub fn plan_from_wit(plan: wit::Plan, action: wit::Action) -> LogicalPlan {
 }
 
 /// The guest's view of the task `desc` describes, on executor `executor`.
-pub(crate) fn task_spec(desc: &TaskDescriptor, executor: u32) -> wit_task::TaskSpec {
+pub(crate) fn task_spec(
+    desc: &TaskDescriptor,
+    executor: u32,
+    memory_budget: u64,
+) -> wit_task::TaskSpec {
     wit_task::TaskSpec {
         pieces: desc
             .pieces
@@ -146,6 +150,7 @@ pub(crate) fn task_spec(desc: &TaskDescriptor, executor: u32) -> wit_task::TaskS
         partition: desc.attempt.task.partition,
         attempt: desc.attempt.attempt,
         executor,
+        memory_budget,
     }
 }
 

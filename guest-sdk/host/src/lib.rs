@@ -20,10 +20,11 @@
 
 pub mod convert;
 mod program;
+pub mod spill;
 mod task;
 
 pub use program::{ActionError, ActionFuture, ActionResult, ActionRunner, ProgramOutcome};
-pub use task::{BroadcastFuture, BroadcastSource, Chunk, TaskInstance};
+pub use task::{BroadcastFuture, BroadcastSource, Chunk, OutputSink, TaskInstance};
 
 use flint_protocol::ids::ModuleHash;
 use flint_protocol::wire::AppErrorKind;
@@ -96,6 +97,9 @@ pub enum SandboxError {
         message: String,
         detail: Vec<String>,
     },
+    /// A host call of the task failed (its output or its spill store): the typed error.
+    #[error("{}", .0.chain.join(": "))]
+    Host(flint_protocol::wire::TaskError),
     /// The guest's own error; `kind` when it wraps an error the host reported.
     #[error("{message}")]
     Guest {
@@ -117,6 +121,7 @@ impl SandboxError {
             } => std::iter::once(message.clone())
                 .chain(causes.iter().cloned())
                 .collect(),
+            SandboxError::Host(e) => e.chain.clone(),
             other => vec![other.to_string()],
         }
     }
@@ -176,6 +181,8 @@ pub(crate) struct GuestState {
     limiter: Limiter,
     actions: Option<Arc<dyn ActionRunner>>,
     broadcasts: Option<Arc<dyn BroadcastSource>>,
+    /// Output and spills, for a task's store.
+    task: Option<task::TaskIo>,
     stdout: MemoryOutputPipe,
     stderr: MemoryOutputPipe,
 }
@@ -312,6 +319,11 @@ impl Sandbox {
         wasmtime_wasi::p2::add_to_linker_async(&mut linker)
             .map_err(|e| SandboxError::Instantiate(format!("{e:#}")))?;
         bindings::flint::job::host::add_to_linker::<GuestState, HasSelf<GuestState>>(
+            &mut linker,
+            |s| s,
+        )
+        .map_err(|e| SandboxError::Instantiate(format!("{e:#}")))?;
+        bindings::flint::job::task_host::add_to_linker::<GuestState, HasSelf<GuestState>>(
             &mut linker,
             |s| s,
         )
@@ -504,6 +516,7 @@ impl Sandbox {
                 },
                 actions,
                 broadcasts,
+                task: None,
                 stdout,
                 stderr,
             },
@@ -695,6 +708,9 @@ impl LimitHit {
 impl From<SandboxError> for flint_protocol::wire::TaskError {
     fn from(e: SandboxError) -> Self {
         use flint_protocol::wire::TaskErrorKind;
+        if let SandboxError::Host(e) = e {
+            return e;
+        }
         let kind = match &e {
             SandboxError::Limit(hit) => TaskErrorKind::Limit(hit.limit()),
             SandboxError::Trap { .. } => TaskErrorKind::Trap,

@@ -1,12 +1,125 @@
 //! One task's guest instance: the host drives `task.start`, `push` per input batch,
-//! `end-piece`, `finish` and `take-accumulators`, and takes the chunks it emits.
+//! `end-piece`, `finish` and `take-accumulators`; the guest hands its output to the
+//! task's [`OutputSink`] through `task-host.emit` as it goes, and spills to the task's
+//! [`SpillStore`] through `task-host.spill-*`.
 
 use crate::bindings::FlintJob;
-use crate::{GuestState, LoadedJob, Sandbox, SandboxError, StoreLimits, convert, unwrap_call};
-use flint_protocol::wire::TaskDescriptor;
+use crate::bindings::flint::job::task_host;
+use crate::spill::{MAX_FRAME_BYTES, SpillConfig, SpillError, SpillStore};
+use crate::{GuestState, LoadedJob, Sandbox, SandboxError, StoreLimits, convert, unwrap_call, wit};
+use flint_protocol::wire::{TaskDescriptor, TaskError, TaskErrorKind};
 use std::sync::Arc;
 use std::time::Instant;
 use wasmtime::Store;
+
+/// Where a task's output chunks go as the guest emits them (the executor's shuffle
+/// writer, part file, or result store). An error ends the task with it.
+pub trait OutputSink: Send {
+    fn accept(&mut self, chunk: Chunk) -> Result<(), TaskError>;
+}
+
+/// A task's side of `task-host`, in its store.
+pub(crate) struct TaskIo {
+    sink: Box<dyn OutputSink>,
+    spill: SpillStore,
+    /// The first failure of a host call: it ends the task whatever the guest does with
+    /// the error it was told.
+    failure: Option<TaskError>,
+}
+
+impl TaskIo {
+    fn fail(&mut self, e: TaskError) -> wit::ErrorChain {
+        let chain = wit::ErrorChain {
+            message: e.chain.first().cloned().unwrap_or_default(),
+            causes: e.chain.iter().skip(1).cloned().collect(),
+            kind: None,
+        };
+        self.failure.get_or_insert(e);
+        chain
+    }
+
+    fn spill_failed(&mut self, e: SpillError) -> wit::ErrorChain {
+        let kind = match e.limit() {
+            Some(l) => TaskErrorKind::Limit(l),
+            None => TaskErrorKind::Io,
+        };
+        self.fail(TaskError {
+            kind,
+            chain: vec![e.to_string()],
+        })
+    }
+}
+
+fn not_a_task() -> wit::ErrorChain {
+    wit::ErrorChain {
+        message: SpillError::NotATask.to_string(),
+        causes: Vec::new(),
+        kind: None,
+    }
+}
+
+impl task_host::Host for GuestState {
+    async fn emit(
+        &mut self,
+        partition: u32,
+        ipc: Vec<u8>,
+        rows: u64,
+    ) -> Result<(), wit::ErrorChain> {
+        let Some(io) = self.task.as_mut() else {
+            return Err(not_a_task());
+        };
+        if io.failure.is_some() {
+            return Err(io.fail(TaskError {
+                kind: TaskErrorKind::Guest,
+                chain: vec!["emit after the task's output failed".into()],
+            }));
+        }
+        if ipc.len() > MAX_FRAME_BYTES {
+            let n = ipc.len();
+            return Err(io.fail(TaskError {
+                kind: TaskErrorKind::Limit(flint_protocol::wire::Limit::Output),
+                chain: vec![format!(
+                    "the guest emitted a chunk of {n} bytes, over the {MAX_FRAME_BYTES} one call may carry"
+                )],
+            }));
+        }
+        match io.sink.accept(Chunk {
+            partition,
+            ipc,
+            rows,
+        }) {
+            Ok(()) => Ok(()),
+            Err(e) => Err(io.fail(e)),
+        }
+    }
+
+    async fn spill_create(&mut self) -> Result<u32, wit::ErrorChain> {
+        let Some(io) = self.task.as_mut() else {
+            return Err(not_a_task());
+        };
+        io.spill.create().map_err(|e| io.spill_failed(e))
+    }
+
+    async fn spill_append(&mut self, run: u32, frame: Vec<u8>) -> Result<(), wit::ErrorChain> {
+        let Some(io) = self.task.as_mut() else {
+            return Err(not_a_task());
+        };
+        io.spill.append(run, &frame).map_err(|e| io.spill_failed(e))
+    }
+
+    async fn spill_read(&mut self, run: u32) -> Result<Option<Vec<u8>>, wit::ErrorChain> {
+        let Some(io) = self.task.as_mut() else {
+            return Err(not_a_task());
+        };
+        io.spill.read(run).map_err(|e| io.spill_failed(e))
+    }
+
+    async fn spill_drop(&mut self, run: u32) {
+        if let Some(io) = self.task.as_mut() {
+            io.spill.drop_run(run);
+        }
+    }
+}
 
 /// A broadcast value on its way.
 pub type BroadcastFuture<'a> =
@@ -38,7 +151,9 @@ pub struct TaskInstance {
 
 impl Sandbox {
     /// Instantiates `loaded` for the task `desc` describes (on executor `executor`) and
-    /// calls its `start`.
+    /// calls its `start`. Its output goes to `sink`, its spills under `spill`; the guest's
+    /// operators may hold `memory_budget` bytes before they spill.
+    #[allow(clippy::too_many_arguments)]
     pub async fn start_task(
         self: &Arc<Self>,
         loaded: &LoadedJob,
@@ -46,52 +161,84 @@ impl Sandbox {
         broadcasts: Arc<dyn BroadcastSource>,
         desc: &TaskDescriptor,
         executor: u32,
+        memory_budget: u64,
+        sink: Box<dyn OutputSink>,
+        spill: SpillConfig,
     ) -> Result<TaskInstance, SandboxError> {
         let mut store = self.store(limits, None, Some(broadcasts));
+        store.data_mut().task = Some(TaskIo {
+            sink,
+            spill: SpillStore::new(spill),
+            failure: None,
+        });
         let t = Instant::now();
         let job = loaded.instantiate(&mut store).await?;
         let instantiate_us = t.elapsed().as_micros() as u64;
-        let spec = convert::task_spec(desc, executor);
+        let spec = convert::task_spec(desc, executor, memory_budget);
         let r = job.flint_job_task().call_start(&mut store, &spec).await;
-        unwrap_call(r, &store)?;
-        Ok(TaskInstance {
+        let mut task = TaskInstance {
             store,
             job,
             sandbox: self.clone(),
             instantiate_us,
-        })
+        };
+        task.checked(r)?;
+        Ok(task)
     }
 }
 
 impl TaskInstance {
-    /// One batch of piece `piece` (of shuffle side `side`).
-    pub async fn push(
+    /// A call's outcome: a host call's failure first (the guest cannot hide it by
+    /// swallowing the error it was told), then the guest's own.
+    fn checked<T>(
         &mut self,
-        piece: u32,
-        side: u32,
-        batch: &[u8],
-    ) -> Result<Vec<Chunk>, SandboxError> {
+        r: wasmtime::Result<Result<T, wit::ErrorChain>>,
+    ) -> Result<T, SandboxError> {
+        if let Some(e) = self
+            .store
+            .data_mut()
+            .task
+            .as_mut()
+            .and_then(|t| t.failure.take())
+        {
+            return Err(SandboxError::Host(e));
+        }
+        unwrap_call(r, &self.store)
+    }
+
+    /// One Arrow IPC stream of piece `piece` (of shuffle side `side`); at most
+    /// [`MAX_FRAME_BYTES`].
+    pub async fn push(&mut self, piece: u32, side: u32, batch: &[u8]) -> Result<(), SandboxError> {
         let r = self
             .job
             .flint_job_task()
             .call_push(&mut self.store, piece, side, batch)
             .await;
-        Ok(chunks(unwrap_call(r, &self.store)?))
+        self.checked(r)
     }
 
     /// The end of piece `piece`: a shuffle piece emits its merged rows now.
-    pub async fn end_piece(&mut self, piece: u32) -> Result<Vec<Chunk>, SandboxError> {
+    pub async fn end_piece(&mut self, piece: u32) -> Result<(), SandboxError> {
         let r = self
             .job
             .flint_job_task()
             .call_end_piece(&mut self.store, piece)
             .await;
-        Ok(chunks(unwrap_call(r, &self.store)?))
+        self.checked(r)
     }
 
-    pub async fn finish(&mut self) -> Result<Vec<Chunk>, SandboxError> {
+    pub async fn finish(&mut self) -> Result<(), SandboxError> {
         let r = self.job.flint_job_task().call_finish(&mut self.store).await;
-        Ok(chunks(unwrap_call(r, &self.store)?))
+        self.checked(r)
+    }
+
+    /// Bytes the guest spilled and the runs it made.
+    pub fn spilled(&self) -> (u64, u64) {
+        self.store
+            .data()
+            .task
+            .as_ref()
+            .map_or((0, 0), |t| (t.spill.written, t.spill.count))
     }
 
     /// After `finish`: (accumulator id, merged partial value) of everything the task
@@ -124,14 +271,4 @@ impl TaskInstance {
     pub fn stderr(&self) -> String {
         self.store.data().stderr()
     }
-}
-
-fn chunks(v: Vec<crate::bindings::exports::flint::job::task::Chunk>) -> Vec<Chunk> {
-    v.into_iter()
-        .map(|c| Chunk {
-            partition: c.partition,
-            ipc: c.ipc,
-            rows: c.rows,
-        })
-        .collect()
 }

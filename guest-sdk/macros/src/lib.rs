@@ -44,16 +44,16 @@ pub fn main(attr: TokenStream, item: TokenStream) -> TokenStream {
             fn start(spec: ::flint::__private::TaskSpec) -> ::std::result::Result<(), ::flint::__private::ErrorChain> {
                 ::flint::__private::task_start(spec)
             }
-            fn push(piece: u32, side: u32, batch: ::std::vec::Vec<u8>) -> ::std::result::Result<::std::vec::Vec<::flint::__private::Chunk>, ::flint::__private::ErrorChain> {
+            fn push(piece: u32, side: u32, batch: ::std::vec::Vec<u8>) -> ::std::result::Result<(), ::flint::__private::ErrorChain> {
                 ::flint::__private::task_push(piece, side, batch)
             }
             fn take_accumulators() -> ::std::vec::Vec<::flint::__private::AccumulatorUpdate> {
                 ::flint::__private::task_take_accumulators()
             }
-            fn end_piece(piece: u32) -> ::std::result::Result<::std::vec::Vec<::flint::__private::Chunk>, ::flint::__private::ErrorChain> {
+            fn end_piece(piece: u32) -> ::std::result::Result<(), ::flint::__private::ErrorChain> {
                 ::flint::__private::task_end_piece(piece)
             }
-            fn finish() -> ::std::result::Result<::std::vec::Vec<::flint::__private::Chunk>, ::flint::__private::ErrorChain> {
+            fn finish() -> ::std::result::Result<(), ::flint::__private::ErrorChain> {
                 ::flint::__private::task_finish()
             }
         }

@@ -17,7 +17,7 @@ pub const WIT_SOURCE: &str = include_str!("../flint.wit");
 /// The WIT package, without its version.
 pub const PACKAGE: &str = "flint:job";
 
-/// The package's semver, as export names carry it (`flint:job/job@0.5.0`).
+/// The package's semver, as export names carry it (`flint:job/job@0.6.0`).
 pub const SEMVER: &str = semver(WIT_SOURCE);
 
 /// The interface version: the package's minor version. A component reports it from
