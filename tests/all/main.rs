@@ -7,6 +7,7 @@ mod examples;
 mod faults;
 mod hostile;
 mod multiprocess;
+mod spill;
 mod tenants;
 mod trust;
 mod ui;

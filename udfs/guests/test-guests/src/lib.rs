@@ -33,6 +33,11 @@
 //!   40 times), `glob-bomb DIR` (a pattern with 30 stars, matched against a long name),
 //!   `collect-huge INPUT` (every line made 1 KiB, all collected through one partition),
 //!   `broadcast-bomb MB` (broadcasts of 100 MB until MB are held).
+//! - Data larger than the task's memory, each `NAME N ...`: `spill-agg N` (N distinct
+//!   string keys, each twice, summed with `reduce_by_key`; prints `agg: distinct=
+//!   total= checksum=`), `spill-group N` (`group_by_key` of N keys with 2 values each;
+//!   prints `group: keys= values= checksum=`), `spill-sort N OUTPUT` (N rows with 48
+//!   bytes of padding, sorted by a scrambled key and saved as `key` lines).
 
 use flint::{Context, Error, Result};
 
@@ -41,6 +46,50 @@ fn main(ctx: &mut Context) -> Result<()> {
     let args = ctx.all_args().to_vec();
     match args.first().map(String::as_str) {
         Some("operators") => operators(ctx, &args[1])?,
+        Some(name @ ("spill-agg" | "spill-group" | "spill-sort")) => {
+            let n: i64 = args[1].parse().map_err(|_| Error::msg("N is a number"))?;
+            // Many small partitions: `range` makes a partition's rows in one batch.
+            let xs = ctx.range(0, 2 * n, 256)?;
+            match name {
+                "spill-agg" => {
+                    let sums = xs
+                        .map(|x: i64| (format!("key-{:012}", x / 2), (x % 2 + 1) as u64))
+                        .reduce_by_key(|a, b| a + b)
+                        .map(|(k, v): (String, u64)| {
+                            let id: u64 = k[4..].parse().unwrap_or(0);
+                            (1u64, v, id * v)
+                        })
+                        .reduce(|a, b| (a.0 + b.0, a.1 + b.1, a.2 + b.2))?
+                        .unwrap_or((0, 0, 0));
+                    println!(
+                        "agg: distinct={} total={} checksum={}",
+                        sums.0, sums.1, sums.2
+                    );
+                }
+                "spill-group" => {
+                    let sums = xs
+                        .map(|x: i64| (format!("key-{:012}", x / 2), x as u64))
+                        .group_by_key()
+                        .map(|(k, vs): (String, Vec<u64>)| {
+                            let id: u64 = k[4..].parse().unwrap_or(0);
+                            (1u64, vs.len() as u64, id * vs.iter().sum::<u64>())
+                        })
+                        .reduce(|a, b| (a.0 + b.0, a.1 + b.1, a.2 + b.2))?
+                        .unwrap_or((0, 0, 0));
+                    println!(
+                        "group: keys={} values={} checksum={}",
+                        sums.0, sums.1, sums.2
+                    );
+                }
+                _ => {
+                    ctx.range(0, n, 256)?
+                        .map(|x: i64| (scramble(x as u64), "p".repeat(48)))
+                        .sort_by(|r: &(u64, String)| r.0, true)?
+                        .map(|(k, _): (u64, String)| format!("{k:020}"))
+                        .save_as_text(&args[2])?;
+                }
+            }
+        }
         // One `take` over 10 partitions of 100 rows each (0..1000), for the test to
         // count the jobs and tasks it ran.
         Some("take") => {
@@ -478,4 +527,11 @@ fn operators(ctx: &mut Context, dir: &str) -> Result<()> {
     recs.save_as_parquet(&pq)?;
     println!("parquet: {:?}", sum(ctx.parquet::<Rec>(&pq)?)?);
     Ok(())
+}
+
+/// A bijection of u64 (splitmix64's finalizer): distinct inputs, shuffled order.
+fn scramble(mut z: u64) -> u64 {
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
 }
