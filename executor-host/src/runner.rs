@@ -316,7 +316,7 @@ async fn feed(
             } => {
                 let mut rx = fetch_segments(env, desc, *reduce_partition, sides);
                 while let Some((side, r, permit, src)) = rx.recv().await {
-                    let (data, remote) = r.map_err(|e| {
+                    let fetch_failed = |e: String| {
                         err(
                             TaskErrorKind::FetchFailed {
                                 executor: src.executor,
@@ -324,7 +324,8 @@ async fn feed(
                             },
                             vec![e],
                         )
-                    })?;
+                    };
+                    let (data, remote) = r.map_err(fetch_failed)?;
                     if remote {
                         m.shuffle_read_remote_bytes += data.len() as u64;
                     } else {
@@ -332,16 +333,7 @@ async fn feed(
                     }
                     m.input_bytes += data.len() as u64;
                     for frame in crate::shuffle::frames(&data) {
-                        let frame = frame.map_err(|e| {
-                            err(
-                                TaskErrorKind::FetchFailed {
-                                    executor: src.executor,
-                                    map_partition: src.map_partition,
-                                },
-                                vec![e],
-                            )
-                        })?;
-                        guest.push(i, side, frame).await?;
+                        guest.push(i, side, frame.map_err(fetch_failed)?).await?;
                     }
                     drop(permit);
                 }

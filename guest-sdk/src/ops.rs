@@ -20,6 +20,17 @@ pub(crate) fn capture<C: Data>(arg: &[u8]) -> Result<C> {
 /// Where a reduce side's `finish` hands its rows, batch by batch.
 pub(crate) type Emit<'a> = dyn FnMut(Rows) -> Result<()> + 'a;
 
+/// Hands `out` on through `emit` once it holds a batch, leaving it empty.
+fn emit_full<T: 'static>(out: &mut Vec<T>, emit: &mut Emit<'_>) -> Result<()> {
+    if out.len() >= BATCH_ROWS {
+        emit(Rows::new(std::mem::replace(
+            out,
+            Vec::with_capacity(BATCH_ROWS),
+        )))?;
+    }
+    Ok(())
+}
+
 /// Hands rows on in batches of at most `BATCH_ROWS` as `rows` yields them, so a reduce
 /// side's output is never held whole.
 pub(crate) fn emit_batches<T: 'static>(
@@ -302,9 +313,7 @@ impl<K: Key, U: Data, Mc: Fn(U, U) -> U> ShuffleReader for CombineReader<K, U, M
                     }
                     None => keys.push((k, u)),
                 }
-                if crate::spill::over_budget(0)
-                    && crate::spill::used() > crate::spill::budget() * 3 / 2
-                {
+                if crate::spill::used() > crate::spill::budget() * 3 / 2 {
                     return Err(crate::Error::msg(format!(
                         "one key's merged value holds {} bytes of guest memory, more than the task's memory budget of {} bytes (task.memory): the values of a single key must fit in memory, as in Spark",
                         crate::spill::used(),
@@ -313,12 +322,7 @@ impl<K: Key, U: Data, Mc: Fn(U, U) -> U> ShuffleReader for CombineReader<K, U, M
                 }
             }
             out.extend(keys);
-            if out.len() >= BATCH_ROWS {
-                emit(Rows::new(std::mem::replace(
-                    &mut out,
-                    Vec::with_capacity(BATCH_ROWS),
-                )))?;
-            }
+            emit_full(&mut out, emit)?;
             Ok(())
         })?;
         emit(Rows::new(out))
@@ -634,12 +638,7 @@ impl<T: Data, K: Ord, Kf: Fn(&T) -> K> ShuffleReader for SortReader<T, K, Kf> {
                 });
                 heads[run] = Some(next);
             }
-            if out.len() >= BATCH_ROWS {
-                emit(Rows::new(std::mem::replace(
-                    &mut out,
-                    Vec::with_capacity(BATCH_ROWS),
-                )))?;
-            }
+            emit_full(&mut out, emit)?;
         }
         emit(Rows::new(out))
     }
@@ -695,12 +694,7 @@ where
         let mut out = Vec::with_capacity(BATCH_ROWS);
         for (k, (vs, ws)) in self.groups {
             j(k, vs, ws, &mut out);
-            if out.len() >= BATCH_ROWS {
-                emit(Rows::new(std::mem::replace(
-                    &mut out,
-                    Vec::with_capacity(BATCH_ROWS),
-                )))?;
-            }
+            emit_full(&mut out, emit)?;
         }
         emit(Rows::new(out))
     }

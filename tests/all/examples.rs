@@ -20,22 +20,6 @@ fn run_example(wasm: &str, conf: &[&str], args: &[&Path]) -> std::process::Outpu
     run_ok(&mut cmd)
 }
 
-/// Part files of `dir` in partition order.
-fn parts(dir: &Path) -> Vec<PathBuf> {
-    let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| {
-            p.file_name()
-                .unwrap()
-                .to_string_lossy()
-                .starts_with("part-")
-        })
-        .collect();
-    v.sort();
-    v
-}
-
 fn read_parquet(dir: &Path) -> Vec<RecordBatch> {
     let mut out = Vec::new();
     for p in parts(dir) {

@@ -158,18 +158,7 @@ fn an_external_sort_gives_globally_ordered_parts() {
         2,
         &[Path::new("spill-sort"), Path::new(&n.to_string()), &out],
     );
-    let mut parts: Vec<_> = std::fs::read_dir(&out)
-        .unwrap()
-        .flatten()
-        .map(|e| e.path())
-        .filter(|p| {
-            p.file_name()
-                .unwrap()
-                .to_string_lossy()
-                .starts_with("part-")
-        })
-        .collect();
-    parts.sort();
+    let parts = parts(&out);
     assert!(parts.len() >= 2, "{parts:?}");
     let (mut count, mut sum, mut last) = (0u64, 0u64, None::<u64>);
     for p in &parts {

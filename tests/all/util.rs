@@ -124,3 +124,19 @@ pub fn awkward_input(dir: &Path) -> PathBuf {
     std::fs::write(input.join("bulk.txt"), bulk).unwrap();
     input
 }
+
+/// Part files of `dir` in partition order.
+pub fn parts(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut v: Vec<std::path::PathBuf> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| {
+            p.file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with("part-")
+        })
+        .collect();
+    v.sort();
+    v
+}

@@ -21,6 +21,8 @@ pub const MAX_FRAME_BYTES: usize = 16 << 20;
 
 /// Most runs a task may hold at once.
 pub const MAX_RUNS: usize = 4096;
+/// Most runs a task may create in all (ids are not reused, so this bounds the table).
+pub const MAX_RUNS_CREATED: usize = 1 << 16;
 
 #[derive(Debug, Error)]
 pub enum SpillError {
@@ -41,7 +43,9 @@ pub enum SpillError {
         offset: u64,
         what: &'static str,
     },
-    #[error("the task holds {MAX_RUNS} spill runs, the most one task may hold")]
+    #[error(
+        "the task holds {MAX_RUNS} spill runs or made {MAX_RUNS_CREATED}, the most one task may"
+    )]
     TooManyRuns,
     #[error(
         "spill limit hit: the task would spill more than {max} bytes ({setting}); give it more disk or fewer rows per partition"
@@ -103,6 +107,8 @@ struct Run {
 pub struct SpillStore {
     config: SpillConfig,
     runs: Vec<Option<Run>>,
+    /// Runs not dropped yet.
+    live: usize,
     created_dir: bool,
     /// Bytes written now on disk (dropped runs subtracted).
     held: u64,
@@ -117,6 +123,7 @@ impl SpillStore {
         SpillStore {
             config,
             runs: Vec::new(),
+            live: 0,
             created_dir: false,
             held: 0,
             written: 0,
@@ -132,7 +139,7 @@ impl SpillStore {
     }
 
     pub fn create(&mut self) -> Result<u32, SpillError> {
-        if self.runs.iter().filter(|r| r.is_some()).count() >= MAX_RUNS {
+        if self.live >= MAX_RUNS || self.runs.len() >= MAX_RUNS_CREATED {
             return Err(SpillError::TooManyRuns);
         }
         if !self.created_dir {
@@ -148,6 +155,7 @@ impl SpillStore {
             bytes: 0,
         }));
         self.count += 1;
+        self.live += 1;
         Ok(id)
     }
 
@@ -240,6 +248,7 @@ impl SpillStore {
 
     pub fn drop_run(&mut self, id: u32) {
         if let Some(run) = self.runs.get_mut(id as usize).and_then(Option::take) {
+            self.live -= 1;
             self.release(run.bytes);
             let _ = std::fs::remove_file(&run.path);
         }
