@@ -224,6 +224,11 @@ impl<T: crate::Data> Dataset<T> {
             Err(invalid) => return Self::to(invalid),
         };
         let func = ops::new_stream_op::<C, S, T, U, P, F> as NewOpFn as usize;
+        self.narrow(func, arg, name)
+    }
+
+    /// A narrow node applying the op `func` makes, with its captured value `arg`.
+    fn narrow<U>(&self, func: usize, arg: Vec<u8>, name: &'static str) -> Dataset<U> {
         Self::to(Rc::new(LNode::Narrow {
             parent: self.node.clone(),
             apply: op(func, arg),
@@ -275,16 +280,18 @@ impl<T: crate::Data> Dataset<T> {
     /// let words = lines.flat_map(|l: String| l.split(' ').map(str::to_owned).collect::<Vec<_>>());
     /// # }
     /// ```
-    pub fn flat_map<U: crate::Data, I: IntoIterator<Item = U>, F: Fn(T) -> I + Copy + 'static>(
-        &self,
-        f: F,
-    ) -> Dataset<U> {
-        self.stream(
-            &(),
-            move |_: &(), _: &mut (), v: Vec<T>| Ok(v.into_iter().flat_map(f).collect()),
-            |_: &(), _: &mut ()| Ok(Vec::new()),
-            "flat_map",
-        )
+    ///
+    /// The rows `f` makes of one row are handed on a batch at a time, so one row may make
+    /// more than memory holds (`f` can return a lazy iterator, such as a range).
+    pub fn flat_map<U, I, F>(&self, f: F) -> Dataset<U>
+    where
+        U: crate::Data,
+        I: IntoIterator<Item = U> + 'static,
+        I::IntoIter: 'static,
+        F: Fn(T) -> I + Copy + 'static,
+    {
+        let _ = f;
+        self.flat_map_with(&(), move |_: &(), x: T| f(x))
     }
 
     /// [`flat_map`](Self::flat_map) with a captured value.
@@ -297,22 +304,21 @@ impl<T: crate::Data> Dataset<T> {
     /// });
     /// # }
     /// ```
-    pub fn flat_map_with<
+    pub fn flat_map_with<C, U, I, F>(&self, c: &C, f: F) -> Dataset<U>
+    where
         C: crate::Data,
         U: crate::Data,
-        I: IntoIterator<Item = U>,
+        I: IntoIterator<Item = U> + 'static,
+        I::IntoIter: 'static,
         F: Fn(&C, T) -> I + Copy + 'static,
-    >(
-        &self,
-        c: &C,
-        f: F,
-    ) -> Dataset<U> {
-        self.stream(
-            c,
-            move |c: &C, _: &mut (), v: Vec<T>| Ok(v.into_iter().flat_map(|x| f(c, x)).collect()),
-            |_: &C, _: &mut ()| Ok(Vec::new()),
-            "flat_map",
-        )
+    {
+        let _ = f;
+        let arg = match encode_capture(c) {
+            Ok(a) => a,
+            Err(invalid) => return Self::to(invalid),
+        };
+        let func = ops::new_flat_map_op::<C, T, I, F> as NewOpFn as usize;
+        self.narrow(func, arg, "flat_map")
     }
 
     /// The rows for which `f` is true.
@@ -360,32 +366,36 @@ impl<T: crate::Data> Dataset<T> {
         )
     }
 
-    /// Applies `f` to each whole partition: `f` gets all rows of a partition at once
-    /// (they are buffered in the task) and returns the partition's output.
+    /// Applies `f` to each whole partition: `f` gets an iterator over the partition's
+    /// rows ([`Partition`], Spark's `Iterator[T]`) and returns the partition's output,
+    /// which is handed on a batch at a time as `f`'s iterator yields it. A partition
+    /// larger than the task's memory is spilled and read back as `f` iterates.
     ///
     /// ```no_run
     /// # fn f(xs: flint::Dataset<u64>) {
     /// // One row per partition: its sum.
-    /// let sums = xs.map_partitions(|rows: Vec<u64>| [rows.iter().sum::<u64>()]);
+    /// let sums = xs.map_partitions(|rows: flint::Partition<u64>| [rows.sum::<u64>()]);
+    /// // Lazily: a running total, never holding the partition's output.
+    /// let running = xs.map_partitions(|rows: flint::Partition<u64>| {
+    ///     rows.scan(0u64, |t, x| {
+    ///         *t += x;
+    ///         Some(*t)
+    ///     })
+    /// });
     /// # }
     /// ```
-    pub fn map_partitions<
+    ///
+    /// [`Partition`]: crate::Partition
+    pub fn map_partitions<U, I, F>(&self, f: F) -> Dataset<U>
+    where
         U: crate::Data,
-        I: IntoIterator<Item = U>,
-        F: Fn(Vec<T>) -> I + Copy + 'static,
-    >(
-        &self,
-        f: F,
-    ) -> Dataset<U> {
-        self.stream(
-            &(),
-            |_: &(), s: &mut Vec<T>, v: Vec<T>| {
-                s.extend(v);
-                Ok(Vec::new())
-            },
-            move |_: &(), s: &mut Vec<T>| Ok(f(std::mem::take(s)).into_iter().collect()),
-            "map_partitions",
-        )
+        I: IntoIterator<Item = U> + 'static,
+        I::IntoIter: 'static,
+        F: Fn(crate::Partition<T>) -> I + Copy + 'static,
+    {
+        let _ = f;
+        let func = ops::new_partition_op::<T, I, F> as NewOpFn as usize;
+        self.narrow(func, Vec::new(), "map_partitions")
     }
 
     /// Pairs each row with a key computed from it.
@@ -914,22 +924,18 @@ impl<T: crate::Data> Dataset<T> {
     ///
     /// ```no_run
     /// # fn f(xs: flint::Dataset<u64>) -> flint::Result<()> {
-    /// xs.foreach_partition(|rows: Vec<u64>| println!("{} rows", rows.len()))?;
+    /// xs.foreach_partition(|rows: flint::Partition<u64>| println!("{} rows", rows.count()))?;
     /// # Ok(()) }
     /// ```
-    pub fn foreach_partition<F: Fn(Vec<T>) + Copy + 'static>(&self, f: F) -> Result<()> {
-        self.stream(
-            &(),
-            |_: &(), s: &mut Vec<T>, v: Vec<T>| {
-                s.extend(v);
-                Ok(Vec::<()>::new())
-            },
-            move |_: &(), s: &mut Vec<T>| {
-                f(std::mem::take(s));
-                Ok(Vec::new())
-            },
-            "foreach_partition",
-        )
+    pub fn foreach_partition<F: Fn(crate::Partition<T>) + Copy + 'static>(
+        &self,
+        f: F,
+    ) -> Result<()> {
+        self.map_partitions(move |rows: crate::Partition<T>| {
+            f(rows);
+            std::iter::empty::<()>()
+        })
+        .renamed("foreach_partition")
         .count()?;
         Ok(())
     }
@@ -1223,7 +1229,7 @@ impl<K: crate::Key, V: crate::Data> Dataset<(K, V)> {
     where
         W: crate::Data,
         O: 'static,
-        J: Fn(K, Vec<V>, Vec<W>, &mut Vec<O>) + 'static,
+        J: Fn(K, Vec<V>, Vec<W>, &mut ops::Out<'_, O>) -> Result<()> + 'static,
     {
         let left = ops::new_key_writer::<K, V> as NewWriterFn as usize;
         let right = ops::new_key_writer::<K, W> as NewWriterFn as usize;
@@ -1250,8 +1256,8 @@ impl<K: crate::Key, V: crate::Data> Dataset<(K, V)> {
     pub fn cogroup<W: crate::Data>(&self, other: &Dataset<(K, W)>) -> Dataset<CoGrouped<K, V, W>> {
         self.join_by(
             other,
-            |k: K, vs: Vec<V>, ws: Vec<W>, out: &mut Vec<CoGrouped<K, V, W>>| {
-                out.push((k, (vs, ws)))
+            |k: K, vs: Vec<V>, ws: Vec<W>, out: &mut ops::Out<'_, CoGrouped<K, V, W>>| {
+                out((k, (vs, ws)))
             },
             "cogroup",
         )
@@ -1270,12 +1276,13 @@ impl<K: crate::Key, V: crate::Data> Dataset<(K, V)> {
         K: Clone,
         V: Clone,
     {
-        let j = |k: K, vs: Vec<V>, ws: Vec<W>, out: &mut Vec<(K, (V, W))>| {
+        let j = |k: K, vs: Vec<V>, ws: Vec<W>, out: &mut ops::Out<'_, (K, (V, W))>| {
             for v in &vs {
                 for w in &ws {
-                    out.push((k.clone(), (v.clone(), w.clone())));
+                    out((k.clone(), (v.clone(), w.clone())))?;
                 }
             }
+            Ok(())
         };
         self.join_by(other, j, "join")
     }
@@ -1296,15 +1303,16 @@ impl<K: crate::Key, V: crate::Data> Dataset<(K, V)> {
         K: Clone,
         V: Clone,
     {
-        let j = |k: K, vs: Vec<V>, ws: Vec<W>, out: &mut Vec<(K, (V, Option<W>))>| {
+        let j = |k: K, vs: Vec<V>, ws: Vec<W>, out: &mut ops::Out<'_, (K, (V, Option<W>))>| {
             for v in &vs {
                 if ws.is_empty() {
-                    out.push((k.clone(), (v.clone(), None)));
+                    out((k.clone(), (v.clone(), None)))?;
                 }
                 for w in &ws {
-                    out.push((k.clone(), (v.clone(), Some(w.clone()))));
+                    out((k.clone(), (v.clone(), Some(w.clone()))))?;
                 }
             }
+            Ok(())
         };
         self.join_by(other, j, "left_outer_join")
     }
@@ -1324,15 +1332,16 @@ impl<K: crate::Key, V: crate::Data> Dataset<(K, V)> {
         K: Clone,
         V: Clone,
     {
-        let j = |k: K, vs: Vec<V>, ws: Vec<W>, out: &mut Vec<(K, (Option<V>, W))>| {
+        let j = |k: K, vs: Vec<V>, ws: Vec<W>, out: &mut ops::Out<'_, (K, (Option<V>, W))>| {
             for w in &ws {
                 if vs.is_empty() {
-                    out.push((k.clone(), (None, w.clone())));
+                    out((k.clone(), (None, w.clone())))?;
                 }
                 for v in &vs {
-                    out.push((k.clone(), (Some(v.clone()), w.clone())));
+                    out((k.clone(), (Some(v.clone()), w.clone())))?;
                 }
             }
+            Ok(())
         };
         self.join_by(other, j, "right_outer_join")
     }
@@ -1352,18 +1361,23 @@ impl<K: crate::Key, V: crate::Data> Dataset<(K, V)> {
         K: Clone,
         V: Clone,
     {
-        let j = |k: K, vs: Vec<V>, ws: Vec<W>, out: &mut Vec<FullJoined<K, V, W>>| {
+        let j = |k: K, vs: Vec<V>, ws: Vec<W>, out: &mut ops::Out<'_, FullJoined<K, V, W>>| {
             if ws.is_empty() {
-                out.extend(vs.into_iter().map(|v| (k.clone(), (Some(v), None))));
+                for v in vs {
+                    out((k.clone(), (Some(v), None)))?;
+                }
             } else if vs.is_empty() {
-                out.extend(ws.into_iter().map(|w| (k.clone(), (None, Some(w)))));
+                for w in ws {
+                    out((k.clone(), (None, Some(w))))?;
+                }
             } else {
                 for v in &vs {
                     for w in &ws {
-                        out.push((k.clone(), (Some(v.clone()), Some(w.clone()))));
+                        out((k.clone(), (Some(v.clone()), Some(w.clone()))))?;
                     }
                 }
             }
+            Ok(())
         };
         self.join_by(other, j, "full_outer_join")
     }
@@ -1375,7 +1389,7 @@ impl<K: crate::Key, V: crate::Data> Dataset<(K, V)> {
         name: &'static str,
     ) -> Dataset<O>
     where
-        J: Fn(K, Vec<V>, Vec<W>, &mut Vec<O>) + Copy + 'static,
+        J: Fn(K, Vec<V>, Vec<W>, &mut ops::Out<'_, O>) -> Result<()> + Copy + 'static,
     {
         let _ = j;
         self.cogroup_with::<W, O, J>(other, name)
@@ -1383,9 +1397,18 @@ impl<K: crate::Key, V: crate::Data> Dataset<(K, V)> {
 }
 
 impl<T> Dataset<T> {
-    /// The same dataset whose last shuffle is named `name` in stage names and the UI.
+    /// The same dataset whose last shuffle or narrow op is named `name` in stage names
+    /// and the UI.
     fn renamed(self, name: &'static str) -> Dataset<T> {
         match &*self.node {
+            LNode::Narrow { parent, apply, .. } => Dataset {
+                node: Rc::new(LNode::Narrow {
+                    parent: parent.clone(),
+                    apply: apply.clone(),
+                    name,
+                }),
+                _t: PhantomData,
+            },
             LNode::Shuffle {
                 sides,
                 partitions,

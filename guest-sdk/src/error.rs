@@ -55,6 +55,16 @@ impl Error {
         }
     }
 
+    /// An error of a limit the task hit, named by its setting (`task.memory`): the host
+    /// reports it as that limit, which another attempt would hit again.
+    pub(crate) fn limit(setting: &str, message: impl fmt::Display) -> Self {
+        Error {
+            message: message.to_string(),
+            causes: Vec::new(),
+            kind: Some(ErrorKind::Limit(setting.to_string())),
+        }
+    }
+
     pub(crate) fn into_chain(self) -> ErrorChain {
         ErrorChain {
             message: self.message,

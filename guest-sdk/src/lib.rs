@@ -96,6 +96,7 @@ pub use context::{Context, CsvOptions, Malformed};
 pub use dataset::{CoGrouped, Data, Dataset, FullJoined, Key, StorageLevel, ToText};
 pub use error::{Error, Result};
 pub use flint_guest_macros::main;
+pub use ops::Partition;
 pub use shared::{Accumulator, Broadcast, Mergeable};
 pub use task::{TaskContext, task_context};
 

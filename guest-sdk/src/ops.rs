@@ -7,9 +7,11 @@ use crate::task::{Operator, ShuffleReader, ShuffleWriter};
 use crate::{Data, Key, Result};
 use arrow_array::RecordBatch;
 use rustc_hash::{FxHashMap, FxHasher};
+use std::cell::Cell;
 use std::collections::hash_map::Entry;
 use std::hash::{Hash, Hasher};
 use std::marker::PhantomData;
+use std::rc::Rc;
 
 /// Decodes an op's captured value.
 pub(crate) fn capture<C: Data>(arg: &[u8]) -> Result<C> {
@@ -70,6 +72,7 @@ pub(crate) fn partition_of<K: Hash>(k: &K, partitions: u32) -> u32 {
 pub(crate) struct StreamOp<C, S, T, U, P, F> {
     c: C,
     s: S,
+    tail: Option<Vec<U>>,
     _f: PhantomData<fn(T, P, F) -> U>,
 }
 
@@ -85,10 +88,14 @@ where
         Ok(Rows::new(p(&self.c, &mut self.s, rows.take::<T>()?)?))
     }
 
-    fn finish(&mut self) -> Result<Option<Rows>> {
+    fn finish(&mut self) -> Result<()> {
         let f: F = conjure();
-        let v = f(&self.c, &mut self.s)?;
-        Ok((!v.is_empty()).then(|| Rows::new(v)))
+        self.tail = Some(f(&self.c, &mut self.s)?);
+        Ok(())
+    }
+
+    fn next(&mut self) -> Result<Option<Rows>> {
+        Ok(self.tail.take().map(Rows::new))
     }
 }
 
@@ -104,8 +111,199 @@ where
     Ok(Box::new(StreamOp::<C, S, T, U, P, F> {
         c: capture(arg)?,
         s: S::default(),
+        tail: None,
         _f: PhantomData,
     }))
+}
+
+/// `flat_map`: each row becomes the rows `G` makes of it, handed on a batch at a time
+/// (one row may make many).
+pub(crate) struct FlatMapOp<C, T, I: IntoIterator, G> {
+    c: C,
+    input: std::vec::IntoIter<T>,
+    inner: Option<I::IntoIter>,
+    _f: PhantomData<G>,
+}
+
+impl<C, T: 'static, I, G> Operator for FlatMapOp<C, T, I, G>
+where
+    I: IntoIterator,
+    I::Item: 'static,
+    G: Fn(&C, T) -> I,
+{
+    fn push(&mut self, rows: Rows) -> Result<Rows> {
+        self.input = rows.take::<T>()?.into_iter();
+        Ok(self
+            .next()?
+            .unwrap_or_else(|| Rows::new(Vec::<I::Item>::new())))
+    }
+
+    fn next(&mut self) -> Result<Option<Rows>> {
+        let g: G = conjure();
+        let mut out = Vec::new();
+        loop {
+            if let Some(inner) = &mut self.inner {
+                out.extend(inner.by_ref().take(BATCH_ROWS - out.len()));
+                if out.len() >= BATCH_ROWS {
+                    return Ok(Some(Rows::new(out)));
+                }
+                self.inner = None;
+            }
+            match self.input.next() {
+                Some(row) => self.inner = Some(g(&self.c, row).into_iter()),
+                None => return Ok((!out.is_empty()).then(|| Rows::new(out))),
+            }
+        }
+    }
+}
+
+pub(crate) fn new_flat_map_op<C, T, I, G>(arg: &[u8]) -> Result<Box<dyn Operator>>
+where
+    C: Data,
+    T: 'static,
+    I: IntoIterator + 'static,
+    I::IntoIter: 'static,
+    I::Item: 'static,
+    G: Fn(&C, T) -> I + 'static,
+{
+    Ok(Box::new(FlatMapOp::<C, T, I, G> {
+        c: capture(arg)?,
+        input: Vec::new().into_iter(),
+        inner: None,
+        _f: PhantomData,
+    }))
+}
+
+/// `map_partitions`: holds the partition (spilling it to one run past the task's memory
+/// budget), then hands `G`'s output over it on a batch at a time.
+pub(crate) struct PartitionOp<T, I: IntoIterator, G> {
+    held: Vec<T>,
+    run: Option<crate::spill::RunWriter<T>>,
+    count: u64,
+    out: Option<(I::IntoIter, ReadError)>,
+    _f: PhantomData<G>,
+}
+
+impl<T: Data, I, G> Operator for PartitionOp<T, I, G>
+where
+    I: IntoIterator,
+    I::Item: 'static,
+    G: Fn(Partition<T>) -> I,
+{
+    fn push(&mut self, rows: Rows) -> Result<Rows> {
+        let rows = rows.take::<T>()?;
+        self.count += rows.len() as u64;
+        match &mut self.run {
+            Some(run) => {
+                for r in &rows {
+                    run.push(r)?;
+                }
+            }
+            None => {
+                self.held.extend(rows);
+                if self.held.len() >= MIN_HELD && crate::spill::over_budget(0) {
+                    let mut run = crate::spill::RunWriter::new()?;
+                    for r in &self.held {
+                        run.push(r)?;
+                    }
+                    self.held = Vec::new();
+                    self.run = Some(run);
+                }
+            }
+        }
+        Ok(Rows::new(Vec::<I::Item>::new()))
+    }
+
+    fn finish(&mut self) -> Result<()> {
+        let error = Rc::new(Cell::new(None));
+        let rows = match self.run.take() {
+            Some(run) => Held::Spilled(run.finish()?),
+            None => Held::Memory(std::mem::take(&mut self.held).into_iter()),
+        };
+        let g: G = conjure();
+        let out = g(Partition {
+            rows,
+            left: self.count,
+            error: error.clone(),
+        });
+        self.out = Some((out.into_iter(), error));
+        Ok(())
+    }
+
+    fn next(&mut self) -> Result<Option<Rows>> {
+        let Some((out, error)) = &mut self.out else {
+            return Ok(None);
+        };
+        let batch: Vec<I::Item> = out.by_ref().take(BATCH_ROWS).collect();
+        if let Some(e) = error.take() {
+            return Err(e.context("reading back a spilled partition of map_partitions"));
+        }
+        if batch.is_empty() {
+            self.out = None;
+            return Ok(None);
+        }
+        Ok(Some(Rows::new(batch)))
+    }
+}
+
+pub(crate) fn new_partition_op<T, I, G>(_arg: &[u8]) -> Result<Box<dyn Operator>>
+where
+    T: Data,
+    I: IntoIterator + 'static,
+    I::IntoIter: 'static,
+    I::Item: 'static,
+    G: Fn(Partition<T>) -> I + 'static,
+{
+    Ok(Box::new(PartitionOp::<T, I, G> {
+        held: Vec::new(),
+        run: None,
+        count: 0,
+        out: None,
+        _f: PhantomData,
+    }))
+}
+
+/// Where a [`Partition`] leaves the error of a failed read, for the task to fail with.
+type ReadError = Rc<Cell<Option<crate::Error>>>;
+
+enum Held<T> {
+    Memory(std::vec::IntoIter<T>),
+    Spilled(crate::spill::RunReader<T>),
+}
+
+/// The rows of one partition, in order, for [`Dataset::map_partitions`] and
+/// [`Dataset::foreach_partition`] (Spark's `Iterator[T]`). A partition larger than the
+/// task's memory is read back from disk as the iterator goes.
+///
+/// [`Dataset::map_partitions`]: crate::Dataset::map_partitions
+/// [`Dataset::foreach_partition`]: crate::Dataset::foreach_partition
+pub struct Partition<T> {
+    rows: Held<T>,
+    left: u64,
+    error: ReadError,
+}
+
+impl<T: Data> Iterator for Partition<T> {
+    type Item = T;
+
+    fn next(&mut self) -> Option<T> {
+        let row = match &mut self.rows {
+            Held::Memory(rows) => rows.next(),
+            // A failed read ends the iteration; the task then fails with the error.
+            Held::Spilled(run) => run.next().unwrap_or_else(|e| {
+                self.error.set(Some(e));
+                self.left = 0;
+                None
+            }),
+        };
+        self.left = self.left.saturating_sub(row.is_some() as u64);
+        row
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        let n = usize::try_from(self.left).unwrap_or(usize::MAX);
+        (n, Some(n))
+    }
 }
 
 /// A small, fast, seedable generator (SplitMix64) for `sample`.
@@ -248,21 +446,36 @@ where
     }))
 }
 
-/// Reduce side of `combine_by_key`: merges the combiners of all map tasks in a hash map.
-/// Past the task's memory budget the map is sorted by key hash into a spill run; at the
-/// end the runs are merged by hash (equal keys meet there) as Spark's
-/// ExternalAppendOnlyMap does.
-pub(crate) struct CombineReader<K, U, Mc> {
-    map: FxHashMap<K, Option<U>>,
-    runs: Vec<crate::spill::RunReader<(u64, K, U)>>,
-    _f: PhantomData<Mc>,
+/// A hash map from keys to per-key state that spills: past the task's memory budget it
+/// sorts its entries by key hash into a spill run; at the end the runs are merged by hash
+/// (equal keys meet there, their states merged) as Spark's ExternalAppendOnlyMap does.
+/// The reduce sides of the aggregations, `group_by_key`, the joins and `cogroup` keep
+/// their state in one.
+pub(crate) struct SpillMap<K, S> {
+    pub map: FxHashMap<K, S>,
+    runs: Vec<crate::spill::RunReader<(u64, K, S)>>,
 }
 
-impl<K: Key, U: Data, Mc> CombineReader<K, U, Mc> {
+impl<K: Key, S: Data> SpillMap<K, S> {
+    pub fn new() -> Self {
+        SpillMap {
+            map: FxHashMap::default(),
+            runs: Vec::new(),
+        }
+    }
+
+    /// Spills the map if it should give up its entries before taking a batch more.
+    pub fn make_room(&mut self) -> Result<()> {
+        if map_must_yield(&self.map) {
+            self.spill()?;
+        }
+        Ok(())
+    }
+
     fn spill(&mut self) -> Result<()> {
-        let mut v: Vec<(u64, K, U)> = std::mem::take(&mut self.map)
+        let mut v: Vec<(u64, K, S)> = std::mem::take(&mut self.map)
             .into_iter()
-            .filter_map(|(k, u)| u.map(|u| (hash64(&k), k, u)))
+            .map(|(k, s)| (hash64(&k), k, s))
             .collect();
         v.sort_unstable_by_key(|e| e.0);
         let mut w = crate::spill::RunWriter::new()?;
@@ -273,16 +486,55 @@ impl<K: Key, U: Data, Mc> CombineReader<K, U, Mc> {
         self.runs.push(w.finish()?);
         Ok(())
     }
+
+    /// Hands each key with its whole state to `f`, merging the states of a key that was
+    /// spilled with `merge`. One key's merged state must fit in the task's memory.
+    pub fn finish(
+        mut self,
+        merge: impl Fn(S, S) -> S,
+        mut f: impl FnMut(K, S) -> Result<()>,
+    ) -> Result<()> {
+        if self.runs.is_empty() {
+            for (k, s) in self.map {
+                f(k, s)?;
+            }
+            return Ok(());
+        }
+        self.spill()?;
+        merge_by_hash(std::mem::take(&mut self.runs), |group: Vec<(K, S)>| {
+            // Equal hashes, mostly one key: merge equal keys.
+            let mut keys: Vec<(K, S)> = Vec::with_capacity(1);
+            for (k, s) in group {
+                match keys.iter().position(|(k2, _)| *k2 == k) {
+                    Some(i) => {
+                        let (k2, a) = keys.swap_remove(i);
+                        keys.push((k2, merge(a, s)));
+                    }
+                    None => keys.push((k, s)),
+                }
+            }
+            for (k, s) in keys {
+                f(k, s)?;
+            }
+            Ok(())
+        })
+    }
+}
+
+/// Reduce side of `combine_by_key`: merges the combiners of all map tasks in a
+/// [`SpillMap`].
+pub(crate) struct CombineReader<K, U, Mc> {
+    state: SpillMap<K, Option<U>>,
+    _f: PhantomData<Mc>,
 }
 
 impl<K: Key, U: Data, Mc: Fn(U, U) -> U> ShuffleReader for CombineReader<K, U, Mc> {
     fn push(&mut self, _side: u32, batch: &RecordBatch) -> Result<Option<Rows>> {
-        if map_must_yield(&self.map) {
-            self.spill()?;
-        }
+        self.state.make_room()?;
         let merge: Mc = conjure();
-        let map = &mut self.map;
+        let map = &mut self.state.map;
         rows::for_each_pair::<K, U>(batch, |k, u| {
+            // The slot is `None` only while it is merged.
             let slot = map.entry(k).or_insert(None);
             *slot = Some(match slot.take() {
                 Some(a) => merge(a, u),
@@ -292,61 +544,71 @@ impl<K: Key, U: Data, Mc: Fn(U, U) -> U> ShuffleReader for CombineReader<K, U, M
         Ok(None)
     }
 
-    fn finish(mut self: Box<Self>, emit: &mut Emit<'_>) -> Result<()> {
-        if self.runs.is_empty() {
-            return emit_batches(
-                self.map.into_iter().filter_map(|(k, u)| u.map(|u| (k, u))),
-                emit,
-            );
-        }
-        self.spill()?;
+    fn finish(self: Box<Self>, emit: &mut Emit<'_>) -> Result<()> {
         let merge: Mc = conjure();
         let mut out = Vec::with_capacity(BATCH_ROWS);
-        merge_by_hash(std::mem::take(&mut self.runs), |group: Vec<(K, U)>| {
-            // Equal hashes, mostly one key: merge equal keys.
-            let mut keys: Vec<(K, U)> = Vec::with_capacity(1);
-            for (k, u) in group {
-                match keys.iter().position(|(k2, _)| *k2 == k) {
-                    Some(i) => {
-                        let (k2, a) = keys.swap_remove(i);
-                        keys.push((k2, merge(a, u)));
-                    }
-                    None => keys.push((k, u)),
+        self.state.finish(
+            |a, b| match (a, b) {
+                (Some(a), Some(b)) => Some(merge(a, b)),
+                (a, b) => a.or(b),
+            },
+            |k, u| {
+                if let Some(u) = u {
+                    out.push((k, u));
+                    emit_full(&mut out, emit)?;
                 }
-                if crate::spill::used() > crate::spill::budget() * 3 / 2 {
-                    return Err(crate::Error::msg(format!(
-                        "one key's merged value holds {} bytes of guest memory, more than the task's memory budget of {} bytes (task.memory): the values of a single key must fit in memory, as in Spark",
-                        crate::spill::used(),
-                        crate::spill::budget()
-                    )));
-                }
-            }
-            out.extend(keys);
-            emit_full(&mut out, emit)?;
-            Ok(())
-        })?;
+                Ok(())
+            },
+        )?;
         emit(Rows::new(out))
     }
 }
 
 /// Merges runs sorted by hash: `f` gets, per hash, every entry of every run with it.
+///
+/// The merge holds one entry per run besides the group it is collecting; a key whose
+/// values are large has a large entry in each run, all held once the merge nears its
+/// hash. Those must fit in the task's memory (as one key's values must in Spark): past
+/// the budget, in encoded bytes, the merge fails naming the size, as a limit.
 fn merge_by_hash<K: Data, X: Data>(
     mut runs: Vec<crate::spill::RunReader<(u64, K, X)>>,
     mut f: impl FnMut(Vec<(K, X)>) -> Result<()>,
 ) -> Result<()> {
     use std::cmp::Reverse;
     use std::collections::BinaryHeap;
-    let mut heads: Vec<Option<(u64, K, X)>> = Vec::with_capacity(runs.len());
+    type Head<K, X> = Option<((u64, K, X), usize)>;
+    let (budget, n) = (crate::spill::budget(), runs.len());
+    // Encoded bytes of the heads and of the group being collected.
+    let mut held = 0usize;
+    let next = |run: &mut crate::spill::RunReader<(u64, K, X)>,
+                held: &mut usize|
+     -> Result<Head<K, X>> {
+        let h = run.next_sized()?;
+        if let Some((_, size)) = &h {
+            *held += size;
+            if *held as u64 > budget {
+                return Err(crate::Error::limit(
+                    "task.memory",
+                    format!(
+                        "merging {n} spill runs holds {held} bytes of values (encoded) at once, over the task's memory budget of {budget} bytes (a quarter of task.memory), the entry read last {size} of them: the values of a single key must fit in memory, as in Spark"
+                    ),
+                ));
+            }
+        }
+        Ok(h)
+    };
+    let mut heads: Vec<Head<K, X>> = Vec::with_capacity(runs.len());
     let mut heap = BinaryHeap::with_capacity(runs.len());
     for (i, r) in runs.iter_mut().enumerate() {
-        let h = r.next()?;
-        if let Some(e) = &h {
+        let h = next(r, &mut held)?;
+        if let Some((e, _)) = &h {
             heap.push(Reverse((e.0, i)));
         }
         heads.push(h);
     }
     while let Some(Reverse((hash, _))) = heap.peek().copied() {
         let mut group = Vec::new();
+        let mut group_bytes = 0;
         while let Some(Reverse((h, i))) = heap.peek().copied() {
             if h != hash {
                 break;
@@ -355,12 +617,13 @@ fn merge_by_hash<K: Data, X: Data>(
             // Take every entry of run `i` with this hash.
             loop {
                 match heads[i].take() {
-                    Some(e) if e.0 == hash => {
+                    Some((e, size)) if e.0 == hash => {
                         group.push((e.1, e.2));
-                        heads[i] = runs[i].next()?;
+                        group_bytes += size;
+                        heads[i] = next(&mut runs[i], &mut held)?;
                     }
                     other => {
-                        if let Some(e) = &other {
+                        if let Some((e, _)) = &other {
                             heap.push(Reverse((e.0, i)));
                         }
                         heads[i] = other;
@@ -370,6 +633,7 @@ fn merge_by_hash<K: Data, X: Data>(
             }
         }
         f(group)?;
+        held -= group_bytes;
     }
     Ok(())
 }
@@ -378,8 +642,7 @@ pub(crate) fn new_combine_reader<K: Key, U: Data, Mc: Fn(U, U) -> U + 'static>(
     _arg: &[u8],
 ) -> Result<Box<dyn ShuffleReader>> {
     Ok(Box::new(CombineReader::<K, U, Mc> {
-        map: FxHashMap::default(),
-        runs: Vec::new(),
+        state: SpillMap::new(),
         _f: PhantomData,
     }))
 }
@@ -655,10 +918,17 @@ pub(crate) fn new_sort_reader<T: Data, K: Ord + 'static, Kf: Fn(&T) -> K + 'stat
     }))
 }
 
-/// Reduce side of a cogroup of two sides: groups both sides' values per key, then `J`
-/// turns each key's groups into output rows (cogroup itself, or a kind of join).
+/// The values of one key on each side of a cogroup.
+type Groups<V, W> = (Vec<V>, Vec<W>);
+
+/// Where a join hands its output rows, one at a time.
+pub(crate) type Out<'a, O> = dyn FnMut(O) -> Result<()> + 'a;
+
+/// Reduce side of a cogroup of two sides: groups both sides' values per key in a
+/// [`SpillMap`], then `J` turns each key's groups into output rows (cogroup itself, or a
+/// kind of join), handed on in batches as it makes them.
 pub(crate) struct CoGroupReader<K, V, W, O, J> {
-    groups: FxHashMap<K, (Vec<V>, Vec<W>)>,
+    state: SpillMap<K, Groups<V, W>>,
     _f: PhantomData<fn(J) -> O>,
 }
 
@@ -668,10 +938,11 @@ where
     V: Data,
     W: Data,
     O: 'static,
-    J: Fn(K, Vec<V>, Vec<W>, &mut Vec<O>),
+    J: Fn(K, Vec<V>, Vec<W>, &mut Out<'_, O>) -> Result<()>,
 {
     fn push(&mut self, side: u32, batch: &RecordBatch) -> Result<Option<Rows>> {
-        let groups = &mut self.groups;
+        self.state.make_room()?;
+        let groups = &mut self.state.map;
         match side {
             0 => rows::for_each_pair::<K, V>(batch, |k, v| match groups.entry(k) {
                 Entry::Occupied(mut e) => e.get_mut().0.push(v),
@@ -692,10 +963,19 @@ where
     fn finish(self: Box<Self>, emit: &mut Emit<'_>) -> Result<()> {
         let j: J = conjure();
         let mut out = Vec::with_capacity(BATCH_ROWS);
-        for (k, (vs, ws)) in self.groups {
-            j(k, vs, ws, &mut out);
-            emit_full(&mut out, emit)?;
-        }
+        self.state.finish(
+            |mut a, b| {
+                a.0.extend(b.0);
+                a.1.extend(b.1);
+                a
+            },
+            |k, (vs, ws)| {
+                j(k, vs, ws, &mut |o| {
+                    out.push(o);
+                    emit_full(&mut out, emit)
+                })
+            },
+        )?;
         emit(Rows::new(out))
     }
 }
@@ -706,10 +986,10 @@ where
     V: Data,
     W: Data,
     O: 'static,
-    J: Fn(K, Vec<V>, Vec<W>, &mut Vec<O>) + 'static,
+    J: Fn(K, Vec<V>, Vec<W>, &mut Out<'_, O>) -> Result<()> + 'static,
 {
     Ok(Box::new(CoGroupReader::<K, V, W, O, J> {
-        groups: FxHashMap::default(),
+        state: SpillMap::new(),
         _f: PhantomData,
     }))
 }

@@ -23,8 +23,9 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 /// Largest chunk or frame one host call carries (the host refuses more).
 pub(crate) const MAX_CHUNK: usize = 16 << 20;
-/// Bytes a spill frame collects before it goes to the host.
-const FRAME: usize = 512 << 10;
+/// Bytes a spill frame collects before it goes to the host. A merge holds one frame per
+/// run it reads, so this is small.
+const FRAME: usize = 64 << 10;
 
 #[cfg_attr(not(target_arch = "wasm32"), allow(dead_code))]
 struct Counting;
@@ -184,6 +185,11 @@ pub(crate) struct RunReader<T> {
 
 impl<T: DeserializeOwned> RunReader<T> {
     pub fn next(&mut self) -> Result<Option<T>> {
+        Ok(self.next_sized()?.map(|(item, _)| item))
+    }
+
+    /// The next item and the bytes it was encoded in.
+    pub fn next_sized(&mut self) -> Result<Option<(T, usize)>> {
         if self.pos >= self.frame.len() {
             match task_host::spill_read(self.id).map_err(Error::from_chain)? {
                 Some(f) => {
@@ -199,8 +205,16 @@ impl<T: DeserializeOwned> RunReader<T> {
         }
         let (item, rest) = postcard::take_from_bytes::<T>(&self.frame[self.pos..])
             .map_err(|e| Error::from(e).context("decoding a spilled row"))?;
-        self.pos = self.frame.len() - rest.len();
-        Ok(Some(item))
+        let end = self.frame.len() - rest.len();
+        let size = end - self.pos;
+        self.pos = end;
+        if end == self.frame.len() {
+            // Let go of a read frame at once: a merge holds one item per run, and a
+            // frame with a large item is as large as it.
+            self.frame = Vec::new();
+            self.pos = 0;
+        }
+        Ok(Some((item, size)))
     }
 }
 

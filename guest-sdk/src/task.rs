@@ -14,12 +14,63 @@ use arrow_array::RecordBatch;
 use std::cell::RefCell;
 
 /// A narrow transformation over a stream of row batches; may keep state across batches
-/// and emit more rows when its partition ends.
+/// and emit more rows when its partition ends. An op whose output of one batch can be
+/// large (`flat_map`) or that hands on a whole partition (`map_partitions`) returns it a
+/// batch at a time: the first from `push`, the rest from `next`.
 pub(crate) trait Operator {
+    /// Maps a batch: the first part of its output.
     fn push(&mut self, rows: Rows) -> Result<Rows>;
-    fn finish(&mut self) -> Result<Option<Rows>> {
+    /// The partition has ended; what the op held comes from `next`.
+    fn finish(&mut self) -> Result<()> {
+        Ok(())
+    }
+    /// More output of the last `push` or of `finish`, a batch at a time, until `None`.
+    fn next(&mut self) -> Result<Option<Rows>> {
         Ok(None)
     }
+}
+
+/// Where a chain of ops hands its output.
+type Sink<'a> = dyn FnMut(Rows) -> Result<()> + 'a;
+
+/// Runs `rows` through `ops` into `sink`, then every further batch an op has (see
+/// [`Operator::next`]) through the ops after it, until none has more. Iterative: the
+/// depth is the chain's length, not the call stack's.
+fn drive(ops: &mut [Box<dyn Operator>], rows: Rows, sink: &mut Sink<'_>) -> Result<()> {
+    let mut pending: Vec<usize> = Vec::new();
+    let mut next = Some((0, rows));
+    while let Some((from, mut rows)) = next.take() {
+        for (i, op) in ops.iter_mut().enumerate().skip(from) {
+            if rows.len == 0 {
+                break;
+            }
+            rows = op.push(rows)?;
+            pending.push(i);
+        }
+        if rows.len > 0 {
+            sink(rows)?;
+        }
+        while let Some(&i) = pending.last() {
+            if let Some(more) = ops[i].next()? {
+                next = Some((i + 1, more));
+                break;
+            }
+            pending.pop();
+        }
+    }
+    Ok(())
+}
+
+/// Ends the partition for each op in turn, running what it held through the ops after it.
+fn finish_ops(ops: &mut [Box<dyn Operator>], sink: &mut Sink<'_>) -> Result<()> {
+    for i in 0..ops.len() {
+        let (head, tail) = ops.split_at_mut(i + 1);
+        head[i].finish()?;
+        while let Some(rows) = head[i].next()? {
+            drive(tail, rows, sink)?;
+        }
+    }
+    Ok(())
 }
 
 /// Map side of a shuffle: takes rows, emits per-partition batches as its buffers fill
@@ -173,15 +224,22 @@ pub fn push(piece: u32, side: u32, batch: Vec<u8>) -> Result<(), ErrorChain> {
     with_task(|task| {
         let batches = rows::read_ipc(&batch)?;
         drop(batch);
+        let Task {
+            pieces,
+            ops,
+            output,
+        } = task;
+        let p = piece_mut(pieces, piece)?;
         for b in batches {
-            let p = task.piece(piece)?;
             let rows = match &mut p.input {
                 Input::Batches(decode, arg) => Some(decode(arg, &b)?),
                 Input::Shuffle(Some(reader)) => reader.push(side, &b)?,
                 Input::Shuffle(None) => return Err(Error::msg("push after end-piece")),
             };
             if let Some(rows) = rows {
-                task.run(piece, rows)?;
+                drive(&mut p.ops, rows, &mut |r| {
+                    drive(ops, r, &mut |r| output.emit(r))
+                })?;
             }
         }
         Ok(())
@@ -190,20 +248,21 @@ pub fn push(piece: u32, side: u32, batch: Vec<u8>) -> Result<(), ErrorChain> {
 
 pub fn end_piece(piece: u32) -> Result<(), ErrorChain> {
     with_task(|task| {
-        if let Input::Shuffle(reader) = &mut task.piece(piece)?.input
+        let Task {
+            pieces,
+            ops,
+            output,
+        } = task;
+        let p = piece_mut(pieces, piece)?;
+        let tail = &mut |r| drive(ops, r, &mut |r| output.emit(r));
+        if let Input::Shuffle(reader) = &mut p.input
             && let Some(reader) = reader.take()
         {
-            reader.finish(&mut |rows| task.run(piece, rows))?;
+            let piece_ops = &mut p.ops;
+            reader.finish(&mut |rows| drive(piece_ops, rows, tail))?;
         }
         // Partition-wise ops of the piece emit what they held.
-        let n = task.piece(piece)?.ops.len();
-        for i in 0..n {
-            if let Some(rows) = task.piece(piece)?.ops[i].finish()? {
-                let rows = run_chain(&mut task.piece(piece)?.ops[i + 1..], rows)?;
-                task.run_tail(rows)?;
-            }
-        }
-        Ok(())
+        finish_ops(&mut p.ops, tail)
     })
 }
 
@@ -211,12 +270,8 @@ pub fn finish() -> Result<(), ErrorChain> {
     let task = TASK.with(|t| t.borrow_mut().take());
     let mut task = task.ok_or_else(|| Error::msg("finish called before start").into_chain())?;
     (|| -> Result<()> {
-        for i in 0..task.ops.len() {
-            if let Some(rows) = task.ops[i].finish()? {
-                let rows = run_chain(&mut task.ops[i + 1..], rows)?;
-                task.emit(rows)?;
-            }
-        }
+        let output = &mut task.output;
+        finish_ops(&mut task.ops, &mut |r| output.emit(r))?;
         match task.output {
             Output::Shuffle(writer) => writer.finish(),
             Output::Batches(..) | Output::Count => Ok(()),
@@ -235,37 +290,19 @@ fn with_task<R>(f: impl FnOnce(&mut Task) -> Result<R>) -> Result<R, ErrorChain>
     })
 }
 
-fn run_chain(ops: &mut [Box<dyn Operator>], mut rows: Rows) -> Result<Rows> {
-    for op in ops {
-        rows = op.push(rows)?;
-    }
-    Ok(rows)
+fn piece_mut(pieces: &mut [Piece], i: u32) -> Result<&mut Piece> {
+    let n = pieces.len();
+    pieces
+        .get_mut(i as usize)
+        .ok_or_else(|| Error::msg(format!("piece {i} of a task with {n}")))
 }
 
-impl Task {
-    fn piece(&mut self, i: u32) -> Result<&mut Piece> {
-        let n = self.pieces.len();
-        self.pieces
-            .get_mut(i as usize)
-            .ok_or_else(|| Error::msg(format!("piece {i} of a task with {n}")))
-    }
-
-    /// Runs rows of piece `piece` through its ops, the task's ops and the output.
-    fn run(&mut self, piece: u32, rows: Rows) -> Result<()> {
-        let rows = run_chain(&mut self.piece(piece)?.ops, rows)?;
-        self.run_tail(rows)
-    }
-
-    fn run_tail(&mut self, rows: Rows) -> Result<()> {
-        let rows = run_chain(&mut self.ops, rows)?;
-        self.emit(rows)
-    }
-
+impl Output {
     fn emit(&mut self, rows: Rows) -> Result<()> {
         if rows.len == 0 {
             return Ok(());
         }
-        match &mut self.output {
+        match self {
             Output::Shuffle(w) => w.push(rows)?,
             Output::Batches(to_batch, arg) => emit_batch(0, &to_batch(arg, rows)?)?,
             Output::Count => emit_raw(0, &[], rows.len as u64)?,

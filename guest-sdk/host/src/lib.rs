@@ -707,13 +707,20 @@ impl LimitHit {
 /// How a task's sandbox failure is reported to the driver.
 impl From<SandboxError> for flint_protocol::wire::TaskError {
     fn from(e: SandboxError) -> Self {
-        use flint_protocol::wire::TaskErrorKind;
+        use flint_protocol::wire::{Limit, TaskErrorKind};
         if let SandboxError::Host(e) = e {
             return e;
         }
         let kind = match &e {
             SandboxError::Limit(hit) => TaskErrorKind::Limit(hit.limit()),
             SandboxError::Trap { .. } => TaskErrorKind::Trap,
+            // The SDK names a limit its operators hit (one key's values larger than the
+            // task's memory): the same code over the same partition hits it again. A
+            // guest that claims one only ends its own job sooner.
+            SandboxError::Guest {
+                kind: Some(AppErrorKind::Limit { limit }),
+                ..
+            } if limit == Limit::Memory.setting() => TaskErrorKind::Limit(Limit::Memory),
             SandboxError::Guest { .. } => TaskErrorKind::Guest,
             // The driver compiled the same bytes: a compile that fails here is more
             // likely this host's trouble than the component's, so it may be retried.

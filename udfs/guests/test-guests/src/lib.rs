@@ -37,7 +37,13 @@
 //!   string keys, each twice, summed with `reduce_by_key`; prints `agg: distinct=
 //!   total= checksum=`), `spill-group N` (`group_by_key` of N keys with 2 values each;
 //!   prints `group: keys= values= checksum=`), `spill-sort N OUTPUT` (N rows with 48
-//!   bytes of padding, sorted by a scrambled key and saved as `key` lines).
+//!   bytes of padding, sorted by a scrambled key and saved as `key` lines), `spill-join
+//!   N` (keys 0..N with 40 bytes of value joined with keys N/2..3N/2; prints `join:
+//!   rows= checksum= bad=`), `spill-cogroup N` (the same sides cogrouped; prints
+//!   `cogroup: keys= left= right= checksum=`), `spill-partition N` (N rows of 48 bytes
+//!   coalesced into one partition and numbered by `map_partitions`; prints `partition:
+//!   rows= sum= out_of_order=`), `spill-hot-key N` (`group_by_key` of 2N rows, half of
+//!   them under one key).
 
 use flint::{Context, Error, Result};
 
@@ -46,6 +52,73 @@ fn main(ctx: &mut Context) -> Result<()> {
     let args = ctx.all_args().to_vec();
     match args.first().map(String::as_str) {
         Some("operators") => operators(ctx, &args[1])?,
+        Some(name @ ("spill-join" | "spill-cogroup")) => {
+            let n: i64 = args[1].parse().map_err(|_| Error::msg("N is a number"))?;
+            let left = ctx
+                .range(0, n, 256)?
+                .map(|x: i64| (format!("key-{x:012}"), format!("{x:040}")));
+            let right = ctx
+                .range(n / 2, n / 2 + n, 256)?
+                .map(|x: i64| (format!("key-{x:012}"), format!("{:040}", 3 * x)));
+            let id = |k: &str| k[4..].parse::<u64>().unwrap_or(u64::MAX);
+            if name == "spill-join" {
+                let sums = left
+                    .join(&right)
+                    .map(move |(k, (l, r)): (String, (String, String))| {
+                        let i = id(&k);
+                        let ok = l.parse() == Ok(i) && r.parse() == Ok(3 * i);
+                        (1u64, i, u64::from(!ok))
+                    })
+                    .reduce(|a, b| (a.0 + b.0, a.1 + b.1, a.2 + b.2))?
+                    .unwrap_or((0, 0, 0));
+                println!("join: rows={} checksum={} bad={}", sums.0, sums.1, sums.2);
+            } else {
+                let sums = left
+                    .cogroup(&right)
+                    .map(move |(k, (ls, rs)): (String, (Vec<String>, Vec<String>))| {
+                        let (l, r) = (ls.len() as u64, rs.len() as u64);
+                        (1u64, l, r, id(&k) * (l + 2 * r))
+                    })
+                    .reduce(|a, b| (a.0 + b.0, a.1 + b.1, a.2 + b.2, a.3 + b.3))?
+                    .unwrap_or((0, 0, 0, 0));
+                println!(
+                    "cogroup: keys={} left={} right={} checksum={}",
+                    sums.0, sums.1, sums.2, sums.3
+                );
+            }
+        }
+        Some("spill-hot-key") => {
+            // Half the rows under one key: its group cannot fit, however the rest spills.
+            let n: i64 = args[1].parse().map_err(|_| Error::msg("N is a number"))?;
+            let groups = ctx
+                .range(0, 2 * n, 256)?
+                .map(|x: i64| {
+                    let k = if x % 2 == 0 { -1 } else { x };
+                    (format!("key-{k:012}"), format!("{x:040}"))
+                })
+                .group_by_key()
+                .count()?;
+            println!("hot key: groups={groups}");
+        }
+        Some("spill-partition") => {
+            let n: i64 = args[1].parse().map_err(|_| Error::msg("N is a number"))?;
+            let sums = ctx
+                .range(0, n, 256)?
+                .map(|x: i64| (x as u64, "p".repeat(48)))
+                .coalesce(1)
+                .map_partitions(|rows: flint::Partition<(u64, String)>| {
+                    // Lazily: each row with its place in the partition.
+                    rows.zip(0u64..)
+                        .map(|((x, pad), i)| (x, i, pad.len() as u64))
+                })
+                .map(|(x, i, len): (u64, u64, u64)| (1u64, x + len - 48, u64::from(x != i)))
+                .reduce(|a, b| (a.0 + b.0, a.1 + b.1, a.2 + b.2))?
+                .unwrap_or((0, 0, 0));
+            println!(
+                "partition: rows={} sum={} out_of_order={}",
+                sums.0, sums.1, sums.2
+            );
+        }
         Some(name @ ("spill-agg" | "spill-group" | "spill-sort")) => {
             let n: i64 = args[1].parse().map_err(|_| Error::msg("N is a number"))?;
             // Many small partitions: `range` makes a partition's rows in one batch.
@@ -394,7 +467,7 @@ fn operators(ctx: &mut Context, dir: &str) -> Result<()> {
     println!("union: {}", both.count()?);
     let lens = both
         .coalesce(2)
-        .map_partitions(|rows: Vec<i64>| [rows.len() as u64])
+        .map_partitions(|rows: flint::Partition<i64>| [rows.count() as u64])
         .collect()?;
     println!("coalesce: {:?}", sorted(lens));
     let a = xs.sample(0.1, 7).count()?;
@@ -462,8 +535,8 @@ fn operators(ctx: &mut Context, dir: &str) -> Result<()> {
     );
     let lens = pairs
         .partition_by(3)
-        .map_partitions(|rows: Vec<(i64, i64)>| {
-            let mut keys: Vec<i64> = rows.iter().map(|r| r.0).collect();
+        .map_partitions(|rows: flint::Partition<(i64, i64)>| {
+            let mut keys: Vec<i64> = rows.map(|r| r.0).collect();
             keys.sort();
             keys.dedup();
             [keys]
@@ -472,13 +545,13 @@ fn operators(ctx: &mut Context, dir: &str) -> Result<()> {
     println!("partition_by: {:?}", sorted(lens));
     let lens = xs
         .repartition(5)
-        .map_partitions(|rows: Vec<i64>| [rows.len() as u64])
+        .map_partitions(|rows: flint::Partition<i64>| [rows.count() as u64])
         .collect()?;
     println!("repartition: {:?}", sorted(lens));
     let lens = pairs
         .reduce_by_key(|a: i64, b: i64| a + b)
         .with_partitions(4)
-        .map_partitions(|rows: Vec<(i64, i64)>| [rows.len() as u64])
+        .map_partitions(|rows: flint::Partition<(i64, i64)>| [rows.count() as u64])
         .collect()?;
     println!("with_partitions: {}", lens.len());
     println!(
