@@ -403,6 +403,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 sandbox: None,
                 decommission_timeout: settings.executor_decommission_timeout,
                 cache_memory: settings.executor_cache_memory,
+                memory: settings.executor_memory,
                 metrics: Default::default(),
                 metrics_listener: Some(std::sync::Arc::new(metrics_listener)),
             };

@@ -86,6 +86,11 @@ impl LocalCluster {
                 cache_dir: None,
                 decommission_timeout: settings.executor_decommission_timeout,
                 cache_memory: settings.executor_cache_memory,
+                // The executors of one process share its machine.
+                memory: match settings.executor_memory {
+                    0 => flint_executor_host::memory::default_total() / u64::from(executors.max(1)),
+                    m => m,
+                },
                 metrics: Default::default(),
                 metrics_listener: None,
             };

@@ -529,6 +529,12 @@ impl AppActions {
             max_output_bytes: s.task_max_output_bytes,
             meter_fuel: s.task_meter_fuel || self.tenant.meter_fuel,
             max_spill_bytes: s.task_max_spill_bytes,
+            tenant_spill: self.tenant.max_executor_spill_bytes.map(|max_bytes| {
+                flint_protocol::wire::TenantSpill {
+                    tenant: self.tenant.name.clone(),
+                    max_bytes,
+                }
+            }),
         };
         let policy = JobPolicy {
             pool: Pool {

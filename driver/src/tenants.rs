@@ -20,6 +20,7 @@
 //! max_broadcast_bytes = "128m"      # cap on driver.max_broadcast_bytes
 //! max_main_memory = "512m"          # cap on driver.main_memory
 //! max_task_spill_bytes = "20g"      # cap on task.max_spill_bytes
+//! max_executor_spill_bytes = "50g"  # what its tasks may hold spilled on one executor at once
 //! allowed_paths = ["/data/alice/"]  # inputs and outputs must lie below one of these
 //! meter_fuel = true                 # count Wasm instructions of its tasks (flint usage)
 //! ```
@@ -116,6 +117,8 @@ pub struct TenantEntry {
     pub max_main_memory: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_task_spill_bytes: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_executor_spill_bytes: Option<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub allowed_paths: Vec<String>,
     /// Count the fuel of this tenant's tasks (for accounting; slows them).
@@ -165,6 +168,8 @@ pub struct Tenant {
     /// Empty: anywhere.
     pub allowed_paths: Vec<PathBuf>,
     pub meter_fuel: bool,
+    /// Disk its tasks may hold spilled on one executor at once.
+    pub max_executor_spill_bytes: Option<u64>,
 }
 
 impl Tenant {
@@ -180,6 +185,7 @@ impl Tenant {
             caps: Vec::new(),
             allowed_paths: Vec::new(),
             meter_fuel: false,
+            max_executor_spill_bytes: None,
         }
     }
 
@@ -394,6 +400,10 @@ impl Tenants {
                 max_slots: e.max_slots,
                 max_jobs_running: e.max_jobs_running,
                 max_apps_running: e.max_apps_running,
+                max_executor_spill_bytes: bytes(
+                    "max_executor_spill_bytes",
+                    &e.max_executor_spill_bytes,
+                )?,
                 caps: quotas
                     .into_iter()
                     .filter_map(|(setting, quota, max)| {

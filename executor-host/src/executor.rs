@@ -43,8 +43,10 @@ pub struct ExecutorConfig {
     pub cache_dir: Option<PathBuf>,
     /// On shutdown, how long running tasks may go on before they are handed back.
     pub decommission_timeout: Duration,
-    /// Memory for cached partitions (`executor.cache_memory`).
+    /// Memory for cached partitions at least (`executor.cache_memory`).
     pub cache_memory: u64,
+    /// Memory its tasks and cache share (`executor.memory`; 0: most of the machine's).
+    pub memory: u64,
     /// Counters, served in the Prometheus format on `metrics` when given (and its
     /// address told to the driver).
     pub metrics: Arc<ExecutorMetrics>,
@@ -319,9 +321,13 @@ pub async fn serve(
     };
     tracing::info!(executor = me.0, %shuffle_addr, cores = config.cores, "registered with the driver");
 
-    let store = Arc::new(ShuffleStore::with_cache_memory(
+    let total = match config.memory {
+        0 => crate::memory::default_total(),
+        m => m,
+    };
+    let store = Arc::new(ShuffleStore::with_memory(
         &config.work_dir,
-        config.cache_memory,
+        crate::memory::MemoryPool::new(total, config.cache_memory, config.cores),
     ));
     let metrics = config.metrics.clone();
     metrics.slots.store(config.cores as u64, Ordering::Relaxed);
@@ -334,6 +340,7 @@ pub async fn serve(
         modules: Arc::new(DriverModules { conn: conn.clone() }),
         broadcasts: Default::default(),
         work_dir: config.work_dir.clone(),
+        tenant_disks: Default::default(),
     });
 
     // Peers fetching shuffle segments.

@@ -22,6 +22,7 @@
 pub mod executor;
 pub mod formats;
 pub mod input;
+pub mod memory;
 pub mod metrics;
 pub mod results;
 pub mod runner;

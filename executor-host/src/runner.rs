@@ -9,15 +9,17 @@ use flint_protocol::plan::WriteFormat;
 use flint_protocol::wire::{
     GuestOutput, Limit, MAX_TASK_ACCUMULATOR_BYTES, SegmentSource, ShuffleSideInput,
     TaskDescriptor, TaskError, TaskErrorKind, TaskInput, TaskMetrics, TaskOutput, TaskStatus,
-    TaskSuccess,
+    TaskSuccess, TenantSpill,
 };
-use flint_sandbox::spill::{MAX_FRAME_BYTES, SpillConfig};
+use flint_sandbox::spill::{MAX_FRAME_BYTES, SpillConfig, TenantDisk};
 use flint_sandbox::{
     BroadcastFuture, BroadcastSource, Chunk, OutputSink, Sandbox, StoreLimits, TaskInstance,
 };
+use std::collections::HashMap;
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 use tokio::sync::{Semaphore, mpsc};
@@ -47,6 +49,34 @@ pub struct TaskEnv {
     pub broadcasts: Arc<BroadcastCache>,
     /// Spill runs live under `work_dir/spill/<job>/`.
     pub work_dir: PathBuf,
+    /// What each tenant's tasks hold spilled here, against its quota.
+    pub tenant_disks: TenantDisks,
+}
+
+/// Each tenant's spill use on this executor, shared by its tasks.
+#[derive(Default)]
+pub struct TenantDisks(Mutex<HashMap<String, Arc<TenantDisk>>>);
+
+impl TenantDisks {
+    /// The tenant's account, at its quota as the task's descriptor states it (a changed
+    /// quota starts a new account; tasks already running keep theirs).
+    pub fn get(&self, q: &TenantSpill) -> Arc<TenantDisk> {
+        let mut m = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        // Accounts nothing holds any more go.
+        m.retain(|_, d| Arc::strong_count(d) > 1 || d.used.load(Ordering::Relaxed) > 0);
+        match m.get(&q.tenant) {
+            Some(d) if d.max == q.max_bytes => d.clone(),
+            _ => {
+                let d = Arc::new(TenantDisk {
+                    tenant: q.tenant.clone(),
+                    max: q.max_bytes,
+                    used: AtomicU64::new(0),
+                });
+                m.insert(q.tenant.clone(), d.clone());
+                d
+            }
+        }
+    }
 }
 
 /// Bytes of a map task's output the host holds before it appends them to a spill run.
@@ -170,9 +200,24 @@ async fn run(
         .await?;
     m.load_ms = info.ms;
     m.compiled = info.compiled;
+    // The task's memory comes from the executor's pool: what it asks, or less on a busy
+    // executor (then its operators spill sooner).
+    let grant = env
+        .shuffle
+        .grant_task(desc.limits.memory_bytes)
+        .map_err(|e| {
+            err(
+                TaskErrorKind::Io,
+                vec![format!("evicting cached partitions: {e}")],
+            )
+        })?;
     let limits = StoreLimits {
-        memory_bytes: desc.limits.memory_bytes,
-        memory_setting: "task.memory",
+        memory_bytes: grant.bytes(),
+        memory_setting: if grant.bytes() < desc.limits.memory_bytes {
+            "task.memory, as granted by the executor's executor.memory"
+        } else {
+            "task.memory"
+        },
         deadline: Some(std::time::Duration::from_millis(desc.limits.deadline_ms)),
         deadline_setting: "task.deadline",
         output_bytes: GUEST_OUTPUT_CAP,
@@ -201,12 +246,16 @@ async fn run(
     let spill = SpillConfig {
         dir: dir.join(format!("task-{name}")),
         max_bytes: desc.limits.max_spill_bytes,
-        tenant: None,
+        tenant: desc
+            .limits
+            .tenant_spill
+            .as_ref()
+            .map(|q| env.tenant_disks.get(q)),
     };
     // The guest's operators spill at a quarter of its memory cap: the rest is for what a
     // spill or a merge needs beside the state (encoding, a hash table's growth) and for
     // the allocator's fragmentation (linear memory never shrinks).
-    let budget = desc.limits.memory_bytes / 4;
+    let budget = grant.bytes() / 4;
     let mut guest = sandbox
         .start_task(
             &loaded,

@@ -5,6 +5,7 @@
 //! `WORK/shuffle/<job>/<shuffle>/`, index last, both by rename, so a reader sees a whole
 //! output or none.
 
+use crate::memory::{Grant, MemoryPool};
 use flint_protocol::ids::{ExecutorId, JobId, ShuffleId};
 use flint_protocol::plan::StorageLevel;
 use flint_protocol::wire::{FetchSegment, SegmentSource};
@@ -12,7 +13,7 @@ use flint_transport::net::{self, NetError};
 use std::collections::HashMap;
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use thiserror::Error;
 
 #[derive(Debug, Error)]
@@ -39,6 +40,9 @@ pub struct ShuffleStore {
     secrets: Mutex<HashMap<JobId, ShuffleSecret>>,
     /// Cached partitions kept in memory (the block store's memory tier).
     cached: Mutex<MemoryTier>,
+    /// The executor's memory, shared with its tasks: the tier's budget is what they do
+    /// not hold (and at least `executor.cache_memory`).
+    memory: Arc<MemoryPool>,
 }
 
 type BlockKey = (JobId, ShuffleId, u32);
@@ -48,7 +52,6 @@ type BlockKey = (JobId, ShuffleId, u32);
 struct MemoryTier {
     blocks: HashMap<BlockKey, Block>,
     used: u64,
-    budget: u64,
     clock: u64,
     /// Evicted memory-only partitions: no longer cached (the driver is told).
     dropped: Vec<BlockKey>,
@@ -68,14 +71,25 @@ impl ShuffleStore {
 
     /// A store keeping up to `budget` bytes of cached partitions in memory.
     pub fn with_cache_memory(work_dir: &Path, budget: u64) -> ShuffleStore {
+        Self::with_memory(work_dir, MemoryPool::new(budget, budget, 1))
+    }
+
+    /// A store whose cache tier shares `memory` with the executor's tasks.
+    pub fn with_memory(work_dir: &Path, memory: Arc<MemoryPool>) -> ShuffleStore {
         ShuffleStore {
             root: work_dir.join("shuffle"),
             secrets: Mutex::new(HashMap::new()),
-            cached: Mutex::new(MemoryTier {
-                budget,
-                ..Default::default()
-            }),
+            cached: Mutex::new(MemoryTier::default()),
+            memory,
         }
+    }
+
+    /// A task's memory from the executor's pool (see [`MemoryPool::grant`]); cached
+    /// partitions beyond what is left for storage are evicted first.
+    pub fn grant_task(&self, want: u64) -> Result<Grant, ShuffleError> {
+        let grant = self.memory.grant(want);
+        self.evict(None)?;
+        Ok(grant)
     }
 
     fn tier(&self) -> std::sync::MutexGuard<'_, MemoryTier> {
@@ -97,7 +111,6 @@ impl ShuffleStore {
             return self.write(key.0, key.1, key.2, &segments);
         }
         let bytes = sizes.iter().sum::<u64>();
-        let mut evicted = Vec::new();
         {
             let mut t = self.tier();
             t.clock += 1;
@@ -114,12 +127,23 @@ impl ShuffleStore {
                 t.used -= old.bytes;
             }
             t.used += bytes;
-            // Least recently used out, never the partition just put.
-            while t.used > t.budget {
+        }
+        self.evict(Some(key))?;
+        Ok(sizes)
+    }
+
+    /// Evicts the least recently used partitions (never `keep`, the one just put) until
+    /// the tier is within its budget, writing them to disk.
+    fn evict(&self, keep: Option<BlockKey>) -> Result<(), ShuffleError> {
+        let budget = self.memory.storage_budget();
+        let mut evicted = Vec::new();
+        {
+            let mut t = self.tier();
+            while t.used > budget {
                 let victim = t
                     .blocks
                     .iter()
-                    .filter(|(k, _)| **k != key)
+                    .filter(|(k, _)| Some(**k) != keep)
                     .min_by_key(|(_, b)| b.used_at)
                     .map(|(k, _)| *k);
                 let Some(victim) = victim else { break };
@@ -134,7 +158,7 @@ impl ShuffleStore {
         for ((job, shuffle, map), b) in evicted {
             self.write(job, shuffle, map, &b.segments)?;
         }
-        Ok(sizes)
+        Ok(())
     }
 
     /// Memory-only partitions evicted since the last call.

@@ -166,7 +166,9 @@ settings! {
     executor_decommission_timeout: Duration = "executor.decommission_timeout", Duration, Some("30s"), Cluster,
         "on SIGTERM, how long an executor lets running tasks finish before handing them back";
     executor_cache_memory: u64 = "executor.cache_memory", Bytes, Some("512m"), Cluster,
-        "memory an executor keeps cached partitions in; past it the least recently used go to disk (memory-and-disk) or are dropped (memory-only)";
+        "memory an executor keeps cached partitions in at least (storage's floor in executor.memory; it may use more while tasks do not hold it); past it the least recently used go to disk (memory-and-disk) or are dropped (memory-only)";
+    executor_memory: u64 = "executor.memory", Bytes, Some("0"), Cluster,
+        "memory an executor's tasks and cache share (Spark's unified model): each task is granted task.memory from it, less when it is busy (never below half a slot's share); 0: three quarters of the machine's memory";
     executor_heartbeat_interval: Duration = "executor.heartbeat_interval", Duration, Some("10s"), Cluster,
         "how often executors report";
     executor_timeout: Duration = "executor.timeout", Duration, Some("120s"), Cluster,

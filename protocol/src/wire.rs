@@ -367,6 +367,15 @@ pub struct TaskLimits {
     pub meter_fuel: bool,
     /// Disk the task may spill to (`task.max_spill_bytes`).
     pub max_spill_bytes: u64,
+    /// Its tenant's quota on what its tasks hold spilled on one executor at once.
+    pub tenant_spill: Option<TenantSpill>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TenantSpill {
+    pub tenant: String,
+    /// `max_executor_spill_bytes` in the tenants file.
+    pub max_bytes: u64,
 }
 
 #[derive(Debug, Serialize, Deserialize)]

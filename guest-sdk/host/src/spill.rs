@@ -185,7 +185,7 @@ impl SpillStore {
                 return Err(SpillError::Budget {
                     max: t.max,
                     setting: format!(
-                        "tenant {}'s max_spill_bytes on one executor, in the tenants file",
+                        "tenant {}'s max_executor_spill_bytes, in the tenants file (what its tasks may hold spilled on one executor at once)",
                         t.tenant
                     ),
                     tenant: true,
