@@ -631,10 +631,11 @@ fn persisted_partitions_are_read_back_instead_of_recomputed() {
             "{level}: three actions read the kept partitions"
         );
     }
-    // A memory budget too small for one partition: memory-and-disk spills to disk and
-    // still reads the file twice; memory-only drops evicted partitions, which the next
-    // actions recompute from lineage, so the file is read more often, with the same results.
-    let tiny = ["executor.cache_memory=1"];
+    // An executor's memory too small for one partition (the cache tier has what tasks do
+    // not hold, here nothing): memory-and-disk spills to disk and still reads the file
+    // twice; memory-only drops evicted partitions, which the next actions recompute from
+    // lineage, so the file is read more often, with the same results.
+    let tiny = ["executor.memory=1"];
     let (out, read) = cached_run(&input, "memory-and-disk", &tiny);
     assert!(out.contains(&want), "{out}");
     assert_eq!(read, 6000, "spilled partitions are still kept");

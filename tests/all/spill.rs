@@ -1,7 +1,8 @@
 //! Data larger than a task's memory: with `task.memory=64m` (operators spill past a
-//! quarter of it), an aggregation, a `group_by_key` and a sort whose state is several times the cap
-//! run on two executor processes, spill, and give the results computed here. Each
-//! executor's peak RSS stays within the cap plus a stated overhead.
+//! quarter of it), an aggregation, a `group_by_key`, a sort, a join, a cogroup and a
+//! `map_partitions` whose state is about 4 times the cap run on two executor processes,
+//! spill, and give the results computed here. Each executor's peak RSS stays within the
+//! cap plus a stated overhead. A chaos case SIGKILLs an executor while it spills.
 
 use crate::cluster::*;
 use crate::util::*;
@@ -182,4 +183,189 @@ fn an_external_sort_gives_globally_ordered_parts() {
         "spilled {bytes} bytes in {runs} runs"
     );
     check_rss(&rss);
+}
+
+/// Keys `lo..hi`.
+fn id_sum(lo: u64, hi: u64) -> u64 {
+    (lo..hi).sum()
+}
+
+#[test]
+fn a_join_of_sides_larger_than_memory_spills_and_is_right() {
+    let tmp = tempfile::tempdir().unwrap();
+    // 3 M keys with 40-byte values on each side, in one reduce task: each side holds
+    // about 250 MB there, 4 times the task's memory.
+    let n: u64 = 3_000_000;
+    let (stdout, summary, rss) = run(
+        tmp.path(),
+        1,
+        &[Path::new("spill-join"), Path::new(&n.to_string())],
+    );
+    // Keys n/2..n are on both sides.
+    let want = format!(
+        "join: rows={} checksum={} bad=0",
+        n - n / 2,
+        id_sum(n / 2, n)
+    );
+    assert!(stdout.contains(&want), "want {want}, got {stdout}");
+    let (bytes, runs) = spilled(&summary);
+    assert!(
+        runs >= 4 && bytes > 4 * (64 << 20),
+        "spilled {bytes} bytes in {runs} runs"
+    );
+    check_rss(&rss);
+}
+
+#[test]
+fn a_cogroup_of_sides_larger_than_memory_spills_and_is_right() {
+    let tmp = tempfile::tempdir().unwrap();
+    let n: u64 = 3_000_000;
+    let (stdout, summary, rss) = run(
+        tmp.path(),
+        1,
+        &[Path::new("spill-cogroup"), Path::new(&n.to_string())],
+    );
+    // Left has keys 0..n once, right n/2..3n/2 once; the checksum weighs a key's id by
+    // its left count plus twice its right count.
+    let want = format!(
+        "cogroup: keys={} left={n} right={n} checksum={}",
+        n / 2 + n,
+        id_sum(0, n) + 2 * id_sum(n / 2, n / 2 + n)
+    );
+    assert!(stdout.contains(&want), "want {want}, got {stdout}");
+    let (bytes, runs) = spilled(&summary);
+    assert!(
+        runs >= 4 && bytes > 4 * (64 << 20),
+        "spilled {bytes} bytes in {runs} runs"
+    );
+    check_rss(&rss);
+}
+
+#[test]
+fn map_partitions_over_a_partition_larger_than_memory_streams_and_is_right() {
+    let tmp = tempfile::tempdir().unwrap();
+    // 4 M rows of 48 bytes of padding coalesced into one partition: about 280 MB in the
+    // guest, 4 times the task's memory.
+    let n: u64 = 4_000_000;
+    let (stdout, summary, rss) = run(
+        tmp.path(),
+        1,
+        &[Path::new("spill-partition"), Path::new(&n.to_string())],
+    );
+    let want = format!("partition: rows={n} sum={} out_of_order=0", n * (n - 1) / 2);
+    assert!(stdout.contains(&want), "want {want}, got {stdout}");
+    let (bytes, runs) = spilled(&summary);
+    // One run holds the partition: its rows, postcard-encoded (about 58 bytes each).
+    assert!(
+        runs >= 1 && bytes > n * 50,
+        "spilled {bytes} bytes in {runs} runs"
+    );
+    check_rss(&rss);
+}
+
+#[test]
+fn a_key_whose_values_do_not_fit_fails_once_naming_the_limit() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut cluster = ProcCluster::start(tmp.path(), "127.0.0.1:0", &[]);
+    cluster.add_executor(&[]);
+    // 1 M values of 40 bytes under one key: about 60 MB, over the 16 MiB budget.
+    let job = cluster.submit(
+        flint_udfs::TEST_JOBS,
+        &[MEMORY, "shuffle.partitions=1"],
+        &[Path::new("spill-hot-key"), Path::new("1000000")],
+        &tmp.path().join("summary.json"),
+    );
+    let (ok, stdout, stderr) = wait_child(job, Duration::from_secs(600));
+    assert!(!ok, "the job succeeded: {stdout}");
+    assert!(
+        stderr.contains("the values of a single key must fit in memory")
+            && stderr.contains("budget of 16777216 bytes")
+            && stderr.contains("another attempt would fail the same way"),
+        "{stderr}"
+    );
+}
+
+/// SIGKILLs one of two executors once it has spill files, mid-aggregation: the job is
+/// still right, and the survivor keeps no spill file.
+#[test]
+fn an_executor_killed_while_it_spills_loses_nothing_and_leaves_no_spill_files() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut cluster = ProcCluster::start(tmp.path(), "127.0.0.1:0", &[]);
+    // Executor k works in work-k.
+    let ids: Vec<u32> = (0..2).map(|_| cluster.add_executor(&[])).collect();
+    let summary = tmp.path().join("summary.json");
+    let n: u64 = 4_000_000;
+    let job = cluster.submit(
+        flint_udfs::TEST_JOBS,
+        &[MEMORY, "shuffle.partitions=2"],
+        &[Path::new("spill-agg"), Path::new(&n.to_string())],
+        &summary,
+    );
+    let work = |i: usize| tmp.path().join(format!("work-{}", i + 1)).join("spill");
+    let end = std::time::Instant::now() + Duration::from_secs(300);
+    let victim = loop {
+        if let Some(i) = (0..2).find(|&i| work(i).exists() && !walk(&work(i)).is_empty()) {
+            break i;
+        }
+        assert!(std::time::Instant::now() < end, "no executor spilled");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    cluster.kill(ids[victim]);
+    let (ok, stdout, stderr) = wait_child(job, Duration::from_secs(600));
+    assert!(ok, "job failed: {stderr}\n{}", cluster.driver_log());
+    let want = format!(
+        "agg: distinct={n} total={} checksum={}",
+        3 * n,
+        3 * (n * (n - 1) / 2)
+    );
+    assert!(stdout.contains(&want), "want {want}, got {stdout}");
+    let survivor = work(1 - victim);
+    let left = if survivor.exists() {
+        walk(&survivor)
+    } else {
+        Vec::new()
+    };
+    assert!(
+        left.is_empty(),
+        "spill files left on the survivor: {left:?}"
+    );
+}
+
+/// A tenant's `max_executor_spill_bytes` caps what its tasks hold spilled on one executor:
+/// an aggregation that needs more fails naming the quota and the tenant, and leaves no
+/// spill file.
+#[test]
+fn a_tenant_s_spill_quota_on_an_executor_is_enforced() {
+    let tmp = tempfile::tempdir().unwrap();
+    let tenants = tmp.path().join("tenants.toml");
+    let token = add_tenant_token(tmp.path(), &tenants, "small-disk");
+    let mut file = std::fs::read_to_string(&tenants).unwrap();
+    file.push_str("\nmax_executor_spill_bytes = \"4m\"\n");
+    std::fs::write(&tenants, file).unwrap();
+    let t = tenants.clone();
+    let mut cluster = ProcCluster::start_with(tmp.path(), "127.0.0.1:0", &[], move |mut c| {
+        c.arg("--tenants").arg(&t);
+        c
+    });
+    cluster.add_executor(&[]);
+    let job = submit_as(
+        &cluster.client,
+        &token,
+        Path::new(flint_udfs::TEST_JOBS),
+        &[MEMORY, "shuffle.partitions=1", "task.max_failures=1"],
+        &[Path::new("spill-agg"), Path::new("2000000")],
+    );
+    let (ok, stdout, stderr) = wait_child(job, Duration::from_secs(600));
+    assert!(!ok, "the job succeeded: {stdout}");
+    assert!(
+        stderr.contains("tenant small-disk's max_executor_spill_bytes"),
+        "{stderr}"
+    );
+    let spill = tmp.path().join("work-1").join("spill");
+    let left = if spill.exists() {
+        walk(&spill)
+    } else {
+        Vec::new()
+    };
+    assert!(left.is_empty(), "spill files left behind: {left:?}");
 }
