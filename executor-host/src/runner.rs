@@ -21,7 +21,7 @@ use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 use tokio::sync::{Semaphore, mpsc};
 
 /// Where an executor gets what the driver holds: components it has not compiled yet, and
@@ -364,7 +364,8 @@ async fn feed(
                 ..
             } => {
                 let mut rx = fetch_segments(env, desc, *reduce_partition, sides);
-                while let Some((side, r, permit, src)) = rx.recv().await {
+                while let Some((side, r, permit, seg)) = rx.recv().await {
+                    let src = &seg.src;
                     let fetch_failed = |e: String| {
                         err(
                             TaskErrorKind::FetchFailed {
@@ -374,15 +375,44 @@ async fn feed(
                             vec![e],
                         )
                     };
-                    let (data, remote) = r.map_err(fetch_failed)?;
-                    if remote {
-                        m.shuffle_read_remote_bytes += data.len() as u64;
-                    } else {
-                        m.shuffle_read_local_bytes += data.len() as u64;
+                    // The segment a chunk at a time: the first came with `r`, the rest
+                    // are fetched as the guest takes them; a frame may span chunks.
+                    let (mut chunk, mut remote) = r.map_err(fetch_failed)?;
+                    let (mut offset, mut carry) = (0u64, Vec::new());
+                    loop {
+                        let n = chunk.len() as u64;
+                        if remote {
+                            m.shuffle_read_remote_bytes += n;
+                        } else {
+                            m.shuffle_read_local_bytes += n;
+                        }
+                        m.input_bytes += n;
+                        offset += n;
+                        let buf = if carry.is_empty() {
+                            chunk
+                        } else {
+                            carry.extend_from_slice(&chunk);
+                            drop(chunk);
+                            std::mem::take(&mut carry)
+                        };
+                        let (frames, rest) =
+                            crate::shuffle::whole_frames(&buf).map_err(fetch_failed)?;
+                        for frame in frames {
+                            guest.push(i, side, frame).await?;
+                        }
+                        carry = buf[rest..].to_vec();
+                        if n < crate::shuffle::SEGMENT_CHUNK {
+                            break;
+                        }
+                        (chunk, remote) = seg
+                            .chunk(&env.fetcher, offset)
+                            .await
+                            .map_err(fetch_failed)?;
                     }
-                    m.input_bytes += data.len() as u64;
-                    for frame in crate::shuffle::frames(&data) {
-                        guest.push(i, side, frame.map_err(fetch_failed)?).await?;
+                    if !carry.is_empty() {
+                        return Err(fetch_failed(format!(
+                            "a shuffle segment of {offset} bytes ends inside a frame"
+                        )));
                     }
                     drop(permit);
                 }
@@ -410,11 +440,55 @@ type Fetched = (
     u32,
     Result<(Vec<u8>, bool), String>,
     tokio::sync::OwnedSemaphorePermit,
-    SegmentSource,
+    Arc<SegmentFetch>,
 );
 
-/// Fetches every segment of one reduce partition (of all sides) with bounded bytes in
-/// flight: a segment's permits are held until the guest has consumed it.
+/// One segment a reduce task reads, fetched a chunk at a time.
+struct SegmentFetch {
+    job: flint_protocol::ids::JobId,
+    shuffle: flint_protocol::ids::ShuffleId,
+    secret: [u8; 16],
+    reduce: u32,
+    src: SegmentSource,
+    limit: Duration,
+}
+
+impl SegmentFetch {
+    /// The chunk at `offset`, within `shuffle.fetch_timeout`.
+    async fn chunk(&self, fetcher: &Fetcher, offset: u64) -> Result<(Vec<u8>, bool), String> {
+        let src = &self.src;
+        match tokio::time::timeout(
+            self.limit,
+            fetcher.fetch(
+                self.job,
+                self.shuffle,
+                self.reduce,
+                src,
+                self.secret,
+                offset,
+            ),
+        )
+        .await
+        {
+            Ok(r) => r.map_err(|e| e.to_string()),
+            Err(_) => {
+                fetcher.forget(&src.addr);
+                Err(format!(
+                    "fetching map output {} from executor {} at {}: no answer within \
+                     shuffle.fetch_timeout ({})",
+                    src.map_partition,
+                    src.executor.0,
+                    src.addr,
+                    flint_protocol::scheduler::fmt_ms(self.limit.as_millis() as u64)
+                ))
+            }
+        }
+    }
+}
+
+/// Fetches the first chunk of every segment of one reduce partition (of all sides) with
+/// bounded bytes in flight: a segment's permits (for its first chunk) are held until the
+/// guest has consumed it.
 fn fetch_segments(
     env: &TaskEnv,
     desc: &TaskDescriptor,
@@ -438,31 +512,25 @@ fn fetch_segments(
         };
         for src in input.segments.clone() {
             let (fetcher, permits, tx) = (env.fetcher.clone(), permits.clone(), tx.clone());
+            let seg = Arc::new(SegmentFetch {
+                job,
+                shuffle,
+                secret,
+                reduce,
+                src,
+                limit,
+            });
             tokio::spawn(async move {
-                let want = src.size.clamp(1, budget) as u32;
+                let want = seg
+                    .src
+                    .size
+                    .clamp(1, budget.min(crate::shuffle::SEGMENT_CHUNK))
+                    as u32;
                 let Ok(permit) = permits.acquire_many_owned(want).await else {
                     return;
                 };
-                let r = match tokio::time::timeout(
-                    limit,
-                    fetcher.fetch(job, shuffle, reduce, &src, secret),
-                )
-                .await
-                {
-                    Ok(r) => r.map_err(|e| e.to_string()),
-                    Err(_) => {
-                        fetcher.forget(&src.addr);
-                        Err(format!(
-                            "fetching map output {} from executor {} at {}: no answer within \
-                             shuffle.fetch_timeout ({})",
-                            src.map_partition,
-                            src.executor.0,
-                            src.addr,
-                            flint_protocol::scheduler::fmt_ms(limit.as_millis() as u64)
-                        ))
-                    }
-                };
-                let _ = tx.send((side as u32, r, permit, src)).await;
+                let r = seg.chunk(&fetcher, 0).await;
+                let _ = tx.send((side as u32, r, permit, seg)).await;
             });
         }
     }

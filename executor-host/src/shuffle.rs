@@ -9,6 +9,7 @@ use crate::memory::{Grant, MemoryPool};
 use flint_protocol::ids::{ExecutorId, JobId, ShuffleId};
 use flint_protocol::plan::StorageLevel;
 use flint_protocol::wire::{FetchSegment, SegmentSource};
+use flint_sandbox::spill::MAX_FRAME_BYTES;
 use flint_transport::net::{self, NetError};
 use std::collections::HashMap;
 use std::io::{Read, Seek, SeekFrom, Write};
@@ -284,6 +285,7 @@ impl ShuffleStore {
 
     /// Reads reduce partition `reduce`'s segment of one map output (from memory for a
     /// cached partition held there).
+    /// A whole segment.
     pub fn read(
         &self,
         job: JobId,
@@ -291,6 +293,23 @@ impl ShuffleStore {
         map: u32,
         reduce: u32,
     ) -> Result<Vec<u8>, ShuffleError> {
+        self.read_range(job, shuffle, map, reduce, 0, u64::MAX)
+    }
+
+    /// At most `len` bytes of a segment from `offset` (fewer at its end, none past it).
+    pub fn read_range(
+        &self,
+        job: JobId,
+        shuffle: ShuffleId,
+        map: u32,
+        reduce: u32,
+        offset: u64,
+        len: u64,
+    ) -> Result<Vec<u8>, ShuffleError> {
+        let range = |size: u64| {
+            let start = offset.min(size);
+            (start, start.saturating_add(len).min(size))
+        };
         {
             let mut t = self.tier();
             t.clock += 1;
@@ -298,11 +317,12 @@ impl ShuffleStore {
             if let Some(b) = t.blocks.get_mut(&(job, shuffle, map)) {
                 b.used_at = now;
                 let partitions = b.segments.len() as u32;
-                return b
+                let seg = b
                     .segments
                     .get(reduce as usize)
-                    .cloned()
-                    .ok_or(ShuffleError::OutOfRange { reduce, partitions });
+                    .ok_or(ShuffleError::OutOfRange { reduce, partitions })?;
+                let (from, to) = range(seg.len() as u64);
+                return Ok(seg[from as usize..to as usize].to_vec());
             }
         }
         let (data, index) = self.paths(job, shuffle, map);
@@ -335,8 +355,9 @@ impl ShuffleStore {
         if end > len {
             return Err(corrupt("offset past the end of the data file"));
         }
-        f.seek(SeekFrom::Start(start)).map_err(io)?;
-        let mut buf = vec![0u8; (end - start) as usize];
+        let (from, to) = range(end - start);
+        f.seek(SeekFrom::Start(start + from)).map_err(io)?;
+        let mut buf = vec![0u8; (to - from) as usize];
         f.read_exact(&mut buf).map_err(io)?;
         Ok(buf)
     }
@@ -486,6 +507,30 @@ impl Drop for MapOutputWriter {
     }
 }
 
+/// Bytes of a segment one fetch asks for: a reduce task holds a chunk per segment in
+/// flight, not the segment.
+pub const SEGMENT_CHUNK: u64 = 8 << 20;
+
+/// The whole frames at the start of `buf` (part of a segment, from a frame's start), and
+/// where the first frame not yet whole begins.
+pub fn whole_frames(buf: &[u8]) -> Result<(Vec<&[u8]>, usize), String> {
+    let (mut out, mut at) = (Vec::new(), 0);
+    while buf.len() - at >= 4 {
+        let len = u32::from_le_bytes(buf[at..at + 4].try_into().expect("4 bytes")) as usize;
+        if len > MAX_FRAME_BYTES {
+            return Err(format!(
+                "a shuffle segment's frame of {len} bytes, over the {MAX_FRAME_BYTES} one may hold"
+            ));
+        }
+        if buf.len() - at - 4 < len {
+            break;
+        }
+        out.push(&buf[at + 4..at + 4 + len]);
+        at += 4 + len;
+    }
+    Ok((out, at))
+}
+
 /// The frames of a segment written by [`MapOutputWriter`]: each one Arrow IPC stream.
 pub fn frames(segment: &[u8]) -> impl Iterator<Item = Result<&[u8], String>> {
     let mut rest = segment;
@@ -541,11 +586,14 @@ pub async fn serve_connection(
             };
             let data = tokio::task::spawn_blocking(move || {
                 store.check(req.job, &req.secret)?;
-                store.read(
+                // A peer asks for a chunk; it gets no more than a few at once.
+                store.read_range(
                     req.job,
                     req.shuffle,
                     req.map_partition,
                     req.reduce_partition,
+                    req.offset,
+                    req.len.min(4 * SEGMENT_CHUNK),
                 )
             })
             .await
@@ -595,7 +643,8 @@ impl Fetcher {
         self.me
     }
 
-    /// One segment; the flag says whether it crossed the network.
+    /// Up to [`SEGMENT_CHUNK`] bytes of one segment from `offset` (fewer: its end); the
+    /// flag says whether they crossed the network.
     pub async fn fetch(
         &self,
         job: JobId,
@@ -603,6 +652,7 @@ impl Fetcher {
         reduce: u32,
         src: &SegmentSource,
         secret: ShuffleSecret,
+        offset: u64,
     ) -> Result<(Vec<u8>, bool), FetchError> {
         let fail = |source: Box<dyn std::error::Error + Send + Sync>| FetchError {
             executor: src.executor,
@@ -615,7 +665,7 @@ impl Fetcher {
             let map = src.map_partition;
             let data = tokio::task::spawn_blocking(move || {
                 store.check(job, &secret)?;
-                store.read(job, shuffle, map, reduce)
+                store.read_range(job, shuffle, map, reduce, offset, SEGMENT_CHUNK)
             })
             .await
             .map_err(|e| fail(Box::new(e)))?
@@ -632,12 +682,14 @@ impl Fetcher {
             shuffle,
             map_partition: src.map_partition,
             reduce_partition: reduce,
+            offset,
+            len: SEGMENT_CHUNK,
         };
         let result = async {
             let (mut send, mut recv) = conn.open_bi().await?;
             net::write_frame(&mut send, &req).await?;
             let _ = send.finish();
-            net::recv_blob(&mut recv, src.size.max(1) * 2 + 4096).await
+            net::recv_blob(&mut recv, SEGMENT_CHUNK).await
         }
         .await;
         match result {
@@ -685,6 +737,25 @@ mod tests {
     use super::*;
 
     #[test]
+    fn whole_frames_stop_at_a_partial_frame_and_refuse_an_oversized_one() {
+        let mut buf = Vec::new();
+        for f in [&b"ab"[..], b"cde"] {
+            buf.extend_from_slice(&(f.len() as u32).to_le_bytes());
+            buf.extend_from_slice(f);
+        }
+        let whole = buf.len();
+        buf.extend_from_slice(&9u32.to_le_bytes());
+        buf.extend_from_slice(b"fg");
+        let (frames, rest) = whole_frames(&buf).unwrap();
+        assert_eq!(frames, vec![&b"ab"[..], b"cde"]);
+        assert_eq!(rest, whole);
+        // Only a header's first bytes: not yet whole either.
+        assert_eq!(whole_frames(&buf[..whole + 2]).unwrap().1, whole);
+        let huge = ((MAX_FRAME_BYTES + 1) as u32).to_le_bytes();
+        assert!(whole_frames(&huge).unwrap_err().contains("over the"));
+    }
+
+    #[test]
     fn segments_roundtrip_and_bad_requests_are_errors() {
         let dir = tempfile::tempdir().unwrap();
         let store = ShuffleStore::new(dir.path());
@@ -693,6 +764,15 @@ mod tests {
         assert_eq!(sizes, vec![3, 0, 5]);
         assert_eq!(store.read(JobId(1), ShuffleId(0), 4, 2).unwrap(), b"defgh");
         assert!(store.read(JobId(1), ShuffleId(0), 4, 1).unwrap().is_empty());
+        // Ranges: within the segment, cut at its end, empty past it.
+        let range = |o, l| {
+            store
+                .read_range(JobId(1), ShuffleId(0), 4, 2, o, l)
+                .unwrap()
+        };
+        assert_eq!(range(1, 3), b"efg");
+        assert_eq!(range(3, 10), b"gh");
+        assert!(range(9, 10).is_empty());
         assert!(matches!(
             store.read(JobId(1), ShuffleId(0), 4, 3),
             Err(ShuffleError::OutOfRange { .. })

@@ -2,7 +2,9 @@
 //! and an executor of the cluster (say, one running a hostile tenant's task) that asks for
 //! another job's segment, guessing its ids but not its capability, is refused.
 
-use flint_executor_host::shuffle::{Fetcher, ShuffleStore, serve_connection};
+use flint_executor_host::shuffle::{
+    Fetcher, SEGMENT_CHUNK, ShuffleStore, serve_connection, whole_frames,
+};
 use flint_protocol::ids::{ExecutorId, JobId, ShuffleId};
 use flint_protocol::wire::SegmentSource;
 use flint_transport::tls::{ClusterAuthority, ExecutorIdentity, ExecutorKey};
@@ -69,7 +71,7 @@ async fn a_fetch_without_the_job_s_capability_is_refused() {
     };
     // Tenant A's task, naming tenant B's job: refused, and nothing is served.
     let err = fetcher
-        .fetch(tenant_b, ShuffleId(0), 0, &src, secret_a)
+        .fetch(tenant_b, ShuffleId(0), 0, &src, secret_a, 0)
         .await
         .unwrap_err()
         .to_string();
@@ -79,18 +81,18 @@ async fn a_fetch_without_the_job_s_capability_is_refused() {
     // With no capability at all (zeros): refused too.
     assert!(
         fetcher
-            .fetch(tenant_b, ShuffleId(0), 0, &src, [0; 16])
+            .fetch(tenant_b, ShuffleId(0), 0, &src, [0; 16], 0)
             .await
             .is_err()
     );
     // B's own task gets B's data; A's gets A's.
     let (data, remote) = fetcher
-        .fetch(tenant_b, ShuffleId(0), 0, &src, secret_b)
+        .fetch(tenant_b, ShuffleId(0), 0, &src, secret_b, 0)
         .await
         .unwrap();
     assert_eq!((data.as_slice(), remote), (&b"bbbb"[..], true));
     let (data, _) = fetcher
-        .fetch(tenant_a, ShuffleId(0), 0, &src, secret_a)
+        .fetch(tenant_a, ShuffleId(0), 0, &src, secret_a, 0)
         .await
         .unwrap();
     assert_eq!(data, b"aaaa");
@@ -98,7 +100,7 @@ async fn a_fetch_without_the_job_s_capability_is_refused() {
     store.remove_job(tenant_b);
     assert!(
         fetcher
-            .fetch(tenant_b, ShuffleId(0), 0, &src, secret_b)
+            .fetch(tenant_b, ShuffleId(0), 0, &src, secret_b, 0)
             .await
             .is_err()
     );
@@ -156,8 +158,86 @@ async fn only_executors_of_the_cluster_get_past_the_handshake() {
     };
     assert!(
         fetcher
-            .fetch(JobId(1), ShuffleId(0), 0, &src, [0; 16])
+            .fetch(JobId(1), ShuffleId(0), 0, &src, [0; 16], 0)
             .await
             .is_err()
     );
+}
+
+/// A segment several chunks long crosses the network a chunk at a time: each answer is
+/// at most a chunk, the last one shorter, and the chunks put back together hold every
+/// frame whole, though frames span chunk boundaries.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_segment_is_fetched_in_chunks_whose_frames_reassemble() {
+    let ca = ClusterAuthority::generate().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(ShuffleStore::new(dir.path()));
+    let (job, secret) = (JobId(3), [0x33; 16]);
+    store.grant(job, secret).unwrap();
+    // Frames of 1 MiB + 1 byte of a repeating index, 20 of them: 20 MiB in all, so
+    // frames straddle every chunk boundary.
+    let frames: Vec<Vec<u8>> = (0..20u8).map(|i| vec![i; (1 << 20) + 1]).collect();
+    let mut segment = Vec::new();
+    for f in &frames {
+        segment.extend_from_slice(&(f.len() as u32).to_le_bytes());
+        segment.extend_from_slice(f);
+    }
+    store
+        .write(job, ShuffleId(0), 0, &[segment.clone()])
+        .unwrap();
+    let server = executor(&ca)
+        .endpoint("127.0.0.1:0".parse().unwrap())
+        .unwrap();
+    let addr = server.local_addr().unwrap().to_string();
+    {
+        let (server, store) = (server.clone(), store.clone());
+        tokio::spawn(async move {
+            while let Some(incoming) = server.accept().await {
+                if let Ok(c) = incoming.await {
+                    tokio::spawn(serve_connection(c, store.clone(), Default::default()));
+                }
+            }
+        });
+    }
+    let other = tempfile::tempdir().unwrap();
+    let fetcher = Fetcher::new(
+        executor(&ca)
+            .endpoint("127.0.0.1:0".parse().unwrap())
+            .unwrap(),
+        ExecutorId(8),
+        Arc::new(ShuffleStore::new(other.path())),
+    );
+    let src = SegmentSource {
+        executor: ExecutorId(1),
+        addr,
+        map_partition: 0,
+        size: segment.len() as u64,
+    };
+    let (mut offset, mut carry, mut got, mut chunks) = (0u64, Vec::new(), Vec::new(), 0);
+    loop {
+        let (chunk, remote) = fetcher
+            .fetch(job, ShuffleId(0), 0, &src, secret, offset)
+            .await
+            .unwrap();
+        assert!(remote && chunk.len() as u64 <= SEGMENT_CHUNK);
+        chunks += 1;
+        offset += chunk.len() as u64;
+        carry.extend_from_slice(&chunk);
+        let (whole, rest) = whole_frames(&carry).unwrap();
+        got.extend(whole.into_iter().map(<[u8]>::to_vec));
+        carry.drain(..rest);
+        if (chunk.len() as u64) < SEGMENT_CHUNK {
+            break;
+        }
+    }
+    assert_eq!(offset, segment.len() as u64);
+    assert_eq!(chunks, segment.len().div_ceil(SEGMENT_CHUNK as usize));
+    assert!(carry.is_empty());
+    assert_eq!(got, frames);
+    // Past the end: nothing.
+    let (chunk, _) = fetcher
+        .fetch(job, ShuffleId(0), 0, &src, secret, offset + 5)
+        .await
+        .unwrap();
+    assert!(chunk.is_empty());
 }

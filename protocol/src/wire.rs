@@ -575,6 +575,10 @@ pub struct FetchSegment {
     pub shuffle: ShuffleId,
     pub map_partition: u32,
     pub reduce_partition: u32,
+    /// The bytes of the segment wanted: from `offset`, at most `len` (a reader takes a
+    /// large segment a chunk at a time; a shorter answer is the segment's end).
+    pub offset: u64,
+    pub len: u64,
 }
 
 /// Answer header to a fetch; on `Ok(len)`, `len` raw bytes follow.
