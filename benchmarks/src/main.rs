@@ -40,6 +40,11 @@ struct Args {
     /// Rows of the generated sales table (and orders of the join).
     #[arg(long, default_value_t = 20_000_000)]
     rows: u64,
+    /// `wordcount` over a corpus of distinct words (about `--mb` / 10 million of them,
+    /// the case a task's memory cannot hold) instead of a Zipf one; measures the count
+    /// alone.
+    #[arg(long)]
+    distinct: bool,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -50,11 +55,16 @@ fn main() -> anyhow::Result<()> {
     if args.suite == "sales" {
         return sales_suite(&args, &rt);
     }
-    let corpus = generate_corpus(&args.data, args.mb)?;
+    let corpus = generate_corpus(&args.data, args.mb, args.distinct)?;
     println!(
-        "corpus: {} ({} MB, Zipf(1.0) over 50k words, seed 42)",
+        "corpus: {} ({} MB, {})",
         corpus.display(),
-        args.mb
+        args.mb,
+        if args.distinct {
+            "every word distinct"
+        } else {
+            "Zipf(1.0) over 50k words, seed 42"
+        }
     );
     let slots = (args.executors * args.cores) as usize;
     // Warm the page cache, so that the first to read the corpus does not pay for the disk.
@@ -108,6 +118,13 @@ fn main() -> anyhow::Result<()> {
         args.cores,
         flint_s / native_s
     );
+    if args.distinct {
+        println!(
+            "peak RSS of this process (native map and flint's cluster): {} MiB",
+            peak_rss_mib()
+        );
+        return Ok(());
+    }
 
     // Compile cold vs from the disk cache.
     rt.block_on(async {
@@ -267,14 +284,41 @@ async fn run_job(cluster: &LocalCluster, wasm: &[u8], args: Vec<String>) -> anyh
 }
 
 /// Deterministic corpus: words drawn Zipf(1.0) from a 50k vocabulary, 10 words a line.
-fn generate_corpus(dir: &Path, mb: u64) -> anyhow::Result<PathBuf> {
+fn generate_corpus(dir: &Path, mb: u64, distinct: bool) -> anyhow::Result<PathBuf> {
     std::fs::create_dir_all(dir)?;
-    let path = dir.join(format!("corpus-{mb}mb.txt"));
+    let path = dir.join(if distinct {
+        format!("corpus-{mb}mb-distinct.txt")
+    } else {
+        format!("corpus-{mb}mb.txt")
+    });
     if path
         .metadata()
         .map(|m| m.len() >= mb << 20)
         .unwrap_or(false)
     {
+        return Ok(path);
+    }
+    if distinct {
+        // 10 words of 9 bytes a line, each word once.
+        let tmp = path.with_extension("tmp");
+        let mut f = std::io::BufWriter::new(std::fs::File::create(&tmp)?);
+        let (mut written, mut i) = (0u64, 0u64);
+        while written < mb << 20 {
+            let mut line = String::with_capacity(100);
+            for j in 0..10 {
+                if j > 0 {
+                    line.push(' ');
+                }
+                line.push_str(&format!("u{i:08x}"));
+                i += 1;
+            }
+            line.push('\n');
+            f.write_all(line.as_bytes())?;
+            written += line.len() as u64;
+        }
+        f.flush()?;
+        drop(f);
+        std::fs::rename(&tmp, &path)?;
         return Ok(path);
     }
     let vocab: Vec<String> = (0..50_000u32).map(|i| format!("w{i:x}")).collect();
@@ -738,4 +782,16 @@ fn sales_suite(args: &Args, rt: &tokio::runtime::Runtime) -> anyhow::Result<()> 
         );
         anyhow::Ok(())
     })
+}
+
+/// This process's peak resident memory (`VmHWM`), in MiB.
+fn peak_rss_mib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmHWM:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        })
+        .map_or(0, |kb| kb >> 10)
 }
