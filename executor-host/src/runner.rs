@@ -202,9 +202,11 @@ async fn run(
     m.compiled = info.compiled;
     // The task's memory comes from the executor's pool: what it asks, or less on a busy
     // executor (then its operators spill sooner).
-    let grant = env
-        .shuffle
-        .grant_task(desc.limits.memory_bytes)
+    // Evicting writes cached partitions to disk: off the async workers.
+    let (store, want) = (env.shuffle.clone(), desc.limits.memory_bytes);
+    let grant = tokio::task::spawn_blocking(move || store.grant_task(want))
+        .await
+        .map_err(|e| err(TaskErrorKind::Io, vec![format!("granting memory: {e}")]))?
         .map_err(|e| {
             err(
                 TaskErrorKind::Io,
