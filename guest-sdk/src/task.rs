@@ -224,12 +224,7 @@ pub fn push(piece: u32, side: u32, batch: Vec<u8>) -> Result<(), ErrorChain> {
     with_task(|task| {
         let batches = rows::read_ipc(&batch)?;
         drop(batch);
-        let Task {
-            pieces,
-            ops,
-            output,
-        } = task;
-        let p = piece_mut(pieces, piece)?;
+        let (p, mut tail) = task.split(piece)?;
         for b in batches {
             let rows = match &mut p.input {
                 Input::Batches(decode, arg) => Some(decode(arg, &b)?),
@@ -237,9 +232,7 @@ pub fn push(piece: u32, side: u32, batch: Vec<u8>) -> Result<(), ErrorChain> {
                 Input::Shuffle(None) => return Err(Error::msg("push after end-piece")),
             };
             if let Some(rows) = rows {
-                drive(&mut p.ops, rows, &mut |r| {
-                    drive(ops, r, &mut |r| output.emit(r))
-                })?;
+                drive(&mut p.ops, rows, &mut |r| tail.run(r))?;
             }
         }
         Ok(())
@@ -248,21 +241,15 @@ pub fn push(piece: u32, side: u32, batch: Vec<u8>) -> Result<(), ErrorChain> {
 
 pub fn end_piece(piece: u32) -> Result<(), ErrorChain> {
     with_task(|task| {
-        let Task {
-            pieces,
-            ops,
-            output,
-        } = task;
-        let p = piece_mut(pieces, piece)?;
-        let tail = &mut |r| drive(ops, r, &mut |r| output.emit(r));
+        let (p, mut tail) = task.split(piece)?;
         if let Input::Shuffle(reader) = &mut p.input
             && let Some(reader) = reader.take()
         {
             let piece_ops = &mut p.ops;
-            reader.finish(&mut |rows| drive(piece_ops, rows, tail))?;
+            reader.finish(&mut |rows| drive(piece_ops, rows, &mut |r| tail.run(r)))?;
         }
         // Partition-wise ops of the piece emit what they held.
-        finish_ops(&mut p.ops, tail)
+        finish_ops(&mut p.ops, &mut |r| tail.run(r))
     })
 }
 
@@ -290,11 +277,33 @@ fn with_task<R>(f: impl FnOnce(&mut Task) -> Result<R>) -> Result<R, ErrorChain>
     })
 }
 
-fn piece_mut(pieces: &mut [Piece], i: u32) -> Result<&mut Piece> {
-    let n = pieces.len();
-    pieces
-        .get_mut(i as usize)
-        .ok_or_else(|| Error::msg(format!("piece {i} of a task with {n}")))
+/// The task's ops and output: where a piece's rows go on to.
+struct Tail<'a> {
+    ops: &'a mut [Box<dyn Operator>],
+    output: &'a mut Output,
+}
+
+impl Tail<'_> {
+    fn run(&mut self, rows: Rows) -> Result<()> {
+        let output = &mut *self.output;
+        drive(self.ops, rows, &mut |r| output.emit(r))
+    }
+}
+
+impl Task {
+    /// Piece `i`, and where its rows go on to.
+    fn split(&mut self, i: u32) -> Result<(&mut Piece, Tail<'_>)> {
+        let n = self.pieces.len();
+        let piece = self
+            .pieces
+            .get_mut(i as usize)
+            .ok_or_else(|| Error::msg(format!("piece {i} of a task with {n}")))?;
+        let tail = Tail {
+            ops: &mut self.ops,
+            output: &mut self.output,
+        };
+        Ok((piece, tail))
+    }
 }
 
 impl Output {
