@@ -587,6 +587,9 @@ fn finish(result: Result<AppSummary, AppError>, report: &Report) -> anyhow::Resu
     } else {
         format!(", {spilled} bytes spilled in {runs} run(s)")
     };
+    for schema in &summary.inferred_schemas {
+        eprintln!("flint: inferred the CSV schema of {schema}");
+    }
     let outputs = if summary.outputs.is_empty() {
         String::new()
     } else {

@@ -11,10 +11,13 @@ use crate::tenants::{Tenant, TenantError, Tenants};
 use flint_protocol::conf::{Conf, Settings};
 use flint_protocol::dag::{JobDag, build_dag, take_round};
 use flint_protocol::ids::{JobId, ModuleHash};
-use flint_protocol::plan::{Action, LogicalPlan, Node, NodeIndex, PlanError, ReadFormat};
+use flint_protocol::plan::{
+    Action, CsvFormat, LogicalPlan, Node, NodeIndex, PlanError, ReadFormat,
+};
 use flint_protocol::scheduler::{JobPolicy, Pool};
 use flint_protocol::wire::{
-    AppError, AppErrorKind, AppSummary, SubmitEvent, TaskInput, TaskLimits, TaskResult, TaskSuccess,
+    AppError, AppErrorKind, AppSummary, PartitionValue, SubmitEvent, TaskInput, TaskLimits,
+    TaskResult, TaskSuccess,
 };
 use flint_sandbox::{
     ActionError, ActionFuture, ActionResult, ActionRunner, Sandbox, SandboxError, StoreLimits,
@@ -183,23 +186,53 @@ impl DriverShared {
     }
 }
 
-/// Infers a CSV source's schema from its first file (Spark's `inferSchema`), as an Arrow
-/// IPC schema message for the tasks.
+/// Infers a CSV source's schema from a sample of its files (Spark's `inferSchema`), as an
+/// Arrow IPC schema message for the tasks and as text for the user to pin it by.
 fn infer_csv_schema(
-    path: &std::path::Path,
-    header: bool,
-    delimiter: u8,
-) -> Result<Vec<u8>, String> {
-    let file = std::fs::File::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    let (schema, _) = arrow_csv::reader::Format::default()
-        .with_header(header)
-        .with_delimiter(delimiter)
-        .infer_schema(file, Some(1000))
-        .map_err(|e| format!("inferring the schema of {}: {e}", path.display()))?;
-    let mut w =
-        arrow_ipc::writer::StreamWriter::try_new(Vec::new(), &schema).map_err(|e| e.to_string())?;
-    w.finish().map_err(|e| e.to_string())?;
-    w.into_inner().map_err(|e| e.to_string())
+    files: &[std::path::PathBuf],
+    c: &CsvFormat,
+) -> Result<(Vec<u8>, String), (AppErrorKind, String)> {
+    let schema = flint_storage::csv::infer(files, c).map_err(|e| {
+        let kind = match e {
+            flint_storage::csv::CsvError::Io { .. } => AppErrorKind::Io,
+            _ => AppErrorKind::InvalidPlan,
+        };
+        (kind, e.to_string())
+    })?;
+    let text = schema
+        .fields()
+        .iter()
+        .map(|f| format!("{}: {}", f.name(), f.data_type()))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let ipc = || -> Result<Vec<u8>, arrow_schema::ArrowError> {
+        let mut w = arrow_ipc::writer::StreamWriter::try_new(Vec::new(), &schema)?;
+        w.finish()?;
+        w.into_inner()
+    };
+    let ipc = ipc().map_err(|e| (AppErrorKind::Driver, e.to_string()))?;
+    Ok((ipc, text))
+}
+
+/// The partition columns of a source whose every value is an integer (or null): they are
+/// read as integers, the others as text (Spark's partition column type inference).
+fn partition_types(splits: &[splits::Split]) -> std::collections::HashSet<String> {
+    let mut integer = std::collections::HashSet::new();
+    let mut text = std::collections::HashSet::new();
+    for s in splits {
+        for (column, value) in &s.partition {
+            match value {
+                Some(v) if v.parse::<i64>().is_err() => {
+                    text.insert(column.clone());
+                }
+                _ => {
+                    integer.insert(column.clone());
+                }
+            }
+        }
+    }
+    integer.retain(|c| !text.contains(c));
+    integer
 }
 
 /// A refused plan: a bound it passes, or its shape.
@@ -257,6 +290,8 @@ struct AppActions {
     name: String,
     /// Directories `save_*` actions wrote.
     outputs: Mutex<Vec<String>>,
+    /// The CSV schemas inferred for this application's sources, as text.
+    inferred: Mutex<Vec<String>>,
     tenant: Tenant,
     /// Capability of the application's cached partitions and broadcast values.
     app_secret: [u8; 16],
@@ -446,7 +481,8 @@ impl AppActions {
                     splits::plan_units(&list, true, min, max_split, &limits)
                 }
                 ReadFormat::ArrowIpc => splits::plan_units(&list, false, min, max_split, &limits),
-                _ => splits::plan(&list, min, max_split, &limits),
+                ReadFormat::Csv(c) => splits::plan(&list, min, max_split, c.multi_line, &limits),
+                _ => splits::plan(&list, min, max_split, false, &limits),
             })
             .await
             .map_err(|e| ActionError::new(AppErrorKind::Driver, e.to_string(), Vec::new()))?
@@ -458,27 +494,48 @@ impl AppActions {
                     .check_path("read", &split.path)
                     .map_err(tenant_error)?;
             }
-            if let ReadFormat::Csv {
-                header,
-                delimiter,
-                schema: schema @ None,
-            } = format
-                && let Some(first) = s.first()
+            if let ReadFormat::Csv(c) = format
+                && c.schema.is_none()
             {
-                let (path, h, d) = (std::path::PathBuf::from(&first.path), *header, *delimiter);
-                *schema = Some(
-                    tokio::task::spawn_blocking(move || infer_csv_schema(&path, h, d))
+                let mut files: Vec<std::path::PathBuf> = Vec::new();
+                for split in &s {
+                    if files
+                        .last()
+                        .is_none_or(|f| f.as_os_str() != split.path.as_str())
+                    {
+                        files.push(split.path.clone().into());
+                    }
+                }
+                let csv = c.clone();
+                let (schema, text) =
+                    tokio::task::spawn_blocking(move || infer_csv_schema(&files, &csv))
                         .await
                         .map_err(|e| {
                             ActionError::new(AppErrorKind::Driver, e.to_string(), Vec::new())
                         })?
-                        .map_err(|e| ActionError::new(AppErrorKind::Io, e, Vec::new()))?,
+                        .map_err(|e| ActionError::new(e.0, e.1, Vec::new()))?;
+                tracing::info!(
+                    app = self.app,
+                    source = paths.join(","),
+                    "inferred CSV schema: {text}"
                 );
+                lock(&self.inferred).push(format!("{}: {text}", paths.join(", ")));
+                c.schema = Some(schema);
             }
+            let partition = partition_types(&s);
             let shared = Arc::new(format.clone());
             let inputs = s
                 .into_iter()
                 .map(|split| TaskInput::Split {
+                    partition: split
+                        .partition
+                        .into_iter()
+                        .map(|(column, value)| PartitionValue {
+                            integer: partition.contains(&column),
+                            column,
+                            value,
+                        })
+                        .collect(),
                     path: split.path,
                     format: shared.clone(),
                     malformed: *malformed,
@@ -506,15 +563,30 @@ impl AppActions {
         )
         .map_err(plan_error)?;
         let output = match &plan.action {
-            Action::Save { path, format, .. } => {
+            Action::Save {
+                path,
+                format,
+                options,
+                ..
+            } => {
                 self.tenant
                     .check_path("write", path)
                     .map_err(tenant_error)?;
-                Some(Arc::new(
-                    OutputCommit::prepare(path, job, format.extension()).map_err(|e| {
-                        ActionError::new(AppErrorKind::Io, e.to_string(), Vec::new())
-                    })?,
-                ))
+                let codec = options.compression.unwrap_or(format.default_codec());
+                let extension = format.file_suffix(codec);
+                let prepared = OutputCommit::prepare(
+                    path,
+                    job,
+                    extension,
+                    options.mode,
+                    options.partition_by.len(),
+                )
+                .map_err(|e| ActionError::new(AppErrorKind::Io, e.to_string(), Vec::new()))?;
+                match prepared {
+                    Some(commit) => Some(Arc::new(commit)),
+                    // Mode `ignore` and the output is there: nothing to do.
+                    None => return Ok(ActionResult::Saved),
+                }
             }
             _ => None,
         };
@@ -731,6 +803,7 @@ pub async fn run_application(
         jobs: AtomicU64::new(0),
         name: name.clone(),
         outputs: Default::default(),
+        inferred: Default::default(),
         tenant: a.tenant.clone(),
         app_secret: rand::random(),
         next_broadcast: AtomicU32::new(1),
@@ -773,6 +846,7 @@ pub async fn run_application(
             speculative_tasks: executors.iter().map(|e| e.tasks_speculated).sum(),
             fetch_failures: executors.iter().map(|e| e.fetch_failures).sum(),
             outputs: std::mem::take(&mut *lock(&actions.outputs)),
+            inferred_schemas: std::mem::take(&mut *lock(&actions.inferred)),
             stdout: outcome.stdout,
             broadcast_fetches,
             executors,

@@ -996,11 +996,18 @@ impl ClusterLoop {
                 encode: encode.clone(),
             },
             StageOutput::Result(Action::Count) => TaskOutput::Count,
-            StageOutput::Result(Action::Save { render, format, .. }) => {
+            StageOutput::Result(Action::Save {
+                render,
+                format,
+                options,
+                ..
+            }) => {
                 let out = job.spec.output.as_ref()?;
                 TaskOutput::File {
                     file: out.attempt_file(attempt).to_string_lossy().into_owned(),
                     format: *format,
+                    compression: options.compression.unwrap_or(format.default_codec()),
+                    partition_by: options.partition_by.clone(),
                     render: render.clone(),
                 }
             }

@@ -9,7 +9,18 @@ pub struct Split {
     pub path: String,
     pub start: u64,
     pub end: u64,
+    /// The `column=value` directories between the listed directory and the file.
+    pub partition: Partition,
 }
+
+/// Partition columns of a file, from its directories: (column, value; `None` for null).
+pub type Partition = Vec<(String, Option<String>)>;
+
+/// A listed file: its path, size and partition columns.
+pub type Listed = (PathBuf, u64, Partition);
+
+/// Deepest `column=value` nesting a listing follows.
+const MAX_PARTITION_DEPTH: usize = 16;
 
 #[derive(Debug, Error)]
 pub enum SplitError {
@@ -84,7 +95,7 @@ fn glob(pattern: &str) -> Result<globset::GlobMatcher, SplitError> {
 }
 
 /// Files of `path`, where the last component may be a glob (`data/part-*.csv`).
-pub fn list_matching(path: &Path, limits: &SplitLimits) -> Result<Vec<(PathBuf, u64)>, SplitError> {
+pub fn list_matching(path: &Path, limits: &SplitLimits) -> Result<Vec<Listed>, SplitError> {
     let name = path
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
@@ -101,7 +112,7 @@ pub fn list_matching(path: &Path, limits: &SplitLimits) -> Result<Vec<(PathBuf, 
     };
     let out: Vec<_> = list_files(dir, limits)?
         .into_iter()
-        .filter(|(p, _)| p.file_name().is_some_and(|n| matcher.is_match(n)))
+        .filter(|(p, _, _)| p.file_name().is_some_and(|n| matcher.is_match(n)))
         .collect();
     if out.is_empty() {
         return Err(SplitError::NoMatch(path.to_path_buf()));
@@ -110,37 +121,53 @@ pub fn list_matching(path: &Path, limits: &SplitLimits) -> Result<Vec<(PathBuf, 
 }
 
 /// Files of `path`: the file itself, or the visible files of a directory (names starting
-/// with `.` or `_` are skipped, as Hadoop does), in name order; at most
+/// with `.` or `_` are skipped, as Hadoop does), in name order, with those of its
+/// Hive-style `column=value` subdirectories (Spark's partition discovery); at most
 /// `limits.max_files` of them.
-pub fn list_files(path: &Path, limits: &SplitLimits) -> Result<Vec<(PathBuf, u64)>, SplitError> {
-    let io = |source| SplitError::Io {
-        path: path.to_path_buf(),
-        source,
-    };
+pub fn list_files(path: &Path, limits: &SplitLimits) -> Result<Vec<Listed>, SplitError> {
     let meta = match std::fs::metadata(path) {
         Ok(m) => m,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             return Err(SplitError::Missing(path.to_path_buf()));
         }
-        Err(e) => return Err(io(e)),
+        Err(source) => {
+            return Err(SplitError::Io {
+                path: path.to_path_buf(),
+                source,
+            });
+        }
     };
     if meta.is_file() {
-        return Ok(vec![(path.to_path_buf(), meta.len())]);
+        return Ok(vec![(path.to_path_buf(), meta.len(), Vec::new())]);
     }
     let mut out = Vec::new();
-    for entry in std::fs::read_dir(path).map_err(io)? {
-        let entry = entry.map_err(io)?;
-        let name = entry.file_name();
-        let name = name.to_string_lossy();
-        if name.starts_with('.') || name.starts_with('_') {
-            continue;
-        }
-        let m = entry.metadata().map_err(io)?;
-        if m.is_file() {
-            if out.len() as u64 >= limits.max_files as u64 {
-                return Err(limits.too_many_files(&path.display().to_string()));
+    let mut dirs = vec![(path.to_path_buf(), Partition::new())];
+    while let Some((dir, partition)) = dirs.pop() {
+        let io = |source| SplitError::Io {
+            path: dir.clone(),
+            source,
+        };
+        for entry in std::fs::read_dir(&dir).map_err(io)? {
+            let entry = entry.map_err(io)?;
+            let name = entry.file_name();
+            let name = name.to_string_lossy();
+            if name.starts_with('.') || name.starts_with('_') {
+                continue;
             }
-            out.push((entry.path(), m.len()));
+            let m = entry.metadata().map_err(io)?;
+            if m.is_file() {
+                if out.len() as u64 >= limits.max_files as u64 {
+                    return Err(limits.too_many_files(&path.display().to_string()));
+                }
+                out.push((entry.path(), m.len(), partition.clone()));
+            } else if m.is_dir()
+                && partition.len() < MAX_PARTITION_DEPTH
+                && let Some((column, value)) = flint_storage::hive::parse(&name)
+            {
+                let mut p = partition.clone();
+                p.push((column.to_string(), value));
+                dirs.push((entry.path(), p));
+            }
         }
     }
     out.sort();
@@ -155,7 +182,7 @@ fn files_and_split_size(
     floor: u64,
     max_split: u64,
     limits: &SplitLimits,
-) -> Result<(Vec<(PathBuf, u64)>, u64), SplitError> {
+) -> Result<(Vec<Listed>, u64), SplitError> {
     let mut files = Vec::new();
     for p in paths {
         files.extend(list_matching(Path::new(p), limits)?);
@@ -163,7 +190,7 @@ fn files_and_split_size(
             return Err(limits.too_many_files("the source's paths"));
         }
     }
-    let total: u64 = files.iter().map(|(_, len)| len).sum();
+    let total: u64 = files.iter().map(|(_, len, _)| len).sum();
     let size = (total / min_partitions.max(1) as u64).clamp(floor, max_split.max(floor));
     Ok((files, size))
 }
@@ -185,20 +212,23 @@ fn push_split(out: &mut Vec<Split>, split: Split, limits: &SplitLimits) -> Resul
 }
 
 /// Splits: about `total / min_partitions` bytes each, at most `max_split`; empty files
-/// give none.
+/// give none. A compressed file, or any file when `whole` (CSV records may span lines),
+/// is one split.
 pub fn plan(
     paths: &[String],
     min_partitions: u32,
     max_split: u64,
+    whole: bool,
     limits: &SplitLimits,
 ) -> Result<Vec<Split>, SplitError> {
     let (files, size) = files_and_split_size(paths, min_partitions, 4096, max_split, limits)?;
     let mut out = Vec::new();
-    for (path, len) in files {
+    for (path, len, partition) in files {
+        let whole = whole || !flint_storage::codec::splittable(&path);
         let mut start = 0;
         while start < len {
             // Avoid a sliver at the end: the last split takes up to 10% extra.
-            let end = if len - start <= size + size / 10 {
+            let end = if whole || len - start <= size + size / 10 {
                 len
             } else {
                 start + size
@@ -209,6 +239,7 @@ pub fn plan(
                     path: path.to_string_lossy().into_owned(),
                     start,
                     end,
+                    partition: partition.clone(),
                 },
                 limits,
             )?;
@@ -229,7 +260,7 @@ pub fn plan_units(
 ) -> Result<Vec<Split>, SplitError> {
     let (files, size) = files_and_split_size(paths, min_partitions, 1, max_split, limits)?;
     let mut out = Vec::new();
-    for (path, _) in files {
+    for (path, _, partition) in files {
         let format = |message: String| SplitError::Format {
             path: path.clone(),
             message,
@@ -266,6 +297,7 @@ pub fn plan_units(
                         path: name.clone(),
                         start,
                         end: i as u64 + 1,
+                        partition: partition.clone(),
                     },
                     limits,
                 )?;
@@ -280,6 +312,7 @@ pub fn plan_units(
                     path: name,
                     start,
                     end: units.len() as u64,
+                    partition,
                 },
                 limits,
             )?;
@@ -303,6 +336,7 @@ mod tests {
             &[dir.path().to_string_lossy().into()],
             4,
             1 << 20,
+            false,
             &SplitLimits::default(),
         )
         .unwrap();
@@ -333,6 +367,7 @@ mod tests {
             &[pattern.to_string_lossy().into()],
             1,
             1 << 20,
+            false,
             &SplitLimits::default(),
         )
         .unwrap();
@@ -353,6 +388,7 @@ mod tests {
                 &[none.to_string_lossy().into()],
                 1,
                 1 << 20,
+                false,
                 &SplitLimits::default()
             ),
             Err(SplitError::NoMatch(_))
@@ -365,6 +401,7 @@ mod tests {
             &["/no/such/input".into()],
             1,
             1 << 20,
+            false,
             &SplitLimits::default(),
         )
         .unwrap_err();
@@ -383,6 +420,7 @@ mod tests {
             &[dir.path().join(&pattern).to_string_lossy().into()],
             1,
             1 << 20,
+            false,
             &SplitLimits::default(),
         )
         .unwrap_err();
@@ -394,6 +432,7 @@ mod tests {
                 &[long.to_string_lossy().into()],
                 1,
                 1 << 20,
+                false,
                 &SplitLimits::default()
             ),
             Err(SplitError::BadGlob { .. })
@@ -411,16 +450,49 @@ mod tests {
             max_files: 10,
             max_splits: 1000,
         };
-        let e = plan(std::slice::from_ref(&path), 1, 1 << 20, &few_files).unwrap_err();
+        let e = plan(std::slice::from_ref(&path), 1, 1 << 20, false, &few_files).unwrap_err();
         assert!(e.to_string().contains("driver.max_tasks_per_job"), "{e}");
         let few_splits = SplitLimits {
             max_files: 1000,
             max_splits: 30,
         };
-        let e = plan(&[path], 1, 4096, &few_splits).unwrap_err();
+        let e = plan(&[path], 1, 4096, false, &few_splits).unwrap_err();
         assert!(
             e.to_string().contains("driver.max_partitions_per_stage"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn partition_directories_are_discovered_and_compressed_files_not_cut() {
+        let dir = tempfile::tempdir().unwrap();
+        let leaf = dir.path().join("year=2013").join("carrier=U%2FA");
+        std::fs::create_dir_all(&leaf).unwrap();
+        std::fs::create_dir_all(dir.path().join("not-a-partition")).unwrap();
+        std::fs::write(leaf.join("a.csv"), vec![b'x'; 50_000]).unwrap();
+        std::fs::write(leaf.join("b.csv.gz"), vec![b'x'; 50_000]).unwrap();
+        std::fs::write(dir.path().join("not-a-partition").join("c.csv"), b"x\n").unwrap();
+        let root: String = dir.path().to_string_lossy().into();
+        let splits = plan(
+            std::slice::from_ref(&root),
+            10,
+            1 << 20,
+            false,
+            &SplitLimits::default(),
+        )
+        .unwrap();
+        let want = vec![
+            ("year".to_string(), Some("2013".to_string())),
+            ("carrier".to_string(), Some("U/A".to_string())),
+        ];
+        assert!(splits.iter().all(|s| s.partition == want), "{splits:?}");
+        let a = splits.iter().filter(|s| s.path.ends_with("a.csv")).count();
+        let gz: Vec<_> = splits.iter().filter(|s| s.path.ends_with(".gz")).collect();
+        assert!(a > 1, "a plain file is cut");
+        assert_eq!(gz.len(), 1, "a gzip file is one split");
+        assert_eq!((gz[0].start, gz[0].end), (0, 50_000));
+        assert!(!splits.iter().any(|s| s.path.ends_with("c.csv")));
+        let whole = plan(&[root], 10, 1 << 20, true, &SplitLimits::default()).unwrap();
+        assert_eq!(whole.len(), 2, "multi-line CSV: one split per file");
     }
 }

@@ -5,13 +5,18 @@
 //! columns it maps onto its row type.
 
 use crate::input::{InputError, RawLines, SplitReader};
-use arrow_array::{Array, RecordBatch, StringArray};
-use arrow_schema::{ArrowError, Schema, SchemaRef};
-use flint_protocol::plan::{Malformed, ReadFormat, WriteFormat};
+use arrow_array::{Array, ArrayRef, Int64Array, RecordBatch, StringArray};
+use arrow_schema::{ArrowError, DataType, Field, Schema, SchemaRef};
+use flint_protocol::plan::{Codec, CsvFormat, Malformed, ReadFormat, WriteFormat};
+use flint_protocol::wire::PartitionValue;
+use flint_storage::codec::Encoder;
+use flint_storage::csv::CsvError;
 use parquet::arrow::ProjectionMask;
 use parquet::arrow::arrow_reader::{ParquetRecordBatchReader, ParquetRecordBatchReaderBuilder};
+use regex::Regex;
+use std::collections::HashMap;
 use std::fs::File;
-use std::io::{BufWriter, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use thiserror::Error;
@@ -33,10 +38,38 @@ pub enum FormatError {
         group: usize,
         message: String,
     },
+    #[error("opening {path}: {source}")]
+    Open {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("{path}: {message}")]
     File { path: PathBuf, message: String },
     #[error("the plan's schema for {path} is not an Arrow IPC schema: {message}")]
     Schema { path: PathBuf, message: String },
+    #[error(
+        "{path}: the row type's column `{column}` is not in the file's header (its columns: {header})"
+    )]
+    MissingColumn {
+        path: PathBuf,
+        column: String,
+        header: String,
+    },
+    #[error(transparent)]
+    Csv(#[from] CsvError),
+}
+
+impl FormatError {
+    /// Whether the bytes themselves are at fault, so that reading them again fails the
+    /// same way: every error but one of the file system.
+    pub fn is_bad_input(&self) -> bool {
+        !matches!(
+            self,
+            FormatError::Input(InputError::Io { .. } | InputError::Arrow(_))
+                | FormatError::Open { .. }
+                | FormatError::Csv(CsvError::Io { .. })
+        )
+    }
 }
 
 /// One batch read from a split, encoded for the guest.
@@ -83,16 +116,175 @@ enum Kind {
     },
 }
 
-#[derive(Clone)]
 enum LineParser {
-    Csv { schema: SchemaRef, delimiter: u8 },
+    Csv(CsvParser),
     Json { schema: SchemaRef },
+}
+
+/// A CSV file's columns as the decoder reads them: every column of the file (named by
+/// its header, or the plan's schema by position without one), of which `projection`
+/// picks those the plan asks for.
+struct CsvParser {
+    file_schema: SchemaRef,
+    projection: Vec<usize>,
+    output: SchemaRef,
+    format: CsvFormat,
+    nulls: Regex,
+}
+
+impl CsvParser {
+    /// Matches the header of `path` to the plan's schema by name (any subset, any
+    /// order); `partition` columns come from the file's directories instead.
+    fn open(
+        path: &Path,
+        c: &CsvFormat,
+        plan: SchemaRef,
+        partition: &[PartitionValue],
+    ) -> Result<CsvParser, FormatError> {
+        let nulls = flint_storage::csv::null_regex(&c.null_values)?;
+        let from_dirs = |name: &str| partition.iter().any(|p| p.column == name);
+        let wanted: Vec<&Field> = plan
+            .fields()
+            .iter()
+            .filter(|f| !from_dirs(f.name()))
+            .map(|f| f.as_ref())
+            .collect();
+        if !c.header {
+            let file_schema = Arc::new(Schema::new(
+                wanted.iter().map(|f| (*f).clone()).collect::<Vec<_>>(),
+            ));
+            return Ok(CsvParser {
+                projection: (0..file_schema.fields().len()).collect(),
+                output: file_schema.clone(),
+                file_schema,
+                format: c.clone(),
+                nulls,
+            });
+        }
+        let header = flint_storage::csv::header(path, c)?;
+        let mut fields = Vec::with_capacity(header.len());
+        let mut projection = Vec::new();
+        for (i, name) in header.iter().enumerate() {
+            let first = header[..i].iter().all(|h| h != name);
+            match wanted.iter().find(|f| f.name() == name) {
+                Some(f) if first => {
+                    fields.push((*f).clone());
+                    projection.push(i);
+                }
+                _ => fields.push(Field::new(format!("_c{i}"), DataType::Utf8, true)),
+            }
+        }
+        if !c.inferred
+            && let Some(missing) = wanted.iter().find(|f| !header.contains(f.name()))
+        {
+            return Err(FormatError::MissingColumn {
+                path: path.to_path_buf(),
+                column: missing.name().clone(),
+                header: header.join(", "),
+            });
+        }
+        let file_schema = Arc::new(Schema::new(fields));
+        let output = Arc::new(
+            file_schema
+                .project(&projection)
+                .map_err(InputError::Arrow)?,
+        );
+        Ok(CsvParser {
+            file_schema,
+            projection,
+            output,
+            format: c.clone(),
+            nulls,
+        })
+    }
+
+    fn decode(
+        &self,
+        schema: SchemaRef,
+        nulls: Regex,
+        bytes: &[u8],
+        cap: usize,
+    ) -> Result<Option<RecordBatch>, ArrowError> {
+        let c = &self.format;
+        let mut b = arrow_csv::ReaderBuilder::new(schema)
+            .with_header(false)
+            .with_delimiter(c.delimiter)
+            .with_quote(c.quote)
+            .with_null_regex(nulls)
+            .with_projection(self.projection.clone())
+            .with_batch_size(cap);
+        if let Some(e) = c.escape {
+            b = b.with_escape(e);
+        }
+        if let Some(m) = c.comment {
+            b = b.with_comment(m);
+        }
+        let mut d = b.build_decoder();
+        feed(bytes, |b| d.decode(b))?;
+        d.flush()
+    }
+
+    /// Why one record does not parse, by column name: a cell that is no value of its
+    /// column's type, or a null where the row type has no `Option`.
+    fn diagnose(&self, record: &[u8], arrow: &ArrowError) -> String {
+        let text = Arc::new(Schema::new(
+            self.file_schema
+                .fields()
+                .iter()
+                .map(|f| Field::new(f.name(), DataType::Utf8, true))
+                .collect::<Vec<_>>(),
+        ));
+        let never = flint_storage::csv::null_regex(&[]).expect("the empty pattern compiles");
+        let cells = match self.decode(text, never, record, 1) {
+            Ok(Some(b)) if b.num_rows() == 1 => b,
+            Ok(_) => return clean(arrow),
+            Err(e) => return clean(&e),
+        };
+        for (j, field) in self.output.fields().iter().enumerate() {
+            let Some(col) = cells.column(j).as_any().downcast_ref::<StringArray>() else {
+                continue;
+            };
+            let value = col.value(0);
+            if self.nulls.is_match(value) {
+                if !field.is_nullable() {
+                    return format!(
+                        "column `{}` is {value:?}, a null, but the row type's field for it is not an Option",
+                        field.name()
+                    );
+                }
+                continue;
+            }
+            if field.data_type() == &DataType::Utf8 {
+                continue;
+            }
+            let opts = arrow_cast::CastOptions {
+                safe: false,
+                ..Default::default()
+            };
+            if arrow_cast::cast_with_options(cells.column(j), field.data_type(), &opts).is_err() {
+                return format!(
+                    "column `{}`: {value:?} is not a value of type {}",
+                    field.name(),
+                    field.data_type()
+                );
+            }
+        }
+        clean(arrow)
+    }
+}
+
+/// An Arrow CSV error without its batch-relative line and 0-based column (Flint names
+/// the file's line).
+fn clean(e: &ArrowError) -> String {
+    let s = e.to_string();
+    let re = Regex::new(r" (?:for|at) line \d+").expect("a fixed pattern compiles");
+    re.replace_all(&s, "").into_owned()
 }
 
 impl LineParser {
     fn name(&self) -> &'static str {
         match self {
-            LineParser::Csv { .. } => "CSV",
+            LineParser::Csv(_) => "CSV",
             LineParser::Json { .. } => "JSON",
         }
     }
@@ -101,15 +293,7 @@ impl LineParser {
     fn parse(&self, bytes: &[u8], lines: usize) -> Result<RecordBatch, ArrowError> {
         let cap = lines.max(1);
         let batch = match self {
-            LineParser::Csv { schema, delimiter } => {
-                let mut d = arrow_csv::ReaderBuilder::new(schema.clone())
-                    .with_header(false)
-                    .with_delimiter(*delimiter)
-                    .with_batch_size(cap)
-                    .build_decoder();
-                feed(bytes, |b| d.decode(b))?;
-                d.flush()?
-            }
+            LineParser::Csv(c) => c.decode(c.file_schema.clone(), c.nulls.clone(), bytes, cap)?,
             LineParser::Json { schema } => {
                 let mut d = arrow_json::ReaderBuilder::new(schema.clone())
                     .with_batch_size(cap)
@@ -121,9 +305,18 @@ impl LineParser {
         Ok(batch.unwrap_or_else(|| RecordBatch::new_empty(self.schema())))
     }
 
+    /// Why one record does not parse.
+    fn diagnose(&self, record: &[u8], e: &ArrowError) -> String {
+        match self {
+            LineParser::Csv(c) => c.diagnose(record, e),
+            LineParser::Json { .. } => e.to_string(),
+        }
+    }
+
     fn schema(&self) -> SchemaRef {
         match self {
-            LineParser::Csv { schema, .. } | LineParser::Json { schema } => schema.clone(),
+            LineParser::Csv(c) => c.output.clone(),
+            LineParser::Json { schema } => schema.clone(),
         }
     }
 }
@@ -160,6 +353,8 @@ impl SourceBatch {
 pub struct SourceReader {
     path: PathBuf,
     kind: Kind,
+    /// Columns from the file's `column=value` directories, added to every batch.
+    partition: Vec<PartitionValue>,
 }
 
 impl SourceReader {
@@ -169,10 +364,17 @@ impl SourceReader {
         malformed: Malformed,
         start: u64,
         end: u64,
+        partition: &[PartitionValue],
     ) -> Result<SourceReader, FormatError> {
         let file_err = |message: String| FormatError::File {
             path: path.to_path_buf(),
             message,
+        };
+        let open = |path: &Path| {
+            File::open(path).map_err(|source| FormatError::Open {
+                path: path.to_path_buf(),
+                source,
+            })
         };
         let schema_err = |e: ArrowError| FormatError::Schema {
             path: path.to_path_buf(),
@@ -180,37 +382,43 @@ impl SourceReader {
         };
         let kind = match format {
             ReadFormat::Text => Kind::Text(SplitReader::open(path, start, end)?),
-            ReadFormat::Csv {
-                header,
-                delimiter,
-                schema,
-            } => {
-                let Some(schema) = schema else {
+            ReadFormat::Csv(c) => {
+                let Some(schema) = &c.schema else {
                     return Err(file_err(
                         "CSV schema missing (the driver infers it before tasks run)".into(),
                     ));
                 };
+                let plan = schema_from_ipc(schema).map_err(schema_err)?;
+                let mut lines = SplitReader::open(path, start, end)?;
+                if c.multi_line {
+                    lines = lines.quoted(c.quote, c.escape);
+                }
                 Kind::Lines {
-                    lines: SplitReader::open(path, start, end)?,
-                    parser: LineParser::Csv {
-                        schema: schema_from_ipc(schema).map_err(schema_err)?,
-                        delimiter: *delimiter,
-                    },
+                    lines,
+                    parser: LineParser::Csv(CsvParser::open(path, c, plan, partition)?),
                     malformed,
-                    skip_header: *header && start == 0,
+                    skip_header: c.header && start == 0,
                 }
             }
-            ReadFormat::JsonLines { schema } => Kind::Lines {
-                lines: SplitReader::open(path, start, end)?,
-                parser: LineParser::Json {
-                    schema: schema_from_ipc(schema).map_err(schema_err)?,
-                },
-                malformed,
-                skip_header: false,
-            },
+            ReadFormat::JsonLines { schema } => {
+                let schema = schema_from_ipc(schema).map_err(schema_err)?;
+                let keep: Vec<usize> = (0..schema.fields().len())
+                    .filter(|i| {
+                        let name = schema.field(*i).name();
+                        !partition.iter().any(|p| &p.column == name)
+                    })
+                    .collect();
+                Kind::Lines {
+                    lines: SplitReader::open(path, start, end)?,
+                    parser: LineParser::Json {
+                        schema: Arc::new(schema.project(&keep).map_err(schema_err)?),
+                    },
+                    malformed,
+                    skip_header: false,
+                }
+            }
             ReadFormat::Parquet { columns } => {
-                let file = File::open(path).map_err(|e| file_err(e.to_string()))?;
-                let b = ParquetRecordBatchReaderBuilder::try_new(file)
+                let b = ParquetRecordBatchReaderBuilder::try_new(open(path)?)
                     .map_err(|e| file_err(format!("not a readable Parquet file: {e}")))?;
                 let md = b.metadata().clone();
                 let n = md.num_row_groups();
@@ -234,8 +442,7 @@ impl SourceReader {
                 }
             }
             ReadFormat::ArrowIpc => {
-                let file = File::open(path).map_err(|e| file_err(e.to_string()))?;
-                let mut reader = arrow_ipc::reader::FileReader::try_new(file, None)
+                let mut reader = arrow_ipc::reader::FileReader::try_new(open(path)?, None)
                     .map_err(|e| file_err(format!("not an Arrow IPC file: {e}")))?;
                 let n = reader.num_batches() as u64;
                 let start = start.min(n);
@@ -251,19 +458,22 @@ impl SourceReader {
         Ok(SourceReader {
             path: path.to_path_buf(),
             kind,
+            partition: partition.to_vec(),
         })
     }
 
     /// The next batch, or `None` when the split is done.
     pub fn next_batch(&mut self) -> Result<Option<SourceBatch>, FormatError> {
         let path = &self.path;
-        match &mut self.kind {
-            Kind::Text(r) => Ok(r.next_batch()?.map(|b| SourceBatch {
-                ipc: b.ipc,
-                rows: b.rows,
-                bytes: b.bytes,
-                dropped: 0,
-            })),
+        let batch = match &mut self.kind {
+            Kind::Text(r) => {
+                return Ok(r.next_batch()?.map(|b| SourceBatch {
+                    ipc: b.ipc,
+                    rows: b.rows,
+                    bytes: b.bytes,
+                    dropped: 0,
+                }));
+            }
             Kind::Lines {
                 lines,
                 parser,
@@ -273,8 +483,24 @@ impl SourceReader {
                 let Some(mut raw) = lines.next_lines()? else {
                     return Ok(None);
                 };
-                if std::mem::take(skip_header) {
-                    raw = drop_first(raw);
+                if *skip_header {
+                    // The header is the first record that is not a comment.
+                    let comment = match parser {
+                        LineParser::Csv(c) => c.format.comment,
+                        LineParser::Json { .. } => None,
+                    };
+                    while let Some(m) = comment
+                        && raw
+                            .starts
+                            .first()
+                            .is_some_and(|_| raw.line(0).first() == Some(&m))
+                    {
+                        raw = drop_first(raw);
+                    }
+                    if !raw.starts.is_empty() {
+                        *skip_header = false;
+                        raw = drop_first(raw);
+                    }
                     if raw.starts.is_empty() {
                         continue;
                     }
@@ -284,6 +510,7 @@ impl SourceReader {
                 if batch.num_rows() == 0 && dropped == 0 {
                     continue;
                 }
+                let batch = with_partition(batch, &self.partition).map_err(InputError::Arrow)?;
                 return Ok(Some(SourceBatch {
                     ipc: ipc_of(&batch).map_err(InputError::Arrow)?,
                     rows: batch.num_rows() as u64,
@@ -296,7 +523,7 @@ impl SourceReader {
                 groups,
                 read,
             } => match reader.next() {
-                None => Ok(None),
+                None => return Ok(None),
                 Some(Err(e)) => {
                     // Name the row group the reader was in.
                     let mut at = 0;
@@ -308,15 +535,15 @@ impl SourceReader {
                         }
                         at += rows;
                     }
-                    Err(FormatError::RowGroup {
+                    return Err(FormatError::RowGroup {
                         path: path.clone(),
                         group,
                         message: e.to_string(),
-                    })
+                    });
                 }
                 Some(Ok(batch)) => {
                     *read += batch.num_rows() as u64;
-                    SourceBatch::columnar(&batch).map(Some)
+                    batch
                 }
             },
             Kind::Arrow { reader, left } => {
@@ -325,16 +552,55 @@ impl SourceReader {
                 }
                 *left -= 1;
                 match reader.next() {
-                    None => Ok(None),
-                    Some(Err(e)) => Err(FormatError::File {
-                        path: path.clone(),
-                        message: e.to_string(),
-                    }),
-                    Some(Ok(batch)) => SourceBatch::columnar(&batch).map(Some),
+                    None => return Ok(None),
+                    Some(Err(e)) => {
+                        return Err(FormatError::File {
+                            path: path.clone(),
+                            message: e.to_string(),
+                        });
+                    }
+                    Some(Ok(batch)) => batch,
                 }
             }
+        };
+        let batch = with_partition(batch, &self.partition).map_err(InputError::Arrow)?;
+        SourceBatch::columnar(&batch).map(Some)
+    }
+}
+
+/// `batch` with a constant column per partition value (replacing a column of the same
+/// name).
+fn with_partition(
+    batch: RecordBatch,
+    values: &[PartitionValue],
+) -> Result<RecordBatch, ArrowError> {
+    if values.is_empty() {
+        return Ok(batch);
+    }
+    let n = batch.num_rows();
+    let schema = batch.schema();
+    let mut fields: Vec<Field> = Vec::new();
+    let mut columns: Vec<ArrayRef> = Vec::new();
+    for (f, c) in schema.fields().iter().zip(batch.columns()) {
+        if !values.iter().any(|v| &v.column == f.name()) {
+            fields.push(f.as_ref().clone());
+            columns.push(c.clone());
         }
     }
+    for v in values {
+        let (t, column): (DataType, ArrayRef) = if v.integer {
+            let x = v.value.as_deref().and_then(|s| s.parse::<i64>().ok());
+            (DataType::Int64, Arc::new(Int64Array::from(vec![x; n])))
+        } else {
+            (
+                DataType::Utf8,
+                Arc::new(StringArray::from(vec![v.value.as_deref(); n])),
+            )
+        };
+        fields.push(Field::new(&v.column, t, true));
+        columns.push(column);
+    }
+    RecordBatch::try_new(Arc::new(Schema::new(fields)), columns)
 }
 
 fn drop_first(raw: RawLines) -> RawLines {
@@ -371,7 +637,7 @@ fn parse_lines(
                         path: path.to_path_buf(),
                         line: line_number(path, raw.starts[i].0),
                         format: parser.name(),
-                        message: e.to_string(),
+                        message: parser.diagnose(raw.line(i), &e),
                     });
                 }
             },
@@ -382,12 +648,14 @@ fn parse_lines(
     Ok((batch, dropped))
 }
 
-/// The 1-based line number of the line starting at `offset`: counted only when a record
-/// fails, so the common path never scans before its split.
+/// The 1-based line number of the line starting at `offset` (of the decoded text):
+/// counted only when a record fails, so the common path never scans before its split.
 fn line_number(path: &Path, offset: u64) -> u64 {
     use std::io::Read;
-    let Ok(f) = File::open(path) else { return 0 };
-    let mut r = std::io::BufReader::new(f).take(offset);
+    let Ok(f) = flint_storage::codec::open_decoded(path) else {
+        return 0;
+    };
+    let mut r = f.take(offset);
     let mut buf = vec![0u8; 1 << 16];
     let mut lines = 1;
     loop {
@@ -398,35 +666,71 @@ fn line_number(path: &Path, offset: u64) -> u64 {
     }
 }
 
-/// Writes a task's rendered batches to its part file in a format.
+/// Writes a task's rendered batches to one file in a format.
 pub enum FileWriter {
-    Text(BufWriter<File>),
-    Csv(arrow_csv::Writer<BufWriter<File>>),
-    Json(arrow_json::LineDelimitedWriter<BufWriter<File>>),
-    Parquet(parquet::arrow::ArrowWriter<BufWriter<File>>),
-    Arrow(arrow_ipc::writer::FileWriter<BufWriter<File>>),
+    Text(Encoder),
+    // Boxed: arrow_csv's writer carries its formatting options inline (~800 bytes).
+    Csv(Box<arrow_csv::Writer<Encoder>>),
+    Json(arrow_json::LineDelimitedWriter<Encoder>),
+    Parquet(parquet::arrow::ArrowWriter<std::io::BufWriter<File>>),
+    Arrow(arrow_ipc::writer::FileWriter<std::io::BufWriter<File>>),
+}
+
+/// Rows per Parquet row group written (DuckDB's size): the unit a later read splits on,
+/// and what a writer buffers.
+const PARQUET_ROW_GROUP: usize = 128 * 1024;
+
+fn parquet_codec(codec: Codec) -> Result<parquet::basic::Compression, String> {
+    use parquet::basic::{BrotliLevel, Compression, GzipLevel, ZstdLevel};
+    Ok(match codec {
+        Codec::Uncompressed => Compression::UNCOMPRESSED,
+        Codec::Snappy => Compression::SNAPPY,
+        Codec::Gzip => Compression::GZIP(GzipLevel::default()),
+        Codec::Zstd => Compression::ZSTD(ZstdLevel::default()),
+        Codec::Lz4 => Compression::LZ4_RAW,
+        Codec::Brotli => Compression::BROTLI(BrotliLevel::default()),
+        Codec::Bzip2 => return Err("Parquet has no bzip2 codec".into()),
+    })
 }
 
 impl FileWriter {
     /// A writer for `file` whose first batch has `schema`.
-    pub fn create(path: &Path, format: WriteFormat, schema: &Schema) -> Result<FileWriter, String> {
+    pub fn create(
+        path: &Path,
+        format: WriteFormat,
+        codec: Codec,
+        schema: &Schema,
+    ) -> Result<FileWriter, String> {
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
         }
         let f = File::create(path).map_err(|e| format!("creating {}: {e}", path.display()))?;
-        let out = BufWriter::with_capacity(1 << 20, f);
+        let encoded = |f: File| Encoder::new(codec, f).map_err(|e| e.to_string());
         let schema = Arc::new(schema.clone());
         Ok(match format {
-            WriteFormat::Text => FileWriter::Text(out),
-            WriteFormat::Csv => FileWriter::Csv(arrow_csv::Writer::new(out)),
-            WriteFormat::JsonLines => FileWriter::Json(arrow_json::LineDelimitedWriter::new(out)),
-            WriteFormat::Parquet => FileWriter::Parquet(
-                parquet::arrow::ArrowWriter::try_new(out, schema, None)
-                    .map_err(|e| e.to_string())?,
-            ),
-            WriteFormat::ArrowIpc => FileWriter::Arrow(
-                arrow_ipc::writer::FileWriter::try_new(out, &schema).map_err(|e| e.to_string())?,
-            ),
+            WriteFormat::Text => FileWriter::Text(encoded(f)?),
+            WriteFormat::Csv => FileWriter::Csv(Box::new(arrow_csv::Writer::new(encoded(f)?))),
+            WriteFormat::JsonLines => {
+                FileWriter::Json(arrow_json::LineDelimitedWriter::new(encoded(f)?))
+            }
+            WriteFormat::Parquet => {
+                let props = parquet::file::properties::WriterProperties::builder()
+                    .set_compression(parquet_codec(codec)?)
+                    .set_max_row_group_row_count(Some(PARQUET_ROW_GROUP))
+                    .build();
+                let out = std::io::BufWriter::with_capacity(1 << 20, f);
+                FileWriter::Parquet(
+                    parquet::arrow::ArrowWriter::try_new(out, schema, Some(props))
+                        .map_err(|e| e.to_string())?,
+                )
+            }
+            WriteFormat::ArrowIpc => {
+                let out = std::io::BufWriter::with_capacity(1 << 20, f);
+                FileWriter::Arrow(
+                    arrow_ipc::writer::FileWriter::try_new(out, &schema)
+                        .map_err(|e| e.to_string())?,
+                )
+            }
         })
     }
 
@@ -453,20 +757,163 @@ impl FileWriter {
 
     /// Flushes and syncs the file.
     pub fn close(self) -> Result<(), String> {
-        let out = match self {
-            FileWriter::Text(out) => out,
-            FileWriter::Csv(w) => w.into_inner(),
+        let e = |e: &dyn std::fmt::Display| e.to_string();
+        let file = match self {
+            FileWriter::Text(out) => return out.finish().map_err(|x| e(&x)),
+            FileWriter::Csv(w) => return w.into_inner().finish().map_err(|x| e(&x)),
             FileWriter::Json(mut w) => {
-                w.finish().map_err(|e| e.to_string())?;
-                w.into_inner()
+                w.finish().map_err(|x| e(&x))?;
+                return w.into_inner().finish().map_err(|x| e(&x));
             }
-            FileWriter::Parquet(w) => w.into_inner().map_err(|e| e.to_string())?,
+            FileWriter::Parquet(w) => w.into_inner().map_err(|x| e(&x))?,
             FileWriter::Arrow(mut w) => {
-                w.finish().map_err(|e| e.to_string())?;
-                w.into_inner().map_err(|e| e.to_string())?
+                w.finish().map_err(|x| e(&x))?;
+                w.into_inner().map_err(|x| e(&x))?
             }
         };
-        let f = out.into_inner().map_err(|e| e.to_string())?;
-        f.sync_all().map_err(|e| e.to_string())
+        let f = file.into_inner().map_err(|x| e(&x))?;
+        f.sync_all().map_err(|x| e(&x))
+    }
+}
+
+/// Files a partitioned writer keeps open at once; past it the oldest is closed and its
+/// directory's next rows go to a new file beside it (`c001`, …).
+const MAX_OPEN_PARTITIONS: usize = 32;
+
+/// A task's output: one file, or with partition columns one file per `column=value/…`
+/// directory under the attempt's directory, without those columns.
+pub struct PartWriter {
+    path: PathBuf,
+    format: WriteFormat,
+    codec: Codec,
+    partition_by: Vec<String>,
+    /// Open files by directory (`a=1/b=x`), with the order they were opened in.
+    open: HashMap<String, (u64, FileWriter)>,
+    /// Files made so far per directory.
+    made: HashMap<String, u32>,
+    opened: u64,
+    pub rows: u64,
+}
+
+impl PartWriter {
+    pub fn new(
+        path: PathBuf,
+        format: WriteFormat,
+        codec: Codec,
+        partition_by: Vec<String>,
+    ) -> Self {
+        PartWriter {
+            path,
+            format,
+            codec,
+            partition_by,
+            open: HashMap::new(),
+            made: HashMap::new(),
+            opened: 0,
+            rows: 0,
+        }
+    }
+
+    pub fn write(&mut self, batch: &RecordBatch) -> Result<(), String> {
+        self.rows += batch.num_rows() as u64;
+        if self.partition_by.is_empty() {
+            return self.file("", &batch.schema())?.write(batch);
+        }
+        let schema = batch.schema();
+        let mut keys = Vec::with_capacity(self.partition_by.len());
+        for c in &self.partition_by {
+            let i = schema
+                .index_of(c)
+                .map_err(|_| format!("the rows have no column `{c}` to partition by"))?;
+            keys.push((c.as_str(), i));
+        }
+        let formatters: Vec<_> = keys
+            .iter()
+            .map(|(_, i)| {
+                arrow_cast::display::ArrayFormatter::try_new(
+                    batch.column(*i).as_ref(),
+                    &arrow_cast::display::FormatOptions::default(),
+                )
+                .map_err(|e| e.to_string())
+            })
+            .collect::<Result<_, _>>()?;
+        // Rows by directory, in order of first appearance.
+        let mut dirs: Vec<(String, Vec<u32>)> = Vec::new();
+        let mut index: HashMap<String, usize> = HashMap::new();
+        for row in 0..batch.num_rows() {
+            let mut dir = String::new();
+            for ((name, i), f) in keys.iter().zip(&formatters) {
+                if !dir.is_empty() {
+                    dir.push('/');
+                }
+                dir.push_str(name);
+                dir.push('=');
+                if batch.column(*i).is_null(row) {
+                    dir.push_str(flint_storage::hive::NULL);
+                } else {
+                    flint_storage::hive::escape_into(&mut dir, &f.value(row).to_string());
+                }
+            }
+            let at = *index.entry(dir.clone()).or_insert_with(|| {
+                dirs.push((dir, Vec::new()));
+                dirs.len() - 1
+            });
+            dirs[at].1.push(row as u32);
+        }
+        let keep: Vec<usize> = (0..schema.fields().len())
+            .filter(|i| !keys.iter().any(|(_, k)| k == i))
+            .collect();
+        let data = batch.project(&keep).map_err(|e| e.to_string())?;
+        for (dir, rows) in dirs {
+            let part =
+                arrow_select::take::take_record_batch(&data, &arrow_array::UInt32Array::from(rows))
+                    .map_err(|e| e.to_string())?;
+            self.file(&dir, &part.schema())?.write(&part)?;
+        }
+        Ok(())
+    }
+
+    /// The open file of `dir`, opening it (and closing the oldest) if need be.
+    fn file(&mut self, dir: &str, schema: &Schema) -> Result<&mut FileWriter, String> {
+        if !self.open.contains_key(dir) {
+            if self.open.len() >= MAX_OPEN_PARTITIONS
+                && let Some(oldest) = self
+                    .open
+                    .iter()
+                    .min_by_key(|(_, (at, _))| *at)
+                    .map(|(d, _)| d.clone())
+                && let Some((_, w)) = self.open.remove(&oldest)
+            {
+                w.close()?;
+            }
+            let path = if self.partition_by.is_empty() {
+                self.path.clone()
+            } else {
+                let n = self.made.entry(dir.to_string()).or_default();
+                let p = self.path.join(dir).join(format!("c{:03}", *n));
+                *n += 1;
+                p
+            };
+            let w = FileWriter::create(&path, self.format, self.codec, schema)?;
+            self.opened += 1;
+            self.open.insert(dir.to_string(), (self.opened, w));
+        }
+        Ok(&mut self.open.get_mut(dir).expect("opened above").1)
+    }
+
+    /// Closes every file. An empty partition of unpartitioned text is an empty file, as
+    /// in Hadoop; the columnar formats write no file for it (they have no schema yet).
+    pub fn close(mut self) -> Result<(), String> {
+        if self.made.is_empty()
+            && self.open.is_empty()
+            && self.partition_by.is_empty()
+            && self.format == WriteFormat::Text
+        {
+            self.file("", &Schema::empty())?;
+        }
+        for (_, (_, w)) in self.open.drain() {
+            w.close()?;
+        }
+        Ok(())
     }
 }

@@ -2,13 +2,15 @@
 //!
 //! A split `[start, end)` owns every line whose first byte lies in it: a split that does
 //! not start at 0 skips the line in progress (the previous split reads it to its end,
-//! past its own `end`). Lines lose their `\n` or `\r\n`.
+//! past its own `end`). Lines lose their `\n` or `\r\n`. A compressed file (`.gz`,
+//! `.zst`, `.bz2`) is one split, read through its decoder; offsets are then offsets in
+//! the decoded text.
 
 use arrow_array::builder::StringBuilder;
 use arrow_array::{ArrayRef, RecordBatch};
 use arrow_schema::{DataType, Field, Schema};
 use std::fs::File;
-use std::io::{BufRead, BufReader, Seek, SeekFrom};
+use std::io::{BufRead, BufReader, Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use thiserror::Error;
@@ -17,6 +19,9 @@ use thiserror::Error;
 pub const BATCH_ROWS: usize = 8192;
 /// Bytes of text per batch (a batch closes at whichever limit comes first).
 pub const BATCH_BYTES: usize = 4 << 20;
+/// Longest line (or CSV record) a source may hold: a file with no line breaks, or a
+/// quote left open, must not be read into memory whole.
+pub const MAX_RECORD_BYTES: usize = 64 << 20;
 
 #[derive(Debug, Error)]
 pub enum InputError {
@@ -27,6 +32,13 @@ pub enum InputError {
     },
     #[error("{path}: invalid UTF-8 at byte offset {offset}")]
     Utf8 { path: PathBuf, offset: u64 },
+    #[error("{path}: {what} at byte offset {offset} is longer than {MAX_RECORD_BYTES} bytes{hint}")]
+    TooLong {
+        path: PathBuf,
+        offset: u64,
+        what: &'static str,
+        hint: &'static str,
+    },
     #[error("encoding a batch: {0}")]
     Arrow(#[from] arrow_schema::ArrowError),
 }
@@ -57,12 +69,14 @@ impl RawLines {
 
 pub struct SplitReader {
     path: PathBuf,
-    reader: BufReader<File>,
+    reader: Box<dyn BufRead + Send>,
     /// Offset of the next unread byte.
     pos: u64,
     end: u64,
     line: Vec<u8>,
     schema: Arc<Schema>,
+    /// CSV records whose quoted fields may hold line breaks: (quote, escape).
+    quotes: Option<(u8, Option<u8>)>,
 }
 
 impl SplitReader {
@@ -72,23 +86,70 @@ impl SplitReader {
             source,
         };
         let file = File::open(path).map_err(io)?;
+        if !flint_storage::codec::splittable(path) {
+            // One split of the whole decoded stream.
+            return Ok(SplitReader {
+                path: path.to_path_buf(),
+                reader: flint_storage::codec::decoded(path, file).map_err(io)?,
+                pos: 0,
+                end: if start == 0 { u64::MAX } else { 0 },
+                line: Vec::new(),
+                schema: Self::line_schema(),
+                quotes: None,
+            });
+        }
         let mut reader = BufReader::with_capacity(1 << 20, file);
         let mut pos = start;
         if start > 0 {
             // Skip the line in progress at `start`: it belongs to the previous split.
             reader.seek(SeekFrom::Start(start - 1)).map_err(io)?;
             let mut skipped = Vec::new();
-            let n = reader.read_until(b'\n', &mut skipped).map_err(io)?;
+            let n = read_line(&mut reader, &mut skipped, MAX_RECORD_BYTES).map_err(io)?;
             pos = start - 1 + n as u64;
         }
         Ok(SplitReader {
             path: path.to_path_buf(),
-            reader,
+            reader: Box::new(reader),
             pos,
             end,
             line: Vec::new(),
-            schema: Arc::new(Schema::new(vec![Field::new("line", DataType::Utf8, false)])),
+            schema: Self::line_schema(),
+            quotes: None,
         })
+    }
+
+    fn line_schema() -> Arc<Schema> {
+        Arc::new(Schema::new(vec![Field::new("line", DataType::Utf8, false)]))
+    }
+
+    /// Reads records of CSV whose quoted fields may span lines: a record ends at a line
+    /// break outside quotes. Only for a split that starts at a record, as a whole file.
+    pub fn quoted(mut self, quote: u8, escape: Option<u8>) -> SplitReader {
+        self.quotes = Some((quote, escape));
+        self
+    }
+
+    /// Appends one line to `buf`, failing past [`MAX_RECORD_BYTES`] in all.
+    fn read_line(&mut self, buf: &mut Vec<u8>, record_start: usize) -> Result<usize, InputError> {
+        let room = (MAX_RECORD_BYTES + 1).saturating_sub(buf.len() - record_start);
+        let n = read_line(&mut self.reader, buf, room).map_err(|source| InputError::Io {
+            path: self.path.clone(),
+            source,
+        })?;
+        if buf.len() - record_start > MAX_RECORD_BYTES {
+            let quoted = self.quotes.is_some();
+            return Err(InputError::TooLong {
+                path: self.path.clone(),
+                offset: self.pos,
+                what: if quoted { "the CSV record" } else { "the line" },
+                hint: if quoted {
+                    " (is a quote left open?)"
+                } else {
+                    ""
+                },
+            });
+        }
+        Ok(n)
     }
 
     /// The next run of whole lines (with their line ends) as raw bytes, with the file
@@ -99,18 +160,25 @@ impl SplitReader {
         {
             let line_start = self.pos;
             let before = out.bytes.len();
-            let n = self
-                .reader
-                .read_until(b'\n', &mut out.bytes)
-                .map_err(|source| InputError::Io {
-                    path: self.path.clone(),
-                    source,
-                })?;
+            let n = self.read_line(&mut out.bytes, before)?;
             if n == 0 {
                 self.end = self.pos;
                 break;
             }
             self.pos += n as u64;
+            if let Some((quote, escape)) = self.quotes {
+                // Go on while a quote is open.
+                let mut open = quoting(false, &out.bytes[before..], quote, escape);
+                while open {
+                    let from = out.bytes.len();
+                    let n = self.read_line(&mut out.bytes, before)?;
+                    if n == 0 {
+                        break;
+                    }
+                    self.pos += n as u64;
+                    open = quoting(open, &out.bytes[from..], quote, escape);
+                }
+            }
             if out.bytes[before..].iter().all(|b| b.is_ascii_whitespace()) {
                 out.bytes.truncate(before); // blank lines are not records
                 continue;
@@ -135,13 +203,10 @@ impl SplitReader {
         {
             self.line.clear();
             let line_start = self.pos;
-            let n = self
-                .reader
-                .read_until(b'\n', &mut self.line)
-                .map_err(|source| InputError::Io {
-                    path: self.path.clone(),
-                    source,
-                })?;
+            let mut line = std::mem::take(&mut self.line);
+            let n = self.read_line(&mut line, 0);
+            self.line = line;
+            let n = n?;
             if n == 0 {
                 self.end = self.pos; // EOF before `end`: the file shrank; stop.
                 break;
@@ -179,6 +244,31 @@ impl SplitReader {
             bytes,
         }))
     }
+}
+
+/// Reads up to and including the next `\n`, at most `max` bytes.
+fn read_line(r: &mut impl BufRead, buf: &mut Vec<u8>, max: usize) -> std::io::Result<usize> {
+    r.take(max as u64).read_until(b'\n', buf)
+}
+
+/// Whether a quote is open after `bytes`, given whether one was open before them. An
+/// escape other than the quote makes the next byte literal; a doubled quote closes and
+/// reopens, which leaves the state as it was.
+fn quoting(mut open: bool, bytes: &[u8], quote: u8, escape: Option<u8>) -> bool {
+    let escape = escape.filter(|e| *e != quote);
+    let mut i = 0;
+    while i < bytes.len() {
+        let b = bytes[i];
+        if open && Some(b) == escape {
+            i += 2;
+            continue;
+        }
+        if b == quote {
+            open = !open;
+        }
+        i += 1;
+    }
+    open
 }
 
 #[cfg(test)]
@@ -222,6 +312,71 @@ mod tests {
             two.extend(lines_of(&path, cut, text.len() as u64));
             assert_eq!(two, all, "cut at {cut}");
         }
+    }
+
+    #[test]
+    fn quoted_records_span_lines_and_escapes_do_not_close_quotes() {
+        assert!(quoting(false, b"a,\"b\n", b'"', None));
+        assert!(!quoting(true, b"c\",d\n", b'"', None));
+        assert!(!quoting(false, b"\"x\"\"y\"\n", b'"', None));
+        assert!(quoting(false, b"\"x\\\"\n", b'"', Some(b'\\')));
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("q.csv");
+        let text = "a,b\n1,\"two\nlines\"\n2,\"x\"\"\n\"\n3,plain\n";
+        std::fs::write(&path, text).unwrap();
+        let mut r = SplitReader::open(&path, 0, text.len() as u64)
+            .unwrap()
+            .quoted(b'"', None);
+        let raw = r.next_lines().unwrap().unwrap();
+        let records: Vec<&str> = (0..raw.starts.len())
+            .map(|i| std::str::from_utf8(raw.line(i)).unwrap())
+            .collect();
+        assert_eq!(
+            records,
+            [
+                "a,b\n",
+                "1,\"two\nlines\"\n",
+                "2,\"x\"\"\n\"\n",
+                "3,plain\n"
+            ]
+        );
+    }
+
+    #[test]
+    fn a_line_without_end_fails_at_the_bound_instead_of_filling_memory() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("long.txt");
+        std::fs::write(&path, vec![b'x'; MAX_RECORD_BYTES + 10]).unwrap();
+        let mut r = SplitReader::open(&path, 0, u64::MAX).unwrap();
+        let err = r.next_batch().err().unwrap().to_string();
+        assert!(err.contains("longer than"), "{err}");
+        let path = dir.path().join("open.csv");
+        let mut text = b"a\n\"".to_vec();
+        text.extend((0..MAX_RECORD_BYTES / 8).flat_map(|_| *b"1234567\n"));
+        std::fs::write(&path, text).unwrap();
+        let mut r = SplitReader::open(&path, 0, u64::MAX)
+            .unwrap()
+            .quoted(b'"', None);
+        let err = r.next_lines().err().unwrap().to_string();
+        assert!(err.contains("quote left open"), "{err}");
+    }
+
+    #[test]
+    fn a_compressed_file_is_read_whole_through_its_codec() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.txt.gz");
+        let mut e = flint_storage::codec::Encoder::new(
+            flint_protocol::plan::Codec::Gzip,
+            File::create(&path).unwrap(),
+        )
+        .unwrap();
+        std::io::Write::write_all(&mut e, b"one\ntwo\nthree\n").unwrap();
+        e.finish().unwrap();
+        let len = std::fs::metadata(&path).unwrap().len();
+        assert_eq!(lines_of(&path, 0, len), ["one", "two", "three"]);
+        // A split past the start of a compressed file (which the driver does not make)
+        // reads nothing rather than garbage.
+        assert!(lines_of(&path, 4, len).is_empty());
     }
 
     #[test]

@@ -1,11 +1,10 @@
 //! One task attempt, from descriptor to status: load the component, instantiate it in a
 //! fresh store, feed it the partition batch by batch, and put its output where it goes.
 
-use crate::formats::{FileWriter, SourceReader};
+use crate::formats::{PartWriter, SourceReader};
 use crate::results::{ResultStore, ResultWriter};
 use crate::shuffle::{Fetcher, MapOutputWriter, ShuffleStore};
 use flint_protocol::ids::ModuleHash;
-use flint_protocol::plan::WriteFormat;
 use flint_protocol::wire::{
     GuestOutput, Limit, MAX_TASK_ACCUMULATOR_BYTES, SegmentSource, ShuffleSideInput,
     TaskDescriptor, TaskError, TaskErrorKind, TaskInput, TaskMetrics, TaskOutput, TaskStatus,
@@ -17,7 +16,7 @@ use flint_sandbox::{
 };
 use std::collections::HashMap;
 use std::future::Future;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -313,20 +312,24 @@ async fn feed(
                 malformed,
                 start,
                 end,
+                partition,
                 ..
             } => {
                 let (tx, mut rx) = mpsc::channel(2);
-                let (path, format, malformed, start, end) = (
+                let (path, format, malformed, start, end, partition) = (
                     PathBuf::from(path),
                     std::sync::Arc::clone(format),
                     *malformed,
                     *start,
                     *end,
+                    partition.clone(),
                 );
                 // Reading and encoding run on a blocking thread, one batch ahead of the
                 // guest.
                 let reader = tokio::task::spawn_blocking(move || {
-                    let mut r = match SourceReader::open(&path, &format, malformed, start, end) {
+                    let opened =
+                        SourceReader::open(&path, &format, malformed, start, end, &partition);
+                    let mut r = match opened {
                         Ok(r) => r,
                         Err(e) => {
                             let _ = tx.blocking_send(Err(e));
@@ -343,7 +346,14 @@ async fn feed(
                     }
                 });
                 while let Some(item) = rx.recv().await {
-                    let batch = item.map_err(|e| io_err(e.to_string()))?;
+                    let batch = item.map_err(|e| {
+                        let kind = if e.is_bad_input() {
+                            TaskErrorKind::BadInput
+                        } else {
+                            TaskErrorKind::Io
+                        };
+                        err(kind, vec![e.to_string()])
+                    })?;
                     m.input_records += batch.rows;
                     m.input_bytes += batch.bytes;
                     m.dropped_records += batch.dropped;
@@ -593,12 +603,10 @@ impl OutputSink for SharedSink {
 /// Where a task's output chunks go.
 enum Sink {
     Shuffle(MapOutputWriter),
-    /// A part file, created with the first batch (text files even when empty).
+    /// A part file (or directory of them), created with the first batch.
     File {
         file: String,
-        format: WriteFormat,
-        out: Option<Box<FileWriter>>,
-        rows: u64,
+        out: Box<PartWriter>,
     },
     Rows {
         result: ResultWriter,
@@ -614,11 +622,20 @@ impl Sink {
             TaskOutput::ShuffleWrite { partitions, .. } => {
                 Sink::Shuffle(MapOutputWriter::new(*partitions, MAP_OUTPUT_BUFFER, run))
             }
-            TaskOutput::File { file, format, .. } => Sink::File {
+            TaskOutput::File {
+                file,
+                format,
+                compression,
+                partition_by,
+                ..
+            } => Sink::File {
                 file: file.clone(),
-                format: *format,
-                out: None,
-                rows: 0,
+                out: Box::new(PartWriter::new(
+                    PathBuf::from(file),
+                    *format,
+                    *compression,
+                    partition_by.clone(),
+                )),
             },
             TaskOutput::Rows { .. } => Sink::Rows {
                 result: env.results.writer(desc.attempt),
@@ -645,12 +662,7 @@ impl Sink {
                 out.append(c.partition as usize, &c.ipc)
                     .map_err(|e| io_err(format!("spilling the task's shuffle output: {e}")))?;
             }
-            Sink::File {
-                file,
-                format,
-                out,
-                rows,
-            } => {
+            Sink::File { file, out } => {
                 let reader =
                     arrow_ipc::reader::StreamReader::try_new(std::io::Cursor::new(c.ipc), None)
                         .map_err(|e| {
@@ -663,17 +675,8 @@ impl Sink {
                     let batch = batch.map_err(|e| {
                         err(TaskErrorKind::Guest, vec![format!("guest output: {e}")])
                     })?;
-                    if out.is_none() {
-                        *out = Some(Box::new(
-                            FileWriter::create(Path::new(file), *format, &batch.schema())
-                                .map_err(io_err)?,
-                        ));
-                    }
-                    if let Some(w) = out.as_mut() {
-                        w.write(&batch)
-                            .map_err(|e| io_err(format!("writing {file}: {e}")))?;
-                    }
-                    *rows += batch.num_rows() as u64;
+                    out.write(&batch)
+                        .map_err(|e| io_err(format!("writing {file}: {e}")))?;
                 }
             }
             Sink::Rows { result, rows, max } => {
@@ -743,30 +746,10 @@ impl Sink {
                 m.shuffle_write_bytes = sizes.iter().sum();
                 TaskSuccess::MapOutput { sizes }
             }
-            Sink::File {
-                file,
-                format,
-                out,
-                rows,
-            } => {
-                let out = match (out, format) {
-                    (Some(w), _) => Some(w),
-                    // An empty partition of text is an empty file, as in Hadoop; the
-                    // columnar formats write no file for it (they have no schema yet).
-                    (None, WriteFormat::Text) => Some(Box::new(
-                        FileWriter::create(
-                            Path::new(&file),
-                            WriteFormat::Text,
-                            &arrow_schema::Schema::empty(),
-                        )
-                        .map_err(io_err)?,
-                    )),
-                    (None, _) => None,
-                };
-                if let Some(w) = out {
-                    w.close()
-                        .map_err(|e| io_err(format!("writing {file}: {e}")))?;
-                }
+            Sink::File { file, out } => {
+                let rows = out.rows;
+                out.close()
+                    .map_err(|e| io_err(format!("writing {file}: {e}")))?;
                 TaskSuccess::File { file, rows }
             }
             Sink::Rows { result, rows, .. } => {

@@ -31,20 +31,38 @@ impl Malformed {
     }
 }
 
-/// How [`Context::csv_with`] reads CSV files.
+/// How [`Context::csv_with`] reads CSV files (Spark's CSV options).
 ///
 /// ```
 /// let opts = flint::CsvOptions { delimiter: b';', ..Default::default() };
 /// assert!(opts.header);
+/// assert_eq!(opts.null_values, ["", "NA"]);
 /// ```
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct CsvOptions {
-    /// The first line of each file names the columns (default: true).
+    /// The first record of each file names the columns, and the row type's fields are
+    /// matched to them by name: any subset, in any order; a field whose column a file
+    /// lacks fails the job naming both (default: true). Without a header, fields are
+    /// the columns in order.
     pub header: bool,
     /// Field separator (default: `,`).
     pub delimiter: u8,
-    /// Infer column types from the first file instead of taking them from the row
-    /// type's fields (default: false). Columns still match fields by name.
+    /// Quote character (default: `"`).
+    pub quote: u8,
+    /// Escapes a quote inside quotes, as `\` does in `"a \" b"` (default: none, a quote
+    /// inside quotes is doubled: `"a "" b"`).
+    pub escape: Option<u8>,
+    /// Lines starting with this byte are skipped (default: none).
+    pub comment: Option<u8>,
+    /// Cells that are nulls: an `Option` field reads them as `None` (default: the empty
+    /// cell and `NA`, as pandas; Spark's `nullValue`).
+    pub null_values: Vec<String>,
+    /// Quoted fields may hold line breaks (Spark's `multiLine`): each file is then read
+    /// whole by one task (default: false, a line break ends a record).
+    pub multi_line: bool,
+    /// Infer column types from a sample of the files (the first records of up to 32 of
+    /// them) instead of taking them from the row type's fields (default: false). `flint
+    /// run` prints the schema it inferred. Columns still match fields by name.
     pub infer_schema: bool,
     /// What to do with a record that does not parse (default: fail).
     pub malformed: Malformed,
@@ -55,6 +73,11 @@ impl Default for CsvOptions {
         CsvOptions {
             header: true,
             delimiter: b',',
+            quote: b'"',
+            escape: None,
+            comment: None,
+            null_values: vec![String::new(), "NA".into()],
+            multi_line: false,
             infer_schema: false,
             malformed: Malformed::Fail,
         }
@@ -170,7 +193,8 @@ impl Context {
     }
 
     /// Rows of CSV files with a header line, one row of `T` per record: `T` is a struct
-    /// whose fields name the columns to read and give their types.
+    /// whose fields name the columns to read (by the header's names) and give their
+    /// types; an `Option` field reads an empty cell or `NA` as `None`.
     ///
     /// ```no_run
     /// #[derive(serde::Serialize, serde::Deserialize)]
@@ -183,9 +207,11 @@ impl Context {
         self.csv_with(path, CsvOptions::default())
     }
 
-    /// CSV files read as `options` say: header or not, delimiter, types from `T` or
-    /// inferred from the first file, and whether malformed records fail the job or are
-    /// dropped and counted.
+    /// CSV files read as `options` say: header or not, dialect, null values, types from
+    /// `T` or inferred from a sample, and whether malformed records fail the job or are
+    /// dropped and counted. Files named `*.gz`, `*.zst` or `*.bz2` are decompressed (and
+    /// read whole, by one task each). Files under `column=value/` directories get those
+    /// columns.
     ///
     /// ```no_run
     /// # #[derive(serde::Serialize, serde::Deserialize)] struct Sale { region: String, amount: f64 }
@@ -206,6 +232,11 @@ impl Context {
             wit::ReadFormat::Csv(wit::CsvOptions {
                 header: options.header,
                 delimiter: options.delimiter,
+                quote: options.quote,
+                escape: options.escape,
+                comment: options.comment,
+                null_values: options.null_values,
+                multi_line: options.multi_line,
                 schema,
             }),
             options.malformed,

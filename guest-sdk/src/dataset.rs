@@ -942,7 +942,8 @@ impl<T: crate::Data> Dataset<T> {
 
     /// Writes the rows as text, one `part-NNNNN` file per partition in the directory
     /// `path`, committed atomically: after a failure, `path` does not exist. An existing
-    /// non-empty `path` is an error.
+    /// non-empty `path` is an error; [`write`](Self::write) chooses otherwise, and
+    /// compression.
     ///
     /// ```no_run
     /// # fn f(counts: flint::Dataset<(String, u64)>) -> flint::Result<()> {
@@ -953,8 +954,7 @@ impl<T: crate::Data> Dataset<T> {
     where
         T: ToText,
     {
-        let render = render_text::<T> as ToBatchFn as usize;
-        self.save(path, wit::WriteFormat::Text, render)
+        self.write().text(path)
     }
 
     /// Writes the rows as CSV with a header line, one `part-NNNNN.csv` per partition,
@@ -968,7 +968,7 @@ impl<T: crate::Data> Dataset<T> {
     /// # Ok(()) }
     /// ```
     pub fn save_as_csv(&self, path: &str) -> Result<()> {
-        self.save_typed(path, wit::WriteFormat::Csv)
+        self.write().csv(path)
     }
 
     /// Writes the rows as JSON lines (one object per row), one `part-NNNNN.jsonl` per
@@ -981,11 +981,11 @@ impl<T: crate::Data> Dataset<T> {
     /// # Ok(()) }
     /// ```
     pub fn save_as_json_lines(&self, path: &str) -> Result<()> {
-        self.save_typed(path, wit::WriteFormat::JsonLines)
+        self.write().json_lines(path)
     }
 
-    /// Writes the rows as Parquet, one `part-NNNNN.parquet` per partition, committed
-    /// atomically. The schema comes from `T`'s fields.
+    /// Writes the rows as zstd-compressed Parquet, one `part-NNNNN.parquet` per
+    /// partition, committed atomically. The schema comes from `T`'s fields.
     ///
     /// ```no_run
     /// # #[derive(serde::Serialize, serde::Deserialize)] struct Total { region: String, amount: f64 }
@@ -994,7 +994,7 @@ impl<T: crate::Data> Dataset<T> {
     /// # Ok(()) }
     /// ```
     pub fn save_as_parquet(&self, path: &str) -> Result<()> {
-        self.save_typed(path, wit::WriteFormat::Parquet)
+        self.write().parquet(path)
     }
 
     /// Writes the rows in the Arrow IPC file format, one `part-NNNNN.arrow` per
@@ -1007,28 +1007,159 @@ impl<T: crate::Data> Dataset<T> {
     /// # Ok(()) }
     /// ```
     pub fn save_as_arrow(&self, path: &str) -> Result<()> {
-        self.save_typed(path, wit::WriteFormat::ArrowIpc)
+        self.write().arrow(path)
     }
 
-    fn save_typed(&self, path: &str, format: wit::WriteFormat) -> Result<()> {
-        // Fail here, in main, when T has no columnar form.
-        formats::fields_of::<T>()?;
-        let render = formats::render_typed::<T> as ToBatchFn as usize;
-        self.save(path, format, render)
-    }
-
-    fn save(&self, path: &str, format: wit::WriteFormat, render: usize) -> Result<()> {
-        self.run(wit::Action::Save(wit::Save {
-            path: path.to_string(),
-            format,
-            render: op(render, Vec::new()),
-        }))?;
-        Ok(())
+    /// How to save the rows, as Spark's `DataFrameWriter`: a [`SaveMode`] for an output
+    /// that exists, a [`Codec`], Hive-style partition directories; then the format.
+    ///
+    /// ```no_run
+    /// # #[derive(serde::Serialize, serde::Deserialize)] struct Flight { year: i64, carrier: String, delay: Option<i64> }
+    /// # fn f(flights: flint::Dataset<Flight>) -> flint::Result<()> {
+    /// use flint::{Codec, SaveMode};
+    /// flights
+    ///     .write()
+    ///     .mode(SaveMode::Overwrite)
+    ///     .partition_by(["year", "carrier"]) // out/year=2013/carrier=UA/part-00000.parquet
+    ///     .compression(Codec::Snappy)
+    ///     .parquet("out")?;
+    /// # Ok(()) }
+    /// ```
+    pub fn write(&self) -> Writer<'_, T> {
+        Writer {
+            data: self,
+            mode: SaveMode::ErrorIfExists,
+            compression: None,
+            partition_by: Vec::new(),
+        }
     }
 
     fn run(&self, action: wit::Action) -> Result<wit::ActionResult> {
         let plan = flatten(&self.node)?;
         host::run_action(&plan, &action).map_err(Error::from_chain)
+    }
+}
+
+/// What a save does when its output directory already holds files (Spark's `mode`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum SaveMode {
+    /// Fail the job (the default).
+    #[default]
+    ErrorIfExists,
+    /// Replace the output once the job has succeeded.
+    Overwrite,
+    /// Add part files beside those there.
+    Append,
+    /// Do nothing when there is output already.
+    Ignore,
+}
+
+/// How saved files are compressed: whole files for text, CSV and JSON lines (`gzip`,
+/// `zstd`, `bzip2`; the part files get `.gz`, `.zst`, `.bz2`), pages for Parquet (all
+/// but `bzip2`; zstd by default).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Codec {
+    Uncompressed,
+    Snappy,
+    Gzip,
+    Zstd,
+    Lz4,
+    Brotli,
+    Bzip2,
+}
+
+/// A save being configured: see [`Dataset::write`].
+#[must_use = "a writer saves nothing until a format is chosen"]
+pub struct Writer<'a, T> {
+    data: &'a Dataset<T>,
+    mode: SaveMode,
+    compression: Option<Codec>,
+    partition_by: Vec<String>,
+}
+
+impl<T: Data> Writer<'_, T> {
+    pub fn mode(mut self, mode: SaveMode) -> Self {
+        self.mode = mode;
+        self
+    }
+
+    pub fn compression(mut self, codec: Codec) -> Self {
+        self.compression = Some(codec);
+        self
+    }
+
+    /// One directory level per column, `column=value` (Hive's layout, which every
+    /// source of Flint, Spark and DuckDB reads back with the columns restored); the files
+    /// leave the columns out. Not for text.
+    pub fn partition_by<S: Into<String>>(mut self, columns: impl IntoIterator<Item = S>) -> Self {
+        self.partition_by = columns.into_iter().map(Into::into).collect();
+        self
+    }
+
+    pub fn text(self, path: &str) -> Result<()>
+    where
+        T: ToText,
+    {
+        let render = render_text::<T> as ToBatchFn as usize;
+        self.save(path, wit::WriteFormat::Text, render)
+    }
+
+    pub fn csv(self, path: &str) -> Result<()> {
+        self.typed(path, wit::WriteFormat::Csv)
+    }
+
+    pub fn json_lines(self, path: &str) -> Result<()> {
+        self.typed(path, wit::WriteFormat::JsonLines)
+    }
+
+    pub fn parquet(self, path: &str) -> Result<()> {
+        self.typed(path, wit::WriteFormat::Parquet)
+    }
+
+    pub fn arrow(self, path: &str) -> Result<()> {
+        self.typed(path, wit::WriteFormat::ArrowIpc)
+    }
+
+    fn typed(self, path: &str, format: wit::WriteFormat) -> Result<()> {
+        // Fail here, in main, when T has no columnar form.
+        let fields = formats::fields_of::<T>()?;
+        if let Some(c) = self
+            .partition_by
+            .iter()
+            .find(|c| !fields.iter().any(|f| f.name() == *c))
+        {
+            return Err(Error::msg(format!(
+                "cannot partition by `{c}`: {} has no such field",
+                std::any::type_name::<T>()
+            )));
+        }
+        let render = formats::render_typed::<T> as ToBatchFn as usize;
+        self.save(path, format, render)
+    }
+
+    fn save(self, path: &str, format: wit::WriteFormat, render: usize) -> Result<()> {
+        self.data.run(wit::Action::Save(wit::Save {
+            path: path.to_string(),
+            format,
+            render: op(render, Vec::new()),
+            mode: match self.mode {
+                SaveMode::ErrorIfExists => wit::SaveMode::ErrorIfExists,
+                SaveMode::Overwrite => wit::SaveMode::Overwrite,
+                SaveMode::Append => wit::SaveMode::Append,
+                SaveMode::Ignore => wit::SaveMode::Ignore,
+            },
+            compression: self.compression.map(|c| match c {
+                Codec::Uncompressed => wit::Codec::Uncompressed,
+                Codec::Snappy => wit::Codec::Snappy,
+                Codec::Gzip => wit::Codec::Gzip,
+                Codec::Zstd => wit::Codec::Zstd,
+                Codec::Lz4 => wit::Codec::Lz4,
+                Codec::Brotli => wit::Codec::Brotli,
+                Codec::Bzip2 => wit::Codec::Bzip2,
+            }),
+            partition_by: self.partition_by,
+        }))?;
+        Ok(())
     }
 }
 

@@ -93,7 +93,9 @@ mod spill;
 mod task;
 
 pub use context::{Context, CsvOptions, Malformed};
-pub use dataset::{CoGrouped, Data, Dataset, FullJoined, Key, StorageLevel, ToText};
+pub use dataset::{
+    CoGrouped, Codec, Data, Dataset, FullJoined, Key, SaveMode, StorageLevel, ToText, Writer,
+};
 pub use error::{Error, Result};
 pub use flint_guest_macros::main;
 pub use ops::Partition;

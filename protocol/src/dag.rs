@@ -741,6 +741,7 @@ mod tests {
                 path: "out".into(),
                 format: WriteFormat::Text,
                 render: op(6),
+                options: Default::default(),
             },
         }
     }

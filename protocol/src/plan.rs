@@ -48,13 +48,7 @@ pub enum Malformed {
 pub enum ReadFormat {
     /// One utf8 column `line` per line.
     Text,
-    /// `schema`: an Arrow IPC stream holding only the schema; `None` until the driver
-    /// inferred it.
-    Csv {
-        header: bool,
-        delimiter: u8,
-        schema: Option<Vec<u8>>,
-    },
+    Csv(CsvFormat),
     JsonLines {
         schema: Vec<u8>,
     },
@@ -69,7 +63,10 @@ impl ReadFormat {
     pub fn size(&self) -> usize {
         match self {
             ReadFormat::Text | ReadFormat::ArrowIpc => 0,
-            ReadFormat::Csv { schema, .. } => schema.as_ref().map_or(0, Vec::len),
+            ReadFormat::Csv(c) => {
+                c.schema.as_ref().map_or(0, Vec::len)
+                    + c.null_values.iter().map(|v| v.len() + 8).sum::<usize>()
+            }
             ReadFormat::JsonLines { schema } => schema.len(),
             ReadFormat::Parquet { columns } => columns.iter().flatten().map(|c| c.len() + 8).sum(),
         }
@@ -85,6 +82,93 @@ impl ReadFormat {
         }
     }
 }
+
+/// How CSV files are read.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct CsvFormat {
+    /// The first line of each file names the columns; columns are then matched to the
+    /// schema's fields by name, else by position.
+    pub header: bool,
+    pub delimiter: u8,
+    pub quote: u8,
+    /// Escapes a quote inside a quoted field; `None`: a quote is escaped by doubling it.
+    pub escape: Option<u8>,
+    /// Lines starting with this byte are skipped.
+    pub comment: Option<u8>,
+    /// Cells equal to one of these are null.
+    pub null_values: Vec<String>,
+    /// Quoted fields may hold line breaks: each file is read whole, as one split.
+    pub multi_line: bool,
+    /// An Arrow IPC stream holding only the schema; `None` until the driver inferred it.
+    pub schema: Option<Vec<u8>>,
+    /// The driver inferred `schema` from a sample: a file may lack some of its columns.
+    /// A schema the row type gave is required whole of every file.
+    pub inferred: bool,
+}
+
+/// The compression of written files, or of the pages of a Parquet file.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Codec {
+    Uncompressed,
+    Snappy,
+    Gzip,
+    Zstd,
+    Lz4,
+    Brotli,
+    Bzip2,
+}
+
+impl Codec {
+    pub fn name(self) -> &'static str {
+        match self {
+            Codec::Uncompressed => "uncompressed",
+            Codec::Snappy => "snappy",
+            Codec::Gzip => "gzip",
+            Codec::Zstd => "zstd",
+            Codec::Lz4 => "lz4",
+            Codec::Brotli => "brotli",
+            Codec::Bzip2 => "bzip2",
+        }
+    }
+
+    /// The file-name suffix of a whole file compressed with this codec (`.gz`).
+    pub fn file_suffix(self) -> &'static str {
+        match self {
+            Codec::Gzip => ".gz",
+            Codec::Zstd => ".zst",
+            Codec::Bzip2 => ".bz2",
+            _ => "",
+        }
+    }
+}
+
+/// What `save` does when its output directory already holds files (Spark's `mode`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SaveMode {
+    /// Fail the job (the default).
+    #[default]
+    ErrorIfExists,
+    /// Replace what is there, once the job has succeeded.
+    Overwrite,
+    /// Add part files beside what is there.
+    Append,
+    /// Do nothing when there is output already.
+    Ignore,
+}
+
+/// How `save` lays out and writes its files.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SaveOptions {
+    pub mode: SaveMode,
+    /// `None`: the format's default (uncompressed text, zstd Parquet).
+    pub compression: Option<Codec>,
+    /// Hive-style `column=value/` directories by these columns, which the files then
+    /// leave out.
+    pub partition_by: Vec<String>,
+}
+
+/// Most columns a save may partition by: each is a directory level.
+pub const MAX_PARTITION_COLUMNS: usize = 16;
 
 /// How `save` writes partitions.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -105,6 +189,38 @@ impl WriteFormat {
             WriteFormat::JsonLines => ".jsonl",
             WriteFormat::Parquet => ".parquet",
             WriteFormat::ArrowIpc => ".arrow",
+        }
+    }
+
+    /// Whether files of this format can be written with `codec`: the line formats
+    /// compress whole files, Parquet its pages.
+    pub fn takes(self, codec: Codec) -> bool {
+        match self {
+            WriteFormat::Text | WriteFormat::Csv | WriteFormat::JsonLines => matches!(
+                codec,
+                Codec::Uncompressed | Codec::Gzip | Codec::Zstd | Codec::Bzip2
+            ),
+            WriteFormat::Parquet => codec != Codec::Bzip2,
+            WriteFormat::ArrowIpc => codec == Codec::Uncompressed,
+        }
+    }
+
+    /// The end of part file names written with `codec`: the format's extension, and the
+    /// codec's suffix when it compresses the whole file (`.csv.gz`, but `.parquet`).
+    pub fn file_suffix(self, codec: Codec) -> String {
+        let whole_file = matches!(
+            self,
+            WriteFormat::Text | WriteFormat::Csv | WriteFormat::JsonLines
+        );
+        let codec = if whole_file { codec.file_suffix() } else { "" };
+        format!("{}{codec}", self.extension())
+    }
+
+    /// The codec a save without a `compression` uses.
+    pub fn default_codec(self) -> Codec {
+        match self {
+            WriteFormat::Parquet => Codec::Zstd,
+            _ => Codec::Uncompressed,
         }
     }
 }
@@ -195,11 +311,13 @@ pub enum Action {
         limit: Option<u64>,
     },
     Count,
-    /// Write one `part-NNNNN` file per partition, rows rendered by `render`.
+    /// Write one `part-NNNNN` file per partition (per partition directory), rows
+    /// rendered by `render`.
     Save {
         path: String,
         format: WriteFormat,
         render: Op,
+        options: SaveOptions,
     },
 }
 
@@ -234,6 +352,9 @@ pub const MAX_NODE_NAME: usize = 256;
 /// Largest schema (or list of columns) one source may carry: every task of the source
 /// carries a copy.
 pub const MAX_SOURCE_SCHEMA: usize = 1 << 20;
+
+/// Most strings a CSV source may take as nulls.
+pub const MAX_NULL_VALUES: usize = 64;
 
 /// Bounds on what one job's plan may ask of the driver (settings `driver.max_*`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -362,6 +483,15 @@ impl LogicalPlan {
                         max: MAX_SOURCE_SCHEMA as u64,
                     });
                 }
+                Node::Files {
+                    format: ReadFormat::Csv(c),
+                    ..
+                } if c.null_values.len() > MAX_NULL_VALUES => {
+                    return invalid(&format!(
+                        "csv has {} null values, over the {MAX_NULL_VALUES} a source may have",
+                        c.null_values.len()
+                    ));
+                }
                 Node::Files { min_partitions, .. } if *min_partitions > max_parts => {
                     return Err(too_many(i, "partitions at least", *min_partitions as u64));
                 }
@@ -386,6 +516,45 @@ impl LogicalPlan {
                     return invalid("coalesce needs at least one partition");
                 }
                 _ => {}
+            }
+        }
+        if let Action::Save {
+            format, options, ..
+        } = &self.action
+        {
+            let invalid = |what: String| {
+                Err(PlanError::Invalid {
+                    node: self.root(),
+                    what,
+                })
+            };
+            let name = self.action.name();
+            if let Some(c) = options.compression
+                && !format.takes(c)
+            {
+                return invalid(format!("{name} cannot compress with {}", c.name()));
+            }
+            if options.partition_by.len() > MAX_PARTITION_COLUMNS {
+                return invalid(format!(
+                    "{name} partitions by {} columns, over the {MAX_PARTITION_COLUMNS} it may",
+                    options.partition_by.len()
+                ));
+            }
+            if !options.partition_by.is_empty() && *format == WriteFormat::Text {
+                return invalid(format!("{name} has no columns to partition by"));
+            }
+            for (i, c) in options.partition_by.iter().enumerate() {
+                // A directory name `c=…` must not be hidden from listing nor climb out.
+                if c.is_empty()
+                    || c.len() > MAX_NODE_NAME
+                    || c.starts_with(['.', '_'])
+                    || c.contains(['/', '=', '\\', '\0'])
+                {
+                    return invalid(format!("{name}: {c:?} cannot name a partition column"));
+                }
+                if options.partition_by[..i].contains(c) {
+                    return invalid(format!("{name} partitions by {c:?} twice"));
+                }
             }
         }
         Ok(())
@@ -417,5 +586,84 @@ impl LogicalPlan {
             }
         }
         (needed, readers)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn save(format: WriteFormat, options: SaveOptions) -> LogicalPlan {
+        LogicalPlan {
+            nodes: vec![Node::Inline {
+                partitions: vec![],
+                decode: Op::bare(0),
+            }],
+            action: Action::Save {
+                path: "out".into(),
+                format,
+                render: Op::bare(1),
+                options,
+            },
+        }
+    }
+
+    #[test]
+    fn a_save_names_a_codec_its_format_takes_and_sane_partition_columns() {
+        let ok = |format, compression, cols: &[&str]| {
+            save(
+                format,
+                SaveOptions {
+                    compression,
+                    partition_by: cols.iter().map(|c| c.to_string()).collect(),
+                    ..Default::default()
+                },
+            )
+            .validate(&PlanLimits::default())
+        };
+        assert!(
+            ok(
+                WriteFormat::Parquet,
+                Some(Codec::Brotli),
+                &["year", "month"]
+            )
+            .is_ok()
+        );
+        assert!(ok(WriteFormat::Csv, Some(Codec::Gzip), &["year"]).is_ok());
+        for (format, codec) in [
+            (WriteFormat::Csv, Codec::Snappy),
+            (WriteFormat::Parquet, Codec::Bzip2),
+            (WriteFormat::ArrowIpc, Codec::Zstd),
+        ] {
+            let e = ok(format, Some(codec), &[]).unwrap_err();
+            assert!(e.to_string().contains("cannot compress"), "{e}");
+        }
+        for cols in [
+            &["a/b"][..],
+            &["../x"],
+            &["_hidden"],
+            &["a=b"],
+            &[""],
+            &["y", "y"],
+        ] {
+            assert!(ok(WriteFormat::Parquet, None, cols).is_err(), "{cols:?}");
+        }
+        assert!(ok(WriteFormat::Text, None, &["line"]).is_err());
+        let many: Vec<String> = (0..=MAX_PARTITION_COLUMNS)
+            .map(|i| format!("c{i}"))
+            .collect();
+        let refs: Vec<&str> = many.iter().map(String::as_str).collect();
+        assert!(ok(WriteFormat::Parquet, None, &refs).is_err());
+    }
+
+    #[test]
+    fn only_whole_file_codecs_name_part_files() {
+        assert_eq!(WriteFormat::Csv.file_suffix(Codec::Gzip), ".csv.gz");
+        assert_eq!(WriteFormat::Text.file_suffix(Codec::Zstd), ".zst");
+        assert_eq!(
+            WriteFormat::JsonLines.file_suffix(Codec::Uncompressed),
+            ".jsonl"
+        );
+        assert_eq!(WriteFormat::Parquet.file_suffix(Codec::Zstd), ".parquet");
     }
 }

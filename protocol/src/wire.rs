@@ -18,7 +18,7 @@
 //! an executor's control stream.
 
 use crate::ids::{ExecutorId, JobId, ModuleHash, ShuffleId, StageId, TaskAttemptId};
-use crate::plan::{Malformed, Op, ReadFormat, StorageLevel, WriteFormat};
+use crate::plan::{Codec, Malformed, Op, ReadFormat, StorageLevel, WriteFormat};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use std::fmt;
@@ -289,6 +289,9 @@ pub enum TaskInput {
         malformed: Malformed,
         start: u64,
         end: u64,
+        /// The Hive-style `column=value` directories the file is under: columns every
+        /// row of the file gets.
+        partition: Vec<PartitionValue>,
         decode: Op,
     },
     /// Rows the driver program gave (`parallelize`): one Arrow IPC stream.
@@ -299,6 +302,16 @@ pub enum TaskInput {
         read: Op,
         sides: Vec<ShuffleSideInput>,
     },
+}
+
+/// One partition column of a file under `column=value/`: every row of the file gets
+/// `value` (`None`: Hive's `__HIVE_DEFAULT_PARTITION__`, a null), as a 64-bit integer
+/// when every value the source's directories give the column is one, else as text.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PartitionValue {
+    pub column: String,
+    pub value: Option<String>,
+    pub integer: bool,
 }
 
 /// The segments of one side of a shuffle a reduce task fetches.
@@ -337,10 +350,13 @@ pub enum TaskOutput {
         /// Keep the output as a cached dataset's partition instead.
         cached: Option<CacheTarget>,
     },
-    /// Write the rendered rows to `file` (an attempt-private staging path) in `format`.
+    /// Write the rendered rows to `file` (an attempt-private staging path) in `format`;
+    /// with `partition_by`, `file` is a directory of `column=value/…/part` files.
     File {
         file: String,
         format: WriteFormat,
+        compression: Codec,
+        partition_by: Vec<String>,
         render: Op,
     },
     Rows {
@@ -475,6 +491,10 @@ pub enum TaskErrorKind {
     BadModule,
     /// Input or output could not be read or written.
     Io,
+    /// The input is not what its format says (a malformed record, a column the row type
+    /// names that the file lacks, an unreadable Parquet file): another attempt would read
+    /// the same bytes.
+    BadInput,
     /// A shuffle segment could not be fetched from `executor`.
     FetchFailed {
         executor: ExecutorId,
@@ -491,7 +511,7 @@ impl TaskErrorKind {
     /// instead of being retried `task.max_failures` times.
     pub fn is_deterministic(&self) -> bool {
         match self {
-            TaskErrorKind::BadModule => true,
+            TaskErrorKind::BadModule | TaskErrorKind::BadInput => true,
             TaskErrorKind::Limit(l) => l.is_deterministic(),
             _ => false,
         }
@@ -716,6 +736,9 @@ pub struct AppSummary {
     pub fetch_failures: u64,
     /// Where `save_*` actions wrote.
     pub outputs: Vec<String>,
+    /// The schemas the driver inferred for CSV sources (`source: column: type, …`), for
+    /// the user to pin.
+    pub inferred_schemas: Vec<String>,
     /// Broadcast values sent to executors (each executor fetches a value once).
     pub broadcast_fetches: u64,
     /// What the driver program printed (capped).

@@ -6,8 +6,8 @@ use crate::bindings::exports::flint::job::task as wit_task;
 use crate::program::{ActionError, ActionResult};
 use crate::wit;
 use flint_protocol::plan::{
-    Action, FnRef, LogicalPlan, Malformed, Node, Op, ReadFormat, ShuffleSide, StorageLevel,
-    WriteFormat,
+    Action, Codec, CsvFormat, FnRef, LogicalPlan, Malformed, Node, Op, ReadFormat, SaveMode,
+    SaveOptions, ShuffleSide, StorageLevel, WriteFormat,
 };
 use flint_protocol::wire::{AppErrorKind, TaskDescriptor, TaskInput, TaskOutput};
 
@@ -36,11 +36,17 @@ pub fn plan_from_wit(plan: wit::Plan, action: wit::Action) -> LogicalPlan {
                 paths: f.paths,
                 format: match f.format {
                     wit::ReadFormat::Text => ReadFormat::Text,
-                    wit::ReadFormat::Csv(c) => ReadFormat::Csv {
+                    wit::ReadFormat::Csv(c) => ReadFormat::Csv(CsvFormat {
                         header: c.header,
                         delimiter: c.delimiter,
+                        quote: c.quote,
+                        escape: c.escape,
+                        comment: c.comment,
+                        null_values: c.null_values,
+                        multi_line: c.multi_line,
+                        inferred: c.schema.is_none(),
                         schema: c.schema,
-                    },
+                    }),
                     wit::ReadFormat::JsonLines(schema) => ReadFormat::JsonLines { schema },
                     wit::ReadFormat::Parquet(columns) => ReadFormat::Parquet { columns },
                     wit::ReadFormat::ArrowIpc => ReadFormat::ArrowIpc,
@@ -110,6 +116,24 @@ pub fn plan_from_wit(plan: wit::Plan, action: wit::Action) -> LogicalPlan {
                 wit::WriteFormat::ArrowIpc => WriteFormat::ArrowIpc,
             },
             render: op(s.render),
+            options: SaveOptions {
+                mode: match s.mode {
+                    wit::SaveMode::ErrorIfExists => SaveMode::ErrorIfExists,
+                    wit::SaveMode::Overwrite => SaveMode::Overwrite,
+                    wit::SaveMode::Append => SaveMode::Append,
+                    wit::SaveMode::Ignore => SaveMode::Ignore,
+                },
+                compression: s.compression.map(|c| match c {
+                    wit::Codec::Uncompressed => Codec::Uncompressed,
+                    wit::Codec::Snappy => Codec::Snappy,
+                    wit::Codec::Gzip => Codec::Gzip,
+                    wit::Codec::Zstd => Codec::Zstd,
+                    wit::Codec::Lz4 => Codec::Lz4,
+                    wit::Codec::Brotli => Codec::Brotli,
+                    wit::Codec::Bzip2 => Codec::Bzip2,
+                }),
+                partition_by: s.partition_by,
+            },
         },
     };
     LogicalPlan { nodes, action }
