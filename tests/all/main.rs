@@ -3,6 +3,7 @@
 mod bad_input;
 mod chaos;
 mod cluster;
+mod data;
 mod examples;
 mod faults;
 mod hostile;

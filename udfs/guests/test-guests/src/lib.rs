@@ -43,7 +43,7 @@
 //!   `cogroup: keys= left= right= checksum=`), `spill-partition N` (N rows of 48 bytes
 //!   coalesced into one partition and numbered by `map_partitions`; prints `partition:
 //!   rows= sum= out_of_order=`), `spill-hot-key N` (`group_by_key` of 2N rows, half of
-//!   them under one key).
+//!   them under one key), `io …` (sources and saves of flights: see [`io`]).
 
 use flint::{Context, Error, Result};
 
@@ -52,6 +52,7 @@ fn main(ctx: &mut Context) -> Result<()> {
     let args = ctx.all_args().to_vec();
     match args.first().map(String::as_str) {
         Some("operators") => operators(ctx, &args[1])?,
+        Some("io") => io(ctx, &args[1..])?,
         Some(name @ ("spill-join" | "spill-cogroup")) => {
             let n: i64 = args[1].parse().map_err(|_| Error::msg("N is a number"))?;
             let left = ctx
@@ -397,6 +398,130 @@ fn main(ctx: &mut Context) -> Result<()> {
             println!("broadcasts: {}", held.len());
         }
         other => return Err(Error::msg(format!("unknown scenario {other:?}"))),
+    }
+    Ok(())
+}
+
+/// A flight as the tests' CSV files have it: four of their eleven columns, in another
+/// order than the header's, one of them with `NA` holes.
+#[derive(serde::Serialize, serde::Deserialize, Clone)]
+struct Flight {
+    carrier: String,
+    distance: i64,
+    dep_delay: Option<i64>,
+    year: i64,
+}
+
+/// A row type naming a column no file has.
+#[derive(serde::Serialize, serde::Deserialize, Clone)]
+struct WithMissing {
+    carrier: String,
+    no_such_column: i64,
+}
+
+/// `io KIND INPUT [OPTION…]`: reads flights and prints per carrier `stats carrier= rows=
+/// delay_sum= delay_nulls= distance_sum=` (sorted); `io save FORMAT MODE CODEC COLUMNS
+/// INPUT OUTPUT` reads CSV flights and saves them (`-` for the default codec or no
+/// partition columns); `io text INPUT` prints `text lines= bytes=`.
+fn io(ctx: &mut Context, args: &[String]) -> Result<()> {
+    use flint::{Codec, CsvOptions, SaveMode};
+    let arg = |i: usize| {
+        args.get(i)
+            .cloned()
+            .ok_or_else(|| Error::msg("io: too few arguments"))
+    };
+    let csv_options = |opts: &[String]| {
+        let mut o = CsvOptions::default();
+        for opt in opts {
+            match opt.as_str() {
+                "inferred" => o.infer_schema = true,
+                "multi-line" => o.multi_line = true,
+                "semicolon" => o.delimiter = b';',
+                "hash-comments" => o.comment = Some(b'#'),
+                "backslash" => o.escape = Some(b'\\'),
+                v if v.starts_with("nulls=") => {
+                    o.null_values = v[6..].split('|').map(str::to_string).collect()
+                }
+                _ => {}
+            }
+        }
+        o
+    };
+    let kind = arg(0)?;
+    let flights = match kind.as_str() {
+        "text" => {
+            let (lines, bytes) = ctx
+                .text_file(&arg(1)?)?
+                .map(|l: String| (1u64, l.len() as u64))
+                .reduce(|a, b| (a.0 + b.0, a.1 + b.1))?
+                .unwrap_or((0, 0));
+            println!("text lines={lines} bytes={bytes}");
+            return Ok(());
+        }
+        "missing" => {
+            let n = ctx.csv::<WithMissing>(&arg(1)?)?.count()?;
+            println!("read {n}");
+            return Ok(());
+        }
+        "csv" => ctx.csv_with::<Flight>(&arg(1)?, csv_options(&args[2..]))?,
+        "json" => ctx.json_lines::<Flight>(&arg(1)?, flint::Malformed::Fail)?,
+        "parquet" => ctx.parquet::<Flight>(&arg(1)?)?,
+        "save" => {
+            let (format, mode, codec, columns) = (arg(1)?, arg(2)?, arg(3)?, arg(4)?);
+            let flights = ctx.csv::<Flight>(&arg(5)?)?;
+            let mut w = flights.write().mode(match mode.as_str() {
+                "overwrite" => SaveMode::Overwrite,
+                "append" => SaveMode::Append,
+                "ignore" => SaveMode::Ignore,
+                _ => SaveMode::ErrorIfExists,
+            });
+            let codec = match codec.as_str() {
+                "uncompressed" => Some(Codec::Uncompressed),
+                "snappy" => Some(Codec::Snappy),
+                "gzip" => Some(Codec::Gzip),
+                "zstd" => Some(Codec::Zstd),
+                "lz4" => Some(Codec::Lz4),
+                "brotli" => Some(Codec::Brotli),
+                "bzip2" => Some(Codec::Bzip2),
+                _ => None,
+            };
+            if let Some(c) = codec {
+                w = w.compression(c);
+            }
+            if columns != "-" {
+                w = w.partition_by(columns.split(','));
+            }
+            let out = arg(6)?;
+            return match format.as_str() {
+                "csv" => w.csv(&out),
+                "json" => w.json_lines(&out),
+                "parquet" => w.parquet(&out),
+                other => Err(Error::msg(format!("io save: no format {other}"))),
+            };
+        }
+        other => return Err(Error::msg(format!("io: no kind {other}"))),
+    };
+    let mut stats = flights
+        .map(|f: Flight| {
+            let d = f.dep_delay;
+            (
+                f.carrier,
+                (
+                    1u64,
+                    d.unwrap_or(0),
+                    u64::from(d.is_none()),
+                    f.distance,
+                    f.year,
+                ),
+            )
+        })
+        .reduce_by_key(|a, b| (a.0 + b.0, a.1 + b.1, a.2 + b.2, a.3 + b.3, a.4 + b.4))
+        .collect()?;
+    stats.sort();
+    for (c, (rows, delay, nulls, distance, years)) in stats {
+        println!(
+            "stats carrier={c:?} rows={rows} delay_sum={delay} delay_nulls={nulls} distance_sum={distance} year_sum={years}"
+        );
     }
     Ok(())
 }

@@ -1,0 +1,450 @@
+//! Data as users have it, through `flint run` on 2 executors: CSV matched by header name
+//! with `NA` holes, dialects and quoted line breaks; Parquet of every codec written by
+//! pyarrow; compressed text and CSV; Spark's save modes and Hive-style partitioned
+//! output read back. Every expected value is computed here from the rows the test made.
+//!
+//! pyarrow writes the Parquet and compressed files, so that they come from another
+//! implementation than Flint's; `.ci/run` installs it.
+
+use crate::cluster::Rng;
+use crate::util::*;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// A flight as the files hold it: eleven columns, of which the job reads four.
+#[derive(Clone)]
+struct Flight {
+    year: i64,
+    month: i64,
+    carrier: String,
+    dep_delay: Option<i64>,
+    tailnum: Option<String>,
+    distance: i64,
+}
+
+const CARRIERS: [&str; 5] = ["UA", "AA", "B6", "DL", "EV"];
+const HEADER: &str =
+    "year,month,day,dep_time,dep_delay,carrier,flight,tailnum,origin,dest,distance";
+
+/// `n` flights; `dep_delay` is first missing at row `first_na`, then every 7th row.
+fn flights(n: usize, first_na: usize, seed: u64) -> Vec<Flight> {
+    let mut rng = Rng::new(seed);
+    (0..n)
+        .map(|i| Flight {
+            year: 2013 + (i % 2) as i64,
+            month: rng.range(1, 12) as i64,
+            carrier: CARRIERS[rng.range(0, 4) as usize].to_string(),
+            dep_delay: (i < first_na || i % 7 != 0).then(|| rng.range(0, 200) as i64 - 20),
+            tailnum: (i % 11 != 3).then(|| format!("N{}", rng.range(0, 900) + 100)),
+            distance: 100 + rng.range(0, 4000) as i64,
+        })
+        .collect()
+}
+
+/// The cells of flight `i`, in the order of [`HEADER`].
+fn cells(f: &Flight, i: usize) -> Vec<String> {
+    vec![
+        f.year.to_string(),
+        f.month.to_string(),
+        (1 + i % 28).to_string(),
+        (500 + i % 1000).to_string(),
+        f.dep_delay.map_or("NA".into(), |d| d.to_string()),
+        f.carrier.clone(),
+        (1000 + i % 500).to_string(),
+        f.tailnum.clone().unwrap_or("NA".into()),
+        "EWR".into(),
+        "IAH".into(),
+        f.distance.to_string(),
+    ]
+}
+
+fn csv_line(f: &Flight, i: usize) -> String {
+    cells(f, i).join(",") + "\n"
+}
+
+fn write_csv(path: &Path, rows: &[Flight]) {
+    let mut text = format!("{HEADER}\n");
+    for (i, f) in rows.iter().enumerate() {
+        text.push_str(&csv_line(f, i));
+    }
+    std::fs::write(path, text).unwrap();
+}
+
+/// The `stats` lines the `io` test job prints, computed here.
+fn stats(rows: &[Flight]) -> Vec<String> {
+    let mut by: BTreeMap<&str, (u64, i64, u64, i64, i64)> = BTreeMap::new();
+    for f in rows {
+        let e = by.entry(&f.carrier).or_default();
+        e.0 += 1;
+        e.1 += f.dep_delay.unwrap_or(0);
+        e.2 += u64::from(f.dep_delay.is_none());
+        e.3 += f.distance;
+        e.4 += f.year;
+    }
+    by.into_iter()
+        .map(|(c, (rows, delay, nulls, distance, years))| {
+            format!(
+                "stats carrier={c:?} rows={rows} delay_sum={delay} delay_nulls={nulls} distance_sum={distance} year_sum={years}"
+            )
+        })
+        .collect()
+}
+
+/// Runs the `io` test job on 2 executors; its `stats`/`text` lines.
+fn io(args: &[&str]) -> Vec<String> {
+    let out = run_ok(&mut io_cmd(args));
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| l.starts_with("stats ") || l.starts_with("text "))
+        .map(str::to_string)
+        .collect()
+}
+
+fn io_cmd(args: &[&str]) -> Command {
+    let mut cmd = flint();
+    cmd.args(["run", flint_udfs::TEST_JOBS, "--executors", "2", "--", "io"]);
+    cmd.args(args);
+    cmd
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+/// Runs a Python script with pyarrow; `false` (and SKIPPED) when pyarrow is missing.
+fn pyarrow(script: &str) -> bool {
+    let probe = Command::new("python3")
+        .args(["-c", "import pyarrow"])
+        .output();
+    if !probe.is_ok_and(|o| o.status.success()) {
+        eprintln!("SKIPPED: pyarrow is not installed (.ci/run installs it)");
+        return false;
+    }
+    let out = Command::new("python3")
+        .args(["-c", script])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "python failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    true
+}
+
+#[test]
+fn csv_columns_match_by_header_name_with_na_holes_and_a_late_first_na() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("flights");
+    std::fs::create_dir(&dir).unwrap();
+    // The first NA of dep_delay comes after the rows inference samples.
+    let a = flights(6000, 4500, 1);
+    let b = flights(3000, 0, 2);
+    write_csv(&dir.join("a.csv"), &a);
+    write_csv(&dir.join("b.csv"), &b);
+    let all: Vec<Flight> = a.iter().chain(&b).cloned().collect();
+    assert_eq!(io(&["csv", s(&dir)]), stats(&all));
+
+    let out = run_ok(&mut io_cmd(&["csv", s(&dir), "inferred"]));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("inferred the CSV schema of")
+            && stderr.contains("dep_delay: Int64")
+            && stderr.contains("tailnum: Utf8"),
+        "the inferred schema is printed: {stderr}"
+    );
+    let got: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| l.starts_with("stats "))
+        .map(str::to_string)
+        .collect();
+    assert_eq!(got, stats(&all));
+
+    // Other null values: with only `-` a null, `NA` is not a number.
+    let err = run_err(&mut io_cmd(&["csv", s(&dir.join("a.csv")), "nulls=-"]));
+    assert!(
+        err.contains("a.csv:")
+            && err.contains("column `dep_delay`: \"NA\" is not a value of type Int64"),
+        "{err}"
+    );
+}
+
+#[test]
+fn csv_errors_name_file_line_and_column_and_are_not_retried() {
+    let tmp = tempfile::tempdir().unwrap();
+    let path = tmp.path().join("flights.csv");
+    let rows = flights(50, 0, 3);
+    let mut text = format!("{HEADER}\n");
+    for (i, f) in rows.iter().enumerate() {
+        let mut c = cells(f, i);
+        if i == 6 {
+            c[4] = "soon".into(); // line 8 of the file: a delay that is no number
+        }
+        text.push_str(&(c.join(",") + "\n"));
+    }
+    std::fs::write(&path, text).unwrap();
+    let err = run_err(&mut io_cmd(&["csv", s(&path)]));
+    assert!(
+        err.contains("flights.csv:8: malformed CSV record: column `dep_delay`: \"soon\" is not a value of type Int64"),
+        "{err}"
+    );
+    assert!(
+        err.contains("another attempt would fail the same way"),
+        "{err}"
+    );
+
+    let err = run_err(&mut io_cmd(&["missing", s(&path)]));
+    assert!(
+        err.contains("flights.csv: the row type's column `no_such_column` is not in the file's header (its columns: year, month, day"),
+        "{err}"
+    );
+    assert!(
+        err.contains("another attempt would fail the same way"),
+        "{err}"
+    );
+}
+
+#[test]
+fn quoted_line_breaks_comments_and_other_dialects() {
+    let tmp = tempfile::tempdir().unwrap();
+    let rows = flights(400, 0, 4);
+    // Carriers quoted, some with a line break and an escaped quote inside, `;` between
+    // fields, `#` comments, a quote escaped by a backslash.
+    let mut text = String::from("# exported flights\n");
+    text.push_str(&HEADER.replace(',', ";"));
+    text.push('\n');
+    let mut expected = Vec::new();
+    for (i, f) in rows.iter().enumerate() {
+        let mut f = f.clone();
+        let quoted = if i % 3 == 0 {
+            f.carrier = format!("{}\nline \"two\"", f.carrier);
+            format!("\"{}\"", f.carrier.replace('"', "\\\""))
+        } else {
+            format!("\"{}\"", f.carrier)
+        };
+        if i % 50 == 0 {
+            text.push_str("# a comment\n");
+        }
+        let mut c = cells(&f, i);
+        c[5] = quoted;
+        text.push_str(&(c.join(";") + "\n"));
+        expected.push(f);
+    }
+    let path = tmp.path().join("dialect.csv");
+    std::fs::write(&path, text).unwrap();
+    let got = io(&[
+        "csv",
+        s(&path),
+        "multi-line",
+        "semicolon",
+        "hash-comments",
+        "backslash",
+    ]);
+    assert_eq!(got, stats(&expected));
+}
+
+#[test]
+fn parquet_of_every_codec_written_by_pyarrow_reads_back_equal() {
+    let tmp = tempfile::tempdir().unwrap();
+    let rows = flights(20_000, 100, 5);
+    let csv = tmp.path().join("flights.csv");
+    write_csv(&csv, &rows);
+    let dir = tmp.path().join("pq");
+    std::fs::create_dir(&dir).unwrap();
+    let codecs = ["snappy", "zstd", "gzip", "lz4", "brotli", "none"];
+    let script = format!(
+        r#"
+import pyarrow.csv as pc, pyarrow.parquet as pq
+t = pc.read_csv({csv:?}, convert_options=pc.ConvertOptions(null_values=["NA"], strings_can_be_null=True))
+for codec in {codecs:?}:
+    pq.write_table(t, {dir:?} + "/" + codec + ".parquet", compression=codec, row_group_size=3000)
+"#,
+        csv = s(&csv),
+        dir = s(&dir),
+    );
+    if !pyarrow(&script) {
+        return;
+    }
+    let want = stats(&rows);
+    for codec in codecs {
+        let file = dir.join(format!("{codec}.parquet"));
+        assert_eq!(io(&["parquet", s(&file)]), want, "{codec}");
+    }
+}
+
+#[test]
+fn gzip_zstd_and_bzip2_inputs_are_read_through_their_codecs() {
+    let tmp = tempfile::tempdir().unwrap();
+    let rows = flights(5000, 10, 6);
+    let csv = tmp.path().join("plain.csv");
+    write_csv(&csv, &rows);
+    let text: String = (0..20_000)
+        .map(|i| format!("line {i} of the log\n"))
+        .collect();
+    let txt = tmp.path().join("log.txt");
+    std::fs::write(&txt, &text).unwrap();
+    let logs = tmp.path().join("logs");
+    let flights_dir = tmp.path().join("flights");
+    std::fs::create_dir(&logs).unwrap();
+    std::fs::create_dir(&flights_dir).unwrap();
+    let script = format!(
+        r#"
+import pyarrow as pa
+for src, dst in [({txt:?}, {logs:?}), ({csv:?}, {fl:?})]:
+    data = open(src, "rb").read()
+    name = src.rsplit("/", 1)[1]
+    for codec, ext in [("gzip", "gz"), ("zstd", "zst"), ("bz2", "bz2")]:
+        with pa.CompressedOutputStream(dst + "/" + name + "." + ext, codec) as out:
+            out.write(data)
+"#,
+        txt = s(&txt),
+        logs = s(&logs),
+        csv = s(&csv),
+        fl = s(&flights_dir),
+    );
+    if !pyarrow(&script) {
+        return;
+    }
+    let bytes: usize = text.lines().map(str::len).sum();
+    assert_eq!(
+        io(&["text", s(&logs)]),
+        [format!("text lines={} bytes={}", 3 * 20_000, 3 * bytes)]
+    );
+    let three: Vec<Flight> = rows.iter().chain(&rows).chain(&rows).cloned().collect();
+    assert_eq!(io(&["csv", s(&flights_dir)]), stats(&three));
+}
+
+/// Files under `dir`, relative, sorted.
+fn tree(dir: &Path) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(d) = todo.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                todo.push(p);
+            } else {
+                out.push(p.strip_prefix(dir).unwrap().to_string_lossy().into_owned());
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+fn parquet_file(path: &Path) -> parquet::file::metadata::ParquetMetaData {
+    use parquet::file::reader::FileReader;
+    let f = std::fs::File::open(path).unwrap();
+    parquet::file::reader::SerializedFileReader::new(f)
+        .unwrap()
+        .metadata()
+        .clone()
+}
+
+#[test]
+fn partitioned_parquet_is_written_hive_style_and_read_back_with_its_columns() {
+    let tmp = tempfile::tempdir().unwrap();
+    let rows = flights(8000, 0, 7);
+    let csv = tmp.path().join("flights.csv");
+    write_csv(&csv, &rows);
+    let out = tmp.path().join("out");
+    io(&[
+        "save",
+        "parquet",
+        "error",
+        "snappy",
+        "year,carrier",
+        s(&csv),
+        s(&out),
+    ]);
+    let files = tree(&out);
+    assert!(files.contains(&"_SUCCESS".to_string()), "{files:?}");
+    for f in files.iter().filter(|f| *f != "_SUCCESS") {
+        let (dirs, name) = f.rsplit_once('/').unwrap();
+        let (year, carrier) = dirs.split_once('/').unwrap();
+        assert!(year == "year=2013" || year == "year=2014", "{f}");
+        assert!(
+            CARRIERS.iter().any(|c| carrier == format!("carrier={c}")),
+            "{f}"
+        );
+        assert!(
+            name.starts_with("part-") && name.ends_with(".parquet"),
+            "{f}"
+        );
+        let md = parquet_file(&out.join(f));
+        let columns: Vec<String> = md
+            .file_metadata()
+            .schema_descr()
+            .columns()
+            .iter()
+            .map(|c| c.name().to_string())
+            .collect();
+        assert_eq!(
+            columns,
+            ["distance", "dep_delay"],
+            "the partition columns are in the path"
+        );
+        assert_eq!(
+            md.row_group(0).column(0).compression(),
+            parquet::basic::Compression::SNAPPY
+        );
+    }
+    assert_eq!(io(&["parquet", s(&out)]), stats(&rows), "columns restored");
+
+    // The default codec is zstd.
+    let plain = tmp.path().join("plain");
+    io(&["save", "parquet", "error", "-", "-", s(&csv), s(&plain)]);
+    let first = parts(&plain).into_iter().next().unwrap();
+    assert!(matches!(
+        parquet_file(&first).row_group(0).column(0).compression(),
+        parquet::basic::Compression::ZSTD(_)
+    ));
+}
+
+#[test]
+fn save_modes_error_ignore_append_and_overwrite() {
+    let tmp = tempfile::tempdir().unwrap();
+    let rows = flights(3000, 0, 8);
+    let more = flights(1000, 0, 9);
+    let (csv, csv2) = (tmp.path().join("a.csv"), tmp.path().join("b.csv"));
+    write_csv(&csv, &rows);
+    write_csv(&csv2, &more);
+    let out = tmp.path().join("out");
+    let save = |mode: &str, input: &Path| {
+        io_cmd(&["save", "csv", mode, "gzip", "carrier", s(input), s(&out)])
+    };
+    run_ok(&mut save("error", &csv));
+    assert!(
+        tree(&out)
+            .iter()
+            .all(|f| f == "_SUCCESS" || f.ends_with(".csv.gz"))
+    );
+    assert_eq!(io(&["csv", s(&out)]), stats(&rows));
+    let err = run_err(&mut save("error", &csv2));
+    assert!(err.contains("already exists and is not empty"), "{err}");
+    run_ok(&mut save("ignore", &csv2));
+    assert_eq!(io(&["csv", s(&out)]), stats(&rows), "ignore leaves it");
+    run_ok(&mut save("append", &csv2));
+    let both: Vec<Flight> = rows.iter().chain(&more).cloned().collect();
+    assert_eq!(io(&["csv", s(&out)]), stats(&both), "append adds");
+    run_ok(&mut save("overwrite", &csv2));
+    assert_eq!(io(&["csv", s(&out)]), stats(&more), "overwrite replaces");
+    // Nothing is left beside the output.
+    let beside: Vec<PathBuf> = std::fs::read_dir(tmp.path())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.file_name().unwrap().to_string_lossy().starts_with('.'))
+        .collect();
+    assert!(beside.is_empty(), "{beside:?}");
+
+    // JSON lines, zstd, partitioned by an integer column.
+    let json = tmp.path().join("json");
+    io(&["save", "json", "error", "zstd", "year", s(&csv), s(&json)]);
+    assert!(
+        tree(&json)
+            .iter()
+            .any(|f| f.starts_with("year=2014/") && f.ends_with(".jsonl.zst"))
+    );
+    assert_eq!(io(&["json", s(&json)]), stats(&rows));
+}
