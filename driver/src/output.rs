@@ -26,6 +26,10 @@ pub enum OutputError {
     },
     #[error("output {path}: {message}")]
     Layout { path: PathBuf, message: String },
+    #[error(
+        "output {0}: saving to object storage is not supported yet; save to a local or shared file system path"
+    )]
+    ObjectStorage(String),
 }
 
 #[derive(Debug)]
@@ -56,6 +60,9 @@ impl OutputCommit {
         mode: SaveMode,
         partition_levels: usize,
     ) -> Result<Option<OutputCommit>, OutputError> {
+        if flint_storage::object::is_url(path) {
+            return Err(OutputError::ObjectStorage(path.to_string()));
+        }
         let target = std::path::absolute(path).map_err(|source| OutputError::Io {
             path: path.into(),
             source,

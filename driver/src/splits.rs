@@ -1,6 +1,7 @@
 //! Input listing and splits: Hadoop-style byte ranges for line-based formats, runs of
 //! row groups for Parquet, runs of record batches for Arrow IPC files.
 
+use flint_storage::object;
 use std::path::{Path, PathBuf};
 use thiserror::Error;
 
@@ -96,6 +97,23 @@ fn glob(pattern: &str) -> Result<globset::GlobMatcher, SplitError> {
 
 /// Files of `path`, where the last component may be a glob (`data/part-*.csv`).
 pub fn list_matching(path: &Path, limits: &SplitLimits) -> Result<Vec<Listed>, SplitError> {
+    if let Some(url) = path.to_str().filter(|p| object::is_url(p))
+        && let Some((dir, name)) = url.rsplit_once('/')
+        && name.contains(['*', '?', '['])
+        && object::is_url(dir)
+    {
+        let matcher = glob(name)?;
+        let out: Vec<_> = list_objects(dir, limits)?
+            .into_iter()
+            .filter(|(p, _, partition)| {
+                partition.is_empty() && p.file_name().is_some_and(|n| matcher.is_match(n))
+            })
+            .collect();
+        if out.is_empty() {
+            return Err(SplitError::NoMatch(path.to_path_buf()));
+        }
+        return Ok(out);
+    }
     let name = path
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
@@ -125,6 +143,9 @@ pub fn list_matching(path: &Path, limits: &SplitLimits) -> Result<Vec<Listed>, S
 /// Hive-style `column=value` subdirectories (Spark's partition discovery); at most
 /// `limits.max_files` of them.
 pub fn list_files(path: &Path, limits: &SplitLimits) -> Result<Vec<Listed>, SplitError> {
+    if let Some(url) = path.to_str().filter(|p| object::is_url(p)) {
+        return list_objects(url, limits);
+    }
     let meta = match std::fs::metadata(path) {
         Ok(m) => m,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
@@ -169,6 +190,52 @@ pub fn list_files(path: &Path, limits: &SplitLimits) -> Result<Vec<Listed>, Spli
                 dirs.push((entry.path(), p));
             }
         }
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// The objects of `url` by the rules of [`list_files`]: the object itself, or those
+/// below it as a directory whose names (and directories') do not start with `.` or `_`,
+/// in directories that are all `column=value`.
+fn list_objects(url: &str, limits: &SplitLimits) -> Result<Vec<Listed>, SplitError> {
+    let io = |source| SplitError::Io {
+        path: url.into(),
+        source,
+    };
+    if let Some(len) = object::size(url).map_err(io)? {
+        return Ok(vec![(url.into(), len, Vec::new())]);
+    }
+    let max = limits.max_files as usize;
+    let objects = object::list(url, max).map_err(io)?;
+    if objects.is_empty() {
+        return Err(SplitError::Missing(url.into()));
+    }
+    if objects.len() > max {
+        return Err(limits.too_many_files(url));
+    }
+    let dir = url.trim_end_matches('/');
+    let mut out = Vec::new();
+    'objects: for (object, len) in objects {
+        let Some(rel) = object.strip_prefix(dir).and_then(|r| r.strip_prefix('/')) else {
+            continue;
+        };
+        let parts: Vec<&str> = rel.split('/').collect();
+        if parts
+            .iter()
+            .any(|p| p.starts_with('.') || p.starts_with('_'))
+            || parts.len() > MAX_PARTITION_DEPTH + 1
+        {
+            continue;
+        }
+        let mut partition = Partition::new();
+        for d in &parts[..parts.len() - 1] {
+            let Some((column, value)) = flint_storage::hive::parse(d) else {
+                continue 'objects;
+            };
+            partition.push((column.to_string(), value));
+        }
+        out.push((PathBuf::from(object), len, partition));
     }
     out.sort();
     Ok(out)
@@ -265,7 +332,7 @@ pub fn plan_units(
             path: path.clone(),
             message,
         };
-        let file = std::fs::File::open(&path).map_err(|source| SplitError::Io {
+        let file = object::open(&path).map_err(|source| SplitError::Io {
             path: path.clone(),
             source,
         })?;
@@ -280,7 +347,7 @@ pub fn plan_units(
                 .map(|g| g.compressed_size().max(1) as u64)
                 .collect()
         } else {
-            let len = file.metadata().map(|m| m.len()).unwrap_or(0);
+            let len = file.len().unwrap_or(0);
             let r = arrow_ipc::reader::FileReader::try_new(file, None)
                 .map_err(|e| format(format!("not an Arrow IPC file: {e}")))?;
             let n = r.num_batches() as u64;

@@ -21,7 +21,7 @@
 //! max_main_memory = "512m"          # cap on driver.main_memory
 //! max_task_spill_bytes = "20g"      # cap on task.max_spill_bytes
 //! max_executor_spill_bytes = "50g"  # what its tasks may hold spilled on one executor at once
-//! allowed_paths = ["/data/alice/"]  # inputs and outputs must lie below one of these
+//! allowed_paths = ["/data/alice/", "s3://lake/alice/"]  # inputs and outputs lie below one
 //! meter_fuel = true                 # count Wasm instructions of its tasks (flint usage)
 //! ```
 //!
@@ -234,11 +234,16 @@ impl Tenant {
         if self.allowed_paths.is_empty() {
             return Ok(());
         }
+        // An object URL is compared as written; one with `..` or empty segments, which
+        // could read as outside its prefix, is never allowed (nor readable).
+        let url_ok =
+            !flint_storage::object::is_url(path) || flint_storage::object::parse(path).is_ok();
         let resolved = resolve(Path::new(path));
-        if self
-            .allowed_paths
-            .iter()
-            .any(|prefix| resolved.starts_with(prefix))
+        if url_ok
+            && self
+                .allowed_paths
+                .iter()
+                .any(|prefix| resolved.starts_with(prefix))
         {
             return Ok(());
         }
@@ -259,6 +264,9 @@ impl Tenant {
 /// An absolute path with `.`, `..` and symlinks of its existing part resolved, so that
 /// `/data/alice/../bob` or a link out of the prefix cannot pass for inside it.
 fn resolve(path: &Path) -> PathBuf {
+    if path.to_str().is_some_and(flint_storage::object::is_url) {
+        return path.to_path_buf();
+    }
     let abs = if path.is_absolute() {
         path.to_path_buf()
     } else {
@@ -567,6 +575,29 @@ mod tests {
             "{e}"
         );
         assert!(t.check_path("read", "/etc/passwd").is_err());
+    }
+
+    #[test]
+    fn bucket_prefixes_are_allowed_paths_too() {
+        let t = Tenant {
+            allowed_paths: vec![resolve(Path::new("s3://lake/alice/"))],
+            ..Tenant::default_tenant()
+        };
+        assert!(
+            t.check_path("read", "s3://lake/alice/flights/a.csv")
+                .is_ok()
+        );
+        assert!(t.check_path("write", "s3://lake/alice").is_ok());
+        for denied in [
+            "s3://lake/alice2/x",
+            "s3://lake/bob/x",
+            "s3://lake/alice/../bob/x",
+            "s3://lake/alice//x",
+            "s3://other/alice/x",
+            "/lake/alice/x",
+        ] {
+            assert!(t.check_path("read", denied).is_err(), "{denied}");
+        }
     }
 
     #[test]

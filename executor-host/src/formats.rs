@@ -111,7 +111,7 @@ enum Kind {
         read: u64,
     },
     Arrow {
-        reader: arrow_ipc::reader::FileReader<File>,
+        reader: arrow_ipc::reader::FileReader<flint_storage::object::Input>,
         left: u64,
     },
 }
@@ -371,7 +371,7 @@ impl SourceReader {
             message,
         };
         let open = |path: &Path| {
-            File::open(path).map_err(|source| FormatError::Open {
+            flint_storage::object::open(path).map_err(|source| FormatError::Open {
                 path: path.to_path_buf(),
                 source,
             })

@@ -9,7 +9,6 @@
 use arrow_array::builder::StringBuilder;
 use arrow_array::{ArrayRef, RecordBatch};
 use arrow_schema::{DataType, Field, Schema};
-use std::fs::File;
 use std::io::{BufRead, BufReader, Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -85,7 +84,7 @@ impl SplitReader {
             path: path.to_path_buf(),
             source,
         };
-        let file = File::open(path).map_err(io)?;
+        let file = flint_storage::object::open(path).map_err(io)?;
         if !flint_storage::codec::splittable(path) {
             // One split of the whole decoded stream.
             return Ok(SplitReader {
@@ -367,7 +366,7 @@ mod tests {
         let path = dir.path().join("t.txt.gz");
         let mut e = flint_storage::codec::Encoder::new(
             flint_protocol::plan::Codec::Gzip,
-            File::create(&path).unwrap(),
+            std::fs::File::create(&path).unwrap(),
         )
         .unwrap();
         std::io::Write::write_all(&mut e, b"one\ntwo\nthree\n").unwrap();

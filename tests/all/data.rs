@@ -448,3 +448,187 @@ fn save_modes_error_ignore_append_and_overwrite() {
     );
     assert_eq!(io(&["json", s(&json)]), stats(&rows));
 }
+
+/// A moto S3 server on a free loopback port, killed when dropped.
+struct S3Server {
+    child: std::process::Child,
+    endpoint: String,
+}
+
+impl S3Server {
+    /// `None` (and SKIPPED) when moto's server is not installed.
+    fn start() -> Option<S3Server> {
+        let probe = Command::new("python3")
+            .args(["-c", "import moto.server, boto3"])
+            .output();
+        if !probe.is_ok_and(|o| o.status.success()) {
+            eprintln!("SKIPPED: moto's server is not installed (.ci/run installs it)");
+            return None;
+        }
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let child = Command::new("python3")
+            .args([
+                "-m",
+                "moto.server",
+                "-H",
+                "127.0.0.1",
+                "-p",
+                &port.to_string(),
+            ])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let server = S3Server {
+            child,
+            endpoint: format!("http://127.0.0.1:{port}"),
+        };
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "moto did not listen in 60 s"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        Some(server)
+    }
+
+    /// Sets the AWS environment that points `cmd` (a process) at this server.
+    fn env<'a>(&self, cmd: &'a mut Command) -> &'a mut Command {
+        cmd.env("AWS_ACCESS_KEY_ID", "testing")
+            .env("AWS_SECRET_ACCESS_KEY", "testing")
+            .env("AWS_REGION", "us-east-1")
+            .env("AWS_ENDPOINT_URL", &self.endpoint)
+            .env("AWS_ALLOW_HTTP", "true")
+    }
+
+    /// Runs a Python script with boto3 client `s3` bound to this server.
+    fn python(&self, script: &str) {
+        let prelude = format!(
+            "import boto3\ns3 = boto3.client('s3', endpoint_url={:?}, aws_access_key_id='testing', aws_secret_access_key='testing', region_name='us-east-1')\n",
+            self.endpoint
+        );
+        let out = Command::new("python3")
+            .args(["-c", &(prelude + script)])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "python failed:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+impl Drop for S3Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn s3_inputs_are_listed_and_read_by_ranges_like_local_files() {
+    let Some(s3) = S3Server::start() else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    // Big enough for several splits per file: ranged reads start inside the objects.
+    let a = flights(30_000, 0, 10);
+    let b = flights(8_000, 0, 11);
+    let (fa, fb) = (tmp.path().join("a.csv"), tmp.path().join("b.csv"));
+    write_csv(&fa, &a);
+    write_csv(&fb, &b);
+    let pq = tmp.path().join("f.parquet");
+    let wrote_parquet = pyarrow(&format!(
+        r#"
+import pyarrow.csv as pc, pyarrow.parquet as pq
+t = pc.read_csv({fa:?}, convert_options=pc.ConvertOptions(null_values=["NA"], strings_can_be_null=True))
+pq.write_table(t, {pq:?}, compression="zstd", row_group_size=4000)
+"#,
+        fa = s(&fa),
+        pq = s(&pq),
+    ));
+    s3.python(&format!(
+        r#"
+import gzip, os
+s3.create_bucket(Bucket="lake")
+s3.upload_file({fa:?}, "lake", "flights/a.csv")
+s3.put_object(Bucket="lake", Key="flights/b.csv.gz", Body=gzip.compress(open({fb:?}, "rb").read()))
+s3.put_object(Bucket="lake", Key="flights/_SUCCESS", Body=b"")
+s3.put_object(Bucket="lake", Key="flights/.hidden.csv", Body=b"not,a,flight\n")
+if os.path.exists({pq:?}):
+    s3.upload_file({pq:?}, "lake", "pq/f.parquet")
+"#,
+        fa = s(&fa),
+        fb = s(&fb),
+        pq = s(&pq),
+    ));
+    let io_s3 = |args: &[&str]| {
+        let mut cmd = io_cmd(args);
+        s3.env(&mut cmd);
+        cmd
+    };
+    let stats_of = |out: std::process::Output| -> Vec<String> {
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter(|l| l.starts_with("stats "))
+            .map(str::to_string)
+            .collect()
+    };
+    // One object, split: ranged reads start inside it.
+    let one = run_ok(&mut io_s3(&["csv", "s3://lake/flights/a.csv"]));
+    assert_eq!(
+        stats_of(one),
+        stats(&a),
+        "one object, read in ranged splits"
+    );
+    // A prefix as a directory: the plain object split, the gzip one read whole,
+    // `_SUCCESS` and dot files skipped.
+    let all: Vec<Flight> = a.iter().chain(&b).cloned().collect();
+    let dir = run_ok(&mut io_s3(&["csv", "s3://lake/flights/"]));
+    assert_eq!(stats_of(dir), stats(&all), "a prefix read as a directory");
+
+    let glob = run_ok(&mut io_s3(&["csv", "s3://lake/flights/*.csv"]));
+    assert_eq!(
+        stats_of(glob),
+        stats(&a),
+        "a glob over a prefix: the hidden file is not read"
+    );
+
+    if wrote_parquet {
+        let out = run_ok(&mut io_s3(&["parquet", "s3://lake/pq/f.parquet"]));
+        assert_eq!(
+            stats_of(out),
+            stats(&a),
+            "Parquet footer and row groups by ranged reads"
+        );
+    }
+
+    let err = run_err(&mut io_s3(&["csv", "s3://lake/nothing/here"]));
+    assert!(
+        err.contains("s3://lake/nothing/here does not exist"),
+        "{err}"
+    );
+    let err = run_err(&mut io_s3(&["csv", "s3://lake/flights/../etc"]));
+    assert!(err.contains("is not a usable object URL"), "{err}");
+    // Saving there is refused before any task runs, naming the path.
+    let err = run_err(&mut io_s3(&[
+        "save",
+        "csv",
+        "error",
+        "-",
+        "-",
+        s(&fa),
+        "s3://lake/out",
+    ]));
+    assert!(
+        err.contains("saving to object storage is not supported yet"),
+        "{err}"
+    );
+}

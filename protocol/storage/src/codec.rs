@@ -29,7 +29,10 @@ const READ_BUFFER: usize = 1 << 20;
 
 /// `file`'s bytes, decoded when its name says it is compressed. A gzip file of several
 /// members (as `cat a.gz b.gz` makes) reads as their concatenation.
-pub fn decoded(path: &Path, file: File) -> std::io::Result<Box<dyn BufRead + Send>> {
+pub fn decoded(
+    path: &Path,
+    file: impl Read + Send + 'static,
+) -> std::io::Result<Box<dyn BufRead + Send>> {
     let raw = BufReader::with_capacity(READ_BUFFER, file);
     Ok(match codec_of(path) {
         None => Box::new(raw),
@@ -37,7 +40,10 @@ pub fn decoded(path: &Path, file: File) -> std::io::Result<Box<dyn BufRead + Sen
     })
 }
 
-fn decoder(codec: Codec, raw: BufReader<File>) -> std::io::Result<Box<dyn Read + Send>> {
+fn decoder<R: BufRead + Send + 'static>(
+    codec: Codec,
+    raw: R,
+) -> std::io::Result<Box<dyn Read + Send>> {
     Ok(match codec {
         Codec::Gzip => Box::new(flate2::bufread::MultiGzDecoder::new(raw)),
         Codec::Zstd => Box::new(zstd::stream::read::Decoder::with_buffer(raw)?),
@@ -51,9 +57,9 @@ fn decoder(codec: Codec, raw: BufReader<File>) -> std::io::Result<Box<dyn Read +
     })
 }
 
-/// Opens `path` decoded.
+/// Opens `path` (a file or an object) decoded.
 pub fn open_decoded(path: &Path) -> std::io::Result<Box<dyn BufRead + Send>> {
-    decoded(path, File::open(path)?)
+    decoded(path, crate::object::open(path)?)
 }
 
 /// A file being written through a whole-file codec (or none).

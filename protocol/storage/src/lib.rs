@@ -1,6 +1,8 @@
 //! Where Flint's data lives, shared by the driver (listing, inference) and the executors
-//! (reading splits, writing parts): whole-file codecs, and how CSV files are read.
+//! (reading splits, writing parts): whole-file codecs, how CSV files are read, and object
+//! storage (`s3://`) behind the same reader as local files.
 
 pub mod codec;
 pub mod csv;
 pub mod hive;
+pub mod object;

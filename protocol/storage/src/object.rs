@@ -1,0 +1,403 @@
+//! Object storage: `s3://bucket/key` paths through the `object_store` crate, behind the
+//! same blocking `Read + Seek` (and Parquet `ChunkReader`) interface as local files, so
+//! that every format reads a split the same way from either.
+//!
+//! Credentials and the endpoint come from the process's environment as the AWS tools
+//! read it (`AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_SESSION_TOKEN`,
+//! `AWS_REGION`, `AWS_ENDPOINT_URL`, `AWS_ALLOW_HTTP`; else the instance's or web
+//! identity's role): the operator's, given to the driver and executor processes, never a
+//! tenant's. Reads are ranged GETs of at most [`CHUNK`] bytes, so a split of a large
+//! object costs its own bytes, not the object's.
+
+use bytes::Bytes;
+use futures::StreamExt;
+use object_store::aws::AmazonS3Builder;
+use object_store::path::Path as Key;
+use object_store::{ObjectStore, ObjectStoreExt};
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::{Read, Seek, SeekFrom};
+use std::path::Path;
+use std::sync::{Arc, Mutex, OnceLock};
+
+/// Bytes one ranged GET of a sequential read asks for at most: a read starts with
+/// [`FIRST_CHUNK`] (a header, a footer) and doubles while it goes on in order.
+pub const CHUNK: u64 = 8 << 20;
+pub const FIRST_CHUNK: u64 = 256 << 10;
+
+const SCHEME: &str = "s3://";
+
+/// Whether `path` names an object (`s3://bucket/key`) rather than a local file.
+pub fn is_url(path: &str) -> bool {
+    path.starts_with(SCHEME)
+}
+
+fn invalid(url: &str, why: &str) -> std::io::Error {
+    std::io::Error::new(
+        std::io::ErrorKind::InvalidInput,
+        format!("{url} is not a usable object URL: {why}"),
+    )
+}
+
+/// `s3://bucket/a/b` → (`bucket`, `a/b`). Empty, `.` and `..` segments are refused: an
+/// object path means what it says, and a prefix check on it cannot be walked out of.
+pub fn parse(url: &str) -> std::io::Result<(String, String)> {
+    let rest = url
+        .strip_prefix(SCHEME)
+        .ok_or_else(|| invalid(url, "it does not start with s3://"))?;
+    let (bucket, key) = rest.split_once('/').unwrap_or((rest, ""));
+    if bucket.is_empty()
+        || !bucket
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
+    {
+        return Err(invalid(url, "the bucket name is not valid"));
+    }
+    let key = key.trim_end_matches('/');
+    if !key.is_empty()
+        && key
+            .split('/')
+            .any(|s| s.is_empty() || s == "." || s == "..")
+    {
+        return Err(invalid(url, "it has an empty, `.` or `..` segment"));
+    }
+    Ok((bucket.to_string(), key.to_string()))
+}
+
+/// The object key of `url`, as the store spells it (listing gives keys back the same way).
+fn key(url: &str, key: &str) -> std::io::Result<Key> {
+    Key::parse(key).map_err(|e| invalid(url, &e.to_string()))
+}
+
+/// The runtime object store requests run on: its own, so that a blocking read works
+/// from any thread, inside an async runtime or not.
+fn runtime() -> &'static tokio::runtime::Runtime {
+    static RT: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
+    RT.get_or_init(|| {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("flint-storage")
+            .enable_all()
+            .build()
+            .expect("a tokio runtime can be built")
+    })
+}
+
+/// Runs `f` on the storage runtime and waits for it.
+fn block<T: Send + 'static>(f: impl Future<Output = T> + Send + 'static) -> T {
+    let (tx, rx) = std::sync::mpsc::sync_channel(1);
+    runtime().spawn(async move {
+        let _ = tx.send(f.await);
+    });
+    rx.recv().expect("a storage request runs to its end")
+}
+
+/// The store of `bucket`, made once per process from the environment.
+fn store(url: &str, bucket: &str) -> std::io::Result<Arc<dyn ObjectStore>> {
+    static STORES: OnceLock<Mutex<HashMap<String, Arc<dyn ObjectStore>>>> = OnceLock::new();
+    let stores = STORES.get_or_init(Default::default);
+    let mut stores = stores.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some(s) = stores.get(bucket) {
+        return Ok(s.clone());
+    }
+    let retry = object_store::RetryConfig {
+        max_retries: 4,
+        retry_timeout: std::time::Duration::from_secs(60),
+        ..Default::default()
+    };
+    let s3 = AmazonS3Builder::from_env()
+        .with_bucket_name(bucket)
+        .with_retry(retry)
+        .build()
+        .map_err(|e| std::io::Error::other(format!("{url}: {e}")))?;
+    let s: Arc<dyn ObjectStore> = Arc::new(s3);
+    stores.insert(bucket.to_string(), s.clone());
+    Ok(s)
+}
+
+/// An object-store failure as an IO error naming the URL, of the kind it is (not found,
+/// denied, …) so that callers tell a missing input from a failing store.
+fn error(url: &str, e: object_store::Error) -> std::io::Error {
+    let message = format!("{url}: {e}");
+    std::io::Error::new(std::io::Error::from(e).kind(), message)
+}
+
+/// An object's size, or `None` when there is none at `url`.
+pub fn size(url: &str) -> std::io::Result<Option<u64>> {
+    let (bucket, key) = parse(url)?;
+    if key.is_empty() {
+        return Ok(None);
+    }
+    let s = store(url, &bucket)?;
+    let k = self::key(url, &key)?;
+    let u = url.to_string();
+    block(async move {
+        match s.head(&k).await {
+            Ok(m) => Ok(Some(m.size)),
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(error(&u, e)),
+        }
+    })
+}
+
+/// The objects below `url` taken as a directory (`url/…`), as (URL, size), at most
+/// `max` of them (an error past that: `max + 1` entries tell the caller).
+pub fn list(url: &str, max: usize) -> std::io::Result<Vec<(String, u64)>> {
+    let (bucket, key) = parse(url)?;
+    let s = store(url, &bucket)?;
+    let prefix = if key.is_empty() {
+        None
+    } else {
+        Some(self::key(url, &key)?)
+    };
+    let u = url.to_string();
+    block(async move {
+        let mut stream = s.list(prefix.as_ref());
+        let mut out = Vec::new();
+        while let Some(m) = stream.next().await {
+            let m = m.map_err(|e| error(&u, e))?;
+            out.push((format!("{SCHEME}{bucket}/{}", m.location), m.size));
+            if out.len() > max {
+                break;
+            }
+        }
+        Ok(out)
+    })
+}
+
+/// A blocking, seekable reader of one object by ranged GETs.
+pub struct ObjectReader {
+    url: String,
+    store: Arc<dyn ObjectStore>,
+    key: Key,
+    len: u64,
+    pos: u64,
+    /// Bytes fetched, starting at `buf_at`.
+    buf: Bytes,
+    buf_at: u64,
+    /// Bytes the next GET asks for.
+    chunk: u64,
+}
+
+impl ObjectReader {
+    pub fn open(url: &str) -> std::io::Result<ObjectReader> {
+        let (bucket, key) = parse(url)?;
+        let len = size(url)?.ok_or_else(|| {
+            std::io::Error::new(
+                std::io::ErrorKind::NotFound,
+                format!("{url}: no such object"),
+            )
+        })?;
+        Ok(ObjectReader {
+            url: url.to_string(),
+            store: store(url, &bucket)?,
+            key: self::key(url, &key)?,
+            len,
+            pos: 0,
+            buf: Bytes::new(),
+            buf_at: 0,
+            chunk: FIRST_CHUNK,
+        })
+    }
+
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Bytes `[start, start + len)` of the object (fewer at its end).
+    pub fn range(&self, start: u64, len: u64) -> std::io::Result<Bytes> {
+        let end = start.saturating_add(len).min(self.len);
+        if start >= end {
+            return Ok(Bytes::new());
+        }
+        let (s, key, url) = (self.store.clone(), self.key.clone(), self.url.clone());
+        block(async move {
+            s.get_range(&key, start..end)
+                .await
+                .map_err(|e| error(&url, e))
+        })
+    }
+
+    /// Another reader of the same object, at `pos`.
+    fn at(&self, pos: u64) -> ObjectReader {
+        ObjectReader {
+            url: self.url.clone(),
+            store: self.store.clone(),
+            key: self.key.clone(),
+            len: self.len,
+            pos,
+            buf: Bytes::new(),
+            buf_at: 0,
+            chunk: FIRST_CHUNK,
+        }
+    }
+}
+
+impl Read for ObjectReader {
+    fn read(&mut self, out: &mut [u8]) -> std::io::Result<usize> {
+        if self.pos >= self.len || out.is_empty() {
+            return Ok(0);
+        }
+        let buffered = self.pos >= self.buf_at && self.pos < self.buf_at + self.buf.len() as u64;
+        if !buffered {
+            let in_order = !self.buf.is_empty() && self.pos == self.buf_at + self.buf.len() as u64;
+            self.chunk = if in_order {
+                (self.chunk * 2).min(CHUNK)
+            } else {
+                FIRST_CHUNK
+            };
+            self.buf = self.range(self.pos, self.chunk)?;
+            self.buf_at = self.pos;
+            if self.buf.is_empty() {
+                return Ok(0); // the object shrank since it was opened
+            }
+        }
+        let from = (self.pos - self.buf_at) as usize;
+        let n = out.len().min(self.buf.len() - from);
+        out[..n].copy_from_slice(&self.buf[from..from + n]);
+        self.pos += n as u64;
+        Ok(n)
+    }
+}
+
+impl Seek for ObjectReader {
+    fn seek(&mut self, to: SeekFrom) -> std::io::Result<u64> {
+        let pos = match to {
+            SeekFrom::Start(p) => Some(p),
+            SeekFrom::End(d) => self.len.checked_add_signed(d),
+            SeekFrom::Current(d) => self.pos.checked_add_signed(d),
+        };
+        self.pos = pos.ok_or_else(|| {
+            std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                format!("{}: seek before the start", self.url),
+            )
+        })?;
+        Ok(self.pos)
+    }
+}
+
+/// An input file, local or an object: what every reader of a split opens.
+pub enum Input {
+    Local(File),
+    Object(ObjectReader),
+}
+
+/// Opens `path`: an `s3://` URL as an object, anything else as a local file.
+pub fn open(path: &Path) -> std::io::Result<Input> {
+    match path.to_str() {
+        Some(p) if is_url(p) => Ok(Input::Object(ObjectReader::open(p)?)),
+        _ => Ok(Input::Local(File::open(path)?)),
+    }
+}
+
+impl Input {
+    pub fn len(&self) -> std::io::Result<u64> {
+        match self {
+            Input::Local(f) => Ok(f.metadata()?.len()),
+            Input::Object(o) => Ok(o.len()),
+        }
+    }
+
+    pub fn is_empty(&self) -> std::io::Result<bool> {
+        Ok(self.len()? == 0)
+    }
+}
+
+impl Read for Input {
+    fn read(&mut self, out: &mut [u8]) -> std::io::Result<usize> {
+        match self {
+            Input::Local(f) => f.read(out),
+            Input::Object(o) => o.read(out),
+        }
+    }
+}
+
+impl Seek for Input {
+    fn seek(&mut self, to: SeekFrom) -> std::io::Result<u64> {
+        match self {
+            Input::Local(f) => f.seek(to),
+            Input::Object(o) => o.seek(to),
+        }
+    }
+}
+
+impl parquet::file::reader::Length for Input {
+    fn len(&self) -> u64 {
+        Input::len(self).unwrap_or(0)
+    }
+}
+
+impl parquet::file::reader::ChunkReader for Input {
+    type T = Box<dyn Read + Send>;
+
+    fn get_read(&self, start: u64) -> parquet::errors::Result<Self::T> {
+        Ok(match self {
+            Input::Local(f) => {
+                let mut f = f.try_clone()?;
+                f.seek(SeekFrom::Start(start))?;
+                Box::new(std::io::BufReader::new(f))
+            }
+            Input::Object(o) => Box::new(o.at(start)),
+        })
+    }
+
+    fn get_bytes(&self, start: u64, length: usize) -> parquet::errors::Result<Bytes> {
+        match self {
+            Input::Local(f) => f.get_bytes(start, length),
+            Input::Object(o) => {
+                let b = o.range(start, length as u64)?;
+                if b.len() < length {
+                    return Err(parquet::errors::ParquetError::EOF(format!(
+                        "{}: wanted {length} bytes at {start}, the object has {}",
+                        o.url, o.len
+                    )));
+                }
+                Ok(b)
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_name_a_bucket_and_a_clean_key() {
+        assert_eq!(
+            parse("s3://data/flights/2013/").unwrap(),
+            ("data".into(), "flights/2013".into())
+        );
+        assert_eq!(parse("s3://data").unwrap(), ("data".into(), String::new()));
+        for bad in [
+            "s3:///key",
+            "s3://Data/x",
+            "s3://b/a//c",
+            "s3://b/a/../c",
+            "s3://b/./c",
+            "/local",
+        ] {
+            assert!(parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn local_inputs_read_and_seek_as_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("f");
+        std::fs::write(&p, b"0123456789").unwrap();
+        let mut i = open(&p).unwrap();
+        assert_eq!(i.len().unwrap(), 10);
+        i.seek(SeekFrom::Start(4)).unwrap();
+        let mut s = String::new();
+        i.read_to_string(&mut s).unwrap();
+        assert_eq!(s, "456789");
+        use parquet::file::reader::ChunkReader;
+        assert_eq!(&i.get_bytes(2, 3).unwrap()[..], b"234");
+    }
+}
