@@ -71,25 +71,31 @@ fn key(url: &str, key: &str) -> std::io::Result<Key> {
 
 /// The runtime object store requests run on: its own, so that a blocking read works
 /// from any thread, inside an async runtime or not.
-fn runtime() -> &'static tokio::runtime::Runtime {
-    static RT: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
+fn runtime() -> std::io::Result<&'static tokio::runtime::Runtime> {
+    static RT: OnceLock<Result<tokio::runtime::Runtime, String>> = OnceLock::new();
     RT.get_or_init(|| {
         tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .thread_name("flint-storage")
             .enable_all()
             .build()
-            .expect("a tokio runtime can be built")
+            .map_err(|e| e.to_string())
     })
+    .as_ref()
+    .map_err(|e| std::io::Error::other(format!("starting the object storage runtime: {e}")))
 }
 
-/// Runs `f` on the storage runtime and waits for it.
-fn block<T: Send + 'static>(f: impl Future<Output = T> + Send + 'static) -> T {
+/// Runs `f` on the storage runtime and waits for it; a request that ends without an
+/// answer (it panicked inside `object_store`) is an error, not a panic of the host.
+fn block<T: Send + 'static>(
+    f: impl Future<Output = std::io::Result<T>> + Send + 'static,
+) -> std::io::Result<T> {
     let (tx, rx) = std::sync::mpsc::sync_channel(1);
-    runtime().spawn(async move {
+    runtime()?.spawn(async move {
         let _ = tx.send(f.await);
     });
-    rx.recv().expect("a storage request runs to its end")
+    rx.recv()
+        .map_err(|_| std::io::Error::other("an object storage request ended without an answer"))?
 }
 
 /// The store of `bucket`, made once per process from the environment.
