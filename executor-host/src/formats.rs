@@ -840,8 +840,11 @@ impl PartWriter {
         // Rows by directory, in order of first appearance.
         let mut dirs: Vec<(String, Vec<u32>)> = Vec::new();
         let mut index: HashMap<String, usize> = HashMap::new();
+        // Reused across rows: a row allocates only when it opens a new directory.
+        use std::fmt::Write as _;
+        let (mut dir, mut value) = (String::new(), String::new());
         for row in 0..batch.num_rows() {
-            let mut dir = String::new();
+            dir.clear();
             for ((name, i), f) in keys.iter().zip(&formatters) {
                 if !dir.is_empty() {
                     dir.push('/');
@@ -851,13 +854,19 @@ impl PartWriter {
                 if batch.column(*i).is_null(row) {
                     dir.push_str(flint_storage::hive::NULL);
                 } else {
-                    flint_storage::hive::escape_into(&mut dir, &f.value(row).to_string());
+                    value.clear();
+                    write!(value, "{}", f.value(row)).map_err(|e| e.to_string())?;
+                    flint_storage::hive::escape_into(&mut dir, &value);
                 }
             }
-            let at = *index.entry(dir.clone()).or_insert_with(|| {
-                dirs.push((dir, Vec::new()));
-                dirs.len() - 1
-            });
+            let at = match index.get(&dir) {
+                Some(at) => *at,
+                None => {
+                    index.insert(dir.clone(), dirs.len());
+                    dirs.push((dir.clone(), Vec::new()));
+                    dirs.len() - 1
+                }
+            };
             dirs[at].1.push(row as u32);
         }
         let keep: Vec<usize> = (0..schema.fields().len())
