@@ -574,13 +574,13 @@ impl AppActions {
                     .map_err(tenant_error)?;
                 let codec = options.compression.unwrap_or(format.default_codec());
                 let extension = format.file_suffix(codec);
-                let prepared = OutputCommit::prepare(
-                    path,
-                    job,
-                    extension,
-                    options.mode,
-                    options.partition_by.len(),
-                )
+                let (path, mode, levels) = (path.clone(), options.mode, options.partition_by.len());
+                // Blocking: it looks at the file system or lists the bucket.
+                let prepared = tokio::task::spawn_blocking(move || {
+                    OutputCommit::prepare(&path, job, extension, mode, levels)
+                })
+                .await
+                .map_err(|e| ActionError::new(AppErrorKind::Driver, e.to_string(), Vec::new()))?
                 .map_err(|e| ActionError::new(AppErrorKind::Io, e.to_string(), Vec::new()))?;
                 match prepared {
                     Some(commit) => Some(Arc::new(commit)),
@@ -678,8 +678,8 @@ impl AppActions {
             {
                 Ok(r) => r.results,
                 Err(e) => {
-                    if let Some(out) = &output {
-                        out.abort();
+                    if let Some(out) = output.clone() {
+                        let _ = tokio::task::spawn_blocking(move || out.abort()).await;
                     }
                     return Err(e);
                 }
@@ -695,11 +695,15 @@ impl AppActions {
                 let path = tokio::task::spawn_blocking(move || o.commit_job())
                     .await
                     .map_err(|e| fail(AppErrorKind::Driver, e.to_string()))?
-                    .map_err(|e| {
-                        out.abort();
-                        fail(AppErrorKind::Io, e.to_string())
-                    })?;
-                lock(&self.outputs).push(path.display().to_string());
+                    .map_err(|e| fail(AppErrorKind::Io, e.to_string()));
+                let path = match path {
+                    Ok(path) => path,
+                    Err(e) => {
+                        let _ = tokio::task::spawn_blocking(move || out.abort()).await;
+                        return Err(e);
+                    }
+                };
+                lock(&self.outputs).push(path);
                 Ok(ActionResult::Saved)
             }
             Action::Count => Ok(ActionResult::Count(

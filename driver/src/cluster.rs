@@ -1004,7 +1004,7 @@ impl ClusterLoop {
             }) => {
                 let out = job.spec.output.as_ref()?;
                 TaskOutput::File {
-                    file: out.attempt_file(attempt).to_string_lossy().into_owned(),
+                    file: out.attempt_file(attempt),
                     format: *format,
                     compression: options.compression.unwrap_or(format.default_codec()),
                     partition_by: options.partition_by.clone(),

@@ -1,14 +1,29 @@
-//! Atomic output commit for the `save_*` actions, in the manner of Hadoop's
-//! FileOutputCommitter: task attempts write private files in a staging directory beside
-//! OUTPUT; the one committed attempt per partition is renamed to `part-NNNNN` (under its
-//! `column=value/` directories when partitioned); the job commit renames the staging
-//! directory to OUTPUT. A failed job removes the staging directory, so OUTPUT is never
-//! half-written. Spark's save modes decide what an existing OUTPUT means: an error, output
-//! to replace (in two renames), to add to (one rename per file), or to leave alone.
+//! Atomic output commit for the `save_*` actions.
+//!
+//! On a file system, in the manner of Hadoop's FileOutputCommitter: task attempts write
+//! private files in a staging directory beside OUTPUT; the one committed attempt per
+//! partition is renamed to `part-NNNNN` (under its `column=value/` directories when
+//! partitioned); the job commit renames the staging directory to OUTPUT. A failed job
+//! removes the staging directory, so OUTPUT is never half-written.
+//!
+//! On object storage, where nothing renames: attempts upload under
+//! `OUTPUT/_temporary/<job>/` (hidden from readers, as every `_` name), the driver records
+//! which attempt of each partition won, and the job commit copies the winners' objects to
+//! their final keys (server side) and then PUTs `OUTPUT/_SUCCESS` as a manifest listing
+//! them. A reader of OUTPUT reads what the manifest lists, so it sees the old output or
+//! the new one, never a part of it; a failed or killed job leaves only `_temporary/`.
+//!
+//! Spark's save modes decide what an existing OUTPUT means: an error, output to replace
+//! (in two renames; on object storage, a new manifest then deletes), to add to (one
+//! rename per file; a manifest of old and new files), or to leave alone.
 
 use flint_protocol::ids::{JobId, TaskAttemptId};
 use flint_protocol::plan::SaveMode;
+use flint_storage::manifest::{self, Manifest};
+use flint_storage::object;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 use thiserror::Error;
 
 #[derive(Debug, Error)]
@@ -26,89 +41,57 @@ pub enum OutputError {
     },
     #[error("output {path}: {message}")]
     Layout { path: PathBuf, message: String },
-    #[error(
-        "output {0}: saving to object storage is not supported yet; save to a local or shared file system path"
-    )]
-    ObjectStorage(String),
 }
+
+/// Objects one commit lists at most (attempt files, or an existing output's files).
+const MAX_OBJECTS: usize = 1_000_000;
+
+/// Deepest `column=value` nesting an existing output's files are read from.
+const MAX_PARTITION_DEPTH: usize = 16;
 
 #[derive(Debug)]
 pub struct OutputCommit {
-    target: PathBuf,
-    staging: PathBuf,
+    naming: Naming,
+    place: Place,
+}
+
+#[derive(Debug)]
+enum Place {
+    Local {
+        target: PathBuf,
+        staging: PathBuf,
+    },
+    Object {
+        /// `s3://bucket/prefix`, without a trailing `/`.
+        url: String,
+        /// `url/_temporary/<tag>`: where attempts upload.
+        temp: String,
+        /// The committed attempt of each partition, by the name of its file or directory.
+        winners: Mutex<BTreeMap<u32, String>>,
+    },
+}
+
+/// How published part files are named.
+#[derive(Debug)]
+struct Naming {
     /// Extension of part files (`.parquet`, `.csv.gz`), empty for plain text.
     extension: String,
     mode: SaveMode,
     /// Directory levels of `column=value` an attempt writes (0: one file).
     partition_levels: usize,
-    /// Unique to this job: names appended part files so they do not meet earlier ones.
-    tag: String,
+    /// Unique to this job, in part names when they must not meet an existing output's.
+    tag: Option<String>,
 }
 
-fn io(path: &Path) -> impl FnOnce(std::io::Error) -> OutputError + use<> {
-    let path = path.to_path_buf();
-    move |source| OutputError::Io { path, source }
-}
-
-impl OutputCommit {
-    /// Checks OUTPUT against `mode` and makes the staging directory; `None` when the mode
-    /// is `Ignore` and OUTPUT has files already (the save does nothing).
-    pub fn prepare(
-        path: &str,
-        job: JobId,
-        extension: String,
-        mode: SaveMode,
-        partition_levels: usize,
-    ) -> Result<Option<OutputCommit>, OutputError> {
-        if flint_storage::object::is_url(path) {
-            return Err(OutputError::ObjectStorage(path.to_string()));
-        }
-        let target = std::path::absolute(path).map_err(|source| OutputError::Io {
-            path: path.into(),
-            source,
-        })?;
-        let used = in_use(&target)?;
-        match mode {
-            SaveMode::ErrorIfExists if used => return Err(OutputError::Exists(target)),
-            SaveMode::Ignore if used => return Ok(None),
-            _ => {}
-        }
-        let parent = target.parent().unwrap_or(Path::new("/")).to_path_buf();
-        let name = target
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        let tag = format!("{}-{}", std::process::id(), job.0);
-        let staging = parent.join(format!(".{name}.flint-staging-{tag}"));
-        let attempts = staging.join("_attempts");
-        std::fs::create_dir_all(&attempts).map_err(io(&attempts))?;
-        Ok(Some(OutputCommit {
-            target,
-            staging,
-            extension,
-            mode,
-            partition_levels,
-            tag: format!("{tag}-{:08x}", rand::random::<u32>()),
-        }))
-    }
-
-    /// Where an attempt writes its partition: a file, or with partition columns a
-    /// directory of `column=value/…/part` files.
-    pub fn attempt_file(&self, a: TaskAttemptId) -> PathBuf {
-        self.staging.join("_attempts").join(format!(
-            "part-{:05}-attempt-{}",
-            a.task.partition, a.attempt
-        ))
-    }
-
-    /// `part-NNNNN[-tag][-cKKK].ext`: the tag when appending, the chunk when an attempt
-    /// wrote more than one file into one partition directory (it reopens a directory it
-    /// had to close to bound its open files).
+impl Naming {
+    /// `part-NNNNN[-tag][-cKKK].ext`: the chunk when an attempt wrote more than one file
+    /// into one partition directory (it reopens a directory it had to close to bound its
+    /// open files).
     fn part_name(&self, partition: u32, chunk: u32) -> String {
         let mut name = format!("part-{partition:05}");
-        if self.mode == SaveMode::Append {
+        if let Some(tag) = &self.tag {
             name.push('-');
-            name.push_str(&self.tag);
+            name.push_str(tag);
         }
         if chunk > 0 {
             name.push_str(&format!("-c{chunk:03}"));
@@ -116,107 +99,400 @@ impl OutputCommit {
         name + &self.extension
     }
 
+    /// Where the file `rel` of a partitioned attempt (`k1=v1/…/kn=vn/cNNN`) is published:
+    /// `k1=v1/…/kn=vn/part-NNNNN[-cKKK].ext`.
+    fn published(&self, partition: u32, rel: &str, path: &str) -> Result<String, OutputError> {
+        let layout = |message: String| OutputError::Layout {
+            path: path.into(),
+            message,
+        };
+        let (dir, file) = rel.rsplit_once('/').unwrap_or(("", rel));
+        let depth = if dir.is_empty() {
+            0
+        } else {
+            dir.split('/').count()
+        };
+        if depth != self.partition_levels {
+            return Err(layout(format!(
+                "an attempt wrote a file {depth} directories deep, not {}",
+                self.partition_levels
+            )));
+        }
+        // The executor names an attempt's files in a directory `c000`, `c001`, ….
+        let chunk = file
+            .strip_prefix('c')
+            .and_then(|n| n.parse::<u32>().ok())
+            .ok_or_else(|| layout("an attempt wrote a file not named cNNN".into()))?;
+        Ok(format!("{dir}/{}", self.part_name(partition, chunk)))
+    }
+}
+
+fn io(path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> OutputError {
+    let path = path.into();
+    move |source| OutputError::Io { path, source }
+}
+
+/// An attempt's file (or directory) name.
+fn attempt_name(a: TaskAttemptId) -> String {
+    format!("part-{:05}-attempt-{}", a.task.partition, a.attempt)
+}
+
+impl OutputCommit {
+    /// Checks OUTPUT against `mode` and makes the staging directory; `None` when the mode
+    /// is `Ignore` and OUTPUT has files already (the save does nothing). Blocking.
+    pub fn prepare(
+        path: &str,
+        job: JobId,
+        extension: String,
+        mode: SaveMode,
+        partition_levels: usize,
+    ) -> Result<Option<OutputCommit>, OutputError> {
+        let tag = format!(
+            "{}-{}-{:08x}",
+            std::process::id(),
+            job.0,
+            rand::random::<u32>()
+        );
+        let mut naming = Naming {
+            extension,
+            mode,
+            partition_levels,
+            tag: (mode == SaveMode::Append).then(|| tag.clone()),
+        };
+        let (used, place) = if object::is_url(path) {
+            let url = path.trim_end_matches('/').to_string();
+            let (_, key) = object::parse(&url).map_err(io(&url))?;
+            if key.is_empty() {
+                return Err(OutputError::Layout {
+                    path: url.into(),
+                    message: "save under a prefix of the bucket, not at its root".into(),
+                });
+            }
+            if object::size(&url).map_err(io(&url))?.is_some() {
+                return Err(OutputError::NotADirectory(url.into()));
+            }
+            // Part names never meet the files they replace: the old manifest stays true
+            // until the new one is written.
+            if mode == SaveMode::Overwrite {
+                naming.tag = Some(tag.clone());
+            }
+            let temp = format!("{url}/_temporary/{tag}");
+            (
+                object_in_use(&url)?,
+                Place::Object {
+                    url,
+                    temp,
+                    winners: Mutex::new(BTreeMap::new()),
+                },
+            )
+        } else {
+            let target = std::path::absolute(path).map_err(io(path))?;
+            let parent = target.parent().unwrap_or(Path::new("/")).to_path_buf();
+            let name = target
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            let staging = parent.join(format!(".{name}.flint-staging-{tag}"));
+            (in_use(&target)?, Place::Local { target, staging })
+        };
+        match mode {
+            SaveMode::ErrorIfExists if used => {
+                return Err(OutputError::Exists(PathBuf::from(path)));
+            }
+            SaveMode::Ignore if used => return Ok(None),
+            _ => {}
+        }
+        if let Place::Local { staging, .. } = &place {
+            let attempts = staging.join("_attempts");
+            std::fs::create_dir_all(&attempts).map_err(io(&attempts))?;
+        }
+        Ok(Some(OutputCommit { naming, place }))
+    }
+
+    /// Where an attempt writes its partition: a file, or with partition columns a
+    /// directory of `column=value/…/cNNN` files.
+    pub fn attempt_file(&self, a: TaskAttemptId) -> String {
+        match &self.place {
+            Place::Local { staging, .. } => staging
+                .join("_attempts")
+                .join(attempt_name(a))
+                .to_string_lossy()
+                .into_owned(),
+            Place::Object { temp, .. } => format!("{temp}/{}", attempt_name(a)),
+        }
+    }
+
     /// Makes attempt `a`'s output the partition's. An attempt that wrote no file (an
-    /// empty partition of a columnar format) has none to publish.
+    /// empty partition of a columnar format) has none to publish. On object storage
+    /// this only records the winner: the job commit publishes.
     pub fn commit_task(&self, a: TaskAttemptId, rows: u64) -> Result<(), OutputError> {
-        let from = self.attempt_file(a);
+        let staging = match &self.place {
+            Place::Object { winners, .. } => {
+                let mut w = winners.lock().unwrap_or_else(|p| p.into_inner());
+                w.insert(a.task.partition, attempt_name(a));
+                return Ok(());
+            }
+            Place::Local { staging, .. } => staging,
+        };
+        let from = PathBuf::from(self.attempt_file(a));
         if rows == 0 && !from.exists() {
             return Ok(());
         }
-        if self.partition_levels == 0 {
-            let dest = self.staging.join(self.part_name(a.task.partition, 0));
+        if self.naming.partition_levels == 0 {
+            let dest = staging.join(self.naming.part_name(a.task.partition, 0));
             return std::fs::rename(from, &dest).map_err(io(&dest));
         }
-        // `from/k1=v1/…/kn=vn/part` → `staging/k1=v1/…/kn=vn/part-NNNNN.ext`.
-        for file in files_under(&from, self.partition_levels + 1)? {
+        // `from/k1=v1/…/kn=vn/cNNN` → `staging/k1=v1/…/kn=vn/part-NNNNN.ext`.
+        for file in files_under(&from, self.naming.partition_levels + 1)? {
             let rel = file.strip_prefix(&from).unwrap_or(&file);
-            let dir = rel.parent().unwrap_or(Path::new(""));
-            if dir.components().count() != self.partition_levels {
-                return Err(OutputError::Layout {
-                    path: file.clone(),
-                    message: format!(
-                        "an attempt wrote a file {} directories deep, not {}",
-                        dir.components().count(),
-                        self.partition_levels
-                    ),
-                });
+            let rel = rel
+                .components()
+                .map(|c| c.as_os_str().to_string_lossy())
+                .collect::<Vec<_>>()
+                .join("/");
+            let dest = staging.join(self.naming.published(
+                a.task.partition,
+                &rel,
+                &file.to_string_lossy(),
+            )?);
+            if let Some(dir) = dest.parent() {
+                std::fs::create_dir_all(dir).map_err(io(dir))?;
             }
-            let dest_dir = self.staging.join(dir);
-            std::fs::create_dir_all(&dest_dir).map_err(io(&dest_dir))?;
-            // The executor names an attempt's files in a directory `c000`, `c001`, ….
-            let chunk = file
-                .file_name()
-                .and_then(|n| n.to_str())
-                .and_then(|n| n.strip_prefix('c'))
-                .and_then(|n| n.parse::<u32>().ok())
-                .ok_or_else(|| OutputError::Layout {
-                    path: file.clone(),
-                    message: "an attempt wrote a file not named cNNN".into(),
-                })?;
-            let dest = dest_dir.join(self.part_name(a.task.partition, chunk));
             std::fs::rename(&file, &dest).map_err(io(&dest))?;
         }
         Ok(())
     }
 
-    /// Publishes the output: `_SUCCESS`, then one rename (or, appending to existing
-    /// output, one rename per file).
-    pub fn commit_job(&self) -> Result<PathBuf, OutputError> {
+    /// Publishes the output; returns where. Blocking.
+    pub fn commit_job(&self) -> Result<String, OutputError> {
+        match &self.place {
+            Place::Local { target, staging } => self.commit_local(target, staging),
+            Place::Object {
+                url, temp, winners, ..
+            } => {
+                let winners = winners.lock().unwrap_or_else(|p| p.into_inner()).clone();
+                self.commit_object(url, temp, &winners)
+            }
+        }
+    }
+
+    /// `_SUCCESS`, then one rename (or, appending to existing output, one rename per file).
+    fn commit_local(&self, target: &Path, staging: &Path) -> Result<String, OutputError> {
         // Move the attempts' files aside in one rename first: an attempt killed a moment
         // ago may still be writing there, which must not fail the commit nor leak into
         // OUTPUT.
-        let attempts = self.staging.join("_attempts");
-        let trash = self.beside("attempts");
+        let attempts = staging.join("_attempts");
+        let trash = beside(staging, "attempts");
         std::fs::rename(&attempts, &trash).map_err(io(&attempts))?;
         remove_dir(&trash);
-        let success = self.staging.join("_SUCCESS");
+        let success = staging.join(manifest::NAME);
         std::fs::write(&success, b"").map_err(io(&success))?;
-        let used = in_use(&self.target)?;
-        match self.mode {
+        let done = Ok(target.display().to_string());
+        let used = in_use(target)?;
+        match self.naming.mode {
             SaveMode::ErrorIfExists | SaveMode::Ignore if used => {
-                return Err(OutputError::Exists(self.target.clone()));
+                return Err(OutputError::Exists(target.to_path_buf()));
             }
             SaveMode::Append if used => {
-                for file in files_under(&self.staging, self.partition_levels + 1)? {
-                    let rel = file.strip_prefix(&self.staging).unwrap_or(&file);
-                    let dest = self.target.join(rel);
+                for file in files_under(staging, self.naming.partition_levels + 1)? {
+                    let rel = file.strip_prefix(staging).unwrap_or(&file);
+                    let dest = target.join(rel);
                     if let Some(dir) = dest.parent() {
                         std::fs::create_dir_all(dir).map_err(io(dir))?;
                     }
                     std::fs::rename(&file, &dest).map_err(io(&dest))?;
                 }
-                remove_dir(&self.staging);
-                return Ok(self.target.clone());
+                remove_dir(staging);
+                return done;
             }
             SaveMode::Overwrite if used => {
                 // The old output goes aside in one rename, the new one takes its place.
-                let old = self.beside("replaced");
-                std::fs::rename(&self.target, &old).map_err(io(&self.target))?;
-                std::fs::rename(&self.staging, &self.target).map_err(io(&self.target))?;
+                let old = beside(staging, "replaced");
+                std::fs::rename(target, &old).map_err(io(target))?;
+                std::fs::rename(staging, target).map_err(io(target))?;
                 remove_dir(&old);
-                return Ok(self.target.clone());
+                return done;
             }
             _ => {}
         }
-        if self.target.is_dir() {
-            std::fs::remove_dir(&self.target).map_err(io(&self.target))?;
+        if target.is_dir() {
+            std::fs::remove_dir(target).map_err(io(target))?;
         }
-        std::fs::rename(&self.staging, &self.target).map_err(io(&self.target))?;
-        Ok(self.target.clone())
+        std::fs::rename(staging, target).map_err(io(target))?;
+        done
     }
 
-    /// A path beside the staging directory (`….attempts`).
-    fn beside(&self, what: &str) -> PathBuf {
-        let mut p = self.staging.clone().into_os_string();
-        p.push(".");
-        p.push(what);
-        PathBuf::from(p)
+    /// Copies the winners' objects to their final keys, then writes the manifest that
+    /// makes them the output, then removes what it replaced and the attempts' objects.
+    fn commit_object(
+        &self,
+        url: &str,
+        temp: &str,
+        winners: &BTreeMap<u32, String>,
+    ) -> Result<String, OutputError> {
+        let by_name: HashMap<&str, u32> = winners.iter().map(|(p, n)| (n.as_str(), *p)).collect();
+        let mut copies = Vec::new();
+        let mut files = Vec::new();
+        for (obj, _) in list_all(temp)? {
+            let Some(rel) = obj.strip_prefix(temp).and_then(|r| r.strip_prefix('/')) else {
+                continue;
+            };
+            let (attempt, inner) = match rel.split_once('/') {
+                Some((a, r)) => (a, Some(r)),
+                None => (rel, None),
+            };
+            let Some(&partition) = by_name.get(attempt) else {
+                continue; // a losing or failed attempt's
+            };
+            let dest = match inner {
+                None if self.naming.partition_levels == 0 => self.naming.part_name(partition, 0),
+                Some(inner) if self.naming.partition_levels > 0 => {
+                    self.naming.published(partition, inner, &obj)?
+                }
+                _ => {
+                    return Err(OutputError::Layout {
+                        path: obj.clone().into(),
+                        message: format!(
+                            "an attempt's output is not laid out for {} partition columns",
+                            self.naming.partition_levels
+                        ),
+                    });
+                }
+            };
+            copies.push((obj.clone(), format!("{url}/{dest}")));
+            files.push(dest);
+        }
+        let used = object_in_use(url)?;
+        let mode = self.naming.mode;
+        if used && matches!(mode, SaveMode::ErrorIfExists | SaveMode::Ignore) {
+            return Err(OutputError::Exists(url.into()));
+        }
+        let existing = if used {
+            existing_output(url)?
+        } else {
+            Existing::default()
+        };
+        let success = format!("{url}/{}", manifest::NAME);
+        let put = |m: Manifest| object::put(&success, m.to_bytes()).map_err(io(&success));
+        // Readers keep seeing what they saw while the new files are copied in.
+        put(Manifest::new(existing.data.clone()))?;
+        let published = object::copy_all(copies.clone())
+            .map_err(io(url))
+            .and_then(|()| {
+                let mut listed = files.clone();
+                if mode == SaveMode::Append {
+                    listed.extend(existing.data.iter().cloned());
+                }
+                put(Manifest::new(listed))
+            });
+        if let Err(e) = published {
+            // Undo: the copies go, and a fresh output's empty manifest with them.
+            let mut undo: Vec<String> = copies.into_iter().map(|(_, to)| to).collect();
+            if !used {
+                undo.push(success.clone());
+            }
+            let _ = object::delete_all(&undo);
+            return Err(e);
+        }
+        if mode == SaveMode::Overwrite {
+            let new: HashSet<&str> = files.iter().map(String::as_str).collect();
+            let old: Vec<String> = existing
+                .all
+                .iter()
+                .filter(|f| !new.contains(f.as_str()) && f.as_str() != manifest::NAME)
+                .map(|f| format!("{url}/{f}"))
+                .collect();
+            object::delete_all(&old).map_err(io(url))?;
+        }
+        self.abort();
+        Ok(url.to_string())
     }
 
+    /// Removes what the attempts wrote. Blocking.
     pub fn abort(&self) {
-        remove_dir(&self.staging);
-        remove_dir(&self.beside("attempts"));
+        match &self.place {
+            Place::Local { staging, .. } => {
+                remove_dir(staging);
+                remove_dir(&beside(staging, "attempts"));
+            }
+            Place::Object { temp, .. } => {
+                if let Ok(objects) = list_all(temp) {
+                    let urls: Vec<String> = objects.into_iter().map(|(u, _)| u).collect();
+                    if let Err(e) = object::delete_all(&urls) {
+                        tracing::warn!("removing {temp}: {e}");
+                    }
+                }
+            }
+        }
     }
+}
+
+/// The objects below `url`, at most [`MAX_OBJECTS`].
+fn list_all(url: &str) -> Result<Vec<(String, u64)>, OutputError> {
+    let objects = object::list(url, MAX_OBJECTS).map_err(io(url))?;
+    if objects.len() > MAX_OBJECTS {
+        return Err(OutputError::Layout {
+            path: url.into(),
+            message: format!("more than {MAX_OBJECTS} objects"),
+        });
+    }
+    Ok(objects)
+}
+
+/// Whether the prefix `url` holds anything but attempts' `_temporary/` objects.
+fn object_in_use(url: &str) -> Result<bool, OutputError> {
+    let (objects, prefixes) = object::list_dir(url).map_err(io(url))?;
+    let temporary = format!("{url}/_temporary");
+    Ok(!objects.is_empty()
+        || prefixes
+            .iter()
+            .any(|p| p.trim_end_matches('/') != temporary))
+}
+
+/// An existing output on object storage, by names relative to it.
+#[derive(Default)]
+struct Existing {
+    /// The files its readers read: its manifest's, or every data file.
+    data: Vec<String>,
+    /// Everything but `_temporary/`: what an overwrite removes.
+    all: Vec<String>,
+}
+
+fn existing_output(url: &str) -> Result<Existing, OutputError> {
+    let success = format!("{url}/{}", manifest::NAME);
+    let listed = match object::read(&success, manifest::MAX_BYTES).map_err(io(&success))? {
+        Some(bytes) => Manifest::parse(&bytes).map_err(|message| OutputError::Layout {
+            path: success.clone().into(),
+            message,
+        })?,
+        None => None,
+    };
+    let mut out = Existing::default();
+    for (obj, _) in list_all(url)? {
+        let Some(rel) = obj.strip_prefix(url).and_then(|r| r.strip_prefix('/')) else {
+            continue;
+        };
+        if rel.starts_with("_temporary/") {
+            continue;
+        }
+        if flint_storage::hive::visible(rel, MAX_PARTITION_DEPTH).is_some() {
+            out.data.push(rel.to_string());
+        }
+        out.all.push(rel.to_string());
+    }
+    if let Some(m) = listed {
+        let named: HashSet<&str> = m.files.iter().map(String::as_str).collect();
+        out.data.retain(|f| named.contains(f.as_str()));
+    }
+    Ok(out)
+}
+
+/// A path beside the staging directory (`….attempts`).
+fn beside(staging: &Path, what: &str) -> PathBuf {
+    let mut p = staging.to_path_buf().into_os_string();
+    p.push(".");
+    p.push(what);
+    PathBuf::from(p)
 }
 
 fn remove_dir(dir: &Path) {
@@ -339,7 +615,7 @@ mod tests {
         );
     }
 
-    fn save(out: &Path, job: u64, mode: SaveMode, content: &str) -> Option<PathBuf> {
+    fn save(out: &Path, job: u64, mode: SaveMode, content: &str) -> Option<String> {
         let c = OutputCommit::prepare(out.to_str().unwrap(), JobId(job), ".txt".into(), mode, 0)
             .unwrap()?;
         std::fs::write(c.attempt_file(attempt(0, 0)), content).unwrap();
@@ -398,7 +674,7 @@ mod tests {
         .unwrap()
         .unwrap();
         for (p, a) in [(0, 0), (1, 0)] {
-            let root = c.attempt_file(attempt(p, a));
+            let root = PathBuf::from(c.attempt_file(attempt(p, a)));
             for d in ["y=1/m=a", "y=1/m=b", "y=2/m=a"] {
                 std::fs::create_dir_all(root.join(d)).unwrap();
                 std::fs::write(root.join(d).join("c000"), format!("{p} {d}")).unwrap();

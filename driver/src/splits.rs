@@ -1,6 +1,7 @@
 //! Input listing and splits: Hadoop-style byte ranges for line-based formats, runs of
 //! row groups for Parquet, runs of record batches for Arrow IPC files.
 
+use flint_storage::manifest::{self, Manifest};
 use flint_storage::object;
 use std::path::{Path, PathBuf};
 use thiserror::Error;
@@ -14,8 +15,7 @@ pub struct Split {
     pub partition: Partition,
 }
 
-/// Partition columns of a file, from its directories: (column, value; `None` for null).
-pub type Partition = Vec<(String, Option<String>)>;
+pub use flint_storage::hive::Partition;
 
 /// A listed file: its path, size and partition columns.
 pub type Listed = (PathBuf, u64, Partition);
@@ -161,6 +161,28 @@ pub fn list_files(path: &Path, limits: &SplitLimits) -> Result<Vec<Listed>, Spli
     if meta.is_file() {
         return Ok(vec![(path.to_path_buf(), meta.len(), Vec::new())]);
     }
+    let success = path.join(manifest::NAME);
+    let listed = match std::fs::metadata(&success) {
+        Ok(m) if m.is_file() && m.len() > 0 => {
+            let format = |message: String| SplitError::Format {
+                path: success.clone(),
+                message,
+            };
+            if m.len() > manifest::MAX_BYTES {
+                return Err(format(format!(
+                    "{} bytes, over the {} a manifest may have",
+                    m.len(),
+                    manifest::MAX_BYTES
+                )));
+            }
+            let bytes = std::fs::read(&success).map_err(|source| SplitError::Io {
+                path: success.clone(),
+                source,
+            })?;
+            Manifest::parse(&bytes).map_err(format)?
+        }
+        _ => None,
+    };
     let mut out = Vec::new();
     let mut dirs = vec![(path.to_path_buf(), Partition::new())];
     while let Some((dir, partition)) = dirs.pop() {
@@ -191,13 +213,29 @@ pub fn list_files(path: &Path, limits: &SplitLimits) -> Result<Vec<Listed>, Spli
             }
         }
     }
+    if let Some(m) = listed {
+        let rel = |p: &Path| {
+            p.strip_prefix(path)
+                .unwrap_or(p)
+                .components()
+                .map(|c| c.as_os_str().to_string_lossy())
+                .collect::<Vec<_>>()
+                .join("/")
+        };
+        let named = out.into_iter().map(|l| (rel(&l.0), l)).collect();
+        out = only_listed(&success.display().to_string(), &m, named)?
+            .into_iter()
+            .map(|(_, l)| l)
+            .collect();
+    }
     out.sort();
     Ok(out)
 }
 
 /// The objects of `url` by the rules of [`list_files`]: the object itself, or those
 /// below it as a directory whose names (and directories') do not start with `.` or `_`,
-/// in directories that are all `column=value`.
+/// in directories that are all `column=value`; when its `_SUCCESS` is a manifest, the
+/// files that lists (an output committed on object storage, see [`manifest`]).
 fn list_objects(url: &str, limits: &SplitLimits) -> Result<Vec<Listed>, SplitError> {
     let io = |source| SplitError::Io {
         path: url.into(),
@@ -206,6 +244,17 @@ fn list_objects(url: &str, limits: &SplitLimits) -> Result<Vec<Listed>, SplitErr
     if let Some(len) = object::size(url).map_err(io)? {
         return Ok(vec![(url.into(), len, Vec::new())]);
     }
+    let dir = url.trim_end_matches('/');
+    // The manifest before the listing: a commit writes it after its files, so every file
+    // it lists is there to be listed (unless a later overwrite removed it meanwhile).
+    let success = format!("{dir}/{}", manifest::NAME);
+    let listed = match object::read(&success, manifest::MAX_BYTES).map_err(io)? {
+        Some(bytes) => Manifest::parse(&bytes).map_err(|message| SplitError::Format {
+            path: success.clone().into(),
+            message,
+        })?,
+        None => None,
+    };
     let max = limits.max_files as usize;
     let objects = object::list(url, max).map_err(io)?;
     if objects.is_empty() {
@@ -214,30 +263,54 @@ fn list_objects(url: &str, limits: &SplitLimits) -> Result<Vec<Listed>, SplitErr
     if objects.len() > max {
         return Err(limits.too_many_files(url));
     }
-    let dir = url.trim_end_matches('/');
     let mut out = Vec::new();
-    'objects: for (object, len) in objects {
+    for (object, len) in objects {
         let Some(rel) = object.strip_prefix(dir).and_then(|r| r.strip_prefix('/')) else {
             continue;
         };
-        let parts: Vec<&str> = rel.split('/').collect();
-        if parts
-            .iter()
-            .any(|p| p.starts_with('.') || p.starts_with('_'))
-            || parts.len() > MAX_PARTITION_DEPTH + 1
-        {
-            continue;
+        if let Some(partition) = flint_storage::hive::visible(rel, MAX_PARTITION_DEPTH) {
+            out.push((rel.to_string(), (PathBuf::from(object), len, partition)));
         }
-        let mut partition = Partition::new();
-        for d in &parts[..parts.len() - 1] {
-            let Some((column, value)) = flint_storage::hive::parse(d) else {
-                continue 'objects;
-            };
-            partition.push((column.to_string(), value));
-        }
-        out.push((PathBuf::from(object), len, partition));
     }
+    match listed {
+        Some(m) => out = only_listed(&success, &m, out)?,
+        // A prefix is not a directory: with no data in it (only attempts' `_temporary/`
+        // objects of a job that never committed, say) there is nothing there.
+        None if out.is_empty() => return Err(SplitError::Missing(url.into())),
+        None => {}
+    }
+    let mut out: Vec<Listed> = out.into_iter().map(|(_, l)| l).collect();
     out.sort();
+    Ok(out)
+}
+
+/// The files of `listing` (relative name, file) that manifest `m` names; every file it
+/// names must be there.
+fn only_listed(
+    success: &str,
+    m: &Manifest,
+    listing: Vec<(String, Listed)>,
+) -> Result<Vec<(String, Listed)>, SplitError> {
+    let names: std::collections::HashSet<&str> = m.files.iter().map(String::as_str).collect();
+    let out: Vec<_> = listing
+        .into_iter()
+        .filter(|(rel, _)| names.contains(rel.as_str()))
+        .collect();
+    if out.len() < names.len() {
+        let found: std::collections::HashSet<&str> = out.iter().map(|(r, _)| r.as_str()).collect();
+        let gone = m
+            .files
+            .iter()
+            .find(|f| !found.contains(f.as_str()))
+            .cloned()
+            .unwrap_or_default();
+        return Err(SplitError::Format {
+            path: success.into(),
+            message: format!(
+                "the manifest lists {gone}, which is not there (or not a data file): the output was changed after its job committed it"
+            ),
+        });
+    }
     Ok(out)
 }
 
@@ -420,6 +493,40 @@ mod tests {
             !splits
                 .iter()
                 .any(|s| s.path.ends_with("b.txt") || s.path.ends_with("_SUCCESS"))
+        );
+    }
+
+    #[test]
+    fn a_manifest_names_the_files_of_its_directory() {
+        let dir = tempfile::tempdir().unwrap();
+        for f in ["part-0.csv", "part-1.csv", "stale.csv"] {
+            std::fs::write(dir.path().join(f), b"x\n").unwrap();
+        }
+        let success = dir.path().join("_SUCCESS");
+        let listed = |files: &[&str]| {
+            let m = Manifest::new(files.iter().map(|f| f.to_string()).collect());
+            std::fs::write(&success, m.to_bytes()).unwrap();
+            list_files(dir.path(), &SplitLimits::default())
+        };
+        let names = |l: Vec<Listed>| -> Vec<String> {
+            l.iter()
+                .map(|(p, _, _)| p.file_name().unwrap().to_string_lossy().into_owned())
+                .collect()
+        };
+        assert_eq!(
+            names(listed(&["part-0.csv", "part-1.csv"]).unwrap()),
+            ["part-0.csv", "part-1.csv"],
+            "what the manifest does not list is not read"
+        );
+        let e = listed(&["part-0.csv", "part-2.csv"])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("_SUCCESS") && e.contains("part-2.csv"), "{e}");
+        // An empty marker, or another engine's, lists nothing: the directory reads whole.
+        std::fs::write(&success, b"").unwrap();
+        assert_eq!(
+            names(list_files(dir.path(), &SplitLimits::default()).unwrap()).len(),
+            3
         );
     }
 

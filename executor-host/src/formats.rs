@@ -781,32 +781,66 @@ impl FileWriter {
 const MAX_OPEN_PARTITIONS: usize = 32;
 
 /// A task's output: one file, or with partition columns one file per `column=value/…`
-/// directory under the attempt's directory, without those columns.
+/// directory under the attempt's directory, without those columns. An output on object
+/// storage is written to a local spool file first, and uploaded when it is closed (by
+/// parts, as object stores take large objects): memory holds a few parts, not the file.
 pub struct PartWriter {
     path: PathBuf,
     format: WriteFormat,
     codec: Codec,
     partition_by: Vec<String>,
+    /// Local files of the objects being written: `{spool}-{n}`.
+    spool: PathBuf,
     /// Open files by directory (`a=1/b=x`), with the order they were opened in.
-    open: HashMap<String, (u64, FileWriter)>,
+    open: HashMap<String, (u64, OpenFile)>,
     /// Files made so far per directory.
     made: HashMap<String, u32>,
     opened: u64,
     pub rows: u64,
 }
 
+/// A file being written, and the object it becomes when it is written to a spool.
+pub struct OpenFile {
+    writer: FileWriter,
+    upload: Option<(Spool, String)>,
+}
+
+/// A local file that stands for an object until it is uploaded; removed when dropped,
+/// uploaded or not (a failed task leaves no spool behind, and no object).
+struct Spool(PathBuf);
+
+impl Drop for Spool {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+impl OpenFile {
+    fn close(self) -> Result<(), String> {
+        self.writer.close()?;
+        if let Some((spool, url)) = self.upload {
+            flint_storage::object::upload_file(&spool.0, &url)
+                .map_err(|e| format!("uploading {url}: {e}"))?;
+        }
+        Ok(())
+    }
+}
+
 impl PartWriter {
+    /// A writer of `path` (a file, or an `s3://` URL spooled to files named `{spool}-N`).
     pub fn new(
         path: PathBuf,
         format: WriteFormat,
         codec: Codec,
         partition_by: Vec<String>,
+        spool: PathBuf,
     ) -> Self {
         PartWriter {
             path,
             format,
             codec,
             partition_by,
+            spool,
             open: HashMap::new(),
             made: HashMap::new(),
             opened: 0,
@@ -903,11 +937,23 @@ impl PartWriter {
                 *n += 1;
                 p
             };
-            let w = FileWriter::create(&path, self.format, self.codec, schema)?;
             self.opened += 1;
-            self.open.insert(dir.to_string(), (self.opened, w));
+            let (local, upload) = match path.to_str() {
+                Some(url) if flint_storage::object::is_url(url) => {
+                    let mut local = self.spool.clone().into_os_string();
+                    local.push(format!("-{}", self.opened));
+                    let local = PathBuf::from(local);
+                    (local.clone(), Some((Spool(local), url.to_string())))
+                }
+                _ => (path, None),
+            };
+            let file = OpenFile {
+                writer: FileWriter::create(&local, self.format, self.codec, schema)?,
+                upload,
+            };
+            self.open.insert(dir.to_string(), (self.opened, file));
         }
-        Ok(&mut self.open.get_mut(dir).expect("opened above").1)
+        Ok(&mut self.open.get_mut(dir).expect("opened above").1.writer)
     }
 
     /// Closes every file. An empty partition of unpartitioned text is an empty file, as

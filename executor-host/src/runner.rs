@@ -635,6 +635,7 @@ impl Sink {
                     *format,
                     *compression,
                     partition_by.clone(),
+                    run.with_extension("upload"),
                 )),
             },
             TaskOutput::Rows { .. } => Sink::Rows {

@@ -574,13 +574,6 @@ if os.path.exists({pq:?}):
         s3.env(&mut cmd);
         cmd
     };
-    let stats_of = |out: std::process::Output| -> Vec<String> {
-        String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .filter(|l| l.starts_with("stats "))
-            .map(str::to_string)
-            .collect()
-    };
     // One object, split: ranged reads start inside it.
     let one = run_ok(&mut io_s3(&["csv", "s3://lake/flights/a.csv"]));
     assert_eq!(
@@ -617,18 +610,391 @@ if os.path.exists({pq:?}):
     );
     let err = run_err(&mut io_s3(&["csv", "s3://lake/flights/../etc"]));
     assert!(err.contains("is not a usable object URL"), "{err}");
-    // Saving there is refused before any task runs, naming the path.
+}
+
+/// An object as boto3 lists it.
+#[derive(Debug)]
+struct Object {
+    key: String,
+    size: u64,
+}
+
+impl S3Server {
+    /// `cmd` with the AWS environment of this server.
+    fn command(&self, mut cmd: Command) -> Command {
+        self.env(&mut cmd);
+        cmd
+    }
+
+    /// Runs a Python script with boto3 client `s3`; its standard output.
+    fn python_out(&self, script: &str) -> String {
+        let prelude = format!(
+            "import boto3, json\ns3 = boto3.client('s3', endpoint_url={:?}, aws_access_key_id='testing', aws_secret_access_key='testing', region_name='us-east-1')\n",
+            self.endpoint
+        );
+        let out = Command::new("python3")
+            .args(["-c", &(prelude + script)])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "python failed:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// The objects under `prefix` of bucket `lake`, by key.
+    fn objects(&self, prefix: &str) -> Vec<Object> {
+        let out = self.python_out(&format!(
+            r#"
+for page in s3.get_paginator("list_objects_v2").paginate(Bucket="lake", Prefix={prefix:?}):
+    for o in page.get("Contents", []):
+        print(o["Key"], o["Size"])
+"#
+        ));
+        let mut objects: Vec<Object> = out
+            .lines()
+            .map(|l| {
+                let mut w = l.split(' ');
+                Object {
+                    key: w.next().unwrap().to_string(),
+                    size: w.next().unwrap().parse().unwrap(),
+                }
+            })
+            .collect();
+        objects.sort_by(|a, b| a.key.cmp(&b.key));
+        objects
+    }
+
+    /// The file names a `_SUCCESS` manifest lists, relative to its directory.
+    fn manifest(&self, dir: &str) -> Vec<String> {
+        let out = self.python_out(&format!(
+            r#"
+m = json.loads(s3.get_object(Bucket="lake", Key={:?})["Body"].read())
+assert m["committer"] == "flint", m
+for f in m["files"]:
+    print(f)
+"#,
+            format!("{dir}/_SUCCESS")
+        ));
+        out.lines().map(str::to_string).collect()
+    }
+
+    /// Checks that `dir` is a committed output: its data objects are exactly what its
+    /// manifest lists, and no attempt's object is left. Returns the data objects.
+    fn committed(&self, dir: &str) -> Vec<Object> {
+        let objects = self.objects(&format!("{dir}/"));
+        let mut data: Vec<Object> = Vec::new();
+        for o in objects {
+            let rel = o.key[dir.len() + 1..].to_string();
+            assert!(!rel.starts_with("_temporary/"), "left behind: {}", o.key);
+            if rel != "_SUCCESS" {
+                data.push(o);
+            }
+        }
+        let names: Vec<String> = data
+            .iter()
+            .map(|o| o.key[dir.len() + 1..].to_string())
+            .collect();
+        assert_eq!(
+            names,
+            self.manifest(dir),
+            "the manifest lists the data objects"
+        );
+        data
+    }
+}
+
+fn stats_of(out: std::process::Output) -> Vec<String> {
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| l.starts_with("stats "))
+        .map(str::to_string)
+        .collect()
+}
+
+/// Saves to object storage: attempts upload under `_temporary/` (by multipart upload
+/// past 8 MiB), the job commit copies the winners and writes `_SUCCESS` as a manifest;
+/// every save mode and a partitioned save read back; a failed job leaves nothing that a
+/// reader sees.
+#[test]
+fn s3_saves_upload_by_parts_commit_by_manifest_and_read_back() {
+    let Some(s3) = S3Server::start() else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    // About 13 MB of CSV, gzipped: one whole-file split, one JSON object of 17 MB.
+    let a = flights(300_000, 0, 20);
+    let b = flights(5_000, 0, 21);
+    let (fa, fb, bad) = (
+        tmp.path().join("a.csv"),
+        tmp.path().join("b.csv"),
+        tmp.path().join("bad.csv"),
+    );
+    write_csv(&fa, &a);
+    write_csv(&fb, &b);
+    std::fs::write(
+        &bad,
+        format!("{HEADER}\n2013,1,1,517,soon,UA,1,N1,EWR,IAH,100\n"),
+    )
+    .unwrap();
+    s3.python(&format!(
+        r#"
+import gzip
+s3.create_bucket(Bucket="lake")
+# Versions keep the attempts' objects after the commit removes them, to be looked at.
+s3.put_bucket_versioning(Bucket="lake", VersioningConfiguration={{"Status": "Enabled"}})
+s3.put_object(Bucket="lake", Key="in/a.csv.gz", Body=gzip.compress(open({fa:?}, "rb").read(), 1))
+s3.upload_file({fb:?}, "lake", "more/b.csv")
+s3.upload_file({fb:?}, "lake", "bad/a.csv")
+s3.upload_file({bad:?}, "lake", "bad/b.csv")
+"#,
+        fa = s(&fa),
+        fb = s(&fb),
+        bad = s(&bad),
+    ));
+    let io_s3 = |args: &[&str]| s3.command(io_cmd(args));
+
+    // JSON lines, uncompressed: a round trip, its large objects uploaded in parts.
+    run_ok(&mut io_s3(&[
+        "save",
+        "json",
+        "error",
+        "uncompressed",
+        "-",
+        "s3://lake/in/",
+        "s3://lake/out/json",
+    ]));
+    let json = s3.committed("out/json");
+    assert!(
+        json.iter()
+            .all(|o| o.key.starts_with("out/json/part-") && o.key.ends_with(".jsonl")),
+        "{json:?}"
+    );
+    assert!(json.iter().any(|o| o.size > 8 << 20), "{json:?}");
+    // The attempt's object, removed by the commit, went up in parts: an S3 ETag of a
+    // multipart upload ends in `-<parts>`.
+    let uploaded = s3.python_out(
+        r#"
+for v in s3.list_object_versions(Bucket="lake", Prefix="out/json/_temporary/").get("Versions", []):
+    print(v["Size"], v["ETag"].strip('"'))
+"#,
+    );
+    assert!(
+        uploaded.lines().any(|l| l.ends_with("-3")),
+        "no attempt went up in 3 parts: {uploaded}"
+    );
+    assert_eq!(
+        stats_of(run_ok(&mut io_s3(&["json", "s3://lake/out/json"]))),
+        stats(&a),
+        "JSON read back from the bucket"
+    );
+
+    // Parquet partitioned by carrier, then every save mode on it.
+    let pq = "s3://lake/out/pq";
+    let save =
+        |mode: &str, input: &str| io_s3(&["save", "parquet", mode, "zstd", "carrier", input, pq]);
+    let read_pq = || stats_of(run_ok(&mut io_s3(&["parquet", pq])));
+    run_ok(&mut save("error", "s3://lake/in/"));
+    let first = s3.committed("out/pq");
+    assert!(
+        first
+            .iter()
+            .all(|o| o.key.starts_with("out/pq/carrier=") && o.key.ends_with(".parquet")),
+        "{first:?}"
+    );
+    assert_eq!(read_pq(), stats(&a), "partitioned Parquet read back");
+    let err = run_err(&mut save("error", "s3://lake/more/"));
+    assert!(err.contains("already exists and is not empty"), "{err}");
+    run_ok(&mut save("ignore", "s3://lake/more/"));
+    assert_eq!(read_pq(), stats(&a), "ignore leaves it");
+    run_ok(&mut save("append", "s3://lake/more/"));
+    let both: Vec<Flight> = a.iter().chain(&b).cloned().collect();
+    assert_eq!(read_pq(), stats(&both), "append adds");
+    assert!(s3.committed("out/pq").len() > first.len());
+    run_ok(&mut save("overwrite", "s3://lake/more/"));
+    assert_eq!(read_pq(), stats(&b), "overwrite replaces");
+    let replaced = s3.committed("out/pq");
+    assert!(
+        replaced
+            .iter()
+            .all(|o| first.iter().all(|f| f.key != o.key)),
+        "an old file survived the overwrite: {replaced:?}"
+    );
+
+    // A job that fails on a bad record leaves nothing a reader sees.
     let err = run_err(&mut io_s3(&[
         "save",
         "csv",
         "error",
         "-",
         "-",
-        s(&fa),
-        "s3://lake/out",
+        "s3://lake/bad/",
+        "s3://lake/out/failed",
     ]));
+    assert!(err.contains("is not a value of type Int64"), "{err}");
+    let left = s3.objects("out/failed/");
     assert!(
-        err.contains("saving to object storage is not supported yet"),
-        "{err}"
+        left.iter()
+            .all(|o| o.key.starts_with("out/failed/_temporary/")),
+        "a failed job's objects are visible: {left:?}"
+    );
+    let err = run_err(&mut io_s3(&["csv", "s3://lake/out/failed"]));
+    assert!(err.contains("does not exist"), "{err}");
+}
+
+/// The files below `dir` whose names contain `part`.
+fn find_files(dir: &Path, part: &str) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(d) = todo.pop() {
+        let Ok(entries) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                todo.push(p);
+            } else if p.to_string_lossy().contains(part) {
+                out.push(p);
+            }
+        }
+    }
+    out
+}
+
+/// SIGKILLs at the worst moments of a save to object storage: an executor while it
+/// writes a part (the job finishes on the other; the output has each row once), and the
+/// whole `flint run` while its tasks upload (nothing visible; the next save there works).
+#[test]
+fn s3_saves_survive_a_killed_executor_and_a_killed_job_leaves_nothing_visible() {
+    use crate::cluster::{FAST_FAILURE_DETECTION, ProcCluster, wait_child};
+    use std::time::{Duration, Instant};
+    let Some(s3) = S3Server::start() else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    // Eight objects of 20,000 rows: eight tasks of about a second each.
+    let mut all = Vec::new();
+    let mut upload = String::from("s3.create_bucket(Bucket=\"lake\")\n");
+    for i in 0..8 {
+        let rows = flights(20_000, 0, 30 + i);
+        let f = tmp.path().join(format!("{i}.csv"));
+        write_csv(&f, &rows);
+        upload.push_str(&format!(
+            "s3.upload_file({:?}, \"lake\", \"in/{i}.csv\")\n",
+            s(&f)
+        ));
+        all.extend(rows);
+    }
+    s3.python(&upload);
+
+    let mut cluster = ProcCluster::start_with(
+        tmp.path(),
+        "127.0.0.1:0",
+        FAST_FAILURE_DETECTION,
+        |mut c| {
+            s3.env(&mut c);
+            c
+        },
+    );
+    let ids: Vec<u32> = (0..2)
+        .map(|_| {
+            cluster.add_executor_with("127.0.0.1:0", FAST_FAILURE_DETECTION, |mut c| {
+                s3.env(&mut c);
+                c
+            })
+        })
+        .collect();
+    let summary = tmp.path().join("summary.json");
+    let args = [
+        "io",
+        "save-slow",
+        "csv",
+        "error",
+        "-",
+        "-",
+        "s3://lake/in/",
+        "s3://lake/out/survived",
+    ];
+    let args: Vec<&Path> = args.iter().map(Path::new).collect();
+    let job = cluster.submit(flint_udfs::TEST_JOBS, &[], &args, &summary);
+    // Executor k works in work-k; a task writing an object spools it there.
+    let end = Instant::now() + Duration::from_secs(300);
+    let victim = loop {
+        if let Some(i) = (0..2).find(|&i| {
+            !find_files(&tmp.path().join(format!("work-{}", i + 1)), ".upload-").is_empty()
+        }) {
+            break i;
+        }
+        assert!(Instant::now() < end, "no executor wrote a part");
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    cluster.kill(ids[victim]);
+    let (ok, _, stderr) = wait_child(job, Duration::from_secs(600));
+    assert!(ok, "job failed: {stderr}\n{}", cluster.driver_log());
+    let parts = s3.committed("out/survived");
+    assert_eq!(parts.len(), 8, "one object per partition: {parts:?}");
+    assert_eq!(
+        stats_of(run_ok(
+            &mut s3.command(io_cmd(&["csv", "s3://lake/out/survived"]))
+        )),
+        stats(&all),
+        "every row once"
+    );
+    let spools = find_files(&tmp.path().join(format!("work-{}", 2 - victim)), ".upload-");
+    assert!(spools.is_empty(), "spool files left: {spools:?}");
+
+    // The whole job SIGKILLed once its first objects are up.
+    let out = "s3://lake/out/killed";
+    let mut run = s3.command(io_cmd(&[
+        "save-slow",
+        "csv",
+        "error",
+        "-",
+        "-",
+        "s3://lake/in/",
+        out,
+    ]));
+    let mut child = run
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    s3.python(
+        r#"
+import time
+deadline = time.time() + 300
+while not s3.list_objects_v2(Bucket="lake", Prefix="out/killed/_temporary/").get("Contents"):
+    assert time.time() < deadline, "no attempt uploaded"
+    time.sleep(0.02)
+"#,
+    );
+    child.kill().unwrap();
+    let status = child.wait().unwrap();
+    assert!(!status.success(), "the job finished before it was killed");
+    let left = s3.objects("out/killed/");
+    assert!(!left.is_empty());
+    assert!(
+        left.iter()
+            .all(|o| o.key.starts_with("out/killed/_temporary/")),
+        "a killed job's objects are visible: {left:?}"
+    );
+    let err = run_err(&mut s3.command(io_cmd(&["csv", out])));
+    assert!(err.contains("does not exist"), "{err}");
+    // Its leftovers are no output: saving there again works, and reads back whole.
+    run_ok(&mut s3.command(io_cmd(&[
+        "save",
+        "csv",
+        "error",
+        "-",
+        "-",
+        "s3://lake/in/",
+        out,
+    ])));
+    assert_eq!(
+        stats_of(run_ok(&mut s3.command(io_cmd(&["csv", out])))),
+        stats(&all)
     );
 }

@@ -48,6 +48,27 @@ pub fn parse(name: &str) -> Option<(&str, Option<String>)> {
     (!column.is_empty()).then(|| (column, unescape(value)))
 }
 
+/// Partition columns of a file, from its directories: (column, value; `None` for null).
+pub type Partition = Vec<(String, Option<String>)>;
+
+/// Whether a file at `rel` (`/`-separated, below a listed directory) is part of that
+/// directory's data as Hadoop and Spark read it: no segment starts with `.` or `_`, and
+/// every directory is `column=value`, at most `max_depth` of them. Its partition if so.
+pub fn visible(rel: &str, max_depth: usize) -> Option<Partition> {
+    let parts: Vec<&str> = rel.split('/').collect();
+    if parts.len() > max_depth + 1
+        || parts
+            .iter()
+            .any(|p| p.is_empty() || p.starts_with('.') || p.starts_with('_'))
+    {
+        return None;
+    }
+    parts[..parts.len() - 1]
+        .iter()
+        .map(|d| parse(d).map(|(c, v)| (c.to_string(), v)))
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -77,5 +98,25 @@ mod tests {
         assert_eq!(parse("plain"), None);
         assert_eq!(unescape("%4"), Some("%4".into()));
         assert_eq!(unescape("%zz%"), Some("%zz%".into()));
+    }
+
+    #[test]
+    fn hidden_files_and_plain_directories_are_not_data() {
+        assert_eq!(visible("part-0.csv", 4), Some(vec![]));
+        assert_eq!(
+            visible("y=2013/c=__HIVE_DEFAULT_PARTITION__/p", 4),
+            Some(vec![("y".into(), Some("2013".into())), ("c".into(), None)])
+        );
+        for hidden in [
+            "_SUCCESS",
+            ".crc",
+            "_temporary/x/p",
+            "y=1/.p",
+            "plain/p",
+            "a//b",
+        ] {
+            assert_eq!(visible(hidden, 4), None, "{hidden}");
+        }
+        assert_eq!(visible("a=1/b=2/p", 1), None, "deeper than the bound");
     }
 }

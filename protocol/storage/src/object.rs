@@ -148,7 +148,7 @@ pub fn size(url: &str) -> std::io::Result<Option<u64>> {
 
 /// The objects below `url` taken as a directory (`url/…`), as (URL, size), at most
 /// `max` of them (an error past that: `max + 1` entries tell the caller).
-pub fn list(url: &str, max: usize) -> std::io::Result<Vec<(String, u64)>> {
+pub fn list(url: &str, max: usize) -> std::io::Result<Listing> {
     let (bucket, key) = parse(url)?;
     let s = store(url, &bucket)?;
     let prefix = if key.is_empty() {
@@ -168,6 +168,196 @@ pub fn list(url: &str, max: usize) -> std::io::Result<Vec<(String, u64)>> {
             }
         }
         Ok(out)
+    })
+}
+
+/// Objects as (URL, size).
+pub type Listing = Vec<(String, u64)>;
+
+/// The objects and the common prefixes (subdirectories) right below `url` taken as a
+/// directory, as URLs; one LIST request (at most 1000 entries, as S3 answers one page).
+pub fn list_dir(url: &str) -> std::io::Result<(Listing, Vec<String>)> {
+    let (bucket, key) = parse(url)?;
+    let s = store(url, &bucket)?;
+    let prefix = if key.is_empty() {
+        None
+    } else {
+        Some(self::key(url, &key)?)
+    };
+    let u = url.to_string();
+    block(async move {
+        let r = s
+            .list_with_delimiter(prefix.as_ref())
+            .await
+            .map_err(|e| error(&u, e))?;
+        let objects = r
+            .objects
+            .into_iter()
+            .map(|m| (format!("{SCHEME}{bucket}/{}", m.location), m.size))
+            .collect();
+        let prefixes = r
+            .common_prefixes
+            .into_iter()
+            .map(|p| format!("{SCHEME}{bucket}/{p}"))
+            .collect();
+        Ok((objects, prefixes))
+    })
+}
+
+/// The whole object at `url`, or `None` when there is none; an error past `max` bytes.
+pub fn read(url: &str, max: u64) -> std::io::Result<Option<Vec<u8>>> {
+    let Some(len) = size(url)? else {
+        return Ok(None);
+    };
+    if len > max {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("{url}: {len} bytes, over the {max} this reader accepts"),
+        ));
+    }
+    Ok(Some(ObjectReader::open(url)?.range(0, len)?.to_vec()))
+}
+
+/// Writes `bytes` as the object at `url`, in one PUT: readers see all of it or none.
+pub fn put(url: &str, bytes: Vec<u8>) -> std::io::Result<()> {
+    let (bucket, key) = parse(url)?;
+    let s = store(url, &bucket)?;
+    let k = self::key(url, &key)?;
+    let u = url.to_string();
+    block(async move {
+        s.put(&k, bytes.into())
+            .await
+            .map(|_| ())
+            .map_err(|e| error(&u, e))
+    })
+}
+
+/// Bytes of each part of a multipart upload: over S3's 5 MiB minimum, 10,000 of them
+/// make an object of 80 GiB.
+pub const PART: u64 = 8 << 20;
+
+/// Parts of one upload in flight at once (each [`PART`] bytes of memory).
+const PARTS_IN_FLIGHT: usize = 2;
+
+/// Uploads the local file `local` as the object at `url`: one PUT up to [`PART`] bytes,
+/// else a multipart upload of [`PART`]-sized parts, [`PARTS_IN_FLIGHT`] at a time. The
+/// object appears only when the upload completes; a failed upload is aborted (one killed
+/// with its process stays an invisible incomplete upload until the bucket's lifecycle
+/// rule removes it). Returns the bytes uploaded.
+pub fn upload_file(local: &Path, url: &str) -> std::io::Result<u64> {
+    let (bucket, key) = parse(url)?;
+    if key.is_empty() {
+        return Err(invalid(url, "it names a bucket, not an object"));
+    }
+    let mut f = File::open(local)?;
+    let len = f.metadata()?.len();
+    if len <= PART {
+        let mut bytes = Vec::with_capacity(len as usize);
+        f.read_to_end(&mut bytes)?;
+        put(url, bytes)?;
+        return Ok(len);
+    }
+    let s = store(url, &bucket)?;
+    let k = self::key(url, &key)?;
+    let u = url.to_string();
+    let mut upload = block(async move { s.put_multipart(&k).await.map_err(|e| error(&u, e)) })?;
+    let parts = (|| {
+        let mut in_flight = std::collections::VecDeque::new();
+        let wait = |h: tokio::task::JoinHandle<object_store::Result<()>>| {
+            let u = url.to_string();
+            block(async move {
+                h.await
+                    .map_err(|_| std::io::Error::other(format!("{u}: a part upload ended")))?
+                    .map_err(|e| error(&u, e))
+            })
+        };
+        let mut left = len;
+        while left > 0 {
+            let n = left.min(PART);
+            let mut part = vec![0; n as usize];
+            f.read_exact(&mut part)?;
+            left -= n;
+            if in_flight.len() >= PARTS_IN_FLIGHT
+                && let Some(h) = in_flight.pop_front()
+            {
+                wait(h)?;
+            }
+            in_flight.push_back(runtime()?.spawn(upload.put_part(part.into())));
+        }
+        in_flight.into_iter().try_for_each(wait)
+    })();
+    let u = url.to_string();
+    block(async move {
+        match parts {
+            Ok(()) => match upload.complete().await {
+                Ok(_) => Ok(len),
+                Err(e) => {
+                    let _ = upload.abort().await;
+                    Err(error(&u, e))
+                }
+            },
+            Err(e) => {
+                let _ = upload.abort().await;
+                Err(e)
+            }
+        }
+    })
+}
+
+/// Copies objects within one bucket (server side: no bytes pass through this process),
+/// `(from, to)` URLs, eight at a time.
+pub fn copy_all(pairs: Vec<(String, String)>) -> std::io::Result<()> {
+    let Some((first, _)) = pairs.first() else {
+        return Ok(());
+    };
+    let (bucket, _) = parse(first)?;
+    let s = store(first, &bucket)?;
+    let mut keys = Vec::with_capacity(pairs.len());
+    for (from, to) in &pairs {
+        let ((fb, fk), (tb, tk)) = (parse(from)?, parse(to)?);
+        if fb != bucket || tb != bucket {
+            return Err(invalid(to, "a copy stays within one bucket"));
+        }
+        keys.push((self::key(from, &fk)?, self::key(to, &tk)?, to.clone()));
+    }
+    block(async move {
+        let mut copies = futures::stream::iter(keys.into_iter().map(|(from, to, url)| {
+            let s = s.clone();
+            async move { s.copy(&from, &to).await.map_err(|e| error(&url, e)) }
+        }))
+        .buffer_unordered(8);
+        while let Some(r) = copies.next().await {
+            r?;
+        }
+        Ok(())
+    })
+}
+
+/// Deletes the objects at `urls` (one bucket); ones already gone are no error.
+pub fn delete_all(urls: &[String]) -> std::io::Result<()> {
+    let Some(first) = urls.first() else {
+        return Ok(());
+    };
+    let (bucket, _) = parse(first)?;
+    let s = store(first, &bucket)?;
+    let mut keys = Vec::with_capacity(urls.len());
+    for u in urls {
+        let (b, k) = parse(u)?;
+        if b != bucket {
+            return Err(invalid(u, "a delete stays within one bucket"));
+        }
+        keys.push(Ok(self::key(u, &k)?));
+    }
+    let u = first.clone();
+    block(async move {
+        let mut done = s.delete_stream(futures::stream::iter(keys).boxed());
+        while let Some(r) = done.next().await {
+            match r {
+                Ok(_) | Err(object_store::Error::NotFound { .. }) => {}
+                Err(e) => return Err(error(&u, e)),
+            }
+        }
+        Ok(())
     })
 }
 

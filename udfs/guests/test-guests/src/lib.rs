@@ -466,9 +466,19 @@ fn io(ctx: &mut Context, args: &[String]) -> Result<()> {
         "csv" => ctx.csv_with::<Flight>(&arg(1)?, csv_options(&args[2..]))?,
         "json" => ctx.json_lines::<Flight>(&arg(1)?, flint::Malformed::Fail)?,
         "parquet" => ctx.parquet::<Flight>(&arg(1)?)?,
-        "save" => {
+        // `save-slow`: as `save`, a task taking about a second per 20,000 rows, so that
+        // a test can kill a process while tasks are writing.
+        "save" | "save-slow" => {
             let (format, mode, codec, columns) = (arg(1)?, arg(2)?, arg(3)?, arg(4)?);
-            let flights = ctx.csv::<Flight>(&arg(5)?)?;
+            let mut flights = ctx.csv::<Flight>(&arg(5)?)?;
+            if kind == "save-slow" {
+                flights = flights.map(|f: Flight| {
+                    if f.distance % 40 == 0 {
+                        sleep_ms(2);
+                    }
+                    f
+                });
+            }
             let mut w = flights.write().mode(match mode.as_str() {
                 "overwrite" => SaveMode::Overwrite,
                 "append" => SaveMode::Append,
