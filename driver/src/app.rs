@@ -12,7 +12,7 @@ use flint_protocol::conf::{Conf, Settings};
 use flint_protocol::dag::{JobDag, build_dag, take_round};
 use flint_protocol::ids::{JobId, ModuleHash};
 use flint_protocol::plan::{
-    Action, CsvFormat, LogicalPlan, Node, NodeIndex, PlanError, ReadFormat,
+    Action, ColumnPredicate, CsvFormat, LogicalPlan, Node, NodeIndex, PlanError, ReadFormat,
 };
 use flint_protocol::scheduler::{JobPolicy, Pool};
 use flint_protocol::wire::{
@@ -462,6 +462,7 @@ impl AppActions {
                 format,
                 min_partitions,
                 malformed,
+                filter,
                 decode,
             } = node
             else {
@@ -524,9 +525,35 @@ impl AppActions {
             }
             let partition = partition_types(&s);
             let shared = Arc::new(format.clone());
+            let shared_filter: Arc<[ColumnPredicate]> = filter.clone().into();
+            // Partition pruning: a file whose directory values fail the filter holds no
+            // row that passes it.
+            let listed = s.len();
+            let s: Vec<_> = s
+                .into_iter()
+                .filter(|split| {
+                    filter.iter().all(|p| {
+                        let Some((_, value)) = split.partition.iter().find(|(c, _)| *c == p.column)
+                        else {
+                            return true;
+                        };
+                        p.passes_partition(value.as_deref(), partition.contains(&p.column))
+                            != Some(false)
+                    })
+                })
+                .collect();
+            if s.len() < listed {
+                tracing::info!(
+                    app = self.app,
+                    source = paths.join(","),
+                    "partition pruning: {} of {listed} splits pass the filter",
+                    s.len()
+                );
+            }
             let inputs = s
                 .into_iter()
                 .map(|split| TaskInput::Split {
+                    filter: shared_filter.clone(),
                     partition: split
                         .partition
                         .into_iter()

@@ -7,7 +7,7 @@
 use crate::input::{InputError, RawLines, SplitReader};
 use arrow_array::{Array, ArrayRef, Int64Array, RecordBatch, StringArray};
 use arrow_schema::{ArrowError, DataType, Field, Schema, SchemaRef};
-use flint_protocol::plan::{Codec, CsvFormat, Malformed, ReadFormat, WriteFormat};
+use flint_protocol::plan::{Codec, ColumnPredicate, CsvFormat, Malformed, ReadFormat, WriteFormat};
 use flint_protocol::wire::PartitionValue;
 use flint_storage::codec::Encoder;
 use flint_storage::csv::CsvError;
@@ -337,24 +337,16 @@ fn feed(
     Ok(())
 }
 
-impl SourceBatch {
-    /// A batch read whole from a columnar file.
-    fn columnar(batch: &RecordBatch) -> Result<SourceBatch, FormatError> {
-        Ok(SourceBatch {
-            rows: batch.num_rows() as u64,
-            bytes: batch.get_array_memory_size() as u64,
-            ipc: ipc_of(batch).map_err(InputError::Arrow)?,
-            dropped: 0,
-        })
-    }
-}
-
 /// Reads one split of a file in its format.
 pub struct SourceReader {
     path: PathBuf,
     kind: Kind,
     /// Columns from the file's `column=value` directories, added to every batch.
     partition: Vec<PartitionValue>,
+    /// The source's filter: only rows that pass it leave.
+    filter: Arc<[ColumnPredicate]>,
+    /// Columns read only for the filter (a Parquet projection lacks them), dropped after.
+    filter_only: Vec<String>,
 }
 
 impl SourceReader {
@@ -365,7 +357,9 @@ impl SourceReader {
         start: u64,
         end: u64,
         partition: &[PartitionValue],
+        filter: Arc<[ColumnPredicate]>,
     ) -> Result<SourceReader, FormatError> {
+        let mut filter_only = Vec::new();
         let file_err = |message: String| FormatError::File {
             path: path.to_path_buf(),
             message,
@@ -423,11 +417,25 @@ impl SourceReader {
                 let md = b.metadata().clone();
                 let n = md.num_row_groups();
                 let groups: Vec<usize> = (start as usize..(end as usize).min(n)).collect();
+                // Row groups whose statistics rule out every row are not read.
+                let groups = crate::filter::row_groups(&md, b.schema(), groups, &filter);
                 let mut b = b.with_row_groups(groups.clone()).with_batch_size(8192);
                 if let Some(cols) = columns {
+                    let file = b.schema().clone();
+                    filter_only = filter
+                        .iter()
+                        .map(|p| &p.column)
+                        .filter(|c| {
+                            !cols.contains(c)
+                                && file.field_with_name(c).is_ok()
+                                && !partition.iter().any(|v| &v.column == *c)
+                        })
+                        .cloned()
+                        .collect();
+                    filter_only.dedup();
                     let mask = ProjectionMask::columns(
                         b.parquet_schema(),
-                        cols.iter().map(String::as_str),
+                        cols.iter().chain(&filter_only).map(String::as_str),
                     );
                     b = b.with_projection(mask);
                 }
@@ -459,19 +467,57 @@ impl SourceReader {
             path: path.to_path_buf(),
             kind,
             partition: partition.to_vec(),
+            filter,
+            filter_only,
         })
     }
 
-    /// The next batch, or `None` when the split is done.
+    /// The next batch of rows that pass the filter, or `None` when the split is done.
     pub fn next_batch(&mut self) -> Result<Option<SourceBatch>, FormatError> {
+        loop {
+            let (batch, bytes, dropped) = match self.next_read()? {
+                None => return Ok(None),
+                Some(Read::Encoded(b)) => return Ok(Some(b)),
+                Some(Read::Batch {
+                    batch,
+                    bytes,
+                    dropped,
+                }) => (batch, bytes, dropped),
+            };
+            let mut batch =
+                crate::filter::apply(batch, &self.filter).map_err(|message| FormatError::File {
+                    path: self.path.clone(),
+                    message,
+                })?;
+            for c in &self.filter_only {
+                if let Ok(i) = batch.schema().index_of(c) {
+                    batch.remove_column(i);
+                }
+            }
+            if batch.num_rows() == 0 && dropped == 0 {
+                continue;
+            }
+            return Ok(Some(SourceBatch {
+                ipc: ipc_of(&batch).map_err(InputError::Arrow)?,
+                rows: batch.num_rows() as u64,
+                bytes: bytes.unwrap_or(batch.get_array_memory_size() as u64),
+                dropped,
+            }));
+        }
+    }
+
+    /// The next batch as read, before the filter.
+    fn next_read(&mut self) -> Result<Option<Read>, FormatError> {
         let path = &self.path;
         let batch = match &mut self.kind {
             Kind::Text(r) => {
-                return Ok(r.next_batch()?.map(|b| SourceBatch {
-                    ipc: b.ipc,
-                    rows: b.rows,
-                    bytes: b.bytes,
-                    dropped: 0,
+                return Ok(r.next_batch()?.map(|b| {
+                    Read::Encoded(SourceBatch {
+                        ipc: b.ipc,
+                        rows: b.rows,
+                        bytes: b.bytes,
+                        dropped: 0,
+                    })
                 }));
             }
             Kind::Lines {
@@ -511,10 +557,9 @@ impl SourceReader {
                     continue;
                 }
                 let batch = with_partition(batch, &self.partition).map_err(InputError::Arrow)?;
-                return Ok(Some(SourceBatch {
-                    ipc: ipc_of(&batch).map_err(InputError::Arrow)?,
-                    rows: batch.num_rows() as u64,
-                    bytes,
+                return Ok(Some(Read::Batch {
+                    batch,
+                    bytes: Some(bytes),
                     dropped,
                 }));
             },
@@ -564,8 +609,25 @@ impl SourceReader {
             }
         };
         let batch = with_partition(batch, &self.partition).map_err(InputError::Arrow)?;
-        SourceBatch::columnar(&batch).map(Some)
+        Ok(Some(Read::Batch {
+            batch,
+            bytes: None,
+            dropped: 0,
+        }))
     }
+}
+
+/// A batch as a split's reader made it.
+enum Read {
+    /// Lines of text, encoded as they were read.
+    Encoded(SourceBatch),
+    /// With the bytes of the file it came from (for line formats) and the records
+    /// dropped to make it.
+    Batch {
+        batch: RecordBatch,
+        bytes: Option<u64>,
+        dropped: u64,
+    },
 }
 
 /// `batch` with a constant column per partition value (replacing a column of the same

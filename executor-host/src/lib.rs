@@ -20,6 +20,7 @@
 //! the artifact keyed by hash and engine configuration.
 
 pub mod executor;
+pub mod filter;
 pub mod formats;
 pub mod input;
 pub mod memory;

@@ -313,22 +313,25 @@ async fn feed(
                 start,
                 end,
                 partition,
+                filter,
                 ..
             } => {
                 let (tx, mut rx) = mpsc::channel(2);
-                let (path, format, malformed, start, end, partition) = (
+                let (path, format, malformed, start, end, partition, filter) = (
                     PathBuf::from(path),
                     std::sync::Arc::clone(format),
                     *malformed,
                     *start,
                     *end,
                     partition.clone(),
+                    filter.clone(),
                 );
                 // Reading and encoding run on a blocking thread, one batch ahead of the
                 // guest.
                 let reader = tokio::task::spawn_blocking(move || {
-                    let opened =
-                        SourceReader::open(&path, &format, malformed, start, end, &partition);
+                    let opened = SourceReader::open(
+                        &path, &format, malformed, start, end, &partition, filter,
+                    );
                     let mut r = match opened {
                         Ok(r) => r,
                         Err(e) => {

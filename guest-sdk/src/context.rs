@@ -169,6 +169,7 @@ impl Context {
             paths: vec![path.to_string()],
             format,
             malformed: malformed.wit(),
+            filter: Vec::new(),
             decode: decode_op(decode),
         })
     }

@@ -130,6 +130,7 @@ pub(crate) enum LNode {
         paths: Vec<String>,
         format: wit::ReadFormat,
         malformed: wit::Malformed,
+        filter: Vec<wit::ColumnPredicate>,
         decode: wit::Op,
     },
     Inline {
@@ -338,6 +339,48 @@ impl<T: crate::Data> Dataset<T> {
             |_: &(), _: &mut ()| Ok(Vec::new()),
             "filter",
         )
+    }
+
+    /// The rows of a source whose columns pass `p`: the host checks it before the rows
+    /// reach the job, and does not read what cannot pass: files under `column=value/`
+    /// directories whose value fails, Parquet row groups whose min/max statistics (or
+    /// null counts) rule every row out. `p` names columns of the source's files (a
+    /// Parquet column need not be a field of `T`; a CSV or JSON column must be) or its
+    /// partition directories.
+    ///
+    /// It applies to a source's rows as read (`ctx.parquet(..)?.filter_columns(..)`);
+    /// after a transformation, columns have no names: use [`filter`](Self::filter).
+    ///
+    /// ```no_run
+    /// # #[derive(serde::Serialize, serde::Deserialize)] struct Flight { carrier: String, dep_delay: Option<i64> }
+    /// # fn f(ctx: &mut flint::Context) -> flint::Result<()> {
+    /// use flint::col;
+    /// let late = ctx
+    ///     .parquet::<Flight>("flights/")?
+    ///     .filter_columns(col("year").eq(2013).and(col("dep_delay").gt(60)));
+    /// # Ok(()) }
+    /// ```
+    pub fn filter_columns(&self, p: crate::Predicate) -> Dataset<T> {
+        let node = match &*self.node {
+            LNode::Files {
+                paths,
+                format,
+                malformed,
+                filter,
+                decode,
+            } => LNode::Files {
+                paths: paths.clone(),
+                format: format.clone(),
+                malformed: *malformed,
+                filter: filter.iter().cloned().chain(p.0).collect(),
+                decode: decode.clone(),
+            },
+            LNode::Invalid(why) => LNode::Invalid(why.clone()),
+            _ => LNode::Invalid(
+                "filter_columns applies to the rows a source reads (ctx.parquet(..)?.filter_columns(..)); after a transformation use filter".into(),
+            ),
+        };
+        Self::to(Rc::new(node))
     }
 
     /// [`filter`](Self::filter) with a captured value, such as a threshold read from the
@@ -1629,12 +1672,14 @@ fn flatten(root: &Rc<LNode>) -> Result<wit::Plan> {
                 paths,
                 format,
                 malformed,
+                filter,
                 decode,
             } => wit::PlanNode::Files(wit::FileSource {
                 paths: paths.clone(),
                 format: format.clone(),
                 min_partitions: 0,
                 malformed: *malformed,
+                filter: filter.clone(),
                 decode: decode.clone(),
             }),
             LNode::Inline { partitions, decode } => wit::PlanNode::Inline(wit::InlineSource {

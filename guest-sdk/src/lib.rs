@@ -85,6 +85,7 @@ mod columns;
 mod context;
 mod dataset;
 mod error;
+mod filter;
 mod formats;
 mod ops;
 mod rows;
@@ -97,6 +98,7 @@ pub use dataset::{
     CoGrouped, Codec, Data, Dataset, FullJoined, Key, SaveMode, StorageLevel, ToText, Writer,
 };
 pub use error::{Error, Result};
+pub use filter::{Column, Predicate, Value, col};
 pub use flint_guest_macros::main;
 pub use ops::Partition;
 pub use shared::{Accumulator, Broadcast, Mergeable};

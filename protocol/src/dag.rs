@@ -397,7 +397,11 @@ impl Builder<'_> {
         let input = match &branch.input {
             StageInput::Source { node, decode } => {
                 let located = match self.plan.nodes.get(*node) {
-                    Some(Node::Files { format, .. }) => SPLIT + format.size() as u64,
+                    Some(Node::Files { format, filter, .. }) => {
+                        SPLIT
+                            + format.size() as u64
+                            + filter.iter().map(|p| p.size() as u64).sum::<u64>()
+                    }
                     _ => 0,
                 };
                 decode.arg.len() as u64 + located
@@ -702,6 +706,7 @@ mod tests {
             format: ReadFormat::Text,
             min_partitions: 2,
             malformed: Malformed::Fail,
+            filter: vec![],
             decode: op(1),
         }
     }

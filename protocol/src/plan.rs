@@ -83,6 +83,113 @@ impl ReadFormat {
     }
 }
 
+/// How a column is compared with a value in a source's filter.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum CompareOp {
+    Eq,
+    NotEq,
+    Lt,
+    LtEq,
+    Gt,
+    GtEq,
+    IsNull,
+    IsNotNull,
+}
+
+/// A value a column is compared with.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum Literal {
+    Null,
+    Bool(bool),
+    Int(i64),
+    Float(f64),
+    Text(String),
+}
+
+/// One comparison of a source's filter (a conjunction of them): a row passes when its
+/// `column` compares to `value` as `op` says. As in SQL, a null cell (or a null value)
+/// passes only `IsNull`. The host checks it on the rows before the job sees them, and
+/// skips what cannot pass: partition directories by their value, Parquet row groups by
+/// their statistics.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ColumnPredicate {
+    pub column: String,
+    pub op: CompareOp,
+    pub value: Literal,
+}
+
+impl ColumnPredicate {
+    /// Bytes it carries into every split's task.
+    pub fn size(&self) -> usize {
+        self.column.len()
+            + 24
+            + match &self.value {
+                Literal::Text(t) => t.len(),
+                _ => 0,
+            }
+    }
+}
+
+impl ColumnPredicate {
+    /// Whether the rows of a file under `column=value/` pass, where the column is read
+    /// as integers (`integer`) or text, by the rule the rows are filtered with; `None`
+    /// when it cannot tell here (the rows are filtered anyway).
+    pub fn passes_partition(&self, value: Option<&str>, integer: bool) -> Option<bool> {
+        use std::cmp::Ordering;
+        let Some(value) = value else {
+            return Some(self.op == CompareOp::IsNull);
+        };
+        let order = match (self.op, &self.value) {
+            (CompareOp::IsNull, _) => return Some(false),
+            (CompareOp::IsNotNull, _) => return Some(true),
+            (_, Literal::Null) => return Some(false),
+            (_, Literal::Int(i)) if integer => value.parse::<i64>().ok()?.cmp(i),
+            (_, Literal::Float(x)) if integer => {
+                (value.parse::<i64>().ok()? as f64).partial_cmp(x)?
+            }
+            (_, Literal::Text(t)) if integer => value.parse::<i64>().ok()?.cmp(&t.parse().ok()?),
+            (_, Literal::Text(t)) => value.cmp(t.as_str()),
+            (_, Literal::Int(i)) => value.cmp(i.to_string().as_str()),
+            _ => return None,
+        };
+        Some(match self.op {
+            CompareOp::Eq => order == Ordering::Equal,
+            CompareOp::NotEq => order != Ordering::Equal,
+            CompareOp::Lt => order == Ordering::Less,
+            CompareOp::LtEq => order != Ordering::Greater,
+            CompareOp::Gt => order == Ordering::Greater,
+            CompareOp::GtEq => order != Ordering::Less,
+            CompareOp::IsNull | CompareOp::IsNotNull => unreachable!("answered above"),
+        })
+    }
+}
+
+impl std::fmt::Display for ColumnPredicate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let op = match self.op {
+            CompareOp::Eq => "=",
+            CompareOp::NotEq => "!=",
+            CompareOp::Lt => "<",
+            CompareOp::LtEq => "<=",
+            CompareOp::Gt => ">",
+            CompareOp::GtEq => ">=",
+            CompareOp::IsNull => return write!(f, "{} is null", self.column),
+            CompareOp::IsNotNull => return write!(f, "{} is not null", self.column),
+        };
+        write!(f, "{} {op} ", self.column)?;
+        match &self.value {
+            Literal::Null => write!(f, "null"),
+            Literal::Bool(b) => write!(f, "{b}"),
+            Literal::Int(i) => write!(f, "{i}"),
+            Literal::Float(x) => write!(f, "{x}"),
+            Literal::Text(t) => write!(f, "{t:?}"),
+        }
+    }
+}
+
+/// Comparisons one source's filter may have.
+pub const MAX_FILTER_PREDICATES: usize = 64;
+
 /// How CSV files are read.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct CsvFormat {
@@ -250,6 +357,8 @@ pub enum Node {
         format: ReadFormat,
         min_partitions: u32,
         malformed: Malformed,
+        /// Rows pass when every predicate holds.
+        filter: Vec<ColumnPredicate>,
         decode: Op,
     },
     /// Rows the driver program holds: one Arrow IPC stream per partition.
@@ -492,6 +601,31 @@ impl LogicalPlan {
                         c.null_values.len()
                     ));
                 }
+                Node::Files {
+                    format: ReadFormat::Text,
+                    filter,
+                    ..
+                } if !filter.is_empty() => {
+                    return invalid(
+                        "filter_columns does not apply to text_file: its rows are lines, not columns; use filter",
+                    );
+                }
+                Node::Files { filter, .. } if filter.len() > MAX_FILTER_PREDICATES => {
+                    return invalid(&format!(
+                        "its filter has {} comparisons, over the {MAX_FILTER_PREDICATES} a source may have",
+                        filter.len()
+                    ));
+                }
+                Node::Files { filter, .. }
+                    if filter.iter().map(ColumnPredicate::size).sum::<usize>()
+                        > MAX_SOURCE_SCHEMA =>
+                {
+                    return Err(PlanError::Limit {
+                        limit: "the protocol's 1 MiB per source schema",
+                        what: format!("plan node {i}'s filter"),
+                        max: MAX_SOURCE_SCHEMA as u64,
+                    });
+                }
                 Node::Files { min_partitions, .. } if *min_partitions > max_parts => {
                     return Err(too_many(i, "partitions at least", *min_partitions as u64));
                 }
@@ -606,6 +740,35 @@ mod tests {
                 options,
             },
         }
+    }
+
+    #[test]
+    fn partition_values_pass_a_filter_as_their_rows_would() {
+        let p = |op, value| ColumnPredicate {
+            column: "year".into(),
+            op,
+            value,
+        };
+        let eq = p(CompareOp::Eq, Literal::Int(2013));
+        assert_eq!(eq.passes_partition(Some("2013"), true), Some(true));
+        assert_eq!(eq.passes_partition(Some("2014"), true), Some(false));
+        assert_eq!(
+            eq.passes_partition(None, true),
+            Some(false),
+            "null passes no ="
+        );
+        // A text column compares text: "02013" is not "2013", "9" sorts after "10".
+        assert_eq!(eq.passes_partition(Some("02013"), false), Some(false));
+        let lt = p(CompareOp::Lt, Literal::Text("10".into()));
+        assert_eq!(lt.passes_partition(Some("9"), false), Some(false));
+        assert_eq!(lt.passes_partition(Some("9"), true), Some(true));
+        let gt = p(CompareOp::Gt, Literal::Float(2013.5));
+        assert_eq!(gt.passes_partition(Some("2014"), true), Some(true));
+        assert_eq!(gt.passes_partition(Some("x"), false), None, "cannot tell");
+        let null = p(CompareOp::IsNull, Literal::Null);
+        assert_eq!(null.passes_partition(None, false), Some(true));
+        assert_eq!(null.passes_partition(Some("UA"), false), Some(false));
+        assert_eq!(eq.to_string(), "year = 2013");
     }
 
     #[test]

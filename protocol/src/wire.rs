@@ -292,6 +292,8 @@ pub enum TaskInput {
         /// The Hive-style `column=value` directories the file is under: columns every
         /// row of the file gets.
         partition: Vec<PartitionValue>,
+        /// The source's filter, shared by its splits: rows pass when every predicate holds.
+        filter: std::sync::Arc<[crate::plan::ColumnPredicate]>,
         decode: Op,
     },
     /// Rows the driver program gave (`parallelize`): one Arrow IPC stream.

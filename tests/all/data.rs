@@ -998,3 +998,135 @@ while not s3.list_objects_v2(Bucket="lake", Prefix="out/killed/_temporary/").get
         stats(&all)
     );
 }
+
+/// `filter_columns`: the host filters the rows; partition directories whose value fails
+/// are never opened and Parquet row groups that statistics rule out are never read,
+/// shown by making exactly what must be skipped unreadable.
+#[test]
+fn column_filters_skip_partitions_and_row_groups_and_filter_rows() {
+    let tmp = tempfile::tempdir().unwrap();
+    let rows = flights(12_000, 0, 40);
+    let pick = |f: &dyn Fn(&Flight) -> bool| -> Vec<Flight> {
+        rows.iter().filter(|r| f(r)).cloned().collect()
+    };
+
+    // CSV under year=…/ directories, with a year=2012 file that cannot be read.
+    let by = tmp.path().join("by");
+    for year in [2013, 2014] {
+        let d = by.join(format!("year={year}"));
+        std::fs::create_dir_all(&d).unwrap();
+        let of_year: Vec<Flight> = rows.iter().filter(|f| f.year == year).cloned().collect();
+        write_csv(&d.join("part-0.csv"), &of_year);
+    }
+    std::fs::create_dir_all(by.join("year=2012")).unwrap();
+    std::fs::write(by.join("year=2012/part-0.csv"), "not,a,flight\n1,2,3\n").unwrap();
+    let csv = |args: &[&str]| {
+        let mut all = vec!["csv", s(&by)];
+        all.extend(args);
+        io(&all)
+    };
+    assert_eq!(
+        csv(&["where=year:eq:2013"]),
+        stats(&pick(&|f| f.year == 2013)),
+        "the year=2012 directory is pruned, the year=2014 one too"
+    );
+    assert_eq!(
+        csv(&["where=year:gt:2012", "where=carrier:eq:UA"]),
+        stats(&pick(&|f| f.carrier == "UA")),
+        "rows filtered by a file column"
+    );
+    assert_eq!(
+        csv(&["where=year:ge:2013", "where=dep_delay:null"]),
+        stats(&pick(&|f| f.dep_delay.is_none())),
+        "only nulls pass is-null"
+    );
+    assert_eq!(
+        csv(&["where=year:ge:2013", "where=dep_delay:ge:100.5"]),
+        stats(&pick(&|f| f.dep_delay.is_some_and(|d| d as f64 >= 100.5))),
+        "an integer column compared with a float"
+    );
+    let err = run_err(&mut io_cmd(&["csv", s(&by)]));
+    assert!(
+        err.contains("year=2012"),
+        "unpruned, the bad file is read: {err}"
+    );
+    let err = run_err(&mut io_cmd(&[
+        "csv",
+        s(&by),
+        "where=year:eq:2013",
+        "where=nosuch:eq:1",
+    ]));
+    assert!(
+        err.contains("the filter names column `nosuch`") && err.contains("part-0.csv"),
+        "{err}"
+    );
+    let err = run_err(&mut io_cmd(&[
+        "csv",
+        s(&by),
+        "where=year:eq:2013",
+        "where=distance:eq:soon",
+    ]));
+    assert!(
+        err.contains(
+            "the filter's value \"soon\" is not a value of column `distance`'s type Int64"
+        ) && err.contains("another attempt would fail the same way"),
+        "{err}"
+    );
+
+    // Parquet by pyarrow, sorted by year: row groups of 2013 then of 2014, and the 2013
+    // ones overwritten with garbage (the footer kept).
+    let flat = tmp.path().join("all.csv");
+    write_csv(&flat, &rows);
+    let pq = tmp.path().join("f.parquet");
+    if !pyarrow(&format!(
+        r#"
+import pyarrow.csv as pc, pyarrow.parquet as pq
+t = pc.read_csv({flat:?}, convert_options=pc.ConvertOptions(null_values=["NA"], strings_can_be_null=True))
+t = t.sort_by("year")
+pq.write_table(t, {pq:?}, compression="zstd", row_group_size=3000)
+md = pq.ParquetFile({pq:?}).metadata
+assert md.num_row_groups == 4
+with open({pq:?}, "r+b") as f:
+    for g in range(md.num_row_groups):
+        rg = md.row_group(g)
+        year = rg.column(0).statistics
+        if year.max != 2013:
+            continue
+        for c in range(rg.num_columns):
+            col = rg.column(c)
+            start = col.dictionary_page_offset if col.has_dictionary_page else col.data_page_offset
+            f.seek(start)
+            f.write(b"\xff" * col.total_compressed_size)
+"#,
+        flat = s(&flat),
+        pq = s(&pq),
+    )) {
+        return;
+    }
+    let parquet = |args: &[&str]| {
+        let mut all = vec!["parquet", s(&pq)];
+        all.extend(args);
+        io(&all)
+    };
+    assert_eq!(
+        parquet(&["where=year:ge:2014"]),
+        stats(&pick(&|f| f.year >= 2014)),
+        "the 2013 row groups are not read"
+    );
+    assert_eq!(
+        parquet(&["where=year:eq:2014", "where=month:le:6"]),
+        stats(&pick(&|f| f.year == 2014 && f.month <= 6)),
+        "a column the row type lacks filters too"
+    );
+    assert_eq!(
+        parquet(&["where=year:gt:2013", "where=dep_delay:lt:0"]),
+        stats(&pick(
+            &|f| f.year == 2014 && f.dep_delay.is_some_and(|d| d < 0)
+        )),
+    );
+    let err = run_err(&mut io_cmd(&["parquet", s(&pq)]));
+    assert!(
+        err.contains("row group"),
+        "unpruned, the garbage is read: {err}"
+    );
+}

@@ -6,8 +6,8 @@ use crate::bindings::exports::flint::job::task as wit_task;
 use crate::program::{ActionError, ActionResult};
 use crate::wit;
 use flint_protocol::plan::{
-    Action, Codec, CsvFormat, FnRef, LogicalPlan, Malformed, Node, Op, ReadFormat, SaveMode,
-    SaveOptions, ShuffleSide, StorageLevel, WriteFormat,
+    Action, Codec, ColumnPredicate, CompareOp, CsvFormat, FnRef, Literal, LogicalPlan, Malformed,
+    Node, Op, ReadFormat, SaveMode, SaveOptions, ShuffleSide, StorageLevel, WriteFormat,
 };
 use flint_protocol::wire::{AppErrorKind, TaskDescriptor, TaskInput, TaskOutput};
 
@@ -22,6 +22,29 @@ fn wit_op(o: &Op) -> wit::Op {
     wit::Op {
         function: o.func.0,
         arg: o.arg.to_vec(),
+    }
+}
+
+fn predicate(p: wit::ColumnPredicate) -> ColumnPredicate {
+    ColumnPredicate {
+        column: p.column,
+        op: match p.op {
+            wit::CompareOp::Eq => CompareOp::Eq,
+            wit::CompareOp::NotEq => CompareOp::NotEq,
+            wit::CompareOp::Lt => CompareOp::Lt,
+            wit::CompareOp::LtEq => CompareOp::LtEq,
+            wit::CompareOp::Gt => CompareOp::Gt,
+            wit::CompareOp::GtEq => CompareOp::GtEq,
+            wit::CompareOp::IsNull => CompareOp::IsNull,
+            wit::CompareOp::IsNotNull => CompareOp::IsNotNull,
+        },
+        value: match p.value {
+            wit::Literal::Null => Literal::Null,
+            wit::Literal::Boolean(b) => Literal::Bool(b),
+            wit::Literal::Int(i) => Literal::Int(i),
+            wit::Literal::Float(x) => Literal::Float(x),
+            wit::Literal::Text(t) => Literal::Text(t),
+        },
     }
 }
 
@@ -56,6 +79,7 @@ pub fn plan_from_wit(plan: wit::Plan, action: wit::Action) -> LogicalPlan {
                     wit::Malformed::Fail => Malformed::Fail,
                     wit::Malformed::Drop => Malformed::Drop,
                 },
+                filter: f.filter.into_iter().map(predicate).collect(),
                 decode: op(f.decode),
             },
             wit::PlanNode::Inline(i) => Node::Inline {

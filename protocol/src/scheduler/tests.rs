@@ -11,6 +11,7 @@ fn text_node() -> Node {
         format: ReadFormat::Text,
         min_partitions: 1,
         malformed: Malformed::Fail,
+        filter: vec![],
         decode: Op::bare(1),
     }
 }

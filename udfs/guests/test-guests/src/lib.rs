@@ -447,6 +447,45 @@ fn io(ctx: &mut Context, args: &[String]) -> Result<()> {
         }
         o
     };
+    // `where=COLUMN:OP:VALUE` (OP one of eq ne lt le gt ge null notnull; VALUE an
+    // integer, a float, `null`, else text): filter_columns on the source.
+    let mut filter: Option<flint::Predicate> = None;
+    for a in args.iter().skip(2) {
+        let Some(spec) = a.strip_prefix("where=") else {
+            continue;
+        };
+        let mut it = spec.splitn(3, ':');
+        let (c, op, v) = (
+            it.next().unwrap_or(""),
+            it.next().unwrap_or(""),
+            it.next().unwrap_or(""),
+        );
+        let value = if let Ok(i) = v.parse::<i64>() {
+            flint::Value::Int(i)
+        } else if let Ok(x) = v.parse::<f64>() {
+            flint::Value::Float(x)
+        } else if v == "null" {
+            flint::Value::Null
+        } else {
+            flint::Value::Text(v.to_string())
+        };
+        let c = flint::col(c);
+        let p = match op {
+            "eq" => c.eq(value),
+            "ne" => c.not_eq(value),
+            "lt" => c.lt(value),
+            "le" => c.lt_eq(value),
+            "gt" => c.gt(value),
+            "ge" => c.gt_eq(value),
+            "null" => c.is_null(),
+            "notnull" => c.is_not_null(),
+            other => return Err(Error::msg(format!("io: no comparison {other}"))),
+        };
+        filter = Some(match filter {
+            Some(f) => f.and(p),
+            None => p,
+        });
+    }
     let kind = arg(0)?;
     let flights = match kind.as_str() {
         "text" => {
@@ -510,6 +549,10 @@ fn io(ctx: &mut Context, args: &[String]) -> Result<()> {
             };
         }
         other => return Err(Error::msg(format!("io: no kind {other}"))),
+    };
+    let flights = match filter {
+        Some(f) => flights.filter_columns(f),
+        None => flights,
     };
     let mut stats = flights
         .map(|f: Flight| {
