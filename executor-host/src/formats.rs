@@ -12,7 +12,9 @@ use flint_protocol::wire::PartitionValue;
 use flint_storage::codec::Encoder;
 use flint_storage::csv::CsvError;
 use parquet::arrow::ProjectionMask;
-use parquet::arrow::arrow_reader::{ParquetRecordBatchReader, ParquetRecordBatchReaderBuilder};
+use parquet::arrow::arrow_reader::{
+    ArrowReaderMetadata, ParquetRecordBatchReader, ParquetRecordBatchReaderBuilder,
+};
 use regex::Regex;
 use std::collections::HashMap;
 use std::fs::File;
@@ -412,34 +414,59 @@ impl SourceReader {
                 }
             }
             ReadFormat::Parquet { columns } => {
-                let b = ParquetRecordBatchReaderBuilder::try_new(open(path)?)
+                let input = open(path)?;
+                let meta = ArrowReaderMetadata::load(&input, Default::default())
                     .map_err(|e| file_err(format!("not a readable Parquet file: {e}")))?;
-                let md = b.metadata().clone();
+                let md = meta.metadata().clone();
+                let file = meta.schema().clone();
                 let n = md.num_row_groups();
                 let groups: Vec<usize> = (start as usize..(end as usize).min(n)).collect();
                 // Row groups whose statistics rule out every row are not read.
-                let groups = crate::filter::row_groups(&md, b.schema(), groups, &filter);
-                let mut b = b.with_row_groups(groups.clone()).with_batch_size(8192);
-                if let Some(cols) = columns {
-                    let file = b.schema().clone();
-                    filter_only = filter
+                let groups = crate::filter::row_groups(&md, &file, groups, &filter);
+                let mask = match columns {
+                    Some(cols) => {
+                        filter_only = filter
+                            .iter()
+                            .map(|p| &p.column)
+                            .filter(|c| {
+                                !cols.contains(c)
+                                    && file.field_with_name(c).is_ok()
+                                    && !partition.iter().any(|v| &v.column == *c)
+                            })
+                            .cloned()
+                            .collect();
+                        filter_only.sort();
+                        filter_only.dedup();
+                        ProjectionMask::columns(
+                            meta.parquet_schema(),
+                            cols.iter().chain(&filter_only).map(String::as_str),
+                        )
+                    }
+                    None => ProjectionMask::all(),
+                };
+                // An object fetches each row group's column chunks in one go.
+                let leaves = md.file_metadata().schema_descr().num_columns();
+                input.prefetch(
+                    groups
                         .iter()
-                        .map(|p| &p.column)
-                        .filter(|c| {
-                            !cols.contains(c)
-                                && file.field_with_name(c).is_ok()
-                                && !partition.iter().any(|v| &v.column == *c)
+                        .flat_map(|&g| {
+                            let rg = md.row_group(g);
+                            let mask = &mask;
+                            (0..leaves)
+                                .filter(move |&c| mask.leaf_included(c))
+                                .map(move |c| {
+                                    let (at, len) = rg.column(c).byte_range();
+                                    (g, at..at.saturating_add(len))
+                                })
                         })
-                        .cloned()
-                        .collect();
-                    filter_only.dedup();
-                    let mask = ProjectionMask::columns(
-                        b.parquet_schema(),
-                        cols.iter().chain(&filter_only).map(String::as_str),
-                    );
-                    b = b.with_projection(mask);
-                }
-                let reader = b.build().map_err(|e| file_err(e.to_string()))?;
+                        .collect(),
+                );
+                let reader = ParquetRecordBatchReaderBuilder::new_with_metadata(input, meta)
+                    .with_row_groups(groups.clone())
+                    .with_batch_size(8192)
+                    .with_projection(mask)
+                    .build()
+                    .map_err(|e| file_err(e.to_string()))?;
                 Kind::Parquet {
                     reader,
                     groups: groups

@@ -480,22 +480,95 @@ impl Seek for ObjectReader {
 /// An input file, local or an object: what every reader of a split opens.
 pub enum Input {
     Local(File),
-    Object(ObjectReader),
+    Object(ObjectReader, Mutex<Prefetch>),
 }
+
+/// Byte ranges of an object a reader said it will read whole (a Parquet row group's
+/// column chunks), by group: the first read inside a group fetches all its ranges at
+/// once, in parallel, and the group before it is dropped. Without it a Parquet reader
+/// makes two requests per page.
+#[derive(Default)]
+pub struct Prefetch {
+    /// (group, range), in the order given.
+    planned: Vec<(usize, std::ops::Range<u64>)>,
+    /// The fetched ranges of the current group: (start, bytes).
+    fetched: Vec<(u64, Bytes)>,
+    group: Option<usize>,
+}
+
+/// Bytes one group of prefetched ranges may hold; a larger group is read as it comes.
+pub const MAX_PREFETCH: u64 = 256 << 20;
 
 /// Opens `path`: an `s3://` URL as an object, anything else as a local file.
 pub fn open(path: &Path) -> std::io::Result<Input> {
     match path.to_str() {
-        Some(p) if is_url(p) => Ok(Input::Object(ObjectReader::open(p)?)),
+        Some(p) if is_url(p) => Ok(Input::Object(
+            ObjectReader::open(p)?,
+            Mutex::new(Prefetch::default()),
+        )),
         _ => Ok(Input::Local(File::open(path)?)),
     }
 }
 
 impl Input {
+    /// Says which byte ranges will be read whole, grouped (`(group, range)`): an object
+    /// fetches a group's ranges together on its first read in one of them. A local file
+    /// needs no such help. Groups over [`MAX_PREFETCH`] bytes are left out.
+    pub fn prefetch(&self, ranges: Vec<(usize, std::ops::Range<u64>)>) {
+        let Input::Object(_, p) = self else {
+            return;
+        };
+        let mut size: HashMap<usize, u64> = HashMap::new();
+        for (g, r) in &ranges {
+            *size.entry(*g).or_default() += r.end.saturating_sub(r.start);
+        }
+        let mut p = p.lock().unwrap_or_else(|e| e.into_inner());
+        p.planned = ranges
+            .into_iter()
+            .filter(|(g, r)| size[g] <= MAX_PREFETCH && r.start < r.end)
+            .collect();
+        p.fetched.clear();
+        p.group = None;
+    }
+
+    /// The prefetched bytes from `start` to the end of the planned range holding it,
+    /// fetching its group first if need be; `None` outside every planned range.
+    fn prefetched(&self, start: u64) -> std::io::Result<Option<Bytes>> {
+        let Input::Object(o, p) = self else {
+            return Ok(None);
+        };
+        let mut p = p.lock().unwrap_or_else(|e| e.into_inner());
+        let Some((group, _)) = p.planned.iter().find(|(_, r)| r.contains(&start)).cloned() else {
+            return Ok(None);
+        };
+        if p.group != Some(group) {
+            p.fetched.clear();
+            let ranges: Vec<std::ops::Range<u64>> = p
+                .planned
+                .iter()
+                .filter(|(g, _)| *g == group)
+                .map(|(_, r)| r.clone())
+                .collect();
+            let (s, key, url) = (o.store.clone(), o.key.clone(), o.url.clone());
+            let starts: Vec<u64> = ranges.iter().map(|r| r.start).collect();
+            let bytes = block(async move {
+                s.get_ranges(&key, &ranges)
+                    .await
+                    .map_err(|e| error(&url, e))
+            })?;
+            p.fetched = starts.into_iter().zip(bytes).collect();
+            p.group = Some(group);
+        }
+        Ok(p.fetched.iter().find_map(|(at, b)| {
+            let end = at + b.len() as u64;
+            (start >= *at && start < end).then(|| b.slice((start - at) as usize..))
+        }))
+    }
+
     pub fn len(&self) -> std::io::Result<u64> {
         match self {
             Input::Local(f) => Ok(f.metadata()?.len()),
-            Input::Object(o) => Ok(o.len()),
+            Input::Object(o, _) => Ok(o.len()),
         }
     }
 
@@ -508,7 +581,7 @@ impl Read for Input {
     fn read(&mut self, out: &mut [u8]) -> std::io::Result<usize> {
         match self {
             Input::Local(f) => f.read(out),
-            Input::Object(o) => o.read(out),
+            Input::Object(o, _) => o.read(out),
         }
     }
 }
@@ -517,7 +590,7 @@ impl Seek for Input {
     fn seek(&mut self, to: SeekFrom) -> std::io::Result<u64> {
         match self {
             Input::Local(f) => f.seek(to),
-            Input::Object(o) => o.seek(to),
+            Input::Object(o, _) => o.seek(to),
         }
     }
 }
@@ -538,14 +611,26 @@ impl parquet::file::reader::ChunkReader for Input {
                 f.seek(SeekFrom::Start(start))?;
                 Box::new(std::io::BufReader::new(f))
             }
-            Input::Object(o) => Box::new(o.at(start)),
+            Input::Object(o, _) => match self.prefetched(start)? {
+                // A page header, then (by `get_bytes`) its data: from memory.
+                Some(b) => {
+                    let end = start + b.len() as u64;
+                    Box::new(std::io::Cursor::new(b).chain(o.at(end)))
+                }
+                None => Box::new(o.at(start)),
+            },
         })
     }
 
     fn get_bytes(&self, start: u64, length: usize) -> parquet::errors::Result<Bytes> {
         match self {
             Input::Local(f) => f.get_bytes(start, length),
-            Input::Object(o) => {
+            Input::Object(o, _) => {
+                if let Some(b) = self.prefetched(start)?
+                    && b.len() >= length
+                {
+                    return Ok(b.slice(..length));
+                }
                 let b = o.range(start, length as u64)?;
                 if b.len() < length {
                     return Err(parquet::errors::ParquetError::EOF(format!(
