@@ -471,6 +471,15 @@ impl AppActions {
             for p in paths.iter() {
                 self.tenant.check_path("read", p).map_err(tenant_error)?;
             }
+            if let ReadFormat::Csv(c) = format {
+                flint_storage::csv::time_formats(c).map_err(|e| {
+                    ActionError::new(
+                        AppErrorKind::InvalidPlan,
+                        "the job's plan was refused",
+                        vec![e.to_string()],
+                    )
+                })?;
+            }
             let limits = SplitLimits {
                 max_files: left,
                 max_splits: self.settings.max_partitions_per_stage.min(left),

@@ -10,7 +10,7 @@ use arrow_schema::{ArrowError, DataType, Field, Schema, SchemaRef};
 use flint_protocol::plan::{Codec, ColumnPredicate, CsvFormat, Malformed, ReadFormat, WriteFormat};
 use flint_protocol::wire::PartitionValue;
 use flint_storage::codec::Encoder;
-use flint_storage::csv::CsvError;
+use flint_storage::csv::{CsvError, TimeFormat};
 use parquet::arrow::ProjectionMask;
 use parquet::arrow::arrow_reader::{
     ArrowReaderMetadata, ParquetRecordBatchReader, ParquetRecordBatchReaderBuilder,
@@ -132,6 +132,8 @@ struct CsvParser {
     output: SchemaRef,
     format: CsvFormat,
     nulls: Regex,
+    /// Output columns with a date format, rewritten to ISO text after decoding.
+    times: Vec<(usize, TimeFormat)>,
 }
 
 impl CsvParser {
@@ -155,12 +157,14 @@ impl CsvParser {
             let file_schema = Arc::new(Schema::new(
                 wanted.iter().map(|f| (*f).clone()).collect::<Vec<_>>(),
             ));
+            let times = Self::times(path, c, &file_schema)?;
             return Ok(CsvParser {
                 projection: (0..file_schema.fields().len()).collect(),
                 output: file_schema.clone(),
                 file_schema,
                 format: c.clone(),
                 nulls,
+                times,
             });
         }
         let header = flint_storage::csv::header(path, c)?;
@@ -191,13 +195,71 @@ impl CsvParser {
                 .project(&projection)
                 .map_err(InputError::Arrow)?,
         );
+        let times = Self::times(path, c, &output)?;
         Ok(CsvParser {
             file_schema,
             projection,
             output,
             format: c.clone(),
             nulls,
+            times,
         })
+    }
+
+    /// The date formats of the columns `output` reads, each of which must be text for
+    /// the row type (chrono's types read text).
+    fn times(
+        path: &Path,
+        c: &CsvFormat,
+        output: &Schema,
+    ) -> Result<Vec<(usize, TimeFormat)>, FormatError> {
+        let mut times = Vec::new();
+        for t in flint_storage::csv::time_formats(c)? {
+            let Ok(j) = output.index_of(&t.column) else {
+                continue;
+            };
+            let ty = output.field(j).data_type();
+            if ty != &DataType::Utf8 {
+                return Err(FormatError::File {
+                    path: path.to_path_buf(),
+                    message: format!(
+                        "column `{}` has a date format, so its field must read text (a chrono type or a String), not {ty}",
+                        t.column
+                    ),
+                });
+            }
+            times.push((j, t));
+        }
+        Ok(times)
+    }
+
+    /// `batch` (of `output`) with its dated columns rewritten to ISO 8601 text.
+    fn reformat(&self, batch: RecordBatch) -> Result<RecordBatch, ArrowError> {
+        if self.times.is_empty() {
+            return Ok(batch);
+        }
+        let mut columns = batch.columns().to_vec();
+        let mut cell = String::new();
+        for (j, t) in &self.times {
+            let Some(text) = columns[*j].as_any().downcast_ref::<StringArray>() else {
+                continue;
+            };
+            let mut out =
+                arrow_array::builder::StringBuilder::with_capacity(text.len(), text.len() * 20);
+            for v in text.iter() {
+                match v {
+                    None => out.append_null(),
+                    Some(v) => {
+                        cell.clear();
+                        t.to_iso(v, &mut cell)
+                            .map_err(|e| ArrowError::ParseError(time_mismatch(t, v, &e)))?;
+                        out.append_value(&cell);
+                    }
+                }
+            }
+            columns[*j] = Arc::new(out.finish());
+        }
+        RecordBatch::try_new(batch.schema(), columns)
     }
 
     fn decode(
@@ -256,6 +318,11 @@ impl CsvParser {
                 }
                 continue;
             }
+            if let Some((_, t)) = self.times.iter().find(|(i, _)| *i == j)
+                && let Err(e) = t.to_iso(value, &mut String::new())
+            {
+                return time_mismatch(t, value, &e);
+            }
             if field.data_type() == &DataType::Utf8 {
                 continue;
             }
@@ -273,6 +340,13 @@ impl CsvParser {
         }
         clean(arrow)
     }
+}
+
+fn time_mismatch(t: &TimeFormat, value: &str, why: &str) -> String {
+    format!(
+        "column `{}`: {value:?} does not match its date format {:?} ({why})",
+        t.column, t.format
+    )
 }
 
 /// An Arrow CSV error without its batch-relative line and 0-based column (Flint names
@@ -295,7 +369,10 @@ impl LineParser {
     fn parse(&self, bytes: &[u8], lines: usize) -> Result<RecordBatch, ArrowError> {
         let cap = lines.max(1);
         let batch = match self {
-            LineParser::Csv(c) => c.decode(c.file_schema.clone(), c.nulls.clone(), bytes, cap)?,
+            LineParser::Csv(c) => c
+                .decode(c.file_schema.clone(), c.nulls.clone(), bytes, cap)?
+                .map(|b| c.reformat(b))
+                .transpose()?,
             LineParser::Json { schema } => {
                 let mut d = arrow_json::ReaderBuilder::new(schema.clone())
                     .with_batch_size(cap)

@@ -167,9 +167,20 @@ impl<'de> MapAccess<'de> for Cells<'_, '_> {
             .current
             .take()
             .ok_or_else(|| DeError("a value asked for before its key".into()))?;
-        seed.deserialize(Cell {
-            column,
-            row: self.row,
+        let row = self.row;
+        seed.deserialize(Cell { column, row }).map_err(|e| {
+            if e.0.starts_with("column `") {
+                return e;
+            }
+            let value = match &column.values {
+                Values::Utf8(a) if !a.is_null(row) => format!(" {:?}", a.value(row)),
+                Values::LargeUtf8(a) if !a.is_null(row) => format!(" {:?}", a.value(row)),
+                _ => String::new(),
+            };
+            DeError(format!(
+                "column `{}`{value} (row {row} of the batch): {}",
+                column.name, e.0
+            ))
         })
     }
 

@@ -60,6 +60,19 @@ pub struct CsvOptions {
     /// Quoted fields may hold line breaks (Spark's `multiLine`): each file is then read
     /// whole by one task (default: false, a line break ends a record).
     pub multi_line: bool,
+    /// Columns whose dates or timestamps are not ISO 8601, each with its strftime format
+    /// as [chrono] reads it (Spark's `dateFormat` / `timestampFormat`, per column): the
+    /// host reads each cell with the format and hands the row type ISO text, which
+    /// chrono's types read through serde. What the format holds says what the cell
+    /// becomes: a date (`%m/%d/%Y` → `2013-01-31`, a `NaiveDate`), a time of day
+    /// (`NaiveTime`), a date and time (`%Y-%m-%d %H:%M` → `2013-01-31T05:40:00`, a
+    /// `NaiveDateTime`) or one with an offset (`%d/%m/%Y %H:%M %z` →
+    /// `2013-01-31T05:40:00+01:00`, a `DateTime<FixedOffset>` or `DateTime<Utc>`). A
+    /// cell that does not match is a malformed record naming the file, line and column;
+    /// a null value stays null. ISO columns need no format (default: none).
+    ///
+    /// [chrono]: https://docs.rs/chrono/latest/chrono/format/strftime/index.html
+    pub date_formats: Vec<(String, String)>,
     /// Infer column types from a sample of the files (the first records of up to 32 of
     /// them) instead of taking them from the row type's fields (default: false). `flint
     /// run` prints the schema it inferred. Columns still match fields by name.
@@ -78,6 +91,7 @@ impl Default for CsvOptions {
             comment: None,
             null_values: vec![String::new(), "NA".into()],
             multi_line: false,
+            date_formats: Vec::new(),
             infer_schema: false,
             malformed: Malformed::Fail,
         }
@@ -238,6 +252,7 @@ impl Context {
                 comment: options.comment,
                 null_values: options.null_values,
                 multi_line: options.multi_line,
+                date_formats: options.date_formats,
                 schema,
             }),
             options.malformed,

@@ -65,6 +65,15 @@ impl Error {
         }
     }
 
+    /// An error of the task's input, which the row type cannot read: the host reports
+    /// it as bad input, which another attempt would read again.
+    pub(crate) fn bad_input(self) -> Self {
+        Error {
+            kind: Some(ErrorKind::BadInput),
+            ..self
+        }
+    }
+
     pub(crate) fn into_chain(self) -> ErrorChain {
         ErrorChain {
             message: self.message,

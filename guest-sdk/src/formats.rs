@@ -24,12 +24,15 @@ pub(crate) fn fields_of<T: Data>() -> Result<Vec<FieldRef>> {
     let opts = TracingOptions::default()
         .strings_as_large_utf8(false)
         .allow_null_fields(true);
-    let fields = Vec::<FieldRef>::from_type::<T>(opts).map_err(|e| {
-        Error::from(e).context(format!(
-            "{} cannot be a row of a columnar format (it must be a struct of plain fields)",
-            std::any::type_name::<T>()
-        ))
-    })?;
+    // Through `Probe`, so that fields parsed from text (chrono's types) trace as text.
+    let fields =
+        crate::trace::trace(|| Vec::<FieldRef>::from_type::<crate::trace::Probe<T>>(opts.clone()))
+            .map_err(|e| {
+                Error::from(e).context(format!(
+                    "{} cannot be a row of a columnar format (it must be a struct of plain fields)",
+                    std::any::type_name::<T>()
+                ))
+            })?;
     FIELDS.with(|m| m.borrow_mut().insert(id, fields.clone()));
     Ok(fields)
 }
@@ -67,8 +70,8 @@ pub(crate) fn decode_typed<T: Data>(_arg: &[u8], batch: &RecordBatch) -> Result<
         ))
     };
     let v: Vec<T> = match crate::columns::decode(batch, &columns_of::<T>()?) {
-        Some(rows) => rows.map_err(|e| context(e.into()))?,
-        None => serde_arrow::from_record_batch(batch).map_err(|e| context(e.into()))?,
+        Some(rows) => rows.map_err(|e| context(e.into()).bad_input())?,
+        None => serde_arrow::from_record_batch(batch).map_err(|e| context(e.into()).bad_input())?,
     };
     Ok(Rows::new(v))
 }

@@ -92,6 +92,7 @@ mod rows;
 mod shared;
 mod spill;
 mod task;
+mod trace;
 
 pub use context::{Context, CsvOptions, Malformed};
 pub use dataset::{

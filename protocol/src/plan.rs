@@ -66,6 +66,10 @@ impl ReadFormat {
             ReadFormat::Csv(c) => {
                 c.schema.as_ref().map_or(0, Vec::len)
                     + c.null_values.iter().map(|v| v.len() + 8).sum::<usize>()
+                    + c.date_formats
+                        .iter()
+                        .map(|d| d.column.len() + d.format.len() + 16)
+                        .sum::<usize>()
             }
             ReadFormat::JsonLines { schema } => schema.len(),
             ReadFormat::Parquet { columns } => columns.iter().flatten().map(|c| c.len() + 8).sum(),
@@ -206,11 +210,21 @@ pub struct CsvFormat {
     pub null_values: Vec<String>,
     /// Quoted fields may hold line breaks: each file is read whole, as one split.
     pub multi_line: bool,
+    /// Columns of dates or timestamps written another way than ISO 8601: each cell is
+    /// read with the format and handed to the rows as ISO text.
+    pub date_formats: Vec<DateFormat>,
     /// An Arrow IPC stream holding only the schema; `None` until the driver inferred it.
     pub schema: Option<Vec<u8>>,
     /// The driver inferred `schema` from a sample: a file may lack some of its columns.
     /// A schema the row type gave is required whole of every file.
     pub inferred: bool,
+}
+
+/// How one CSV column writes its dates or timestamps: a strftime format (chrono's).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DateFormat {
+    pub column: String,
+    pub format: String,
 }
 
 /// The compression of written files, or of the pages of a Parquet file.
@@ -465,6 +479,9 @@ pub const MAX_SOURCE_SCHEMA: usize = 1 << 20;
 /// Most strings a CSV source may take as nulls.
 pub const MAX_NULL_VALUES: usize = 64;
 
+/// Most columns a CSV source may give date formats.
+pub const MAX_DATE_FORMATS: usize = 64;
+
 /// Bounds on what one job's plan may ask of the driver (settings `driver.max_*`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct PlanLimits {
@@ -600,6 +617,26 @@ impl LogicalPlan {
                         "csv has {} null values, over the {MAX_NULL_VALUES} a source may have",
                         c.null_values.len()
                     ));
+                }
+                Node::Files {
+                    format: ReadFormat::Csv(c),
+                    ..
+                } if c.date_formats.len() > MAX_DATE_FORMATS => {
+                    return invalid(&format!(
+                        "csv has {} date formats, over the {MAX_DATE_FORMATS} a source may have",
+                        c.date_formats.len()
+                    ));
+                }
+                Node::Files {
+                    format: ReadFormat::Csv(c),
+                    ..
+                } if c
+                    .date_formats
+                    .iter()
+                    .enumerate()
+                    .any(|(j, d)| c.date_formats[..j].iter().any(|e| e.column == d.column)) =>
+                {
+                    return invalid("csv gives a column two date formats");
                 }
                 Node::Files {
                     format: ReadFormat::Text,

@@ -672,6 +672,9 @@ pub enum AppErrorKind {
     TaskFailed,
     /// The driver could not go on (it is shutting down).
     Driver,
+    /// A record of an input is not what the row type reads (a guest's decoding failed):
+    /// another attempt would read the same bytes.
+    BadInput,
 }
 
 impl fmt::Display for AppErrorKind {
@@ -686,6 +689,7 @@ impl fmt::Display for AppErrorKind {
             AppErrorKind::Io => f.write_str("input/output"),
             AppErrorKind::TaskFailed => f.write_str("task failed"),
             AppErrorKind::Driver => f.write_str("driver"),
+            AppErrorKind::BadInput => f.write_str("bad input"),
         }
     }
 }

@@ -205,6 +205,110 @@ fn csv_errors_name_file_line_and_column_and_are_not_retried() {
     );
 }
 
+/// Writes `dir/dates.csv` (and `bad.csv`, whose line 1,501 has a day that is no date)
+/// with Python's `datetime`, which also prints the `dates` lines the job must print for
+/// each: all rows, and `bad.csv` without its bad row.
+fn dated_csv(dir: &Path) -> (String, String) {
+    let script = format!(
+        r#"
+import calendar, datetime as dt
+def rows(n, bad):
+    out, keep = [], []
+    base = dt.datetime(2012, 12, 30, 23, 50)
+    for i in range(n):
+        at = base + dt.timedelta(minutes=97 * i)
+        tz = dt.timezone(dt.timedelta(minutes=60 * (i % 5) - 120))
+        zoned = (base + dt.timedelta(hours=5 * i)).replace(tzinfo=tz)
+        day = (base + dt.timedelta(days=i % 400)).date()
+        day_cell = day.strftime("%m/%d/%Y") if i != bad else "13/45/2013"
+        at_cell = "NA" if i % 7 == 3 else at.strftime("%Y-%m-%d %H:%M")
+        out.append(f"{{i}},{{zoned.strftime('%d/%m/%Y %H:%M %z')}},{{at_cell}},x{{i}},{{day_cell}}")
+        if i != bad:
+            keep.append((day, None if i % 7 == 3 else at, zoned))
+    return out, keep
+def expect(keep):
+    days = sum(d.toordinal() for d, _, _ in keep)
+    at_sum = sum(calendar.timegm(a.timetuple()) for _, a, _ in keep if a is not None)
+    nulls = sum(1 for _, a, _ in keep if a is None)
+    zoned = sum(int(z.timestamp()) for _, _, z in keep)
+    return f"dates rows={{len(keep)}} days={{days}} at_sum={{at_sum}} at_nulls={{nulls}} zoned_sum={{zoned}}"
+for name, bad in [("dates.csv", -1), ("bad.csv", 1499)]:
+    lines, keep = rows(3000, bad)
+    with open(r"{dir}/" + name, "w") as f:
+        f.write("id,zoned,at,note,day\n" + "\n".join(lines) + "\n")
+    print(expect(keep))
+"#,
+        dir = dir.display()
+    );
+    let out = Command::new("python3")
+        .args(["-c", &script])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout).unwrap();
+    let mut lines = text.lines().map(str::to_string);
+    (lines.next().unwrap(), lines.next().unwrap())
+}
+
+#[test]
+fn csv_dates_and_timestamps_are_read_through_per_column_formats() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (all, without_bad) = dated_csv(tmp.path());
+    let formats = [
+        "date=day@%m/%d/%Y",
+        "date=at@%Y-%m-%d %H:%M",
+        "date=zoned@%d/%m/%Y %H:%M %z",
+    ];
+    let dates = |out: std::process::Output| -> String {
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let line = text.lines().find(|l| l.starts_with("dates "));
+        line.unwrap_or_else(|| panic!("no dates line in {text}"))
+            .to_string()
+    };
+    let file = tmp.path().join("dates.csv");
+    let mut args = vec!["dates", s(&file)];
+    args.extend(formats);
+    assert_eq!(dates(run_ok(&mut io_cmd(&args))), all);
+    // Inferred schemas read a dated column as text, so the formats apply the same.
+    args.push("inferred");
+    assert_eq!(dates(run_ok(&mut io_cmd(&args))), all);
+
+    // A day that is no date: the file, its line and the column, not retried; dropped
+    // with `drop`, every other row kept.
+    let bad = tmp.path().join("bad.csv");
+    let mut args = vec!["dates", s(&bad)];
+    args.extend(formats);
+    let err = run_err(&mut io_cmd(&args));
+    assert!(
+        err.contains("bad.csv:1501: malformed CSV record: column `day`: \"13/45/2013\" does not match its date format \"%m/%d/%Y\""),
+        "{err}"
+    );
+    assert!(
+        err.contains("another attempt would fail the same way"),
+        "{err}"
+    );
+    args.push("drop");
+    assert_eq!(dates(run_ok(&mut io_cmd(&args))), without_bad);
+
+    // A format chrono cannot read is refused with the plan, before any task.
+    let err = run_err(&mut io_cmd(&["dates", s(&file), "date=day@%m/%Q"]));
+    assert!(
+        err.contains("the csv date format \"%m/%Q\" of column `day` is not a strftime format"),
+        "{err}"
+    );
+    // Without a format the cells are not ISO, and the row type cannot read them: the
+    // column and its cell are named, and the task is not retried.
+    let err = run_err(&mut io_cmd(&["dates", s(&file), formats[1], formats[2]]));
+    assert!(
+        err.contains("column `day` \"") && err.contains("another attempt would fail the same way"),
+        "{err}"
+    );
+}
+
 #[test]
 fn quoted_line_breaks_comments_and_other_dialects() {
     let tmp = tempfile::tempdir().unwrap();

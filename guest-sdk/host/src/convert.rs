@@ -6,8 +6,8 @@ use crate::bindings::exports::flint::job::task as wit_task;
 use crate::program::{ActionError, ActionResult};
 use crate::wit;
 use flint_protocol::plan::{
-    Action, Codec, ColumnPredicate, CompareOp, CsvFormat, FnRef, Literal, LogicalPlan, Malformed,
-    Node, Op, ReadFormat, SaveMode, SaveOptions, ShuffleSide, StorageLevel, WriteFormat,
+    Action, Codec, ColumnPredicate, CompareOp, CsvFormat, DateFormat, FnRef, Literal, LogicalPlan,
+    Malformed, Node, Op, ReadFormat, SaveMode, SaveOptions, ShuffleSide, StorageLevel, WriteFormat,
 };
 use flint_protocol::wire::{AppErrorKind, TaskDescriptor, TaskInput, TaskOutput};
 
@@ -67,6 +67,11 @@ pub fn plan_from_wit(plan: wit::Plan, action: wit::Action) -> LogicalPlan {
                         comment: c.comment,
                         null_values: c.null_values,
                         multi_line: c.multi_line,
+                        date_formats: c
+                            .date_formats
+                            .into_iter()
+                            .map(|(column, format)| DateFormat { column, format })
+                            .collect(),
                         inferred: c.schema.is_none(),
                         schema: c.schema,
                     }),
@@ -227,6 +232,7 @@ fn kind_to_wit(k: &AppErrorKind) -> Option<wit::ErrorKind> {
         AppErrorKind::Io => wit::ErrorKind::Io,
         AppErrorKind::TaskFailed => wit::ErrorKind::TaskFailed,
         AppErrorKind::Driver => wit::ErrorKind::Driver,
+        AppErrorKind::BadInput => wit::ErrorKind::BadInput,
         AppErrorKind::Refused | AppErrorKind::BadComponent | AppErrorKind::Program => {
             return None;
         }
@@ -241,5 +247,6 @@ pub(crate) fn kind_from_wit(k: wit::ErrorKind) -> AppErrorKind {
         wit::ErrorKind::Io => AppErrorKind::Io,
         wit::ErrorKind::TaskFailed => AppErrorKind::TaskFailed,
         wit::ErrorKind::Driver => AppErrorKind::Driver,
+        wit::ErrorKind::BadInput => AppErrorKind::BadInput,
     }
 }

@@ -721,6 +721,11 @@ impl From<SandboxError> for flint_protocol::wire::TaskError {
                 kind: Some(AppErrorKind::Limit { limit }),
                 ..
             } if limit == Limit::Memory.setting() => TaskErrorKind::Limit(Limit::Memory),
+            // The SDK could not decode the task's input into the row type.
+            SandboxError::Guest {
+                kind: Some(AppErrorKind::BadInput),
+                ..
+            } => TaskErrorKind::BadInput,
             SandboxError::Guest { .. } => TaskErrorKind::Guest,
             // The driver compiled the same bytes: a compile that fails here is more
             // likely this host's trouble than the component's, so it may be retried.

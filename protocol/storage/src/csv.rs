@@ -26,6 +26,132 @@ pub enum CsvError {
         values: Vec<String>,
         message: String,
     },
+    #[error("the csv date format {format:?} of column `{column}` {problem}")]
+    DateFormat {
+        column: String,
+        format: String,
+        problem: String,
+    },
+}
+
+/// What a date format reads, and so the ISO 8601 text a cell becomes: the text chrono's
+/// types read (through serde) into a row type's field.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TimeKind {
+    /// `2013-01-31`: a `NaiveDate`.
+    Date,
+    /// `05:40:00`: a `NaiveTime`.
+    Time,
+    /// `2013-01-31T05:40:00`: a `NaiveDateTime`.
+    DateTime,
+    /// `2013-01-31T05:40:00+01:00`: a `DateTime<FixedOffset>` (or `<Utc>`).
+    Zoned,
+}
+
+/// A column's date or timestamp format (strftime, as chrono reads it), compiled once.
+#[derive(Clone, Debug)]
+pub struct TimeFormat {
+    pub column: String,
+    pub format: String,
+    pub kind: TimeKind,
+    items: Vec<chrono::format::Item<'static>>,
+}
+
+impl TimeFormat {
+    /// Compiles `format`; refuses one chrono cannot read, or one with no date or time
+    /// field in it.
+    pub fn new(column: &str, format: &str) -> Result<TimeFormat, CsvError> {
+        use chrono::format::{Fixed, Item, Numeric, StrftimeItems};
+        let refuse = |problem: &str| CsvError::DateFormat {
+            column: column.to_string(),
+            format: format.to_string(),
+            problem: problem.to_string(),
+        };
+        let items = StrftimeItems::new(format)
+            .parse_to_owned()
+            .map_err(|_| refuse("is not a strftime format chrono reads"))?;
+        let (mut date, mut time, mut offset) = (false, false, false);
+        for item in &items {
+            match item {
+                Item::Numeric(n, _) => match n {
+                    Numeric::Hour
+                    | Numeric::Hour12
+                    | Numeric::Minute
+                    | Numeric::Second
+                    | Numeric::Nanosecond => time = true,
+                    Numeric::Timestamp => (date, time) = (true, true),
+                    _ => date = true,
+                },
+                Item::Fixed(f) => match f {
+                    Fixed::ShortMonthName
+                    | Fixed::LongMonthName
+                    | Fixed::ShortWeekdayName
+                    | Fixed::LongWeekdayName => date = true,
+                    Fixed::RFC2822 | Fixed::RFC3339 => (date, time, offset) = (true, true, true),
+                    Fixed::TimezoneOffsetColon
+                    | Fixed::TimezoneOffsetDoubleColon
+                    | Fixed::TimezoneOffsetTripleColon
+                    | Fixed::TimezoneOffsetColonZ
+                    | Fixed::TimezoneOffset
+                    | Fixed::TimezoneOffsetZ => offset = true,
+                    _ => {}
+                },
+                Item::Error => return Err(refuse("is not a strftime format chrono reads")),
+                _ => {}
+            }
+        }
+        let kind = match (date, time, offset) {
+            (true, true, true) => TimeKind::Zoned,
+            (true, true, false) => TimeKind::DateTime,
+            (true, false, false) => TimeKind::Date,
+            (false, true, false) => TimeKind::Time,
+            (_, _, true) => return Err(refuse("has an offset but no full date and time")),
+            (false, false, false) => return Err(refuse("has no date or time field")),
+        };
+        Ok(TimeFormat {
+            column: column.to_string(),
+            format: format.to_string(),
+            kind,
+            items,
+        })
+    }
+
+    /// `cell` as ISO 8601 text of the format's kind, appended to `out`; why not when it
+    /// does not match.
+    pub fn to_iso(&self, cell: &str, out: &mut String) -> Result<(), String> {
+        use std::fmt::Write;
+        let mut p = chrono::format::Parsed::new();
+        chrono::format::parse(&mut p, cell, self.items.iter()).map_err(|e| e.to_string())?;
+        let written = match self.kind {
+            TimeKind::Date => {
+                let d = p.to_naive_date().map_err(|e| e.to_string())?;
+                write!(out, "{}", d.format("%Y-%m-%d"))
+            }
+            TimeKind::Time => {
+                let t = p.to_naive_time().map_err(|e| e.to_string())?;
+                write!(out, "{}", t.format("%H:%M:%S%.f"))
+            }
+            TimeKind::DateTime => {
+                let t = p
+                    .to_naive_datetime_with_offset(0)
+                    .map_err(|e| e.to_string())?;
+                write!(out, "{}", t.format("%Y-%m-%dT%H:%M:%S%.f"))
+            }
+            TimeKind::Zoned => {
+                let t = p.to_datetime().map_err(|e| e.to_string())?;
+                write!(out, "{}", t.format("%Y-%m-%dT%H:%M:%S%.f%:z"))
+            }
+        };
+        written.map_err(|e| e.to_string())
+    }
+}
+
+/// The compiled date formats of `c`.
+pub fn time_formats(c: &CsvFormat) -> Result<Vec<TimeFormat>, CsvError> {
+    c.date_formats
+        .iter()
+        .map(|d| TimeFormat::new(&d.column, &d.format))
+        .collect()
 }
 
 /// Cells equal to one of `values` (whole) are null; none are when `values` is empty.
@@ -91,7 +217,8 @@ pub const INFER_RECORDS: usize = 2000;
 /// [`INFER_RECORDS`] records of up to [`INFER_FILES`] of them, spread from the first to
 /// the last: columns by name in the order first seen, each of the narrowest type that
 /// holds every sampled cell that is not a null (integers and floats widen to floats,
-/// anything else mixed is text). A column with only nulls is text.
+/// anything else mixed is text). A column with only nulls is text, and so is one with a
+/// date format (the executors rewrite its cells to ISO text).
 pub fn infer(files: &[PathBuf], c: &CsvFormat) -> Result<Schema, CsvError> {
     let format = format(c)?;
     let step = files.len().div_ceil(INFER_FILES).max(1);
@@ -109,6 +236,14 @@ pub fn infer(files: &[PathBuf], c: &CsvFormat) -> Result<Schema, CsvError> {
                 message: format!("inferring its schema: {e}"),
             })?;
         for f in schema.fields() {
+            if c.date_formats.iter().any(|d| &d.column == f.name()) {
+                // Read as text and rewritten to ISO by the executors.
+                types.entry(f.name().clone()).or_insert_with(|| {
+                    order.push(f.name().clone());
+                    DataType::Utf8
+                });
+                continue;
+            }
             match types.get_mut(f.name()) {
                 Some(t) => *t = widen(t, f.data_type()),
                 None => {
@@ -156,6 +291,7 @@ mod tests {
             comment: None,
             null_values: vec![String::new(), "NA".into()],
             multi_line: false,
+            date_formats: Vec::new(),
             schema: None,
             inferred: false,
         }
@@ -209,5 +345,49 @@ mod tests {
                 ("v".into(), DataType::Int64),
             ]
         );
+    }
+}
+
+#[cfg(test)]
+mod time_tests {
+    use super::*;
+
+    fn iso(format: &str, cell: &str) -> Result<String, String> {
+        let f = TimeFormat::new("c", format).map_err(|e| e.to_string())?;
+        let mut out = String::new();
+        f.to_iso(cell, &mut out)?;
+        Ok(out)
+    }
+
+    #[test]
+    fn formats_read_cells_into_the_iso_text_of_their_kind() {
+        assert_eq!(iso("%m/%d/%Y", "01/31/2013").unwrap(), "2013-01-31");
+        assert_eq!(iso("%d %b %Y", "5 Feb 2013").unwrap(), "2013-02-05");
+        assert_eq!(iso("%H.%M", "05.40").unwrap(), "05:40:00");
+        assert_eq!(
+            iso("%Y-%m-%d %H:%M", "2013-01-31 05:40").unwrap(),
+            "2013-01-31T05:40:00"
+        );
+        assert_eq!(
+            iso("%Y-%m-%d %H:%M:%S%.f", "2013-01-31 05:40:01.250").unwrap(),
+            "2013-01-31T05:40:01.250"
+        );
+        assert_eq!(iso("%s", "86400").unwrap(), "1970-01-02T00:00:00");
+        assert_eq!(
+            iso("%d/%m/%Y %H:%M %z", "31/01/2013 05:40 +0100").unwrap(),
+            "2013-01-31T05:40:00+01:00"
+        );
+        // The kind is the format's, whatever the cell: a date format reads no time.
+        assert!(iso("%m/%d/%Y", "2013-01-31").is_err());
+        assert!(iso("%m/%d/%Y", "02/30/2013").is_err());
+        assert!(iso("%m/%d/%Y", "01/31/2013 extra").is_err());
+    }
+
+    #[test]
+    fn formats_that_read_nothing_are_refused() {
+        for bad in ["%Q", "plain text", "%z", "%"] {
+            let e = TimeFormat::new("when", bad).unwrap_err().to_string();
+            assert!(e.contains("`when`") && e.contains(bad), "{bad}: {e}");
+        }
     }
 }

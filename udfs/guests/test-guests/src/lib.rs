@@ -412,6 +412,14 @@ struct Flight {
     year: i64,
 }
 
+/// Rows with chrono fields, read from CSV text through date formats.
+#[derive(serde::Serialize, serde::Deserialize, Clone)]
+struct Dated {
+    day: chrono::NaiveDate,
+    at: Option<chrono::NaiveDateTime>,
+    zoned: chrono::DateTime<chrono::FixedOffset>,
+}
+
 /// A row type naming a column no file has.
 #[derive(serde::Serialize, serde::Deserialize, Clone)]
 struct WithMissing {
@@ -422,7 +430,9 @@ struct WithMissing {
 /// `io KIND INPUT [OPTION…]`: reads flights and prints per carrier `stats carrier= rows=
 /// delay_sum= delay_nulls= distance_sum=` (sorted); `io save FORMAT MODE CODEC COLUMNS
 /// INPUT OUTPUT` reads CSV flights and saves them (`-` for the default codec or no
-/// partition columns); `io text INPUT` prints `text lines= bytes=`.
+/// partition columns); `io text INPUT` prints `text lines= bytes=`; `io dates INPUT
+/// [date=COLUMN@FORMAT…] [drop]` reads [`Dated`] rows and prints `dates rows= days=
+/// at_sum= at_nulls= zoned_sum=` (days from the common era, Unix seconds).
 fn io(ctx: &mut Context, args: &[String]) -> Result<()> {
     use flint::{Codec, CsvOptions, SaveMode};
     let arg = |i: usize| {
@@ -439,8 +449,15 @@ fn io(ctx: &mut Context, args: &[String]) -> Result<()> {
                 "semicolon" => o.delimiter = b';',
                 "hash-comments" => o.comment = Some(b'#'),
                 "backslash" => o.escape = Some(b'\\'),
+                "drop" => o.malformed = flint::Malformed::Drop,
                 v if v.starts_with("nulls=") => {
                     o.null_values = v[6..].split('|').map(str::to_string).collect()
+                }
+                // `date=COLUMN@FORMAT`
+                v if v.starts_with("date=") => {
+                    if let Some((c, f)) = v[5..].split_once('@') {
+                        o.date_formats.push((c.to_string(), f.to_string()));
+                    }
                 }
                 _ => {}
             }
@@ -495,6 +512,26 @@ fn io(ctx: &mut Context, args: &[String]) -> Result<()> {
                 .reduce(|a, b| (a.0 + b.0, a.1 + b.1))?
                 .unwrap_or((0, 0));
             println!("text lines={lines} bytes={bytes}");
+            return Ok(());
+        }
+        "dates" => {
+            let (mut rows, mut days, mut at_sum, mut at_nulls, mut zoned_sum) = (0, 0, 0, 0, 0);
+            for d in ctx
+                .csv_with::<Dated>(&arg(1)?, csv_options(&args[2..]))?
+                .collect()?
+            {
+                use chrono::Datelike;
+                rows += 1;
+                days += i64::from(d.day.num_days_from_ce());
+                match d.at {
+                    Some(t) => at_sum += t.and_utc().timestamp(),
+                    None => at_nulls += 1,
+                }
+                zoned_sum += d.zoned.timestamp();
+            }
+            println!(
+                "dates rows={rows} days={days} at_sum={at_sum} at_nulls={at_nulls} zoned_sum={zoned_sum}"
+            );
             return Ok(());
         }
         "missing" => {
