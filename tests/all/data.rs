@@ -714,6 +714,54 @@ if os.path.exists({pq:?}):
     );
     let err = run_err(&mut io_s3(&["csv", "s3://lake/flights/../etc"]));
     assert!(err.contains("is not a usable object URL"), "{err}");
+
+    // Credentials, region and endpoint from the operator's AWS profile files instead of
+    // the environment: without them the job would find no credentials and no server.
+    let aws = tmp.path().join("home/.aws");
+    std::fs::create_dir_all(&aws).unwrap();
+    std::fs::write(
+        aws.join("credentials"),
+        "[default]\naws_access_key_id = wrong\naws_secret_access_key = wrong\n\n[lake]\naws_access_key_id = testing\naws_secret_access_key = testing\n",
+    )
+    .unwrap();
+    std::fs::write(
+        aws.join("config"),
+        format!(
+            "[profile lake]\nregion = us-east-1\nendpoint_url = {}\n",
+            s3.endpoint
+        ),
+    )
+    .unwrap();
+    let profiled = |profile: &str| {
+        let mut cmd = io_cmd(&["csv", "s3://lake/flights/a.csv"]);
+        for var in [
+            "AWS_ACCESS_KEY_ID",
+            "AWS_SECRET_ACCESS_KEY",
+            "AWS_SESSION_TOKEN",
+            "AWS_REGION",
+            "AWS_DEFAULT_REGION",
+            "AWS_ENDPOINT_URL",
+            "AWS_ENDPOINT",
+            "AWS_ALLOW_HTTP",
+            "AWS_CONFIG_FILE",
+            "AWS_SHARED_CREDENTIALS_FILE",
+        ] {
+            cmd.env_remove(var);
+        }
+        cmd.env("HOME", tmp.path().join("home"))
+            .env("AWS_PROFILE", profile);
+        cmd
+    };
+    assert_eq!(
+        stats_of(run_ok(&mut profiled("lake"))),
+        stats(&a),
+        "read with the `lake` profile"
+    );
+    let err = run_err(&mut profiled("nope"));
+    assert!(
+        err.contains("AWS_PROFILE is \"nope\", but neither"),
+        "{err}"
+    );
 }
 
 /// An object as boto3 lists it.

@@ -3,6 +3,7 @@
 //! storage (`s3://`) behind the same reader as local files, with the manifest that
 //! commits an output there.
 
+pub mod aws_profile;
 pub mod codec;
 pub mod csv;
 pub mod hive;

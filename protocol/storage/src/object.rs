@@ -111,14 +111,60 @@ fn store(url: &str, bucket: &str) -> std::io::Result<Arc<dyn ObjectStore>> {
         retry_timeout: std::time::Duration::from_secs(60),
         ..Default::default()
     };
-    let s3 = AmazonS3Builder::from_env()
+    let mut builder = AmazonS3Builder::from_env()
         .with_bucket_name(bucket)
-        .with_retry(retry)
+        .with_retry(retry);
+    let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+    let profile =
+        crate::aws_profile::load(env).map_err(|e| std::io::Error::other(format!("{url}: {e}")))?;
+    if let Some(p) = profile {
+        if env("AWS_ACCESS_KEY_ID").is_none()
+            && let Some(why) = &p.refused
+        {
+            return Err(std::io::Error::other(format!("{url}: {why}")));
+        }
+        builder = with_profile(builder, p, env);
+    }
+    let s3 = builder
         .build()
         .map_err(|e| std::io::Error::other(format!("{url}: {e}")))?;
     let s: Arc<dyn ObjectStore> = Arc::new(s3);
     stores.insert(bucket.to_string(), s.clone());
     Ok(s)
+}
+
+/// What a profile gives that the environment does not set (the environment wins, as
+/// in the AWS SDKs).
+fn with_profile(
+    mut b: AmazonS3Builder,
+    p: crate::aws_profile::Profile,
+    env: impl Fn(&str) -> Option<String>,
+) -> AmazonS3Builder {
+    if env("AWS_ACCESS_KEY_ID").is_none()
+        && let (Some(id), Some(secret)) = (p.access_key_id, p.secret_access_key)
+    {
+        b = b.with_access_key_id(id).with_secret_access_key(secret);
+        if let Some(token) = p.session_token {
+            b = b.with_token(token);
+        }
+    }
+    if env("AWS_REGION").is_none()
+        && env("AWS_DEFAULT_REGION").is_none()
+        && let Some(region) = p.region
+    {
+        b = b.with_region(region);
+    }
+    if env("AWS_ENDPOINT_URL").is_none()
+        && env("AWS_ENDPOINT").is_none()
+        && let Some(endpoint) = p.endpoint_url
+    {
+        // The operator named a plain-HTTP endpoint (a local S3-protocol server).
+        if endpoint.starts_with("http://") {
+            b = b.with_allow_http(true);
+        }
+        b = b.with_endpoint(endpoint);
+    }
+    b
 }
 
 /// An object-store failure as an IO error naming the URL, of the kind it is (not found,
