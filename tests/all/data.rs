@@ -121,6 +121,12 @@ fn pyarrow(script: &str) -> bool {
         eprintln!("SKIPPED: pyarrow is not installed (.ci/run installs it)");
         return false;
     }
+    python3(script);
+    true
+}
+
+/// Runs a Python script; its standard output.
+fn python3(script: &str) -> String {
     let out = Command::new("python3")
         .args(["-c", script])
         .output()
@@ -130,7 +136,7 @@ fn pyarrow(script: &str) -> bool {
         "python failed:\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    true
+    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 #[test]
@@ -240,16 +246,7 @@ for name, bad in [("dates.csv", -1), ("bad.csv", 1499)]:
 "#,
         dir = dir.display()
     );
-    let out = Command::new("python3")
-        .args(["-c", &script])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let text = String::from_utf8(out.stdout).unwrap();
+    let text = python3(&script);
     let mut lines = text.lines().map(str::to_string);
     (lines.next().unwrap(), lines.next().unwrap())
 }
@@ -613,19 +610,7 @@ impl S3Server {
 
     /// Runs a Python script with boto3 client `s3` bound to this server.
     fn python(&self, script: &str) {
-        let prelude = format!(
-            "import boto3\ns3 = boto3.client('s3', endpoint_url={:?}, aws_access_key_id='testing', aws_secret_access_key='testing', region_name='us-east-1')\n",
-            self.endpoint
-        );
-        let out = Command::new("python3")
-            .args(["-c", &(prelude + script)])
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "python failed:\n{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        self.python_out(script);
     }
 }
 
@@ -784,16 +769,7 @@ impl S3Server {
             "import boto3, json\ns3 = boto3.client('s3', endpoint_url={:?}, aws_access_key_id='testing', aws_secret_access_key='testing', region_name='us-east-1')\n",
             self.endpoint
         );
-        let out = Command::new("python3")
-            .args(["-c", &(prelude + script)])
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "python failed:\n{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
+        python3(&(prelude + script))
     }
 
     /// The objects under `prefix` of bucket `lake`, by key.
