@@ -22,6 +22,85 @@ impl Executor {
     pub(super) fn has_free_slot(&self) -> bool {
         !self.decommissioning && (self.running.len() as u32) < self.cores
     }
+
+    /// Its place in [`Scheduler::free`]: least loaded first (running per core), then by id.
+    fn load(&self) -> usize {
+        self.running.len() * 1000 / self.cores as usize
+    }
+}
+
+impl Scheduler {
+    /// Runs `f` on executor `id`'s state, keeping the index of executors with a free slot
+    /// and the running count per job in line with it: every change of an executor's
+    /// running attempts or of its taking tasks goes through here.
+    pub(super) fn with_executor<R>(
+        &mut self,
+        id: ExecutorId,
+        f: impl FnOnce(&mut Executor) -> R,
+    ) -> Option<R> {
+        let e = self.executors.get_mut(&id)?;
+        self.free.remove(&(e.load(), id));
+        let before = e.running.len();
+        let r = f(e);
+        if e.has_free_slot() {
+            self.free.insert((e.load(), id));
+        }
+        debug_assert!(e.running.len().abs_diff(before) <= 1);
+        Some(r)
+    }
+
+    /// `attempt` runs on `executor` from now.
+    pub(super) fn attempt_started(&mut self, executor: ExecutorId, attempt: TaskAttemptId) {
+        if self.with_executor(executor, |e| e.running.insert(attempt)) == Some(true) {
+            *self
+                .running_per_job
+                .entry(attempt.task.stage.job)
+                .or_default() += 1;
+        }
+    }
+
+    /// `attempt` no longer runs on `executor`; `f` updates its counters.
+    pub(super) fn attempt_ended(
+        &mut self,
+        executor: ExecutorId,
+        attempt: TaskAttemptId,
+        f: impl FnOnce(&mut Executor),
+    ) {
+        let removed = self.with_executor(executor, |e| {
+            f(e);
+            e.running.remove(&attempt)
+        });
+        if removed == Some(true) {
+            self.job_attempt_ended(attempt.task.stage.job);
+        }
+    }
+
+    /// Debug builds check the indexes against the executors they summarize.
+    pub(super) fn check_indexes(&self) {
+        if cfg!(debug_assertions) {
+            let free: BTreeSet<(usize, ExecutorId)> = self
+                .executors
+                .iter()
+                .filter(|(_, e)| e.has_free_slot())
+                .map(|(id, e)| (e.load(), *id))
+                .collect();
+            assert_eq!(free, self.free, "the free-slot index");
+            let mut per_job = std::collections::BTreeMap::new();
+            for a in self.executors.values().flat_map(|e| &e.running) {
+                *per_job.entry(a.task.stage.job).or_insert(0u32) += 1;
+            }
+            assert_eq!(per_job, self.running_per_job, "the running count per job");
+        }
+    }
+
+    fn job_attempt_ended(&mut self, job: crate::ids::JobId) {
+        if let Some(n) = self.running_per_job.get_mut(&job) {
+            *n -= 1;
+            if *n == 0 {
+                self.running_per_job.remove(&job);
+            }
+        }
+    }
 }
 
 /// Why an executor was removed.
@@ -91,6 +170,13 @@ impl Scheduler {
 
     pub fn executor_added(&mut self, id: ExecutorId, cores: u32, now_ms: u64) {
         self.set_time(now_ms);
+        if let Some(old) = self.executors.remove(&id) {
+            // Registered again under the same id: the indexes forget the old one.
+            self.free.remove(&(old.load(), id));
+            for attempt in old.running {
+                self.job_attempt_ended(attempt.task.stage.job);
+            }
+        }
         self.executors.insert(
             id,
             Executor {
@@ -102,6 +188,7 @@ impl Scheduler {
                 decommissioning: false,
             },
         );
+        self.with_executor(id, |_| ());
         self.schedule();
     }
 
@@ -117,9 +204,7 @@ impl Scheduler {
     /// either finishes or comes back killed, and neither counts as a failure. When its
     /// connection ends it was decommissioned, not lost.
     pub fn executor_decommissioning(&mut self, id: ExecutorId) {
-        if let Some(e) = self.executors.get_mut(&id) {
-            e.decommissioning = true;
-        }
+        self.with_executor(id, |e| e.decommissioning = true);
         self.schedule();
     }
 
@@ -159,7 +244,9 @@ impl Scheduler {
         let Some(exec) = self.executors.remove(&id) else {
             return;
         };
+        self.free.remove(&(exec.load(), id));
         for attempt in exec.running {
+            self.job_attempt_ended(attempt.task.stage.job);
             self.forget_attempt(attempt);
         }
         self.cached.forget_executor(id);

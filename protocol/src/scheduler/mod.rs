@@ -110,6 +110,11 @@ pub struct Scheduler {
     conf: SchedulerConf,
     now_ms: u64,
     executors: BTreeMap<ExecutorId, Executor>,
+    /// The executors with a free slot, least loaded first: `(load, id)` (see
+    /// [`Scheduler::with_executor`], the one place that changes it).
+    free: BTreeSet<(usize, ExecutorId)>,
+    /// Attempts running per job, over every executor (for the pools' shares).
+    running_per_job: BTreeMap<JobId, u32>,
     jobs: BTreeMap<JobId, Job>,
     /// Tasks ready to launch, in (job, stage, partition) order: FIFO between jobs.
     pending: BTreeSet<TaskId>,

@@ -30,14 +30,19 @@ pub struct Pool {
     pub max_slots: Option<u32>,
 }
 
+impl Pool {
+    /// The one pool of FIFO scheduling, and a job's pool when none is named.
+    pub const DEFAULT: Pool = Pool {
+        name: String::new(),
+        weight: 1,
+        min_share: 0,
+        max_slots: None,
+    };
+}
+
 impl Default for Pool {
     fn default() -> Self {
-        Pool {
-            name: String::new(),
-            weight: 1,
-            min_share: 0,
-            max_slots: None,
-        }
+        Pool::DEFAULT
     }
 }
 

@@ -38,6 +38,9 @@ pub(super) struct TaskState {
 pub(super) struct Stage {
     pub(super) status: StageStatus,
     pub(super) tasks: Vec<TaskState>,
+    /// How many of `tasks` are done: kept with every change of a task's `done`, so that
+    /// a stage's completion is known in O(1) on each task's success.
+    pub(super) done_tasks: usize,
     /// Current attempt of the stage; bumped by each fetch failure that restarts it.
     pub(super) attempt: u32,
     /// Attempts since the stage last completed that ended in a fetch failure.
@@ -51,7 +54,7 @@ pub(super) struct Stage {
 
 impl Stage {
     pub(super) fn all_done(&self) -> bool {
-        self.tasks.iter().all(|t| t.done)
+        self.done_tasks == self.tasks.len()
     }
 }
 
@@ -112,6 +115,7 @@ impl Scheduler {
             .map(|s| Stage {
                 status: StageStatus::Waiting,
                 tasks: (0..s.partitions).map(|_| TaskState::default()).collect(),
+                done_tasks: 0,
                 attempt: 0,
                 failed_attempts: 0,
                 durations: Vec::new(),
@@ -131,7 +135,10 @@ impl Scheduler {
                     continue;
                 }
                 if let Some(task) = stages[i].tasks.get_mut(map as usize) {
-                    task.done = true;
+                    if !task.done {
+                        task.done = true;
+                        stages[i].done_tasks += 1;
+                    }
                     self.map_outputs.register(job, shuffle, map, status);
                 }
             }
@@ -247,8 +254,12 @@ impl Scheduler {
             if !job.downstream_unfinished(writer) {
                 continue;
             }
-            let task = &mut job.stages[writer].tasks[map as usize];
-            task.done = false;
+            let stage = &mut job.stages[writer];
+            let task = &mut stage.tasks[map as usize];
+            if task.done {
+                task.done = false;
+                stage.done_tasks -= 1;
+            }
             task.failed_on.insert(executor);
             touched.insert(job_id);
         }
@@ -293,9 +304,7 @@ impl Scheduler {
             );
             return;
         }
-        if let Some(e) = self.executors.get_mut(&executor) {
-            e.running.remove(&attempt);
-        }
+        self.attempt_ended(executor, attempt, |_| ());
         let job_id = attempt.task.stage.job;
         let Some(job) = self.jobs.get_mut(&job_id) else {
             self.schedule();

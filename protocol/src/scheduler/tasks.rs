@@ -9,7 +9,7 @@ use super::stages::{Job, RunningAttempt, StageStatus, TaskState};
 use super::{Command, Scheduler, fmt_ms};
 use crate::dag::{StageInput, StageOutput};
 use crate::ids::{ExecutorId, JobId, ShuffleId, StageId, TaskAttemptId, TaskId};
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet};
 
 impl Scheduler {
     /// Executors excluded for `job` or one of its stages, with the reason.
@@ -74,10 +74,7 @@ impl Scheduler {
             }
         }
         let now = self.now_ms;
-        if let Some(e) = self.executors.get_mut(&executor) {
-            e.running.remove(&attempt);
-            e.tasks_succeeded += 1;
-        }
+        self.attempt_ended(executor, attempt, |e| e.tasks_succeeded += 1);
         let registered = self.executors.contains_key(&executor);
         let Some(job) = self.jobs.get_mut(&job_id) else {
             self.schedule();
@@ -87,6 +84,7 @@ impl Scheduler {
         let Some(stage) = job.stages.get_mut(stage_index) else {
             return;
         };
+        let stage_tasks = stage.tasks.len();
         let Some(task) = stage.tasks.get_mut(attempt.task.partition as usize) else {
             return;
         };
@@ -103,6 +101,8 @@ impl Scheduler {
             return;
         }
         task.done = true;
+        stage.done_tasks += 1;
+        let stage_done = stage.done_tasks == stage_tasks;
         stage.durations.push(now.saturating_sub(run.started_ms));
         // The race is won: the other attempts of this task are cancelled.
         for (n, other) in &task.running {
@@ -139,16 +139,18 @@ impl Scheduler {
             self.map_outputs
                 .register(job_id, shuffle, attempt.task.partition, status);
         }
-        self.advance_stages(job_id);
+        // A stage's other tasks are not changed by one success: only its completion
+        // moves the DAG (the full pass is O(stages × tasks), so it runs once a stage).
+        if stage_done {
+            self.advance_stages(job_id);
+        }
         self.schedule();
     }
 
     /// The executor stopped `attempt` as asked (or handed it back while shutting down):
     /// not a failure; the task runs again if nothing else runs it.
     pub fn task_killed(&mut self, attempt: TaskAttemptId, executor: ExecutorId) {
-        if let Some(e) = self.executors.get_mut(&executor) {
-            e.running.remove(&attempt);
-        }
+        self.attempt_ended(executor, attempt, |_| ());
         self.forget_attempt(attempt);
         self.schedule();
     }
@@ -159,10 +161,7 @@ impl Scheduler {
         executor: ExecutorId,
         failure: TaskFailure,
     ) {
-        if let Some(e) = self.executors.get_mut(&executor) {
-            e.running.remove(&attempt);
-            e.tasks_failed += 1;
-        }
+        self.attempt_ended(executor, attempt, |e| e.tasks_failed += 1);
         let job_id = attempt.task.stage.job;
         let Some(job) = self.jobs.get_mut(&job_id) else {
             self.schedule();
@@ -383,53 +382,44 @@ impl Scheduler {
     /// executor is excluded from fails its job (Spark's behaviour without dynamic
     /// allocation: nothing will change by waiting).
     pub(super) fn schedule(&mut self) {
+        self.check_indexes();
         self.fail_unschedulable_stages();
-        if !self.executors.values().any(|e| e.has_free_slot()) {
+        if self.free.is_empty() {
             return;
         }
-        // Pending tasks per pool, each queue in (job, stage, partition) order: FIFO inside a
-        // pool. In FIFO mode there is one pool. `pending` is in job order, so the pool is
-        // looked up once per job, not per task.
-        let mut queues: BTreeMap<String, VecDeque<TaskId>> = BTreeMap::new();
-        let mut pools: BTreeMap<String, Pool> = BTreeMap::new();
-        let mut current: Option<(JobId, String)> = None;
-        for task_id in self.pending.iter().copied() {
-            let job_id = task_id.stage.job;
-            if current.as_ref().is_none_or(|(j, _)| *j != job_id) {
-                let Some(job) = self.jobs.get(&job_id) else {
-                    continue;
-                };
-                let pool = if self.conf.fair {
-                    job.policy.pool.clone()
-                } else {
-                    Pool::default()
-                };
-                let name = pool.name.clone();
-                pools.entry(name.clone()).or_insert(pool);
-                current = Some((job_id, name));
-            }
-            let (_, name) = current.as_ref().expect("set above");
-            match queues.get_mut(name) {
-                Some(q) => q.push_back(task_id),
-                None => {
-                    queues.insert(name.clone(), VecDeque::from([task_id]));
-                }
-            }
+        // Each pool's pending tasks in (job, stage, partition) order: FIFO inside a pool.
+        // In FIFO mode there is one pool. A pool's queue is a cursor over `pending`
+        // through its jobs, so that a call costs what it launches (O(log n) a task), not
+        // the number of tasks waiting.
+        let mut queues: BTreeMap<String, PoolQueue> = BTreeMap::new();
+        for (job_id, job) in &self.jobs {
+            let pool = if self.conf.fair {
+                &job.policy.pool
+            } else {
+                &Pool::DEFAULT
+            };
+            queues
+                .entry(pool.name.clone())
+                .or_insert_with(|| PoolQueue::new(pool.clone()))
+                .jobs
+                .push(*job_id);
+        }
+        for q in queues.values_mut() {
+            q.advance(&self.pending);
         }
         let mut running = self.running_per_pool();
         loop {
-            if !self.executors.values().any(|e| e.has_free_slot()) {
+            if self.free.is_empty() {
                 break;
             }
             // Spark's FairSchedulingAlgorithm: pools below their min share first (least
             // served first), then the lowest running-to-weight ratio.
             let next = queues
                 .iter()
-                .filter(|(_, q)| !q.is_empty())
-                .map(|(name, _)| name)
-                .min_by(|a, b| {
-                    let rank = |name: &String| {
-                        let p = &pools[name];
+                .filter(|(_, q)| q.head.is_some())
+                .map(|(name, q)| (name, &q.pool))
+                .min_by(|(a, pa), (b, pb)| {
+                    let rank = |name: &String, p: &Pool| {
                         let r = *running.get(name.as_str()).unwrap_or(&0) as f64;
                         let needy = r < p.min_share as f64;
                         let ratio = if needy {
@@ -439,30 +429,35 @@ impl Scheduler {
                         };
                         (!needy, ratio)
                     };
-                    let (ra, rb) = (rank(a), rank(b));
+                    let (ra, rb) = (rank(a, pa), rank(b, pb));
                     ra.0.cmp(&rb.0).then(ra.1.total_cmp(&rb.1)).then(a.cmp(b))
                 })
-                .cloned();
+                .map(|(name, _)| name.clone());
             let Some(name) = next else { break };
             let queue = queues.get_mut(&name).expect("chosen from the map");
-            let Some(task_id) = queue.pop_front() else {
+            let Some(task_id) = queue.head else {
                 continue;
             };
-            let at_cap = pools[&name]
+            let at_cap = queue
+                .pool
                 .max_slots
                 .is_some_and(|m| *running.get(name.as_str()).unwrap_or(&0) >= m);
             if at_cap {
                 // The pool has all the slots it may have; its tasks wait.
-                queue.clear();
+                queue.head = None;
                 continue;
             }
-            if self.try_launch(task_id) {
+            let launched = self.try_launch(task_id);
+            let queue = queues.get_mut(&name).expect("chosen from the map");
+            queue.after = Some(task_id);
+            queue.advance(&self.pending);
+            if launched {
                 *running.entry(name).or_default() += 1;
             }
         }
         let wanted: Vec<TaskId> = self.speculatable.iter().copied().collect();
         for task_id in wanted {
-            if !self.executors.values().any(|e| e.has_free_slot()) {
+            if self.free.is_empty() {
                 break;
             }
             let Some(job) = self.jobs.get(&task_id.stage.job) else {
@@ -490,20 +485,28 @@ impl Scheduler {
     /// without dynamic allocation: nothing will change by waiting). Judged once per stage
     /// with pending tasks, not per task.
     fn fail_unschedulable_stages(&mut self) {
-        let live: Vec<ExecutorId> = self
+        // Lazily: the first live executor is usually eligible, so that this costs
+        // O(stages) per event, not O(executors).
+        let mut live = self
             .executors
             .iter()
             .filter(|(_, e)| !e.decommissioning)
             .map(|(id, _)| *id)
-            .collect();
-        if live.is_empty() {
+            .peekable();
+        if live.peek().is_none() {
             return;
         }
+        let live = || {
+            self.executors
+                .iter()
+                .filter(|(_, e)| !e.decommissioning)
+                .map(|(id, _)| *id)
+        };
         let mut unschedulable: Vec<(StageId, TaskId)> = Vec::new();
         for (job_id, job) in &self.jobs {
             for si in 0..job.stages.len() {
                 if job.stages[si].status != StageStatus::Running
-                    || live.iter().any(|id| job.eligible(si, *id))
+                    || live().any(|id| job.eligible(si, id))
                 {
                     continue;
                 }
@@ -599,13 +602,16 @@ impl Scheduler {
     /// Running attempts per pool, over every executor.
     fn running_per_pool(&self) -> BTreeMap<String, u32> {
         let mut out = BTreeMap::new();
-        for e in self.executors.values() {
-            for a in &e.running {
-                let name = match self.jobs.get(&a.task.stage.job) {
-                    Some(j) if self.conf.fair => j.policy.pool.name.clone(),
-                    _ => String::new(),
-                };
-                *out.entry(name).or_insert(0) += 1;
+        for (job, n) in &self.running_per_job {
+            let name = match self.jobs.get(job) {
+                Some(j) if self.conf.fair => j.policy.pool.name.as_str(),
+                _ => "",
+            };
+            match out.get_mut(name) {
+                Some(total) => *total += n,
+                None => {
+                    out.insert(name.to_string(), *n);
+                }
             }
         }
         out
@@ -614,19 +620,20 @@ impl Scheduler {
     /// Least-loaded executor with a free slot that may run this task: never an excluded
     /// one, never one already running it, and not one it failed on while another exists.
     fn pick_executor(&self, job: &Job, stage: usize, task: &TaskState) -> Option<ExecutorId> {
-        let busy_with_it: BTreeSet<ExecutorId> =
-            task.running.values().map(|r| r.executor).collect();
-        let allowed = |id: &ExecutorId| job.eligible(stage, *id) && !busy_with_it.contains(id);
-        let elsewhere_exists = self
-            .executors
+        let allowed = |id: ExecutorId| {
+            job.eligible(stage, id) && !task.running.values().any(|r| r.executor == id)
+        };
+        // Judged only for a task that failed somewhere (rare): the walk is over every
+        // executor.
+        let elsewhere_exists = !task.failed_on.is_empty()
+            && self
+                .executors
+                .iter()
+                .any(|(id, e)| !e.decommissioning && allowed(*id) && !task.failed_on.contains(id));
+        self.free
             .iter()
-            .any(|(id, e)| !e.decommissioning && allowed(id) && !task.failed_on.contains(id));
-        self.executors
-            .iter()
-            .filter(|(id, e)| e.has_free_slot() && allowed(id))
-            .filter(|(id, _)| !elsewhere_exists || !task.failed_on.contains(id))
-            .min_by_key(|(id, e)| (e.running.len() * 1000 / e.cores as usize, **id))
-            .map(|(id, _)| *id)
+            .map(|(_, id)| *id)
+            .find(|id| allowed(*id) && (!elsewhere_exists || !task.failed_on.contains(id)))
     }
 
     fn launch(
@@ -656,14 +663,62 @@ impl Scheduler {
                 stage_attempt,
             },
         );
-        if let Some(e) = self.executors.get_mut(&executor) {
-            e.running.insert(attempt);
-        }
+        self.attempt_started(executor, attempt);
         self.commands.push_back(Command::Launch {
             attempt,
             executor,
             inputs,
             speculative,
         });
+    }
+}
+
+/// A pool's pending tasks, walked job by job in `pending` (which is in job order).
+struct PoolQueue {
+    pool: Pool,
+    /// The pool's jobs, in job order.
+    jobs: Vec<JobId>,
+    /// Index in `jobs` of the job `head` is of.
+    job: usize,
+    /// The last task taken (launched or passed over).
+    after: Option<TaskId>,
+    /// The next pending task to try; `None`: the pool has nothing more this round.
+    head: Option<TaskId>,
+}
+
+impl PoolQueue {
+    fn new(pool: Pool) -> Self {
+        PoolQueue {
+            pool,
+            jobs: Vec::new(),
+            job: 0,
+            after: None,
+            head: None,
+        }
+    }
+
+    /// Moves `head` to the first pending task after `after` among the pool's jobs.
+    fn advance(&mut self, pending: &BTreeSet<TaskId>) {
+        use std::ops::Bound;
+        while let Some(&job) = self.jobs.get(self.job) {
+            let from = match self.after {
+                Some(t) if t.stage.job == job => Bound::Excluded(t),
+                _ => Bound::Included(TaskId {
+                    stage: StageId { job, index: 0 },
+                    partition: 0,
+                }),
+            };
+            if let Some(t) = pending
+                .range((from, Bound::Unbounded))
+                .next()
+                .filter(|t| t.stage.job == job)
+            {
+                self.head = Some(*t);
+                return;
+            }
+            self.job += 1;
+            self.after = None;
+        }
+        self.head = None;
     }
 }
