@@ -97,7 +97,12 @@ impl SplitReader {
                 quotes: None,
             });
         }
-        let mut reader = BufReader::with_capacity(1 << 20, file);
+        // Sized to the split (a tiny file must not cost a 1 MiB buffer zeroed on its
+        // first fill); the line running past `end` refills it.
+        let span = end
+            .saturating_sub(start.saturating_sub(1))
+            .saturating_add(1);
+        let mut reader = BufReader::with_capacity(span.clamp(8 << 10, 1 << 20) as usize, file);
         let mut pos = start;
         if start > 0 {
             // Skip the line in progress at `start`: it belongs to the previous split.
@@ -196,7 +201,8 @@ impl SplitReader {
 
     /// The next batch, or `None` when the split is done.
     pub fn next_batch(&mut self) -> Result<Option<LineBatch>, InputError> {
-        let mut b = StringBuilder::with_capacity(BATCH_ROWS, BATCH_BYTES);
+        let left = self.end.saturating_sub(self.pos).min(BATCH_BYTES as u64) as usize;
+        let mut b = StringBuilder::with_capacity(BATCH_ROWS.min(left), left);
         let (mut rows, mut bytes) = (0u64, 0u64);
         while self.pos < self.end && (rows as usize) < BATCH_ROWS && (bytes as usize) < BATCH_BYTES
         {
