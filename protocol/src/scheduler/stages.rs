@@ -457,10 +457,21 @@ impl Scheduler {
     pub(super) fn check_starved_jobs(&mut self) {
         let now = self.now_ms;
         let any_usable = self.executors.values().any(|e| !e.decommissioning);
-        let waiting: BTreeSet<JobId> = self.pending.iter().map(|t| t.stage.job).collect();
+        let pending = &self.pending;
+        // Whether `job` has a task waiting: one look into the ordered set, not a walk.
+        let waiting = |job: JobId| {
+            let first = TaskId {
+                stage: StageId { job, index: 0 },
+                partition: 0,
+            };
+            pending
+                .range(first..)
+                .next()
+                .is_some_and(|t| t.stage.job == job)
+        };
         let mut expired = Vec::new();
         for (id, job) in &mut self.jobs {
-            if any_usable || !waiting.contains(id) {
+            if any_usable || !waiting(*id) {
                 job.starved_since = None;
                 continue;
             }

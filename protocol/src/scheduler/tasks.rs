@@ -328,7 +328,7 @@ impl Scheduler {
                     continue;
                 }
                 let n = stage.tasks.len();
-                let finished = stage.tasks.iter().filter(|t| t.done).count();
+                let finished = stage.done_tasks;
                 let needed = ((spec.quantile * n as f64).floor() as usize).max(1);
                 if finished < needed || finished == n || stage.durations.is_empty() {
                     continue;
