@@ -485,23 +485,17 @@ impl Scheduler {
     /// without dynamic allocation: nothing will change by waiting). Judged once per stage
     /// with pending tasks, not per task.
     fn fail_unschedulable_stages(&mut self) {
-        // Lazily: the first live executor is usually eligible, so that this costs
+        // Walked lazily: the first live executor is usually eligible, so that this costs
         // O(stages) per event, not O(executors).
-        let mut live = self
-            .executors
-            .iter()
-            .filter(|(_, e)| !e.decommissioning)
-            .map(|(id, _)| *id)
-            .peekable();
-        if live.peek().is_none() {
-            return;
-        }
         let live = || {
             self.executors
                 .iter()
                 .filter(|(_, e)| !e.decommissioning)
                 .map(|(id, _)| *id)
         };
+        if live().next().is_none() {
+            return;
+        }
         let mut unschedulable: Vec<(StageId, TaskId)> = Vec::new();
         for (job_id, job) in &self.jobs {
             for si in 0..job.stages.len() {
