@@ -15,6 +15,7 @@ const GUESTS: &[(&str, &str, &str)] = &[
     ("TOPK", "topk", "topk"),
     ("TEST_JOBS", "flint-test-guests", "flint_test_jobs"),
     ("NOT_A_JOB", "flint-test-guests", "not-a-job"),
+    ("BENCH_JOBS", "flint-bench-jobs", "flint_bench_jobs"),
 ];
 
 fn main() {
@@ -52,6 +53,7 @@ fn main() {
         "kmeans",
         "topk",
         "flint-test-guests",
+        "flint-bench-jobs",
     ] {
         cmd.args(["-p", p]);
     }

@@ -17,6 +17,13 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
+mod peers;
+mod tasks;
+
+/// Set in the environment of this binary re-executed as `flint` (the peers suite times
+/// `flint run` as a process without needing the `flint` binary built beside it).
+const AS_FLINT: &str = "FLINT_BENCH_AS_FLINT";
+
 #[derive(Parser)]
 struct Args {
     /// Size of the generated corpus in MB.
@@ -34,9 +41,24 @@ struct Args {
     #[arg(long, default_value_t = 200)]
     empty_tasks: u32,
     /// What to measure: `wordcount` (word count, compile cache, task overhead, event log,
-    /// fuel) or `sales` (the sales aggregation on CSV and Parquet, and the join).
+    /// fuel), `sales` (the sales aggregation on CSV and Parquet, and the join), `peers`
+    /// (the peers' jobs on their data against native Rust, DuckDB and Polars) or `tasks`
+    /// (tasks per second on the control path).
     #[arg(long, default_value = "wordcount")]
     suite: String,
+    /// `peers`: the folder `../shared/peers` was copied to, with its data generated
+    /// (`peers-data/`, or `$PEERS_DATA`) and its `venv/` (default `~/peers`).
+    #[arg(long)]
+    peers: Option<PathBuf>,
+    /// `peers`: the jobs to run (comma-separated; default `wc,aggkey,aggcat,join`).
+    #[arg(long)]
+    jobs: Option<String>,
+    /// `peers` and `tasks`: rounds; each engine's median is reported.
+    #[arg(long, default_value_t = 3)]
+    rounds: u32,
+    /// `tasks`: the task counts to measure (comma-separated).
+    #[arg(long, default_value = "2000,10000,20000")]
+    tasks: String,
     /// Rows of the generated sales table (and orders of the join).
     #[arg(long, default_value_t = 20_000_000)]
     rows: u64,
@@ -47,13 +69,30 @@ struct Args {
     distinct: bool,
 }
 
-fn main() -> anyhow::Result<()> {
+fn main() -> std::process::ExitCode {
+    if std::env::var_os(AS_FLINT).is_some() {
+        return flint_cli::main();
+    }
+    match bench() {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("Error: {e:?}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn bench() -> anyhow::Result<()> {
     let args = Args::parse();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
-    if args.suite == "sales" {
-        return sales_suite(&args, &rt);
+    match args.suite.as_str() {
+        "sales" => return sales_suite(&args, &rt),
+        "peers" => return peers::suite(&args, &rt),
+        "tasks" => return tasks::suite(&args, &rt),
+        "wordcount" => {}
+        other => bail!("unknown suite {other}: wordcount, sales, peers or tasks"),
     }
     let corpus = generate_corpus(&args.data, args.mb, args.distinct)?;
     println!(
@@ -782,6 +821,14 @@ fn sales_suite(args: &Args, rt: &tokio::runtime::Runtime) -> anyhow::Result<()> 
         );
         anyhow::Ok(())
     })
+}
+
+/// The 1-minute load average, as `uptime` shows it.
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|s| s.split_whitespace().next().map(str::to_string))
+        .unwrap_or_else(|| "?".into())
 }
 
 /// This process's peak resident memory (`VmHWM`), in MiB.

@@ -1,0 +1,77 @@
+//! The peers' jobs (Spark, DuckDB and Polars run the same ones on the same files; see
+//! `flint-bench --suite peers`), written as a Flint user would: `JOB INPUT... OUTPUT`.
+//! - `aggkey FACTS OUTPUT`: per key, the sum of `amount` and the row count
+//!   (`key\tsum\tcount` lines).
+//! - `aggcat FACTS OUTPUT`: per category, the sum of `amount` (`category\tsum`).
+//! - `join FACTS DIM OUTPUT`: facts joined with dim on `key`, then per region the rows,
+//!   the sum of `amount` and the sum of `amount * weight` (`region\tcount\tsum\tweighted`).
+//!
+//! FACTS and DIM are Parquet (or CSV when the path ends in `.csv`). The word count is the
+//! `wordcount` example itself.
+
+use flint::{Context, Dataset, Error, Result};
+use serde::{Deserialize, Serialize};
+
+#[derive(Serialize, Deserialize)]
+struct Fact {
+    key: i64,
+    category: String,
+    amount: f64,
+}
+
+#[derive(Serialize, Deserialize)]
+struct KeyAmount {
+    key: i64,
+    amount: f64,
+}
+
+#[derive(Serialize, Deserialize)]
+struct Dim {
+    key: i64,
+    region: String,
+    weight: i64,
+}
+
+fn table<T: flint::Data>(ctx: &mut Context, path: &str) -> Result<Dataset<T>> {
+    if path.ends_with(".csv") {
+        ctx.csv::<T>(path)
+    } else {
+        ctx.parquet::<T>(path)
+    }
+}
+
+#[flint::main]
+fn main(ctx: &mut Context) -> Result<()> {
+    let args = ctx.all_args().to_vec();
+    let a: Vec<&str> = args.iter().map(String::as_str).collect();
+    match a.as_slice() {
+        ["aggkey", facts, out] => table::<KeyAmount>(ctx, facts)?
+            .map(|f: KeyAmount| (f.key, (f.amount, 1u64)))
+            .reduce_by_key(|a: (f64, u64), b: (f64, u64)| (a.0 + b.0, a.1 + b.1))
+            .map(|(k, (sum, n)): (i64, (f64, u64))| (k, sum, n))
+            .save_as_text(out),
+        ["aggcat", facts, out] => table::<Fact>(ctx, facts)?
+            .map(|f: Fact| (f.category, f.amount))
+            .reduce_by_key(|a: f64, b: f64| a + b)
+            .save_as_text(out),
+        ["join", facts, dim, out] => {
+            let facts = table::<KeyAmount>(ctx, facts)?.map(|f: KeyAmount| (f.key, f.amount));
+            let dim = table::<Dim>(ctx, dim)?.map(|d: Dim| (d.key, (d.region, d.weight)));
+            facts
+                .join(&dim)
+                .map(
+                    |(_, (amount, (region, weight))): (i64, (f64, (String, i64)))| {
+                        (region, (1u64, amount, amount * weight as f64))
+                    },
+                )
+                .reduce_by_key(|a: (u64, f64, f64), b: (u64, f64, f64)| {
+                    (a.0 + b.0, a.1 + b.1, a.2 + b.2)
+                })
+                .map(|(r, (n, s, w)): (String, (u64, f64, f64))| (r, n, s, w))
+                .save_as_text(out)
+        }
+        _ => Err(Error::msg(
+            "usage: aggkey FACTS OUT | aggcat FACTS OUT | join FACTS DIM OUT",
+        )),
+    }
+}
