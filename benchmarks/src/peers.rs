@@ -328,10 +328,10 @@ pub fn suite(args: &Args, rt: &tokio::runtime::Runtime) -> anyhow::Result<()> {
                             t.job.push(s.elapsed().as_secs_f64());
                             let rows = read_parts(job, &out)?;
                             sums.insert((job, "flint"), checksum(&rows));
-                            if round == 0 {
-                                if let Some(r) = reference(job)? {
-                                    check_rows(job, &rows, &r)?;
-                                }
+                            if round == 0
+                                && let Some(r) = reference(job)?
+                            {
+                                check_rows(job, &rows, &r)?;
                             }
                             std::fs::remove_dir_all(&out)?;
                             // The command a user runs, as a process.

@@ -100,31 +100,47 @@ pub(crate) fn decode<T: DeserializeOwned>(
 ) -> Option<Result<Vec<T>, DeError>> {
     let schema = batch.schema_ref();
     let mut columns = Vec::with_capacity(fields.len());
+    let mut strings = Vec::new();
     for (field, array) in schema.fields().iter().zip(batch.columns()) {
         if fields.iter().any(|f| f == field.name()) {
-            columns.push(Column::of(field.name(), array.as_ref())?);
+            let column = Column::of(field.name(), array.as_ref())?;
+            match &column.values {
+                Values::Utf8(a) => strings.push(a.values().clone()),
+                Values::LargeUtf8(a) => strings.push(a.values().clone()),
+                _ => {}
+            }
+            columns.push(column);
         }
     }
-    let mut rows = Vec::with_capacity(batch.num_rows());
-    for row in 0..batch.num_rows() {
-        match T::deserialize(Row {
-            columns: &columns,
-            row,
-        }) {
-            Ok(r) => rows.push(r),
-            Err(e) => return Some(Err(e)),
+    let order = std::cell::RefCell::new(None);
+    // `Str` fields share the string columns' bytes instead of copying them.
+    let rows = crate::text::sharing(strings, || {
+        let mut rows = Vec::with_capacity(batch.num_rows());
+        for row in 0..batch.num_rows() {
+            rows.push(T::deserialize(Row {
+                columns: &columns,
+                row,
+                order: &order,
+            })?);
         }
-    }
-    Some(Ok(rows))
+        Ok(rows)
+    });
+    Some(rows)
 }
 
-/// One row: a map from column name to cell.
+/// For a struct row type (keyed by its field list's address): the column of each field,
+/// in the fields' order, or `None` when a field has no column (it then reads as a map,
+/// so that `#[serde(default)]` applies).
+type FieldOrder = std::cell::RefCell<Option<(usize, Option<Vec<usize>>)>>;
+
+/// One row: a map from column name to cell, or the cells of a struct's fields in order.
 struct Row<'c, 'a> {
     columns: &'c [Column<'a>],
     row: usize,
+    order: &'c FieldOrder,
 }
 
-impl<'de> de::Deserializer<'de> for Row<'_, '_> {
+impl<'de> de::Deserializer<'de> for Row<'_, 'de> {
     type Error = DeError;
 
     fn deserialize_any<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, DeError> {
@@ -135,10 +151,85 @@ impl<'de> de::Deserializer<'de> for Row<'_, '_> {
         })
     }
 
+    /// A struct whose every field has a column reads its cells in field order, without
+    /// matching field names per cell.
+    fn deserialize_struct<V: Visitor<'de>>(
+        self,
+        _name: &'static str,
+        fields: &'static [&'static str],
+        visitor: V,
+    ) -> Result<V::Value, DeError> {
+        let key = fields.as_ptr() as usize;
+        let mut order = self.order.borrow_mut();
+        if order.as_ref().is_none_or(|(k, _)| *k != key) {
+            let columns: Option<Vec<usize>> = fields
+                .iter()
+                .map(|f| self.columns.iter().position(|c| c.name == *f))
+                .collect();
+            *order = Some((key, columns));
+        }
+        match order.as_ref().and_then(|(_, o)| o.as_deref()) {
+            Some(columns) => visitor.visit_seq(InOrder {
+                columns: self.columns,
+                order: columns.iter(),
+                row: self.row,
+            }),
+            None => {
+                drop(order);
+                self.deserialize_any(visitor)
+            }
+        }
+    }
+
     serde::forward_to_deserialize_any! {
         bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string bytes
-        byte_buf option unit unit_struct newtype_struct seq tuple tuple_struct map struct
+        byte_buf option unit unit_struct newtype_struct seq tuple tuple_struct map
         enum identifier ignored_any
+    }
+}
+
+/// What went wrong reading `column` at `row`, naming both (and the text, for a string).
+fn cell_error(column: &Column<'_>, row: usize, e: DeError) -> DeError {
+    if e.0.starts_with("column `") {
+        return e;
+    }
+    let value = match &column.values {
+        Values::Utf8(a) if !a.is_null(row) => format!(" {:?}", a.value(row)),
+        Values::LargeUtf8(a) if !a.is_null(row) => format!(" {:?}", a.value(row)),
+        _ => String::new(),
+    };
+    DeError(format!(
+        "column `{}`{value} (row {row} of the batch): {}",
+        column.name, e.0
+    ))
+}
+
+/// A struct's cells in field order.
+struct InOrder<'c, 'a> {
+    columns: &'c [Column<'a>],
+    order: std::slice::Iter<'c, usize>,
+    row: usize,
+}
+
+impl<'de> de::SeqAccess<'de> for InOrder<'_, 'de> {
+    type Error = DeError;
+
+    fn next_element_seed<T: DeserializeSeed<'de>>(
+        &mut self,
+        seed: T,
+    ) -> Result<Option<T::Value>, DeError> {
+        let Some(&i) = self.order.next() else {
+            return Ok(None);
+        };
+        let column = &self.columns[i];
+        let row = self.row;
+        seed.deserialize(Cell { column, row })
+            .map(Some)
+            .map_err(|e| cell_error(column, row, e))
+    }
+
+    fn size_hint(&self) -> Option<usize> {
+        Some(self.order.len())
     }
 }
 
@@ -148,7 +239,7 @@ struct Cells<'c, 'a> {
     row: usize,
 }
 
-impl<'de> MapAccess<'de> for Cells<'_, '_> {
+impl<'de> MapAccess<'de> for Cells<'_, 'de> {
     type Error = DeError;
 
     fn next_key_seed<K: DeserializeSeed<'de>>(
@@ -168,20 +259,8 @@ impl<'de> MapAccess<'de> for Cells<'_, '_> {
             .take()
             .ok_or_else(|| DeError("a value asked for before its key".into()))?;
         let row = self.row;
-        seed.deserialize(Cell { column, row }).map_err(|e| {
-            if e.0.starts_with("column `") {
-                return e;
-            }
-            let value = match &column.values {
-                Values::Utf8(a) if !a.is_null(row) => format!(" {:?}", a.value(row)),
-                Values::LargeUtf8(a) if !a.is_null(row) => format!(" {:?}", a.value(row)),
-                _ => String::new(),
-            };
-            DeError(format!(
-                "column `{}`{value} (row {row} of the batch): {}",
-                column.name, e.0
-            ))
-        })
+        seed.deserialize(Cell { column, row })
+            .map_err(|e| cell_error(column, row, e))
     }
 
     fn size_hint(&self) -> Option<usize> {
@@ -202,7 +281,7 @@ impl Cell<'_, '_> {
     }
 }
 
-impl<'de> de::Deserializer<'de> for Cell<'_, '_> {
+impl<'de> de::Deserializer<'de> for Cell<'_, 'de> {
     type Error = DeError;
 
     fn deserialize_any<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, DeError> {
@@ -225,8 +304,8 @@ impl<'de> de::Deserializer<'de> for Cell<'_, '_> {
             Values::U64(a) => visitor.visit_u64(a.value(i)),
             Values::F32(a) => visitor.visit_f32(a.value(i)),
             Values::F64(a) => visitor.visit_f64(a.value(i)),
-            Values::Utf8(a) => visitor.visit_str(a.value(i)),
-            Values::LargeUtf8(a) => visitor.visit_str(a.value(i)),
+            Values::Utf8(a) => visitor.visit_borrowed_str(a.value(i)),
+            Values::LargeUtf8(a) => visitor.visit_borrowed_str(a.value(i)),
         }
     }
 

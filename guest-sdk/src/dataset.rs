@@ -778,7 +778,7 @@ impl<T: crate::Data> Dataset<T> {
             wit::ActionResult::Rows(streams) => {
                 let mut out = Vec::new();
                 for s in streams {
-                    for batch in rows::read_ipc(&s)? {
+                    for batch in rows::read_ipc(s)? {
                         out.extend(rows::decode_rows::<T>(&batch)?);
                     }
                 }

@@ -87,11 +87,13 @@ mod dataset;
 mod error;
 mod filter;
 mod formats;
+mod hash;
 mod ops;
 mod rows;
 mod shared;
 mod spill;
 mod task;
+mod text;
 mod trace;
 
 pub use context::{Context, CsvOptions, Malformed};
@@ -104,6 +106,7 @@ pub use flint_guest_macros::main;
 pub use ops::Partition;
 pub use shared::{Accumulator, Broadcast, Mergeable};
 pub use task::{TaskContext, task_context};
+pub use text::{Split, SplitAsciiWhitespace, Str};
 
 /// The `flint:job` interface version this SDK speaks; the host checks it on load. Read
 /// from the WIT world's package version (crate `flint-wit`), as the host reads it.

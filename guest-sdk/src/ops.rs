@@ -6,10 +6,10 @@ use crate::rows::{self, BATCH_ROWS, Rows, conjure};
 use crate::task::{Operator, ShuffleReader, ShuffleWriter};
 use crate::{Data, Key, Result};
 use arrow_array::RecordBatch;
-use rustc_hash::{FxHashMap, FxHasher};
+use crate::hash;
 use std::cell::Cell;
 use std::collections::hash_map::Entry;
-use std::hash::{Hash, Hasher};
+use std::hash::Hash;
 use std::marker::PhantomData;
 use std::rc::Rc;
 
@@ -52,16 +52,7 @@ pub(crate) fn emit_batches<T: 'static>(
 /// Which reduce partition a key goes to; the same in every instance and on every side of
 /// a join.
 pub(crate) fn partition_of<K: Hash>(k: &K, partitions: u32) -> u32 {
-    let mut h = FxHasher::default();
-    k.hash(&mut h);
-    // Fx is a weak, and on wasm32 a 32-bit, hash: small integer keys would all land in
-    // one partition. Mix it fully (murmur3's finalizer), then map onto the partitions.
-    let mut z = h.finish();
-    z ^= z >> 33;
-    z = z.wrapping_mul(0xff51_afd7_ed55_8ccd);
-    z ^= z >> 33;
-    z = z.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
-    z ^= z >> 33;
+    let z = hash::hash_of(k);
     ((z as u128 * partitions.max(1) as u128) >> 64) as u32
 }
 
@@ -140,7 +131,10 @@ where
 
     fn next(&mut self) -> Result<Option<Rows>> {
         let g: G = conjure();
-        let mut out = Vec::new();
+        // Room for a batch of small rows at once (growing a row at a time copies it all
+        // several times over), never more than 1 MiB ahead of need.
+        let room = (1 << 20) / std::mem::size_of::<I::Item>().max(1);
+        let mut out = Vec::with_capacity(BATCH_ROWS.min(room).min(self.input.len().saturating_mul(8)).max(1));
         loop {
             if let Some(inner) = &mut self.inner {
                 out.extend(inner.by_ref().take(BATCH_ROWS - out.len()));
@@ -330,7 +324,7 @@ const MIN_HELD: usize = 1024;
 /// Whether a hash map about to take a new key should give up its entries first: the
 /// guest is over its budget, or the map is full and growing it (a second table beside
 /// the first while it rehashes) would take the guest over.
-fn map_must_yield<K, V>(map: &FxHashMap<K, V>) -> bool {
+fn map_must_yield<K, V>(map: &hash::Map<K, V>) -> bool {
     if map.len() < MIN_HELD {
         return false;
     }
@@ -342,25 +336,13 @@ fn map_must_yield<K, V>(map: &FxHashMap<K, V>) -> bool {
     crate::spill::over_budget(growth)
 }
 
-/// The full 64-bit hash a spilled entry is sorted by (the same in every run).
-fn hash64<K: Hash>(k: &K) -> u64 {
-    let mut h = FxHasher::default();
-    k.hash(&mut h);
-    let mut z = h.finish();
-    z ^= z >> 33;
-    z = z.wrapping_mul(0xff51_afd7_ed55_8ccd);
-    z ^= z >> 33;
-    z = z.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
-    z ^ (z >> 33)
-}
-
 /// Map side of `combine_by_key`: merges values per key before the shuffle, in a hash map
 /// bounded by the task's memory budget: when full it emits its partial aggregates (the
 /// reduce side merges them) and starts again.
 pub(crate) struct CombineWriter<C, K, V, U, Cr, Mv> {
     c: C,
     partitions: u32,
-    map: FxHashMap<K, Option<U>>,
+    map: hash::Map<K, Option<U>>,
     _f: PhantomData<fn(V, Cr, Mv)>,
 }
 
@@ -441,7 +423,7 @@ where
     Ok(Box::new(CombineWriter::<C, K, V, U, Cr, Mv> {
         c: capture(arg)?,
         partitions,
-        map: FxHashMap::default(),
+        map: hash::Map::default(),
         _f: PhantomData,
     }))
 }
@@ -452,14 +434,14 @@ where
 /// The reduce sides of the aggregations, `group_by_key`, the joins and `cogroup` keep
 /// their state in one.
 pub(crate) struct SpillMap<K, S> {
-    pub map: FxHashMap<K, S>,
+    pub map: hash::Map<K, S>,
     runs: Vec<crate::spill::RunReader<(u64, K, S)>>,
 }
 
 impl<K: Key, S: Data> SpillMap<K, S> {
     pub fn new() -> Self {
         SpillMap {
-            map: FxHashMap::default(),
+            map: hash::Map::default(),
             runs: Vec::new(),
         }
     }
@@ -475,7 +457,7 @@ impl<K: Key, S: Data> SpillMap<K, S> {
     fn spill(&mut self) -> Result<()> {
         let mut v: Vec<(u64, K, S)> = std::mem::take(&mut self.map)
             .into_iter()
-            .map(|(k, s)| (hash64(&k), k, s))
+            .map(|(k, s)| (hash::hash_of(&k), k, s))
             .collect();
         v.sort_unstable_by_key(|e| e.0);
         let mut w = crate::spill::RunWriter::new()?;

@@ -1,6 +1,6 @@
 //! Rows ↔ Arrow, and the type-erased function table that names functions on the wire.
 
-use crate::{Error, Result};
+use crate::{Error, Result, Str};
 use arrow_array::builder::{BinaryBuilder, StringBuilder};
 use arrow_array::{Array, ArrayRef, BinaryArray, RecordBatch, StringArray};
 use arrow_schema::{DataType, Field, Schema};
@@ -46,12 +46,21 @@ pub(crate) fn ipc_bytes(batch: &RecordBatch) -> Result<Vec<u8>> {
     Ok(w.into_inner()?)
 }
 
-pub(crate) fn read_ipc(bytes: &[u8]) -> Result<Vec<RecordBatch>> {
+/// The batches of one Arrow IPC stream. The batches' buffers are slices of `bytes`
+/// (taken over, not copied) wherever the stream keeps them aligned.
+pub(crate) fn read_ipc(bytes: Vec<u8>) -> Result<Vec<RecordBatch>> {
     if bytes.is_empty() {
         return Ok(Vec::new());
     }
-    let reader = arrow_ipc::reader::StreamReader::try_new(std::io::Cursor::new(bytes), None)?;
-    reader.map(|b| b.map_err(Error::from)).collect()
+    let mut buf = arrow_buffer::Buffer::from_vec(bytes);
+    let mut decoder = arrow_ipc::reader::StreamDecoder::new();
+    let mut out = Vec::new();
+    // `decode` returns `None` only once it has taken every byte.
+    while let Some(b) = decoder.decode(&mut buf)? {
+        out.push(b);
+    }
+    decoder.finish()?;
+    Ok(out)
 }
 
 fn binary_column<'a>(batch: &'a RecordBatch, name: &str) -> Result<&'a BinaryArray> {
@@ -122,6 +131,11 @@ pub(crate) fn encode_pairs<K: Serialize, V: Serialize>(pairs: &[(K, V)]) -> Resu
         buf = postcard::to_extend(v, buf)?;
         vb.append_value(&buf);
     }
+    pairs_batch(kb, vb)
+}
+
+/// Encoded keys and values → a shuffle segment batch (binary columns `key`, `value`).
+pub(crate) fn pairs_batch(mut kb: BinaryBuilder, mut vb: BinaryBuilder) -> Result<RecordBatch> {
     let schema = Schema::new(vec![
         Field::new("key", DataType::Binary, false),
         Field::new("value", DataType::Binary, false),
@@ -157,15 +171,36 @@ pub(crate) fn lines_batch(lines: StringBuilder) -> Result<RecordBatch> {
     )?)
 }
 
-/// Batch with a utf8 column `line` → `Vec<String>` (what `text_file` reads).
-pub(crate) fn decode_lines(_arg: &[u8], batch: &RecordBatch) -> Result<Rows> {
-    let col = batch
+/// The utf8 column `line` of a text batch.
+fn line_column(batch: &RecordBatch) -> Result<&StringArray> {
+    batch
         .column_by_name("line")
         .and_then(|c| c.as_any().downcast_ref::<StringArray>())
-        .ok_or_else(|| Error::msg("text batch has no utf8 column `line`"))?;
-    let v: Vec<String> = col
+        .ok_or_else(|| Error::msg("text batch has no utf8 column `line`"))
+}
+
+/// Batch with a utf8 column `line` → `Vec<String>` (what `text_file` reads).
+pub(crate) fn decode_lines(_arg: &[u8], batch: &RecordBatch) -> Result<Rows> {
+    let v: Vec<String> = line_column(batch)?
         .iter()
         .map(|s| s.unwrap_or_default().to_owned())
+        .collect();
+    Ok(Rows::new(v))
+}
+
+/// Batch with a utf8 column `line` → `Vec<Str>` sharing the column's bytes (what
+/// `lines` reads).
+pub(crate) fn decode_shared_lines(_arg: &[u8], batch: &RecordBatch) -> Result<Rows> {
+    let col = line_column(batch)?;
+    let (offsets, values) = (col.value_offsets(), col.values());
+    let v: Vec<Str> = (0..col.len())
+        .map(|i| {
+            let (start, end) = (offsets[i] as usize, offsets[i + 1] as usize);
+            let len = if col.is_null(i) { 0 } else { end - start };
+            // SAFETY: the array is valid UTF-8 (checked when it was decoded) and its
+            // offsets are char boundaries.
+            unsafe { Str::from_utf8_buffer_unchecked(values, start, len) }
+        })
         .collect();
     Ok(Rows::new(v))
 }

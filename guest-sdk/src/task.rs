@@ -222,8 +222,7 @@ pub fn start(spec: TaskSpec) -> Result<(), ErrorChain> {
 
 pub fn push(piece: u32, side: u32, batch: Vec<u8>) -> Result<(), ErrorChain> {
     with_task(|task| {
-        let batches = rows::read_ipc(&batch)?;
-        drop(batch);
+        let batches = rows::read_ipc(batch)?;
         let (p, mut tail) = task.split(piece)?;
         for b in batches {
             let rows = match &mut p.input {

@@ -9,13 +9,13 @@
 //! FACTS and DIM are Parquet (or CSV when the path ends in `.csv`). The word count is the
 //! `wordcount` example itself.
 
-use flint::{Context, Dataset, Error, Result};
+use flint::{Context, Dataset, Error, Result, Str};
 use serde::{Deserialize, Serialize};
 
 #[derive(Serialize, Deserialize)]
 struct Fact {
     key: i64,
-    category: String,
+    category: Str,
     amount: f64,
 }
 
@@ -28,7 +28,7 @@ struct KeyAmount {
 #[derive(Serialize, Deserialize)]
 struct Dim {
     key: i64,
-    region: String,
+    region: Str,
     weight: i64,
 }
 
@@ -60,14 +60,14 @@ fn main(ctx: &mut Context) -> Result<()> {
             facts
                 .join(&dim)
                 .map(
-                    |(_, (amount, (region, weight))): (i64, (f64, (String, i64)))| {
+                    |(_, (amount, (region, weight))): (i64, (f64, (Str, i64)))| {
                         (region, (1u64, amount, amount * weight as f64))
                     },
                 )
                 .reduce_by_key(|a: (u64, f64, f64), b: (u64, f64, f64)| {
                     (a.0 + b.0, a.1 + b.1, a.2 + b.2)
                 })
-                .map(|(r, (n, s, w)): (String, (u64, f64, f64))| (r, n, s, w))
+                .map(|(r, (n, s, w)): (Str, (u64, f64, f64))| (r, n, s, w))
                 .save_as_text(out)
         }
         _ => Err(Error::msg(
