@@ -72,6 +72,28 @@ impl Progress {
                     }
                 }
             }
+            SubmitEvent::Replanned {
+                job,
+                stages,
+                stage_tasks,
+                changes,
+            } => {
+                for c in changes {
+                    self.line(format!("flint: adaptive execution: {c}"));
+                }
+                for (i, (s, n)) in stages.iter().zip(stage_tasks).enumerate() {
+                    self.line(format!("flint:   stage {i}: {n} task(s): {s}"));
+                    let id = StageId {
+                        job: *job,
+                        index: i as u32,
+                    };
+                    if let Some((_, bars)) = &self.bars
+                        && let Some(bar) = bars.get(&id)
+                    {
+                        bar.set_length(*n as u64);
+                    }
+                }
+            }
             SubmitEvent::StageProgress { stage, done, total } => {
                 if let Some((_, bars)) = &self.bars {
                     if let Some(bar) = bars.get(stage) {

@@ -9,7 +9,7 @@ use crate::output::OutputCommit;
 use crate::splits::{self, SplitError, SplitLimits};
 use crate::tenants::{Tenant, TenantError, Tenants};
 use flint_protocol::conf::{Conf, Settings};
-use flint_protocol::dag::{JobDag, build_dag, take_round};
+use flint_protocol::dag::{DagInputs, JobDag, build_dag_with, take_round};
 use flint_protocol::ids::{JobId, ModuleHash};
 use flint_protocol::plan::{
     Action, ColumnPredicate, CsvFormat, LogicalPlan, Node, NodeIndex, PlanError, ReadFormat,
@@ -430,7 +430,11 @@ impl AppActions {
     /// The input of every partition of every source the action needs, listing files
     /// within the bounds (splits of all sources together count against
     /// `driver.max_tasks_per_job`) and checking the tenant may read them.
-    async fn sources(&self, plan: &mut LogicalPlan) -> Result<Sources, ActionError> {
+    /// Each source node's inputs, and the bytes it reads (for adaptive planning).
+    async fn sources(
+        &self,
+        plan: &mut LogicalPlan,
+    ) -> Result<(Sources, HashMap<NodeIndex, u64>), ActionError> {
         let (tx, rx) = oneshot::channel();
         let _ = self
             .shared
@@ -442,11 +446,13 @@ impl AppActions {
         let (needed, _) = plan.needed();
         let mut left = self.settings.max_tasks_per_job;
         let mut sources: HashMap<NodeIndex, Vec<TaskInput>> = HashMap::new();
+        let mut bytes: HashMap<NodeIndex, u64> = HashMap::new();
         for (i, node) in plan.nodes.iter_mut().enumerate() {
             if !needed[i] {
                 continue;
             }
             if let Node::Inline { partitions, decode } = node {
+                bytes.insert(i, partitions.iter().map(|p| p.len() as u64).sum());
                 let inputs = partitions
                     .iter()
                     .map(|ipc| TaskInput::Inline {
@@ -559,6 +565,7 @@ impl AppActions {
                     s.len()
                 );
             }
+            bytes.insert(i, s.iter().map(|split| split.bytes).sum());
             let inputs = s
                 .into_iter()
                 .map(|split| TaskInput::Split {
@@ -582,7 +589,7 @@ impl AppActions {
                 .collect();
             sources.insert(i, inputs);
         }
-        Ok(Arc::new(sources))
+        Ok((Arc::new(sources), bytes))
     }
 
     async fn run_action(&self, mut plan: LogicalPlan) -> Result<ActionResult, ActionError> {
@@ -590,11 +597,15 @@ impl AppActions {
         plan.validate(&limits).map_err(plan_error)?;
         let job = self.next_job();
         let action_name = plan.action.name();
-        let sources = self.sources(&mut plan).await?;
-        let dag = build_dag(
+        let (sources, source_bytes) = self.sources(&mut plan).await?;
+        let dag = build_dag_with(
             &plan,
-            &|n| sources.get(&n).map_or(0, |s| s.len() as u32),
-            self.settings.shuffle_partitions,
+            &DagInputs {
+                source_partitions: &|n| sources.get(&n).map_or(0, |s| s.len() as u32),
+                source_bytes: &|n| source_bytes.get(&n).copied(),
+                default_shuffle_partitions: self.settings.shuffle_partitions,
+                broadcast_threshold: self.settings.broadcast_threshold(),
+            },
             &limits,
         )
         .map_err(plan_error)?;

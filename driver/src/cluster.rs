@@ -16,9 +16,10 @@ use flint_protocol::scheduler::{
     Command, JobFailure, JobPolicy, MapLocation, Scheduler, SchedulerConf, TaskFailure, fmt_ms,
 };
 use flint_protocol::wire::{
-    self, AppError, AppErrorKind, CacheTarget, ExecutorSummary, FetchResult, FromExecutor,
-    SegmentSource, ShuffleSideInput, SubmitEvent, TaskDescriptor, TaskError, TaskErrorKind,
-    TaskInput, TaskLimits, TaskOutput, TaskPiece, TaskResult, TaskStatus, TaskSuccess, ToExecutor,
+    self, AppError, AppErrorKind, BuildInput, CacheTarget, ExecutorSummary, FetchResult,
+    FromExecutor, SegmentSource, ShuffleSideInput, SubmitEvent, TaskDescriptor, TaskError,
+    TaskErrorKind, TaskInput, TaskLimits, TaskOutput, TaskPiece, TaskResult, TaskStatus,
+    TaskSuccess, ToExecutor,
 };
 use flint_transport::net::{self, NetError};
 use std::collections::{BTreeSet, HashMap};
@@ -366,17 +367,7 @@ impl ClusterLoop {
             name: spec.name.clone(),
             action: spec.action.clone(),
             tenant: spec.tenant.clone(),
-            stages: dag
-                .stages
-                .iter()
-                .map(|s| StageInfo {
-                    index: s.index,
-                    parents: s.parents.clone(),
-                    partitions: s.partitions,
-                    name: s.name.clone(),
-                    shuffle_write: matches!(s.output, StageOutput::ShuffleWrite { .. }),
-                })
-                .collect(),
+            stages: stage_infos(&dag),
         });
         self.jobs.insert(
             job,
@@ -758,6 +749,7 @@ impl ClusterLoop {
                     stage,
                     map_output_bytes,
                 }),
+                Command::Replanned { job, dag, changes } => self.replanned(job, *dag, changes),
                 Command::JobSucceeded { job } => self.job_succeeded(job),
                 Command::JobFailed { job, error } => self.end_job(job, Err(job_error(error))),
                 Command::CleanJob { job } => {
@@ -767,6 +759,34 @@ impl ClusterLoop {
                 }
             }
         }
+    }
+
+    /// Adaptive execution changed `job`'s stages: tasks are described from the new DAG
+    /// from now on, and the UI, the event log and the submitter hear what changed.
+    fn replanned(&mut self, job: JobId, dag: JobDag, changes: Vec<String>) {
+        let Some(j) = self.jobs.get_mut(&job) else {
+            return;
+        };
+        for c in &changes {
+            tracing::info!(job = job.0, "adaptive execution: {c}");
+        }
+        let partitions = dag.result_stage().partitions as usize;
+        if j.results.len() != partitions {
+            j.results = (0..partitions).map(|_| None).collect();
+        }
+        let _ = j.spec.progress.try_send(SubmitEvent::Replanned {
+            job,
+            stages: dag.stages.iter().map(|s| s.name.clone()).collect(),
+            stage_tasks: dag.stages.iter().map(|s| s.partitions).collect(),
+            changes: changes.clone(),
+        });
+        self.sink.emit(ev::Event::StagesReplanned {
+            at_ms: wall_ms(),
+            job,
+            stages: stage_infos(&dag),
+            changes,
+        });
+        j.spec.dag = dag;
     }
 
     /// Fails `job` from the shell's side (a bound the scheduler does not know).
@@ -956,16 +976,7 @@ impl ClusterLoop {
                             segments: inputs
                                 .iter()
                                 .filter(|l| l.shuffle == *sh && l.reduce == r.partition)
-                                .map(|l| SegmentSource {
-                                    executor: l.executor,
-                                    addr: self
-                                        .executors
-                                        .get(&l.executor)
-                                        .map(|e| e.addr.clone())
-                                        .unwrap_or_default(),
-                                    map_partition: l.map_partition,
-                                    size: l.size,
-                                })
+                                .map(|l| self.segment_source(l))
                                 .collect(),
                         })
                         .collect(),
@@ -1012,6 +1023,18 @@ impl ClusterLoop {
                 }
             }
         };
+        let builds = stage
+            .builds
+            .iter()
+            .map(|sh| BuildInput {
+                shuffle: *sh,
+                segments: inputs
+                    .iter()
+                    .filter(|l| l.shuffle == *sh)
+                    .map(|l| (l.reduce, self.segment_source(l)))
+                    .collect(),
+            })
+            .collect();
         Some(TaskDescriptor {
             attempt,
             shuffle_secret: job.spec.shuffle_secret,
@@ -1022,8 +1045,37 @@ impl ClusterLoop {
             ops: stage.ops.clone(),
             output,
             limits: job.spec.limits.clone(),
+            builds,
         })
     }
+
+    /// Where a task fetches the segment `l` names.
+    fn segment_source(&self, l: &MapLocation) -> SegmentSource {
+        SegmentSource {
+            executor: l.executor,
+            addr: self
+                .executors
+                .get(&l.executor)
+                .map(|e| e.addr.clone())
+                .unwrap_or_default(),
+            map_partition: l.map_partition,
+            size: l.size,
+        }
+    }
+}
+
+/// What the UI and the event log know of a DAG's stages.
+fn stage_infos(dag: &JobDag) -> Vec<StageInfo> {
+    dag.stages
+        .iter()
+        .map(|s| StageInfo {
+            index: s.index,
+            parents: s.parents.clone(),
+            partitions: s.partitions,
+            name: s.name.clone(),
+            shuffle_write: matches!(s.output, StageOutput::ShuffleWrite { .. }),
+        })
+        .collect()
 }
 
 /// A job failure as the application sees it: a task that failed, or a limit it hit.

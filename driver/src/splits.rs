@@ -11,6 +11,8 @@ pub struct Split {
     pub path: String,
     pub start: u64,
     pub end: u64,
+    /// Bytes of the file it covers (for a run of units, their compressed sizes).
+    pub bytes: u64,
     /// The `column=value` directories between the listed directory and the file.
     pub partition: Partition,
 }
@@ -379,6 +381,7 @@ pub fn plan(
                     path: path.to_string_lossy().into_owned(),
                     start,
                     end,
+                    bytes: end - start,
                     partition: partition.clone(),
                 },
                 limits,
@@ -437,6 +440,7 @@ pub fn plan_units(
                         path: name.clone(),
                         start,
                         end: i as u64 + 1,
+                        bytes: acc,
                         partition: partition.clone(),
                     },
                     limits,
@@ -452,6 +456,7 @@ pub fn plan_units(
                     path: name,
                     start,
                     end: units.len() as u64,
+                    bytes: acc,
                     partition,
                 },
                 limits,

@@ -341,6 +341,7 @@ pub async fn serve(
         broadcasts: Default::default(),
         work_dir: config.work_dir.clone(),
         tenant_disks: Default::default(),
+        builds: Default::default(),
     });
 
     // Peers fetching shuffle segments.
@@ -507,6 +508,7 @@ pub async fn serve(
                     // The application ended: its broadcast values go too.
                     env.broadcasts.forget(app);
                 }
+                env.builds.forget(job);
                 let (store, results) = (store.clone(), results.clone());
                 tokio::task::spawn_blocking(move || {
                     store.remove_job(job);

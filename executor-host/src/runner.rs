@@ -5,14 +5,16 @@ use crate::formats::{PartWriter, SourceReader};
 use crate::results::{ResultStore, ResultWriter};
 use crate::shuffle::{Fetcher, MapOutputWriter, ShuffleStore};
 use flint_protocol::ids::ModuleHash;
+use flint_protocol::ids::{JobId, ShuffleId};
 use flint_protocol::wire::{
-    GuestOutput, Limit, MAX_TASK_ACCUMULATOR_BYTES, SegmentSource, ShuffleSideInput,
+    BuildInput, GuestOutput, Limit, MAX_TASK_ACCUMULATOR_BYTES, SegmentSource, ShuffleSideInput,
     TaskDescriptor, TaskError, TaskErrorKind, TaskInput, TaskMetrics, TaskOutput, TaskStatus,
     TaskSuccess, TenantSpill,
 };
 use flint_sandbox::spill::{MAX_FRAME_BYTES, SpillConfig, TenantDisk};
 use flint_sandbox::{
-    BroadcastFuture, BroadcastSource, Chunk, OutputSink, Sandbox, StoreLimits, TaskInstance,
+    BroadcastFuture, BroadcastSource, BuildSide, Chunk, OutputSink, Sandbox, StoreLimits,
+    TaskInstance,
 };
 use std::collections::HashMap;
 use std::future::Future;
@@ -48,6 +50,8 @@ pub struct TaskEnv {
     pub broadcasts: Arc<BroadcastCache>,
     /// Spill runs live under `work_dir/spill/<job>/`.
     pub work_dir: PathBuf,
+    /// Build sides of broadcast hash joins this executor fetched, for all its tasks.
+    pub builds: Arc<BuildCache>,
     /// What each tenant's tasks hold spilled here, against its quota.
     pub tenant_disks: TenantDisks,
 }
@@ -118,6 +122,95 @@ impl BroadcastCache {
         .await
         .cloned()
     }
+}
+
+type BuildCell = Arc<tokio::sync::OnceCell<BuildSide>>;
+
+/// The build sides of broadcast hash joins this executor fetched: each once per job,
+/// however many of the job's tasks read it.
+#[derive(Default)]
+pub struct BuildCache {
+    sides: Mutex<HashMap<(JobId, ShuffleId), BuildCell>>,
+}
+
+impl BuildCache {
+    /// Forgets job `job`'s build sides (it ended).
+    pub fn forget(&self, job: JobId) {
+        self.sides
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|(j, _), _| *j != job);
+    }
+
+    /// Build side `input` of `desc`'s job, fetched now unless another task has it.
+    async fn get(
+        &self,
+        env: &TaskEnv,
+        desc: &TaskDescriptor,
+        input: &BuildInput,
+    ) -> Result<BuildSide, TaskError> {
+        let job = desc.attempt.task.stage.job;
+        let cell = self
+            .sides
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry((job, input.shuffle))
+            .or_default()
+            .clone();
+        cell.get_or_try_init(|| fetch_build(env, desc, input))
+            .await
+            .cloned()
+    }
+}
+
+/// Every segment of a build side, split into its frames.
+async fn fetch_build(
+    env: &TaskEnv,
+    desc: &TaskDescriptor,
+    input: &BuildInput,
+) -> Result<BuildSide, TaskError> {
+    let limit = Duration::from_millis(desc.limits.fetch_timeout_ms.max(1));
+    let mut frames = Vec::new();
+    for (reduce, src) in &input.segments {
+        let seg = SegmentFetch {
+            job: desc.attempt.task.stage.job,
+            shuffle: input.shuffle,
+            secret: desc.shuffle_secret,
+            reduce: *reduce,
+            src: src.clone(),
+            limit,
+        };
+        let failed = |e: String| {
+            err(
+                TaskErrorKind::FetchFailed {
+                    executor: src.executor,
+                    map_partition: src.map_partition,
+                },
+                vec![format!("fetching a broadcast hash join's build side: {e}")],
+            )
+        };
+        let mut buf = Vec::new();
+        loop {
+            let (chunk, _) = seg
+                .chunk(&env.fetcher, buf.len() as u64)
+                .await
+                .map_err(failed)?;
+            let n = chunk.len() as u64;
+            buf.extend_from_slice(&chunk);
+            if n < crate::shuffle::SEGMENT_CHUNK || buf.len() as u64 >= src.size {
+                break;
+            }
+        }
+        let (whole, end) = crate::shuffle::whole_frames(&buf).map_err(failed)?;
+        if end != buf.len() {
+            return Err(failed(format!(
+                "a segment of {} bytes ends inside a frame",
+                buf.len()
+            )));
+        }
+        frames.extend(whole.into_iter().map(<[u8]>::to_vec));
+    }
+    Ok(Arc::new(frames))
 }
 
 /// One task's view of the broadcast values: its application's, with its capability.
@@ -257,6 +350,12 @@ async fn run(
     // spill or a merge needs beside the state (encoding, a hash table's growth) and for
     // the allocator's fragmentation (linear memory never shrinks).
     let budget = grant.bytes() / 4;
+    let mut builds = Vec::with_capacity(desc.builds.len());
+    for input in &desc.builds {
+        let side = env.builds.get(env, desc, input).await?;
+        m.shuffle_read_remote_bytes += side.iter().map(|f| f.len() as u64).sum::<u64>();
+        builds.push(side);
+    }
     let mut guest = sandbox
         .start_task(
             &loaded,
@@ -267,6 +366,7 @@ async fn run(
             budget,
             Box::new(SharedSink(sink.clone())),
             spill,
+            builds,
         )
         .await?;
     m.instantiate_us = guest.instantiate_us;

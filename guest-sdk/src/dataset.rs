@@ -147,6 +147,8 @@ pub(crate) enum LNode {
         partitions: Option<u32>,
         read: wit::Op,
         name: &'static str,
+        /// (streamed side, probe op): how it may run as a broadcast hash join.
+        probes: Vec<(u32, wit::Op)>,
     },
     Union(Vec<Rc<LNode>>),
     Coalesce {
@@ -550,6 +552,7 @@ impl<T: crate::Data> Dataset<T> {
             partitions,
             read: op(read as usize, read_arg),
             name,
+            probes: Vec::new(),
         }))
     }
 
@@ -566,12 +569,17 @@ impl<T: crate::Data> Dataset<T> {
     pub fn with_partitions(&self, partitions: u32) -> Dataset<T> {
         match &*self.node {
             LNode::Shuffle {
-                sides, read, name, ..
+                sides,
+                read,
+                name,
+                probes,
+                ..
             } => Self::to(Rc::new(LNode::Shuffle {
                 sides: sides.clone(),
                 partitions: Some(partitions.max(1)),
                 read: read.clone(),
                 name,
+                probes: probes.clone(),
             })),
             _ => self.repartition(partitions),
         }
@@ -1296,6 +1304,7 @@ impl<K: crate::Key, V: crate::Data> Dataset<(K, V)> {
             partitions: None,
             read: op(read, Vec::new()),
             name: "combine_by_key",
+            probes: Vec::new(),
         }))
     }
 
@@ -1362,6 +1371,7 @@ impl<K: crate::Key, V: crate::Data> Dataset<(K, V)> {
             partitions: None,
             read: op(read, Vec::new()),
             name: "group_by_key",
+            probes: Vec::new(),
         }))
     }
 
@@ -1396,10 +1406,16 @@ impl<K: crate::Key, V: crate::Data> Dataset<(K, V)> {
             partitions: Some(partitions.max(1)),
             read: op(read, Vec::new()),
             name: "partition_by",
+            probes: Vec::new(),
         }))
     }
 
-    fn cogroup_with<W, O, J>(&self, other: &Dataset<(K, W)>, name: &'static str) -> Dataset<O>
+    fn cogroup_with<W, O, J>(
+        &self,
+        other: &Dataset<(K, W)>,
+        name: &'static str,
+        probes: Vec<(u32, usize)>,
+    ) -> Dataset<O>
     where
         W: crate::Data,
         O: 'static,
@@ -1416,6 +1432,10 @@ impl<K: crate::Key, V: crate::Data> Dataset<(K, V)> {
             partitions: None,
             read: op(read, Vec::new()),
             name,
+            probes: probes
+                .into_iter()
+                .map(|(side, f)| (side, op(f, Vec::new())))
+                .collect(),
         }))
     }
 
@@ -1434,6 +1454,7 @@ impl<K: crate::Key, V: crate::Data> Dataset<(K, V)> {
                 out((k, (vs, ws)))
             },
             "cogroup",
+            Vec::new(),
         )
     }
 
@@ -1458,7 +1479,25 @@ impl<K: crate::Key, V: crate::Data> Dataset<(K, V)> {
             }
             Ok(())
         };
-        self.join_by(other, j, "join")
+        // Either side may be broadcast: a row of the streamed side with the built side's
+        // values of its key.
+        let left = ops::probe_op(
+            |k: K, v: V, ws: &[W], out: &mut ops::Out<'_, (K, (V, W))>| {
+                for w in ws {
+                    out((k.clone(), (v.clone(), w.clone())))?;
+                }
+                Ok(())
+            },
+        );
+        let right = ops::probe_op(
+            |k: K, w: W, vs: &[V], out: &mut ops::Out<'_, (K, (V, W))>| {
+                for v in vs {
+                    out((k.clone(), (v.clone(), w.clone())))?;
+                }
+                Ok(())
+            },
+        );
+        self.join_by(other, j, "join", vec![(0, left), (1, right)])
     }
 
     /// Every row of `self` with each matching value of `other`, or `None` where the key
@@ -1488,7 +1527,20 @@ impl<K: crate::Key, V: crate::Data> Dataset<(K, V)> {
             }
             Ok(())
         };
-        self.join_by(other, j, "left_outer_join")
+        // Only the right side may be broadcast: each left row is seen once, with or
+        // without matches.
+        let left = ops::probe_op(
+            |k: K, v: V, ws: &[W], out: &mut ops::Out<'_, (K, (V, Option<W>))>| {
+                if ws.is_empty() {
+                    return out((k, (v, None)));
+                }
+                for w in ws {
+                    out((k.clone(), (v.clone(), Some(w.clone()))))?;
+                }
+                Ok(())
+            },
+        );
+        self.join_by(other, j, "left_outer_join", vec![(0, left)])
     }
 
     /// Every row of `other` with each matching value of `self`, or `None`.
@@ -1517,7 +1569,19 @@ impl<K: crate::Key, V: crate::Data> Dataset<(K, V)> {
             }
             Ok(())
         };
-        self.join_by(other, j, "right_outer_join")
+        // Only the left side may be broadcast.
+        let right = ops::probe_op(
+            |k: K, w: W, vs: &[V], out: &mut ops::Out<'_, (K, (Option<V>, W))>| {
+                if vs.is_empty() {
+                    return out((k, (None, w)));
+                }
+                for v in vs {
+                    out((k.clone(), (Some(v.clone()), w.clone())))?;
+                }
+                Ok(())
+            },
+        );
+        self.join_by(other, j, "right_outer_join", vec![(1, right)])
     }
 
     /// Rows of both sides: matching pairs, and each unmatched value with `None`.
@@ -1553,20 +1617,24 @@ impl<K: crate::Key, V: crate::Data> Dataset<(K, V)> {
             }
             Ok(())
         };
-        self.join_by(other, j, "full_outer_join")
+        self.join_by(other, j, "full_outer_join", Vec::new())
     }
 
+    /// A join of both sides' values per key by `j` (shuffled), which may also run as a
+    /// broadcast hash join through `probes`: (streamed side, probe op from
+    /// [`ops::probe_op`]).
     fn join_by<W: crate::Data, O: 'static, J>(
         &self,
         other: &Dataset<(K, W)>,
         j: J,
         name: &'static str,
+        probes: Vec<(u32, usize)>,
     ) -> Dataset<O>
     where
         J: Fn(K, Vec<V>, Vec<W>, &mut ops::Out<'_, O>) -> Result<()> + Copy + 'static,
     {
         let _ = j;
-        self.cogroup_with::<W, O, J>(other, name)
+        self.cogroup_with::<W, O, J>(other, name, probes)
     }
 }
 
@@ -1587,6 +1655,7 @@ impl<T> Dataset<T> {
                 sides,
                 partitions,
                 read,
+                probes,
                 ..
             } => Dataset {
                 node: Rc::new(LNode::Shuffle {
@@ -1594,6 +1663,7 @@ impl<T> Dataset<T> {
                     partitions: *partitions,
                     read: read.clone(),
                     name,
+                    probes: probes.clone(),
                 }),
                 _t: PhantomData,
             },
@@ -1700,6 +1770,7 @@ fn flatten(root: &Rc<LNode>) -> Result<wit::Plan> {
                 partitions,
                 read,
                 name,
+                probes,
             } => wit::PlanNode::Shuffle(wit::ShuffleOp {
                 sides: sides
                     .iter()
@@ -1711,6 +1782,13 @@ fn flatten(root: &Rc<LNode>) -> Result<wit::Plan> {
                 partitions: *partitions,
                 read: read.clone(),
                 name: name.to_string(),
+                probes: probes
+                    .iter()
+                    .map(|(side, probe)| wit::JoinProbe {
+                        streamed: *side,
+                        probe: probe.clone(),
+                    })
+                    .collect(),
             }),
             LNode::Union(parents) => wit::PlanNode::Union(parents.iter().map(at).collect()),
             LNode::Coalesce { parent, partitions } => wit::PlanNode::Coalesce(wit::CoalesceOp {

@@ -108,7 +108,11 @@ mod tests {
         let hashes: Vec<u64> = (0u64..4096).map(|i| hash_of(&i)).collect();
         let low: std::collections::HashSet<u64> = hashes.iter().map(|h| h & 0xfff).collect();
         let top: std::collections::HashSet<u64> = hashes.iter().map(|h| h >> 57).collect();
-        assert!(low.len() > 2500, "{} distinct low 12-bit buckets", low.len());
+        assert!(
+            low.len() > 2500,
+            "{} distinct low 12-bit buckets",
+            low.len()
+        );
         assert_eq!(top.len(), 128);
     }
 
@@ -125,8 +129,9 @@ mod tests {
         assert_ne!(hash_bytes(b"abcdefgh"), hash_bytes(b"abcdefgh\0"));
         assert_eq!(hash_bytes(b"word"), hash_bytes(b"word"));
         // Every tail length (the last word is read in two halves).
-        let all: std::collections::HashSet<u64> =
-            (0..=16).map(|n| hash_bytes(&b"abcdefghijklmnop"[..n])).collect();
+        let all: std::collections::HashSet<u64> = (0..=16)
+            .map(|n| hash_bytes(&b"abcdefghijklmnop"[..n]))
+            .collect();
         assert_eq!(all.len(), 17);
     }
 }

@@ -2,11 +2,11 @@
 //! writers and readers. Each is reached through a monomorphized constructor whose
 //! function-table index names it on the wire, with its captured value as bytes.
 
+use crate::hash;
 use crate::rows::{self, BATCH_ROWS, Rows, conjure};
 use crate::task::{Operator, ShuffleReader, ShuffleWriter};
 use crate::{Data, Key, Result};
 use arrow_array::RecordBatch;
-use crate::hash;
 use std::cell::Cell;
 use std::collections::hash_map::Entry;
 use std::hash::Hash;
@@ -134,7 +134,12 @@ where
         // Room for a batch of small rows at once (growing a row at a time copies it all
         // several times over), never more than 1 MiB ahead of need.
         let room = (1 << 20) / std::mem::size_of::<I::Item>().max(1);
-        let mut out = Vec::with_capacity(BATCH_ROWS.min(room).min(self.input.len().saturating_mul(8)).max(1));
+        let mut out = Vec::with_capacity(
+            BATCH_ROWS
+                .min(room)
+                .min(self.input.len().saturating_mul(8))
+                .max(1),
+        );
         loop {
             if let Some(inner) = &mut self.inner {
                 out.extend(inner.by_ref().take(BATCH_ROWS - out.len()));
@@ -972,6 +977,127 @@ where
 {
     Ok(Box::new(CoGroupReader::<K, V, W, O, J> {
         state: SpillMap::new(),
+        _f: PhantomData,
+    }))
+}
+
+/// The probe of a broadcast hash join: rows `(K, S)` of the streamed side, each looked up
+/// in a hash table of the build side's `(K, B)` rows (read whole from the host when the
+/// op is made), and `P` makes the join's rows of a streamed row and its key's build
+/// values. Its output goes on a batch at a time, as `flat_map`'s.
+pub(crate) struct ProbeOp<K, S, B, O, P> {
+    table: hash::Map<K, Built<B>>,
+    input: std::vec::IntoIter<(K, S)>,
+    _f: PhantomData<fn(P) -> O>,
+}
+
+impl<K, S, B, O, P> Operator for ProbeOp<K, S, B, O, P>
+where
+    K: Key,
+    S: 'static,
+    B: 'static,
+    O: 'static,
+    P: Fn(K, S, &[B], &mut Out<'_, O>) -> Result<()>,
+{
+    fn push(&mut self, rows: Rows) -> Result<Rows> {
+        self.input = rows.take::<(K, S)>()?.into_iter();
+        Ok(self.next()?.unwrap_or_else(|| Rows::new(Vec::<O>::new())))
+    }
+
+    fn next(&mut self) -> Result<Option<Rows>> {
+        let p: P = conjure();
+        let mut out = Vec::with_capacity(BATCH_ROWS.min(self.input.len()).max(1));
+        for (k, s) in self.input.by_ref() {
+            let built = self.table.get(&k).map_or(&[][..], Built::as_slice);
+            p(k, s, built, &mut |o| {
+                out.push(o);
+                Ok(())
+            })?;
+            if out.len() >= BATCH_ROWS {
+                return Ok(Some(Rows::new(out)));
+            }
+        }
+        Ok((!out.is_empty()).then(|| Rows::new(out)))
+    }
+}
+
+/// A key's rows of a join's build side: most keys of a dimension have one, kept in the
+/// table itself (a probe then reads one place of memory, not two).
+enum Built<B> {
+    One(B),
+    Many(Vec<B>),
+}
+
+impl<B> Built<B> {
+    fn as_slice(&self) -> &[B] {
+        match self {
+            Built::One(b) => std::slice::from_ref(b),
+            Built::Many(v) => v,
+        }
+    }
+
+    fn push(&mut self, b: B) {
+        *self = match std::mem::replace(self, Built::Many(Vec::new())) {
+            Built::One(a) => Built::Many(vec![a, b]),
+            Built::Many(mut v) => {
+                v.push(b);
+                Built::Many(v)
+            }
+        };
+    }
+}
+
+/// The probe op of a broadcast hash join by `P`, as the plan names it.
+pub(crate) fn probe_op<K, S, B, O, P>(p: P) -> usize
+where
+    K: Key,
+    S: Data,
+    B: Data,
+    O: 'static,
+    P: Fn(K, S, &[B], &mut Out<'_, O>) -> Result<()> + Copy + 'static,
+{
+    let _ = p;
+    new_probe_op::<K, S, B, O, P> as crate::task::NewOpFn as usize
+}
+
+fn new_probe_op<K, S, B, O, P>(arg: &[u8]) -> Result<Box<dyn Operator>>
+where
+    K: Key,
+    S: Data,
+    B: Data,
+    O: 'static,
+    P: Fn(K, S, &[B], &mut Out<'_, O>) -> Result<()> + 'static,
+{
+    let build = arg
+        .get(..4)
+        .map(|b| u32::from_le_bytes(b.try_into().expect("4 bytes")))
+        .ok_or_else(|| crate::Error::msg("a join probe without its build side's index"))?;
+    let mut table: hash::Map<K, Built<B>> = hash::Map::default();
+    for frame in 0u32.. {
+        let Some(bytes) = crate::spill::build_side_frame(build, frame)? else {
+            break;
+        };
+        for batch in rows::read_ipc(bytes)? {
+            rows::for_each_pair::<K, B>(&batch, |k, b| match table.entry(k) {
+                Entry::Occupied(mut e) => e.get_mut().push(b),
+                Entry::Vacant(e) => {
+                    e.insert(Built::One(b));
+                }
+            })?;
+        }
+        if crate::spill::over_budget(0) {
+            return Err(crate::Error::limit(
+                "task.memory",
+                format!(
+                    "the build side of a broadcast hash join holds more than the task's memory budget of {} bytes (a quarter of task.memory); lower join.broadcast_threshold or raise task.memory",
+                    crate::spill::budget()
+                ),
+            ));
+        }
+    }
+    Ok(Box::new(ProbeOp::<K, S, B, O, P> {
+        table,
+        input: Vec::new().into_iter(),
         _f: PhantomData,
     }))
 }

@@ -113,6 +113,11 @@ pub(crate) fn emit_batch(partition: u32, batch: &RecordBatch) -> Result<()> {
     emit_raw(partition, &ipc, rows as u64)
 }
 
+/// Frame `frame` of build side `build` of a broadcast hash join, or `None` past its last.
+pub(crate) fn build_side_frame(build: u32, frame: u32) -> Result<Option<Vec<u8>>> {
+    task_host::build_side_read(build, frame).map_err(Error::from_chain)
+}
+
 /// A chunk as it is: `ipc` already encoded (empty for a count).
 pub(crate) fn emit_raw(partition: u32, ipc: &[u8], rows: u64) -> Result<()> {
     task_host::emit(partition, ipc, rows).map_err(Error::from_chain)

@@ -425,7 +425,13 @@ mod tests {
 
     #[test]
     fn split_matches_str_split() {
-        for (text, sep) in [("a,b,,c", ','), (",", ','), ("", ','), ("äöü", 'ö'), ("abc", 'x')] {
+        for (text, sep) in [
+            ("a,b,,c", ','),
+            (",", ','),
+            ("", ','),
+            ("äöü", 'ö'),
+            ("abc", 'x'),
+        ] {
             let got: Vec<String> = Str::from(text).split(sep).map(String::from).collect();
             let want: Vec<String> = text.split(sep).map(String::from).collect();
             assert_eq!(got, want, "{text:?} by {sep:?}");
@@ -478,7 +484,9 @@ mod tests {
             let s = Str::from(&text[..n]);
             assert!(matches!(s.0, Repr::Inline { .. }));
             assert_eq!(s.as_str(), &text[..n], "{n}");
-            let Repr::Inline { bytes, .. } = &s.0 else { unreachable!() };
+            let Repr::Inline { bytes, .. } = &s.0 else {
+                unreachable!()
+            };
             assert!(bytes[n..].iter().all(|b| *b == 0), "padding of {n}");
             for m in 0..=Str::INLINE {
                 let t = Str::from(&text[1..m + 1]);

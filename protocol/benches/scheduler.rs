@@ -31,6 +31,7 @@ fn dag(maps: u32, reduces: Option<u32>) -> JobDag {
             partitions: Some(r),
             read: Op::bare(3),
             name: "reduce_by_key".into(),
+            probes: vec![],
         });
     }
     let plan = LogicalPlan {

@@ -177,6 +177,10 @@ settings! {
         "shuffle bytes a reduce task fetches at once";
     files_max_partition_bytes: u64 = "files.max_partition_bytes", Bytes, Some("128m"), App,
         "largest input split";
+    adaptive_enabled: bool = "adaptive.enabled", Bool, Some("true"), App,
+        "re-plan a job at its stage boundaries from the map-output sizes: broadcast small join sides";
+    join_broadcast_threshold: u64 = "join.broadcast_threshold", Bytes, Some("10m"), App,
+        "a join side whose map output is at most this is read whole by the other side's tasks instead of both sides being shuffled (a broadcast hash join; 0: never)";
     max_result_size: u64 = "driver.max_result_size", Bytes, Some("1g"), Capped,
         "largest result one action may bring to the driver (collect, take...), and one task";
     task_meter_fuel: bool = "task.meter_fuel", Bool, Some("false"), App,
@@ -232,6 +236,16 @@ impl Settings {
             executor_wait_timeout_ms: ms(self.executor_wait_timeout),
             attempt_timeout_ms: Some(ms(self.task_deadline) + ms(self.executor_timeout)),
             pool: Default::default(),
+            broadcast_threshold: self.broadcast_threshold(),
+        }
+    }
+
+    /// The broadcast hash join threshold in force (0 when adaptive execution is off).
+    pub fn broadcast_threshold(&self) -> u64 {
+        if self.adaptive_enabled {
+            self.join_broadcast_threshold
+        } else {
+            0
         }
     }
 

@@ -5,7 +5,8 @@
 
 use crate::ids::ShuffleId;
 use crate::plan::{
-    Action, LogicalPlan, Node, NodeIndex, Op, PlanError, PlanLimits, ShuffleSide, StorageLevel,
+    Action, JoinProbe, LogicalPlan, Node, NodeIndex, Op, PlanError, PlanLimits, ShuffleSide,
+    StorageLevel,
 };
 use serde::{Deserialize, Serialize};
 
@@ -70,19 +71,52 @@ pub struct StageDef {
     pub partitions: u32,
     /// Human-readable pipeline, e.g. `text_file → flat_map → map → reduce_by_key`.
     pub name: String,
+    /// The build sides of the broadcast hash joins among `ops`, by the index their probe
+    /// op names: every task reads each whole (all reduce partitions of the shuffle).
+    pub builds: Vec<ShuffleId>,
+    /// Stages that must be done before this one starts though it reads nothing of
+    /// theirs: the small side of a join runs first, so that the large one may not need
+    /// a shuffle at all (see [`JobDag::broadcast_join`]).
+    pub after: Vec<u32>,
+    /// For a stage that reads a join's shuffle: the ways it may run as a broadcast hash
+    /// join instead, decided once a side's map output is known to be small.
+    pub broadcast: Vec<BroadcastCandidate>,
+}
+
+/// One way a join's reading stage may become a broadcast hash join.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct BroadcastCandidate {
+    /// The map stage of the side that is not shuffled: its tasks will run the join.
+    pub stream_stage: u32,
+    /// The map stage of the side every task reads whole.
+    pub build_stage: u32,
+    pub build_shuffle: ShuffleId,
+    /// The narrow op that joins stream rows with the build side.
+    pub probe: Op,
 }
 
 impl StageDef {
-    /// The shuffles this stage reads.
+    /// The shuffles this stage reads: its shuffle inputs and its build sides.
     pub fn reads(&self) -> impl Iterator<Item = ShuffleId> + '_ {
-        self.branches.iter().flat_map(|b| {
-            match &b.input {
-                StageInput::Shuffle { shuffles, .. } => shuffles.as_slice(),
-                StageInput::Source { .. } => &[],
-            }
+        self.branches
             .iter()
-            .copied()
-        })
+            .flat_map(|b| {
+                match &b.input {
+                    StageInput::Shuffle { shuffles, .. } => shuffles.as_slice(),
+                    StageInput::Source { .. } => &[],
+                }
+                .iter()
+                .copied()
+            })
+            .chain(self.builds.iter().copied())
+    }
+
+    /// The shuffle this stage writes, if it is a map stage.
+    pub fn writes(&self) -> Option<ShuffleId> {
+        match self.output {
+            StageOutput::ShuffleWrite { shuffle, .. } => Some(shuffle),
+            StageOutput::Result(_) => None,
+        }
     }
 }
 
@@ -113,6 +147,84 @@ impl JobDag {
         self.result_stage()
             .reads()
             .all(|shuffle| self.cache_of(shuffle).is_some())
+    }
+
+    /// Turns stage `j`, which reads a join's shuffle, into a broadcast hash join by its
+    /// candidate `c`: the stream side's map stage is absorbed into `j`, whose tasks now
+    /// read that side's inputs, run its ops, look each row up in the build side (read
+    /// whole by every task) and go on with `j`'s own ops and output. The absorbed stage
+    /// keeps its index with no tasks; `j` keeps its index and output, with as many tasks
+    /// as the stream side had. Returns what changed, for the UI and the event log; the
+    /// caller checks that the stream side's shuffle is read by `j` alone and that no
+    /// task of it ran.
+    pub fn broadcast_join(&mut self, j: u32, c: usize, build_bytes: u64) -> Option<String> {
+        let join = self.stages.get(j as usize)?;
+        let cand = join.broadcast.get(c)?.clone();
+        let [branch] = join.branches.as_slice() else {
+            return None;
+        };
+        let a = cand.stream_stage as usize;
+        let stream = self.stages.get(a)?.clone();
+        let mut probe = cand.probe.clone();
+        probe.arg = 0u32.to_le_bytes().to_vec().into();
+        let mut ops = stream.ops.clone();
+        ops.push(probe);
+        ops.extend(branch.ops.iter().cloned());
+        ops.extend(join.ops.iter().cloned());
+        let mut parents = stream.parents.clone();
+        parents.push(cand.build_stage);
+        parents.sort_unstable();
+        parents.dedup();
+        let mut after: Vec<u32> = stream
+            .after
+            .iter()
+            .chain(&join.after)
+            .copied()
+            .filter(|s| *s != cand.build_stage && !parents.contains(s))
+            .collect();
+        after.sort_unstable();
+        after.dedup();
+        // `parquet → map → join (write)` and `join (read) → map → …` become
+        // `parquet → map → join (broadcast hash join of stage b) → map → …`.
+        let mut names: Vec<&str> = stream.name.split(" → ").collect();
+        names.pop();
+        let rest: Vec<&str> = join.name.split(" → ").skip(1).collect();
+        let op_name = join
+            .name
+            .split(" → ")
+            .next()
+            .unwrap_or("join")
+            .trim_end_matches(" (read)")
+            .to_string();
+        let joined = format!(
+            "{op_name} (broadcast hash join of stage {})",
+            cand.build_stage
+        );
+        names.push(&joined);
+        names.extend(rest);
+        let name = names.join(" → ");
+        let tasks = stream.pieces.len();
+        let join = &mut self.stages[j as usize];
+        join.branches = stream.branches.clone();
+        join.pieces = stream.pieces.clone();
+        join.partitions = stream.partitions;
+        join.ops = ops;
+        join.parents = parents;
+        join.after = after;
+        join.builds = vec![cand.build_shuffle];
+        join.broadcast.clear();
+        join.name = name;
+        let absorbed = &mut self.stages[a];
+        absorbed.pieces.clear();
+        absorbed.partitions = 0;
+        absorbed.parents.clear();
+        absorbed.after.clear();
+        absorbed.broadcast.clear();
+        absorbed.name = format!("(absorbed into stage {j}: broadcast hash join)");
+        Some(format!(
+            "stage {j} is a broadcast hash join: stage {}'s output ({build_bytes} bytes, within join.broadcast_threshold) is read whole by each of {tasks} tasks that read stage {a}'s inputs, so stage {a}'s side is not shuffled",
+            cand.build_stage
+        ))
     }
 
     /// This DAG with its result stage cut to the partitions in `range`, which become
@@ -170,6 +282,40 @@ pub fn build_dag(
     default_shuffle_partitions: Option<u32>,
     limits: &PlanLimits,
 ) -> Result<JobDag, PlanError> {
+    build_dag_with(
+        plan,
+        &DagInputs {
+            source_partitions,
+            source_bytes: &|_| None,
+            default_shuffle_partitions,
+            broadcast_threshold: 0,
+        },
+        limits,
+    )
+}
+
+/// What the driver knows of a plan's inputs before it runs, and how it may adapt it.
+pub struct DagInputs<'a> {
+    /// Splits of each source node.
+    pub source_partitions: &'a dyn Fn(NodeIndex) -> u32,
+    /// Bytes a source node reads, when known (files: their sizes).
+    pub source_bytes: &'a dyn Fn(NodeIndex) -> Option<u64>,
+    /// Reduce partitions of a shuffle that names none (`shuffle.partitions`).
+    pub default_shuffle_partitions: Option<u32>,
+    /// A join side whose map output is at most this is broadcast instead of shuffled
+    /// (`join.broadcast_threshold`); 0: joins are always shuffled.
+    pub broadcast_threshold: u64,
+}
+
+/// [`build_dag`] with what the driver knows of the inputs: joins may become broadcast
+/// hash joins, and the side that reads less runs first when it may be small enough.
+pub fn build_dag_with(
+    plan: &LogicalPlan,
+    inputs: &DagInputs<'_>,
+    limits: &PlanLimits,
+) -> Result<JobDag, PlanError> {
+    let source_partitions = inputs.source_partitions;
+    let default_shuffle_partitions = inputs.default_shuffle_partitions;
     plan.validate(limits)?;
     let n = plan.nodes.len();
     let root = plan.root();
@@ -178,6 +324,8 @@ pub fn build_dag(
     let mut b = Builder {
         plan,
         source_partitions,
+        source_bytes: inputs.source_bytes,
+        broadcast_threshold: inputs.broadcast_threshold,
         default_shuffle_partitions,
         limits: *limits,
         stages: Vec::new(),
@@ -214,11 +362,14 @@ struct Pipeline {
     piece_count: u64,
     tail: Vec<Op>,
     names: Vec<String>,
+    /// Set while the pipeline is a join's reading side alone (see `StageDef::broadcast`).
+    broadcast: Vec<BroadcastCandidate>,
 }
 
 impl Pipeline {
     fn single(input: StageInput, partitions: u32, parents: Vec<u32>, name: String) -> Pipeline {
         Pipeline {
+            broadcast: Vec::new(),
             parents,
             branches: vec![Branch {
                 input,
@@ -257,6 +408,8 @@ impl Pipeline {
 struct Builder<'a> {
     plan: &'a LogicalPlan,
     source_partitions: &'a dyn Fn(NodeIndex) -> u32,
+    source_bytes: &'a dyn Fn(NodeIndex) -> Option<u64>,
+    broadcast_threshold: u64,
     default_shuffle_partitions: Option<u32>,
     limits: PlanLimits,
     stages: Vec<StageDef>,
@@ -381,8 +534,23 @@ impl Builder<'_> {
             ops: p.tail,
             output,
             name: names.join(" → "),
+            builds: Vec::new(),
+            after: Vec::new(),
+            broadcast: p.broadcast,
         });
         Ok(index)
+    }
+
+    /// Bytes a pipeline reads, when it reads only sources of known size.
+    fn input_bytes(&self, p: &Pipeline) -> Option<u64> {
+        let mut total = 0u64;
+        for b in &p.branches {
+            match &b.input {
+                StageInput::Source { node, .. } => total += (self.source_bytes)(*node)?,
+                StageInput::Shuffle { .. } => return None,
+            }
+        }
+        Some(total)
     }
 
     /// What one piece of `branch` costs a task's descriptor, besides inline rows: its
@@ -502,11 +670,15 @@ impl Builder<'_> {
                 partitions,
                 read,
                 name,
+                probes,
             } => {
                 let requested = *partitions;
                 let sides = sides.clone();
-                self.map_stages(node, &sides, requested, None, name.clone())?
-                    .reading(read, name)
+                let stages = self.map_stages(node, &sides, requested, None, name.clone())?;
+                let candidates = self.broadcast_candidates(&stages, probes);
+                let mut p = stages.reading(read, name);
+                p.broadcast = candidates;
+                p
             }
             Node::Cache {
                 parent,
@@ -535,6 +707,7 @@ impl Builder<'_> {
                 }
                 self.check_pieces(total, &format!("the union at plan node {node}"))?;
                 let mut out = Pipeline {
+                    broadcast: vec![],
                     parents: vec![],
                     branches: vec![],
                     pieces: vec![],
@@ -567,6 +740,8 @@ impl Builder<'_> {
                 let mut p = self.read(*parent)?;
                 let n = (*partitions as usize).min(p.pieces.len()).max(1);
                 if n < p.pieces.len() {
+                    // A stage reading several partitions per task is no join of one.
+                    p.broadcast.clear();
                     self.sink_tail(&mut p)?;
                     let all = std::mem::take(&mut p.pieces);
                     let len = all.len();
@@ -613,6 +788,7 @@ impl Builder<'_> {
         for side in sides {
             pipelines.push(self.read(side.parent)?);
         }
+        let estimates: Vec<Option<u64>> = pipelines.iter().map(|p| self.input_bytes(p)).collect();
         let widest = pipelines.iter().map(|p| p.pieces.len() as u32).max();
         let partitions = if cache.is_some() {
             widest.unwrap_or(1).max(1)
@@ -665,7 +841,46 @@ impl Builder<'_> {
             stages,
             shuffles: ids,
             partitions,
+            estimates,
         })
+    }
+
+    /// The ways a join may become a broadcast hash join. When one side reads sources of
+    /// at most the threshold and the other reads more, the larger side's map stage waits
+    /// for the smaller one's (`after`): if that output proves small, the larger side is
+    /// never shuffled.
+    fn broadcast_candidates(
+        &mut self,
+        m: &MapStages,
+        probes: &[JoinProbe],
+    ) -> Vec<BroadcastCandidate> {
+        if self.broadcast_threshold == 0 || m.stages.len() != 2 {
+            return Vec::new();
+        }
+        let mut out = Vec::new();
+        for p in probes {
+            let (stream, build) = match p.stream {
+                0 => (0, 1),
+                1 => (1, 0),
+                _ => continue,
+            };
+            out.push(BroadcastCandidate {
+                stream_stage: m.stages[stream],
+                build_stage: m.stages[build],
+                build_shuffle: m.shuffles[build],
+                probe: p.probe.clone(),
+            });
+            if let (Some(small), Some(large)) = (m.estimates[build], m.estimates[stream])
+                && small <= self.broadcast_threshold
+                && large > small
+            {
+                let held = &mut self.stages[m.stages[stream] as usize].after;
+                if !held.contains(&m.stages[build]) {
+                    held.push(m.stages[build]);
+                }
+            }
+        }
+        out
     }
 }
 
@@ -674,6 +889,8 @@ struct MapStages {
     stages: Vec<u32>,
     shuffles: Vec<ShuffleId>,
     partitions: u32,
+    /// Per side, the bytes its inputs read, when known.
+    estimates: Vec<Option<u64>>,
 }
 
 impl MapStages {
@@ -723,6 +940,7 @@ mod tests {
             partitions,
             read: op(read),
             name: "reduce_by_key".into(),
+            probes: vec![],
         }
     }
 
@@ -935,6 +1153,120 @@ mod tests {
             vec![ShuffleId(0), ShuffleId(1)]
         );
         assert_eq!(join.partitions, 5);
+    }
+
+    /// `a` joined with `b` (inner: either side may be broadcast), a map after the join,
+    /// then a count.
+    fn join_plan() -> LogicalPlan {
+        let mut join = shuffle(&[0, 1], None, 9);
+        if let Node::Shuffle { probes, name, .. } = &mut join {
+            *name = "join".into();
+            *probes = vec![
+                JoinProbe {
+                    stream: 0,
+                    probe: op(20),
+                },
+                JoinProbe {
+                    stream: 1,
+                    probe: op(21),
+                },
+            ];
+        }
+        LogicalPlan {
+            nodes: vec![
+                text("a"),
+                text("b"),
+                join,
+                Node::Narrow {
+                    parent: 2,
+                    apply: op(7),
+                    name: "map".into(),
+                },
+            ],
+            action: Action::Count,
+        }
+    }
+
+    #[test]
+    fn the_large_side_of_a_join_waits_for_a_small_one() {
+        let splits = |n: NodeIndex| if n == 0 { 4 } else { 1 };
+        let bytes = |n: NodeIndex| Some(if n == 0 { 90 << 20 } else { 1 << 20 });
+        let inputs = |threshold| DagInputs {
+            source_partitions: &splits,
+            source_bytes: &bytes,
+            default_shuffle_partitions: None,
+            broadcast_threshold: threshold,
+        };
+        let dag = build_dag_with(&join_plan(), &inputs(10 << 20), &PlanLimits::default()).unwrap();
+        assert_eq!(dag.stages[0].after, vec![1], "the 90 MiB side waits");
+        assert!(dag.stages[1].after.is_empty());
+        let join = &dag.stages[2];
+        assert_eq!(join.broadcast.len(), 2);
+        assert_eq!(join.broadcast[0].stream_stage, 0);
+        assert_eq!(join.broadcast[0].build_stage, 1);
+        assert_eq!(join.broadcast[0].build_shuffle, ShuffleId(1));
+        // Both sides over the threshold, or adaptive execution off: nothing waits.
+        let big = build_dag_with(&join_plan(), &inputs(512 << 10), &PlanLimits::default()).unwrap();
+        assert!(big.stages.iter().all(|s| s.after.is_empty()));
+        let off = build_dag_with(&join_plan(), &inputs(0), &PlanLimits::default()).unwrap();
+        assert!(
+            off.stages
+                .iter()
+                .all(|s| s.after.is_empty() && s.broadcast.is_empty())
+        );
+    }
+
+    #[test]
+    fn a_broadcast_join_absorbs_the_streamed_side_into_the_join_stage() {
+        let splits = |n: NodeIndex| if n == 0 { 4 } else { 1 };
+        let bytes = |n: NodeIndex| Some(if n == 0 { 90 << 20 } else { 1 << 20 });
+        let inputs = DagInputs {
+            source_partitions: &splits,
+            source_bytes: &bytes,
+            default_shuffle_partitions: Some(8),
+            broadcast_threshold: 10 << 20,
+        };
+        let mut dag = build_dag_with(&join_plan(), &inputs, &PlanLimits::default()).unwrap();
+        assert_eq!(dag.stages[2].partitions, 8);
+        let change = dag.broadcast_join(2, 0, 1234).expect("a candidate");
+        assert!(
+            change.contains("stage 2 is a broadcast hash join"),
+            "{change}"
+        );
+        assert!(change.contains("1234 bytes"), "{change}");
+        let absorbed = &dag.stages[0];
+        assert_eq!(absorbed.partitions, 0);
+        assert!(absorbed.pieces.is_empty());
+        let join = &dag.stages[2];
+        // It reads what the streamed side read, with its tasks...
+        assert_eq!(join.partitions, 4);
+        assert_eq!(join.branches, dag_source_branch());
+        assert_eq!(join.parents, vec![1], "it waits for the build side only");
+        assert_eq!(join.builds, vec![ShuffleId(1)]);
+        assert_eq!(join.reads().collect::<Vec<_>>(), vec![ShuffleId(1)]);
+        // ...and runs the probe (told build side 0) before the join's own ops.
+        let mut probe = op(20);
+        probe.arg = 0u32.to_le_bytes().to_vec().into();
+        assert_eq!(join.ops, vec![probe, op(7)]);
+        assert!(
+            join.name.contains("join (broadcast hash join of stage 1)"),
+            "{}",
+            join.name
+        );
+        assert!(join.broadcast.is_empty());
+        assert!(matches!(join.output, StageOutput::Result(Action::Count)));
+    }
+
+    /// The branch a `text("a")` source stage reads.
+    fn dag_source_branch() -> Vec<Branch> {
+        vec![Branch {
+            input: StageInput::Source {
+                node: 0,
+                decode: op(1),
+            },
+            ops: vec![],
+            partitions: 4,
+        }]
     }
 
     #[test]
@@ -1194,6 +1526,7 @@ mod tests {
                     partitions: Some(1),
                     read: op(3),
                     name: "cogroup".into(),
+                    probes: vec![],
                 },
             ],
             action: Action::Count,

@@ -112,6 +112,14 @@ pub enum Event {
         succeeded: bool,
         error: Vec<String>,
     },
+    /// Adaptive execution changed the job's stages at a stage boundary: `stages` is the
+    /// whole new list, `changes` says what changed and why.
+    StagesReplanned {
+        at_ms: u64,
+        job: JobId,
+        stages: Vec<StageInfo>,
+        changes: Vec<String>,
+    },
 }
 
 impl Event {
@@ -126,7 +134,8 @@ impl Event {
             | Event::TaskEnded { at_ms, .. }
             | Event::StageStarted { at_ms, .. }
             | Event::StageCompleted { at_ms, .. }
-            | Event::JobEnded { at_ms, .. } => *at_ms,
+            | Event::JobEnded { at_ms, .. }
+            | Event::StagesReplanned { at_ms, .. } => *at_ms,
         }
     }
 
@@ -135,7 +144,8 @@ impl Event {
         match self {
             Event::JobStarted { job, .. }
             | Event::JobEnded { job, .. }
-            | Event::ExecutorExcluded { job, .. } => Some(*job),
+            | Event::ExecutorExcluded { job, .. }
+            | Event::StagesReplanned { job, .. } => Some(*job),
             Event::TaskStarted { attempt, .. } | Event::TaskEnded { attempt, .. } => {
                 Some(attempt.task.stage.job)
             }

@@ -363,6 +363,17 @@ pub struct ShuffleSide {
     pub write: Op,
 }
 
+/// How a two-sided shuffle (a join) may run as a broadcast hash join: side `stream` is
+/// not shuffled; its rows go through `probe`, a narrow op that looks them up in a hash
+/// table of the other side's rows, which the host serves whole to every task (the
+/// build side). The op's argument is set by the driver: the build side's index among the
+/// task's build inputs, as 4 little-endian bytes.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct JoinProbe {
+    pub stream: u32,
+    pub probe: Op,
+}
+
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum Node {
     /// Files or directories of files, read in splits.
@@ -393,6 +404,8 @@ pub enum Node {
         partitions: Option<u32>,
         read: Op,
         name: String,
+        /// The ways it may run as a broadcast hash join (none: only shuffled).
+        probes: Vec<JoinProbe>,
     },
     /// The partitions of all parents, in order.
     Union { parents: Vec<NodeIndex> },
@@ -671,6 +684,16 @@ impl LogicalPlan {
                 }
                 Node::Shuffle { sides, .. } if sides.is_empty() => {
                     return invalid("a shuffle needs at least one side");
+                }
+                Node::Shuffle { sides, probes, .. }
+                    if !probes.is_empty()
+                        && (sides.len() != 2
+                            || probes.len() > 2
+                            || probes.iter().any(|p| p.stream >= 2)) =>
+                {
+                    return invalid(
+                        "a join probe needs a shuffle of two sides and names one of them",
+                    );
                 }
                 Node::Shuffle {
                     partitions: Some(0),

@@ -268,6 +268,17 @@ pub struct TaskDescriptor {
     pub ops: Vec<Op>,
     pub output: TaskOutput,
     pub limits: TaskLimits,
+    /// The build sides of the broadcast hash joins among the ops, in the order their
+    /// probe ops name them: every segment of each shuffle, read whole.
+    pub builds: Vec<BuildInput>,
+}
+
+/// A broadcast hash join's build side: the whole output of a map stage.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct BuildInput {
+    pub shuffle: ShuffleId,
+    /// Every non-empty segment, with its reduce partition.
+    pub segments: Vec<(u32, SegmentSource)>,
 }
 
 /// One input of a task and the narrow ops that apply to it alone.
@@ -640,6 +651,14 @@ pub enum SubmitEvent {
         job: JobId,
         ok: bool,
         ms: u64,
+    },
+    /// Adaptive execution changed the job's stages (`changes` says how): their names and
+    /// task counts from now on.
+    Replanned {
+        job: JobId,
+        stages: Vec<String>,
+        stage_tasks: Vec<u32>,
+        changes: Vec<String>,
     },
     /// `done` of `total` partitions of `stage` have succeeded.
     StageProgress {

@@ -220,14 +220,41 @@ fn join_of_orders_and_customers_matches_a_join_computed_here() {
     );
     std::fs::write(&o, orders).unwrap();
     std::fs::write(&c, customers).unwrap();
-    let out = tmp.path().join("out");
-    run_example(
-        flint_udfs::JOIN,
-        &["files.max_partition_bytes=16k", "shuffle.partitions=3"],
-        &[&o, &c, &out],
-    );
+    // The customers (2 KB) are far below join.broadcast_threshold: by default the join
+    // runs in the orders' tasks against the whole customer side (a broadcast hash join);
+    // at threshold 0 both sides are shuffled. Both must give the join computed here.
+    for (threshold, broadcast) in [("10m", true), ("0", false)] {
+        let out = tmp.path().join(format!("out-{threshold}"));
+        let run = run_example(
+            flint_udfs::JOIN,
+            &[
+                "files.max_partition_bytes=16k",
+                "shuffle.partitions=3",
+                &format!("join.broadcast_threshold={threshold}"),
+            ],
+            &[&o, &c, &out],
+        );
+        let stderr = String::from_utf8_lossy(&run.stderr);
+        assert_eq!(
+            stderr.contains("is a broadcast hash join"),
+            broadcast,
+            "threshold {threshold}: {stderr}"
+        );
+        if broadcast {
+            // The orders' map stage was absorbed: the join stage has their 3+ tasks.
+            assert!(
+                stderr.contains("(absorbed into stage 2: broadcast hash join)"),
+                "{stderr}"
+            );
+        }
+        check_join(&out, &want);
+    }
+}
+
+/// The join example's output against revenue and orders per country computed here.
+fn check_join(out: &Path, want: &BTreeMap<String, (u64, f64)>) {
     let mut got: BTreeMap<String, (u64, f64)> = BTreeMap::new();
-    for p in parts(&out) {
+    for p in parts(out) {
         assert!(p.to_string_lossy().ends_with(".csv"), "{p:?}");
         let text = std::fs::read_to_string(&p).unwrap();
         let mut lines = text.lines();
@@ -245,7 +272,7 @@ fn join_of_orders_and_customers_matches_a_join_computed_here() {
         want.keys().collect::<Vec<_>>()
     );
     assert!(got.contains_key("unknown"), "the outer side is kept");
-    for (k, w) in &want {
+    for (k, w) in want {
         assert_eq!(got[k].0, w.0, "{k}");
         assert!(close(got[k].1, w.1), "{k}: {} vs {}", got[k].1, w.1);
     }

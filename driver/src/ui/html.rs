@@ -179,7 +179,7 @@ pub fn job(j: &JobView, live: bool, now: u64) -> String {
             },
         ));
     }
-    let error = if j.error.is_empty() {
+    let mut error = if j.error.is_empty() {
         String::new()
     } else {
         format!(
@@ -187,6 +187,14 @@ pub fn job(j: &JobView, live: bool, now: u64) -> String {
             esc(&j.error.join("\n  caused by: "))
         )
     };
+    if !j.adaptive.is_empty() {
+        let items: String = j
+            .adaptive
+            .iter()
+            .map(|c| format!("<li>{}</li>", esc(c)))
+            .collect();
+        error.push_str(&format!("<h2>Adaptive execution</h2><ul>{items}</ul>"));
+    }
     let body = format!(
         r#"<p>{name} · {action} · tenant {tenant} · <span class="{state}">{state}</span> · {dur} · stages {done}/{total}</p>
 <h2>Stages</h2>{svg}

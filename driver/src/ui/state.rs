@@ -46,6 +46,8 @@ pub struct JobView {
     pub ended_ms: Option<u64>,
     pub error: Vec<String>,
     pub stages: Vec<StageView>,
+    /// What adaptive execution changed at the job's stage boundaries, in order.
+    pub adaptive: Vec<String>,
 }
 
 impl JobView {
@@ -298,6 +300,19 @@ impl UiState {
 
     pub fn apply(&mut self, ev: &Event) {
         match ev {
+            Event::StagesReplanned {
+                job,
+                stages,
+                changes,
+                ..
+            } => {
+                if let Some(j) = self.jobs.get_mut(&job.0) {
+                    for (view, info) in j.stages.iter_mut().zip(stages) {
+                        view.info = info.clone();
+                    }
+                    j.adaptive.extend(changes.iter().cloned());
+                }
+            }
             Event::ExecutorAdded {
                 at_ms,
                 executor,
@@ -394,6 +409,7 @@ impl UiState {
                         started_ms: *at_ms,
                         ended_ms: None,
                         error: Vec::new(),
+                        adaptive: Vec::new(),
                         stages: stages
                             .iter()
                             .map(|info| StageView {

@@ -6,8 +6,9 @@ use crate::bindings::exports::flint::job::task as wit_task;
 use crate::program::{ActionError, ActionResult};
 use crate::wit;
 use flint_protocol::plan::{
-    Action, Codec, ColumnPredicate, CompareOp, CsvFormat, DateFormat, FnRef, Literal, LogicalPlan,
-    Malformed, Node, Op, ReadFormat, SaveMode, SaveOptions, ShuffleSide, StorageLevel, WriteFormat,
+    Action, Codec, ColumnPredicate, CompareOp, CsvFormat, DateFormat, FnRef, JoinProbe, Literal,
+    LogicalPlan, Malformed, Node, Op, ReadFormat, SaveMode, SaveOptions, ShuffleSide, StorageLevel,
+    WriteFormat,
 };
 use flint_protocol::wire::{AppErrorKind, TaskDescriptor, TaskInput, TaskOutput};
 
@@ -108,6 +109,14 @@ pub fn plan_from_wit(plan: wit::Plan, action: wit::Action) -> LogicalPlan {
                 partitions: s.partitions,
                 read: op(s.read),
                 name: s.name,
+                probes: s
+                    .probes
+                    .into_iter()
+                    .map(|p| JoinProbe {
+                        stream: p.streamed,
+                        probe: op(p.probe),
+                    })
+                    .collect(),
             },
             wit::PlanNode::Union(parents) => Node::Union {
                 parents: parents.into_iter().map(|p| p as usize).collect(),

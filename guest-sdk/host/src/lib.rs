@@ -24,7 +24,7 @@ pub mod spill;
 mod task;
 
 pub use program::{ActionError, ActionFuture, ActionResult, ActionRunner, ProgramOutcome};
-pub use task::{BroadcastFuture, BroadcastSource, Chunk, OutputSink, TaskInstance};
+pub use task::{BroadcastFuture, BroadcastSource, BuildSide, Chunk, OutputSink, TaskInstance};
 
 use flint_protocol::ids::ModuleHash;
 use flint_protocol::wire::AppErrorKind;

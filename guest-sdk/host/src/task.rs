@@ -18,10 +18,15 @@ pub trait OutputSink: Send {
     fn accept(&mut self, chunk: Chunk) -> Result<(), TaskError>;
 }
 
+/// The frames (Arrow IPC streams) of a broadcast hash join's build side, as its map
+/// tasks wrote them; shared by the tasks of an executor that read it.
+pub type BuildSide = Arc<Vec<Vec<u8>>>;
+
 /// A task's side of `task-host`, in its store.
 pub(crate) struct TaskIo {
     sink: Box<dyn OutputSink>,
     spill: SpillStore,
+    builds: Vec<BuildSide>,
     /// The first failure of a host call: it ends the task whatever the guest does with
     /// the error it was told.
     failure: Option<TaskError>,
@@ -119,6 +124,27 @@ impl task_host::Host for GuestState {
             io.spill.drop_run(run);
         }
     }
+
+    async fn build_side_read(
+        &mut self,
+        build: u32,
+        frame: u32,
+    ) -> Result<Option<Vec<u8>>, wit::ErrorChain> {
+        let Some(io) = self.task.as_mut() else {
+            return Err(not_a_task());
+        };
+        match io.builds.get(build as usize) {
+            Some(side) => Ok(side.get(frame as usize).cloned()),
+            None => Err(wit::ErrorChain {
+                message: format!(
+                    "the task has {} build sides, not one numbered {build}",
+                    io.builds.len()
+                ),
+                causes: Vec::new(),
+                kind: None,
+            }),
+        }
+    }
 }
 
 /// A broadcast value on its way.
@@ -152,7 +178,8 @@ pub struct TaskInstance {
 impl Sandbox {
     /// Instantiates `loaded` for the task `desc` describes (on executor `executor`) and
     /// calls its `start`. Its output goes to `sink`, its spills under `spill`; the guest's
-    /// operators may hold `memory_budget` bytes before they spill.
+    /// operators may hold `memory_budget` bytes before they spill; its probe ops read
+    /// `builds` (the task's build sides, in order).
     #[allow(clippy::too_many_arguments)]
     pub async fn start_task(
         self: &Arc<Self>,
@@ -164,11 +191,13 @@ impl Sandbox {
         memory_budget: u64,
         sink: Box<dyn OutputSink>,
         spill: SpillConfig,
+        builds: Vec<BuildSide>,
     ) -> Result<TaskInstance, SandboxError> {
         let mut store = self.store(limits, None, Some(broadcasts));
         store.data_mut().task = Some(TaskIo {
             sink,
             spill: SpillStore::new(spill),
+            builds,
             failure: None,
         });
         let t = Instant::now();

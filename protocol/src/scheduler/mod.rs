@@ -47,7 +47,7 @@ use stages::Job;
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 /// What the driver must do next.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub enum Command {
     /// Run `attempt` on `executor`; for a shuffle-reading stage, `inputs` lists the
     /// segments to fetch. `speculative`: a copy of a task that is still running elsewhere.
@@ -89,6 +89,13 @@ pub enum Command {
     StageCompleted {
         stage: StageId,
         map_output_bytes: Option<u64>,
+    },
+    /// Adaptive execution changed the job's stages at a stage boundary (`changes` says
+    /// how); `dag` is the DAG from now on.
+    Replanned {
+        job: JobId,
+        dag: Box<crate::dag::JobDag>,
+        changes: Vec<String>,
     },
     /// `executor` gets no more tasks of `job` (of its stage `stage`, or of the whole job).
     ExecutorExcluded {

@@ -100,6 +100,9 @@ pub struct JobPolicy {
     pub attempt_timeout_ms: Option<u64>,
     /// The pool (tenant) whose share the job's tasks use.
     pub pool: Pool,
+    /// A join side whose map output is at most this many bytes is broadcast (its stage
+    /// becomes a broadcast hash join, see `JobDag::broadcast_join`); 0: never.
+    pub broadcast_threshold: u64,
 }
 
 impl Default for JobPolicy {
@@ -112,6 +115,7 @@ impl Default for JobPolicy {
             executor_wait_timeout_ms: 60_000,
             attempt_timeout_ms: None,
             pool: Pool::default(),
+            broadcast_threshold: 0,
         }
     }
 }

@@ -58,6 +58,16 @@ impl Stage {
     }
 }
 
+/// Whether no task of `stage` has run or is running: it may still be re-planned.
+fn untouched(stage: &Stage) -> bool {
+    stage.status != StageStatus::Done
+        && stage.done_tasks == 0
+        && stage
+            .tasks
+            .iter()
+            .all(|t| t.running.is_empty() && t.next_attempt == 0)
+}
+
 #[derive(Debug)]
 pub(super) struct Job {
     /// The application the job belongs to (its cached datasets are the application's).
@@ -360,6 +370,7 @@ impl Scheduler {
     /// pending; otherwise waiting, with nothing pending. Ends the job when its result stage
     /// is done.
     pub(super) fn advance_stages(&mut self, job_id: JobId) {
+        self.adapt(job_id);
         let Some(job) = self.jobs.get_mut(&job_id) else {
             return;
         };
@@ -398,9 +409,11 @@ impl Scheduler {
             if job.stages[i].all_done() {
                 continue;
             }
-            let parents_done = job.dag.stages[i]
+            let def = &job.dag.stages[i];
+            let parents_done = def
                 .parents
                 .iter()
+                .chain(&def.after)
                 .all(|p| job.stages[*p as usize].status == StageStatus::Done);
             // Needed now: the result, or the input of a stage still to finish.
             let needed = i == last
@@ -449,6 +462,83 @@ impl Scheduler {
             self.commands
                 .push_back(Command::JobSucceeded { job: job_id });
             self.commands.push_back(Command::CleanJob { job: job_id });
+        }
+    }
+
+    /// Adaptive execution at stage boundaries: a stage that reads a join's shuffle and
+    /// has not started becomes a broadcast hash join when one side's map stage is done
+    /// with at most `broadcast_threshold` bytes of output and the other side's has not
+    /// started (nor is read by any other stage): that side then needs no shuffle.
+    fn adapt(&mut self, job_id: JobId) {
+        let Some(job) = self.jobs.get_mut(&job_id) else {
+            return;
+        };
+        let threshold = job.policy.broadcast_threshold;
+        if threshold == 0 {
+            return;
+        }
+        let mut changes = Vec::new();
+        for j in 0..job.stages.len() {
+            if job.dag.stages[j].broadcast.is_empty()
+                || job.stages[j].status != StageStatus::Waiting
+            {
+                continue;
+            }
+            let chosen = job.dag.stages[j]
+                .broadcast
+                .iter()
+                .enumerate()
+                .find_map(|(c, cand)| {
+                    let (a, b) = (cand.stream_stage as usize, cand.build_stage as usize);
+                    if !job.stages[b].all_done() || !untouched(&job.stages[a]) {
+                        return None;
+                    }
+                    let stream_shuffle = job.dag.stages[a].writes()?;
+                    let readers = job
+                        .dag
+                        .stages
+                        .iter()
+                        .filter(|s| s.reads().any(|sh| sh == stream_shuffle))
+                        .count();
+                    if readers != 1 {
+                        return None;
+                    }
+                    let bytes: u64 = self
+                        .map_outputs
+                        .statuses(job_id, cand.build_shuffle)?
+                        .iter()
+                        .map(|m| m.as_ref().map(|m| m.sizes.iter().sum::<u64>()))
+                        .sum::<Option<u64>>()?;
+                    (bytes <= threshold).then_some((c, a, bytes))
+                });
+            let Some((c, a, bytes)) = chosen else {
+                continue;
+            };
+            let Some(change) = job.dag.broadcast_join(j as u32, c, bytes) else {
+                continue;
+            };
+            let stream_id = StageId {
+                job: job_id,
+                index: a as u32,
+            };
+            self.pending.retain(|t| t.stage != stream_id);
+            self.speculatable.retain(|t| t.stage != stream_id);
+            let tasks = job.dag.stages[j].partitions;
+            job.stages[a].tasks.clear();
+            job.stages[a].done_tasks = 0;
+            job.stages[j].tasks = (0..tasks).map(|_| TaskState::default()).collect();
+            job.stages[j].done_tasks = 0;
+            if let Some(out) = job.dag.stages[j].writes() {
+                self.map_outputs.register_shuffle(job_id, out, tasks);
+            }
+            changes.push(change);
+        }
+        if !changes.is_empty() {
+            self.commands.push_back(Command::Replanned {
+                job: job_id,
+                dag: Box::new(job.dag.clone()),
+                changes,
+            });
         }
     }
 

@@ -373,6 +373,19 @@ impl Scheduler {
                 }
             }
         }
+        // A broadcast hash join's build side: every reduce partition of it.
+        for shuffle in &stage.builds {
+            let writer = job.writer_of(*shuffle)?;
+            let StageOutput::ShuffleWrite { partitions, .. } = job.dag.stages[writer].output else {
+                return None;
+            };
+            for reduce in 0..partitions {
+                out.extend(
+                    self.map_outputs
+                        .locations(task_id.stage.job, *shuffle, reduce)?,
+                );
+            }
+        }
         Some(out)
     }
 

@@ -25,6 +25,7 @@ fn shuffle_node(parent: usize, partitions: u32, name: &str) -> Node {
         partitions: Some(partitions),
         read: Op::bare(3),
         name: name.into(),
+        probes: vec![],
     }
 }
 
@@ -1126,4 +1127,165 @@ fn a_fetch_failure_unregisters_only_its_job_s_outputs_and_only_for_outputs_it_re
     drain(&mut s);
     assert!(held(&s, J) < 2);
     assert_eq!(held(&s, other), 2, "another job's outputs are not touched");
+}
+
+/// A join of a large side (4 splits, 90 MiB) with a small one (1 split, 1 MiB), then a
+/// count; either side may be broadcast.
+fn join_dag(threshold: u64) -> JobDag {
+    use crate::dag::{DagInputs, build_dag_with};
+    use crate::plan::JoinProbe;
+    let join = Node::Shuffle {
+        sides: vec![
+            ShuffleSide {
+                parent: 0,
+                write: Op::bare(2),
+            },
+            ShuffleSide {
+                parent: 1,
+                write: Op::bare(2),
+            },
+        ],
+        partitions: Some(3),
+        read: Op::bare(3),
+        name: "join".into(),
+        probes: vec![
+            JoinProbe {
+                stream: 0,
+                probe: Op::bare(20),
+            },
+            JoinProbe {
+                stream: 1,
+                probe: Op::bare(21),
+            },
+        ],
+    };
+    let plan = LogicalPlan {
+        nodes: vec![text_node(), text_node(), join],
+        action: Action::Count,
+    };
+    let splits = |n: usize| if n == 0 { 4 } else { 1 };
+    let bytes = |n: usize| Some(if n == 0 { 90 << 20 } else { 1 << 20 });
+    build_dag_with(
+        &plan,
+        &DagInputs {
+            source_partitions: &splits,
+            source_bytes: &bytes,
+            default_shuffle_partitions: None,
+            broadcast_threshold: threshold,
+        },
+        &Default::default(),
+    )
+    .unwrap()
+}
+
+fn join_policy(threshold: u64) -> JobPolicy {
+    JobPolicy {
+        broadcast_threshold: threshold,
+        ..JobPolicy::default()
+    }
+}
+
+#[test]
+fn a_small_join_side_is_broadcast_and_the_large_side_is_never_shuffled() {
+    let mut s = Scheduler::new(SchedulerConf::default());
+    s.executor_added(E1, 4, 0);
+    s.submit_job(J, APP, join_dag(10 << 20), join_policy(10 << 20));
+    let first = launches(&drain(&mut s));
+    // Only the small side runs: the large one waits for it.
+    assert_eq!(first.len(), 1);
+    assert_eq!(first[0].0.task.stage.index, 1);
+    s.task_succeeded(first[0].0, E1, Some(vec![300, 200, 100]));
+    let cmds = drain(&mut s);
+    let replanned = cmds
+        .iter()
+        .find_map(|c| match c {
+            Command::Replanned { dag, changes, .. } => Some((dag.clone(), changes.clone())),
+            _ => None,
+        })
+        .expect("re-planned once the small side is known");
+    assert!(changes_say(&replanned.1, "600 bytes"));
+    assert_eq!(
+        replanned.0.stages[0].partitions, 0,
+        "the large side is absorbed"
+    );
+    // The join stage runs the large side's 4 splits, each with the whole build side.
+    let joins = launches(&cmds);
+    assert_eq!(joins.len(), 4);
+    for (attempt, _, inputs) in &joins {
+        assert_eq!(attempt.task.stage.index, 2);
+        let mut reduces: Vec<u32> = inputs.iter().map(|l| l.reduce).collect();
+        reduces.sort_unstable();
+        assert_eq!(reduces, vec![0, 1, 2], "every partition of the build side");
+        assert!(inputs.iter().all(|l| l.shuffle == ShuffleId(1)));
+    }
+    assert!(
+        !cmds
+            .iter()
+            .any(|c| matches!(c, Command::StageStarted { stage, .. } if stage.index == 0)),
+        "the absorbed stage never starts: {cmds:?}"
+    );
+    for (attempt, e, _) in joins {
+        s.task_succeeded(attempt, e, None);
+    }
+    assert!(drain(&mut s).contains(&Command::JobSucceeded { job: J }));
+}
+
+fn changes_say(changes: &[String], what: &str) -> bool {
+    changes.iter().any(|c| c.contains(what))
+}
+
+#[test]
+fn a_join_side_over_the_threshold_is_shuffled_after_all() {
+    let mut s = Scheduler::new(SchedulerConf::default());
+    s.executor_added(E1, 4, 0);
+    s.submit_job(J, APP, join_dag(10 << 20), join_policy(10 << 20));
+    let first = launches(&drain(&mut s));
+    assert_eq!(first.len(), 1, "the small side first");
+    // Its output is larger than its input promised.
+    s.task_succeeded(first[0].0, E1, Some(vec![8 << 20, 8 << 20, 0]));
+    let cmds = drain(&mut s);
+    assert!(!cmds.iter().any(|c| matches!(c, Command::Replanned { .. })));
+    let maps = launches(&cmds);
+    assert_eq!(maps.len(), 4, "the large side's map stage runs as usual");
+    assert!(maps.iter().all(|(a, _, _)| a.task.stage.index == 0));
+    for (attempt, e, _) in maps {
+        s.task_succeeded(attempt, e, Some(vec![1, 1, 1]));
+    }
+    let reduces = launches(&drain(&mut s));
+    assert_eq!(reduces.len(), 3, "a shuffled join of 3 partitions");
+}
+
+#[test]
+fn a_lost_build_side_is_recomputed_and_the_broadcast_join_resumes() {
+    let mut s = Scheduler::new(SchedulerConf::default());
+    s.executor_added(E1, 4, 0);
+    s.executor_added(E2, 4, 0);
+    s.submit_job(J, APP, join_dag(10 << 20), join_policy(10 << 20));
+    let first = launches(&drain(&mut s));
+    let (build, at, _) = first[0].clone();
+    s.task_succeeded(build, at, Some(vec![10, 10, 10]));
+    let joins = launches(&drain(&mut s));
+    assert_eq!(joins.len(), 4);
+    // A join task cannot fetch the build side: its map output is rerun.
+    let (a, e, _) = joins[0].clone();
+    s.task_fetch_failed(a, e, at, 0, vec!["gone".into()]);
+    let cmds = drain(&mut s);
+    let rerun = launches(&cmds);
+    assert!(
+        rerun.iter().any(|(x, _, _)| x.task.stage.index == 1),
+        "the build side runs again: {cmds:?}"
+    );
+    assert!(
+        !cmds.iter().any(|c| matches!(c, Command::Replanned { .. })),
+        "no second re-plan"
+    );
+}
+
+#[test]
+fn without_adaptive_execution_a_join_is_shuffled_and_nothing_waits() {
+    let mut s = Scheduler::new(SchedulerConf::default());
+    s.executor_added(E1, 8, 0);
+    s.submit_job(J, APP, join_dag(0), join_policy(0));
+    let maps = launches(&drain(&mut s));
+    assert_eq!(maps.len(), 5, "both sides' map tasks at once");
 }

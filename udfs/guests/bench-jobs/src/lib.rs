@@ -12,9 +12,9 @@
 use flint::{Context, Dataset, Error, Result, Str};
 use serde::{Deserialize, Serialize};
 
+/// The columns `aggcat` reads (only those are decoded: Parquet projection).
 #[derive(Serialize, Deserialize)]
-struct Fact {
-    key: i64,
+struct CategoryAmount {
     category: Str,
     amount: f64,
 }
@@ -50,8 +50,8 @@ fn main(ctx: &mut Context) -> Result<()> {
             .reduce_by_key(|a: (f64, u64), b: (f64, u64)| (a.0 + b.0, a.1 + b.1))
             .map(|(k, (sum, n)): (i64, (f64, u64))| (k, sum, n))
             .save_as_text(out),
-        ["aggcat", facts, out] => table::<Fact>(ctx, facts)?
-            .map(|f: Fact| (f.category, f.amount))
+        ["aggcat", facts, out] => table::<CategoryAmount>(ctx, facts)?
+            .map(|f: CategoryAmount| (f.category, f.amount))
             .reduce_by_key(|a: f64, b: f64| a + b)
             .save_as_text(out),
         ["join", facts, dim, out] => {
