@@ -69,6 +69,7 @@ pub fn suite(args: &Args, rt: &tokio::runtime::Runtime) -> anyhow::Result<()> {
                 )
                 .await?;
                 rows.push((*n, t.elapsed().as_secs_f64()));
+                eprintln!("{n}: {:.2}s", t.elapsed().as_secs_f64());
             }
         }
         anyhow::Ok(())

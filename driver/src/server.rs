@@ -26,6 +26,9 @@ use thiserror::Error;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
+/// Messages to one executor that go out in one write, at most.
+const WRITE_BATCH: usize = 64;
+
 /// The driver's secrets: the cluster's authorities, its own identity, and the enrolment
 /// token that lets a host become an executor. Made at start; the token goes into
 /// `cluster.json` only.
@@ -324,10 +327,13 @@ async fn executor_connection(
     )
     .await?;
     let writer = tokio::spawn(async move {
-        while let Some(msg) = rx.recv().await {
-            if net::write_frame(&mut send, &msg).await.is_err() {
+        // Launches that piled up go out in one write.
+        let mut batch = Vec::with_capacity(WRITE_BATCH);
+        while rx.recv_many(&mut batch, WRITE_BATCH).await > 0 {
+            if net::write_frames(&mut send, &batch).await.is_err() {
                 break;
             }
+            batch.clear();
         }
     });
     let modules = {

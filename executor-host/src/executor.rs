@@ -342,6 +342,7 @@ pub async fn serve(
         work_dir: config.work_dir.clone(),
         tenant_disks: Default::default(),
         builds: Default::default(),
+        warm: Arc::new(crate::runner::WarmPool::new(config.cores)),
     });
 
     // Peers fetching shuffle segments.
@@ -381,11 +382,11 @@ pub async fn serve(
     // One writer owns the control stream's send side.
     let (tx, mut rx) = mpsc::channel::<FromExecutor>(256);
     let writer = tokio::spawn(async move {
-        while let Some(msg) = rx.recv().await {
-            if net::write_frame(&mut send, &within_status_limit(msg))
-                .await
-                .is_err()
-            {
+        // Statuses that piled up go out in one write.
+        let mut batch = Vec::with_capacity(64);
+        while rx.recv_many(&mut batch, 64).await > 0 {
+            let msgs: Vec<FromExecutor> = batch.drain(..).map(within_status_limit).collect();
+            if net::write_frames(&mut send, &msgs).await.is_err() {
                 return;
             }
         }
@@ -505,8 +506,10 @@ pub async fn serve(
             Ok(Some(ToExecutor::Kill { attempt })) => tasks.cancel(attempt),
             Ok(Some(ToExecutor::CleanJob { job })) => {
                 if let Some(app) = job.cached_app() {
-                    // The application ended: its broadcast values go too.
+                    // The application ended: its broadcast values and its warm instances
+                    // go too.
                     env.broadcasts.forget(app);
+                    env.warm.forget_app(app);
                 }
                 env.builds.forget(job);
                 let (store, results) = (store.clone(), results.clone());

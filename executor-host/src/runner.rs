@@ -1,11 +1,12 @@
 //! One task attempt, from descriptor to status: load the component, instantiate it in a
 //! fresh store, feed it the partition batch by batch, and put its output where it goes.
 
-use crate::formats::{PartWriter, SourceReader};
+use crate::formats::{FormatError, PartWriter, SourceBatch, SourceReader};
 use crate::results::{ResultStore, ResultWriter};
 use crate::shuffle::{Fetcher, MapOutputWriter, ShuffleStore};
 use flint_protocol::ids::ModuleHash;
 use flint_protocol::ids::{JobId, ShuffleId};
+use flint_protocol::plan::ReadFormat;
 use flint_protocol::wire::{
     BuildInput, GuestOutput, Limit, MAX_TASK_ACCUMULATOR_BYTES, SegmentSource, ShuffleSideInput,
     TaskDescriptor, TaskError, TaskErrorKind, TaskInput, TaskMetrics, TaskOutput, TaskStatus,
@@ -14,7 +15,7 @@ use flint_protocol::wire::{
 use flint_sandbox::spill::{MAX_FRAME_BYTES, SpillConfig, TenantDisk};
 use flint_sandbox::{
     BroadcastFuture, BroadcastSource, BuildSide, Chunk, OutputSink, Sandbox, StoreLimits,
-    TaskInstance,
+    TaskInstance, WarmInstance,
 };
 use std::collections::HashMap;
 use std::future::Future;
@@ -52,6 +53,8 @@ pub struct TaskEnv {
     pub work_dir: PathBuf,
     /// Build sides of broadcast hash joins this executor fetched, for all its tasks.
     pub builds: Arc<BuildCache>,
+    /// Instances kept for the next task of their application.
+    pub warm: Arc<WarmPool>,
     /// What each tenant's tasks hold spilled here, against its quota.
     pub tenant_disks: TenantDisks,
 }
@@ -121,6 +124,59 @@ impl BroadcastCache {
         })
         .await
         .cloned()
+    }
+}
+
+/// Instances whose task succeeded, kept for the next task of the same application and
+/// component: at most one per slot, the least recently used going first. A warm instance
+/// holds at most [`flint_sandbox::MAX_WARM_MEMORY`] of linear memory.
+pub struct WarmPool {
+    slots: usize,
+    /// (metered, instance): an instance belongs to the engine that made it.
+    kept: Mutex<std::collections::VecDeque<(bool, WarmInstance)>>,
+}
+
+impl WarmPool {
+    pub fn new(slots: u32) -> Self {
+        WarmPool {
+            slots: slots.max(1) as usize,
+            kept: Default::default(),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, std::collections::VecDeque<(bool, WarmInstance)>> {
+        self.kept.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn take(&self, module: ModuleHash, app: u64, metered: bool) -> Option<WarmInstance> {
+        let mut kept = self.lock();
+        let at = kept
+            .iter()
+            .position(|(m, w)| *m == metered && w.key() == (module, app))?;
+        kept.remove(at).map(|(_, w)| w)
+    }
+
+    fn put(&self, metered: bool, w: WarmInstance) {
+        let evicted: Vec<_> = {
+            let mut kept = self.lock();
+            kept.push_back((metered, w));
+            let extra = kept.len().saturating_sub(self.slots);
+            kept.drain(..extra).collect()
+        };
+        // Outside the lock: giving memory back to the system takes syscalls.
+        drop(evicted);
+    }
+
+    /// Drops application `app`'s instances (it ended).
+    pub fn forget_app(&self, app: u64) {
+        let gone: Vec<_> = {
+            let mut kept = self.lock();
+            let (gone, keep): (Vec<_>, Vec<_>) =
+                kept.drain(..).partition(|(_, w)| w.key().1 == app);
+            kept.extend(keep);
+            gone
+        };
+        drop(gone);
     }
 }
 
@@ -294,17 +350,20 @@ async fn run(
     m.compiled = info.compiled;
     // The task's memory comes from the executor's pool: what it asks, or less on a busy
     // executor (then its operators spill sooner).
-    // Evicting writes cached partitions to disk: off the async workers.
+    // Evicting writes cached partitions to disk: off the async workers, when needed.
     let (store, want) = (env.shuffle.clone(), desc.limits.memory_bytes);
-    let grant = tokio::task::spawn_blocking(move || store.grant_task(want))
-        .await
-        .map_err(|e| err(TaskErrorKind::Io, vec![format!("granting memory: {e}")]))?
-        .map_err(|e| {
-            err(
-                TaskErrorKind::Io,
-                vec![format!("evicting cached partitions: {e}")],
-            )
-        })?;
+    let grant = match store.grant_task_now(want) {
+        Some(g) => g,
+        None => tokio::task::spawn_blocking(move || store.grant_task(want))
+            .await
+            .map_err(|e| err(TaskErrorKind::Io, vec![format!("granting memory: {e}")]))?
+            .map_err(|e| {
+                err(
+                    TaskErrorKind::Io,
+                    vec![format!("evicting cached partitions: {e}")],
+                )
+            })?,
+    };
     let limits = StoreLimits {
         memory_bytes: grant.bytes(),
         memory_setting: if grant.bytes() < desc.limits.memory_bytes {
@@ -356,6 +415,8 @@ async fn run(
         m.shuffle_read_remote_bytes += side.iter().map(|f| f.len() as u64).sum::<u64>();
         builds.push(side);
     }
+    let metered = desc.limits.meter_fuel;
+    let warm = env.warm.take(hash, desc.app, metered);
     let mut guest = sandbox
         .start_task(
             &loaded,
@@ -367,9 +428,11 @@ async fn run(
             Box::new(SharedSink(sink.clone())),
             spill,
             builds,
+            warm,
         )
         .await?;
     m.instantiate_us = guest.instantiate_us;
+    m.warm = guest.warm;
     let fed = feed(env, desc, &mut guest, m, accumulators).await;
     let (spilled, runs) = guest.spilled();
     m.spill_bytes += spilled;
@@ -392,6 +455,11 @@ async fn run(
         stdout: tail(&guest.stdout(), GUEST_OUTPUT_IN_STATUS),
         stderr: tail(&guest.stderr(), GUEST_OUTPUT_IN_STATUS),
     };
+    if result.is_ok()
+        && let Some(w) = guest.recycle()
+    {
+        env.warm.put(metered, w);
+    }
     result
 }
 
@@ -416,7 +484,6 @@ async fn feed(
                 filter,
                 ..
             } => {
-                let (tx, mut rx) = mpsc::channel(2);
                 let (path, format, malformed, start, end, partition, filter) = (
                     PathBuf::from(path),
                     std::sync::Arc::clone(format),
@@ -426,29 +493,42 @@ async fn feed(
                     partition.clone(),
                     filter.clone(),
                 );
-                // Reading and encoding run on a blocking thread, one batch ahead of the
-                // guest.
-                let reader = tokio::task::spawn_blocking(move || {
-                    let opened = SourceReader::open(
-                        &path, &format, malformed, start, end, &partition, filter,
-                    );
-                    let mut r = match opened {
-                        Ok(r) => r,
-                        Err(e) => {
-                            let _ = tx.blocking_send(Err(e));
-                            return;
+                let mut batches = if reads_in_place(&path, &format, start, end) {
+                    // A few KiB of a local file: read where the task runs, without
+                    // waking a thread for it.
+                    Batches::InPlace(Some(
+                        SourceReader::open(
+                            &path, &format, malformed, start, end, &partition, filter,
+                        )
+                        .map(Box::new),
+                    ))
+                } else {
+                    // Reading and encoding run on a blocking thread, one batch ahead of
+                    // the guest.
+                    let (tx, rx) = mpsc::channel(2);
+                    let reader = tokio::task::spawn_blocking(move || {
+                        let opened = SourceReader::open(
+                            &path, &format, malformed, start, end, &partition, filter,
+                        );
+                        let mut r = match opened {
+                            Ok(r) => r,
+                            Err(e) => {
+                                let _ = tx.blocking_send(Err(e));
+                                return;
+                            }
+                        };
+                        loop {
+                            let next = r.next_batch().transpose();
+                            let Some(item) = next else { return };
+                            let failed = item.is_err();
+                            if tx.blocking_send(item).is_err() || failed {
+                                return;
+                            }
                         }
-                    };
-                    loop {
-                        let next = r.next_batch().transpose();
-                        let Some(item) = next else { return };
-                        let failed = item.is_err();
-                        if tx.blocking_send(item).is_err() || failed {
-                            return;
-                        }
-                    }
-                });
-                while let Some(item) = rx.recv().await {
+                    });
+                    Batches::Thread(rx, reader)
+                };
+                while let Some(item) = batches.next().await {
                     let batch = item.map_err(|e| {
                         let kind = if e.is_bad_input() {
                             TaskErrorKind::BadInput
@@ -465,7 +545,7 @@ async fn feed(
                     }
                     guest.push(i, 0, &batch.ipc).await?;
                 }
-                let _ = reader.await;
+                batches.finish().await;
             }
             TaskInput::Inline { ipc, .. } => {
                 m.input_bytes += ipc.len() as u64;
@@ -549,6 +629,55 @@ async fn feed(
     m.peak_memory_bytes = guest.peak_memory();
     m.fuel = guest.fuel_consumed();
     Ok(())
+}
+
+/// Bytes of a split read where its task runs rather than on a blocking thread.
+const IN_PLACE_SPLIT: u64 = 256 << 10;
+
+/// Whether a split is small enough to read where its task runs: an uncompressed local
+/// file of a line format (whose split bounds are bytes) of at most [`IN_PLACE_SPLIT`].
+/// The handoff to a thread costs more than such a read.
+fn reads_in_place(path: &std::path::Path, format: &ReadFormat, start: u64, end: u64) -> bool {
+    matches!(
+        format,
+        ReadFormat::Text | ReadFormat::Csv(_) | ReadFormat::JsonLines { .. }
+    ) && end.saturating_sub(start) <= IN_PLACE_SPLIT
+        && !flint_storage::object::is_url(&path.to_string_lossy())
+        && flint_storage::codec::splittable(path)
+}
+
+/// A split's batches, read in place or on a blocking thread.
+enum Batches {
+    InPlace(Option<Result<Box<SourceReader>, FormatError>>),
+    Thread(
+        mpsc::Receiver<Result<SourceBatch, FormatError>>,
+        tokio::task::JoinHandle<()>,
+    ),
+}
+
+impl Batches {
+    async fn next(&mut self) -> Option<Result<SourceBatch, FormatError>> {
+        match self {
+            Batches::InPlace(reader) => match reader.take()? {
+                Ok(mut r) => {
+                    let next = r.next_batch().transpose();
+                    if next.as_ref().is_some_and(Result::is_ok) {
+                        *reader = Some(Ok(r));
+                    }
+                    next
+                }
+                Err(e) => Some(Err(e)),
+            },
+            Batches::Thread(rx, _) => rx.recv().await,
+        }
+    }
+
+    /// Waits for the reading thread, if there is one.
+    async fn finish(self) {
+        if let Batches::Thread(_, reader) = self {
+            let _ = reader.await;
+        }
+    }
 }
 
 type Fetched = (

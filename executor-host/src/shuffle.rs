@@ -93,6 +93,13 @@ impl ShuffleStore {
         Ok(grant)
     }
 
+    /// [`grant_task`](Self::grant_task) when the grant leaves the cache tier within its
+    /// budget (nothing to write to disk): no blocking, so no thread to hand it to.
+    pub fn grant_task_now(&self, want: u64) -> Option<Grant> {
+        let grant = self.memory.grant(want);
+        (self.tier().used <= self.memory.storage_budget()).then_some(grant)
+    }
+
     fn tier(&self) -> std::sync::MutexGuard<'_, MemoryTier> {
         self.cached.lock().unwrap_or_else(|p| p.into_inner())
     }

@@ -565,6 +565,10 @@ pub struct TaskMetrics {
     pub spill_bytes: u64,
     /// Spill runs the guest made, plus times the host's map output buffer went to disk.
     pub spill_count: u64,
+    /// The task ran in an instance an earlier task of its application left (no
+    /// instantiation).
+    #[serde(default)]
+    pub warm: bool,
 }
 
 impl TaskMetrics {

@@ -399,3 +399,71 @@ pub fn seeded_input(dir: &Path, seed: u64, files: u32, lines: u32, vocab: u64) -
     }
     input
 }
+
+/// An application's tasks run in instances its earlier tasks left (no instantiation, as
+/// Spark runs them in the application's executor JVMs), each task reports only its own
+/// output, and no instance ever serves another application.
+#[test]
+fn warm_instances_serve_one_application_s_tasks_and_never_another_s() {
+    let tmp = tempfile::tempdir().unwrap();
+    let events = tmp.path().join("events");
+    let ev = events.clone();
+    let mut cluster = ProcCluster::start_with(tmp.path(), "127.0.0.1:0", &[], move |mut c| {
+        c.arg("--event-log").arg(&ev);
+        c
+    });
+    cluster.add_executor(&["executor.heartbeat_interval=100ms"]);
+    let input = tmp.path().join("in");
+    std::fs::create_dir_all(&input).unwrap();
+    for i in 0..20 {
+        std::fs::write(input.join(format!("f{i:02}.txt")), "x\n").unwrap();
+    }
+    for app in 0..2 {
+        let summary = tmp.path().join(format!("summary-{app}.json"));
+        let out = cluster
+            .submit(
+                flint_udfs::TEST_JOBS,
+                &[],
+                &[Path::new("instance-globals"), &input],
+                &summary,
+            )
+            .wait_with_output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        // One executor with one slot: one instance saw all 20 lines of the application
+        // (rows 0..=19), and the second application started from a fresh one.
+        assert!(
+            stdout.contains("instance-globals: max=19"),
+            "application {app}: {stdout}"
+        );
+    }
+    let mut ended = Vec::new();
+    for f in std::fs::read_dir(&events).unwrap() {
+        for line in std::fs::read_to_string(f.unwrap().path()).unwrap().lines() {
+            let e: serde_json::Value = serde_json::from_str(line).unwrap();
+            if e["event"] == "TaskEnded" {
+                ended.push(e);
+            }
+        }
+    }
+    assert_eq!(ended.len(), 40, "20 tasks per application");
+    let warm = ended
+        .iter()
+        .filter(|e| e["metrics"]["warm"] == true)
+        .count();
+    assert_eq!(warm, 38, "all but each application's first task ran warm");
+    for e in &ended {
+        let stdout = e["output"]["stdout"].as_str().unwrap();
+        assert_eq!(
+            stdout.lines().count(),
+            1,
+            "a task reports its own output only: {stdout:?}"
+        );
+        assert!(stdout.starts_with("task "), "{stdout:?}");
+    }
+}

@@ -24,7 +24,10 @@ pub mod spill;
 mod task;
 
 pub use program::{ActionError, ActionFuture, ActionResult, ActionRunner, ProgramOutcome};
-pub use task::{BroadcastFuture, BroadcastSource, BuildSide, Chunk, OutputSink, TaskInstance};
+pub use task::{
+    BroadcastFuture, BroadcastSource, BuildSide, Chunk, MAX_WARM_MEMORY, OutputSink, TaskInstance,
+    WarmInstance,
+};
 
 use flint_protocol::ids::ModuleHash;
 use flint_protocol::wire::AppErrorKind;
@@ -179,6 +182,14 @@ pub(crate) struct GuestState {
     wasi: WasiCtx,
     table: ResourceTable,
     limiter: Limiter,
+    /// When the running call must end, the budget it had and the setting that gave it
+    /// (read by the epoch callback; reset for each task a warm instance runs).
+    deadline: Option<(Instant, Duration, &'static str)>,
+    /// Where the current task's output starts in the captured stdout and stderr (a warm
+    /// instance's pipes hold its earlier tasks' too).
+    output_from: (usize, usize),
+    /// What each of the pipes takes in all.
+    output_cap: usize,
     actions: Option<Arc<dyn ActionRunner>>,
     broadcasts: Option<Arc<dyn BroadcastSource>>,
     /// Output and spills, for a task's store.
@@ -194,11 +205,18 @@ impl GuestState {
     }
 
     fn stdout(&self) -> String {
-        String::from_utf8_lossy(&self.stdout.contents()).into_owned()
+        let out = self.stdout.contents();
+        String::from_utf8_lossy(out.get(self.output_from.0..).unwrap_or_default()).into_owned()
     }
 
     fn stderr(&self) -> String {
-        String::from_utf8_lossy(&self.stderr.contents()).into_owned()
+        let out = self.stderr.contents();
+        String::from_utf8_lossy(out.get(self.output_from.1..).unwrap_or_default()).into_owned()
+    }
+
+    /// Bytes captured so far on stdout and stderr.
+    fn output_len(&self) -> (usize, usize) {
+        (self.stdout.contents().len(), self.stderr.contents().len())
     }
 }
 
@@ -215,6 +233,8 @@ struct Limiter {
     cap: u64,
     setting: &'static str,
     peak: u64,
+    /// Linear memory now (the largest memory's size).
+    current: u64,
 }
 
 impl wasmtime::ResourceLimiter for Limiter {
@@ -233,6 +253,7 @@ impl wasmtime::ResourceLimiter for Limiter {
             .into());
         }
         self.peak = self.peak.max(desired as u64);
+        self.current = self.current.max(desired as u64);
         Ok(true)
     }
 
@@ -370,11 +391,9 @@ impl Sandbox {
         Ok(self.metered.get_or_init(|| m).clone())
     }
 
-    /// Fuel the guest of `store` has burnt, when this sandbox meters it.
-    fn fuel_consumed(&self, store: &Store<GuestState>) -> Option<u64> {
-        self.opts
-            .fuel
-            .then(|| u64::MAX - store.get_fuel().unwrap_or(u64::MAX))
+    /// Whether guests of this sandbox meter fuel.
+    fn meters(&self) -> bool {
+        self.opts.fuel
     }
 
     /// The compiled component for `hash`; `fetch` is awaited only when neither memory nor
@@ -513,7 +532,13 @@ impl Sandbox {
                     cap: limits.memory_bytes,
                     setting: limits.memory_setting,
                     peak: 0,
+                    current: 0,
                 },
+                deadline: limits
+                    .deadline
+                    .map(|b| (Instant::now() + b, b, limits.deadline_setting)),
+                output_from: (0, 0),
+                output_cap: limits.output_bytes,
                 actions,
                 broadcasts,
                 task: None,
@@ -526,12 +551,9 @@ impl Sandbox {
             // Metering, not limiting: the count starts at the top and only goes down.
             let _ = store.set_fuel(u64::MAX);
         }
-        let budget = limits.deadline;
-        let setting = limits.deadline_setting;
-        let deadline = budget.map(|b| Instant::now() + b);
         store.set_epoch_deadline(1);
-        store.epoch_deadline_callback(move |_| match (deadline, budget) {
-            (Some(d), Some(budget)) if Instant::now() >= d => {
+        store.epoch_deadline_callback(|ctx| match ctx.data().deadline {
+            Some((at, budget, setting)) if Instant::now() >= at => {
                 Err(LimitHit::Deadline { budget, setting }.into())
             }
             // Yield at every tick so that a long guest computation never holds a runtime

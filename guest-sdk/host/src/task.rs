@@ -7,6 +7,7 @@ use crate::bindings::FlintJob;
 use crate::bindings::flint::job::task_host;
 use crate::spill::{MAX_FRAME_BYTES, SpillConfig, SpillError, SpillStore};
 use crate::{GuestState, LoadedJob, Sandbox, SandboxError, StoreLimits, convert, unwrap_call, wit};
+use flint_protocol::ids::ModuleHash;
 use flint_protocol::wire::{TaskDescriptor, TaskError, TaskErrorKind};
 use std::sync::Arc;
 use std::time::Instant;
@@ -171,8 +172,38 @@ pub struct TaskInstance {
     store: Store<GuestState>,
     job: FlintJob,
     sandbox: Arc<Sandbox>,
-    /// Time to instantiate, in microseconds.
+    /// Time to instantiate, in microseconds (0 for a warm instance).
     pub instantiate_us: u64,
+    /// Whether it ran an earlier task of its application.
+    pub warm: bool,
+    /// What it may run next: its component and its application.
+    key: (ModuleHash, u64),
+    /// Fuel left when the task started (metered sandboxes).
+    fuel_from: u64,
+    /// Set once a call failed or was cut short: the instance's state is then unknown.
+    spoiled: bool,
+}
+
+/// Linear memory up to which an instance is kept for the next task of its application.
+/// Past it the memory goes back to the system with the instance.
+pub const MAX_WARM_MEMORY: u64 = 64 << 20;
+
+/// An instance whose task succeeded, kept for the next task of the same application and
+/// component (Spark runs an application's tasks in the same executor JVMs): the next
+/// task skips instantiation, and the pages its guest touches are already there. The
+/// guest's own globals carry over, as an executor JVM's statics do; the SDK resets its
+/// task state at `start`.
+pub struct WarmInstance {
+    store: Store<GuestState>,
+    job: FlintJob,
+    key: (ModuleHash, u64),
+}
+
+impl WarmInstance {
+    /// The component it runs and the application it belongs to.
+    pub fn key(&self) -> (ModuleHash, u64) {
+        self.key
+    }
 }
 
 impl Sandbox {
@@ -180,6 +211,9 @@ impl Sandbox {
     /// calls its `start`. Its output goes to `sink`, its spills under `spill`; the guest's
     /// operators may hold `memory_budget` bytes before they spill; its probe ops read
     /// `builds` (the task's build sides, in order).
+    ///
+    /// `warm`, an instance an earlier task of the same application and component left,
+    /// runs the task if its memory fits `limits`; otherwise a fresh one does.
     #[allow(clippy::too_many_arguments)]
     pub async fn start_task(
         self: &Arc<Self>,
@@ -192,25 +226,57 @@ impl Sandbox {
         sink: Box<dyn OutputSink>,
         spill: SpillConfig,
         builds: Vec<BuildSide>,
+        warm: Option<WarmInstance>,
     ) -> Result<TaskInstance, SandboxError> {
-        let mut store = self.store(limits, None, Some(broadcasts));
-        store.data_mut().task = Some(TaskIo {
+        let key = (loaded.hash, desc.app);
+        let io = TaskIo {
             sink,
             spill: SpillStore::new(spill),
             builds,
             failure: None,
-        });
-        let t = Instant::now();
-        let job = loaded.instantiate(&mut store).await?;
-        let instantiate_us = t.elapsed().as_micros() as u64;
-        let spec = convert::task_spec(desc, executor, memory_budget);
-        let r = job.flint_job_task().call_start(&mut store, &spec).await;
+        };
+        let warm =
+            warm.filter(|w| w.key == key && w.store.data().limiter.current <= limits.memory_bytes);
+        let (store, job, instantiate_us, was_warm) = match warm {
+            Some(WarmInstance { mut store, job, .. }) => {
+                let from = store.data().output_len();
+                let state = store.data_mut();
+                state.limiter.cap = limits.memory_bytes;
+                state.limiter.setting = limits.memory_setting;
+                state.limiter.peak = state.limiter.current;
+                state.deadline = limits
+                    .deadline
+                    .map(|b| (Instant::now() + b, b, limits.deadline_setting));
+                state.broadcasts = Some(broadcasts);
+                state.output_from = from;
+                state.task = Some(io);
+                (store, job, 0, true)
+            }
+            None => {
+                let mut store = self.store(limits, None, Some(broadcasts));
+                store.data_mut().task = Some(io);
+                let t = Instant::now();
+                let job = loaded.instantiate(&mut store).await?;
+                (store, job, t.elapsed().as_micros() as u64, false)
+            }
+        };
+        let fuel_from = store.get_fuel().unwrap_or(0);
         let mut task = TaskInstance {
             store,
             job,
             sandbox: self.clone(),
             instantiate_us,
+            warm: was_warm,
+            key,
+            fuel_from,
+            spoiled: true,
         };
+        let spec = convert::task_spec(desc, executor, memory_budget);
+        let r = task
+            .job
+            .flint_job_task()
+            .call_start(&mut task.store, &spec)
+            .await;
         task.checked(r)?;
         Ok(task)
     }
@@ -223,6 +289,9 @@ impl TaskInstance {
         &mut self,
         r: wasmtime::Result<Result<T, wit::ErrorChain>>,
     ) -> Result<T, SandboxError> {
+        // Spoiled until the call is known to have succeeded: a call dropped halfway
+        // (its task killed) leaves it so.
+        self.spoiled = true;
         if let Some(e) = self
             .store
             .data_mut()
@@ -232,7 +301,31 @@ impl TaskInstance {
         {
             return Err(SandboxError::Host(e));
         }
-        unwrap_call(r, &self.store)
+        let v = unwrap_call(r, &self.store)?;
+        self.spoiled = false;
+        Ok(v)
+    }
+
+    /// The instance, for the next task of its application, when its task succeeded and
+    /// it holds little: its memory within [`MAX_WARM_MEMORY`] and its captured output
+    /// within half of what its pipes take.
+    pub fn recycle(mut self) -> Option<WarmInstance> {
+        let state = self.store.data();
+        let (out, err) = state.output_len();
+        let room = state.output_cap / 2;
+        if self.spoiled || state.limiter.current > MAX_WARM_MEMORY || out > room || err > room {
+            return None;
+        }
+        let state = self.store.data_mut();
+        // What the task had goes with it: its sink, spill runs, build sides, broadcasts.
+        state.task = None;
+        state.broadcasts = None;
+        state.deadline = None;
+        Some(WarmInstance {
+            store: self.store,
+            job: self.job,
+            key: self.key,
+        })
     }
 
     /// One Arrow IPC stream of piece `piece` (of shuffle side `side`); at most
@@ -278,7 +371,7 @@ impl TaskInstance {
             .flint_job_task()
             .call_take_accumulators(&mut self.store)
             .await;
-        let updates = unwrap_call(r.map(Ok), &self.store)?;
+        let updates = self.checked(r.map(Ok))?;
         Ok(updates.into_iter().map(|u| (u.id, u.value)).collect())
     }
 
@@ -287,9 +380,12 @@ impl TaskInstance {
         self.store.data().peak_memory()
     }
 
-    /// Fuel burnt, when the sandbox meters it.
+    /// Fuel this task burnt, when the sandbox meters it.
     pub fn fuel_consumed(&self) -> Option<u64> {
-        self.sandbox.fuel_consumed(&self.store)
+        self.sandbox.meters().then(|| {
+            self.fuel_from
+                .saturating_sub(self.store.get_fuel().unwrap_or(0))
+        })
     }
 
     /// What the guest printed (capped by the store's limits).

@@ -47,6 +47,20 @@ pub async fn write_frame<T: Serialize>(s: &mut quinn::SendStream, msg: &T) -> Re
     Ok(())
 }
 
+/// Several messages in one write: a writer that drains its queue sends what piled up
+/// (statuses, launches) together instead of waking the connection once per message.
+pub async fn write_frames<T: Serialize>(
+    s: &mut quinn::SendStream,
+    msgs: &[T],
+) -> Result<(), NetError> {
+    let mut buf = Vec::new();
+    for m in msgs {
+        buf.extend_from_slice(&wire::encode_frame(m, wire::MAX_FRAME)?);
+    }
+    s.write_all(&buf).await?;
+    Ok(())
+}
+
 /// Next message, or `None` when the peer finished the stream between messages. A length
 /// over `max` is refused before anything is allocated for the body.
 pub async fn read_frame<T: DeserializeOwned>(

@@ -1,6 +1,9 @@
 //! Test jobs: `SCENARIO ARGS...` picks what the job does.
 //! - `count INPUT`: prints the number of lines of INPUT.
 //! - `collect-lengths INPUT`: prints the sum of line lengths, computed from `collect`.
+//! - `instance-globals INPUT`: numbers INPUT's lines by a global counter of the instance
+//!   that maps them (each task prints `task P row N`), and prints
+//!   `instance-globals: max=N`: how many lines one instance saw, less one.
 //! - `panic-in-task INPUT OUTPUT`: a map panics on a line containing `boom`.
 //! - `error-in-main`: `main` returns an error.
 //! - `panic-in-main`: `main` panics.
@@ -206,6 +209,23 @@ fn main(ctx: &mut Context) -> Result<()> {
         Some("count") => {
             let n = ctx.text_file(&args[1])?.count()?;
             println!("lines: {n}");
+        }
+        Some("instance-globals") => {
+            let rows = ctx
+                .text_file(&args[1])?
+                .map(|_: String| {
+                    static ROWS: std::sync::atomic::AtomicU64 =
+                        std::sync::atomic::AtomicU64::new(0);
+                    let n = ROWS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    let p = flint::task_context().map_or(0, |t| t.partition);
+                    println!("task {p} row {n}");
+                    n
+                })
+                .collect()?;
+            println!(
+                "instance-globals: max={}",
+                rows.iter().max().copied().unwrap_or(0)
+            );
         }
         Some("collect-lengths") => {
             let lens = ctx
