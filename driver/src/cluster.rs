@@ -961,7 +961,7 @@ impl ClusterLoop {
                     .get(node)
                     .and_then(|s| s.get(r.partition as usize))
                     .cloned()?,
-                StageInput::Shuffle { shuffles, read } => TaskInput::Shuffle {
+                StageInput::Shuffle { shuffles, read, .. } => TaskInput::Shuffle {
                     reduce_partition: r.partition,
                     read: read.clone(),
                     sides: shuffles

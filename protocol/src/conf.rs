@@ -178,7 +178,9 @@ settings! {
     files_max_partition_bytes: u64 = "files.max_partition_bytes", Bytes, Some("128m"), App,
         "largest input split";
     adaptive_enabled: bool = "adaptive.enabled", Bool, Some("true"), App,
-        "re-plan a job at its stage boundaries from the map-output sizes: broadcast small join sides";
+        "re-plan a job at its stage boundaries from the map-output sizes: broadcast small join sides, read small shuffle partitions together";
+    adaptive_partition_bytes: u64 = "adaptive.partition_bytes", Bytes, Some("64m"), App,
+        "what a reduce task reads at most when adaptive execution has it read several small shuffle partitions (fewer, when that keeps every slot busy; Spark's advisoryPartitionSizeInBytes)";
     join_broadcast_threshold: u64 = "join.broadcast_threshold", Bytes, Some("10m"), App,
         "a join side whose map output is at most this is read whole by the other side's tasks instead of both sides being shuffled (a broadcast hash join; 0: never)";
     max_result_size: u64 = "driver.max_result_size", Bytes, Some("1g"), Capped,
@@ -237,6 +239,11 @@ impl Settings {
             attempt_timeout_ms: Some(ms(self.task_deadline) + ms(self.executor_timeout)),
             pool: Default::default(),
             broadcast_threshold: self.broadcast_threshold(),
+            coalesce_target: if self.adaptive_enabled {
+                self.adaptive_partition_bytes
+            } else {
+                0
+            },
         }
     }
 

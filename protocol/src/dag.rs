@@ -15,8 +15,14 @@ use serde::{Deserialize, Serialize};
 pub enum StageInput {
     /// The partitions of the source at plan node `node` (file splits or inline rows).
     Source { node: NodeIndex, decode: Op },
-    /// The reduce side of a shuffle: one shuffle per side, merged by `read`.
-    Shuffle { shuffles: Vec<ShuffleId>, read: Op },
+    /// The reduce side of a shuffle: one shuffle per side, merged by `read`. With
+    /// `coalesce` (its partition count was not asked for), adaptive execution may have a
+    /// task read several consecutive partitions.
+    Shuffle {
+        shuffles: Vec<ShuffleId>,
+        read: Op,
+        coalesce: bool,
+    },
 }
 
 /// One input of a stage with the narrow ops that apply to it alone.
@@ -111,6 +117,15 @@ impl StageDef {
             .chain(self.builds.iter().copied())
     }
 
+    /// Whether it writes a cached dataset, whose partition `p` its task `p` keeps: its
+    /// tasks must stay as they are.
+    pub fn keeps_cache(&self) -> bool {
+        matches!(
+            self.output,
+            StageOutput::ShuffleWrite { cache: Some(_), .. }
+        )
+    }
+
     /// The shuffle this stage writes, if it is a map stage.
     pub fn writes(&self) -> Option<ShuffleId> {
         match self.output {
@@ -159,6 +174,9 @@ impl JobDag {
     /// task of it ran.
     pub fn broadcast_join(&mut self, j: u32, c: usize, build_bytes: u64) -> Option<String> {
         let join = self.stages.get(j as usize)?;
+        if join.keeps_cache() {
+            return None;
+        }
         let cand = join.broadcast.get(c)?.clone();
         let [branch] = join.branches.as_slice() else {
             return None;
@@ -224,6 +242,56 @@ impl JobDag {
         Some(format!(
             "stage {j} is a broadcast hash join: stage {}'s output ({build_bytes} bytes, within join.broadcast_threshold) is read whole by each of {tasks} tasks that read stage {a}'s inputs, so stage {a}'s side is not shuffled",
             cand.build_stage
+        ))
+    }
+
+    /// Has stage `s`, which reads shuffles whose partitions hold `sizes` bytes (summed
+    /// over sides and map outputs), read consecutive partitions together in tasks of
+    /// about `target` bytes (a partition larger than that alone). Returns what changed,
+    /// or `None` when the stage may not be coalesced (its partition count was asked
+    /// for, it reads more than one input, its tasks already read several partitions) or
+    /// nothing would change.
+    pub fn coalesce(&mut self, s: u32, sizes: &[u64], target: u64) -> Option<String> {
+        let stage = self.stages.get_mut(s as usize)?;
+        if stage.keeps_cache() {
+            return None;
+        }
+        let [branch] = stage.branches.as_slice() else {
+            return None;
+        };
+        let StageInput::Shuffle { coalesce: true, .. } = branch.input else {
+            return None;
+        };
+        let n = branch.partitions;
+        let identity = stage.pieces.len() == n as usize
+            && stage.pieces.iter().enumerate().all(|(p, refs)| {
+                matches!(refs.as_slice(), [r] if r.branch == 0 && r.partition == p as u32)
+            });
+        if !identity || sizes.len() != n as usize {
+            return None;
+        }
+        let mut groups: Vec<Vec<PieceRef>> = Vec::new();
+        let mut bytes = u64::MAX;
+        for (p, size) in sizes.iter().enumerate() {
+            if bytes == u64::MAX || bytes.saturating_add(*size) > target {
+                groups.push(Vec::new());
+                bytes = 0;
+            }
+            bytes += size;
+            groups.last_mut().expect("one pushed").push(PieceRef {
+                branch: 0,
+                partition: p as u32,
+            });
+        }
+        if groups.len() >= n as usize {
+            return None;
+        }
+        let total: u64 = sizes.iter().sum();
+        stage.pieces = groups;
+        stage.partitions = stage.pieces.len() as u32;
+        Some(format!(
+            "stage {s} reads its {n} shuffle partitions ({total} bytes) in {} tasks of about {target} bytes",
+            stage.partitions
         ))
     }
 
@@ -574,7 +642,7 @@ impl Builder<'_> {
                 };
                 decode.arg.len() as u64 + located
             }
-            StageInput::Shuffle { shuffles, read } => {
+            StageInput::Shuffle { shuffles, read, .. } => {
                 let maps: u64 = shuffles
                     .iter()
                     .map(|sh| self.map_partitions(*sh) as u64)
@@ -676,7 +744,7 @@ impl Builder<'_> {
                 let sides = sides.clone();
                 let stages = self.map_stages(node, &sides, requested, None, name.clone())?;
                 let candidates = self.broadcast_candidates(&stages, probes);
-                let mut p = stages.reading(read, name);
+                let mut p = stages.reading(read, name, requested.is_none());
                 p.broadcast = candidates;
                 p
             }
@@ -695,8 +763,9 @@ impl Builder<'_> {
                     id: *id,
                     level: *level,
                 };
+                // A cached partition is read where it is kept, one per task.
                 self.map_stages(node, &side, None, Some(key), format!("cache {id}"))?
-                    .reading(read, &format!("cached {id}"))
+                    .reading(read, &format!("cached {id}"), false)
             }
             Node::Union { parents } => {
                 let mut total = 0u64;
@@ -894,12 +963,14 @@ struct MapStages {
 }
 
 impl MapStages {
-    /// The start of the stage that reads them with `read`.
-    fn reading(self, read: &Op, name: &str) -> Pipeline {
+    /// The start of the stage that reads them with `read`; `coalesce` when the partition
+    /// count was not asked for.
+    fn reading(self, read: &Op, name: &str, coalesce: bool) -> Pipeline {
         Pipeline::single(
             StageInput::Shuffle {
                 shuffles: self.shuffles,
                 read: read.clone(),
+                coalesce,
             },
             self.partitions,
             self.stages,
@@ -1002,7 +1073,8 @@ mod tests {
             result.branches[0].input,
             StageInput::Shuffle {
                 shuffles: vec![ShuffleId(0)],
-                read: op(5)
+                read: op(5),
+                coalesce: true,
             }
         );
         assert!(result.ops.is_empty());
@@ -1255,6 +1327,44 @@ mod tests {
         );
         assert!(join.broadcast.is_empty());
         assert!(matches!(join.output, StageOutput::Result(Action::Count)));
+    }
+
+    #[test]
+    fn coalescing_groups_consecutive_small_partitions_up_to_the_target() {
+        let mut dag =
+            build_dag(&wordcount_plan(), &|_| 5, Some(6), &PlanLimits::default()).unwrap();
+        let sizes = [10, 20, 70, 5, 5, 200];
+        let change = dag.coalesce(1, &sizes, 100).expect("something to coalesce");
+        assert!(
+            change.contains("6 shuffle partitions (310 bytes) in 3 tasks"),
+            "{change}"
+        );
+        let piece = |partition| PieceRef {
+            branch: 0,
+            partition,
+        };
+        // 10+20+70 | 5+5 (200 would overflow) | 200 alone, over the target.
+        assert_eq!(
+            dag.stages[1].pieces,
+            vec![
+                vec![piece(0), piece(1), piece(2)],
+                vec![piece(3), piece(4)],
+                vec![piece(5)]
+            ]
+        );
+        assert_eq!(dag.stages[1].partitions, 3);
+        // Once coalesced, or with nothing to gain, it stays as it is.
+        assert!(dag.coalesce(1, &[1, 1, 1], 100).is_none());
+        let mut fresh =
+            build_dag(&wordcount_plan(), &|_| 5, Some(2), &PlanLimits::default()).unwrap();
+        assert!(fresh.coalesce(1, &[500, 500], 100).is_none());
+        // A partition count the job asked for is kept.
+        let mut plan = wordcount_plan();
+        if let Node::Shuffle { partitions, .. } = &mut plan.nodes[3] {
+            *partitions = Some(6);
+        }
+        let mut asked = build_dag(&plan, &|_| 5, None, &PlanLimits::default()).unwrap();
+        assert!(asked.coalesce(1, &sizes, 100).is_none());
     }
 
     /// The branch a `text("a")` source stage reads.

@@ -249,8 +249,8 @@ fn usage_is_accounted_per_tenant_with_fuel_where_metered() {
     };
     let live = usage("alice", &["--join"], &cluster.client);
     assert!(
-        live.starts_with("tenant alice: 1 job(s), 6 task attempt(s)"),
-        "3 map and 3 reduce tasks: {live}"
+        live.starts_with("tenant alice: 1 job(s), 4 task attempt(s)"),
+        "3 map tasks, and 1 reduce task for the 3 small partitions (adaptive execution): {live}"
     );
     let fuel: u64 = live
         .split("fuel ")

@@ -162,7 +162,22 @@ fn live_ui_history_replay_metrics_and_a_browser_agree_on_a_multi_stage_job() {
     assert_eq!(job1["stages_total"], 2);
     let stages = job1["stages"].as_array().unwrap();
     assert_eq!(stages[0]["partitions"], 6);
-    assert_eq!(stages[1]["partitions"], 3);
+    // Adaptive execution had one task read the 3 small shuffle partitions, and says so.
+    assert_eq!(stages[1]["partitions"], 1);
+    let adaptive = job1["adaptive"].as_array().unwrap();
+    assert!(
+        adaptive.len() == 1
+            && adaptive[0]
+                .as_str()
+                .unwrap()
+                .starts_with("stage 1 reads its 3 shuffle partitions"),
+        "{job1:#}"
+    );
+    let (_, job_page) = http_get(&ui, "/jobs/1");
+    assert!(
+        job_page.contains("<h2>Adaptive execution</h2>") && job_page.contains("in 1 tasks"),
+        "{job_page}"
+    );
     assert_eq!(stages[1]["parents"], serde_json::json!([0]));
     assert!(
         stages[1]["started_ms"].as_u64() >= stages[0]["completed_ms"].as_u64()
@@ -211,13 +226,13 @@ fn live_ui_history_replay_metrics_and_a_browser_agree_on_a_multi_stage_job() {
         .iter()
         .map(|e| e["tasks_succeeded"].as_u64().unwrap())
         .sum();
-    assert_eq!(done, 9, "6 map and 3 reduce tasks");
+    assert_eq!(done, 7, "6 map tasks and 1 reduce task");
 
     // Prometheus: the driver's, and an executor's own.
     let (status, prom) = http_get(&ui, "/metrics");
     assert_eq!(status, 200);
     assert!(
-        prom.contains("flint_tasks_total{state=\"succeeded\"} 9"),
+        prom.contains("flint_tasks_total{state=\"succeeded\"} 7"),
         "{prom}"
     );
     assert!(
@@ -236,7 +251,7 @@ fn live_ui_history_replay_metrics_and_a_browser_agree_on_a_multi_stage_job() {
             line.rsplit(' ').next().unwrap().parse::<u64>().unwrap()
         })
         .sum();
-    assert_eq!(per_executor, 9);
+    assert_eq!(per_executor, 7);
 
     // A browser renders the pages with the right numbers.
     match &browser {
@@ -244,7 +259,7 @@ fn live_ui_history_replay_metrics_and_a_browser_agree_on_a_multi_stage_job() {
             let dag = browser_dom(c, &format!("http://{ui}/jobs/1"));
             assert_eq!(dag.matches(r#"class="stage""#).count(), 2, "{dag}");
             assert!(
-                dag.contains("6/6 tasks") && dag.contains("3/3 tasks"),
+                dag.contains("6/6 tasks") && dag.contains("1/1 tasks"),
                 "{dag}"
             );
             assert!(dag.contains("shuffle"), "{dag}");

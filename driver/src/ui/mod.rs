@@ -4,7 +4,8 @@
 //!
 //! JSON API (the same data as the pages):
 //! - `GET /api/v1/jobs`: every job, without task lists.
-//! - `GET /api/v1/jobs/{job}`: one job, its stages with task counts and totals.
+//! - `GET /api/v1/jobs/{job}`: one job, its stages with task counts and totals, and
+//!   `adaptive`: what adaptive execution changed in its stages, and why.
 //! - `GET /api/v1/jobs/{job}/stages/{stage}`: one stage with every task attempt and its
 //!   metrics, the duration quantiles and the map output bytes the driver tracked.
 //! - `GET /api/v1/executors`: every executor the driver has seen.
@@ -378,6 +379,7 @@ fn job_summary(j: &JobView, now: u64) -> serde_json::Value {
         "stages_done": j.stages_done(),
         "stages_total": j.stages.len(),
         "error": j.error,
+        "adaptive": j.adaptive,
     })
 }
 

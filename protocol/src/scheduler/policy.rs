@@ -103,6 +103,9 @@ pub struct JobPolicy {
     /// A join side whose map output is at most this many bytes is broadcast (its stage
     /// becomes a broadcast hash join, see `JobDag::broadcast_join`); 0: never.
     pub broadcast_threshold: u64,
+    /// What a reduce task reads at most once consecutive small shuffle partitions are
+    /// read together (see `JobDag::coalesce`); 0: never.
+    pub coalesce_target: u64,
 }
 
 impl Default for JobPolicy {
@@ -116,6 +119,7 @@ impl Default for JobPolicy {
             attempt_timeout_ms: None,
             pool: Pool::default(),
             broadcast_threshold: 0,
+            coalesce_target: 0,
         }
     }
 }

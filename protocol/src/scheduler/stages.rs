@@ -4,7 +4,7 @@
 
 use super::policy::{JobFailure, JobPolicy};
 use super::{Command, Scheduler, fmt_ms};
-use crate::dag::{JobDag, StageOutput};
+use crate::dag::{JobDag, StageInput, StageOutput};
 use crate::ids::{ExecutorId, JobId, ShuffleId, StageId, TaskAttemptId, TaskId};
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -469,16 +469,31 @@ impl Scheduler {
     /// has not started becomes a broadcast hash join when one side's map stage is done
     /// with at most `broadcast_threshold` bytes of output and the other side's has not
     /// started (nor is read by any other stage): that side then needs no shuffle.
+    ///
+    /// Then a stage that reads shuffles whose map stages are all done, and has not
+    /// started, reads consecutive small partitions together: tasks of about
+    /// `coalesce_target` bytes, or fewer bytes when that keeps every slot of the cluster
+    /// busy (at least 1 MiB), as Spark's coalescing of shuffle partitions does.
     fn adapt(&mut self, job_id: JobId) {
+        let slots: u64 = self
+            .executors
+            .values()
+            .filter(|e| !e.decommissioning)
+            .map(|e| e.cores as u64)
+            .sum();
         let Some(job) = self.jobs.get_mut(&job_id) else {
             return;
         };
         let threshold = job.policy.broadcast_threshold;
-        if threshold == 0 {
+        let advisory = job.policy.coalesce_target;
+        if threshold == 0 && advisory == 0 {
             return;
         }
         let mut changes = Vec::new();
         for j in 0..job.stages.len() {
+            if threshold == 0 {
+                break;
+            }
             if job.dag.stages[j].broadcast.is_empty()
                 || job.stages[j].status != StageStatus::Waiting
             {
@@ -529,6 +544,59 @@ impl Scheduler {
             job.stages[j].tasks = (0..tasks).map(|_| TaskState::default()).collect();
             job.stages[j].done_tasks = 0;
             if let Some(out) = job.dag.stages[j].writes() {
+                self.map_outputs.register_shuffle(job_id, out, tasks);
+            }
+            changes.push(change);
+        }
+        for s in 0..job.stages.len() {
+            if advisory == 0 {
+                break;
+            }
+            let def = &job.dag.stages[s];
+            let ready = def
+                .parents
+                .iter()
+                .chain(&def.after)
+                .all(|p| job.stages[*p as usize].all_done());
+            let [branch] = def.branches.as_slice() else {
+                continue;
+            };
+            let StageInput::Shuffle {
+                shuffles,
+                coalesce: true,
+                ..
+            } = &branch.input
+            else {
+                continue;
+            };
+            if !ready || job.stages[s].status != StageStatus::Waiting || !untouched(&job.stages[s])
+            {
+                continue;
+            }
+            let mut sizes = vec![0u64; branch.partitions as usize];
+            let mut known = true;
+            for sh in shuffles {
+                for status in self.map_outputs.statuses(job_id, *sh).unwrap_or_default() {
+                    let Some(status) = status else {
+                        known = false;
+                        continue;
+                    };
+                    for (size, add) in sizes.iter_mut().zip(&status.sizes) {
+                        *size += add;
+                    }
+                }
+            }
+            if !known {
+                continue;
+            }
+            let total: u64 = sizes.iter().sum();
+            let target = (total / slots.max(1)).clamp(1 << 20, advisory.max(1 << 20));
+            let Some(change) = job.dag.coalesce(s as u32, &sizes, target) else {
+                continue;
+            };
+            let tasks = job.dag.stages[s].partitions;
+            job.stages[s].tasks = (0..tasks).map(|_| TaskState::default()).collect();
+            if let Some(out) = job.dag.stages[s].writes() {
                 self.map_outputs.register_shuffle(job_id, out, tasks);
             }
             changes.push(change);

@@ -1289,3 +1289,69 @@ fn without_adaptive_execution_a_join_is_shuffled_and_nothing_waits() {
     let maps = launches(&drain(&mut s));
     assert_eq!(maps.len(), 5, "both sides' map tasks at once");
 }
+
+#[test]
+fn small_shuffle_partitions_are_read_together_once_the_map_side_is_done() {
+    let mut s = Scheduler::new(SchedulerConf::default());
+    s.executor_added(E1, 2, 0);
+    let policy = JobPolicy {
+        coalesce_target: 64 << 20,
+        ..JobPolicy::default()
+    };
+    let plan = LogicalPlan {
+        nodes: vec![
+            text_node(),
+            Node::Shuffle {
+                sides: vec![ShuffleSide {
+                    parent: 0,
+                    write: Op::bare(2),
+                }],
+                partitions: None,
+                read: Op::bare(3),
+                name: "reduce_by_key".into(),
+                probes: vec![],
+            },
+        ],
+        action: Action::Count,
+    };
+    let dag = build_dag(&plan, &|_| 2, Some(8), &Default::default()).unwrap();
+    s.submit_job(J, APP, dag, policy);
+    let maps = launches(&drain(&mut s));
+    assert_eq!(maps.len(), 2);
+    // 8 partitions of a few MiB each: 24 MiB over 2 slots is 12 MiB a task.
+    let mib = 1u64 << 20;
+    for (a, e, _) in maps {
+        s.task_succeeded(
+            a,
+            e,
+            Some(vec![mib, mib, 2 * mib, mib, mib, 3 * mib, mib, 2 * mib]),
+        );
+    }
+    let cmds = drain(&mut s);
+    let change = cmds
+        .iter()
+        .find_map(|c| match c {
+            Command::Replanned { changes, dag, .. } => Some((changes.clone(), dag.clone())),
+            _ => None,
+        })
+        .expect("coalesced");
+    assert!(
+        changes_say(&change.0, "8 shuffle partitions"),
+        "{:?}",
+        change.0
+    );
+    assert_eq!(change.1.stages[1].partitions, 2);
+    let reduces = launches(&cmds);
+    assert_eq!(reduces.len(), 2);
+    let mut all: Vec<u32> = reduces
+        .iter()
+        .flat_map(|(_, _, inputs)| inputs.iter().map(|l| l.reduce))
+        .collect();
+    all.sort_unstable();
+    all.dedup();
+    assert_eq!(all, (0..8).collect::<Vec<_>>(), "every partition read once");
+    for (a, e, _) in reduces {
+        s.task_succeeded(a, e, None);
+    }
+    assert!(drain(&mut s).contains(&Command::JobSucceeded { job: J }));
+}
