@@ -968,11 +968,7 @@ impl ClusterLoop {
                         .iter()
                         .map(|sh| ShuffleSideInput {
                             shuffle: *sh,
-                            cached: job.spec.dag.cache_of(*sh).map(|c| CacheTarget {
-                                job: JobId::cache_of_app(job.spec.app),
-                                shuffle: ShuffleId(c.id),
-                                level: c.level,
-                            }),
+                            cached: kept_target(job, *sh),
                             segments: inputs
                                 .iter()
                                 .filter(|l| l.shuffle == *sh && l.reduce == r.partition)
@@ -1033,6 +1029,7 @@ impl ClusterLoop {
                     .filter(|l| l.shuffle == *sh)
                     .map(|l| (l.reduce, self.segment_source(l)))
                     .collect(),
+                cached: kept_target(job, *sh),
             })
             .collect();
         Some(TaskDescriptor {
@@ -1062,6 +1059,16 @@ impl ClusterLoop {
             size: l.size,
         }
     }
+}
+
+/// Where the map output of `shuffle` is filed when the application keeps it (a cached
+/// dataset, or a shuffle kept for later jobs): under the application, not the job.
+fn kept_target(job: &RunningJob, shuffle: ShuffleId) -> Option<CacheTarget> {
+    job.spec.dag.cache_of(shuffle).map(|c| CacheTarget {
+        job: JobId::cache_of_app(job.spec.app),
+        shuffle: ShuffleId(c.id),
+        level: c.level,
+    })
 }
 
 /// What the UI and the event log know of a DAG's stages.

@@ -519,6 +519,7 @@ pub async fn serve(
                 });
             }
             Ok(Some(ToExecutor::DropCached { job, shuffle })) => {
+                env.builds.forget_side(job, shuffle);
                 let store = store.clone();
                 tokio::task::spawn_blocking(move || store.drop_cached(job, shuffle));
             }

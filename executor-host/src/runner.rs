@@ -190,12 +190,20 @@ pub struct BuildCache {
 }
 
 impl BuildCache {
-    /// Forgets job `job`'s build sides (it ended).
+    /// Forgets job `job`'s build sides (it ended), or the application's kept ones.
     pub fn forget(&self, job: JobId) {
         self.sides
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .retain(|(j, _), _| *j != job);
+    }
+
+    /// Forgets one kept build side (its output was dropped).
+    pub fn forget_side(&self, job: JobId, shuffle: ShuffleId) {
+        self.sides
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&(job, shuffle));
     }
 
     /// Build side `input` of `desc`'s job, fetched now unless another task has it.
@@ -205,12 +213,16 @@ impl BuildCache {
         desc: &TaskDescriptor,
         input: &BuildInput,
     ) -> Result<BuildSide, TaskError> {
-        let job = desc.attempt.task.stage.job;
+        // A kept output is filed under its application: later jobs share the fetch.
+        let key = match input.cached {
+            Some(c) => (c.job, c.shuffle),
+            None => (desc.attempt.task.stage.job, input.shuffle),
+        };
         let cell = self
             .sides
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .entry((job, input.shuffle))
+            .entry(key)
             .or_default()
             .clone();
         cell.get_or_try_init(|| fetch_build(env, desc, input))
@@ -227,11 +239,19 @@ async fn fetch_build(
 ) -> Result<BuildSide, TaskError> {
     let limit = Duration::from_millis(desc.limits.fetch_timeout_ms.max(1));
     let mut frames = Vec::new();
+    let (job, shuffle, secret) = match input.cached {
+        Some(c) => (c.job, c.shuffle, desc.app_secret),
+        None => (
+            desc.attempt.task.stage.job,
+            input.shuffle,
+            desc.shuffle_secret,
+        ),
+    };
     for (reduce, src) in &input.segments {
         let seg = SegmentFetch {
-            job: desc.attempt.task.stage.job,
-            shuffle: input.shuffle,
-            secret: desc.shuffle_secret,
+            job,
+            shuffle,
+            secret,
             reduce: *reduce,
             src: src.clone(),
             limit,

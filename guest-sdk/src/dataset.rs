@@ -143,7 +143,8 @@ pub(crate) enum LNode {
         name: &'static str,
     },
     Shuffle {
-        sides: Vec<(Rc<LNode>, wit::Op)>,
+        /// (parent, map-side op, the id its kept map output goes by).
+        sides: Vec<(Rc<LNode>, wit::Op, u32)>,
         partitions: Option<u32>,
         read: wit::Op,
         name: &'static str,
@@ -183,6 +184,25 @@ impl<T> Clone for Dataset<T> {
             _t: PhantomData,
         }
     }
+}
+
+/// The next id of something the application keeps on its executors across jobs (a
+/// cached dataset, a shuffle's map output): one sequence for both, as the host files
+/// them alike.
+fn next_kept_id() -> u32 {
+    thread_local! {
+        static NEXT: std::cell::Cell<u32> = const { std::cell::Cell::new(1) };
+    }
+    NEXT.with(|n| {
+        let id = n.get();
+        n.set(id.wrapping_add(1).max(1));
+        id
+    })
+}
+
+/// A shuffle's side: its parent, its map-side op and a fresh id for its kept output.
+fn side(parent: &Rc<LNode>, write: wit::Op) -> (Rc<LNode>, wit::Op, u32) {
+    (parent.clone(), write, next_kept_id())
 }
 
 /// The encoded form of a captured value, or the node that reports why there is none.
@@ -548,7 +568,7 @@ impl<T: crate::Data> Dataset<T> {
         };
         let write = ops::new_row_writer::<C, T, Pl> as NewWriterFn as usize;
         Self::to(Rc::new(LNode::Shuffle {
-            sides: vec![(self.node.clone(), op(write, arg))],
+            sides: vec![side(&self.node, op(write, arg))],
             partitions,
             read: op(read as usize, read_arg),
             name,
@@ -575,7 +595,8 @@ impl<T: crate::Data> Dataset<T> {
                 probes,
                 ..
             } => Self::to(Rc::new(LNode::Shuffle {
-                sides: sides.clone(),
+                // Other reduce partitions: other map outputs, kept under other ids.
+                sides: sides.iter().map(|(p, w, _)| side(p, w.clone())).collect(),
                 partitions: Some(partitions.max(1)),
                 read: read.clone(),
                 name,
@@ -694,14 +715,7 @@ impl<T: crate::Data> Dataset<T> {
     /// # Ok(()) }
     /// ```
     pub fn persist(&self, level: StorageLevel) -> Dataset<T> {
-        thread_local! {
-            static NEXT: std::cell::Cell<u32> = const { std::cell::Cell::new(1) };
-        }
-        let id = NEXT.with(|n| {
-            let id = n.get();
-            n.set(id + 1);
-            id
-        });
+        let id = next_kept_id();
         let write = ops::new_keep_writer::<T> as NewWriterFn as usize;
         let read = ops::new_row_pass_reader::<T> as NewReaderFn as usize;
         Self::to(Rc::new(LNode::Cache {
@@ -1300,7 +1314,7 @@ impl<K: crate::Key, V: crate::Data> Dataset<(K, V)> {
         let write = ops::new_combine_writer::<C, K, V, U, Cr, Mv> as NewWriterFn as usize;
         let read = ops::new_combine_reader::<K, U, Mc> as NewReaderFn as usize;
         Self::to(Rc::new(LNode::Shuffle {
-            sides: vec![(self.node.clone(), op(write, arg))],
+            sides: vec![side(&self.node, op(write, arg))],
             partitions: None,
             read: op(read, Vec::new()),
             name: "combine_by_key",
@@ -1367,7 +1381,7 @@ impl<K: crate::Key, V: crate::Data> Dataset<(K, V)> {
             a
         });
         Dataset::<(K, Vec<V>)>::to(Rc::new(LNode::Shuffle {
-            sides: vec![(singles.node.clone(), op(write, Vec::new()))],
+            sides: vec![side(&singles.node, op(write, Vec::new()))],
             partitions: None,
             read: op(read, Vec::new()),
             name: "group_by_key",
@@ -1402,7 +1416,7 @@ impl<K: crate::Key, V: crate::Data> Dataset<(K, V)> {
         let write = ops::new_key_writer::<K, V> as NewWriterFn as usize;
         let read = ops::new_pair_pass_reader::<K, V> as NewReaderFn as usize;
         Self::to(Rc::new(LNode::Shuffle {
-            sides: vec![(self.node.clone(), op(write, Vec::new()))],
+            sides: vec![side(&self.node, op(write, Vec::new()))],
             partitions: Some(partitions.max(1)),
             read: op(read, Vec::new()),
             name: "partition_by",
@@ -1426,8 +1440,8 @@ impl<K: crate::Key, V: crate::Data> Dataset<(K, V)> {
         let read = ops::new_cogroup_reader::<K, V, W, O, J> as NewReaderFn as usize;
         Dataset::<(K, V)>::to(Rc::new(LNode::Shuffle {
             sides: vec![
-                (self.node.clone(), op(left, Vec::new())),
-                (other.node.clone(), op(right, Vec::new())),
+                side(&self.node, op(left, Vec::new())),
+                side(&other.node, op(right, Vec::new())),
             ],
             partitions: None,
             read: op(read, Vec::new()),
@@ -1641,7 +1655,15 @@ impl<K: crate::Key, V: crate::Data> Dataset<(K, V)> {
 impl<T> Dataset<T> {
     /// The same dataset whose last shuffle or narrow op is named `name` in stage names
     /// and the UI.
-    fn renamed(self, name: &'static str) -> Dataset<T> {
+    fn renamed(mut self, name: &'static str) -> Dataset<T> {
+        // Named in place when this dataset alone holds the node (it was just made): a
+        // copy would drop the original, and with it what its shuffle keeps.
+        if let Some(LNode::Narrow { name: n, .. } | LNode::Shuffle { name: n, .. }) =
+            Rc::get_mut(&mut self.node)
+        {
+            *n = name;
+            return self;
+        }
         match &*self.node {
             LNode::Narrow { parent, apply, .. } => Dataset {
                 node: Rc::new(LNode::Narrow {
@@ -1680,7 +1702,7 @@ impl LNode {
             LNode::Narrow { parent, .. }
             | LNode::Coalesce { parent, .. }
             | LNode::Cache { parent, .. } => vec![parent],
-            LNode::Shuffle { sides, .. } => sides.iter().map(|(p, _)| p).collect(),
+            LNode::Shuffle { sides, .. } => sides.iter().map(|(p, _, _)| p).collect(),
             LNode::Union(parents) => parents.iter().collect(),
         }
     }
@@ -1697,9 +1719,10 @@ impl LNode {
             LNode::Narrow { parent, .. }
             | LNode::Coalesce { parent, .. }
             | LNode::Cache { parent, .. } => vec![std::mem::replace(parent, placeholder())],
-            LNode::Shuffle { sides, .. } => {
-                std::mem::take(sides).into_iter().map(|(p, _)| p).collect()
-            }
+            LNode::Shuffle { sides, .. } => std::mem::take(sides)
+                .into_iter()
+                .map(|(p, _, _)| p)
+                .collect(),
             LNode::Union(parents) => std::mem::take(parents),
         }
     }
@@ -1707,6 +1730,15 @@ impl LNode {
 
 impl Drop for LNode {
     fn drop(&mut self) {
+        // No plan can read this shuffle again: the map outputs kept for later jobs go
+        // (Spark's ContextCleaner does the same for an RDD that is gone).
+        if let LNode::Shuffle { sides, .. } = self
+            && crate::task::task_context().is_none()
+        {
+            for (_, _, keep) in sides.iter() {
+                host::unpersist(*keep);
+            }
+        }
         let mut orphans = self.take_parents();
         while let Some(n) = orphans.pop() {
             if let Ok(mut node) = Rc::try_unwrap(n) {
@@ -1774,9 +1806,10 @@ fn flatten(root: &Rc<LNode>) -> Result<wit::Plan> {
             } => wit::PlanNode::Shuffle(wit::ShuffleOp {
                 sides: sides
                     .iter()
-                    .map(|(parent, write)| wit::ShuffleSide {
+                    .map(|(parent, write, keep)| wit::ShuffleSide {
                         parent: at(parent),
                         write: write.clone(),
+                        keep: Some(*keep),
                     })
                     .collect(),
                 partitions: *partitions,

@@ -27,6 +27,7 @@ fn dag(maps: u32, reduces: Option<u32>) -> JobDag {
             sides: vec![ShuffleSide {
                 parent: 0,
                 write: Op::bare(2),
+                keep: None,
             }],
             partitions: Some(r),
             read: Op::bare(3),

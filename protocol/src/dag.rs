@@ -45,6 +45,9 @@ pub struct PieceRef {
 pub struct CacheKey {
     pub id: u32,
     pub level: StorageLevel,
+    /// A shuffle's map output kept whole for later jobs (`ShuffleSide::keep`), rather
+    /// than a cached dataset, whose map task `p` keeps partition `p`.
+    pub shuffle_output: bool,
 }
 
 /// What a stage's tasks produce.
@@ -122,7 +125,13 @@ impl StageDef {
     pub fn keeps_cache(&self) -> bool {
         matches!(
             self.output,
-            StageOutput::ShuffleWrite { cache: Some(_), .. }
+            StageOutput::ShuffleWrite {
+                cache: Some(CacheKey {
+                    shuffle_output: false,
+                    ..
+                }),
+                ..
+            }
         )
     }
 
@@ -758,10 +767,12 @@ impl Builder<'_> {
                 let side = [ShuffleSide {
                     parent: *parent,
                     write: write.clone(),
+                    keep: None,
                 }];
                 let key = CacheKey {
                     id: *id,
                     level: *level,
+                    shuffle_output: false,
                 };
                 // A cached partition is read where it is kept, one per task.
                 self.map_stages(node, &side, None, Some(key), format!("cache {id}"))?
@@ -893,13 +904,20 @@ impl Builder<'_> {
             self.map_tasks.push(p.pieces.len() as u32);
             let mut names = p.names.clone();
             names.push(format!("{name} (write)"));
+            // A shuffle's map output the program keeps for later jobs is filed as its
+            // cached datasets are (on disk: it is a shuffle's files).
+            let kept = side.keep.map(|id| CacheKey {
+                id,
+                level: StorageLevel::DiskOnly,
+                shuffle_output: true,
+            });
             let stage = self.push_stage(
                 p,
                 StageOutput::ShuffleWrite {
                     shuffle,
                     partitions,
                     write: side.write.clone(),
-                    cache,
+                    cache: cache.or(kept),
                 },
                 names,
             )?;
@@ -1006,6 +1024,7 @@ mod tests {
                 .map(|p| ShuffleSide {
                     parent: *p,
                     write: op(40 + *p as u32),
+                    keep: None,
                 })
                 .collect(),
             partitions,
@@ -1631,6 +1650,7 @@ mod tests {
                         .map(|_| ShuffleSide {
                             parent: 0,
                             write: op(2),
+                            keep: None,
                         })
                         .collect(),
                     partitions: Some(1),

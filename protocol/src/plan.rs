@@ -361,6 +361,11 @@ pub enum StorageLevel {
 pub struct ShuffleSide {
     pub parent: NodeIndex,
     pub write: Op,
+    /// An id the driver program gives this side's map output (from the same numbers as
+    /// its cached datasets'): the output is kept for later jobs of the application that
+    /// read the same shuffle (Spark keeps shuffle files), until the program unpersists
+    /// the id or ends. `None`: written for its job only.
+    pub keep: Option<u32>,
 }
 
 /// How a two-sided shuffle (a join) may run as a broadcast hash join: side `stream` is

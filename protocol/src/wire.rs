@@ -279,6 +279,8 @@ pub struct BuildInput {
     pub shuffle: ShuffleId,
     /// Every non-empty segment, with its reduce partition.
     pub segments: Vec<(u32, SegmentSource)>,
+    /// Where a map output kept for later jobs is filed (see [`CacheTarget`]).
+    pub cached: Option<CacheTarget>,
 }
 
 /// One input of a task and the narrow ops that apply to it alone.

@@ -773,3 +773,58 @@ fn take_reads_partitions_in_rounds_as_spark_does() {
     assert!(line.starts_with("took 2 rows"), "{line}");
     assert_eq!((jobs, tasks), (1, 11));
 }
+
+/// Spark keeps a job's shuffle files for later jobs of the application: the second and
+/// third actions on a shuffled dataset read its kept map output instead of running the
+/// map stage again, and the output goes once the program drops the dataset.
+#[test]
+fn later_jobs_of_an_application_reuse_a_shuffle_s_kept_map_output() {
+    let tmp = tempfile::tempdir().unwrap();
+    let input = tmp.path().join("in");
+    std::fs::create_dir_all(&input).unwrap();
+    let mut words = std::collections::BTreeSet::new();
+    for f in 0..4 {
+        let line: Vec<String> = (0..50).map(|i| format!("w{}", (i * 7 + f) % 60)).collect();
+        words.extend(line.iter().cloned());
+        std::fs::write(input.join(format!("f{f}.txt")), line.join(" ") + "\n").unwrap();
+    }
+    let events = tmp.path().join("events");
+    let out = run_ok(
+        flint()
+            .args([
+                "run",
+                flint_udfs::TEST_JOBS,
+                "--executors",
+                "2",
+                "--event-log",
+            ])
+            .arg(&events)
+            .args(["--", "reused-shuffle"])
+            .arg(&input),
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains(&format!(
+            "reused-shuffle: distinct={} collected={} took=2",
+            words.len(),
+            words.len()
+        )),
+        "{stdout}"
+    );
+    // Map tasks (stage 0 of each job) ran in the first job only.
+    let mut map_tasks: BTreeMap<u64, u64> = BTreeMap::new();
+    for f in std::fs::read_dir(&events).unwrap() {
+        for line in std::fs::read_to_string(f.unwrap().path()).unwrap().lines() {
+            let e: serde_json::Value = serde_json::from_str(line).unwrap();
+            if e["event"] == "TaskEnded" && e["attempt"]["task"]["stage"]["index"] == 0 {
+                let job = e["attempt"]["task"]["stage"]["job"].as_u64().unwrap();
+                *map_tasks.entry(job).or_default() += 1;
+            }
+        }
+    }
+    assert_eq!(
+        map_tasks.values().copied().collect::<Vec<_>>(),
+        vec![4],
+        "only the first job ran the map stage: {map_tasks:?}"
+    );
+}

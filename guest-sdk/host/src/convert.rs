@@ -104,6 +104,7 @@ pub fn plan_from_wit(plan: wit::Plan, action: wit::Action) -> LogicalPlan {
                     .map(|side| ShuffleSide {
                         parent: side.parent as usize,
                         write: op(side.write),
+                        keep: side.keep,
                     })
                     .collect(),
                 partitions: s.partitions,

@@ -134,14 +134,22 @@ impl Scheduler {
             })
             .collect();
         for (i, s) in dag.stages.iter().enumerate() {
-            let StageOutput::ShuffleWrite { shuffle, cache, .. } = s.output else {
+            let StageOutput::ShuffleWrite {
+                shuffle,
+                cache,
+                partitions,
+                ..
+            } = s.output
+            else {
                 continue;
             };
             self.map_outputs
                 .register_shuffle(job, shuffle, s.partitions);
             let Some(c) = cache else { continue };
             for (map, status) in self.cached.kept(app, c.id, s.partitions) {
-                if !self.executors.contains_key(&status.executor) {
+                // A kept output must be of this shuffle's reduce partitions.
+                let fits = !c.shuffle_output || status.sizes.len() == partitions as usize;
+                if !fits || !self.executors.contains_key(&status.executor) {
                     continue;
                 }
                 if let Some(task) = stages[i].tasks.get_mut(map as usize) {

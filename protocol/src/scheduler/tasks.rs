@@ -116,22 +116,17 @@ impl Scheduler {
         }
         self.speculatable.remove(&attempt.task);
         self.commands.push_back(Command::CommitTask { attempt });
-        if let StageOutput::ShuffleWrite {
-            shuffle,
-            partitions,
-            cache,
-            ..
-        } = *output
-        {
+        if let StageOutput::ShuffleWrite { shuffle, cache, .. } = *output {
             let status = MapStatus {
                 executor,
                 sizes: map_sizes.unwrap_or_default(),
             };
             if let Some(c) = cache {
+                // Filed by map task: as many as the stage has tasks.
                 self.cached.record(
                     app,
                     c.id,
-                    partitions,
+                    stage_tasks as u32,
                     attempt.task.partition,
                     status.clone(),
                 );

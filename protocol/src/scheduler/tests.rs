@@ -21,6 +21,7 @@ fn shuffle_node(parent: usize, partitions: u32, name: &str) -> Node {
         sides: vec![ShuffleSide {
             parent,
             write: Op::bare(2),
+            keep: None,
         }],
         partitions: Some(partitions),
         read: Op::bare(3),
@@ -1139,10 +1140,12 @@ fn join_dag(threshold: u64) -> JobDag {
             ShuffleSide {
                 parent: 0,
                 write: Op::bare(2),
+                keep: None,
             },
             ShuffleSide {
                 parent: 1,
                 write: Op::bare(2),
+                keep: None,
             },
         ],
         partitions: Some(3),
@@ -1305,6 +1308,7 @@ fn small_shuffle_partitions_are_read_together_once_the_map_side_is_done() {
                 sides: vec![ShuffleSide {
                     parent: 0,
                     write: Op::bare(2),
+                    keep: None,
                 }],
                 partitions: None,
                 read: Op::bare(3),

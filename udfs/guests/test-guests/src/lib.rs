@@ -1,6 +1,8 @@
 //! Test jobs: `SCENARIO ARGS...` picks what the job does.
 //! - `count INPUT`: prints the number of lines of INPUT.
 //! - `collect-lengths INPUT`: prints the sum of line lengths, computed from `collect`.
+//! - `reused-shuffle INPUT`: a word count's counts, counted, collected and taken from
+//!   (three jobs over one shuffle); prints `reused-shuffle: distinct= collected= took=`.
 //! - `instance-globals INPUT`: numbers INPUT's lines by a global counter of the instance
 //!   that maps them (each task prints `task P row N`), and prints
 //!   `instance-globals: max=N`: how many lines one instance saw, less one.
@@ -209,6 +211,21 @@ fn main(ctx: &mut Context) -> Result<()> {
         Some("count") => {
             let n = ctx.text_file(&args[1])?.count()?;
             println!("lines: {n}");
+        }
+        Some("reused-shuffle") => {
+            let counts = ctx
+                .text_file(&args[1])?
+                .flat_map(|l: String| {
+                    l.split_ascii_whitespace()
+                        .map(str::to_owned)
+                        .collect::<Vec<_>>()
+                })
+                .map(|w: String| (w, 1u64))
+                .reduce_by_key(|a, b| a + b);
+            let distinct = counts.count()?;
+            let collected = counts.collect()?.len();
+            let took = counts.take(2)?.len();
+            println!("reused-shuffle: distinct={distinct} collected={collected} took={took}");
         }
         Some("instance-globals") => {
             let rows = ctx
