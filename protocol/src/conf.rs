@@ -179,6 +179,10 @@ settings! {
         "largest input split";
     adaptive_enabled: bool = "adaptive.enabled", Bool, Some("true"), App,
         "re-plan a job at its stage boundaries from the map-output sizes: broadcast small join sides, read small shuffle partitions together";
+    adaptive_skew_factor: f64 = "adaptive.skew.factor", Number, Some("5"), App,
+        "a join's partition is skewed past this many times its side's median partition (and past adaptive.skew.min_bytes): several tasks read it, each with a share of that side";
+    adaptive_skew_min_bytes: u64 = "adaptive.skew.min_bytes", Bytes, Some("256m"), App,
+        "a join's partition smaller than this is never split as skewed";
     adaptive_partition_bytes: u64 = "adaptive.partition_bytes", Bytes, Some("64m"), App,
         "what a reduce task reads at most when adaptive execution has it read several small shuffle partitions (fewer, when that keeps every slot busy; Spark's advisoryPartitionSizeInBytes)";
     join_broadcast_threshold: u64 = "join.broadcast_threshold", Bytes, Some("10m"), App,
@@ -244,6 +248,10 @@ impl Settings {
             } else {
                 0
             },
+            skew: self.adaptive_enabled.then_some(crate::dag::Skew {
+                factor: self.adaptive_skew_factor,
+                min_bytes: self.adaptive_skew_min_bytes,
+            }),
         }
     }
 

@@ -38,6 +38,28 @@ pub struct Branch {
 pub struct PieceRef {
     pub branch: u32,
     pub partition: u32,
+    /// Only these map outputs of one side (a share of a skewed join partition); `None`:
+    /// every map output of every side.
+    pub maps: Option<MapRange>,
+}
+
+/// Map outputs `start..end` of side `side` of a shuffle read.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MapRange {
+    pub side: u32,
+    pub start: u32,
+    pub end: u32,
+}
+
+impl PieceRef {
+    /// Partition `partition` of branch `branch`, whole.
+    pub fn whole(branch: u32, partition: u32) -> PieceRef {
+        PieceRef {
+            branch,
+            partition,
+            maps: None,
+        }
+    }
 }
 
 /// A cached dataset of the application.
@@ -254,54 +276,149 @@ impl JobDag {
         ))
     }
 
-    /// Has stage `s`, which reads shuffles whose partitions hold `sizes` bytes (summed
-    /// over sides and map outputs), read consecutive partitions together in tasks of
-    /// about `target` bytes (a partition larger than that alone). Returns what changed,
-    /// or `None` when the stage may not be coalesced (its partition count was asked
-    /// for, it reads more than one input, its tasks already read several partitions) or
-    /// nothing would change.
-    pub fn coalesce(&mut self, s: u32, sizes: &[u64], target: u64) -> Option<String> {
-        let stage = self.stages.get_mut(s as usize)?;
+    /// Plans how stage `s`, which reads shuffles, reads them, from what their map outputs
+    /// hold: `sizes[side][map][partition]` bytes. Consecutive small partitions are read
+    /// together, in tasks of about `target` bytes (a partition larger than that alone),
+    /// when the stage's partition count was not asked for; and a partition of a join
+    /// that is skewed (`skew`: past `factor` times the median of its side, and past
+    /// `min_bytes`) is read by several tasks, each with a share of the map outputs of
+    /// the side that may be split (one whose rows the join streams: each of its rows
+    /// meets the other side's whole partition once) and the other side whole, as
+    /// Spark's skew join does. Returns what changed, or `None` when the stage may not be
+    /// re-planned (it reads more than one input, its tasks already read several
+    /// partitions, it keeps a cached dataset) or nothing would change.
+    pub fn plan_reads(
+        &mut self,
+        s: u32,
+        sizes: &[Vec<Vec<u64>>],
+        target: u64,
+        skew: Option<Skew>,
+    ) -> Option<String> {
+        let stage = self.stages.get(s as usize)?;
         if stage.keeps_cache() {
             return None;
         }
         let [branch] = stage.branches.as_slice() else {
             return None;
         };
-        let StageInput::Shuffle { coalesce: true, .. } = branch.input else {
+        let StageInput::Shuffle {
+            shuffles, coalesce, ..
+        } = &branch.input
+        else {
             return None;
         };
-        let n = branch.partitions;
-        let identity = stage.pieces.len() == n as usize
-            && stage.pieces.iter().enumerate().all(|(p, refs)| {
-                matches!(refs.as_slice(), [r] if r.branch == 0 && r.partition == p as u32)
-            });
-        if !identity || sizes.len() != n as usize {
+        let coalesce = *coalesce;
+        let n = branch.partitions as usize;
+        let identity = stage.pieces.len() == n
+            && stage.pieces.iter().enumerate().all(
+                |(p, refs)| matches!(refs.as_slice(), [r] if *r == PieceRef::whole(0, p as u32)),
+            );
+        if !identity
+            || sizes.len() != shuffles.len()
+            || sizes.iter().flatten().any(|m| m.len() != n)
+        {
             return None;
         }
+        // Sides whose rows the join streams may be split.
+        let splittable: Vec<bool> = shuffles
+            .iter()
+            .map(|sh| {
+                let writer = self.stages.iter().position(|w| w.writes() == Some(*sh));
+                stage
+                    .broadcast
+                    .iter()
+                    .any(|c| Some(c.stream_stage as usize) == writer)
+            })
+            .collect();
+        let side_total = |i: usize, p: usize| sizes[i].iter().map(|m| m[p]).sum::<u64>();
+        let total_of = |p: usize| (0..sizes.len()).map(|i| side_total(i, p)).sum::<u64>();
+        let medians: Vec<u64> = (0..sizes.len())
+            .map(|i| {
+                let mut v: Vec<u64> = (0..n).map(|p| side_total(i, p)).collect();
+                v.sort_unstable();
+                v.get(n / 2).copied().unwrap_or(0)
+            })
+            .collect();
+        let skewed_side = |p: usize| -> Option<usize> {
+            let skew = skew?;
+            (0..sizes.len())
+                .filter(|&i| splittable[i] && sizes[i].len() > 1)
+                .filter(|&i| {
+                    let b = side_total(i, p);
+                    b > skew.min_bytes && b as f64 > skew.factor * medians[i] as f64
+                })
+                .max_by_key(|&i| side_total(i, p))
+        };
         let mut groups: Vec<Vec<PieceRef>> = Vec::new();
-        let mut bytes = u64::MAX;
-        for (p, size) in sizes.iter().enumerate() {
-            if bytes == u64::MAX || bytes.saturating_add(*size) > target {
-                groups.push(Vec::new());
-                bytes = 0;
+        let mut open: Option<u64> = None;
+        let mut splits = Vec::new();
+        for p in 0..n {
+            if let Some(i) = skewed_side(p) {
+                // Consecutive map outputs of side `i` of about `target` bytes each.
+                open = None;
+                let mut start = 0usize;
+                let mut bytes = 0u64;
+                let maps = sizes[i].len();
+                let mut shares = 0;
+                for (m, sz) in sizes[i].iter().map(|m| m[p]).enumerate() {
+                    bytes += sz;
+                    if bytes >= target || m + 1 == maps {
+                        groups.push(vec![PieceRef {
+                            branch: 0,
+                            partition: p as u32,
+                            maps: Some(MapRange {
+                                side: i as u32,
+                                start: start as u32,
+                                end: m as u32 + 1,
+                            }),
+                        }]);
+                        shares += 1;
+                        start = m + 1;
+                        bytes = 0;
+                    }
+                }
+                splits.push(format!(
+                    "partition {p} ({} bytes of side {i}, over {} times its median of {}) is read by {shares} tasks, each with a share of side {i}'s map outputs",
+                    side_total(i, p),
+                    skew.map_or(0.0, |k| k.factor),
+                    medians[i]
+                ));
+                continue;
             }
-            bytes += size;
-            groups.last_mut().expect("one pushed").push(PieceRef {
-                branch: 0,
-                partition: p as u32,
-            });
+            let size = total_of(p);
+            match open {
+                Some(b) if coalesce && b.saturating_add(size) <= target => {
+                    groups
+                        .last_mut()
+                        .expect("a group is open")
+                        .push(PieceRef::whole(0, p as u32));
+                    open = Some(b + size);
+                }
+                _ => {
+                    groups.push(vec![PieceRef::whole(0, p as u32)]);
+                    open = Some(size);
+                }
+            }
         }
-        if groups.len() >= n as usize {
+        if groups.len() == n && splits.is_empty() {
             return None;
         }
-        let total: u64 = sizes.iter().sum();
+        let total: u64 = (0..n).map(total_of).sum();
+        let stage = &mut self.stages[s as usize];
         stage.pieces = groups;
         stage.partitions = stage.pieces.len() as u32;
-        Some(format!(
-            "stage {s} reads its {n} shuffle partitions ({total} bytes) in {} tasks of about {target} bytes",
+        let mut said = format!(
+            "stage {s} reads its {n} shuffle partitions ({total} bytes) in {} tasks",
             stage.partitions
-        ))
+        );
+        if coalesce {
+            said.push_str(&format!(" of about {target} bytes"));
+        }
+        for sp in splits {
+            said.push_str("; skewed ");
+            said.push_str(&sp);
+        }
+        Some(said)
     }
 
     /// This DAG with its result stage cut to the partitions in `range`, which become
@@ -369,6 +486,14 @@ pub fn build_dag(
         },
         limits,
     )
+}
+
+/// When a partition of a join counts as skewed (Spark's `skewedPartitionFactor` and
+/// `skewedPartitionThresholdInBytes`).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Skew {
+    pub factor: f64,
+    pub min_bytes: u64,
 }
 
 /// What the driver knows of a plan's inputs before it runs, and how it may adapt it.
@@ -454,12 +579,7 @@ impl Pipeline {
                 partitions,
             }],
             pieces: (0..partitions)
-                .map(|p| {
-                    vec![PieceRef {
-                        branch: 0,
-                        partition: p,
-                    }]
-                })
+                .map(|p| vec![PieceRef::whole(0, p)])
                 .collect(),
             piece_count: partitions as u64,
             tail: Vec::new(),
@@ -807,7 +927,7 @@ impl Builder<'_> {
                         ps.into_iter()
                             .map(|r| PieceRef {
                                 branch: r.branch + offset,
-                                partition: r.partition,
+                                ..r
                             })
                             .collect()
                     }));
@@ -932,16 +1052,17 @@ impl Builder<'_> {
         })
     }
 
-    /// The ways a join may become a broadcast hash join. When one side reads sources of
-    /// at most the threshold and the other reads more, the larger side's map stage waits
-    /// for the smaller one's (`after`): if that output proves small, the larger side is
-    /// never shuffled.
+    /// The ways a join may become a broadcast hash join (which also say which side's
+    /// skewed partitions may be split). When one side reads sources of at most the
+    /// threshold and the other reads more, the larger side's map stage waits for the
+    /// smaller one's (`after`): if that output proves small, the larger side is never
+    /// shuffled.
     fn broadcast_candidates(
         &mut self,
         m: &MapStages,
         probes: &[JoinProbe],
     ) -> Vec<BroadcastCandidate> {
-        if self.broadcast_threshold == 0 || m.stages.len() != 2 {
+        if m.stages.len() != 2 {
             return Vec::new();
         }
         let mut out = Vec::new();
@@ -958,6 +1079,7 @@ impl Builder<'_> {
                 probe: p.probe.clone(),
             });
             if let (Some(small), Some(large)) = (m.estimates[build], m.estimates[stream])
+                && self.broadcast_threshold > 0
                 && small <= self.broadcast_threshold
                 && large > small
             {
@@ -1129,10 +1251,7 @@ mod tests {
         assert_eq!(
             round.result_stage().pieces,
             (1..5)
-                .map(|p| vec![PieceRef {
-                    branch: 0,
-                    partition: p
-                }])
+                .map(|p| vec![PieceRef::whole(0, p)])
                 .collect::<Vec<_>>()
         );
         // A range past the end is cut to what there is.
@@ -1300,11 +1419,7 @@ mod tests {
         let big = build_dag_with(&join_plan(), &inputs(512 << 10), &PlanLimits::default()).unwrap();
         assert!(big.stages.iter().all(|s| s.after.is_empty()));
         let off = build_dag_with(&join_plan(), &inputs(0), &PlanLimits::default()).unwrap();
-        assert!(
-            off.stages
-                .iter()
-                .all(|s| s.after.is_empty() && s.broadcast.is_empty())
-        );
+        assert!(off.stages.iter().all(|s| s.after.is_empty()));
     }
 
     #[test]
@@ -1348,20 +1463,24 @@ mod tests {
         assert!(matches!(join.output, StageOutput::Result(Action::Count)));
     }
 
+    /// One side, one map output of these partition sizes.
+    fn one_map(sizes: &[u64]) -> Vec<Vec<Vec<u64>>> {
+        vec![vec![sizes.to_vec()]]
+    }
+
     #[test]
     fn coalescing_groups_consecutive_small_partitions_up_to_the_target() {
         let mut dag =
             build_dag(&wordcount_plan(), &|_| 5, Some(6), &PlanLimits::default()).unwrap();
         let sizes = [10, 20, 70, 5, 5, 200];
-        let change = dag.coalesce(1, &sizes, 100).expect("something to coalesce");
+        let change = dag
+            .plan_reads(1, &one_map(&sizes), 100, None)
+            .expect("something to coalesce");
         assert!(
             change.contains("6 shuffle partitions (310 bytes) in 3 tasks"),
             "{change}"
         );
-        let piece = |partition| PieceRef {
-            branch: 0,
-            partition,
-        };
+        let piece = |partition| PieceRef::whole(0, partition);
         // 10+20+70 | 5+5 (200 would overflow) | 200 alone, over the target.
         assert_eq!(
             dag.stages[1].pieces,
@@ -1372,18 +1491,76 @@ mod tests {
             ]
         );
         assert_eq!(dag.stages[1].partitions, 3);
-        // Once coalesced, or with nothing to gain, it stays as it is.
-        assert!(dag.coalesce(1, &[1, 1, 1], 100).is_none());
+        // Once re-planned, or with nothing to gain, it stays as it is.
+        assert!(dag.plan_reads(1, &one_map(&[1, 1, 1]), 100, None).is_none());
         let mut fresh =
             build_dag(&wordcount_plan(), &|_| 5, Some(2), &PlanLimits::default()).unwrap();
-        assert!(fresh.coalesce(1, &[500, 500], 100).is_none());
+        assert!(
+            fresh
+                .plan_reads(1, &one_map(&[500, 500]), 100, None)
+                .is_none()
+        );
         // A partition count the job asked for is kept.
         let mut plan = wordcount_plan();
         if let Node::Shuffle { partitions, .. } = &mut plan.nodes[3] {
             *partitions = Some(6);
         }
         let mut asked = build_dag(&plan, &|_| 5, None, &PlanLimits::default()).unwrap();
-        assert!(asked.coalesce(1, &sizes, 100).is_none());
+        assert!(asked.plan_reads(1, &one_map(&sizes), 100, None).is_none());
+    }
+
+    #[test]
+    fn a_skewed_join_partition_is_split_by_the_streamed_side_s_map_outputs() {
+        let splits = |n: NodeIndex| if n == 0 { 4 } else { 1 };
+        let inputs = DagInputs {
+            source_partitions: &splits,
+            source_bytes: &|_| None,
+            default_shuffle_partitions: Some(4),
+            broadcast_threshold: 0,
+        };
+        let mut dag = build_dag_with(&join_plan(), &inputs, &PlanLimits::default()).unwrap();
+        assert_eq!(dag.stages[2].broadcast.len(), 2, "sides that may be split");
+        // Side 0: 4 map outputs; partition 2 holds 4 × 300 bytes, the others 10 each.
+        // Side 1: 1 map output of 5 bytes a partition.
+        let left = vec![vec![10, 10, 300, 10]; 4];
+        let right = vec![vec![5, 5, 5, 5]];
+        let skew = Skew {
+            factor: 5.0,
+            min_bytes: 100,
+        };
+        let change = dag
+            .plan_reads(2, &[left.clone(), right.clone()], 600, Some(skew))
+            .expect("a skewed partition");
+        assert!(
+            change.contains("skewed partition 2 (1200 bytes of side 0"),
+            "{change}"
+        );
+        let share = |start, end| PieceRef {
+            branch: 0,
+            partition: 2,
+            maps: Some(MapRange {
+                side: 0,
+                start,
+                end,
+            }),
+        };
+        assert_eq!(
+            dag.stages[2].pieces,
+            vec![
+                vec![PieceRef::whole(0, 0), PieceRef::whole(0, 1)],
+                vec![share(0, 2)],
+                vec![share(2, 4)],
+                vec![PieceRef::whole(0, 3)],
+            ]
+        );
+        // Below the size floor nothing is split.
+        let mut small = build_dag_with(&join_plan(), &inputs, &PlanLimits::default()).unwrap();
+        let floor = Skew {
+            factor: 5.0,
+            min_bytes: 2000,
+        };
+        let change = small.plan_reads(2, &[left, right], 600, Some(floor));
+        assert!(change.is_none_or(|c| !c.contains("skewed")));
     }
 
     /// The branch a `text("a")` source stage reads.
@@ -1433,7 +1610,7 @@ mod tests {
         assert_eq!(s.branches[0].ops, vec![op(2)]);
         assert!(s.branches[1].ops.is_empty());
         assert_eq!(s.ops, vec![op(3)]);
-        let piece = |branch, partition| PieceRef { branch, partition };
+        let piece = PieceRef::whole;
         assert_eq!(
             s.pieces,
             vec![

@@ -828,3 +828,38 @@ fn later_jobs_of_an_application_reuse_a_shuffle_s_kept_map_output() {
         "only the first job ran the map stage: {map_tasks:?}"
     );
 }
+
+/// A join whose one key holds most rows: adaptive execution reads that partition with
+/// several tasks, each with a share of the large side's map outputs and the other side
+/// whole (Spark's skew join), and the join is what it would be otherwise.
+#[test]
+fn a_skewed_join_partition_is_read_by_several_tasks_with_the_same_result() {
+    let n: i64 = 200_000;
+    let (mut rows, mut sum) = (0u64, 0i64);
+    for x in 0..n {
+        let k = if x % 5 != 0 { 0 } else { x % 100 };
+        rows += 1;
+        sum += x + 10 * k;
+    }
+    let want = format!("skewed-join: rows={rows} sum={sum}");
+    for (skew, split) in [("1k", true), ("1g", false)] {
+        let out = run_ok(
+            flint()
+                .args(["run", flint_udfs::TEST_JOBS, "--executors", "2"])
+                .args(["--conf", "join.broadcast_threshold=0"])
+                .args(["--conf", "shuffle.partitions=4"])
+                .args(["--conf", &format!("adaptive.skew.min_bytes={skew}")])
+                .args(["--", "skewed-join", &n.to_string()]),
+        );
+        let (stdout, stderr) = (
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr),
+        );
+        assert!(stdout.contains(&want), "{stdout}");
+        assert_eq!(
+            stderr.contains("skewed partition"),
+            split,
+            "min_bytes {skew}: {stderr}"
+        );
+    }
+}

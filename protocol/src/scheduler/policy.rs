@@ -104,8 +104,10 @@ pub struct JobPolicy {
     /// becomes a broadcast hash join, see `JobDag::broadcast_join`); 0: never.
     pub broadcast_threshold: u64,
     /// What a reduce task reads at most once consecutive small shuffle partitions are
-    /// read together (see `JobDag::coalesce`); 0: never.
+    /// read together (see `JobDag::plan_reads`); 0: never.
     pub coalesce_target: u64,
+    /// When a join's partition is split between tasks (see `JobDag::plan_reads`).
+    pub skew: Option<crate::dag::Skew>,
 }
 
 impl Default for JobPolicy {
@@ -120,6 +122,7 @@ impl Default for JobPolicy {
             pool: Pool::default(),
             broadcast_threshold: 0,
             coalesce_target: 0,
+            skew: None,
         }
     }
 }

@@ -494,7 +494,8 @@ impl Scheduler {
         };
         let threshold = job.policy.broadcast_threshold;
         let advisory = job.policy.coalesce_target;
-        if threshold == 0 && advisory == 0 {
+        let skew = job.policy.skew;
+        if threshold == 0 && advisory == 0 && skew.is_none() {
             return;
         }
         let mut changes = Vec::new();
@@ -557,7 +558,7 @@ impl Scheduler {
             changes.push(change);
         }
         for s in 0..job.stages.len() {
-            if advisory == 0 {
+            if advisory == 0 && skew.is_none() {
                 break;
             }
             let def = &job.dag.stages[s];
@@ -569,37 +570,33 @@ impl Scheduler {
             let [branch] = def.branches.as_slice() else {
                 continue;
             };
-            let StageInput::Shuffle {
-                shuffles,
-                coalesce: true,
-                ..
-            } = &branch.input
-            else {
+            let StageInput::Shuffle { shuffles, .. } = &branch.input else {
                 continue;
             };
             if !ready || job.stages[s].status != StageStatus::Waiting || !untouched(&job.stages[s])
             {
                 continue;
             }
-            let mut sizes = vec![0u64; branch.partitions as usize];
+            // Bytes per side, map output and partition.
+            let mut sizes: Vec<Vec<Vec<u64>>> = Vec::with_capacity(shuffles.len());
             let mut known = true;
             for sh in shuffles {
+                let mut side = Vec::new();
                 for status in self.map_outputs.statuses(job_id, *sh).unwrap_or_default() {
-                    let Some(status) = status else {
-                        known = false;
-                        continue;
-                    };
-                    for (size, add) in sizes.iter_mut().zip(&status.sizes) {
-                        *size += add;
+                    match status {
+                        Some(st) => side.push(st.sizes.clone()),
+                        None => known = false,
                     }
                 }
+                sizes.push(side);
             }
             if !known {
                 continue;
             }
-            let total: u64 = sizes.iter().sum();
+            let total: u64 = sizes.iter().flatten().flatten().sum();
+            let advisory = if advisory == 0 { u64::MAX } else { advisory };
             let target = (total / slots.max(1)).clamp(1 << 20, advisory.max(1 << 20));
-            let Some(change) = job.dag.coalesce(s as u32, &sizes, target) else {
+            let Some(change) = job.dag.plan_reads(s as u32, &sizes, target, skew) else {
                 continue;
             };
             let tasks = job.dag.stages[s].partitions;

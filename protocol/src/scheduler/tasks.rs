@@ -359,12 +359,15 @@ impl Scheduler {
         for piece in stage.pieces.get(task_id.partition as usize)? {
             let branch = stage.branches.get(piece.branch as usize)?;
             if let StageInput::Shuffle { shuffles, .. } = &branch.input {
-                for shuffle in shuffles {
-                    out.extend(self.map_outputs.locations(
-                        task_id.stage.job,
-                        *shuffle,
-                        piece.partition,
-                    )?);
+                for (side, shuffle) in shuffles.iter().enumerate() {
+                    let mut locations =
+                        self.map_outputs
+                            .locations(task_id.stage.job, *shuffle, piece.partition)?;
+                    // A share of a skewed partition: some map outputs of one side.
+                    if let Some(r) = piece.maps.filter(|r| r.side as usize == side) {
+                        locations.retain(|l| (r.start..r.end).contains(&l.map_partition));
+                    }
+                    out.extend(locations);
                 }
             }
         }

@@ -1,6 +1,9 @@
 //! Test jobs: `SCENARIO ARGS...` picks what the job does.
 //! - `count INPUT`: prints the number of lines of INPUT.
 //! - `collect-lengths INPUT`: prints the sum of line lengths, computed from `collect`.
+//! - `skewed-join N`: rows 0..N keyed `0` (four in five) or by `x % 100`, joined with
+//!   keys 0..100 valued `10 k`; prints `skewed-join: rows= sum=` (the sum of row plus
+//!   value over the joined pairs).
 //! - `reused-shuffle INPUT`: a word count's counts, counted, collected and taken from
 //!   (three jobs over one shuffle); prints `reused-shuffle: distinct= collected= took=`.
 //! - `instance-globals INPUT`: numbers INPUT's lines by a global counter of the instance
@@ -211,6 +214,19 @@ fn main(ctx: &mut Context) -> Result<()> {
         Some("count") => {
             let n = ctx.text_file(&args[1])?.count()?;
             println!("lines: {n}");
+        }
+        Some("skewed-join") => {
+            let n: i64 = args[1].parse().map_err(|_| Error::msg("N is a number"))?;
+            let rows = ctx
+                .range(0, n, 8)?
+                .map(|x: i64| (if x % 5 != 0 { 0 } else { x % 100 }, x));
+            let keys = ctx.parallelize((0..100i64).map(|k| (k, 10 * k)).collect(), 2)?;
+            let joined = rows
+                .join(&keys)
+                .map(|(_, (x, v)): (i64, (i64, i64))| (1u64, x + v))
+                .reduce(|a, b| (a.0 + b.0, a.1 + b.1))?
+                .unwrap_or((0, 0));
+            println!("skewed-join: rows={} sum={}", joined.0, joined.1);
         }
         Some("reused-shuffle") => {
             let counts = ctx
