@@ -65,11 +65,14 @@ serde = {{ version = "1", features = ["derive"] }}
 # Its own workspace, wherever it is created.
 [workspace]
 
-# What `flint run` builds with: optimised, without DWARF (smaller to compile on load).
+# What `flint run` builds with: optimised, without DWARF (smaller to compile on load),
+# whole-program (the SDK's decoding and hashing inline into the job's operators).
 [profile.guest]
 inherits = "release"
 debug = false
 strip = "debuginfo"
+lto = "fat"
+codegen-units = 1
 "#,
             sdk = sdk.display().to_string()
         ),
