@@ -287,10 +287,10 @@ impl JobDag {
     /// Spark's skew join does. Returns what changed, or `None` when the stage may not be
     /// re-planned (it reads more than one input, its tasks already read several
     /// partitions, it keeps a cached dataset) or nothing would change.
-    pub fn plan_reads(
+    pub fn plan_reads<M: AsRef<[u64]>>(
         &mut self,
         s: u32,
-        sizes: &[Vec<Vec<u64>>],
+        sizes: &[Vec<M>],
         target: u64,
         skew: Option<Skew>,
     ) -> Option<String> {
@@ -315,7 +315,7 @@ impl JobDag {
             );
         if !identity
             || sizes.len() != shuffles.len()
-            || sizes.iter().flatten().any(|m| m.len() != n)
+            || sizes.iter().flatten().any(|m| m.as_ref().len() != n)
         {
             return None;
         }
@@ -330,7 +330,7 @@ impl JobDag {
                     .any(|c| Some(c.stream_stage as usize) == writer)
             })
             .collect();
-        let side_total = |i: usize, p: usize| sizes[i].iter().map(|m| m[p]).sum::<u64>();
+        let side_total = |i: usize, p: usize| sizes[i].iter().map(|m| m.as_ref()[p]).sum::<u64>();
         let total_of = |p: usize| (0..sizes.len()).map(|i| side_total(i, p)).sum::<u64>();
         let medians: Vec<u64> = (0..sizes.len())
             .map(|i| {
@@ -360,7 +360,7 @@ impl JobDag {
                 let mut bytes = 0u64;
                 let maps = sizes[i].len();
                 let mut shares = 0;
-                for (m, sz) in sizes[i].iter().map(|m| m[p]).enumerate() {
+                for (m, sz) in sizes[i].iter().map(|m| m.as_ref()[p]).enumerate() {
                     bytes += sz;
                     if bytes >= target || m + 1 == maps {
                         groups.push(vec![PieceRef {

@@ -578,13 +578,13 @@ impl Scheduler {
                 continue;
             }
             // Bytes per side, map output and partition.
-            let mut sizes: Vec<Vec<Vec<u64>>> = Vec::with_capacity(shuffles.len());
+            let mut sizes: Vec<Vec<&[u64]>> = Vec::with_capacity(shuffles.len());
             let mut known = true;
             for sh in shuffles {
                 let mut side = Vec::new();
                 for status in self.map_outputs.statuses(job_id, *sh).unwrap_or_default() {
                     match status {
-                        Some(st) => side.push(st.sizes.clone()),
+                        Some(st) => side.push(st.sizes.as_slice()),
                         None => known = false,
                     }
                 }
@@ -593,7 +593,7 @@ impl Scheduler {
             if !known {
                 continue;
             }
-            let total: u64 = sizes.iter().flatten().flatten().sum();
+            let total: u64 = sizes.iter().flatten().flat_map(|m| m.iter()).sum();
             let advisory = if advisory == 0 { u64::MAX } else { advisory };
             let target = (total / slots.max(1)).clamp(1 << 20, advisory.max(1 << 20));
             let Some(change) = job.dag.plan_reads(s as u32, &sizes, target, skew) else {
