@@ -59,7 +59,7 @@ pub fn suite(args: &Args, rt: &tokio::runtime::Runtime) -> anyhow::Result<()> {
             vec!["count".into(), dirs[0].display().to_string()],
         )
         .await?;
-        for _round in 0..args.rounds {
+        for round in 1..=args.rounds {
             for (n, dir) in counts.iter().zip(&dirs) {
                 let t = Instant::now();
                 run_job(
@@ -69,7 +69,10 @@ pub fn suite(args: &Args, rt: &tokio::runtime::Runtime) -> anyhow::Result<()> {
                 )
                 .await?;
                 rows.push((*n, t.elapsed().as_secs_f64()));
-                eprintln!("{n}: {:.2}s", t.elapsed().as_secs_f64());
+                eprintln!(
+                    "round {round}: {n} tasks in {:.2} s",
+                    t.elapsed().as_secs_f64()
+                );
             }
         }
         anyhow::Ok(())

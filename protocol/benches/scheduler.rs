@@ -3,6 +3,8 @@
 //! (launches plus statuses) for each job size, so that a cost per event that grows with
 //! the job shows as a falling rate. Run with
 //! `cargo bench -p flint-protocol --bench scheduler -- [--executors N] [--cores N] [TASKS…]`.
+//! Also prints the scheduler's heap per pending task (bytes allocated by submitting the
+//! job, over its task count) and its peak heap while the job runs.
 
 use flint_protocol::dag::{JobDag, build_dag};
 use flint_protocol::ids::{ExecutorId, JobId};
@@ -10,8 +12,43 @@ use flint_protocol::plan::{
     Action, LogicalPlan, Malformed, Node, Op, PlanLimits, ReadFormat, ShuffleSide,
 };
 use flint_protocol::scheduler::{Command, JobPolicy, Scheduler, SchedulerConf};
+use std::alloc::{GlobalAlloc, Layout, System};
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
+
+/// The system allocator, counting the bytes live and their peak.
+struct Counting;
+
+static LIVE: AtomicUsize = AtomicUsize::new(0);
+static PEAK: AtomicUsize = AtomicUsize::new(0);
+
+// SAFETY: every call is passed on to `System` unchanged; only counters are added.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        let live = LIVE.fetch_add(layout.size(), Ordering::Relaxed) + layout.size();
+        PEAK.fetch_max(live, Ordering::Relaxed);
+        // SAFETY: the caller's contract is `System`'s.
+        unsafe { System.alloc(layout) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        LIVE.fetch_sub(layout.size(), Ordering::Relaxed);
+        // SAFETY: the caller's contract is `System`'s.
+        unsafe { System.dealloc(ptr, layout) }
+    }
+}
+
+#[global_allocator]
+static ALLOC: Counting = Counting;
+
+/// What one job cost: events, seconds, bytes per pending task once submitted, and the
+/// peak heap (bytes) while it ran.
+struct Run {
+    events: u64,
+    secs: f64,
+    per_task: f64,
+    peak: usize,
+}
 
 fn dag(maps: u32, reduces: Option<u32>) -> JobDag {
     let mut nodes = vec![Node::Files {
@@ -48,16 +85,25 @@ fn dag(maps: u32, reduces: Option<u32>) -> JobDag {
     build_dag(&plan, &|_| maps, None, &limits).expect("a valid plan")
 }
 
-/// Runs one job to its end; (events, seconds, largest number of commands queued).
-fn run(executors: u32, cores: u32, maps: u32, reduces: Option<u32>) -> (u64, f64) {
+/// Runs one job to its end.
+fn run(executors: u32, cores: u32, maps: u32, reduces: Option<u32>) -> Run {
     let mut s = Scheduler::new(SchedulerConf::default());
     for e in 1..=executors {
         s.executor_added(ExecutorId(e), cores, 0);
     }
     let dag = dag(maps, reduces);
     let partitions = reduces.unwrap_or(0);
+    let tasks = dag
+        .stages
+        .iter()
+        .map(|st| u64::from(st.partitions))
+        .sum::<u64>();
     let start = Instant::now();
+    let before = LIVE.load(Ordering::Relaxed);
+    PEAK.store(before, Ordering::Relaxed);
     s.submit_job(JobId(1), 1, dag, JobPolicy::default());
+    // The DAG moved into the scheduler: what it holds now is per pending task.
+    let per_task = LIVE.load(Ordering::Relaxed).saturating_sub(before) as f64 / tasks as f64;
     let mut running = VecDeque::new();
     let mut events = 0u64;
     let mut done = false;
@@ -88,7 +134,12 @@ fn run(executors: u32, cores: u32, maps: u32, reduces: Option<u32>) -> (u64, f64
         s.task_succeeded(attempt, executor, sizes);
         events += 1;
     }
-    (events, start.elapsed().as_secs_f64())
+    Run {
+        events,
+        secs: start.elapsed().as_secs_f64(),
+        per_task,
+        peak: PEAK.load(Ordering::Relaxed).saturating_sub(before),
+    }
 }
 
 fn main() {
@@ -112,19 +163,27 @@ fn main() {
     }
     println!("{executors} executors x {cores} slots");
     for &n in &sizes {
-        let (events, secs) = run(executors, cores, n, None);
+        let r = run(executors, cores, n, None);
         println!(
-            "one stage of {n:>9} tasks: {events:>9} events in {secs:>7.3} s: {:>9.0} events/s",
-            events as f64 / secs
+            "one stage of {n:>9} tasks: {:>9} events in {:>7.3} s: {:>9.0} events/s; {:>5.0} B per pending task, peak {:.1} MiB",
+            r.events,
+            r.secs,
+            r.events as f64 / r.secs,
+            r.per_task,
+            r.peak as f64 / 1048576.0
         );
     }
     for &n in &sizes {
         let maps = n / 2;
         let reduces = (n / 2).min(1000);
-        let (events, secs) = run(executors, cores, maps, Some(reduces));
+        let r = run(executors, cores, maps, Some(reduces));
         println!(
-            "{maps:>9} maps -> {reduces:>5} reduces: {events:>9} events in {secs:>7.3} s: {:>9.0} events/s",
-            events as f64 / secs
+            "{maps:>9} maps -> {reduces:>5} reduces: {:>9} events in {:>7.3} s: {:>9.0} events/s; {:>5.0} B per pending task, peak {:.1} MiB",
+            r.events,
+            r.secs,
+            r.events as f64 / r.secs,
+            r.per_task,
+            r.peak as f64 / 1048576.0
         );
     }
 }
