@@ -2,7 +2,7 @@
 //! (a left outer join: orders of unknown customers count under `unknown`) and writes the
 //! revenue and order count per country as CSV.
 
-use flint::{Context, Result};
+use flint::{Context, Result, Str};
 use serde::{Deserialize, Serialize};
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -15,8 +15,8 @@ pub struct Order {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Customer {
     pub customer_id: u64,
-    pub name: String,
-    pub country: String,
+    pub name: Str,
+    pub country: Str,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -37,13 +37,13 @@ fn main(ctx: &mut Context) -> Result<()> {
         .map(|c: Customer| (c.customer_id, c.country));
     orders
         .left_outer_join(&countries)
-        .map(|(_, (amount, country)): (u64, (f64, Option<String>))| {
+        .map(|(_, (amount, country)): (u64, (f64, Option<Str>))| {
             (country.unwrap_or_else(|| "unknown".into()), (1u64, amount))
         })
         .reduce_by_key(|a: (u64, f64), b: (u64, f64)| (a.0 + b.0, a.1 + b.1))
         .map(
-            |(country, (orders, revenue)): (String, (u64, f64))| CountryRevenue {
-                country,
+            |(country, (orders, revenue)): (Str, (u64, f64))| CountryRevenue {
+                country: country.into(),
                 orders,
                 revenue,
             },

@@ -3,14 +3,14 @@
 //! `sales convert INPUT.csv OUTPUT` rewrites CSV sales as Parquet. With `drop`, malformed
 //! CSV records are dropped and counted instead of failing the job.
 
-use flint::{Context, CsvOptions, Dataset, Error, Malformed, Result};
+use flint::{Context, CsvOptions, Dataset, Error, Malformed, Result, Str};
 use serde::{Deserialize, Serialize};
 
 /// One sale, as the CSV header names its columns.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Sale {
-    pub region: String,
-    pub product: String,
+    pub region: Str,
+    pub product: Str,
     pub quantity: i64,
     pub price: f64,
 }
@@ -69,8 +69,8 @@ fn main(ctx: &mut Context) -> Result<()> {
         .map(|s: Sale| (s.region, (1u64, s.quantity, s.quantity as f64 * s.price)))
         .reduce_by_key(|a: (u64, i64, f64), b: (u64, i64, f64)| (a.0 + b.0, a.1 + b.1, a.2 + b.2))
         .map(
-            |(region, (sales, units, revenue)): (String, (u64, i64, f64))| RegionTotal {
-                region,
+            |(region, (sales, units, revenue)): (Str, (u64, i64, f64))| RegionTotal {
+                region: region.into(),
                 sales,
                 units,
                 revenue,
