@@ -9,9 +9,8 @@
 //! the command a user runs, as a process (`flint run` and `python …_jobs.py`). Rounds
 //! alternate the engines' order; medians are reported.
 
-use crate::{Args, load_average, run_job};
+use crate::{Args, load_average, local_cluster, run_job};
 use anyhow::{Context as _, bail};
-use flint_cli::local::LocalCluster;
 use flint_protocol::conf::Conf;
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -300,13 +299,7 @@ pub fn suite(args: &Args, rt: &tokio::runtime::Runtime) -> anyhow::Result<()> {
     let mut times: HashMap<(&str, &str), Times> = HashMap::new();
     let mut sums: HashMap<(&str, &str), String> = HashMap::new();
     rt.block_on(async {
-        let cluster = LocalCluster::start(
-            args.executors,
-            args.cores,
-            Conf::default(),
-            Some(cache.path().to_path_buf()),
-        )
-        .await?;
+        let cluster = local_cluster(args, Conf::default(), cache.path()).await?;
         // Compile both components first (into the cache `flint run` reads too).
         for w in [flint_udfs::WORDCOUNT, flint_udfs::BENCH_JOBS] {
             let _ = run_job(&cluster, &std::fs::read(w)?, vec![]).await;

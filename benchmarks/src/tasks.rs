@@ -2,8 +2,7 @@
 //! that do nearly nothing, so their rate is what the driver, QUIC, the executors and the
 //! sandbox cost per task, end to end (launch → instantiate → read → status).
 
-use crate::{Args, load_average, run_job};
-use flint_cli::local::LocalCluster;
+use crate::{Args, load_average, local_cluster, run_job};
 use flint_protocol::conf::Conf;
 use std::path::PathBuf;
 use std::time::Instant;
@@ -45,13 +44,7 @@ pub fn suite(args: &Args, rt: &tokio::runtime::Runtime) -> anyhow::Result<()> {
     );
     let mut rows = Vec::new();
     rt.block_on(async {
-        let cluster = LocalCluster::start(
-            args.executors,
-            args.cores,
-            Conf::default(),
-            Some(cache.path().to_path_buf()),
-        )
-        .await?;
+        let cluster = local_cluster(args, Conf::default(), cache.path()).await?;
         // Compile, and warm every path once.
         run_job(
             &cluster,
