@@ -206,13 +206,14 @@ impl BuildCache {
             .remove(&(job, shuffle));
     }
 
-    /// Build side `input` of `desc`'s job, fetched now unless another task has it.
+    /// Build side `input` of `desc`'s job, fetched now unless another task has it; and
+    /// whether this call fetched it.
     async fn get(
         &self,
         env: &TaskEnv,
         desc: &TaskDescriptor,
         input: &BuildInput,
-    ) -> Result<BuildSide, TaskError> {
+    ) -> Result<(BuildSide, bool), TaskError> {
         // A kept output is filed under its application: later jobs share the fetch.
         let key = match input.cached {
             Some(c) => (c.job, c.shuffle),
@@ -225,9 +226,15 @@ impl BuildCache {
             .entry(key)
             .or_default()
             .clone();
-        cell.get_or_try_init(|| fetch_build(env, desc, input))
-            .await
-            .cloned()
+        let mut fetched = false;
+        let side = cell
+            .get_or_try_init(|| {
+                fetched = true;
+                fetch_build(env, desc, input)
+            })
+            .await?
+            .clone();
+        Ok((side, fetched))
     }
 }
 
@@ -431,8 +438,11 @@ async fn run(
     let budget = grant.bytes() / 4;
     let mut builds = Vec::with_capacity(desc.builds.len());
     for input in &desc.builds {
-        let side = env.builds.get(env, desc, input).await?;
-        m.shuffle_read_remote_bytes += side.iter().map(|f| f.len() as u64).sum::<u64>();
+        // Counted once per executor: the task that fetched it.
+        let (side, fetched) = env.builds.get(env, desc, input).await?;
+        if fetched {
+            m.shuffle_read_remote_bytes += side.iter().map(|f| f.len() as u64).sum::<u64>();
+        }
         builds.push(side);
     }
     let metered = desc.limits.meter_fuel;

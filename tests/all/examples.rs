@@ -225,14 +225,16 @@ fn join_of_orders_and_customers_matches_a_join_computed_here() {
     // at threshold 0 both sides are shuffled. Both must give the join computed here.
     for (threshold, broadcast) in [("10m", true), ("0", false)] {
         let out = tmp.path().join(format!("out-{threshold}"));
-        let run = run_example(
-            flint_udfs::JOIN,
-            &[
-                "files.max_partition_bytes=16k",
-                "shuffle.partitions=3",
-                &format!("join.broadcast_threshold={threshold}"),
-            ],
-            &[&o, &c, &out],
+        let events = tmp.path().join(format!("events-{threshold}"));
+        let run = run_ok(
+            flint()
+                .args(["run", flint_udfs::JOIN, "--executors", "2", "--event-log"])
+                .arg(&events)
+                .args(["--conf", "files.max_partition_bytes=16k"])
+                .args(["--conf", "shuffle.partitions=3"])
+                .args(["--conf", &format!("join.broadcast_threshold={threshold}")])
+                .arg("--")
+                .args([&o, &c, &out]),
         );
         let stderr = String::from_utf8_lossy(&run.stderr);
         assert_eq!(
@@ -245,6 +247,30 @@ fn join_of_orders_and_customers_matches_a_join_computed_here() {
             assert!(
                 stderr.contains("(absorbed into stage 2: broadcast hash join)"),
                 "{stderr}"
+            );
+            // Each executor fetches the customers' side (stage 1's output) once for all
+            // its join tasks.
+            let (mut side, mut fetched) = (0u64, 0u64);
+            for f in std::fs::read_dir(&events).unwrap() {
+                for line in std::fs::read_to_string(f.unwrap().path()).unwrap().lines() {
+                    let e: serde_json::Value = serde_json::from_str(line).unwrap();
+                    if e["event"] != "TaskEnded" {
+                        continue;
+                    }
+                    let m = &e["metrics"];
+                    match e["attempt"]["task"]["stage"]["index"].as_u64() {
+                        Some(1) => side += m["shuffle_write_bytes"].as_u64().unwrap(),
+                        Some(2) => {
+                            fetched += m["shuffle_read_remote_bytes"].as_u64().unwrap()
+                                + m["shuffle_read_local_bytes"].as_u64().unwrap()
+                        }
+                        _ => {}
+                    }
+                }
+            }
+            assert!(
+                side > 0 && fetched <= 2 * side,
+                "the join's tasks read {fetched} bytes of a {side}-byte side"
             );
         }
         check_join(&out, &want);
