@@ -584,6 +584,7 @@ fn merge_totals(parts: Vec<RegionTotals>) -> RegionTotals {
 /// parquet crate, summed per region.
 fn native_sales_parquet(dir: &Path, threads: usize) -> anyhow::Result<RegionTotals> {
     use arrow_array::{Array, Float64Array, Int64Array, StringArray};
+    use parquet::arrow::ProjectionMask;
     use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
     let mut files: Vec<PathBuf> = std::fs::read_dir(dir)?
         .map(|e| e.map(|e| e.path()))
@@ -597,8 +598,13 @@ fn native_sales_parquet(dir: &Path, threads: usize) -> anyhow::Result<RegionTota
                 s.spawn(move || {
                     let mut m = RegionTotals::new();
                     for f in mine {
-                        let r = ParquetRecordBatchReaderBuilder::try_new(std::fs::File::open(f)?)?
-                            .build()?;
+                        // The columns it needs, as Flint's job reads them.
+                        let b = ParquetRecordBatchReaderBuilder::try_new(std::fs::File::open(f)?)?;
+                        let mask = ProjectionMask::columns(
+                            b.parquet_schema(),
+                            ["region", "quantity", "price"],
+                        );
+                        let r = b.with_projection(mask).build()?;
                         for b in r {
                             let b = b?;
                             let col = |n: &str| b.column_by_name(n).context("column").cloned();
@@ -610,10 +616,16 @@ fn native_sales_parquet(dir: &Path, threads: usize) -> anyhow::Result<RegionTota
                                 .context("quantity")?;
                             let p = p.as_any().downcast_ref::<Float64Array>().context("price")?;
                             for i in 0..b.num_rows() {
-                                let e = m.entry(r.value(i).to_string()).or_default();
-                                e.0 += 1;
-                                e.1 += q.value(i);
-                                e.2 += q.value(i) as f64 * p.value(i);
+                                let add = |e: &mut (u64, i64, f64)| {
+                                    e.0 += 1;
+                                    e.1 += q.value(i);
+                                    e.2 += q.value(i) as f64 * p.value(i);
+                                };
+                                // A String only for a region not seen yet.
+                                match m.get_mut(r.value(i)) {
+                                    Some(e) => add(e),
+                                    None => add(m.entry(r.value(i).to_string()).or_default()),
+                                }
                             }
                         }
                     }
