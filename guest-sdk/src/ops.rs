@@ -341,13 +341,36 @@ fn map_must_yield<K, V>(map: &hash::Map<K, V>) -> bool {
     crate::spill::over_budget(growth)
 }
 
+/// `*slot = f(*slot, v)`, moving the old value out and the new one in, so that a map's
+/// values need no placeholder (an `Option` slot makes an entry of a `u64` count twice
+/// its size). Were `f` to unwind, the slot would be left moved-from: it aborts instead
+/// (guests build with `panic = "abort"` anyway).
+#[inline]
+fn merge_in_place<U, V>(slot: &mut U, v: V, f: impl FnOnce(U, V) -> U) {
+    struct AbortOnUnwind;
+    impl Drop for AbortOnUnwind {
+        fn drop(&mut self) {
+            std::process::abort();
+        }
+    }
+    let guard = AbortOnUnwind;
+    // SAFETY: `slot` is valid for reads and writes; the value read is written back
+    // (merged) before anything can observe the slot, and if `f` unwinds the guard
+    // aborts before the moved-from slot could be dropped or read.
+    unsafe {
+        let old = std::ptr::read(slot);
+        std::ptr::write(slot, f(old, v));
+    }
+    std::mem::forget(guard);
+}
+
 /// Map side of `combine_by_key`: merges values per key before the shuffle, in a hash map
 /// bounded by the task's memory budget: when full it emits its partial aggregates (the
 /// reduce side merges them) and starts again.
 pub(crate) struct CombineWriter<C, K, V, U, Cr, Mv> {
     c: C,
     partitions: u32,
-    map: hash::Map<K, Option<U>>,
+    map: hash::Map<K, U>,
     _f: PhantomData<fn(V, Cr, Mv)>,
 }
 
@@ -356,9 +379,7 @@ impl<C, K: Key, V, U: Data, Cr, Mv> CombineWriter<C, K, V, U, Cr, Mv> {
         let n = self.partitions.max(1);
         let mut parts: Vec<Vec<(K, U)>> = (0..n).map(|_| Vec::new()).collect();
         for (k, u) in std::mem::take(&mut self.map) {
-            if let Some(u) = u {
-                parts[partition_of(&k, n) as usize].push((k, u));
-            }
+            parts[partition_of(&k, n) as usize].push((k, u));
         }
         emit_parts(parts)
     }
@@ -378,11 +399,12 @@ where
             self.flush()?;
         }
         for (k, v) in rows.take::<(K, V)>()? {
-            let slot = self.map.entry(k).or_insert(None);
-            *slot = Some(match slot.take() {
-                Some(u) => merge(u, v),
-                None => create(&self.c, v),
-            });
+            match self.map.entry(k) {
+                Entry::Occupied(mut e) => merge_in_place(e.get_mut(), v, &merge),
+                Entry::Vacant(e) => {
+                    e.insert(create(&self.c, v));
+                }
+            }
         }
         Ok(())
     }
@@ -511,7 +533,7 @@ impl<K: Key, S: Data> SpillMap<K, S> {
 /// Reduce side of `combine_by_key`: merges the combiners of all map tasks in a
 /// [`SpillMap`].
 pub(crate) struct CombineReader<K, U, Mc> {
-    state: SpillMap<K, Option<U>>,
+    state: SpillMap<K, U>,
     _f: PhantomData<Mc>,
 }
 
@@ -520,13 +542,11 @@ impl<K: Key, U: Data, Mc: Fn(U, U) -> U> ShuffleReader for CombineReader<K, U, M
         self.state.make_room()?;
         let merge: Mc = conjure();
         let map = &mut self.state.map;
-        rows::for_each_pair::<K, U>(batch, |k, u| {
-            // The slot is `None` only while it is merged.
-            let slot = map.entry(k).or_insert(None);
-            *slot = Some(match slot.take() {
-                Some(a) => merge(a, u),
-                None => u,
-            });
+        rows::for_each_pair::<K, U>(batch, |k, u| match map.entry(k) {
+            Entry::Occupied(mut e) => merge_in_place(e.get_mut(), u, &merge),
+            Entry::Vacant(e) => {
+                e.insert(u);
+            }
         })?;
         Ok(None)
     }
@@ -534,19 +554,10 @@ impl<K: Key, U: Data, Mc: Fn(U, U) -> U> ShuffleReader for CombineReader<K, U, M
     fn finish(self: Box<Self>, emit: &mut Emit<'_>) -> Result<()> {
         let merge: Mc = conjure();
         let mut out = Vec::with_capacity(BATCH_ROWS);
-        self.state.finish(
-            |a, b| match (a, b) {
-                (Some(a), Some(b)) => Some(merge(a, b)),
-                (a, b) => a.or(b),
-            },
-            |k, u| {
-                if let Some(u) = u {
-                    out.push((k, u));
-                    emit_full(&mut out, emit)?;
-                }
-                Ok(())
-            },
-        )?;
+        self.state.finish(&merge, |k, u| {
+            out.push((k, u));
+            emit_full(&mut out, emit)
+        })?;
         emit(Rows::new(out))
     }
 }
