@@ -13,13 +13,12 @@ use flint_protocol::events::{self as ev, StageInfo, TaskOutcome};
 use flint_protocol::ids::{ExecutorId, JobId, ModuleHash, ShuffleId, TaskAttemptId};
 use flint_protocol::plan::{Action, NodeIndex};
 use flint_protocol::scheduler::{
-    Command, JobFailure, JobPolicy, MapLocation, Scheduler, SchedulerConf, TaskFailure, fmt_ms,
+    Command, JobFailure, JobPolicy, Scheduler, SchedulerConf, TaskFailure, fmt_ms,
 };
 use flint_protocol::wire::{
     self, AppError, AppErrorKind, BuildInput, CacheTarget, ExecutorSummary, FetchResult,
-    FromExecutor, SegmentSource, ShuffleSideInput, SubmitEvent, TaskDescriptor, TaskError,
-    TaskErrorKind, TaskInput, TaskLimits, TaskOutput, TaskPiece, TaskResult, TaskStatus,
-    TaskSuccess, ToExecutor,
+    FromExecutor, ShuffleSideInput, SubmitEvent, TaskDescriptor, TaskError, TaskErrorKind,
+    TaskInput, TaskLimits, TaskOutput, TaskPiece, TaskResult, TaskStatus, TaskSuccess, ToExecutor,
 };
 use flint_transport::net::{self, NetError};
 use std::collections::{BTreeSet, HashMap};
@@ -123,6 +122,8 @@ struct ExecutorConn {
     conn: quinn::Connection,
     /// Stored results fetched from it at once: a stalled executor holds only its own.
     fetches: Arc<Semaphore>,
+    /// The version of each shuffle's map statuses it was sent (until its job is cleaned).
+    statuses_sent: HashMap<(JobId, ShuffleId), u64>,
 }
 
 struct RunningJob {
@@ -146,6 +147,10 @@ struct RunningJob {
 
 /// Stored results fetched at once from one executor.
 const RESULT_FETCHES: usize = 2;
+
+/// Bytes of map statuses per message at most (a frame may have 256 MiB): a shuffle of
+/// 1,000 reduce partitions sends about 16,000 map outputs a part.
+const STATUS_PART_BYTES: usize = 16 << 20;
 
 /// Time for a stored result to arrive: a base, and a rate no link slower than 1 MiB/s
 /// would miss. A fetch past it fails, and its task runs again.
@@ -236,6 +241,7 @@ impl ClusterLoop {
                         tx,
                         conn,
                         fetches: Arc::new(Semaphore::new(RESULT_FETCHES)),
+                        statuses_sent: HashMap::new(),
                     },
                 );
                 let _ = reply.send(id);
@@ -651,7 +657,6 @@ impl ClusterLoop {
                 Command::Launch {
                     attempt,
                     executor,
-                    inputs,
                     speculative,
                 } => {
                     self.sink.emit(ev::Event::TaskStarted {
@@ -667,7 +672,7 @@ impl ClusterLoop {
                             self.summary(app, executor).tasks_speculated += 1;
                         }
                     }
-                    self.launch(attempt, executor, inputs)
+                    self.launch(attempt, executor)
                 }
                 Command::KillTask { attempt, executor } => {
                     if let Some(e) = self.executors.get(&executor) {
@@ -753,7 +758,8 @@ impl ClusterLoop {
                 Command::JobSucceeded { job } => self.job_succeeded(job),
                 Command::JobFailed { job, error } => self.end_job(job, Err(job_error(error))),
                 Command::CleanJob { job } => {
-                    for e in self.executors.values() {
+                    for e in self.executors.values_mut() {
+                        e.statuses_sent.retain(|(j, _), _| *j != job);
                         let _ = e.tx.try_send(ToExecutor::CleanJob { job });
                     }
                 }
@@ -886,20 +892,32 @@ impl ClusterLoop {
         }
     }
 
-    /// Sends `attempt` to `executor`. An attempt that cannot be sent goes back to the
-    /// scheduler (killed, not failed) so its slot is not held by nothing.
-    fn launch(&mut self, attempt: TaskAttemptId, executor: ExecutorId, inputs: Vec<MapLocation>) {
+    /// Sends `attempt` to `executor`, after the map statuses it needs that the executor
+    /// has not had. An attempt that cannot be sent goes back to the scheduler (killed,
+    /// not failed) so its slot is not held by nothing.
+    fn launch(&mut self, attempt: TaskAttemptId, executor: ExecutorId) {
         let job_id = attempt.task.stage.job;
         let Some(job) = self.jobs.get(&job_id) else {
             // Its job ended earlier in this round of commands.
             self.scheduler.task_killed(attempt, executor);
             return;
         };
-        let Some(desc) = self.descriptor(job, attempt, &inputs) else {
-            tracing::error!(%attempt, "no such partition in its stage");
+        let Some(desc) = self.descriptor(job, attempt) else {
+            tracing::error!(%attempt, "no such partition in its stage, or its inputs are not known");
             self.scheduler.task_killed(attempt, executor);
             return;
         };
+        let reads: Vec<(ShuffleId, u64)> = desc
+            .pieces
+            .iter()
+            .filter_map(|p| match &p.input {
+                TaskInput::Shuffle { sides, .. } => Some(sides),
+                _ => None,
+            })
+            .flatten()
+            .map(|side| (side.shuffle, side.statuses))
+            .chain(desc.builds.iter().map(|b| (b.shuffle, b.statuses)))
+            .collect();
         let msg = ToExecutor::Launch(Box::new(desc));
         // The DAG builder bounds what a task carries; this is the last word before the
         // wire, so that no executor is ever sent a frame it must refuse.
@@ -921,20 +939,24 @@ impl ClusterLoop {
                 return;
             }
         }
+        let mut sent = Ok(());
+        for (shuffle, version) in reads {
+            sent = sent.and_then(|()| self.send_statuses(executor, job_id, shuffle, version));
+        }
         let Some(conn) = self.executors.get(&executor) else {
             self.scheduler.task_killed(attempt, executor);
             return;
         };
-        match conn.tx.try_send(msg) {
+        match sent.and_then(|()| conn.tx.try_send(msg).map_err(unit)) {
             Ok(()) => {}
-            Err(mpsc::error::TrySendError::Full(_)) => {
+            Err(mpsc::error::TrySendError::Full(())) => {
                 self.scheduler
                     .executor_unreachable(executor, "its queue of messages is full");
             }
             // The connection is going away. Its reader still hands on what the executor
             // said last (a decommission notice, task statuses), then `ExecutorDown`, which
             // gives this attempt back to the scheduler. Deciding now would lose those.
-            Err(mpsc::error::TrySendError::Closed(_)) => tracing::debug!(
+            Err(mpsc::error::TrySendError::Closed(())) => tracing::debug!(
                 executor = executor.0,
                 %attempt,
                 "executor's connection is closing; its end will reschedule the attempt"
@@ -942,13 +964,91 @@ impl ClusterLoop {
         }
     }
 
+    /// Sends `executor` where the map outputs of `shuffle` are as of `version`, unless it
+    /// has had them: in parts of at most [`STATUS_PART_BYTES`], once per executor and
+    /// version however many of its tasks read them.
+    fn send_statuses(
+        &mut self,
+        executor: ExecutorId,
+        job: JobId,
+        shuffle: ShuffleId,
+        version: u64,
+    ) -> Result<(), mpsc::error::TrySendError<()>> {
+        let Some(conn) = self.executors.get(&executor) else {
+            return Ok(());
+        };
+        if conn.statuses_sent.get(&(job, shuffle)) == Some(&version) {
+            return Ok(());
+        }
+        let Some(maps) = self.scheduler.map_outputs().statuses(job, shuffle) else {
+            return Ok(());
+        };
+        let partitions = maps
+            .iter()
+            .flatten()
+            .map(|m| m.sizes.len())
+            .max()
+            .unwrap_or(0);
+        // A size is one byte: a part's frame stays under the bound.
+        let per_part = (STATUS_PART_BYTES / (partitions + 32)).max(1);
+        let mut first = 0;
+        for chunk in maps.chunks(per_part) {
+            let mut holders: Vec<(ExecutorId, String)> = Vec::new();
+            let mut outputs = Vec::with_capacity(chunk.len());
+            for status in chunk {
+                // A task is launched once its map outputs are all known.
+                let Some(status) = status else { return Ok(()) };
+                let holder = match holders.iter().position(|(e, _)| *e == status.executor) {
+                    Some(i) => i,
+                    None => {
+                        let addr = self
+                            .executors
+                            .get(&status.executor)
+                            .map(|e| e.addr.clone())
+                            .unwrap_or_default();
+                        holders.push((status.executor, addr));
+                        holders.len() - 1
+                    }
+                };
+                let mut sizes: Vec<u8> = status
+                    .sizes
+                    .iter()
+                    .map(|b| wire::compress_size(*b))
+                    .collect();
+                sizes.resize(partitions, 0);
+                outputs.push(wire::MapOutput {
+                    holder: holder as u32,
+                    sizes,
+                });
+            }
+            let part = wire::MapStatuses {
+                job,
+                shuffle,
+                version,
+                maps: maps.len() as u32,
+                partitions: partitions as u32,
+                first,
+                holders,
+                outputs,
+            };
+            first += chunk.len() as u32;
+            conn.tx
+                .try_send(ToExecutor::MapStatuses(Box::new(part)))
+                .map_err(unit)?;
+        }
+        if let Some(conn) = self.executors.get_mut(&executor) {
+            conn.statuses_sent.insert((job, shuffle), version);
+        }
+        Ok(())
+    }
+
     /// What the executor needs to run `attempt`.
-    fn descriptor(
-        &self,
-        job: &RunningJob,
-        attempt: TaskAttemptId,
-        inputs: &[MapLocation],
-    ) -> Option<TaskDescriptor> {
+    fn descriptor(&self, job: &RunningJob, attempt: TaskAttemptId) -> Option<TaskDescriptor> {
+        let statuses = |sh: ShuffleId| {
+            self.scheduler
+                .map_outputs()
+                .version(attempt.task.stage.job, sh)
+        };
         let stage = job.spec.dag.stages.get(attempt.task.stage.index as usize)?;
         let refs = stage.pieces.get(attempt.task.partition as usize)?;
         let mut pieces = Vec::with_capacity(refs.len());
@@ -966,16 +1066,19 @@ impl ClusterLoop {
                     read: read.clone(),
                     sides: shuffles
                         .iter()
-                        .map(|sh| ShuffleSideInput {
-                            shuffle: *sh,
-                            cached: kept_target(job, *sh),
-                            segments: inputs
-                                .iter()
-                                .filter(|l| l.shuffle == *sh && l.reduce == r.partition)
-                                .map(|l| self.segment_source(l))
-                                .collect(),
+                        .enumerate()
+                        .map(|(side, sh)| {
+                            Some(ShuffleSideInput {
+                                shuffle: *sh,
+                                statuses: statuses(*sh)?,
+                                maps: r
+                                    .maps
+                                    .filter(|m| m.side as usize == side)
+                                    .map(|m| m.start..m.end),
+                                cached: kept_target(job, *sh),
+                            })
                         })
-                        .collect(),
+                        .collect::<Option<_>>()?,
                 },
             };
             pieces.push(TaskPiece {
@@ -1022,16 +1125,14 @@ impl ClusterLoop {
         let builds = stage
             .builds
             .iter()
-            .map(|sh| BuildInput {
-                shuffle: *sh,
-                segments: inputs
-                    .iter()
-                    .filter(|l| l.shuffle == *sh)
-                    .map(|l| (l.reduce, self.segment_source(l)))
-                    .collect(),
-                cached: kept_target(job, *sh),
+            .map(|sh| {
+                Some(BuildInput {
+                    shuffle: *sh,
+                    statuses: statuses(*sh)?,
+                    cached: kept_target(job, *sh),
+                })
             })
-            .collect();
+            .collect::<Option<_>>()?;
         Some(TaskDescriptor {
             attempt,
             shuffle_secret: job.spec.shuffle_secret,
@@ -1045,19 +1146,13 @@ impl ClusterLoop {
             builds,
         })
     }
+}
 
-    /// Where a task fetches the segment `l` names.
-    fn segment_source(&self, l: &MapLocation) -> SegmentSource {
-        SegmentSource {
-            executor: l.executor,
-            addr: self
-                .executors
-                .get(&l.executor)
-                .map(|e| e.addr.clone())
-                .unwrap_or_default(),
-            map_partition: l.map_partition,
-            size: l.size,
-        }
+/// A failed send, without the message it could not send.
+fn unit<T>(e: mpsc::error::TrySendError<T>) -> mpsc::error::TrySendError<()> {
+    match e {
+        mpsc::error::TrySendError::Full(_) => mpsc::error::TrySendError::Full(()),
+        mpsc::error::TrySendError::Closed(_) => mpsc::error::TrySendError::Closed(()),
     }
 }
 

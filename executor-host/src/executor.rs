@@ -342,6 +342,7 @@ pub async fn serve(
         work_dir: config.work_dir.clone(),
         tenant_disks: Default::default(),
         builds: Default::default(),
+        statuses: Default::default(),
         warm: Arc::new(crate::runner::WarmPool::new(config.cores)),
     });
 
@@ -454,6 +455,25 @@ pub async fn serve(
                     let _ = tx.send(FromExecutor::Status(Box::new(status))).await;
                     continue;
                 }
+                // Resolved now, in the order the driver sent them: a later version of a
+                // shuffle's statuses is for later tasks.
+                let statuses = match env.statuses.for_task(&desc) {
+                    Ok(s) => s,
+                    Err(e) => {
+                        let status = TaskStatus {
+                            attempt,
+                            result: Err(TaskError {
+                                kind: TaskErrorKind::Io,
+                                chain: vec![e],
+                            }),
+                            metrics: Default::default(),
+                            output: Default::default(),
+                            accumulators: Vec::new(),
+                        };
+                        let _ = tx.send(FromExecutor::Status(Box::new(status))).await;
+                        continue;
+                    }
+                };
                 let cancel = tasks.insert(attempt);
                 let (env, tx, slots, running, tasks, handing_back, metrics) = (
                     env.clone(),
@@ -468,7 +488,7 @@ pub async fn serve(
                     let run = async {
                         let _slot = slots.acquire_owned().await;
                         let _busy = Busy::new(&running, &metrics.slots_busy);
-                        run_task(&env, *desc).await
+                        run_task(&env, *desc, statuses).await
                     };
                     // Dropping the run future stops the guest where it is: wasmtime
                     // unwinds the fiber, and the store goes with it.
@@ -503,6 +523,16 @@ pub async fn serve(
                     tasks.remove(attempt);
                 });
             }
+            Ok(Some(ToExecutor::MapStatuses(part))) => {
+                let (job, shuffle) = (part.job, part.shuffle);
+                if let Err(e) = env.statuses.receive(*part) {
+                    tracing::warn!(
+                        job = job.0,
+                        shuffle = shuffle.0,
+                        "refusing map statuses: {e}"
+                    );
+                }
+            }
             Ok(Some(ToExecutor::Kill { attempt })) => tasks.cancel(attempt),
             Ok(Some(ToExecutor::CleanJob { job })) => {
                 if let Some(app) = job.cached_app() {
@@ -512,6 +542,7 @@ pub async fn serve(
                     env.warm.forget_app(app);
                 }
                 env.builds.forget(job);
+                env.statuses.forget_job(job);
                 let (store, results) = (store.clone(), results.clone());
                 tokio::task::spawn_blocking(move || {
                     store.remove_job(job);

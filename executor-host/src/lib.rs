@@ -28,5 +28,6 @@ pub mod metrics;
 pub mod results;
 pub mod runner;
 pub mod shuffle;
+pub mod statuses;
 
 pub use executor::{ExecutorConfig, ExecutorError, enrol, serve};

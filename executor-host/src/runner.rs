@@ -4,6 +4,7 @@
 use crate::formats::{FormatError, PartWriter, SourceBatch, SourceReader};
 use crate::results::{ResultStore, ResultWriter};
 use crate::shuffle::{Fetcher, MapOutputWriter, ShuffleStore};
+use crate::statuses::{ShuffleStatuses, TaskStatuses};
 use flint_protocol::ids::ModuleHash;
 use flint_protocol::ids::{JobId, ShuffleId};
 use flint_protocol::plan::ReadFormat;
@@ -53,6 +54,8 @@ pub struct TaskEnv {
     pub work_dir: PathBuf,
     /// Build sides of broadcast hash joins this executor fetched, for all its tasks.
     pub builds: Arc<BuildCache>,
+    /// Where the map outputs of the shuffles its tasks read are.
+    pub statuses: Arc<crate::statuses::StatusStore>,
     /// Instances kept for the next task of their application.
     pub warm: Arc<WarmPool>,
     /// What each tenant's tasks hold spilled here, against its quota.
@@ -213,6 +216,7 @@ impl BuildCache {
         env: &TaskEnv,
         desc: &TaskDescriptor,
         input: &BuildInput,
+        segments: Vec<(u32, SegmentSource)>,
     ) -> Result<(BuildSide, bool), TaskError> {
         // A kept output is filed under its application: later jobs share the fetch.
         let key = match input.cached {
@@ -230,7 +234,7 @@ impl BuildCache {
         let side = cell
             .get_or_try_init(|| {
                 fetched = true;
-                fetch_build(env, desc, input)
+                fetch_build(env, desc, input, segments)
             })
             .await?
             .clone();
@@ -243,6 +247,7 @@ async fn fetch_build(
     env: &TaskEnv,
     desc: &TaskDescriptor,
     input: &BuildInput,
+    segments: Vec<(u32, SegmentSource)>,
 ) -> Result<BuildSide, TaskError> {
     let limit = Duration::from_millis(desc.limits.fetch_timeout_ms.max(1));
     let mut frames = Vec::new();
@@ -254,7 +259,7 @@ async fn fetch_build(
             desc.shuffle_secret,
         ),
     };
-    for (reduce, src) in &input.segments {
+    for (reduce, src) in &segments {
         let seg = SegmentFetch {
             job,
             shuffle,
@@ -280,7 +285,8 @@ async fn fetch_build(
                 .map_err(failed)?;
             let n = chunk.len() as u64;
             buf.extend_from_slice(&chunk);
-            if n < crate::shuffle::SEGMENT_CHUNK || buf.len() as u64 >= src.size {
+            // A short chunk is the last (the size the task has is a rounded one).
+            if n < crate::shuffle::SEGMENT_CHUNK {
                 break;
             }
         }
@@ -313,12 +319,21 @@ impl BroadcastSource for TaskBroadcasts {
 /// Captured guest output per task is capped at this many bytes per stream.
 const GUEST_OUTPUT_CAP: usize = 64 << 10;
 
-pub async fn run_task(env: &TaskEnv, desc: TaskDescriptor) -> TaskStatus {
+/// Runs `desc`, whose shuffles' map outputs are where `statuses` say.
+pub async fn run_task(env: &TaskEnv, desc: TaskDescriptor, statuses: TaskStatuses) -> TaskStatus {
     let started = Instant::now();
     let mut metrics = TaskMetrics::default();
     let mut output = GuestOutput::default();
     let mut accumulators = Vec::new();
-    let result = run(env, &desc, &mut metrics, &mut output, &mut accumulators).await;
+    let result = run(
+        env,
+        &desc,
+        &statuses,
+        &mut metrics,
+        &mut output,
+        &mut accumulators,
+    )
+    .await;
     metrics.run_ms = started.elapsed().as_millis() as u64;
     let result_ok = result.is_ok();
     TaskStatus {
@@ -359,6 +374,7 @@ fn limit(limit: Limit, what: String) -> TaskError {
 async fn run(
     env: &TaskEnv,
     desc: &TaskDescriptor,
+    statuses: &TaskStatuses,
     m: &mut TaskMetrics,
     output: &mut GuestOutput,
     accumulators: &mut Vec<(u32, Vec<u8>)>,
@@ -439,7 +455,8 @@ async fn run(
     let mut builds = Vec::with_capacity(desc.builds.len());
     for input in &desc.builds {
         // Counted once per executor: the task that fetched it.
-        let (side, fetched) = env.builds.get(env, desc, input).await?;
+        let segments = segments_of(statuses, input.shuffle)?.all_segments();
+        let (side, fetched) = env.builds.get(env, desc, input, segments).await?;
         if fetched {
             m.shuffle_read_remote_bytes += side.iter().map(|f| f.len() as u64).sum::<u64>();
         }
@@ -463,7 +480,7 @@ async fn run(
         .await?;
     m.instantiate_us = guest.instantiate_us;
     m.warm = guest.warm;
-    let fed = feed(env, desc, &mut guest, m, accumulators).await;
+    let fed = feed(env, desc, statuses, &mut guest, m, accumulators).await;
     let (spilled, runs) = guest.spilled();
     m.spill_bytes += spilled;
     m.spill_count += runs;
@@ -497,6 +514,7 @@ async fn run(
 async fn feed(
     env: &TaskEnv,
     desc: &TaskDescriptor,
+    statuses: &TaskStatuses,
     guest: &mut TaskInstance,
     m: &mut TaskMetrics,
     accumulators: &mut Vec<(u32, Vec<u8>)>,
@@ -588,7 +606,7 @@ async fn feed(
                 sides,
                 ..
             } => {
-                let mut rx = fetch_segments(env, desc, *reduce_partition, sides);
+                let mut rx = fetch_segments(env, desc, statuses, *reduce_partition, sides)?;
                 while let Some((side, r, permit, seg)) = rx.recv().await {
                     let src = &seg.src;
                     let fetch_failed = |e: String| {
@@ -766,9 +784,10 @@ impl SegmentFetch {
 fn fetch_segments(
     env: &TaskEnv,
     desc: &TaskDescriptor,
+    statuses: &TaskStatuses,
     reduce: u32,
     sides: &[ShuffleSideInput],
-) -> mpsc::Receiver<Fetched> {
+) -> Result<mpsc::Receiver<Fetched>, TaskError> {
     let job = desc.attempt.task.stage.job;
     let budget = desc
         .limits
@@ -776,15 +795,19 @@ fn fetch_segments(
         .clamp(1 << 20, u32::MAX as u64);
     let permits = Arc::new(Semaphore::new(budget as usize));
     let limit = std::time::Duration::from_millis(desc.limits.fetch_timeout_ms.max(1));
-    let total: usize = sides.iter().map(|s| s.segments.len()).sum();
+    let segments = sides
+        .iter()
+        .map(|s| Ok(segments_of(statuses, s.shuffle)?.segments(reduce, s.maps.clone())))
+        .collect::<Result<Vec<_>, TaskError>>()?;
+    let total: usize = segments.iter().map(Vec::len).sum();
     let (tx, rx) = mpsc::channel(total.max(1));
-    for (side, input) in sides.iter().enumerate() {
+    for ((side, input), segments) in sides.iter().enumerate().zip(segments) {
         // A cached dataset's partitions are filed under the application, not the job.
         let (job, shuffle, secret) = match input.cached {
             Some(c) => (c.job, c.shuffle, desc.app_secret),
             None => (job, input.shuffle, desc.shuffle_secret),
         };
-        for src in input.segments.clone() {
+        for src in segments {
             let (fetcher, permits, tx) = (env.fetcher.clone(), permits.clone(), tx.clone());
             let seg = Arc::new(SegmentFetch {
                 job,
@@ -808,7 +831,17 @@ fn fetch_segments(
             });
         }
     }
-    rx
+    Ok(rx)
+}
+
+/// The statuses of `shuffle` among a task's: every shuffle its descriptor names has them.
+fn segments_of(statuses: &TaskStatuses, shuffle: ShuffleId) -> Result<&ShuffleStatuses, TaskError> {
+    statuses.get(shuffle).ok_or_else(|| {
+        io_err(format!(
+            "the task reads shuffle {} but was given no map statuses for it",
+            shuffle.0
+        ))
+    })
 }
 
 /// One Arrow IPC stream of inline rows as streams of one batch each, so that no push

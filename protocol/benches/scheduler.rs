@@ -111,14 +111,12 @@ fn run(executors: u32, cores: u32, maps: u32, reduces: Option<u32>) -> Run {
         while let Some(c) = s.poll_command() {
             match c {
                 Command::Launch {
-                    attempt,
-                    executor,
-                    inputs,
-                    ..
+                    attempt, executor, ..
                 } => {
                     events += 1;
-                    // A map task reports a segment size per reduce partition.
-                    let map = inputs.is_empty() && reduces.is_some();
+                    // A map task (of the first stage) reports a segment size per reduce
+                    // partition.
+                    let map = attempt.task.stage.index == 0 && reduces.is_some();
                     running.push_back((attempt, executor, map));
                 }
                 Command::JobSucceeded { .. } => done = true,

@@ -210,6 +210,9 @@ pub enum ToExecutor {
         reason: String,
     },
     Launch(Box<TaskDescriptor>),
+    /// Part of where a shuffle's map outputs are, sent before the first task that reads
+    /// them at this version (see [`MapStatuses`]).
+    MapStatuses(Box<MapStatuses>),
     /// The job is over: its shuffle files and stored results may go.
     CleanJob {
         job: JobId,
@@ -273,14 +276,68 @@ pub struct TaskDescriptor {
     pub builds: Vec<BuildInput>,
 }
 
-/// A broadcast hash join's build side: the whole output of a map stage.
+/// A broadcast hash join's build side: the whole output of a map stage, every non-empty
+/// segment of it.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct BuildInput {
     pub shuffle: ShuffleId,
-    /// Every non-empty segment, with its reduce partition.
-    pub segments: Vec<(u32, SegmentSource)>,
+    /// The version of the shuffle's [`MapStatuses`] that say where its segments are.
+    pub statuses: u64,
     /// Where a map output kept for later jobs is filed (see [`CacheTarget`]).
     pub cached: Option<CacheTarget>,
+}
+
+/// Where the map outputs of one shuffle of a job are, as of one version of them
+/// (`MapOutputTracker::version`): the executor holding each map task's output and its
+/// bytes per reduce partition. A task names the shuffles it reads and their versions
+/// only; the driver sends an executor each version it has not had, once, before the
+/// first task that needs it, so that a task descriptor's size does not grow with the map
+/// tasks before it (Spark's map statuses, cached by its executors).
+///
+/// Sent in parts (map partitions `first..first + outputs.len()`, in order, from 0), each
+/// within a frame; a version replaces the one before it.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct MapStatuses {
+    pub job: JobId,
+    pub shuffle: ShuffleId,
+    pub version: u64,
+    /// Map partitions in the shuffle: the statuses are whole once that many arrived.
+    pub maps: u32,
+    /// Reduce partitions: every output has this many sizes.
+    pub partitions: u32,
+    /// This part's first map partition.
+    pub first: u32,
+    /// The executors holding this part's outputs and their shuffle addresses.
+    pub holders: Vec<(ExecutorId, String)>,
+    pub outputs: Vec<MapOutput>,
+}
+
+/// One map task's output: who holds it (an index into [`MapStatuses::holders`]) and its
+/// bytes per reduce partition, each in one byte ([`compress_size`]): an executor needs
+/// to know which segments are empty and roughly how big the others are, not the byte.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct MapOutput {
+    pub holder: u32,
+    pub sizes: Vec<u8>,
+}
+
+/// A segment size in one byte, as Spark's map statuses keep it: 0 for empty, else
+/// `ceil(log1.1(bytes))` (at least 1), so that [`decompress_size`] is within about 10%
+/// of the size up to 35 GB, and 35 GB beyond.
+pub fn compress_size(bytes: u64) -> u8 {
+    match bytes {
+        0 => 0,
+        1 => 1,
+        b => ((b as f64).ln() / 1.1f64.ln()).ceil().min(255.0) as u8,
+    }
+}
+
+/// The size [`compress_size`] stands for: never 0 for a non-empty segment.
+pub fn decompress_size(c: u8) -> u64 {
+    match c {
+        0 => 0,
+        c => 1.1f64.powi(i32::from(c)) as u64,
+    }
 }
 
 /// One input of a task and the narrow ops that apply to it alone.
@@ -329,11 +386,15 @@ pub struct PartitionValue {
     pub integer: bool,
 }
 
-/// The segments of one side of a shuffle a reduce task fetches.
+/// One side of a shuffle a reduce task fetches: the non-empty segments of its reduce
+/// partition, of every map output or of the map partitions `maps` (a share of a skewed
+/// partition).
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct ShuffleSideInput {
     pub shuffle: ShuffleId,
-    pub segments: Vec<SegmentSource>,
+    /// The version of the shuffle's [`MapStatuses`] that say where its segments are.
+    pub statuses: u64,
+    pub maps: Option<std::ops::Range<u32>>,
     /// For a cached dataset: where its partitions are filed (see [`CacheTarget`]).
     pub cached: Option<CacheTarget>,
 }
@@ -798,6 +859,17 @@ pub struct ExecutorSummary {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn compressed_sizes_stay_within_a_tenth_above() {
+        assert_eq!(decompress_size(compress_size(0)), 0);
+        assert_eq!(decompress_size(compress_size(1)), 1);
+        for b in [2u64, 3, 10, 999, 4096, 1 << 20, 123_456_789, 30 << 30] {
+            let d = decompress_size(compress_size(b));
+            assert!(d >= b * 9 / 10 && d <= b + b / 10 + 1, "{b} -> {d}");
+        }
+        assert_eq!(compress_size(u64::MAX), 255);
+    }
     use super::*;
 
     #[test]

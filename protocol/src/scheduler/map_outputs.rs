@@ -28,22 +28,48 @@ pub struct MapLocation {
 /// Map outputs per (job, shuffle).
 #[derive(Debug, Default)]
 pub struct MapOutputTracker {
-    outputs: BTreeMap<(JobId, ShuffleId), Vec<Option<MapStatus>>>,
+    outputs: BTreeMap<(JobId, ShuffleId), ShuffleOutputs>,
+    /// The last version handed out (see [`MapOutputTracker::version`]).
+    last_version: u64,
+}
+
+/// One shuffle's map outputs.
+#[derive(Debug)]
+struct ShuffleOutputs {
+    maps: Vec<Option<MapStatus>>,
+    /// How many of `maps` are `None`: the shuffle is complete at 0.
+    missing: u32,
+    version: u64,
 }
 
 impl MapOutputTracker {
+    fn next_version(&mut self) -> u64 {
+        self.last_version += 1;
+        self.last_version
+    }
+
     pub(super) fn register_shuffle(&mut self, job: JobId, shuffle: ShuffleId, map_partitions: u32) {
-        self.outputs
-            .insert((job, shuffle), vec![None; map_partitions as usize]);
+        let version = self.next_version();
+        self.outputs.insert(
+            (job, shuffle),
+            ShuffleOutputs {
+                maps: vec![None; map_partitions as usize],
+                missing: map_partitions,
+                version,
+            },
+        );
     }
 
     pub(super) fn register(&mut self, job: JobId, shuffle: ShuffleId, map: u32, status: MapStatus) {
-        if let Some(slot) = self
-            .outputs
-            .get_mut(&(job, shuffle))
-            .and_then(|v| v.get_mut(map as usize))
+        let version = self.next_version();
+        if let Some(outputs) = self.outputs.get_mut(&(job, shuffle))
+            && let Some(slot) = outputs.maps.get_mut(map as usize)
         {
+            if slot.is_none() {
+                outputs.missing -= 1;
+            }
             *slot = Some(status);
+            outputs.version = version;
         }
     }
 
@@ -55,30 +81,52 @@ impl MapOutputTracker {
         only: Option<JobId>,
     ) -> Vec<(JobId, ShuffleId, u32)> {
         let mut lost = Vec::new();
-        for ((job, shuffle), maps) in &mut self.outputs {
+        for ((job, shuffle), outputs) in &mut self.outputs {
             if only.is_some_and(|j| j != *job) {
                 continue;
             }
-            for (i, slot) in maps.iter_mut().enumerate() {
+            let before = lost.len();
+            for (i, slot) in outputs.maps.iter_mut().enumerate() {
                 if slot.as_ref().is_some_and(|s| s.executor == executor) {
                     *slot = None;
                     lost.push((*job, *shuffle, i as u32));
                 }
             }
+            if lost.len() > before {
+                outputs.missing += (lost.len() - before) as u32;
+                self.last_version += 1;
+                outputs.version = self.last_version;
+            }
         }
         lost
     }
 
+    /// Whether every map output of `shuffle` is known: what a task reading it needs.
+    /// O(1), so that launching a reduce task does not walk its map outputs.
+    pub fn complete(&self, job: JobId, shuffle: ShuffleId) -> bool {
+        self.outputs
+            .get(&(job, shuffle))
+            .is_some_and(|o| o.missing == 0)
+    }
+
+    /// The version of `shuffle`'s map outputs: it changes whenever one is registered or
+    /// lost, and is never reused (not even by another job), so that an executor holding
+    /// the statuses of one version may use them for every task that names it.
+    pub fn version(&self, job: JobId, shuffle: ShuffleId) -> Option<u64> {
+        self.outputs.get(&(job, shuffle)).map(|o| o.version)
+    }
+
     /// The segments of `reduce` partition, or `None` while any map output is missing.
+    /// O(map outputs): for locality and reporting, not for every launch.
     pub fn locations(
         &self,
         job: JobId,
         shuffle: ShuffleId,
         reduce: u32,
     ) -> Option<Vec<MapLocation>> {
-        let maps = self.outputs.get(&(job, shuffle))?;
+        let outputs = self.outputs.get(&(job, shuffle))?;
         let mut out = Vec::new();
-        for (i, slot) in maps.iter().enumerate() {
+        for (i, slot) in outputs.maps.iter().enumerate() {
             let status = slot.as_ref()?;
             let size = status.sizes.get(reduce as usize).copied().unwrap_or(0);
             if size > 0 {
@@ -94,9 +142,9 @@ impl MapOutputTracker {
         Some(out)
     }
 
-    /// Per map partition, where its output lives (for reporting).
+    /// Per map partition, where its output lives.
     pub fn statuses(&self, job: JobId, shuffle: ShuffleId) -> Option<&[Option<MapStatus>]> {
-        self.outputs.get(&(job, shuffle)).map(|v| v.as_slice())
+        self.outputs.get(&(job, shuffle)).map(|o| o.maps.as_slice())
     }
 
     pub(super) fn remove_job(&mut self, job: JobId) {

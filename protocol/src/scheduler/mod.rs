@@ -49,12 +49,13 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 /// What the driver must do next.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Command {
-    /// Run `attempt` on `executor`; for a shuffle-reading stage, `inputs` lists the
-    /// segments to fetch. `speculative`: a copy of a task that is still running elsewhere.
+    /// Run `attempt` on `executor`. A shuffle-reading task's map outputs are all known
+    /// when it is launched; the driver names the shuffles and their
+    /// [`MapOutputTracker::version`], not the segments (see [`Scheduler::task_inputs`]).
+    /// `speculative`: a copy of a task that is still running elsewhere.
     Launch {
         attempt: TaskAttemptId,
         executor: ExecutorId,
-        inputs: Vec<MapLocation>,
         speculative: bool,
     },
     /// Stop `attempt`: another attempt of its task won, or its job ended. The executor

@@ -8,7 +8,7 @@ use super::policy::{JobFailure, Pool, TaskFailure};
 use super::stages::{Job, RunningAttempt, StageStatus, TaskState};
 use super::{Command, Scheduler, fmt_ms};
 use crate::dag::{StageInput, StageOutput};
-use crate::ids::{ExecutorId, JobId, ShuffleId, StageId, TaskAttemptId, TaskId};
+use crate::ids::{ExecutorId, JobId, StageId, TaskAttemptId, TaskId};
 use std::collections::{BTreeMap, BTreeSet};
 
 impl Scheduler {
@@ -351,10 +351,35 @@ impl Scheduler {
         }
     }
 
-    /// The segments a task of `task_id`'s stage reads (of every shuffle piece and side),
-    /// or `None` while some are missing.
-    fn inputs_of(&self, job: &Job, task_id: TaskId) -> Option<Vec<MapLocation>> {
+    /// Whether every map output a task of `task_id`'s stage reads (of every shuffle
+    /// piece and side, and of its broadcast build sides) is known. O(pieces): the task
+    /// is launched with references to its shuffles, not with their map outputs.
+    fn inputs_ready(&self, job: &Job, task_id: TaskId) -> bool {
         let stage = &job.dag.stages[task_id.stage.index as usize];
+        let job_id = task_id.stage.job;
+        let Some(pieces) = stage.pieces.get(task_id.partition as usize) else {
+            return false;
+        };
+        pieces.iter().all(|piece| {
+            match stage.branches.get(piece.branch as usize).map(|b| &b.input) {
+                Some(StageInput::Shuffle { shuffles, .. }) => shuffles
+                    .iter()
+                    .all(|sh| self.map_outputs.complete(job_id, *sh)),
+                Some(_) => true,
+                None => false,
+            }
+        }) && stage
+            .builds
+            .iter()
+            .all(|sh| self.map_outputs.complete(job_id, *sh))
+    }
+
+    /// The segments a task of `task_id`'s stage reads (of every shuffle piece and side,
+    /// then of its build sides), or `None` while some are missing: what its executor
+    /// resolves from the map statuses it is sent. O(map outputs).
+    pub fn task_inputs(&self, task_id: TaskId) -> Option<Vec<MapLocation>> {
+        let job = self.jobs.get(&task_id.stage.job)?;
+        let stage = job.dag.stages.get(task_id.stage.index as usize)?;
         let mut out = Vec::new();
         for piece in stage.pieces.get(task_id.partition as usize)? {
             let branch = stage.branches.get(piece.branch as usize)?;
@@ -481,14 +506,14 @@ impl Scheduler {
                 self.speculatable.remove(&task_id);
                 continue;
             }
-            let Some(inputs) = self.inputs_of(job, task_id) else {
+            if !self.inputs_ready(job, task_id) {
                 continue;
-            };
+            }
             let Some(executor) = self.pick_executor(job, si, task) else {
                 continue;
             };
             self.speculatable.remove(&task_id);
-            self.launch(task_id, executor, inputs, true);
+            self.launch(task_id, executor, true);
         }
     }
 
@@ -574,21 +599,27 @@ impl Scheduler {
             return false;
         };
         let si = task_id.stage.index as usize;
-        let Some(inputs) = self.inputs_of(job, task_id) else {
+        if !self.inputs_ready(job, task_id) {
             return false;
-        };
+        }
         let task = &job.stages[si].tasks[task_id.partition as usize];
-        // Process-local: a task reading cached partitions goes where they are if it can.
-        // (Judged per stage first: most stages read no cached dataset.)
-        let cached: Vec<ShuffleId> = job.dag.stages[si]
+        // Process-local: a task reading cached partitions goes where the most of them
+        // are, if it can. (Judged per stage first: most stages read no cached dataset,
+        // and only theirs pay for walking the map outputs.)
+        let local = if job.dag.stages[si]
             .reads()
-            .filter(|sh| job.dag.cache_of(*sh).is_some())
-            .collect();
-        let local = inputs
-            .iter()
-            .filter(|l| cached.contains(&l.shuffle))
-            .max_by_key(|l| l.size)
-            .map(|l| l.executor);
+            .any(|sh| job.dag.cache_of(sh).is_some())
+        {
+            self.task_inputs(task_id).and_then(|inputs| {
+                inputs
+                    .iter()
+                    .filter(|l| job.dag.cache_of(l.shuffle).is_some())
+                    .max_by_key(|l| l.size)
+                    .map(|l| l.executor)
+            })
+        } else {
+            None
+        };
         let Some(executor) = local
             .filter(|e| {
                 self.executors.get(e).is_some_and(|x| x.has_free_slot())
@@ -600,7 +631,7 @@ impl Scheduler {
             return false;
         };
         self.pending.remove(&task_id);
-        self.launch(task_id, executor, inputs, false);
+        self.launch(task_id, executor, false);
         true
     }
 
@@ -641,13 +672,7 @@ impl Scheduler {
             .find(|id| allowed(*id) && (!elsewhere_exists || !task.failed_on.contains(id)))
     }
 
-    fn launch(
-        &mut self,
-        task_id: TaskId,
-        executor: ExecutorId,
-        inputs: Vec<MapLocation>,
-        speculative: bool,
-    ) {
+    fn launch(&mut self, task_id: TaskId, executor: ExecutorId, speculative: bool) {
         let now = self.now_ms;
         let Some(job) = self.jobs.get_mut(&task_id.stage.job) else {
             return;
@@ -672,7 +697,6 @@ impl Scheduler {
         self.commands.push_back(Command::Launch {
             attempt,
             executor,
-            inputs,
             speculative,
         });
     }

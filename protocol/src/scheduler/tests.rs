@@ -57,18 +57,28 @@ fn drain(s: &mut Scheduler) -> Vec<Command> {
     std::iter::from_fn(|| s.poll_command()).collect()
 }
 
-fn launches(cmds: &[Command]) -> Vec<(TaskAttemptId, ExecutorId, Vec<MapLocation>)> {
+/// The launches among `cmds`, with the segments each task's executor resolves from the
+/// map statuses (as `s` knows them now).
+fn launches(s: &Scheduler, cmds: &[Command]) -> Vec<(TaskAttemptId, ExecutorId, Vec<MapLocation>)> {
     cmds.iter()
         .filter_map(|c| match c {
             Command::Launch {
-                attempt,
-                executor,
-                inputs,
-                ..
-            } => Some((*attempt, *executor, inputs.clone())),
+                attempt, executor, ..
+            } => Some((
+                *attempt,
+                *executor,
+                s.task_inputs(attempt.task)
+                    .expect("a task is launched once its inputs are known"),
+            )),
             _ => None,
         })
         .collect()
+}
+
+/// The launches `s` commands now (its other commands are dropped).
+fn launched(s: &mut Scheduler) -> Vec<(TaskAttemptId, ExecutorId, Vec<MapLocation>)> {
+    let cmds = drain(s);
+    launches(s, &cmds)
 }
 
 fn ok() -> TaskFailure {
@@ -84,11 +94,11 @@ fn tasks_fill_slots_and_wait_for_free_ones() {
     let mut s = Scheduler::new(SchedulerConf::default());
     s.executor_added(E1, 2, 0);
     s.submit_job_default(J, two_stage_dag(3, 2));
-    let l = launches(&drain(&mut s));
+    let l = launched(&mut s);
     assert_eq!(l.len(), 2, "two slots, three map tasks");
     assert!(l.iter().all(|(_, e, inputs)| *e == E1 && inputs.is_empty()));
     s.executor_added(E2, 1, 0);
-    let l = launches(&drain(&mut s));
+    let l = launched(&mut s);
     assert_eq!(l.len(), 1);
     assert_eq!(l[0].1, E2);
     assert_eq!(l[0].0.task.partition, 2);
@@ -100,7 +110,7 @@ fn reduce_stage_waits_for_every_map_task_then_gets_locations() {
     s.executor_added(E1, 4, 0);
     s.executor_added(E2, 4, 0);
     s.submit_job_default(J, two_stage_dag(2, 2));
-    let maps = launches(&drain(&mut s));
+    let maps = launched(&mut s);
     assert_eq!(maps.len(), 2);
     let (a0, e0, _) = maps[0].clone();
     s.task_succeeded(a0, e0, Some(vec![10, 0]));
@@ -113,7 +123,7 @@ fn reduce_stage_waits_for_every_map_task_then_gets_locations() {
     let (a1, e1, _) = maps[1].clone();
     s.task_succeeded(a1, e1, Some(vec![5, 7]));
     let cmds = drain(&mut s);
-    let reduces = launches(&cmds);
+    let reduces = launches(&s, &cmds);
     assert_eq!(reduces.len(), 2);
     let r0 = reduces.iter().find(|r| r.0.task.partition == 0).unwrap();
     assert_eq!(
@@ -161,10 +171,10 @@ fn failed_task_is_retried_on_another_executor() {
     s.executor_added(E1, 1, 0);
     s.executor_added(E2, 1, 0);
     s.submit_job_default(J, two_stage_dag(1, 1));
-    let l = launches(&drain(&mut s));
+    let l = launched(&mut s);
     let (a, e, _) = l[0].clone();
     s.task_failed(a, e, ok());
-    let l = launches(&drain(&mut s));
+    let l = launched(&mut s);
     assert_eq!(l.len(), 1);
     assert_ne!(l[0].1, e, "retried elsewhere");
     assert_eq!(l[0].0.attempt, 1);
@@ -184,7 +194,7 @@ fn job_fails_after_max_failures_with_first_and_last_errors() {
         },
     );
     for i in 0..3 {
-        let l = launches(&drain(&mut s));
+        let l = launched(&mut s);
         assert_eq!(l.len(), 1, "attempt {i} launched");
         let (a, e, _) = l[0].clone();
         s.task_failed(
@@ -210,7 +220,7 @@ fn job_fails_after_max_failures_with_first_and_last_errors() {
         failure.causes,
         vec!["first failure: error 0", "last failure: error 2"]
     );
-    assert!(launches(&cmds).is_empty());
+    assert!(launches(&s, &cmds).is_empty());
 }
 
 #[test]
@@ -218,7 +228,7 @@ fn non_retryable_failure_ends_the_job_at_once() {
     let mut s = Scheduler::new(SchedulerConf::default());
     s.executor_added(E1, 1, 0);
     s.submit_job_default(J, two_stage_dag(1, 1));
-    let (a, e, _) = launches(&drain(&mut s))[0].clone();
+    let (a, e, _) = launched(&mut s)[0].clone();
     s.task_failed(
         a,
         e,
@@ -238,7 +248,7 @@ fn late_duplicate_success_is_not_committed_twice() {
     s.executor_added(E1, 1, 0);
     s.executor_added(E2, 1, 0);
     s.submit_job_default(J, two_stage_dag(1, 1));
-    let (a, e, _) = launches(&drain(&mut s))[0].clone();
+    let (a, e, _) = launched(&mut s)[0].clone();
     s.task_succeeded(a, e, Some(vec![1]));
     s.task_succeeded(a, e, Some(vec![1]));
     let commits = drain(&mut s)
@@ -254,16 +264,16 @@ fn lost_executor_reruns_its_running_tasks_and_lost_map_outputs() {
     s.executor_added(E1, 1, 0);
     s.executor_added(E2, 1, 0);
     s.submit_job_default(J, two_stage_dag(2, 1));
-    let maps = launches(&drain(&mut s));
+    let maps = launched(&mut s);
     let on_e1 = maps.iter().find(|m| m.1 == E1).unwrap().clone();
     let on_e2 = maps.iter().find(|m| m.1 == E2).unwrap().clone();
     // E1 finishes its map task; E2 is still running when E1 dies.
     s.task_succeeded(on_e1.0, E1, Some(vec![3]));
     drain(&mut s);
     s.executor_disconnected(E1);
-    assert!(launches(&drain(&mut s)).is_empty(), "E2 is still busy");
+    assert!(launched(&mut s).is_empty(), "E2 is still busy");
     s.task_succeeded(on_e2.0, E2, Some(vec![4]));
-    let l = launches(&drain(&mut s));
+    let l = launched(&mut s);
     assert_eq!(
         l.len(),
         1,
@@ -272,10 +282,49 @@ fn lost_executor_reruns_its_running_tasks_and_lost_map_outputs() {
     assert_eq!(l[0].0.task, on_e1.0.task);
     assert_eq!(l[0].0.attempt, 1);
     s.task_succeeded(l[0].0, E2, Some(vec![3]));
-    let l = launches(&drain(&mut s));
+    let l = launched(&mut s);
     assert_eq!(l.len(), 1);
     assert_eq!(l[0].0.task.stage.index, 1, "reduce runs now");
     assert!(l[0].2.iter().all(|loc| loc.executor == E2));
+}
+
+/// The map statuses a reduce task names by version change whenever an output is
+/// registered or lost, and a version is never reused: an executor holding one version
+/// never resolves a task's segments from outputs that have moved since.
+#[test]
+fn map_status_versions_change_with_every_registered_or_lost_output() {
+    let mut s = Scheduler::new(SchedulerConf::default());
+    s.executor_added(E1, 1, 0);
+    s.executor_added(E2, 1, 0);
+    s.submit_job_default(J, two_stage_dag(2, 1));
+    let sh = ShuffleId(0);
+    let v0 = s.map_outputs().version(J, sh).unwrap();
+    let maps = launched(&mut s);
+    s.task_succeeded(maps[0].0, maps[0].1, Some(vec![3]));
+    drain(&mut s);
+    let v1 = s.map_outputs().version(J, sh).unwrap();
+    assert!(v1 > v0);
+    assert!(!s.map_outputs().complete(J, sh));
+    s.task_succeeded(maps[1].0, maps[1].1, Some(vec![4]));
+    let reduce = launched(&mut s);
+    assert_eq!(reduce.len(), 1);
+    assert!(s.map_outputs().complete(J, sh));
+    let v2 = s.map_outputs().version(J, sh).unwrap();
+    assert!(v2 > v1);
+    // The reduce fails to fetch from E1: its outputs are lost, and the version moves on.
+    s.executor_disconnected(E1);
+    assert!(!s.map_outputs().complete(J, sh));
+    let v3 = s.map_outputs().version(J, sh).unwrap();
+    assert!(v3 > v2);
+    let rerun = launched(&mut s);
+    let rerun = rerun.iter().find(|l| l.0.task.stage.index == 0).unwrap();
+    s.task_succeeded(rerun.0, rerun.1, Some(vec![3]));
+    drain(&mut s);
+    assert!(s.map_outputs().complete(J, sh));
+    assert!(s.map_outputs().version(J, sh).unwrap() > v3);
+    // Another job's shuffle never reuses a version.
+    s.submit_job_default(JobId(J.0 + 1), two_stage_dag(1, 1));
+    assert!(s.map_outputs().version(JobId(J.0 + 1), sh).unwrap() > v3);
 }
 
 #[test]
@@ -296,7 +345,7 @@ fn running_task_on_lost_executor_is_not_a_failure() {
     s.executor_added(E2, 1, 10);
     let cmds = drain(&mut s);
     assert!(!cmds.iter().any(|c| matches!(c, Command::JobFailed { .. })));
-    assert_eq!(launches(&cmds)[0].1, E2);
+    assert_eq!(launches(&s, &cmds)[0].1, E2);
 }
 
 #[test]
@@ -305,7 +354,7 @@ fn jobs_are_served_first_in_first_out() {
     s.submit_job_default(JobId(1), two_stage_dag(2, 1));
     s.submit_job_default(JobId(2), two_stage_dag(2, 1));
     s.executor_added(E1, 3, 0);
-    let l = launches(&drain(&mut s));
+    let l = launched(&mut s);
     let jobs: Vec<u64> = l.iter().map(|x| x.0.task.stage.job.0).collect();
     assert_eq!(jobs, vec![1, 1, 2]);
 }
@@ -328,10 +377,10 @@ fn through_map_stage(
     s.executor_added(E1, 1, 0);
     s.executor_added(E2, 1, 0);
     s.submit_job(J, APP, two_stage_dag(2, 1), policy);
-    for (a, e, _) in launches(&drain(s)) {
+    for (a, e, _) in launched(s) {
         s.task_succeeded(a, e, Some(vec![8]));
     }
-    let l = launches(&drain(s));
+    let l = launched(s);
     assert_eq!(l.len(), 1);
     l[0].clone()
 }
@@ -354,7 +403,7 @@ fn fetch_failure_reruns_only_the_lost_map_output_and_is_not_a_task_failure() {
     );
     let cmds = drain(&mut s);
     assert!(failed_job(&cmds).is_none(), "{cmds:?}");
-    let l = launches(&cmds);
+    let l = launches(&s, &cmds);
     assert_eq!(l.len(), 1, "only the lost map task runs again: {cmds:?}");
     assert_eq!(l[0].0.task.stage.index, 0);
     assert_eq!(l[0].0.task.partition, lost_from.map_partition);
@@ -363,7 +412,7 @@ fn fetch_failure_reruns_only_the_lost_map_output_and_is_not_a_task_failure() {
         "rerun away from the executor that failed to serve"
     );
     s.task_succeeded(l[0].0, l[0].1, Some(vec![8]));
-    let l = launches(&drain(&mut s));
+    let l = launched(&mut s);
     assert_eq!(l.len(), 1, "the reduce resumes");
     assert_eq!(l[0].0.task, r.task);
     assert!(l[0].2.iter().all(|loc| loc.executor != lost_from.executor));
@@ -387,9 +436,9 @@ fn stage_fails_after_max_consecutive_fetch_failed_attempts() {
         from.map_partition,
         vec!["gone".into()],
     );
-    let l = launches(&drain(&mut s));
+    let l = launched(&mut s);
     s.task_succeeded(l[0].0, l[0].1, Some(vec![8]));
-    let (r2, re2, inputs2) = launches(&drain(&mut s))[0].clone();
+    let (r2, re2, inputs2) = launched(&mut s)[0].clone();
     let from2 = inputs2[0].clone();
     s.task_fetch_failed(
         r2,
@@ -423,10 +472,10 @@ fn fetch_failures_of_one_stage_attempt_count_once() {
             ..Default::default()
         },
     );
-    for (a, e, _) in launches(&drain(&mut s)) {
+    for (a, e, _) in launched(&mut s) {
         s.task_succeeded(a, e, Some(vec![4, 4]));
     }
-    let reduces = launches(&drain(&mut s));
+    let reduces = launched(&mut s);
     assert_eq!(reduces.len(), 2);
     // Both reduce tasks of the same stage attempt lose E2's output.
     for (a, e, _) in &reduces {
@@ -450,7 +499,7 @@ fn slow_task_gets_a_speculative_copy_and_the_first_to_finish_wins() {
         ..Default::default()
     };
     s.submit_job(J, APP, two_stage_dag(3, 1), policy);
-    let maps = launches(&drain(&mut s));
+    let maps = launched(&mut s);
     assert_eq!(maps.len(), 3);
     s.set_time(100);
     s.task_succeeded(maps[1].0, maps[1].1, Some(vec![1]));
@@ -459,7 +508,7 @@ fn slow_task_gets_a_speculative_copy_and_the_first_to_finish_wins() {
     // 2 of 3 done: below the 0.9 quantile (floor(2.7) = 2 is reached) -> median 100ms,
     // threshold max(300ms, 100ms). At 350ms the first task is slow.
     s.tick(300);
-    assert!(launches(&drain(&mut s)).is_empty(), "not slow yet");
+    assert!(launched(&mut s).is_empty(), "not slow yet");
     s.tick(350);
     let cmds = drain(&mut s);
     let copies: Vec<_> = cmds
@@ -484,7 +533,7 @@ fn slow_task_gets_a_speculative_copy_and_the_first_to_finish_wins() {
     assert_eq!(copy.task, maps[0].0.task);
     assert_ne!(on, maps[0].1, "the copy runs on another executor");
     s.tick(400);
-    assert!(launches(&drain(&mut s)).is_empty(), "one copy only");
+    assert!(launched(&mut s).is_empty(), "one copy only");
     // The copy wins; the original is killed; one commit.
     s.task_succeeded(copy, on, Some(vec![1]));
     let cmds = drain(&mut s);
@@ -516,12 +565,12 @@ fn without_speculation_slow_tasks_get_no_copy() {
     s.executor_added(E1, 1, 0);
     s.executor_added(E2, 1, 0);
     s.submit_job_default(J, two_stage_dag(2, 1));
-    let maps = launches(&drain(&mut s));
+    let maps = launched(&mut s);
     s.set_time(10);
     s.task_succeeded(maps[1].0, maps[1].1, Some(vec![1]));
     drain(&mut s);
     s.tick(100_000);
-    assert!(launches(&drain(&mut s)).is_empty());
+    assert!(launched(&mut s).is_empty());
 }
 
 #[test]
@@ -538,11 +587,11 @@ fn an_executor_failing_tasks_is_excluded_for_the_stage_then_the_job() {
         ..Default::default()
     };
     s.submit_job(J, APP, two_stage_dag(6, 1), policy);
-    let first = launches(&drain(&mut s));
+    let first = launched(&mut s);
     let on_e1: Vec<_> = first.iter().filter(|l| l.1 == E1).cloned().collect();
     assert_eq!(on_e1.len(), 1);
     s.task_failed(on_e1[0].0, E1, ok());
-    let next = launches(&drain(&mut s));
+    let next = launched(&mut s);
     let again_e1: Vec<_> = next.iter().filter(|l| l.1 == E1).cloned().collect();
     assert_eq!(
         again_e1.len(),
@@ -567,7 +616,7 @@ fn an_executor_failing_tasks_is_excluded_for_the_stage_then_the_job() {
     let (ex, stage, reason) = excluded.expect("E1 is excluded for the stage");
     assert_eq!((ex, stage), (E1, Some(0)));
     assert!(reason.contains("2 different tasks"), "{reason}");
-    assert!(launches(&cmds).iter().all(|l| l.1 != E1), "{cmds:?}");
+    assert!(launches(&s, &cmds).iter().all(|l| l.1 != E1), "{cmds:?}");
     assert_eq!(s.exclusions(J), vec![(E1, Some(0), reason)]);
 }
 
@@ -581,7 +630,7 @@ fn a_stage_every_executor_is_excluded_from_fails_its_job_with_the_reasons() {
         ..Default::default()
     };
     s.submit_job(J, APP, two_stage_dag(2, 1), policy);
-    for (a, e, _) in launches(&drain(&mut s)) {
+    for (a, e, _) in launched(&mut s) {
         s.task_failed(
             a,
             e,
@@ -649,7 +698,7 @@ fn an_executor_that_joins_a_waiting_job_is_used_at_once() {
     s.submit_job(J, APP, two_stage_dag(1, 1), policy);
     s.tick(900);
     s.executor_added(E1, 1, 950);
-    assert_eq!(launches(&drain(&mut s)).len(), 1);
+    assert_eq!(launched(&mut s).len(), 1);
     s.heartbeat(E1, 5000);
     s.tick(5000);
     assert!(failed_job(&drain(&mut s)).is_none());
@@ -668,18 +717,15 @@ fn a_decommissioned_executor_gets_no_tasks_and_handed_back_ones_are_not_failures
             ..Default::default()
         },
     );
-    let (a, _, _) = launches(&drain(&mut s))[0].clone();
+    let (a, _, _) = launched(&mut s)[0].clone();
     s.executor_decommissioning(E1);
     s.task_killed(a, E1);
-    assert!(
-        launches(&drain(&mut s)).is_empty(),
-        "nothing goes back to E1"
-    );
+    assert!(launched(&mut s).is_empty(), "nothing goes back to E1");
     assert_eq!(s.total_cores(), 0);
     s.executor_added(E2, 1, 10);
     let cmds = drain(&mut s);
     assert!(failed_job(&cmds).is_none());
-    let l = launches(&cmds);
+    let l = launches(&s, &cmds);
     assert_eq!((l[0].0.task, l[0].1), (a.task, E2));
     s.executor_disconnected(E1);
     assert!(failed_job(&drain(&mut s)).is_none());
@@ -698,7 +744,7 @@ fn a_failed_job_kills_its_running_attempts() {
             ..Default::default()
         },
     );
-    let l = launches(&drain(&mut s));
+    let l = launched(&mut s);
     s.task_failed(l[0].0, E1, ok());
     let cmds = drain(&mut s);
     assert!(cmds.contains(&Command::KillTask {
@@ -714,9 +760,9 @@ fn a_success_reported_by_a_lost_executor_does_not_register_map_output() {
     s.executor_added(E1, 1, 0);
     s.executor_added(E2, 1, 0);
     s.submit_job_default(J, two_stage_dag(1, 1));
-    let (a, e, _) = launches(&drain(&mut s))[0].clone();
+    let (a, e, _) = launched(&mut s)[0].clone();
     s.executor_disconnected(e);
-    let relaunch = launches(&drain(&mut s));
+    let relaunch = launched(&mut s);
     assert_eq!(relaunch.len(), 1);
     s.task_succeeded(a, e, Some(vec![5]));
     let cmds = drain(&mut s);
@@ -744,29 +790,29 @@ fn losing_outputs_of_two_shuffles_reruns_the_upstream_stage_first() {
     s.executor_added(E2, 1, 0);
     s.submit_job_default(J, dag);
     for stage in 0..2 {
-        let l = launches(&drain(&mut s));
+        let l = launched(&mut s);
         assert_eq!(l.len(), 2);
         assert!(l.iter().all(|x| x.0.task.stage.index == stage));
         for (a, e, _) in l {
             s.task_succeeded(a, e, Some(vec![3, 3]));
         }
     }
-    let last = launches(&drain(&mut s));
+    let last = launched(&mut s);
     assert!(last.iter().all(|x| x.0.task.stage.index == 2));
     let e1_last = last.iter().find(|x| x.1 == E1).unwrap().0;
     s.task_succeeded(e1_last, E1, None);
     drain(&mut s);
     s.executor_disconnected(E2);
-    let l = launches(&drain(&mut s));
+    let l = launched(&mut s);
     assert_eq!(l.len(), 1, "{l:?}");
     assert_eq!(l[0].0.task.stage.index, 0, "stage 0's lost output first");
     assert_eq!(l[0].1, E1);
     s.task_succeeded(l[0].0, E1, Some(vec![3, 3]));
-    let l = launches(&drain(&mut s));
+    let l = launched(&mut s);
     assert_eq!(l.len(), 1);
     assert_eq!(l[0].0.task.stage.index, 1, "then stage 1's");
     s.task_succeeded(l[0].0, E1, Some(vec![3, 3]));
-    let l = launches(&drain(&mut s));
+    let l = launched(&mut s);
     assert_eq!(l.len(), 1);
     assert_eq!(
         l[0].0.task.stage.index, 2,
@@ -792,13 +838,13 @@ fn an_executor_failing_across_stages_is_excluded_for_the_whole_job() {
     s.submit_job(J, APP, two_stage_dag(1, 1), policy);
     // The one map task fails on E1 twice (E2 busy elsewhere is not needed: the soft
     // avoidance sends the retry to E2, so fail it there once and back on E1).
-    let (a, e, _) = launches(&drain(&mut s))[0].clone();
+    let (a, e, _) = launched(&mut s)[0].clone();
     assert_eq!(e, E1);
     s.task_failed(a, E1, ok());
-    let (a, e, _) = launches(&drain(&mut s))[0].clone();
+    let (a, e, _) = launched(&mut s)[0].clone();
     assert_eq!(e, E2);
     s.task_failed(a, E2, ok());
-    let (a, e, _) = launches(&drain(&mut s))[0].clone();
+    let (a, e, _) = launched(&mut s)[0].clone();
     assert_eq!(e, E1, "both failed it once: least loaded again");
     s.task_failed(a, E1, ok());
     let cmds = drain(&mut s);
@@ -813,10 +859,10 @@ fn an_executor_failing_across_stages_is_excluded_for_the_whole_job() {
         )),
         "{cmds:?}"
     );
-    let l = launches(&cmds);
+    let l = launches(&s, &cmds);
     assert_eq!(l[0].1, E2);
     s.task_succeeded(l[0].0, E2, Some(vec![1]));
-    let l = launches(&drain(&mut s));
+    let l = launched(&mut s);
     assert_eq!(l.len(), 1);
     assert_eq!(l[0].1, E2, "the next stage avoids E1 too");
 }
@@ -845,13 +891,13 @@ fn flood(fair: bool) -> Vec<u64> {
         s.submit_job(JobId(j), APP, two_stage_dag(2, 1), pool("a", 1, 0, None));
     }
     s.submit_job(JobId(100), APP, two_stage_dag(2, 1), pool("b", 1, 0, None));
-    let first = launches(&drain(&mut s));
+    let first = launched(&mut s);
     assert!(
         first.iter().all(|l| l.0.task.stage.job.0 <= 50),
         "A came first"
     );
     s.task_succeeded(first[0].0, E1, Some(vec![1]));
-    launches(&drain(&mut s))
+    launched(&mut s)
         .iter()
         .map(|l| l.0.task.stage.job.0)
         .collect()
@@ -874,7 +920,7 @@ fn a_pool_never_exceeds_its_max_slots_and_min_share_is_served_first() {
     );
     s.submit_job(JobId(2), APP, two_stage_dag(4, 1), pool("big", 1, 0, None));
     s.executor_added(E1, 4, 0);
-    let l = launches(&drain(&mut s));
+    let l = launched(&mut s);
     let capped = l.iter().filter(|x| x.0.task.stage.job.0 == 1).count();
     assert_eq!((capped, l.len()), (1, 4), "{l:?}");
 
@@ -883,7 +929,7 @@ fn a_pool_never_exceeds_its_max_slots_and_min_share_is_served_first() {
     s.submit_job(JobId(1), APP, two_stage_dag(4, 1), pool("a", 10, 0, None));
     s.submit_job(JobId(2), APP, two_stage_dag(4, 1), pool("b", 1, 2, None));
     s.executor_added(E1, 3, 0);
-    let l = launches(&drain(&mut s));
+    let l = launched(&mut s);
     let b = l.iter().filter(|x| x.0.task.stage.job.0 == 2).count();
     assert_eq!(
         b, 2,
@@ -938,7 +984,7 @@ fn kept_partitions_skip_their_stage_and_a_lost_one_is_recomputed_from_lineage() 
         },
     );
     s.submit_job(J, APP, dag, JobPolicy::default());
-    let l = launches(&drain(&mut s));
+    let l = launched(&mut s);
     // Only the reading stage runs, each task where its partition is kept.
     assert_eq!(l.len(), 2, "{l:?}");
     for (a, e, inputs) in &l {
@@ -948,7 +994,7 @@ fn kept_partitions_skip_their_stage_and_a_lost_one_is_recomputed_from_lineage() 
     }
     // E2 dies with its partition: the cache stage recomputes it from the source.
     s.executor_disconnected(E2);
-    let again = launches(&drain(&mut s));
+    let again = launched(&mut s);
     assert!(
         again
             .iter()
@@ -1014,7 +1060,7 @@ fn a_status_counts_only_from_the_executor_its_attempt_runs_on() {
     s.executor_added(E1, 1, 0);
     s.executor_added(E2, 1, 0);
     s.submit_job_default(J, two_stage_dag(2, 1));
-    let l = launches(&drain(&mut s));
+    let l = launched(&mut s);
     let (a, e, _) = l[0].clone();
     let other = if e == E1 { E2 } else { E1 };
     assert!(s.accepts_status(a, e));
@@ -1038,16 +1084,16 @@ fn map_output_that_does_not_fit_its_stage_fails_the_attempt() {
     s.executor_added(E1, 1, 0);
     s.executor_added(E2, 1, 0);
     s.submit_job_default(J, two_stage_dag(1, 2));
-    let (a, e, _) = launches(&drain(&mut s))[0].clone();
+    let (a, e, _) = launched(&mut s)[0].clone();
     s.task_succeeded(a, e, Some(vec![1, 2, 3, 4, 5]));
     let cmds = drain(&mut s);
     assert!(!cmds.contains(&Command::CommitTask { attempt: a }));
-    let l = launches(&cmds);
+    let l = launches(&s, &cmds);
     assert_eq!(l.len(), 1, "retried: {cmds:?}");
     assert_eq!(l[0].0.task, a.task);
     assert_ne!(l[0].1, e);
     s.task_succeeded(l[0].0, l[0].1, None);
-    assert!(launches(&drain(&mut s)).iter().all(|x| x.0.task == a.task));
+    assert!(launched(&mut s).iter().all(|x| x.0.task == a.task));
 }
 
 #[test]
@@ -1060,7 +1106,7 @@ fn an_attempt_that_never_reports_is_given_up_and_run_elsewhere() {
         ..Default::default()
     };
     s.submit_job(J, APP, two_stage_dag(1, 1), policy);
-    let (a, e, _) = launches(&drain(&mut s))[0].clone();
+    let (a, e, _) = launched(&mut s)[0].clone();
     s.heartbeat(E1, 1500);
     s.heartbeat(E2, 1500);
     s.tick(1500);
@@ -1069,7 +1115,7 @@ fn an_attempt_that_never_reports_is_given_up_and_run_elsewhere() {
         attempt: a,
         executor: e
     }));
-    let l = launches(&cmds);
+    let l = launches(&s, &cmds);
     assert_eq!(l.len(), 1, "{cmds:?}");
     assert_eq!((l[0].0.task, l[0].0.attempt), (a.task, 1));
     assert_ne!(l[0].1, e);
@@ -1081,7 +1127,7 @@ fn evicted_and_unpersisted_partitions_are_no_longer_kept() {
     let mut s = Scheduler::new(SchedulerConf::default());
     s.executor_added(E1, 2, 0);
     s.submit_job_default(J, cached_dag());
-    for (a, e, _) in launches(&drain(&mut s)) {
+    for (a, e, _) in launched(&mut s) {
         s.task_succeeded(a, e, Some(vec![1, 1]));
     }
     assert_eq!(s.cached_partitions().count(APP), 2);
@@ -1101,10 +1147,10 @@ fn a_fetch_failure_unregisters_only_its_job_s_outputs_and_only_for_outputs_it_re
     let other = JobId(2);
     s.submit_job_default(J, two_stage_dag(2, 1));
     s.submit_job_default(other, two_stage_dag(2, 1));
-    for (a, e, _) in launches(&drain(&mut s)) {
+    for (a, e, _) in launched(&mut s) {
         s.task_succeeded(a, e, Some(vec![8]));
     }
-    let reduces = launches(&drain(&mut s));
+    let reduces = launched(&mut s);
     let (r, re, _) = reduces
         .iter()
         .find(|l| l.0.task.stage.job == J)
@@ -1122,7 +1168,7 @@ fn a_fetch_failure_unregisters_only_its_job_s_outputs_and_only_for_outputs_it_re
     s.task_fetch_failed(r, re, E1, 7, vec!["bogus".into()]);
     let cmds = drain(&mut s);
     assert_eq!((held(&s, J), held(&s, other)), (2, 2), "{cmds:?}");
-    let (r, re, _) = launches(&cmds)[0].clone();
+    let (r, re, _) = launches(&s, &cmds)[0].clone();
     // A real one: only job J's outputs on E1 go; the other job keeps its own.
     s.task_fetch_failed(r, re, E1, 0, vec!["gone".into()]);
     drain(&mut s);
@@ -1193,7 +1239,7 @@ fn a_small_join_side_is_broadcast_and_the_large_side_is_never_shuffled() {
     let mut s = Scheduler::new(SchedulerConf::default());
     s.executor_added(E1, 4, 0);
     s.submit_job(J, APP, join_dag(10 << 20), join_policy(10 << 20));
-    let first = launches(&drain(&mut s));
+    let first = launched(&mut s);
     // Only the small side runs: the large one waits for it.
     assert_eq!(first.len(), 1);
     assert_eq!(first[0].0.task.stage.index, 1);
@@ -1212,7 +1258,7 @@ fn a_small_join_side_is_broadcast_and_the_large_side_is_never_shuffled() {
         "the large side is absorbed"
     );
     // The join stage runs the large side's 4 splits, each with the whole build side.
-    let joins = launches(&cmds);
+    let joins = launches(&s, &cmds);
     assert_eq!(joins.len(), 4);
     for (attempt, _, inputs) in &joins {
         assert_eq!(attempt.task.stage.index, 2);
@@ -1242,19 +1288,19 @@ fn a_join_side_over_the_threshold_is_shuffled_after_all() {
     let mut s = Scheduler::new(SchedulerConf::default());
     s.executor_added(E1, 4, 0);
     s.submit_job(J, APP, join_dag(10 << 20), join_policy(10 << 20));
-    let first = launches(&drain(&mut s));
+    let first = launched(&mut s);
     assert_eq!(first.len(), 1, "the small side first");
     // Its output is larger than its input promised.
     s.task_succeeded(first[0].0, E1, Some(vec![8 << 20, 8 << 20, 0]));
     let cmds = drain(&mut s);
     assert!(!cmds.iter().any(|c| matches!(c, Command::Replanned { .. })));
-    let maps = launches(&cmds);
+    let maps = launches(&s, &cmds);
     assert_eq!(maps.len(), 4, "the large side's map stage runs as usual");
     assert!(maps.iter().all(|(a, _, _)| a.task.stage.index == 0));
     for (attempt, e, _) in maps {
         s.task_succeeded(attempt, e, Some(vec![1, 1, 1]));
     }
-    let reduces = launches(&drain(&mut s));
+    let reduces = launched(&mut s);
     assert_eq!(reduces.len(), 3, "a shuffled join of 3 partitions");
 }
 
@@ -1264,16 +1310,16 @@ fn a_lost_build_side_is_recomputed_and_the_broadcast_join_resumes() {
     s.executor_added(E1, 4, 0);
     s.executor_added(E2, 4, 0);
     s.submit_job(J, APP, join_dag(10 << 20), join_policy(10 << 20));
-    let first = launches(&drain(&mut s));
+    let first = launched(&mut s);
     let (build, at, _) = first[0].clone();
     s.task_succeeded(build, at, Some(vec![10, 10, 10]));
-    let joins = launches(&drain(&mut s));
+    let joins = launched(&mut s);
     assert_eq!(joins.len(), 4);
     // A join task cannot fetch the build side: its map output is rerun.
     let (a, e, _) = joins[0].clone();
     s.task_fetch_failed(a, e, at, 0, vec!["gone".into()]);
     let cmds = drain(&mut s);
-    let rerun = launches(&cmds);
+    let rerun = launches(&s, &cmds);
     assert!(
         rerun.iter().any(|(x, _, _)| x.task.stage.index == 1),
         "the build side runs again: {cmds:?}"
@@ -1289,7 +1335,7 @@ fn without_adaptive_execution_a_join_is_shuffled_and_nothing_waits() {
     let mut s = Scheduler::new(SchedulerConf::default());
     s.executor_added(E1, 8, 0);
     s.submit_job(J, APP, join_dag(0), join_policy(0));
-    let maps = launches(&drain(&mut s));
+    let maps = launched(&mut s);
     assert_eq!(maps.len(), 5, "both sides' map tasks at once");
 }
 
@@ -1320,7 +1366,7 @@ fn small_shuffle_partitions_are_read_together_once_the_map_side_is_done() {
     };
     let dag = build_dag(&plan, &|_| 2, Some(8), &Default::default()).unwrap();
     s.submit_job(J, APP, dag, policy);
-    let maps = launches(&drain(&mut s));
+    let maps = launched(&mut s);
     assert_eq!(maps.len(), 2);
     // 8 partitions of a few MiB each: 24 MiB over 2 slots is 12 MiB a task.
     let mib = 1u64 << 20;
@@ -1345,7 +1391,7 @@ fn small_shuffle_partitions_are_read_together_once_the_map_side_is_done() {
         change.0
     );
     assert_eq!(change.1.stages[1].partitions, 2);
-    let reduces = launches(&cmds);
+    let reduces = launches(&s, &cmds);
     assert_eq!(reduces.len(), 2);
     let mut all: Vec<u32> = reduces
         .iter()
