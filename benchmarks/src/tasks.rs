@@ -1,11 +1,17 @@
 //! `--suite tasks`: the control path alone. `count()` over N one-line files is N tasks
 //! that do nearly nothing, so their rate is what the driver, QUIC, the executors and the
-//! sandbox cost per task, end to end (launch → instantiate → read → status).
+//! sandbox cost per task, end to end (launch → instantiate → read → status). Each round
+//! also runs a shuffle of M map tasks into R reduce partitions, whose map outputs every
+//! reduce task must be told where to find.
 
 use crate::{Args, load_average, local_cluster, run_job};
 use flint_protocol::conf::Conf;
 use std::path::PathBuf;
 use std::time::Instant;
+
+/// The shuffle each round also runs: this many map tasks, each writing to nearly every
+/// one of this many reduce partitions (two rows per pair), the control path's M x R case.
+const SPREAD: (u32, u32) = (2000, 1000);
 
 /// A directory of `n` one-line files under the bench data directory (made once).
 fn tiny_files(args: &Args, n: u32) -> anyhow::Result<PathBuf> {
@@ -43,6 +49,7 @@ pub fn suite(args: &Args, rt: &tokio::runtime::Runtime) -> anyhow::Result<()> {
         load_average()
     );
     let mut rows = Vec::new();
+    let mut spread = Vec::new();
     rt.block_on(async {
         let cluster = local_cluster(args, Conf::default(), cache.path()).await?;
         // Compile, and warm every path once.
@@ -67,6 +74,20 @@ pub fn suite(args: &Args, rt: &tokio::runtime::Runtime) -> anyhow::Result<()> {
                     t.elapsed().as_secs_f64()
                 );
             }
+            let t = Instant::now();
+            run_job(
+                &cluster,
+                &jobs,
+                vec!["spread".into(), SPREAD.0.to_string(), SPREAD.1.to_string()],
+            )
+            .await?;
+            spread.push(t.elapsed().as_secs_f64());
+            eprintln!(
+                "round {round}: {} maps -> {} reduces in {:.2} s",
+                SPREAD.0,
+                SPREAD.1,
+                t.elapsed().as_secs_f64()
+            );
         }
         anyhow::Ok(())
     })?;
@@ -85,6 +106,14 @@ pub fn suite(args: &Args, rt: &tokio::runtime::Runtime) -> anyhow::Result<()> {
             s * 1e3 * slots / *n as f64
         );
     }
+    spread.sort_by(f64::total_cmp);
+    println!(
+        "{} maps -> {} reduces (a segment of nearly every map output in every reduce \
+         partition): {:.2} s",
+        SPREAD.0,
+        SPREAD.1,
+        spread[spread.len() / 2]
+    );
     println!(
         "(medians of {} round(s); load average now {})",
         args.rounds,

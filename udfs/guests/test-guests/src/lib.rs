@@ -215,6 +215,23 @@ fn main(ctx: &mut Context) -> Result<()> {
             let n = ctx.text_file(&args[1])?.count()?;
             println!("lines: {n}");
         }
+        Some("spread") => {
+            // M map tasks each writing to (nearly) every one of R reduce partitions: the
+            // control path's M x R case.
+            let num = |i: usize| -> Result<i64, Error> {
+                args.get(i)
+                    .and_then(|a| a.parse().ok())
+                    .ok_or_else(|| Error::msg("usage: spread MAPS REDUCES"))
+            };
+            let (maps, reduces) = (num(1)?, num(2)?);
+            let n = ctx
+                .range(0, 2 * maps * reduces, maps as u32)?
+                .map(|x: i64| (x, 1u64))
+                .reduce_by_key(|a, b| a + b)
+                .with_partitions(reduces as u32)
+                .count()?;
+            println!("spread: {n}");
+        }
         Some("skewed-join") => {
             let n: i64 = args[1].parse().map_err(|_| Error::msg("N is a number"))?;
             let rows = ctx
