@@ -903,7 +903,11 @@ impl ClusterLoop {
             return;
         };
         let Some(desc) = self.descriptor(job, attempt) else {
-            tracing::error!(%attempt, "no such partition in its stage, or its inputs are not known");
+            // It runs again once its inputs are whole again.
+            tracing::debug!(
+                %attempt,
+                "not launched: no such partition in its stage, or some of its map outputs were lost since"
+            );
             self.scheduler.task_killed(attempt, executor);
             return;
         };
@@ -994,22 +998,20 @@ impl ClusterLoop {
         let mut first = 0;
         for chunk in maps.chunks(per_part) {
             let mut holders: Vec<(ExecutorId, String)> = Vec::new();
+            let mut index: HashMap<ExecutorId, usize> = HashMap::new();
             let mut outputs = Vec::with_capacity(chunk.len());
             for status in chunk {
                 // A task is launched once its map outputs are all known.
                 let Some(status) = status else { return Ok(()) };
-                let holder = match holders.iter().position(|(e, _)| *e == status.executor) {
-                    Some(i) => i,
-                    None => {
-                        let addr = self
-                            .executors
-                            .get(&status.executor)
-                            .map(|e| e.addr.clone())
-                            .unwrap_or_default();
-                        holders.push((status.executor, addr));
-                        holders.len() - 1
-                    }
-                };
+                let holder = *index.entry(status.executor).or_insert_with(|| {
+                    let addr = self
+                        .executors
+                        .get(&status.executor)
+                        .map(|e| e.addr.clone())
+                        .unwrap_or_default();
+                    holders.push((status.executor, addr));
+                    holders.len() - 1
+                });
                 let mut sizes: Vec<u8> = status
                     .sizes
                     .iter()
@@ -1044,10 +1046,14 @@ impl ClusterLoop {
 
     /// What the executor needs to run `attempt`.
     fn descriptor(&self, job: &RunningJob, attempt: TaskAttemptId) -> Option<TaskDescriptor> {
+        // A version of whole statuses only: an output lost since the launch was decided
+        // (its executor became unreachable in this round of commands) leaves none.
         let statuses = |sh: ShuffleId| {
-            self.scheduler
-                .map_outputs()
-                .version(attempt.task.stage.job, sh)
+            let outputs = self.scheduler.map_outputs();
+            let job = attempt.task.stage.job;
+            outputs
+                .version(job, sh)
+                .filter(|_| outputs.complete(job, sh))
         };
         let stage = job.spec.dag.stages.get(attempt.task.stage.index as usize)?;
         let refs = stage.pieces.get(attempt.task.partition as usize)?;

@@ -216,7 +216,7 @@ impl BuildCache {
         env: &TaskEnv,
         desc: &TaskDescriptor,
         input: &BuildInput,
-        segments: Vec<(u32, SegmentSource)>,
+        statuses: &ShuffleStatuses,
     ) -> Result<(BuildSide, bool), TaskError> {
         // A kept output is filed under its application: later jobs share the fetch.
         let key = match input.cached {
@@ -234,7 +234,7 @@ impl BuildCache {
         let side = cell
             .get_or_try_init(|| {
                 fetched = true;
-                fetch_build(env, desc, input, segments)
+                fetch_build(env, desc, input, statuses.all_segments())
             })
             .await?
             .clone();
@@ -455,8 +455,8 @@ async fn run(
     let mut builds = Vec::with_capacity(desc.builds.len());
     for input in &desc.builds {
         // Counted once per executor: the task that fetched it.
-        let segments = segments_of(statuses, input.shuffle)?.all_segments();
-        let (side, fetched) = env.builds.get(env, desc, input, segments).await?;
+        let statuses = segments_of(statuses, input.shuffle)?;
+        let (side, fetched) = env.builds.get(env, desc, input, statuses).await?;
         if fetched {
             m.shuffle_read_remote_bytes += side.iter().map(|f| f.len() as u64).sum::<u64>();
         }
