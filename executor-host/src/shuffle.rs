@@ -332,24 +332,32 @@ impl ShuffleStore {
                 return Ok(seg[from as usize..to as usize].to_vec());
             }
         }
+        // Only the two offsets this segment needs are read from the index, as Spark's
+        // index resolver does: a reduce task of R partitions reading M map outputs must
+        // not read M x R offsets per segment.
         let (data, index) = self.paths(job, shuffle, map);
-        let idx = std::fs::read(&index).map_err(|source| ShuffleError::Io {
+        let io_index = |source| ShuffleError::Io {
             path: index.clone(),
             source,
-        })?;
+        };
+        let idx = std::fs::File::open(&index).map_err(io_index)?;
+        let idx_len = idx.metadata().map_err(io_index)?.len();
         let corrupt = |what: &str| ShuffleError::Corrupt {
             path: index.clone(),
             what: what.to_string(),
         };
-        if idx.len() < 16 || idx.len() % 8 != 0 {
+        if idx_len < 16 || idx_len % 8 != 0 {
             return Err(corrupt("length is not a whole number of offsets"));
         }
-        let partitions = (idx.len() / 8 - 1) as u32;
+        let partitions = u32::try_from(idx_len / 8 - 1).unwrap_or(u32::MAX);
         if reduce >= partitions {
             return Err(ShuffleError::OutOfRange { reduce, partitions });
         }
-        let at = |i: usize| u64::from_le_bytes(idx[i * 8..i * 8 + 8].try_into().expect("8 bytes"));
-        let (start, end) = (at(reduce as usize), at(reduce as usize + 1));
+        let mut pair = [0u8; 16];
+        std::os::unix::fs::FileExt::read_exact_at(&idx, &mut pair, u64::from(reduce) * 8)
+            .map_err(io_index)?;
+        let [start, end] =
+            [&pair[..8], &pair[8..]].map(|b| u64::from_le_bytes(b.try_into().expect("8 bytes")));
         if end < start {
             return Err(corrupt("offsets go backwards"));
         }
@@ -357,15 +365,14 @@ impl ShuffleStore {
             path: data.clone(),
             source,
         };
-        let mut f = std::fs::File::open(&data).map_err(io)?;
+        let f = std::fs::File::open(&data).map_err(io)?;
         let len = f.metadata().map_err(io)?.len();
         if end > len {
             return Err(corrupt("offset past the end of the data file"));
         }
         let (from, to) = range(end - start);
-        f.seek(SeekFrom::Start(start + from)).map_err(io)?;
         let mut buf = vec![0u8; (to - from) as usize];
-        f.read_exact(&mut buf).map_err(io)?;
+        std::os::unix::fs::FileExt::read_exact_at(&f, &mut buf, start + from).map_err(io)?;
         Ok(buf)
     }
 
