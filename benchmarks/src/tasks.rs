@@ -11,7 +11,7 @@ use std::time::Instant;
 
 /// The shuffle each round also runs: this many map tasks, each writing to nearly every
 /// one of this many reduce partitions (two rows per pair), the control path's M x R case.
-const SPREAD: (u32, u32) = (2000, 1000);
+const SPREAD: (u32, u32) = (500, 500);
 
 /// A directory of `n` one-line files under the bench data directory (made once).
 fn tiny_files(args: &Args, n: u32) -> anyhow::Result<PathBuf> {
