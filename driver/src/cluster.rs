@@ -1012,11 +1012,8 @@ impl ClusterLoop {
                     holders.push((status.executor, addr));
                     holders.len() - 1
                 });
-                let mut sizes: Vec<u8> = status
-                    .sizes
-                    .iter()
-                    .map(|b| wire::compress_size(*b))
-                    .collect();
+                // Compressed as the tracker keeps them.
+                let mut sizes = status.sizes.to_vec();
                 sizes.resize(partitions, 0);
                 outputs.push(wire::MapOutput {
                     holder: holder as u32,

@@ -43,6 +43,40 @@ pub struct PieceRef {
     pub maps: Option<MapRange>,
 }
 
+/// One map output's bytes per reduce partition, as the adaptive planner reads them.
+pub trait SegmentSizes {
+    fn partitions(&self) -> usize;
+    /// Partition `partition`'s bytes; `partition < partitions()`.
+    fn size(&self, partition: usize) -> u64;
+}
+
+impl SegmentSizes for [u64] {
+    fn partitions(&self) -> usize {
+        self.len()
+    }
+    fn size(&self, partition: usize) -> u64 {
+        self[partition]
+    }
+}
+
+impl SegmentSizes for Vec<u64> {
+    fn partitions(&self) -> usize {
+        self.len()
+    }
+    fn size(&self, partition: usize) -> u64 {
+        self[partition]
+    }
+}
+
+impl<T: SegmentSizes + ?Sized> SegmentSizes for &T {
+    fn partitions(&self) -> usize {
+        (**self).partitions()
+    }
+    fn size(&self, partition: usize) -> u64 {
+        (**self).size(partition)
+    }
+}
+
 /// Map outputs `start..end` of side `side` of a shuffle read.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MapRange {
@@ -287,7 +321,7 @@ impl JobDag {
     /// Spark's skew join does. Returns what changed, or `None` when the stage may not be
     /// re-planned (it reads more than one input, its tasks already read several
     /// partitions, it keeps a cached dataset) or nothing would change.
-    pub fn plan_reads<M: AsRef<[u64]>>(
+    pub fn plan_reads<M: SegmentSizes>(
         &mut self,
         s: u32,
         sizes: &[Vec<M>],
@@ -315,7 +349,7 @@ impl JobDag {
             );
         if !identity
             || sizes.len() != shuffles.len()
-            || sizes.iter().flatten().any(|m| m.as_ref().len() != n)
+            || sizes.iter().flatten().any(|m| m.partitions() != n)
         {
             return None;
         }
@@ -330,7 +364,7 @@ impl JobDag {
                     .any(|c| Some(c.stream_stage as usize) == writer)
             })
             .collect();
-        let side_total = |i: usize, p: usize| sizes[i].iter().map(|m| m.as_ref()[p]).sum::<u64>();
+        let side_total = |i: usize, p: usize| sizes[i].iter().map(|m| m.size(p)).sum::<u64>();
         let total_of = |p: usize| (0..sizes.len()).map(|i| side_total(i, p)).sum::<u64>();
         let medians: Vec<u64> = (0..sizes.len())
             .map(|i| {
@@ -360,7 +394,7 @@ impl JobDag {
                 let mut bytes = 0u64;
                 let maps = sizes[i].len();
                 let mut shares = 0;
-                for (m, sz) in sizes[i].iter().map(|m| m.as_ref()[p]).enumerate() {
+                for (m, sz) in sizes[i].iter().map(|m| m.size(p)).enumerate() {
                     bytes += sz;
                     if bytes >= target || m + 1 == maps {
                         groups.push(vec![PieceRef {

@@ -3,7 +3,9 @@
 //! application, where the partitions of its cached datasets are kept (the block
 //! manager master's half that Flint needs).
 
+use crate::dag::SegmentSizes;
 use crate::ids::{ExecutorId, JobId, ShuffleId};
+use crate::wire::{compress_size, decompress_size};
 use std::collections::BTreeMap;
 
 /// Where one map task's output lives and how big each reduce partition's segment is.
@@ -14,6 +16,43 @@ pub struct MapStatus {
     pub sizes: Vec<u64>,
 }
 
+/// A map output as the tracker keeps it: its exact bytes, and each reduce partition's
+/// segment size in one byte ([`compress_size`], as Spark's map statuses keep them), so
+/// that a shuffle of M map outputs and R partitions costs the driver M x R bytes, not
+/// 8 M x R. The adaptive planner and the executors work from the rounded sizes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MapOutputStatus {
+    pub executor: ExecutorId,
+    /// Bytes over every partition, exactly.
+    pub bytes: u64,
+    /// Per reduce partition, compressed.
+    pub sizes: Box<[u8]>,
+}
+
+impl MapOutputStatus {
+    pub fn new(status: &MapStatus) -> Self {
+        MapOutputStatus {
+            executor: status.executor,
+            bytes: status.sizes.iter().sum(),
+            sizes: status.sizes.iter().map(|b| compress_size(*b)).collect(),
+        }
+    }
+
+    /// Reduce partition `p`'s segment size, rounded (0: empty or no such partition).
+    pub fn size(&self, p: usize) -> u64 {
+        self.sizes.get(p).map_or(0, |c| decompress_size(*c))
+    }
+}
+
+impl SegmentSizes for MapOutputStatus {
+    fn partitions(&self) -> usize {
+        self.sizes.len()
+    }
+    fn size(&self, partition: usize) -> u64 {
+        MapOutputStatus::size(self, partition)
+    }
+}
+
 /// One segment a reduce task must fetch.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct MapLocation {
@@ -22,6 +61,7 @@ pub struct MapLocation {
     pub reduce: u32,
     pub map_partition: u32,
     pub executor: ExecutorId,
+    /// Bytes, rounded (see [`MapOutputStatus`]).
     pub size: u64,
 }
 
@@ -36,7 +76,7 @@ pub struct MapOutputTracker {
 /// One shuffle's map outputs.
 #[derive(Debug)]
 struct ShuffleOutputs {
-    maps: Vec<Option<MapStatus>>,
+    maps: Vec<Option<MapOutputStatus>>,
     /// How many of `maps` are `None`: the shuffle is complete at 0.
     missing: u32,
     version: u64,
@@ -68,7 +108,7 @@ impl MapOutputTracker {
             if slot.is_none() {
                 outputs.missing -= 1;
             }
-            *slot = Some(status);
+            *slot = Some(MapOutputStatus::new(&status));
             outputs.version = version;
         }
     }
@@ -128,7 +168,7 @@ impl MapOutputTracker {
         let mut out = Vec::new();
         for (i, slot) in outputs.maps.iter().enumerate() {
             let status = slot.as_ref()?;
-            let size = status.sizes.get(reduce as usize).copied().unwrap_or(0);
+            let size = status.size(reduce as usize);
             if size > 0 {
                 out.push(MapLocation {
                     shuffle,
@@ -143,7 +183,7 @@ impl MapOutputTracker {
     }
 
     /// Per map partition, where its output lives.
-    pub fn statuses(&self, job: JobId, shuffle: ShuffleId) -> Option<&[Option<MapStatus>]> {
+    pub fn statuses(&self, job: JobId, shuffle: ShuffleId) -> Option<&[Option<MapOutputStatus>]> {
         self.outputs.get(&(job, shuffle)).map(|o| o.maps.as_slice())
     }
 

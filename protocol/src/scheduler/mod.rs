@@ -38,7 +38,9 @@ pub mod tasks;
 mod tests;
 
 pub use executors::{ExecutorLoad, ExecutorRemoval};
-pub use map_outputs::{CachedPartitions, MapLocation, MapOutputTracker, MapStatus};
+pub use map_outputs::{
+    CachedPartitions, MapLocation, MapOutputStatus, MapOutputTracker, MapStatus,
+};
 pub use policy::{Exclusion, JobFailure, JobPolicy, Pool, SchedulerConf, Speculation, TaskFailure};
 
 use crate::ids::{ExecutorId, JobId, StageId, TaskAttemptId, TaskId};

@@ -2,6 +2,7 @@
 //! something still needs its output; a fetch failure starts a new stage attempt after
 //! the lost map outputs are recomputed; a job ends when its result stage is done.
 
+use super::map_outputs::MapOutputStatus;
 use super::policy::{JobFailure, JobPolicy};
 use super::{Command, Scheduler, fmt_ms};
 use crate::dag::{JobDag, StageInput, StageOutput};
@@ -392,14 +393,10 @@ impl Scheduler {
             if stage.status != StageStatus::Done {
                 stage.failed_attempts = 0;
                 let map_output_bytes = match job.dag.stages[i].output {
-                    StageOutput::ShuffleWrite { shuffle, .. } => {
-                        self.map_outputs.statuses(job_id, shuffle).map(|maps| {
-                            maps.iter()
-                                .flatten()
-                                .map(|m| m.sizes.iter().sum::<u64>())
-                                .sum()
-                        })
-                    }
+                    StageOutput::ShuffleWrite { shuffle, .. } => self
+                        .map_outputs
+                        .statuses(job_id, shuffle)
+                        .map(|maps| maps.iter().flatten().map(|m| m.bytes).sum()),
                     StageOutput::Result(_) => None,
                 };
                 self.commands.push_back(Command::StageCompleted {
@@ -531,7 +528,7 @@ impl Scheduler {
                         .map_outputs
                         .statuses(job_id, cand.build_shuffle)?
                         .iter()
-                        .map(|m| m.as_ref().map(|m| m.sizes.iter().sum::<u64>()))
+                        .map(|m| m.as_ref().map(|m| m.bytes))
                         .sum::<Option<u64>>()?;
                     (bytes <= threshold).then_some((c, a, bytes))
                 });
@@ -578,13 +575,13 @@ impl Scheduler {
                 continue;
             }
             // Bytes per side, map output and partition.
-            let mut sizes: Vec<Vec<&[u64]>> = Vec::with_capacity(shuffles.len());
+            let mut sizes: Vec<Vec<&MapOutputStatus>> = Vec::with_capacity(shuffles.len());
             let mut known = true;
             for sh in shuffles {
                 let mut side = Vec::new();
                 for status in self.map_outputs.statuses(job_id, *sh).unwrap_or_default() {
                     match status {
-                        Some(st) => side.push(st.sizes.as_slice()),
+                        Some(st) => side.push(st),
                         None => known = false,
                     }
                 }
@@ -593,7 +590,13 @@ impl Scheduler {
             if !known {
                 continue;
             }
-            let total: u64 = sizes.iter().flatten().flat_map(|m| m.iter()).sum();
+            // From the rounded sizes the planner groups by, so that the target is of the
+            // same measure.
+            let total: u64 = sizes
+                .iter()
+                .flatten()
+                .map(|m| (0..m.sizes.len()).map(|p| m.size(p)).sum::<u64>())
+                .sum();
             let advisory = if advisory == 0 { u64::MAX } else { advisory };
             let target = (total / slots.max(1)).clamp(1 << 20, advisory.max(1 << 20));
             let Some(change) = job.dag.plan_reads(s as u32, &sizes, target, skew) else {
