@@ -33,7 +33,8 @@ impl MapOutputStatus {
     pub fn new(status: &MapStatus) -> Self {
         MapOutputStatus {
             executor: status.executor,
-            bytes: status.sizes.iter().sum(),
+            // Sizes come from an executor: summed without overflowing.
+            bytes: status.sizes.iter().fold(0, |a, b| a.saturating_add(*b)),
             sizes: status.sizes.iter().map(|b| compress_size(*b)).collect(),
         }
     }

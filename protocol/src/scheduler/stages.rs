@@ -393,10 +393,13 @@ impl Scheduler {
             if stage.status != StageStatus::Done {
                 stage.failed_attempts = 0;
                 let map_output_bytes = match job.dag.stages[i].output {
-                    StageOutput::ShuffleWrite { shuffle, .. } => self
-                        .map_outputs
-                        .statuses(job_id, shuffle)
-                        .map(|maps| maps.iter().flatten().map(|m| m.bytes).sum()),
+                    StageOutput::ShuffleWrite { shuffle, .. } => {
+                        self.map_outputs.statuses(job_id, shuffle).map(|maps| {
+                            maps.iter()
+                                .flatten()
+                                .fold(0, |a: u64, m| a.saturating_add(m.bytes))
+                        })
+                    }
                     StageOutput::Result(_) => None,
                 };
                 self.commands.push_back(Command::StageCompleted {
@@ -528,8 +531,7 @@ impl Scheduler {
                         .map_outputs
                         .statuses(job_id, cand.build_shuffle)?
                         .iter()
-                        .map(|m| m.as_ref().map(|m| m.bytes))
-                        .sum::<Option<u64>>()?;
+                        .try_fold(0u64, |a, m| m.as_ref().map(|m| a.saturating_add(m.bytes)))?;
                     (bytes <= threshold).then_some((c, a, bytes))
                 });
             let Some((c, a, bytes)) = chosen else {
