@@ -911,17 +911,7 @@ impl ClusterLoop {
             self.scheduler.task_killed(attempt, executor);
             return;
         };
-        let reads: Vec<(ShuffleId, u64)> = desc
-            .pieces
-            .iter()
-            .filter_map(|p| match &p.input {
-                TaskInput::Shuffle { sides, .. } => Some(sides),
-                _ => None,
-            })
-            .flatten()
-            .map(|side| (side.shuffle, side.statuses))
-            .chain(desc.builds.iter().map(|b| (b.shuffle, b.statuses)))
-            .collect();
+        let reads: Vec<(ShuffleId, u64)> = desc.shuffle_reads().collect();
         let msg = ToExecutor::Launch(Box::new(desc));
         // The DAG builder bounds what a task carries; this is the last word before the
         // wire, so that no executor is ever sent a frame it must refuse.

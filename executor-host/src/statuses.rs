@@ -4,9 +4,7 @@
 //! segments here when it starts (Spark's `MapOutputTrackerWorker`).
 
 use flint_protocol::ids::{ExecutorId, JobId, ShuffleId};
-use flint_protocol::wire::{
-    MapStatuses, SegmentSource, TaskDescriptor, TaskInput, decompress_size,
-};
+use flint_protocol::wire::{MapStatuses, SegmentSource, TaskDescriptor, decompress_size};
 use std::collections::HashMap;
 use std::ops::Range;
 use std::sync::{Arc, Mutex};
@@ -27,10 +25,11 @@ pub enum StatusError {
     Shape { maps: u32, partitions: u32 },
 }
 
-/// One shuffle's map statuses, whole.
+/// One shuffle's map statuses: whole once `outputs` has `maps` of them.
 #[derive(Debug)]
 pub struct ShuffleStatuses {
     pub version: u64,
+    maps: u32,
     partitions: u32,
     /// The executors holding outputs and their shuffle addresses.
     holders: Vec<(ExecutorId, String)>,
@@ -83,13 +82,7 @@ impl ShuffleStatuses {
 
 /// A shuffle's statuses: parts still arriving, or whole.
 enum Entry {
-    Partial {
-        version: u64,
-        maps: u32,
-        partitions: u32,
-        holders: Vec<(ExecutorId, String)>,
-        outputs: Vec<(u32, Box<[u8]>)>,
-    },
+    Partial(ShuffleStatuses),
     Whole(Arc<ShuffleStatuses>),
 }
 
@@ -114,109 +107,65 @@ impl TaskStatuses {
 }
 
 impl StatusStore {
-    /// Takes one part; a part of a new version starts the shuffle's statuses afresh.
+    /// Takes one part; a part of a new version starts the shuffle's statuses afresh. A
+    /// part that does not fit drops what the shuffle had: tasks naming it then fail.
     pub fn receive(&self, part: MapStatuses) -> Result<(), StatusError> {
         let mut shuffles = self.shuffles.lock().unwrap_or_else(|p| p.into_inner());
         let key = (part.job, part.shuffle);
-        let result = match Self::add(shuffles.get_mut(&key), &part) {
-            Ok(Some(entry)) => {
-                shuffles.insert(key, entry);
-                Ok(())
-            }
-            Ok(None) => Ok(()),
-            Err(e) => {
-                shuffles.remove(&key);
-                Err(e)
-            }
-        };
-        // A part that completes the statuses makes them whole.
-        if let Some(Entry::Partial {
-            version,
-            maps,
-            partitions,
-            outputs,
-            ..
-        }) = shuffles.get_mut(&key)
-            && outputs.len() == *maps as usize
-        {
-            let (version, partitions, outputs) = (*version, *partitions, std::mem::take(outputs));
-            let Some(Entry::Partial { holders, .. }) = shuffles.remove(&key) else {
-                unreachable!("matched above");
-            };
-            shuffles.insert(
-                key,
-                Entry::Whole(Arc::new(ShuffleStatuses {
-                    version,
-                    partitions,
-                    holders,
-                    outputs,
-                })),
-            );
-        }
-        result
+        let entry = Self::add(shuffles.remove(&key), &part)?;
+        shuffles.insert(key, entry);
+        Ok(())
     }
 
-    /// Adds `part` to `entry`; returns a new entry when the part starts one.
-    fn add(entry: Option<&mut Entry>, part: &MapStatuses) -> Result<Option<Entry>, StatusError> {
-        let mut fresh = None;
-        let same_version = matches!(entry.as_deref(), Some(Entry::Partial { version, .. }) if *version == part.version);
-        let entry = match entry {
-            Some(e) if same_version => e,
-            _ => fresh.insert(Entry::Partial {
+    /// `entry` with `part` added: whole once the last map output arrived.
+    fn add(entry: Option<Entry>, part: &MapStatuses) -> Result<Entry, StatusError> {
+        let mut st = match entry {
+            Some(Entry::Partial(st)) if st.version == part.version => st,
+            _ => ShuffleStatuses {
                 version: part.version,
                 maps: part.maps,
                 partitions: part.partitions,
                 holders: Vec::new(),
                 outputs: Vec::new(),
-            }),
+            },
         };
-        let Entry::Partial {
-            maps,
-            partitions,
-            holders,
-            outputs,
-            ..
-        } = entry
-        else {
-            unreachable!("a partial entry");
-        };
-        if (*maps, *partitions) != (part.maps, part.partitions) {
+        if (st.maps, st.partitions) != (part.maps, part.partitions) {
             return Err(StatusError::Shape {
-                maps: *maps,
-                partitions: *partitions,
+                maps: st.maps,
+                partitions: st.partitions,
             });
         }
-        if part.first as usize != outputs.len() {
+        if part.first as usize != st.outputs.len() {
             return Err(StatusError::OutOfOrder {
                 first: part.first,
-                have: outputs.len() as u32,
+                have: st.outputs.len() as u32,
             });
         }
         let count = part.outputs.len() as u32;
-        if u64::from(part.first) + u64::from(count) > u64::from(*maps) {
+        if u64::from(part.first) + u64::from(count) > u64::from(st.maps) {
             return Err(StatusError::TooMany {
                 first: part.first,
                 count,
-                maps: *maps,
+                maps: st.maps,
             });
         }
         // The part's holders, as indexes into the shuffle's.
         let mut index = Vec::with_capacity(part.holders.len());
         for (executor, addr) in &part.holders {
-            let i = match holders.iter().position(|(e, _)| e == executor) {
+            let i = match st.holders.iter().position(|(e, _)| e == executor) {
                 Some(i) => i,
                 None => {
-                    holders.push((*executor, addr.clone()));
-                    holders.len() - 1
+                    st.holders.push((*executor, addr.clone()));
+                    st.holders.len() - 1
                 }
             };
             index.push(i as u32);
         }
         for out in &part.outputs {
-            if out.sizes.len() != *partitions as usize {
+            if out.sizes.len() != st.partitions as usize {
                 return Err(StatusError::Sizes {
                     got: out.sizes.len(),
-                    partitions: *partitions,
+                    partitions: st.partitions,
                 });
             }
             let Some(&holder) = index.get(out.holder as usize) else {
@@ -225,27 +174,22 @@ impl StatusStore {
                     holders: part.holders.len(),
                 });
             };
-            outputs.push((holder, out.sizes.clone().into_boxed_slice()));
+            st.outputs
+                .push((holder, out.sizes.clone().into_boxed_slice()));
         }
-        Ok(fresh)
+        Ok(if st.outputs.len() == st.maps as usize {
+            Entry::Whole(Arc::new(st))
+        } else {
+            Entry::Partial(st)
+        })
     }
 
     /// The statuses of every shuffle `desc` reads, at the versions it names.
     pub fn for_task(&self, desc: &TaskDescriptor) -> Result<TaskStatuses, String> {
         let job = desc.attempt.task.stage.job;
-        let reads = desc
-            .pieces
-            .iter()
-            .filter_map(|p| match &p.input {
-                TaskInput::Shuffle { sides, .. } => Some(sides),
-                _ => None,
-            })
-            .flatten()
-            .map(|s| (s.shuffle, s.statuses))
-            .chain(desc.builds.iter().map(|b| (b.shuffle, b.statuses)));
         let shuffles = self.shuffles.lock().unwrap_or_else(|p| p.into_inner());
         let mut out: Vec<(ShuffleId, Arc<ShuffleStatuses>)> = Vec::new();
-        for (shuffle, version) in reads {
+        for (shuffle, version) in desc.shuffle_reads() {
             if out.iter().any(|(s, _)| *s == shuffle) {
                 continue;
             }

@@ -276,6 +276,22 @@ pub struct TaskDescriptor {
     pub builds: Vec<BuildInput>,
 }
 
+impl TaskDescriptor {
+    /// Every shuffle the task reads (its pieces' sides, then its build sides) with the
+    /// version of the map statuses it names: what its executor must hold to run it.
+    pub fn shuffle_reads(&self) -> impl Iterator<Item = (ShuffleId, u64)> + '_ {
+        self.pieces
+            .iter()
+            .filter_map(|p| match &p.input {
+                TaskInput::Shuffle { sides, .. } => Some(sides),
+                _ => None,
+            })
+            .flatten()
+            .map(|side| (side.shuffle, side.statuses))
+            .chain(self.builds.iter().map(|b| (b.shuffle, b.statuses)))
+    }
+}
+
 /// A broadcast hash join's build side: the whole output of a map stage, every non-empty
 /// segment of it.
 #[derive(Clone, Debug, Serialize, Deserialize)]
