@@ -21,9 +21,11 @@ use arrow_schema::DataType;
 use serde::de::{self, DeserializeOwned, DeserializeSeed, IntoDeserializer, MapAccess, Visitor};
 use std::fmt;
 
-/// Why a row did not deserialize.
+/// Why a row did not deserialize. One pointer: every cell's `Result` carries it, and a
+/// smaller error keeps those results (moved through serde's layers per cell) small.
 #[derive(Debug)]
-pub(crate) struct DeError(String);
+#[allow(clippy::box_collection)]
+pub(crate) struct DeError(Box<String>);
 
 impl fmt::Display for DeError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -35,7 +37,7 @@ impl std::error::Error for DeError {}
 
 impl de::Error for DeError {
     fn custom<M: fmt::Display>(msg: M) -> Self {
-        DeError(msg.to_string())
+        DeError(Box::new(msg.to_string()))
     }
 }
 
@@ -198,10 +200,10 @@ fn cell_error(column: &Column<'_>, row: usize, e: DeError) -> DeError {
         Values::LargeUtf8(a) if !a.is_null(row) => format!(" {:?}", a.value(row)),
         _ => String::new(),
     };
-    DeError(format!(
+    DeError(Box::new(format!(
         "column `{}`{value} (row {row} of the batch): {}",
         column.name, e.0
-    ))
+    )))
 }
 
 /// A struct's cells in field order.
@@ -257,7 +259,7 @@ impl<'de> MapAccess<'de> for Cells<'_, 'de> {
         let column = self
             .current
             .take()
-            .ok_or_else(|| DeError("a value asked for before its key".into()))?;
+            .ok_or_else(|| DeError(Box::new("a value asked for before its key".into())))?;
         let row = self.row;
         seed.deserialize(Cell { column, row })
             .map_err(|e| cell_error(column, row, e))
@@ -286,10 +288,10 @@ impl<'de> de::Deserializer<'de> for Cell<'_, 'de> {
 
     fn deserialize_any<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, DeError> {
         if self.is_null() {
-            return Err(DeError(format!(
+            return Err(DeError(Box::new(format!(
                 "column `{}` is null in row {} of the batch, but its field is not an Option",
                 self.column.name, self.row
-            )));
+            ))));
         }
         let i = self.row;
         match &self.column.values {

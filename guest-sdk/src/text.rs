@@ -6,6 +6,8 @@ use serde::{Serialize, Serializer};
 use std::cell::RefCell;
 use std::fmt;
 use std::hash::{Hash, Hasher};
+use std::mem::ManuallyDrop;
+use std::num::NonZeroU64;
 use std::ops::Deref;
 
 /// An immutable string that shares its bytes: cloning it or cutting a piece of it
@@ -29,30 +31,105 @@ use std::ops::Deref;
 /// assert_eq!(&*words[1], "be");
 /// assert_eq!(line.slice_ref(&line[3..5]), "be");
 /// ```
-#[derive(Clone)]
-pub struct Str(Repr);
+#[repr(C)]
+pub struct Str {
+    head: Head,
+    last: NonZeroU64,
+}
 
-/// The tag alone in the first word, the payload aligned after it: moving a `Str` then
-/// takes whole aligned words. (With the default layout the inline bytes started at an
-/// odd offset, and WebAssembly code moved them in overlapping pieces whose stores and
-/// loads did not forward: a third of decoding a text column went there.)
-#[derive(Clone)]
-#[repr(C, u8)]
-enum Repr {
-    Inline { len: u8, bytes: [u8; Str::INLINE] },
-    Shared(Buffer),
+/// Words of a `Str`: 23 inline bytes and their length, or a `Buffer` (12 bytes on wasm32,
+/// 24 on a 64-bit host) and the shared form's mark.
+const WORDS: usize = if std::mem::size_of::<Buffer>() <= 16 {
+    3
+} else {
+    4
+};
+
+/// The words before the last: the first inline bytes, or the shared form's buffer.
+///
+/// A `Str` is whole aligned words, and a short one is made in registers and written as
+/// words: moving one is a few word moves whose loads follow stores of the same width.
+/// (With an enum tag and a byte array, WebAssembly code built the inline bytes with
+/// stores of one to eight bytes and moved them with loads of eight that could not be
+/// forwarded from those stores: two-thirds of decoding a text column and a third of
+/// splitting words stalled there.)
+///
+/// The last word's top byte tells the form: one more than the length of an inline
+/// string (the bytes are then the `Str`'s first ones, zero past the length), or
+/// [`SHARED_MARK`] (the first bytes are then a `Buffer`). That byte is never zero, so
+/// `Option<Str>` and `Result<Str, E>` need no word of their own.
+#[repr(C)]
+union Head {
+    words: [u64; WORDS - 1],
+    shared: ManuallyDrop<Buffer>,
+}
+
+/// The mark of the shared form.
+const SHARED_MARK: u64 = 0xff;
+
+/// The top byte of a word.
+const TOP: u64 = 0xff << 56;
+
+// The inline bytes are read in place as the words' little-endian bytes.
+const _: () = assert!(cfg!(target_endian = "little"));
+const _: () = assert!(std::mem::size_of::<Str>() == WORDS * 8);
+
+/// Eight bytes of `b` from `at`, as a little-endian word.
+#[inline(always)]
+fn word(b: &[u8], at: usize) -> u64 {
+    u64::from_le_bytes(b[at..at + 8].try_into().expect("8 bytes"))
 }
 
 impl Str {
-    /// The longest string kept inline (24 bytes a `Str` on wasm32, tag included).
-    pub const INLINE: usize = 19;
+    /// The longest string kept inline (a `Str` is 24 bytes on wasm32, its length
+    /// included).
+    pub const INLINE: usize = 23;
+
+    /// The last word's top byte: one more than an inline string's length, or
+    /// [`SHARED_MARK`].
+    #[inline(always)]
+    fn tag(&self) -> u64 {
+        self.last.get() >> 56
+    }
+
+    /// The shared form's buffer, `None` for an inline string.
+    #[inline(always)]
+    fn buffer(&self) -> Option<&Buffer> {
+        // SAFETY: the mark says the first bytes are a `Buffer`.
+        (self.tag() == SHARED_MARK).then(|| unsafe { &*self.head.shared })
+    }
+
+    /// A `Str` sharing `buf` (longer than [`Str::INLINE`] bytes, UTF-8).
+    #[inline]
+    fn shared(buf: Buffer) -> Str {
+        Str {
+            head: Head {
+                shared: ManuallyDrop::new(buf),
+            },
+            last: NonZeroU64::new(SHARED_MARK << 56).expect("a mark"),
+        }
+    }
+
+    /// An inline string's words, all of them (`None` for a shared one).
+    #[inline(always)]
+    fn inline_words(&self) -> Option<[u64; WORDS]> {
+        // SAFETY: an inline string is plain words, no padding.
+        (self.tag() != SHARED_MARK)
+            .then(|| unsafe { std::ptr::read((self as *const Str).cast::<[u64; WORDS]>()) })
+    }
 
     /// The string's bytes.
     #[inline]
     fn bytes(&self) -> &[u8] {
-        match &self.0 {
-            Repr::Inline { len, bytes } => &bytes[..*len as usize],
-            Repr::Shared(b) => b.as_slice(),
+        let tag = self.tag();
+        if tag == SHARED_MARK {
+            // SAFETY: the mark says the first bytes are a `Buffer`.
+            unsafe { self.head.shared.as_slice() }
+        } else {
+            // SAFETY: an inline string's bytes are its first `tag - 1`.
+            unsafe {
+                std::slice::from_raw_parts((self as *const Str).cast::<u8>(), tag as usize - 1)
+            }
         }
     }
 
@@ -65,59 +142,61 @@ impl Str {
         if len <= Str::INLINE {
             Str::inline(&buf.as_slice()[at..at + len])
         } else {
-            Str(Repr::Shared(buf.slice_with_length(at, len)))
+            Str::shared(buf.slice_with_length(at, len))
         }
     }
 
-    /// A short string held inline; `b.len() <= INLINE` and UTF-8. The bytes past `len`
-    /// stay zero, so that two inline strings are equal exactly when their arrays are.
+    /// A short string held inline; `b.len() <= INLINE` and UTF-8. Its words are made
+    /// from whole loads of `b` (overlapping at the ends, shifted), the bytes past the
+    /// length zero, so that two inline strings are equal exactly when their words are.
     #[inline]
     fn inline(b: &[u8]) -> Str {
-        let mut bytes = [0u8; Str::INLINE];
         let n = b.len();
-        // Fixed-size moves (a word from each end, overlapping) rather than a copy of
-        // variable length: in WebAssembly that is a `memory.copy`, a call into the
-        // runtime, which costs more than the few bytes it moves.
+        debug_assert!(n <= Str::INLINE);
+        // Locals, not an array indexed by a length: they stay in registers.
+        let (mut w0, mut w1, mut w2) = (0u64, 0u64, 0u64);
         if n >= 8 {
-            bytes[..8].copy_from_slice(&b[..8]);
-            if n > 16 {
-                bytes[8..16].copy_from_slice(&b[8..16]);
+            w0 = word(b, 0);
+            // The last eight bytes, without those before the word they end in.
+            let last = word(b, n - 8) >> ((8 - n % 8) % 8 * 8);
+            match n {
+                8 => {}
+                9..=15 => w1 = last,
+                16 => w1 = word(b, 8),
+                _ => {
+                    w1 = word(b, 8);
+                    w2 = last;
+                }
             }
-            bytes[n - 8..n].copy_from_slice(&b[n - 8..]);
         } else if n >= 4 {
-            bytes[..4].copy_from_slice(&b[..4]);
-            bytes[n - 4..n].copy_from_slice(&b[n - 4..]);
-        } else {
-            if n > 0 {
-                bytes[0] = b[0];
-            }
+            let lo = u32::from_le_bytes(b[..4].try_into().expect("4 bytes")) as u64;
+            let hi = u32::from_le_bytes(b[n - 4..].try_into().expect("4 bytes")) as u64;
+            w0 = lo | (hi >> ((8 - n) * 8)) << 32;
+        } else if n > 0 {
+            w0 = b[0] as u64;
             if n > 1 {
-                bytes[1] = b[1];
+                w0 |= (b[1] as u64) << 8;
             }
             if n > 2 {
-                bytes[2] = b[2];
+                w0 |= (b[2] as u64) << 16;
             }
         }
-        Str(Repr::Inline {
-            len: n as u8,
-            bytes,
-        })
-    }
-
-    /// An inline string's array as three words (the last overlapping the second).
-    #[inline]
-    fn words(bytes: &[u8; Str::INLINE]) -> [u64; 3] {
-        let w = |at: usize| u64::from_le_bytes(bytes[at..at + 8].try_into().expect("8 bytes"));
-        [w(0), w(8), w(Str::INLINE - 8)]
+        let mut w = [0u64; WORDS];
+        w[0] = w0;
+        w[1] = w1;
+        w[2] = w2;
+        w[WORDS - 1] |= (n as u64 + 1) << 56;
+        // SAFETY: plain words with the inline form's tag (never zero) in the last.
+        unsafe { std::mem::transmute::<[u64; WORDS], Str>(w) }
     }
 
     /// The piece `len` bytes from `at` of this string (UTF-8 boundaries).
     #[inline]
     fn piece(&self, at: usize, len: usize) -> Str {
-        match &self.0 {
-            Repr::Inline { bytes, .. } => Str::inline(&bytes[at..at + len]),
+        match self.buffer() {
             // SAFETY: a piece of a `Str` at char boundaries is UTF-8.
-            Repr::Shared(b) => unsafe { Str::from_utf8_buffer_unchecked(b, at, len) },
+            Some(b) => unsafe { Str::from_utf8_buffer_unchecked(b, at, len) },
+            None => Str::inline(&self.bytes()[at..at + len]),
         }
     }
 
@@ -191,13 +270,39 @@ impl Iterator for SplitAsciiWhitespace {
             return None;
         }
         let start = i;
-        while i < b.len() && !b[i].is_ascii_whitespace() {
-            i += 1;
-        }
+        i = word_end(b, i);
         self.at = i;
         // Cut at ASCII bytes: both ends are char boundaries.
         Some(self.s.piece(start, i - start))
     }
+}
+
+/// Where the word from `i` of `b` ends: the first ASCII whitespace byte from `i`, or the
+/// end. Eight bytes at a time: all ASCII whitespace is below `!` (0x21), so a word's bytes
+/// are skipped a word at a time until one holds a byte below it (which is then checked).
+#[inline]
+fn word_end(b: &[u8], mut i: usize) -> usize {
+    const ONES: u64 = u64::from_le_bytes([0x01; 8]);
+    const HIGH: u64 = u64::from_le_bytes([0x80; 8]);
+    while i + 8 <= b.len() {
+        let x = word(b, i);
+        // The high bit of each byte below 0x21, exact for the lowest such byte.
+        let below = x.wrapping_sub(ONES * 0x21) & !x & HIGH;
+        if below == 0 {
+            i += 8;
+            continue;
+        }
+        i += below.trailing_zeros() as usize / 8;
+        if b[i].is_ascii_whitespace() {
+            return i;
+        }
+        // A control byte inside a word.
+        i += 1;
+    }
+    while i < b.len() && !b[i].is_ascii_whitespace() {
+        i += 1;
+    }
+    i
 }
 
 /// The iterator of [`Str::split`].
@@ -247,7 +352,7 @@ impl From<String> for Str {
         if s.len() <= Str::INLINE {
             Str::inline(s.as_bytes())
         } else {
-            Str(Repr::Shared(Buffer::from_vec(s.into_bytes())))
+            Str::shared(Buffer::from_vec(s.into_bytes()))
         }
     }
 }
@@ -257,7 +362,28 @@ impl From<&str> for Str {
         if s.len() <= Str::INLINE {
             Str::inline(s.as_bytes())
         } else {
-            Str(Repr::Shared(Buffer::from_vec(s.as_bytes().to_vec())))
+            Str::shared(Buffer::from_vec(s.as_bytes().to_vec()))
+        }
+    }
+}
+
+impl Clone for Str {
+    #[inline]
+    fn clone(&self) -> Str {
+        match self.buffer() {
+            Some(b) => Str::shared(b.clone()),
+            // SAFETY: an inline string owns nothing: a copy of its words is another.
+            None => unsafe { std::ptr::read(self) },
+        }
+    }
+}
+
+impl Drop for Str {
+    #[inline]
+    fn drop(&mut self) {
+        if self.tag() == SHARED_MARK {
+            // SAFETY: the mark says the first bytes are a `Buffer`, dropped once here.
+            unsafe { ManuallyDrop::drop(&mut self.head.shared) }
         }
     }
 }
@@ -271,12 +397,10 @@ impl From<Str> for String {
 impl PartialEq for Str {
     #[inline]
     fn eq(&self, o: &Str) -> bool {
-        match (&self.0, &o.0) {
-            // A string's length decides its form, so equal strings have the same one.
-            (Repr::Inline { len: a, bytes: x }, Repr::Inline { len: b, bytes: y }) => {
-                a == b && Str::words(x) == Str::words(y)
-            }
-            (Repr::Shared(x), Repr::Shared(y)) => x.as_slice() == y.as_slice(),
+        // A string's length decides its form, so equal strings have the same one.
+        match (self.inline_words(), o.inline_words()) {
+            (Some(x), Some(y)) => x == y,
+            (None, None) => self.bytes() == o.bytes(),
             _ => false,
         }
     }
@@ -310,19 +434,24 @@ impl Ord for Str {
     }
 }
 
-/// Hashes a short string as three words, a long one as its bytes (a string's length
-/// decides its form, so this agrees with `Eq`).
+/// Hashes a short string as the words its bytes fill, its length in the first; a long
+/// one as its bytes (a string's length decides its form, so this agrees with `Eq`).
 impl Hash for Str {
     #[inline]
     fn hash<H: Hasher>(&self, h: &mut H) {
-        match &self.0 {
-            Repr::Inline { len, bytes } => {
-                let [a, b, c] = Str::words(bytes);
-                h.write_u64(a ^ ((*len as u64) << 56));
-                h.write_u64(b);
-                h.write_u64(c);
+        match self.inline_words() {
+            Some(w) => {
+                let n = self.tag() - 1;
+                h.write_u64(w[0] ^ n << 56);
+                if n > 8 {
+                    h.write_u64(w[1]);
+                    if n > 16 {
+                        // Bytes 16 to 23 (the last of them the tag when WORDS is 3).
+                        h.write_u64(w[2] & !TOP);
+                    }
+                }
             }
-            Repr::Shared(b) => b.as_slice().hash(h),
+            None => self.bytes().hash(h),
         }
     }
 }
@@ -429,6 +558,43 @@ mod tests {
     }
 
     #[test]
+    fn words_of_any_text_match_str_split_ascii_whitespace() {
+        // Every kind of byte around a word boundary: ASCII whitespace, control bytes
+        // that are not whitespace (below 0x21 too, and 0x0b), `!`, letters, UTF-8.
+        let alphabet = [
+            "\t",
+            "\n",
+            "\x0b",
+            "\x0c",
+            "\r",
+            " ",
+            "\x00",
+            "\x01",
+            "\x1f",
+            "!",
+            "a",
+            "bc",
+            "défg",
+            "0123456789",
+        ];
+        let mut state = 0x2545_f491_4f6c_dd1du64;
+        for _ in 0..5000 {
+            let mut text = String::new();
+            state = state
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            for k in 0..(state >> 59) {
+                let pick = (state.rotate_left(7 * k as u32) >> 40) as usize % alphabet.len();
+                text.push_str(alphabet[pick]);
+            }
+            let line = Str::from(text.as_str());
+            let got: Vec<Str> = line.split_ascii_whitespace().collect();
+            let want: Vec<&str> = text.split_ascii_whitespace().collect();
+            assert_eq!(got, want, "{text:?}");
+        }
+    }
+
+    #[test]
     fn split_matches_str_split() {
         for (text, sep) in [
             ("a,b,,c", ','),
@@ -484,15 +650,20 @@ mod tests {
 
     #[test]
     fn inline_strings_of_every_length_copy_compare_and_hash_as_their_text() {
+        // The tag byte is never zero: options and results of a `Str` need no more room.
+        assert_eq!(
+            std::mem::size_of::<Option<Str>>(),
+            std::mem::size_of::<Str>()
+        );
         let text = "abcdefghijklmnopqrstuvwxyz";
         for n in 0..=Str::INLINE {
             let s = Str::from(&text[..n]);
-            assert!(matches!(s.0, Repr::Inline { .. }));
+            let words = s.inline_words().expect("inline");
             assert_eq!(s.as_str(), &text[..n], "{n}");
-            let Repr::Inline { bytes, .. } = &s.0 else {
-                unreachable!()
-            };
-            assert!(bytes[n..].iter().all(|b| *b == 0), "padding of {n}");
+            let bytes: Vec<u8> = words.iter().flat_map(|w| w.to_le_bytes()).collect();
+            let (len, padding) = bytes.split_last().unwrap();
+            assert_eq!(*len as usize, n + 1);
+            assert!(padding[n..].iter().all(|b| *b == 0), "padding of {n}");
             for m in 0..=Str::INLINE {
                 let t = Str::from(&text[1..m + 1]);
                 assert_eq!(s == t, n == m && text[..n] == text[1..m + 1]);
@@ -511,14 +682,25 @@ mod tests {
     fn short_pieces_are_inline_and_long_ones_share() {
         let long = "a-rather-long-line-of-text with words";
         let line = Str::from(long.to_string());
-        assert!(matches!(line.0, Repr::Shared(_)));
+        assert!(line.buffer().is_some());
         let words: Vec<Str> = line.split_ascii_whitespace().collect();
-        assert!(matches!(words[0].0, Repr::Shared(_)), "27 bytes: shared");
-        assert!(matches!(words[1].0, Repr::Inline { .. }));
+        assert!(words[0].buffer().is_some(), "26 bytes: shared");
+        assert!(words[1].inline_words().is_some());
         assert_eq!(words[0].as_ptr(), line.as_ptr());
         assert_eq!(words, ["a-rather-long-line-of-text", "with", "words"]);
         let exact = "x".repeat(Str::INLINE);
-        assert!(matches!(Str::from(exact.as_str()).0, Repr::Inline { .. }));
+        assert!(Str::from(exact.as_str()).inline_words().is_some());
+        let over = "x".repeat(Str::INLINE + 1);
+        assert!(Str::from(over.as_str()).buffer().is_some());
+        // Clones and drops of both forms (a shared one's buffer is counted).
+        let shared = Str::from(over.clone());
+        let copies: Vec<Str> = (0..3).map(|_| shared.clone()).collect();
+        drop(shared);
+        assert!(
+            copies
+                .iter()
+                .all(|c| *c == over && c.as_ptr() == copies[0].as_ptr())
+        );
         assert_eq!(Str::from(exact.as_str()), exact);
     }
 }
