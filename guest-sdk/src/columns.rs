@@ -216,6 +216,7 @@ struct InOrder<'c, 'a> {
 impl<'de> de::SeqAccess<'de> for InOrder<'_, 'de> {
     type Error = DeError;
 
+    #[inline(always)]
     fn next_element_seed<T: DeserializeSeed<'de>>(
         &mut self,
         seed: T,
@@ -268,6 +269,24 @@ impl<'de> MapAccess<'de> for Cells<'_, 'de> {
     fn size_hint(&self) -> Option<usize> {
         Some(self.columns.len())
     }
+}
+
+/// A field's typed `deserialize_*`: a non-null cell of the column type the field asks for
+/// is read straight away (one comparison, small enough to inline into the row type's
+/// `Deserialize`); anything else goes through `deserialize_any`, which converts or
+/// explains.
+macro_rules! typed_cells {
+    ($($method:ident: $variant:ident => $visit:ident,)*) => {$(
+        #[inline(always)]
+        fn $method<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, DeError> {
+            if let Values::$variant(a) = &self.column.values
+                && !self.is_null()
+            {
+                return visitor.$visit(a.value(self.row));
+            }
+            self.deserialize_any(visitor)
+        }
+    )*};
 }
 
 /// One value of one column.
@@ -346,9 +365,25 @@ impl<'de> de::Deserializer<'de> for Cell<'_, 'de> {
         visitor.visit_unit()
     }
 
+    typed_cells! {
+        deserialize_bool: Bool => visit_bool,
+        deserialize_i8: I8 => visit_i8,
+        deserialize_i16: I16 => visit_i16,
+        deserialize_i32: I32 => visit_i32,
+        deserialize_i64: I64 => visit_i64,
+        deserialize_u8: U8 => visit_u8,
+        deserialize_u16: U16 => visit_u16,
+        deserialize_u32: U32 => visit_u32,
+        deserialize_u64: U64 => visit_u64,
+        deserialize_f32: F32 => visit_f32,
+        deserialize_f64: F64 => visit_f64,
+        deserialize_str: Utf8 => visit_borrowed_str,
+        deserialize_string: Utf8 => visit_borrowed_str,
+    }
+
     serde::forward_to_deserialize_any! {
-        bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string bytes
-        byte_buf unit unit_struct seq tuple tuple_struct map struct identifier
+        i128 u128 char bytes byte_buf unit unit_struct seq tuple tuple_struct map struct
+        identifier
     }
 }
 
