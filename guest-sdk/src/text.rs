@@ -451,9 +451,16 @@ impl Hash for Str {
                     }
                 }
             }
-            None => self.bytes().hash(h),
+            None => hash_long(self.bytes(), h),
         }
     }
+}
+
+/// A long string's hash; out of line, so that hashing a short one inlines into the
+/// hash table's lookup.
+#[inline(never)]
+fn hash_long<H: Hasher>(bytes: &[u8], h: &mut H) {
+    bytes.hash(h)
 }
 
 impl fmt::Debug for Str {
@@ -503,10 +510,18 @@ pub(crate) fn sharing<R>(buffers: Vec<Buffer>, f: impl FnOnce() -> R) -> R {
 }
 
 /// The `Str` for `s`: a slice of an offered buffer that holds it, else a copy.
+#[inline]
 fn shared_or_copied(s: &str) -> Str {
     if s.len() <= Str::INLINE {
         return Str::inline(s.as_bytes());
     }
+    shared_or_copied_long(s)
+}
+
+/// [`shared_or_copied`] of a string too long to hold inline; out of line, so that the
+/// short case inlines into the row decoder.
+#[inline(never)]
+fn shared_or_copied_long(s: &str) -> Str {
     let p = s.as_ptr() as usize;
     SHARED.with(|b| {
         for buf in b.borrow().iter() {
