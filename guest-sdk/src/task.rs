@@ -222,8 +222,11 @@ pub fn start(spec: TaskSpec) -> Result<(), ErrorChain> {
 
 pub fn push(piece: u32, side: u32, batch: Vec<u8>) -> Result<(), ErrorChain> {
     with_task(|task| {
-        let batches = rows::read_ipc(batch)?;
         let (p, mut tail) = task.split(piece)?;
+        let batches = match p.input {
+            Input::Batches(..) => rows::read_host_ipc(batch)?,
+            Input::Shuffle(_) => rows::read_ipc(batch)?,
+        };
         for b in batches {
             let rows = match &mut p.input {
                 Input::Batches(decode, arg) => Some(decode(arg, &b)?),
