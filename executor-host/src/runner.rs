@@ -6,12 +6,12 @@ use crate::results::{ResultStore, ResultWriter};
 use crate::shuffle::{Fetcher, MapOutputWriter, ShuffleStore};
 use crate::statuses::{ShuffleStatuses, TaskStatuses};
 use flint_protocol::ids::ModuleHash;
-use flint_protocol::ids::{JobId, ShuffleId};
+use flint_protocol::ids::{ExecutorId, JobId, ShuffleId};
 use flint_protocol::plan::ReadFormat;
 use flint_protocol::wire::{
-    BuildInput, GuestOutput, Limit, MAX_TASK_ACCUMULATOR_BYTES, SegmentSource, ShuffleSideInput,
-    TaskDescriptor, TaskError, TaskErrorKind, TaskInput, TaskMetrics, TaskOutput, TaskStatus,
-    TaskSuccess, TenantSpill,
+    BuildInput, GuestOutput, Limit, MAX_FETCH_MAPS, MAX_TASK_ACCUMULATOR_BYTES, SegmentSource,
+    ShuffleSideInput, TaskDescriptor, TaskError, TaskErrorKind, TaskInput, TaskMetrics, TaskOutput,
+    TaskStatus, TaskSuccess, TenantSpill,
 };
 use flint_sandbox::spill::{MAX_FRAME_BYTES, SpillConfig, TenantDisk};
 use flint_sandbox::{
@@ -748,39 +748,68 @@ struct SegmentFetch {
 impl SegmentFetch {
     /// The chunk at `offset`, within `shuffle.fetch_timeout`.
     async fn chunk(&self, fetcher: &Fetcher, offset: u64) -> Result<(Vec<u8>, bool), String> {
-        let src = &self.src;
-        match tokio::time::timeout(
-            self.limit,
-            fetcher.fetch(
-                self.job,
-                self.shuffle,
-                self.reduce,
-                src,
-                self.secret,
-                offset,
-            ),
-        )
-        .await
-        {
-            Ok(r) => r.map_err(|e| e.to_string()),
-            Err(_) => {
+        let srcs = std::slice::from_ref(&self.src);
+        let key = (self.job, self.shuffle, self.secret, self.reduce, self.limit);
+        fetch_within(fetcher, key, srcs, offset)
+            .await
+            .pop()
+            .unwrap_or_else(|| Err("no answer for a segment".into()))
+    }
+}
+
+/// What a batch of segment fetches shares: job, shuffle, secret, reduce partition and
+/// `shuffle.fetch_timeout`.
+type FetchKey = (
+    flint_protocol::ids::JobId,
+    flint_protocol::ids::ShuffleId,
+    [u8; 16],
+    u32,
+    Duration,
+);
+
+/// The chunk at `offset` of each segment of `srcs` (held by one executor), all within
+/// `shuffle.fetch_timeout`: one result per source, in order.
+async fn fetch_within(
+    fetcher: &Fetcher,
+    (job, shuffle, secret, reduce, limit): FetchKey,
+    srcs: &[SegmentSource],
+    offset: u64,
+) -> Vec<Result<(Vec<u8>, bool), String>> {
+    match tokio::time::timeout(
+        limit,
+        fetcher.fetch(job, shuffle, reduce, srcs, secret, offset),
+    )
+    .await
+    {
+        Ok(results) => results
+            .into_iter()
+            .map(|r| r.map_err(|e| e.to_string()))
+            .collect(),
+        Err(_) => {
+            if let Some(src) = srcs.first() {
                 fetcher.forget(&src.addr);
-                Err(format!(
-                    "fetching map output {} from executor {} at {}: no answer within \
-                     shuffle.fetch_timeout ({})",
-                    src.map_partition,
-                    src.executor.0,
-                    src.addr,
-                    flint_protocol::scheduler::fmt_ms(self.limit.as_millis() as u64)
-                ))
             }
+            srcs.iter()
+                .map(|src| {
+                    Err(format!(
+                        "fetching map output {} from executor {} at {}: no answer within \
+                         shuffle.fetch_timeout ({})",
+                        src.map_partition,
+                        src.executor.0,
+                        src.addr,
+                        flint_protocol::scheduler::fmt_ms(limit.as_millis() as u64)
+                    ))
+                })
+                .collect()
         }
     }
 }
 
 /// Fetches the first chunk of every segment of one reduce partition (of all sides) with
 /// bounded bytes in flight: a segment's permits (for its first chunk) are held until the
-/// guest has consumed it.
+/// guest has consumed it. The segments one executor holds are asked for together, up to
+/// [`MAX_FETCH_MAPS`] and [`SEGMENT_CHUNK`](crate::shuffle::SEGMENT_CHUNK) bytes at a
+/// time: one request (or, for this executor's own, one blocking read) per batch.
 fn fetch_segments(
     env: &TaskEnv,
     desc: &TaskDescriptor,
@@ -801,34 +830,72 @@ fn fetch_segments(
         .collect::<Result<Vec<_>, TaskError>>()?;
     let total: usize = segments.iter().map(Vec::len).sum();
     let (tx, rx) = mpsc::channel(total.max(1));
+    // A batch's first chunks together take at most this many permits.
+    let batch_bytes = budget.min(crate::shuffle::SEGMENT_CHUNK);
+    let want = move |src: &SegmentSource| src.size.clamp(1, batch_bytes) as u32;
     for ((side, input), segments) in sides.iter().enumerate().zip(segments) {
         // A cached dataset's partitions are filed under the application, not the job.
         let (job, shuffle, secret) = match input.cached {
             Some(c) => (c.job, c.shuffle, desc.app_secret),
             None => (job, input.shuffle, desc.shuffle_secret),
         };
+        let key: FetchKey = (job, shuffle, secret, reduce, limit);
+        // Each executor's segments, in the order given, cut into batches.
+        let mut by_holder: HashMap<ExecutorId, Vec<SegmentSource>> = HashMap::new();
+        let mut holders = Vec::new();
         for src in segments {
-            let (fetcher, permits, tx) = (env.fetcher.clone(), permits.clone(), tx.clone());
-            let seg = Arc::new(SegmentFetch {
-                job,
-                shuffle,
-                secret,
-                reduce,
-                src,
-                limit,
-            });
-            tokio::spawn(async move {
-                let want = seg
-                    .src
-                    .size
-                    .clamp(1, budget.min(crate::shuffle::SEGMENT_CHUNK))
-                    as u32;
-                let Ok(permit) = permits.acquire_many_owned(want).await else {
-                    return;
-                };
-                let r = seg.chunk(&fetcher, 0).await;
-                let _ = tx.send((side as u32, r, permit, seg)).await;
-            });
+            by_holder
+                .entry(src.executor)
+                .or_insert_with(|| {
+                    holders.push(src.executor);
+                    Vec::new()
+                })
+                .push(src);
+        }
+        for holder in holders {
+            let srcs = by_holder.remove(&holder).unwrap_or_default();
+            let mut batches: Vec<Vec<SegmentSource>> = Vec::new();
+            let mut bytes = u64::MAX;
+            for src in srcs {
+                let w = want(&src) as u64;
+                let full = batches.last().is_none_or(|b| b.len() >= MAX_FETCH_MAPS);
+                if full || bytes + w > batch_bytes {
+                    batches.push(Vec::new());
+                    bytes = 0;
+                }
+                bytes += w;
+                batches.last_mut().expect("a batch").push(src);
+            }
+            for batch in batches {
+                let (fetcher, permits, tx) = (env.fetcher.clone(), permits.clone(), tx.clone());
+                tokio::spawn(async move {
+                    let wants: Vec<u32> = batch.iter().map(want).collect();
+                    let Ok(mut permit) =
+                        permits.acquire_many_owned(wants.iter().sum::<u32>()).await
+                    else {
+                        return;
+                    };
+                    let results = fetch_within(&fetcher, key, &batch, 0).await;
+                    for ((src, r), w) in batch.into_iter().zip(results).zip(wants) {
+                        // Each segment's share of the permits goes with it to the guest.
+                        let Some(share) = permit.split(w as usize) else {
+                            return;
+                        };
+                        let (job, shuffle, secret, reduce, limit) = key;
+                        let seg = Arc::new(SegmentFetch {
+                            job,
+                            shuffle,
+                            secret,
+                            reduce,
+                            src,
+                            limit,
+                        });
+                        if tx.send((side as u32, r, share, seg)).await.is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
         }
     }
     Ok(rx)

@@ -8,7 +8,7 @@
 use crate::memory::{Grant, MemoryPool};
 use flint_protocol::ids::{ExecutorId, JobId, ShuffleId};
 use flint_protocol::plan::StorageLevel;
-use flint_protocol::wire::{FetchSegment, SegmentSource};
+use flint_protocol::wire::{FetchSegments, MAX_FETCH_MAPS, SegmentSource};
 use flint_sandbox::spill::MAX_FRAME_BYTES;
 use flint_transport::net::{self, NetError};
 use std::collections::HashMap;
@@ -220,6 +220,39 @@ impl ShuffleStore {
             Some(held) if flint_protocol::constant_time_eq(held, secret) => Ok(()),
             _ => Err(ShuffleError::Forbidden(job)),
         }
+    }
+
+    /// The segments of `reduce` in the map outputs `maps` (from `offset`, at most `len`
+    /// bytes of each), read one after another on the calling thread: a blocking read of
+    /// many small segments in one hand-off instead of one each. Stops after the segment
+    /// that brings the bytes read to `max_bytes` (so a caller holds no more than that and
+    /// one segment): the results are for the first maps, in order. Every map's is an
+    /// error when `secret` is not the job's.
+    #[allow(clippy::too_many_arguments)]
+    pub fn read_segments(
+        &self,
+        job: JobId,
+        secret: &ShuffleSecret,
+        shuffle: ShuffleId,
+        maps: &[u32],
+        reduce: u32,
+        (offset, len): (u64, u64),
+        max_bytes: u64,
+    ) -> Vec<Result<Vec<u8>, String>> {
+        if let Err(e) = self.check(job, secret) {
+            return maps.iter().map(|_| Err(e.to_string())).collect();
+        }
+        let mut out = Vec::new();
+        let mut bytes = 0u64;
+        for &map in maps {
+            let r = self.read_range(job, shuffle, map, reduce, offset, len);
+            bytes += r.as_ref().map_or(0, |d| d.len() as u64);
+            out.push(r.map_err(|e| e.to_string()));
+            if bytes >= max_bytes {
+                break;
+            }
+        }
+        out
     }
 
     fn paths(&self, job: JobId, shuffle: ShuffleId, map: u32) -> (PathBuf, PathBuf) {
@@ -591,32 +624,56 @@ pub async fn serve_connection(
         let store = store.clone();
         let served = served.clone();
         tokio::spawn(async move {
-            let req: FetchSegment = match net::expect_frame(&mut recv, 1 << 10).await {
+            let req: FetchSegments = match net::expect_frame(&mut recv, 1 << 10).await {
                 Ok(r) => r,
                 Err(e) => {
                     tracing::debug!("bad fetch request: {e}");
                     return;
                 }
             };
-            let data = tokio::task::spawn_blocking(move || {
-                store.check(req.job, &req.secret)?;
-                // A peer asks for a chunk; it gets no more than a few at once.
-                store.read_range(
-                    req.job,
-                    req.shuffle,
-                    req.map_partition,
-                    req.reduce_partition,
-                    req.offset,
-                    req.len.min(4 * SEGMENT_CHUNK),
-                )
-            })
-            .await
-            .map_err(|e| e.to_string())
-            .and_then(|r| r.map_err(|e| e.to_string()));
-            if let Ok(d) = &data {
-                served.fetch_add(d.len() as u64, std::sync::atomic::Ordering::Relaxed);
+            if req.maps.is_empty() || req.maps.len() > MAX_FETCH_MAPS {
+                let e = format!(
+                    "a fetch of {} map outputs' segments (one request names 1 to {MAX_FETCH_MAPS})",
+                    req.maps.len()
+                );
+                let _ = net::send_blob(&mut send, Err(e)).await;
+                return;
             }
-            let _ = net::send_blob(&mut send, data.as_deref().map_err(|e| e.clone())).await;
+            // A peer asks for a chunk of each segment; it gets no more than a few at once.
+            let range = (req.offset, req.len.min(4 * SEGMENT_CHUNK));
+            let maps = std::sync::Arc::new(req.maps);
+            let mut next = 0;
+            while next < maps.len() {
+                // Read a group of segments in one blocking call, send them, read the next:
+                // what this holds at once stays near SEGMENT_CHUNK.
+                let (store, m) = (store.clone(), maps.clone());
+                let (job, secret, shuffle, reduce) =
+                    (req.job, req.secret, req.shuffle, req.reduce_partition);
+                let group = tokio::task::spawn_blocking(move || {
+                    store.read_segments(
+                        job,
+                        &secret,
+                        shuffle,
+                        &m[next..],
+                        reduce,
+                        range,
+                        SEGMENT_CHUNK,
+                    )
+                })
+                .await
+                .unwrap_or_else(|e| vec![Err(e.to_string())]);
+                for r in &group {
+                    if let Ok(d) = r {
+                        served.fetch_add(d.len() as u64, std::sync::atomic::Ordering::Relaxed);
+                    }
+                    let reply = r.as_deref().map_err(|e| e.clone());
+                    if net::write_blob(&mut send, reply).await.is_err() {
+                        return;
+                    }
+                }
+                next += group.len().max(1);
+            }
+            let _ = send.finish();
         });
     }
 }
@@ -657,65 +714,99 @@ impl Fetcher {
         self.me
     }
 
-    /// Up to [`SEGMENT_CHUNK`] bytes of one segment from `offset` (fewer: its end); the
-    /// flag says whether they crossed the network.
+    /// Up to [`SEGMENT_CHUNK`] bytes from `offset` of each segment of `reduce` in `srcs`
+    /// (fewer: its end), all held by one executor and at most [`MAX_FETCH_MAPS`]: one
+    /// blocking read of them here, or one request to their executor. One result per
+    /// source, in order; the flag says whether the bytes crossed the network.
     pub async fn fetch(
         &self,
         job: JobId,
         shuffle: ShuffleId,
         reduce: u32,
-        src: &SegmentSource,
+        srcs: &[SegmentSource],
         secret: ShuffleSecret,
         offset: u64,
-    ) -> Result<(Vec<u8>, bool), FetchError> {
-        let fail = |source: Box<dyn std::error::Error + Send + Sync>| FetchError {
-            executor: src.executor,
-            addr: src.addr.clone(),
-            map_partition: src.map_partition,
-            source,
+    ) -> Vec<Result<(Vec<u8>, bool), FetchError>> {
+        let fail =
+            |src: &SegmentSource, source: Box<dyn std::error::Error + Send + Sync>| FetchError {
+                executor: src.executor,
+                addr: src.addr.clone(),
+                map_partition: src.map_partition,
+                source,
+            };
+        let all_fail = |e: &dyn std::fmt::Display| {
+            srcs.iter()
+                .map(|s| Err(fail(s, e.to_string().into())))
+                .collect::<Vec<_>>()
         };
-        if src.executor == self.me {
+        let Some(first) = srcs.first() else {
+            return Vec::new();
+        };
+        let maps: Vec<u32> = srcs.iter().map(|s| s.map_partition).collect();
+        if first.executor == self.me {
             let store = self.store.clone();
-            let map = src.map_partition;
-            let data = tokio::task::spawn_blocking(move || {
-                store.check(job, &secret)?;
-                store.read_range(job, shuffle, map, reduce, offset, SEGMENT_CHUNK)
+            let read = tokio::task::spawn_blocking(move || {
+                store.read_segments(
+                    job,
+                    &secret,
+                    shuffle,
+                    &maps,
+                    reduce,
+                    (offset, SEGMENT_CHUNK),
+                    u64::MAX,
+                )
             })
-            .await
-            .map_err(|e| fail(Box::new(e)))?
-            .map_err(|e| fail(Box::new(e)))?;
-            return Ok((data, false));
+            .await;
+            return match read {
+                Ok(results) => srcs
+                    .iter()
+                    .zip(results)
+                    .map(|(s, r)| r.map(|d| (d, false)).map_err(|e| fail(s, e.into())))
+                    .collect(),
+                Err(e) => all_fail(&e),
+            };
         }
-        let conn = self
-            .connection(&src.addr)
-            .await
-            .map_err(|e| fail(Box::new(e)))?;
-        let req = FetchSegment {
+        let conn = match self.connection(&first.addr).await {
+            Ok(c) => c,
+            Err(e) => return all_fail(&e),
+        };
+        let req = FetchSegments {
             job,
             secret,
             shuffle,
-            map_partition: src.map_partition,
+            maps,
             reduce_partition: reduce,
             offset,
             len: SEGMENT_CHUNK,
         };
-        let result = async {
-            let (mut send, mut recv) = conn.open_bi().await?;
+        let mut out = Vec::with_capacity(srcs.len());
+        let stream = async {
+            let (mut send, recv) = conn.open_bi().await?;
             net::write_frame(&mut send, &req).await?;
             let _ = send.finish();
-            net::recv_blob(&mut recv, SEGMENT_CHUNK).await
+            Ok::<_, NetError>(recv)
         }
         .await;
-        match result {
-            Ok(data) => Ok((data, true)),
+        let mut recv = match stream {
+            Ok(r) => r,
             Err(e) => {
-                self.conns
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .remove(&src.addr);
-                Err(fail(Box::new(e)))
+                self.forget(&first.addr);
+                return all_fail(&e);
+            }
+        };
+        for (i, src) in srcs.iter().enumerate() {
+            match net::recv_blob(&mut recv, SEGMENT_CHUNK).await {
+                Ok(data) => out.push(Ok((data, true))),
+                // The serving executor's answer for this segment (the rest still come).
+                Err(NetError::Refused(e)) => out.push(Err(fail(src, e.into()))),
+                Err(e) => {
+                    self.forget(&first.addr);
+                    out.extend(srcs[i..].iter().map(|s| Err(fail(s, e.to_string().into()))));
+                    break;
+                }
             }
         }
+        out
     }
 
     /// Drops the cached connection to `addr` (it stopped answering).

@@ -71,8 +71,16 @@ async fn a_fetch_without_the_job_s_capability_is_refused() {
     };
     // Tenant A's task, naming tenant B's job: refused, and nothing is served.
     let err = fetcher
-        .fetch(tenant_b, ShuffleId(0), 0, &src, secret_a, 0)
+        .fetch(
+            tenant_b,
+            ShuffleId(0),
+            0,
+            std::slice::from_ref(&src),
+            secret_a,
+            0,
+        )
         .await
+        .remove(0)
         .unwrap_err()
         .to_string();
     assert!(err.contains("refused"), "{err}");
@@ -81,27 +89,59 @@ async fn a_fetch_without_the_job_s_capability_is_refused() {
     // With no capability at all (zeros): refused too.
     assert!(
         fetcher
-            .fetch(tenant_b, ShuffleId(0), 0, &src, [0; 16], 0)
+            .fetch(
+                tenant_b,
+                ShuffleId(0),
+                0,
+                std::slice::from_ref(&src),
+                [0; 16],
+                0
+            )
             .await
+            .remove(0)
             .is_err()
     );
     // B's own task gets B's data; A's gets A's.
     let (data, remote) = fetcher
-        .fetch(tenant_b, ShuffleId(0), 0, &src, secret_b, 0)
+        .fetch(
+            tenant_b,
+            ShuffleId(0),
+            0,
+            std::slice::from_ref(&src),
+            secret_b,
+            0,
+        )
         .await
+        .remove(0)
         .unwrap();
     assert_eq!((data.as_slice(), remote), (&b"bbbb"[..], true));
     let (data, _) = fetcher
-        .fetch(tenant_a, ShuffleId(0), 0, &src, secret_a, 0)
+        .fetch(
+            tenant_a,
+            ShuffleId(0),
+            0,
+            std::slice::from_ref(&src),
+            secret_a,
+            0,
+        )
         .await
+        .remove(0)
         .unwrap();
     assert_eq!(data, b"aaaa");
     // Once the job is cleaned, its capability is gone with its files.
     store.remove_job(tenant_b);
     assert!(
         fetcher
-            .fetch(tenant_b, ShuffleId(0), 0, &src, secret_b, 0)
+            .fetch(
+                tenant_b,
+                ShuffleId(0),
+                0,
+                std::slice::from_ref(&src),
+                secret_b,
+                0
+            )
             .await
+            .remove(0)
             .is_err()
     );
 }
@@ -158,8 +198,16 @@ async fn only_executors_of_the_cluster_get_past_the_handshake() {
     };
     assert!(
         fetcher
-            .fetch(JobId(1), ShuffleId(0), 0, &src, [0; 16], 0)
+            .fetch(
+                JobId(1),
+                ShuffleId(0),
+                0,
+                std::slice::from_ref(&src),
+                [0; 16],
+                0
+            )
             .await
+            .remove(0)
             .is_err()
     );
 }
@@ -216,8 +264,16 @@ async fn a_large_segment_is_fetched_in_chunks_whose_frames_reassemble() {
     let (mut offset, mut carry, mut got, mut chunks) = (0u64, Vec::new(), Vec::new(), 0);
     loop {
         let (chunk, remote) = fetcher
-            .fetch(job, ShuffleId(0), 0, &src, secret, offset)
+            .fetch(
+                job,
+                ShuffleId(0),
+                0,
+                std::slice::from_ref(&src),
+                secret,
+                offset,
+            )
             .await
+            .remove(0)
             .unwrap();
         assert!(remote && chunk.len() as u64 <= SEGMENT_CHUNK);
         chunks += 1;
@@ -236,8 +292,107 @@ async fn a_large_segment_is_fetched_in_chunks_whose_frames_reassemble() {
     assert_eq!(got, frames);
     // Past the end: nothing.
     let (chunk, _) = fetcher
-        .fetch(job, ShuffleId(0), 0, &src, secret, offset + 5)
+        .fetch(
+            job,
+            ShuffleId(0),
+            0,
+            std::slice::from_ref(&src),
+            secret,
+            offset + 5,
+        )
         .await
+        .remove(0)
         .unwrap();
     assert!(chunk.is_empty());
+}
+
+/// A reduce task asks an executor for many segments in one request: the answers come in
+/// the order asked, a segment that is not there is an error of its own while the others
+/// arrive, a request naming too many map outputs is refused whole, and the executor's
+/// own segments are read in one go the same way.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_segments_come_in_one_request_each_with_its_own_answer() {
+    use flint_protocol::wire::MAX_FETCH_MAPS;
+    let ca = ClusterAuthority::generate().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(ShuffleStore::new(dir.path()));
+    let (job, secret) = (JobId(4), [0x44; 16]);
+    store.grant(job, secret).unwrap();
+    for map in 0..3u32 {
+        // Two reduce partitions; partition 1 of map m holds "m" repeated m + 1 times.
+        let seg = vec![b'a' + map as u8; map as usize + 1];
+        store
+            .write(job, ShuffleId(0), map, &[Vec::new(), seg])
+            .unwrap();
+    }
+    let server = executor(&ca)
+        .endpoint("127.0.0.1:0".parse().unwrap())
+        .unwrap();
+    let addr = server.local_addr().unwrap().to_string();
+    let served = Arc::new(AtomicU64::new(0));
+    {
+        let (server, store, served) = (server.clone(), store.clone(), served.clone());
+        tokio::spawn(async move {
+            while let Some(incoming) = server.accept().await {
+                if let Ok(c) = incoming.await {
+                    tokio::spawn(serve_connection(c, store.clone(), served.clone()));
+                }
+            }
+        });
+    }
+    let src = |map_partition: u32, executor: u32| SegmentSource {
+        executor: ExecutorId(executor),
+        addr: addr.clone(),
+        map_partition,
+        size: 3,
+    };
+    let other = tempfile::tempdir().unwrap();
+    let remote = Fetcher::new(
+        executor(&ca)
+            .endpoint("127.0.0.1:0".parse().unwrap())
+            .unwrap(),
+        ExecutorId(8),
+        Arc::new(ShuffleStore::new(other.path())),
+    );
+    // This executor's own segments: the same store, read in one blocking call.
+    let local = Fetcher::new(
+        executor(&ca)
+            .endpoint("127.0.0.1:0".parse().unwrap())
+            .unwrap(),
+        ExecutorId(1),
+        store.clone(),
+    );
+    for (fetcher, is_remote) in [(&remote, true), (&local, false)] {
+        let srcs = [src(2, 1), src(9, 1), src(0, 1), src(1, 1)];
+        let got = fetcher.fetch(job, ShuffleId(0), 1, &srcs, secret, 0).await;
+        assert_eq!(got.len(), 4);
+        assert_eq!(got[0].as_ref().unwrap(), &(b"ccc".to_vec(), is_remote));
+        let missing = got[1].as_ref().unwrap_err();
+        assert_eq!(missing.map_partition, 9, "{missing}");
+        assert_eq!(got[2].as_ref().unwrap().0, b"a");
+        assert_eq!(got[3].as_ref().unwrap().0, b"bb");
+    }
+    assert_eq!(served.load(std::sync::atomic::Ordering::Relaxed), 6);
+    // Past the limit of one request: every segment of it fails, none is served.
+    let too_many: Vec<SegmentSource> = (0..=MAX_FETCH_MAPS as u32).map(|m| src(m % 3, 1)).collect();
+    let got = remote
+        .fetch(job, ShuffleId(0), 1, &too_many, secret, 0)
+        .await;
+    assert_eq!(got.len(), too_many.len());
+    assert!(got.iter().all(Result::is_err));
+    assert!(
+        got[0]
+            .as_ref()
+            .unwrap_err()
+            .to_string()
+            .contains("map outputs"),
+        "{:?}",
+        got[0]
+    );
+    assert_eq!(served.load(std::sync::atomic::Ordering::Relaxed), 6);
+    // A wrong capability: every segment is refused.
+    let got = remote
+        .fetch(job, ShuffleId(0), 1, &[src(0, 1), src(1, 1)], [0; 16], 0)
+        .await;
+    assert!(got.iter().all(Result::is_err));
 }

@@ -6,7 +6,7 @@
 use crate::conf::Conf;
 use crate::events::Event;
 use crate::wire::{
-    self, EnrolReply, FetchModule, FetchReply, FetchResult, FetchSegment, FromExecutor, Hello,
+    self, EnrolReply, FetchModule, FetchReply, FetchResult, FetchSegments, FromExecutor, Hello,
     SubmitEvent, ToExecutor,
 };
 
@@ -28,7 +28,7 @@ fn decode_bodies(body: &[u8]) {
     let _ = wire::decode_body::<Hello>(body);
     let _ = wire::decode_body::<ToExecutor>(body);
     let _ = wire::decode_body::<FromExecutor>(body);
-    let _ = wire::decode_body::<FetchSegment>(body);
+    let _ = wire::decode_body::<FetchSegments>(body);
     let _ = wire::decode_body::<FetchModule>(body);
     let _ = wire::decode_body::<FetchReply>(body);
     let _ = wire::decode_body::<SubmitEvent>(body);

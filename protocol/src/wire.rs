@@ -682,20 +682,29 @@ pub enum FetchModule {
     Broadcast { app: u64, id: u32, secret: [u8; 16] },
 }
 
-/// Executor → executor, on its own stream: send me this shuffle segment.
+/// Executor → executor, on its own stream: send me these shuffle segments, the segment
+/// of `reduce_partition` in each of the map outputs `maps` (all held by the serving
+/// executor), in that order: one [`FetchReply`] and its bytes per map output. As Spark
+/// batches the blocks a reducer fetches from one executor, a reduce task asks each
+/// executor for many small segments at once (at most [`MAX_FETCH_MAPS`]) rather than one
+/// request and one disk read on a thread of its own per segment.
 #[derive(Debug, Serialize, Deserialize)]
-pub struct FetchSegment {
+pub struct FetchSegments {
     pub job: JobId,
     /// The job's shuffle capability; the serving executor refuses a request without it.
     pub secret: [u8; 16],
     pub shuffle: ShuffleId,
-    pub map_partition: u32,
+    pub maps: Vec<u32>,
     pub reduce_partition: u32,
-    /// The bytes of the segment wanted: from `offset`, at most `len` (a reader takes a
-    /// large segment a chunk at a time; a shorter answer is the segment's end).
+    /// The bytes of each segment wanted: from `offset`, at most `len` (a reader takes a
+    /// large segment a chunk at a time, one map output per request after the first
+    /// chunk; a shorter answer is the segment's end).
     pub offset: u64,
     pub len: u64,
 }
+
+/// The most map outputs one [`FetchSegments`] names.
+pub const MAX_FETCH_MAPS: usize = 64;
 
 /// Answer header to a fetch; on `Ok(len)`, `len` raw bytes follow.
 pub type FetchReply = Result<u64, String>;

@@ -199,6 +199,16 @@ pub async fn send_blob(
     s: &mut quinn::SendStream,
     reply: Result<&[u8], String>,
 ) -> Result<(), NetError> {
+    write_blob(s, reply).await?;
+    let _ = s.finish();
+    Ok(())
+}
+
+/// Sends a fetch reply header and the bytes after it (one of several on the stream).
+pub async fn write_blob(
+    s: &mut quinn::SendStream,
+    reply: Result<&[u8], String>,
+) -> Result<(), NetError> {
     match reply {
         Ok(bytes) => {
             write_frame(s, &Ok::<u64, String>(bytes.len() as u64)).await?;
@@ -206,7 +216,6 @@ pub async fn send_blob(
         }
         Err(e) => write_frame(s, &Err::<u64, String>(e)).await?,
     }
-    let _ = s.finish();
     Ok(())
 }
 
