@@ -242,7 +242,9 @@ impl BuildCache {
     }
 }
 
-/// Every segment of a build side, split into its frames.
+/// Every segment of a build side, split into its frames (in the order of `segments`).
+/// The first chunks come in batches per holder and reduce partition, as a reduce task's
+/// segments do; a segment longer than a chunk is read on a chunk at a time.
 async fn fetch_build(
     env: &TaskEnv,
     desc: &TaskDescriptor,
@@ -250,7 +252,6 @@ async fn fetch_build(
     segments: Vec<(u32, SegmentSource)>,
 ) -> Result<BuildSide, TaskError> {
     let limit = Duration::from_millis(desc.limits.fetch_timeout_ms.max(1));
-    let mut frames = Vec::new();
     let (job, shuffle, secret) = match input.cached {
         Some(c) => (c.job, c.shuffle, desc.app_secret),
         None => (
@@ -259,47 +260,100 @@ async fn fetch_build(
             desc.shuffle_secret,
         ),
     };
-    for (reduce, src) in &segments {
-        let seg = SegmentFetch {
-            job,
-            shuffle,
-            secret,
-            reduce: *reduce,
-            src: src.clone(),
-            limit,
-        };
-        let failed = |e: String| {
-            err(
-                TaskErrorKind::FetchFailed {
-                    executor: src.executor,
-                    map_partition: src.map_partition,
-                },
-                vec![format!("fetching a broadcast hash join's build side: {e}")],
-            )
-        };
-        let mut buf = Vec::new();
-        loop {
-            let (chunk, _) = seg
-                .chunk(&env.fetcher, buf.len() as u64)
-                .await
-                .map_err(failed)?;
-            let n = chunk.len() as u64;
-            buf.extend_from_slice(&chunk);
-            // A short chunk is the last (the size the task has is a rounded one).
-            if n < crate::shuffle::SEGMENT_CHUNK {
-                break;
+    // Positions of the segments per (holder, reduce partition), in order.
+    let mut groups: HashMap<(ExecutorId, u32), Vec<usize>> = HashMap::new();
+    let mut order = Vec::new();
+    for (i, (reduce, src)) in segments.iter().enumerate() {
+        groups
+            .entry((src.executor, *reduce))
+            .or_insert_with(|| {
+                order.push((src.executor, *reduce));
+                Vec::new()
+            })
+            .push(i);
+    }
+    let chunk = crate::shuffle::SEGMENT_CHUNK;
+    let mut per_segment: Vec<Vec<Vec<u8>>> = (0..segments.len()).map(|_| Vec::new()).collect();
+    for group in order {
+        let at = groups.remove(&group).unwrap_or_default();
+        for batch in cut_batches(at, |&i| segments[i].1.size.clamp(1, chunk), chunk) {
+            let srcs: Vec<SegmentSource> = batch.iter().map(|&i| segments[i].1.clone()).collect();
+            let key = (job, shuffle, secret, group.1, limit);
+            for (&i, r) in batch
+                .iter()
+                .zip(fetch_within(&env.fetcher, key, &srcs, 0).await)
+            {
+                per_segment[i] = build_frames(env, key, &segments[i].1, r).await?;
             }
         }
-        let (whole, end) = crate::shuffle::whole_frames(&buf).map_err(failed)?;
-        if end != buf.len() {
-            return Err(failed(format!(
-                "a segment of {} bytes ends inside a frame",
-                buf.len()
-            )));
-        }
-        frames.extend(whole.into_iter().map(<[u8]>::to_vec));
     }
-    Ok(Arc::new(frames))
+    Ok(Arc::new(per_segment.into_iter().flatten().collect()))
+}
+
+/// One build-side segment's frames, from its first chunk `first` on.
+async fn build_frames(
+    env: &TaskEnv,
+    (job, shuffle, secret, reduce, limit): FetchKey,
+    src: &SegmentSource,
+    first: Result<(Vec<u8>, bool), String>,
+) -> Result<Vec<Vec<u8>>, TaskError> {
+    let failed = |e: String| {
+        err(
+            TaskErrorKind::FetchFailed {
+                executor: src.executor,
+                map_partition: src.map_partition,
+            },
+            vec![format!("fetching a broadcast hash join's build side: {e}")],
+        )
+    };
+    let (mut buf, _) = first.map_err(failed)?;
+    // A full chunk may not be the last (the size the task has is a rounded one).
+    let mut n = buf.len() as u64;
+    let seg = SegmentFetch {
+        job,
+        shuffle,
+        secret,
+        reduce,
+        src: src.clone(),
+        limit,
+    };
+    while n >= crate::shuffle::SEGMENT_CHUNK {
+        let (chunk, _) = seg
+            .chunk(&env.fetcher, buf.len() as u64)
+            .await
+            .map_err(failed)?;
+        n = chunk.len() as u64;
+        buf.extend_from_slice(&chunk);
+    }
+    let (whole, end) = crate::shuffle::whole_frames(&buf).map_err(failed)?;
+    if end != buf.len() {
+        return Err(failed(format!(
+            "a segment of {} bytes ends inside a frame",
+            buf.len()
+        )));
+    }
+    Ok(whole.into_iter().map(<[u8]>::to_vec).collect())
+}
+
+/// `items`, in order, cut into batches of at most [`MAX_FETCH_MAPS`] whose `want`s (the
+/// bytes of their first chunks) add up to at most `max_bytes` (or one item alone).
+fn cut_batches<T>(items: Vec<T>, want: impl Fn(&T) -> u64, max_bytes: u64) -> Vec<Vec<T>> {
+    let mut batches: Vec<Vec<T>> = Vec::new();
+    let mut bytes = 0u64;
+    for item in items {
+        let w = want(&item);
+        match batches.last_mut() {
+            Some(b) if b.len() < MAX_FETCH_MAPS && bytes.saturating_add(w) <= max_bytes => {
+                bytes = bytes.saturating_add(w);
+                b.push(item);
+            }
+            _ => {
+                bytes = w;
+                batches.push(vec![item]);
+            }
+        }
+    }
+    batches
 }
 
 /// One task's view of the broadcast values: its application's, with its capability.
@@ -759,13 +813,7 @@ impl SegmentFetch {
 
 /// What a batch of segment fetches shares: job, shuffle, secret, reduce partition and
 /// `shuffle.fetch_timeout`.
-type FetchKey = (
-    flint_protocol::ids::JobId,
-    flint_protocol::ids::ShuffleId,
-    [u8; 16],
-    u32,
-    Duration,
-);
+type FetchKey = (JobId, ShuffleId, [u8; 16], u32, Duration);
 
 /// The chunk at `offset` of each segment of `srcs` (held by one executor), all within
 /// `shuffle.fetch_timeout`: one result per source, in order.
@@ -854,19 +902,7 @@ fn fetch_segments(
         }
         for holder in holders {
             let srcs = by_holder.remove(&holder).unwrap_or_default();
-            let mut batches: Vec<Vec<SegmentSource>> = Vec::new();
-            let mut bytes = u64::MAX;
-            for src in srcs {
-                let w = want(&src) as u64;
-                let full = batches.last().is_none_or(|b| b.len() >= MAX_FETCH_MAPS);
-                if full || bytes + w > batch_bytes {
-                    batches.push(Vec::new());
-                    bytes = 0;
-                }
-                bytes += w;
-                batches.last_mut().expect("a batch").push(src);
-            }
-            for batch in batches {
+            for batch in cut_batches(srcs, |s| want(s) as u64, batch_bytes) {
                 let (fetcher, permits, tx) = (env.fetcher.clone(), permits.clone(), tx.clone());
                 tokio::spawn(async move {
                     let wants: Vec<u32> = batch.iter().map(want).collect();
@@ -1126,5 +1162,33 @@ impl Sink {
             }
             Sink::Count(n) => TaskSuccess::Count(n),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn batches_are_cut_by_count_and_by_bytes_keeping_order() {
+        // Bytes: each item's want is itself.
+        let cut = |items: Vec<u64>, max| cut_batches(items, |&w| w, max);
+        assert_eq!(cut(vec![3, 3, 3, 3], 7), vec![vec![3, 3], vec![3, 3]]);
+        // An item over the limit goes alone; the next starts a new batch.
+        assert_eq!(cut(vec![1, 9, 1, 1], 7), vec![vec![1], vec![9], vec![1, 1]]);
+        assert!(cut(Vec::new(), 7).is_empty());
+        // Count: at most MAX_FETCH_MAPS per batch, however small.
+        let many = cut(vec![1; 2 * MAX_FETCH_MAPS + 1], u64::MAX);
+        let lens: Vec<usize> = many.iter().map(Vec::len).collect();
+        assert_eq!(lens, vec![MAX_FETCH_MAPS, MAX_FETCH_MAPS, 1]);
+        // Huge wants neither wrap the running sum nor share a bounded batch.
+        assert_eq!(
+            cut(vec![1, u64::MAX, 1], u64::MAX),
+            vec![vec![1, u64::MAX, 1]]
+        );
+        assert_eq!(
+            cut(vec![u64::MAX, u64::MAX], 10),
+            vec![vec![u64::MAX], vec![u64::MAX]]
+        );
     }
 }
