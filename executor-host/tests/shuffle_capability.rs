@@ -22,6 +22,36 @@ fn executor(ca: &ClusterAuthority) -> ExecutorIdentity {
     )
 }
 
+/// An executor serving `store`'s segments over QUIC on loopback: its address, and the
+/// bytes it has served.
+fn serve(
+    ca: &ClusterAuthority,
+    store: &Arc<ShuffleStore>,
+) -> (std::net::SocketAddr, Arc<AtomicU64>) {
+    let server = executor(ca)
+        .endpoint("127.0.0.1:0".parse().unwrap())
+        .unwrap();
+    let addr = server.local_addr().unwrap();
+    let served = Arc::new(AtomicU64::new(0));
+    let (store, count) = (store.clone(), served.clone());
+    tokio::spawn(async move {
+        while let Some(incoming) = server.accept().await {
+            if let Ok(c) = incoming.await {
+                tokio::spawn(serve_connection(c, store.clone(), count.clone()));
+            }
+        }
+    });
+    (addr, served)
+}
+
+/// A fetcher working for executor `me`, with `store` as its own shuffle store.
+fn fetcher(ca: &ClusterAuthority, me: u32, store: Arc<ShuffleStore>) -> Fetcher {
+    let endpoint = executor(ca)
+        .endpoint("127.0.0.1:0".parse().unwrap())
+        .unwrap();
+    Fetcher::new(endpoint, ExecutorId(me), store)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_fetch_without_the_job_s_capability_is_refused() {
     let ca = ClusterAuthority::generate().unwrap();
@@ -38,31 +68,11 @@ async fn a_fetch_without_the_job_s_capability_is_refused() {
         "a job id cannot be taken over with another capability"
     );
 
-    let server = executor(&ca)
-        .endpoint("127.0.0.1:0".parse().unwrap())
-        .unwrap();
-    let addr = server.local_addr().unwrap().to_string();
-    let served = Arc::new(AtomicU64::new(0));
-    {
-        let (server, store, served) = (server.clone(), store.clone(), served.clone());
-        tokio::spawn(async move {
-            while let Some(incoming) = server.accept().await {
-                if let Ok(c) = incoming.await {
-                    tokio::spawn(serve_connection(c, store.clone(), served.clone()));
-                }
-            }
-        });
-    }
+    let (addr, served) = serve(&ca, &store);
+    let addr = addr.to_string();
 
-    let client = executor(&ca)
-        .endpoint("127.0.0.1:0".parse().unwrap())
-        .unwrap();
     let other = tempfile::tempdir().unwrap();
-    let fetcher = Fetcher::new(
-        client,
-        ExecutorId(7),
-        Arc::new(ShuffleStore::new(other.path())),
-    );
+    let fetcher = fetcher(&ca, 7, Arc::new(ShuffleStore::new(other.path())));
     let src = SegmentSource {
         executor: ExecutorId(1),
         addr: addr.clone(),
@@ -151,20 +161,7 @@ async fn only_executors_of_the_cluster_get_past_the_handshake() {
     let ca = ClusterAuthority::generate().unwrap();
     let dir = tempfile::tempdir().unwrap();
     let store = Arc::new(ShuffleStore::new(dir.path()));
-    let server = executor(&ca)
-        .endpoint("127.0.0.1:0".parse().unwrap())
-        .unwrap();
-    let addr = server.local_addr().unwrap();
-    {
-        let (server, store) = (server.clone(), store.clone());
-        tokio::spawn(async move {
-            while let Some(incoming) = server.accept().await {
-                if let Ok(c) = incoming.await {
-                    tokio::spawn(serve_connection(c, store.clone(), Default::default()));
-                }
-            }
-        });
-    }
+    let (addr, _) = serve(&ca, &store);
     // A tenant holds the driver CA only, and no certificate: refused at the handshake.
     let tenant = flint_transport::tls::anonymous_endpoint(ca.driver_ca_pem()).unwrap();
     let r = async {
@@ -233,28 +230,10 @@ async fn a_large_segment_is_fetched_in_chunks_whose_frames_reassemble() {
     store
         .write(job, ShuffleId(0), 0, &[segment.clone()])
         .unwrap();
-    let server = executor(&ca)
-        .endpoint("127.0.0.1:0".parse().unwrap())
-        .unwrap();
-    let addr = server.local_addr().unwrap().to_string();
-    {
-        let (server, store) = (server.clone(), store.clone());
-        tokio::spawn(async move {
-            while let Some(incoming) = server.accept().await {
-                if let Ok(c) = incoming.await {
-                    tokio::spawn(serve_connection(c, store.clone(), Default::default()));
-                }
-            }
-        });
-    }
+    let (addr, _) = serve(&ca, &store);
+    let addr = addr.to_string();
     let other = tempfile::tempdir().unwrap();
-    let fetcher = Fetcher::new(
-        executor(&ca)
-            .endpoint("127.0.0.1:0".parse().unwrap())
-            .unwrap(),
-        ExecutorId(8),
-        Arc::new(ShuffleStore::new(other.path())),
-    );
+    let fetcher = fetcher(&ca, 8, Arc::new(ShuffleStore::new(other.path())));
     let src = SegmentSource {
         executor: ExecutorId(1),
         addr,
@@ -325,21 +304,8 @@ async fn many_segments_come_in_one_request_each_with_its_own_answer() {
             .write(job, ShuffleId(0), map, &[Vec::new(), seg])
             .unwrap();
     }
-    let server = executor(&ca)
-        .endpoint("127.0.0.1:0".parse().unwrap())
-        .unwrap();
-    let addr = server.local_addr().unwrap().to_string();
-    let served = Arc::new(AtomicU64::new(0));
-    {
-        let (server, store, served) = (server.clone(), store.clone(), served.clone());
-        tokio::spawn(async move {
-            while let Some(incoming) = server.accept().await {
-                if let Ok(c) = incoming.await {
-                    tokio::spawn(serve_connection(c, store.clone(), served.clone()));
-                }
-            }
-        });
-    }
+    let (addr, served) = serve(&ca, &store);
+    let addr = addr.to_string();
     let src = |map_partition: u32, executor: u32| SegmentSource {
         executor: ExecutorId(executor),
         addr: addr.clone(),
@@ -347,21 +313,9 @@ async fn many_segments_come_in_one_request_each_with_its_own_answer() {
         size: 3,
     };
     let other = tempfile::tempdir().unwrap();
-    let remote = Fetcher::new(
-        executor(&ca)
-            .endpoint("127.0.0.1:0".parse().unwrap())
-            .unwrap(),
-        ExecutorId(8),
-        Arc::new(ShuffleStore::new(other.path())),
-    );
+    let remote = fetcher(&ca, 8, Arc::new(ShuffleStore::new(other.path())));
     // This executor's own segments: the same store, read in one blocking call.
-    let local = Fetcher::new(
-        executor(&ca)
-            .endpoint("127.0.0.1:0".parse().unwrap())
-            .unwrap(),
-        ExecutorId(1),
-        store.clone(),
-    );
+    let local = fetcher(&ca, 1, store.clone());
     for (fetcher, is_remote) in [(&remote, true), (&local, false)] {
         let srcs = [src(2, 1), src(9, 1), src(0, 1), src(1, 1)];
         let got = fetcher.fetch(job, ShuffleId(0), 1, &srcs, secret, 0).await;
