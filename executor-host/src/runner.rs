@@ -6,7 +6,7 @@ use crate::results::{ResultStore, ResultWriter};
 use crate::shuffle::{Fetcher, MapOutputWriter, ShuffleStore};
 use crate::statuses::{ShuffleStatuses, TaskStatuses};
 use flint_protocol::ids::ModuleHash;
-use flint_protocol::ids::{ExecutorId, JobId, ShuffleId};
+use flint_protocol::ids::{JobId, ShuffleId};
 use flint_protocol::plan::ReadFormat;
 use flint_protocol::wire::{
     BuildInput, GuestOutput, Limit, MAX_FETCH_MAPS, MAX_TASK_ACCUMULATOR_BYTES, SegmentSource,
@@ -260,25 +260,17 @@ async fn fetch_build(
             desc.shuffle_secret,
         ),
     };
-    // Positions of the segments per (holder, reduce partition), in order.
-    let mut groups: HashMap<(ExecutorId, u32), Vec<usize>> = HashMap::new();
-    let mut order = Vec::new();
-    for (i, (reduce, src)) in segments.iter().enumerate() {
-        groups
-            .entry((src.executor, *reduce))
-            .or_insert_with(|| {
-                order.push((src.executor, *reduce));
-                Vec::new()
-            })
-            .push(i);
-    }
     let chunk = crate::shuffle::SEGMENT_CHUNK;
     let mut per_segment: Vec<Vec<Vec<u8>>> = (0..segments.len()).map(|_| Vec::new()).collect();
-    for group in order {
-        let at = groups.remove(&group).unwrap_or_default();
+    // Positions of the segments per (holder, reduce partition).
+    let groups = grouped(0..segments.len(), |&i| {
+        (segments[i].1.executor, segments[i].0)
+    });
+    for at in groups {
+        let reduce = segments[at[0]].0;
         for batch in cut_batches(at, |&i| segments[i].1.size.clamp(1, chunk), chunk) {
             let srcs: Vec<SegmentSource> = batch.iter().map(|&i| segments[i].1.clone()).collect();
-            let key = (job, shuffle, secret, group.1, limit);
+            let key = (job, shuffle, secret, reduce, limit);
             for (&i, r) in batch
                 .iter()
                 .zip(fetch_within(&env.fetcher, key, &srcs, 0).await)
@@ -333,6 +325,24 @@ async fn build_frames(
         )));
     }
     Ok(whole.into_iter().map(<[u8]>::to_vec).collect())
+}
+
+/// `items` grouped by `key`: the groups in the order of their first items, each in the
+/// order given (never empty).
+fn grouped<T, K: std::hash::Hash + Eq>(
+    items: impl IntoIterator<Item = T>,
+    key: impl Fn(&T) -> K,
+) -> Vec<Vec<T>> {
+    let mut index: HashMap<K, usize> = HashMap::new();
+    let mut groups: Vec<Vec<T>> = Vec::new();
+    for item in items {
+        let g = *index.entry(key(&item)).or_insert_with(|| {
+            groups.push(Vec::new());
+            groups.len() - 1
+        });
+        groups[g].push(item);
+    }
+    groups
 }
 
 /// `items`, in order, cut into batches of at most [`MAX_FETCH_MAPS`] whose `want`s (the
@@ -889,19 +899,7 @@ fn fetch_segments(
         };
         let key: FetchKey = (job, shuffle, secret, reduce, limit);
         // Each executor's segments, in the order given, cut into batches.
-        let mut by_holder: HashMap<ExecutorId, Vec<SegmentSource>> = HashMap::new();
-        let mut holders = Vec::new();
-        for src in segments {
-            by_holder
-                .entry(src.executor)
-                .or_insert_with(|| {
-                    holders.push(src.executor);
-                    Vec::new()
-                })
-                .push(src);
-        }
-        for holder in holders {
-            let srcs = by_holder.remove(&holder).unwrap_or_default();
+        for srcs in grouped(segments, |s| s.executor) {
             for batch in cut_batches(srcs, |s| want(s) as u64, batch_bytes) {
                 let (fetcher, permits, tx) = (env.fetcher.clone(), permits.clone(), tx.clone());
                 tokio::spawn(async move {
@@ -1168,6 +1166,17 @@ impl Sink {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn groups_keep_first_seen_order_and_the_order_within() {
+        let g = grouped(
+            vec![(1, 'a'), (2, 'b'), (1, 'c'), (3, 'd'), (2, 'e')],
+            |p| p.0,
+        );
+        let letters: Vec<String> = g.iter().map(|v| v.iter().map(|p| p.1).collect()).collect();
+        assert_eq!(letters, ["ac", "be", "d"]);
+        assert!(grouped(Vec::<u8>::new(), |x| *x).is_empty());
+    }
 
     #[test]
     fn batches_are_cut_by_count_and_by_bytes_keeping_order() {
