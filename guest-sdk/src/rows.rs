@@ -95,7 +95,11 @@ pub(crate) fn read_host_ipc(bytes: Vec<u8>) -> Result<Vec<RecordBatch>> {
         if meta == 0 {
             break; // end of stream
         }
-        let meta_end = at + prefix + meta;
+        // Lengths from the stream: every sum checked (a usize is 32 bits in the guest).
+        let header = i32::try_from(prefix + meta).map_err(|_| bad("a metadata length"))?;
+        let meta_end = (at + prefix)
+            .checked_add(meta)
+            .ok_or_else(|| bad("a metadata length"))?;
         let message = b
             .get(at + prefix..meta_end)
             .and_then(|m| arrow_ipc::root_as_message(m).ok())
@@ -103,7 +107,7 @@ pub(crate) fn read_host_ipc(bytes: Vec<u8>) -> Result<Vec<RecordBatch>> {
         let body = usize::try_from(message.bodyLength()).map_err(|_| bad("a body length"))?;
         let end = meta_end.checked_add(body).filter(|e| *e <= b.len());
         let end = end.ok_or_else(|| bad("a message's body runs past its end"))?;
-        let block = arrow_ipc::Block::new(at as i64, (prefix + meta) as i32, body as i64);
+        let block = arrow_ipc::Block::new(at as i64, header, body as i64);
         let message_buf = buf.slice_with_length(at, end - at);
         match message.header_type() {
             MessageHeader::Schema => {
