@@ -14,7 +14,8 @@ use arrow_array::types::{
     UInt32Type, UInt64Type,
 };
 use arrow_array::{
-    Array, BooleanArray, LargeStringArray, PrimitiveArray, RecordBatch, StringArray,
+    Array, BooleanArray, DictionaryArray, LargeStringArray, PrimitiveArray, RecordBatch,
+    StringArray,
 };
 use arrow_buffer::NullBuffer;
 use arrow_schema::DataType;
@@ -56,12 +57,48 @@ enum Values<'a> {
     F64(&'a PrimitiveArray<Float64Type>),
     Utf8(&'a StringArray),
     LargeUtf8(&'a LargeStringArray),
+    /// Text as indexes into a dictionary (how Parquet stores most text columns).
+    Dict(&'a [i32], &'a StringArray),
+}
+
+impl<'a> Values<'a> {
+    /// Row `i`'s text, for a text column.
+    #[inline(always)]
+    fn text(&self, i: usize) -> Option<Result<&'a str, DeError>> {
+        match self {
+            Values::Utf8(a) => Some(Ok(a.value(i))),
+            Values::LargeUtf8(a) => Some(Ok(a.value(i))),
+            Values::Dict(keys, values) => Some(dictionary_value(keys, values, i)),
+            _ => None,
+        }
+    }
+}
+
+/// The dictionary's value at row `i`'s index, checked: a dictionary the host made is not
+/// validated again in the guest (see `rows::read_host_ipc`).
+#[inline(always)]
+fn dictionary_value<'a>(
+    keys: &[i32],
+    values: &'a StringArray,
+    i: usize,
+) -> Result<&'a str, DeError> {
+    let k = keys[i] as u32 as usize;
+    if k < values.len() {
+        Ok(values.value(k))
+    } else {
+        Err(DeError(Box::new(format!(
+            "dictionary index {} of a dictionary of {} values",
+            keys[i],
+            values.len()
+        ))))
+    }
 }
 
 /// A column the row type has a field for.
 struct Column<'a> {
     name: &'a str,
-    nulls: Option<&'a NullBuffer>,
+    /// Null cells (for a dictionary, null indexes and indexes of null values).
+    nulls: Option<NullBuffer>,
     values: Values<'a>,
 }
 
@@ -83,11 +120,15 @@ impl<'a> Column<'a> {
             DataType::Float64 => Values::F64(a.downcast_ref()?),
             DataType::Utf8 => Values::Utf8(a.downcast_ref()?),
             DataType::LargeUtf8 => Values::LargeUtf8(a.downcast_ref()?),
+            DataType::Dictionary(k, v) if **k == DataType::Int32 && **v == DataType::Utf8 => {
+                let d: &DictionaryArray<Int32Type> = a.downcast_ref()?;
+                Values::Dict(d.keys().values(), d.values().as_any().downcast_ref()?)
+            }
             _ => return None,
         };
         Some(Column {
             name,
-            nulls: array.nulls(),
+            nulls: array.logical_nulls(),
             values,
         })
     }
@@ -109,6 +150,7 @@ pub(crate) fn decode<T: DeserializeOwned>(
             match &column.values {
                 Values::Utf8(a) => strings.push(a.values().clone()),
                 Values::LargeUtf8(a) => strings.push(a.values().clone()),
+                Values::Dict(_, a) => strings.push(a.values().clone()),
                 _ => {}
             }
             columns.push(column);
@@ -195,9 +237,9 @@ fn cell_error(column: &Column<'_>, row: usize, e: DeError) -> DeError {
     if e.0.starts_with("column `") {
         return e;
     }
-    let value = match &column.values {
-        Values::Utf8(a) if !a.is_null(row) => format!(" {:?}", a.value(row)),
-        Values::LargeUtf8(a) if !a.is_null(row) => format!(" {:?}", a.value(row)),
+    let null = column.nulls.as_ref().is_some_and(|n| n.is_null(row));
+    let value = match column.values.text(row) {
+        Some(Ok(text)) if !null => format!(" {text:?}"),
         _ => String::new(),
     };
     DeError(Box::new(format!(
@@ -298,7 +340,10 @@ struct Cell<'c, 'a> {
 impl Cell<'_, '_> {
     #[inline]
     fn is_null(&self) -> bool {
-        self.column.nulls.is_some_and(|n| n.is_null(self.row))
+        self.column
+            .nulls
+            .as_ref()
+            .is_some_and(|n| n.is_null(self.row))
     }
 }
 
@@ -327,6 +372,9 @@ impl<'de> de::Deserializer<'de> for Cell<'_, 'de> {
             Values::F64(a) => visitor.visit_f64(a.value(i)),
             Values::Utf8(a) => visitor.visit_borrowed_str(a.value(i)),
             Values::LargeUtf8(a) => visitor.visit_borrowed_str(a.value(i)),
+            Values::Dict(keys, values) => {
+                visitor.visit_borrowed_str(dictionary_value(keys, values, i)?)
+            }
         }
     }
 
@@ -353,10 +401,8 @@ impl<'de> de::Deserializer<'de> for Cell<'_, 'de> {
         _variants: &'static [&'static str],
         visitor: V,
     ) -> Result<V::Value, DeError> {
-        let i = self.row;
-        match (&self.column.values, self.is_null()) {
-            (Values::Utf8(a), false) => visitor.visit_enum(a.value(i).into_deserializer()),
-            (Values::LargeUtf8(a), false) => visitor.visit_enum(a.value(i).into_deserializer()),
+        match self.column.values.text(self.row) {
+            Some(text) if !self.is_null() => visitor.visit_enum(text?.into_deserializer()),
             _ => self.deserialize_any(visitor),
         }
     }
@@ -377,8 +423,22 @@ impl<'de> de::Deserializer<'de> for Cell<'_, 'de> {
         deserialize_u64: U64 => visit_u64,
         deserialize_f32: F32 => visit_f32,
         deserialize_f64: F64 => visit_f64,
-        deserialize_str: Utf8 => visit_borrowed_str,
-        deserialize_string: Utf8 => visit_borrowed_str,
+    }
+
+    #[inline(always)]
+    fn deserialize_str<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, DeError> {
+        match &self.column.values {
+            Values::Utf8(a) if !self.is_null() => visitor.visit_borrowed_str(a.value(self.row)),
+            Values::Dict(keys, values) if !self.is_null() => {
+                visitor.visit_borrowed_str(dictionary_value(keys, values, self.row)?)
+            }
+            _ => self.deserialize_any(visitor),
+        }
+    }
+
+    #[inline(always)]
+    fn deserialize_string<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, DeError> {
+        self.deserialize_str(visitor)
     }
 
     serde::forward_to_deserialize_any! {
@@ -507,6 +567,73 @@ mod tests {
             .expect("flat columns")
             .unwrap_err();
         assert!(err.to_string().contains("missing field `absent`"), "{err}");
+    }
+
+    /// `batch()` with its text columns as dictionaries (as the host hands on Parquet text
+    /// stored with one).
+    fn dictionary_batch() -> RecordBatch {
+        let b = batch();
+        let columns: Vec<ArrayRef> = b
+            .columns()
+            .iter()
+            .map(|c| match c.as_any().downcast_ref::<StringArray>() {
+                Some(text) => {
+                    Arc::new(text.iter().collect::<DictionaryArray<Int32Type>>()) as ArrayRef
+                }
+                None => c.clone(),
+            })
+            .collect();
+        RecordBatch::try_from_iter(
+            b.schema()
+                .fields()
+                .iter()
+                .map(|f| f.name().clone())
+                .zip(columns),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn dictionary_text_reads_as_its_values() {
+        let b = dictionary_batch();
+        assert!(matches!(
+            b.schema().field_with_name("note").unwrap().data_type(),
+            DataType::Dictionary(..)
+        ));
+        let from_dictionary: Vec<Sale> = decode(&b, &names()).expect("flat columns").unwrap();
+        let plain: Vec<Sale> = decode(&batch(), &names()).expect("flat columns").unwrap();
+        assert_eq!(from_dictionary, plain);
+        assert_eq!(from_dictionary[1].note, None);
+        assert_eq!(from_dictionary[1].kind, Kind::Online);
+        #[derive(Debug, PartialEq, Deserialize)]
+        struct Shared {
+            region: crate::Str,
+        }
+        let shared: Vec<Shared> = decode(&b, &["region".into()])
+            .expect("flat columns")
+            .unwrap();
+        assert_eq!(shared[2].region, "söuth");
+    }
+
+    #[test]
+    fn a_dictionary_index_out_of_range_is_an_error_naming_the_column() {
+        let keys = arrow_array::Int32Array::from(vec![0, 5]);
+        let values = Arc::new(StringArray::from(vec!["north"]));
+        // SAFETY: deliberately invalid; `decode` must check the index, not trust it.
+        let d = unsafe { DictionaryArray::<Int32Type>::new_unchecked(keys, values) };
+        let b = RecordBatch::try_from_iter(vec![("region", Arc::new(d) as ArrayRef)]).unwrap();
+        #[derive(Debug, Deserialize)]
+        struct Region {
+            #[allow(dead_code)]
+            region: String,
+        }
+        let err = decode::<Region>(&b, &["region".into()])
+            .expect("flat columns")
+            .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "column `region` (row 1 of the batch): dictionary index 5 of a dictionary of 1 values"
+        );
     }
 
     #[test]
