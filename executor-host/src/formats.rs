@@ -13,7 +13,8 @@ use flint_storage::codec::Encoder;
 use flint_storage::csv::{CsvError, TimeFormat};
 use parquet::arrow::ProjectionMask;
 use parquet::arrow::arrow_reader::{
-    ArrowReaderMetadata, ParquetRecordBatchReader, ParquetRecordBatchReaderBuilder,
+    ArrowReaderMetadata, ArrowReaderOptions, ParquetRecordBatchReader,
+    ParquetRecordBatchReaderBuilder,
 };
 use regex::Regex;
 use std::collections::HashMap;
@@ -94,6 +95,91 @@ fn ipc_of(batch: &RecordBatch) -> Result<Vec<u8>, ArrowError> {
     w.write(batch)?;
     w.finish()?;
     w.into_inner()
+}
+
+/// The file's Arrow schema with each top-level text column that every read row group
+/// stores dictionary-encoded as a dictionary of that text, or `None` when there is none:
+/// the reader then hands the column on as indexes into the row group's dictionary,
+/// instead of copying each row's text out of it (and the guest reads fewer bytes). A
+/// column without a dictionary is left alone: the reader would have to build one.
+fn dictionary_hint(
+    md: &parquet::file::metadata::ParquetMetaData,
+    file: &SchemaRef,
+    groups: &[usize],
+    mask: &ProjectionMask,
+) -> Option<SchemaRef> {
+    use parquet::basic::Encoding;
+    let leaves = md.file_metadata().schema_descr();
+    let mut changed = false;
+    let fields: Vec<Field> = file
+        .fields()
+        .iter()
+        .map(|f| {
+            let text = matches!(f.data_type(), DataType::Utf8 | DataType::LargeUtf8);
+            // A top-level text field is one leaf, found by its name.
+            let leaf = (0..leaves.num_columns()).find(|&c| {
+                let column = leaves.column(c);
+                let path = column.path().parts();
+                path.len() == 1 && path[0] == *f.name()
+            });
+            let dictionary = text
+                && !groups.is_empty()
+                && leaf.is_some_and(|c| {
+                    mask.leaf_included(c)
+                        && groups.iter().all(|&g| {
+                            let chunk = md.row_group(g).column(c);
+                            // A writer whose dictionary filled up falls back to plain
+                            // pages, which the data pages' encodings show where written.
+                            chunk.dictionary_page_offset().is_some()
+                                && chunk.page_encoding_stats_mask().is_none_or(|m| {
+                                    m.is_only(Encoding::RLE_DICTIONARY)
+                                        || m.is_only(Encoding::PLAIN_DICTIONARY)
+                                })
+                        })
+                });
+            if !dictionary {
+                return f.as_ref().clone();
+            }
+            changed = true;
+            let ty =
+                DataType::Dictionary(Box::new(DataType::Int32), Box::new(f.data_type().clone()));
+            f.as_ref().clone().with_data_type(ty)
+        })
+        .collect();
+    changed.then(|| Arc::new(Schema::new_with_metadata(fields, file.metadata().clone())))
+}
+
+/// `batch` with each dictionary column whose dictionary holds more values than half its
+/// rows expanded to plain values: a dictionary travels with every batch, and one that
+/// most rows do not share costs more than it saves.
+fn expand_large_dictionaries(batch: RecordBatch) -> Result<RecordBatch, ArrowError> {
+    use arrow_array::cast::AsArray;
+    let large = |a: &ArrayRef| {
+        a.as_any_dictionary_opt()
+            .is_some_and(|d| d.values().len().saturating_mul(2) > a.len())
+    };
+    if !batch.columns().iter().any(large) {
+        return Ok(batch);
+    }
+    let schema = batch.schema();
+    let mut fields = Vec::with_capacity(schema.fields().len());
+    let mut columns = Vec::with_capacity(schema.fields().len());
+    for (f, c) in schema.fields().iter().zip(batch.columns()) {
+        match c.data_type() {
+            DataType::Dictionary(_, value) if large(c) => {
+                columns.push(arrow_cast::cast(c, value)?);
+                fields.push(f.as_ref().clone().with_data_type(value.as_ref().clone()));
+            }
+            _ => {
+                columns.push(c.clone());
+                fields.push(f.as_ref().clone());
+            }
+        }
+    }
+    RecordBatch::try_new(
+        Arc::new(Schema::new_with_metadata(fields, schema.metadata().clone())),
+        columns,
+    )
 }
 
 enum Kind {
@@ -538,6 +624,16 @@ impl SourceReader {
                         })
                         .collect(),
                 );
+                // Text columns stored with a dictionary arrive as dictionary arrays rather
+                // than expanded per row (see `dictionary_hint`).
+                let meta = match dictionary_hint(&md, &file, &groups, &mask) {
+                    Some(schema) => ArrowReaderMetadata::try_new(
+                        md.clone(),
+                        ArrowReaderOptions::new().with_schema(schema),
+                    )
+                    .map_err(|e| file_err(format!("not a readable Parquet file: {e}")))?,
+                    None => meta,
+                };
                 let reader = ParquetRecordBatchReaderBuilder::new_with_metadata(input, meta)
                     .with_row_groups(groups.clone())
                     .with_batch_size(8192)
@@ -601,6 +697,7 @@ impl SourceReader {
             if batch.num_rows() == 0 && dropped == 0 {
                 continue;
             }
+            let batch = expand_large_dictionaries(batch).map_err(InputError::Arrow)?;
             return Ok(Some(SourceBatch {
                 ipc: ipc_of(&batch).map_err(InputError::Arrow)?,
                 rows: batch.num_rows() as u64,
@@ -1136,5 +1233,99 @@ impl PartWriter {
             w.close()?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use arrow_array::cast::AsArray;
+    use flint_protocol::plan::{CompareOp, Literal};
+    use parquet::file::properties::WriterProperties;
+
+    /// A Parquet file of one row group: `few` (4 values, stored with a dictionary),
+    /// `unique` (a value per row, with a dictionary too) and `plain` (no dictionary).
+    fn three_text_columns(path: &Path, rows: usize) -> RecordBatch {
+        let text = |f: &dyn Fn(usize) -> String| -> ArrayRef {
+            Arc::new(StringArray::from_iter_values((0..rows).map(f)))
+        };
+        let batch = RecordBatch::try_from_iter([
+            ("few", text(&|i| format!("region-{}", i % 4))),
+            ("unique", text(&|i| format!("id-{i}"))),
+            ("plain", text(&|i| format!("p{}", i % 3))),
+        ])
+        .unwrap();
+        let props = WriterProperties::builder()
+            .set_column_dictionary_enabled("plain".into(), false)
+            .set_dictionary_page_size_limit(1 << 20)
+            .build();
+        let mut w = parquet::arrow::ArrowWriter::try_new(
+            File::create(path).unwrap(),
+            batch.schema(),
+            Some(props),
+        )
+        .unwrap();
+        w.write(&batch).unwrap();
+        w.close().unwrap();
+        batch
+    }
+
+    fn read_all(path: &Path) -> Vec<RecordBatch> {
+        let format = ReadFormat::Parquet { columns: None };
+        let mut r =
+            SourceReader::open(path, &format, Malformed::Fail, 0, 1, &[], Arc::from([])).unwrap();
+        let mut out = Vec::new();
+        while let Some(b) = r.next_batch().unwrap() {
+            let reader =
+                arrow_ipc::reader::StreamReader::try_new(std::io::Cursor::new(b.ipc), None)
+                    .unwrap();
+            out.extend(reader.map(Result::unwrap));
+        }
+        out
+    }
+
+    #[test]
+    fn parquet_text_with_a_small_dictionary_reaches_the_guest_as_a_dictionary() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.parquet");
+        let written = three_text_columns(&path, 20_000);
+        let batches = read_all(&path);
+        assert_eq!(batches.iter().map(|b| b.num_rows()).sum::<usize>(), 20_000);
+        let dictionary = DataType::Dictionary(Box::new(DataType::Int32), Box::new(DataType::Utf8));
+        let mut at = 0;
+        for b in &batches {
+            let types: Vec<&DataType> = b
+                .schema_ref()
+                .fields()
+                .iter()
+                .map(|f| f.data_type())
+                .collect();
+            // A dictionary of as many values as rows is expanded; a column written
+            // without one is not given one.
+            assert_eq!(types, [&dictionary, &DataType::Utf8, &DataType::Utf8]);
+            for (c, name) in ["few", "unique", "plain"].iter().enumerate() {
+                let plain = arrow_cast::cast(b.column(c), &DataType::Utf8).unwrap();
+                let want = written.column(c).slice(at, b.num_rows());
+                assert_eq!(plain.as_string::<i32>(), want.as_string::<i32>(), "{name}");
+            }
+            at += b.num_rows();
+        }
+    }
+
+    #[test]
+    fn a_filter_compares_text_in_a_dictionary_column() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.parquet");
+        three_text_columns(&path, 1_000);
+        let filter: Arc<[ColumnPredicate]> = Arc::from([ColumnPredicate {
+            column: "few".into(),
+            op: CompareOp::Eq,
+            value: Literal::Text("region-2".into()),
+        }]);
+        let format = ReadFormat::Parquet { columns: None };
+        let mut r = SourceReader::open(&path, &format, Malformed::Fail, 0, 1, &[], filter).unwrap();
+        let b = r.next_batch().unwrap().unwrap();
+        assert_eq!(b.rows, 250);
+        assert!(r.next_batch().unwrap().is_none());
     }
 }
