@@ -399,10 +399,12 @@ where
             self.flush()?;
         }
         for (k, v) in rows.take::<(K, V)>()? {
-            match self.map.entry(k) {
-                Entry::Occupied(mut e) => merge_in_place(e.get_mut(), v, &merge),
-                Entry::Vacant(e) => {
-                    e.insert(create(&self.c, v));
+            // Most rows meet a key already there: a lookup alone (which inlines here)
+            // serves them, and a new key pays for a second probe.
+            match self.map.get_mut(&k) {
+                Some(u) => merge_in_place(u, v, &merge),
+                None => {
+                    self.map.insert(k, create(&self.c, v));
                 }
             }
         }
