@@ -156,12 +156,55 @@ impl SplitReader {
         Ok(n)
     }
 
+    /// Hands `each` the whole lines (each with its `\n`, and its file offset) that the
+    /// reader's buffer holds and that start in the split, taken where they lie, until
+    /// `each` says stop; `false` when there was none (the buffer ends inside a line, or
+    /// the file has ended): the caller then reads one line through [`Self::read_line`].
+    /// Finding the line ends of a whole buffer at once is what makes this fast: a line
+    /// at a time through `read_until` cost 10-15% of a CSV job.
+    fn buffered_lines(
+        &mut self,
+        mut each: impl FnMut(u64, &[u8]) -> bool,
+    ) -> Result<bool, InputError> {
+        let data = self.reader.fill_buf().map_err(|source| InputError::Io {
+            path: self.path.clone(),
+            source,
+        })?;
+        let mut at = 0;
+        for nl in memchr::memchr_iter(b'\n', data) {
+            let start = self.pos + at as u64;
+            if start >= self.end {
+                break;
+            }
+            let more = each(start, &data[at..=nl]);
+            at = nl + 1;
+            if !more {
+                break;
+            }
+        }
+        self.reader.consume(at);
+        self.pos += at as u64;
+        Ok(at > 0)
+    }
+
     /// The next run of whole lines (with their line ends) as raw bytes, with the file
     /// offset of each line's first byte, or `None` when the split is done.
     pub fn next_lines(&mut self) -> Result<Option<RawLines>, InputError> {
         let mut out = RawLines::default();
-        while self.pos < self.end && out.starts.len() < BATCH_ROWS && out.bytes.len() < BATCH_BYTES
-        {
+        let room = |out: &RawLines| out.starts.len() < BATCH_ROWS && out.bytes.len() < BATCH_BYTES;
+        while self.pos < self.end && room(&out) {
+            // A record is a line unless quoted fields may hold line breaks.
+            if self.quotes.is_none()
+                && self.buffered_lines(|start, line| {
+                    if !line.iter().all(|b| b.is_ascii_whitespace()) {
+                        out.starts.push((start, out.bytes.len()));
+                        out.bytes.extend_from_slice(line);
+                    }
+                    room(&out)
+                })?
+            {
+                continue;
+            }
             let line_start = self.pos;
             let before = out.bytes.len();
             let n = self.read_line(&mut out.bytes, before)?;
@@ -204,8 +247,29 @@ impl SplitReader {
         let left = self.end.saturating_sub(self.pos).min(BATCH_BYTES as u64) as usize;
         let mut b = StringBuilder::with_capacity(BATCH_ROWS.min(left), left);
         let (mut rows, mut bytes) = (0u64, 0u64);
-        while self.pos < self.end && (rows as usize) < BATCH_ROWS && (bytes as usize) < BATCH_BYTES
-        {
+        let room =
+            |rows: u64, bytes: u64| (rows as usize) < BATCH_ROWS && (bytes as usize) < BATCH_BYTES;
+        let path = self.path.clone();
+        while self.pos < self.end && room(rows, bytes) {
+            let mut bad = None;
+            let found = self.buffered_lines(|start, line| match line_text(&path, start, line) {
+                Ok(s) => {
+                    b.append_value(s);
+                    rows += 1;
+                    bytes += line.len() as u64;
+                    room(rows, bytes)
+                }
+                Err(e) => {
+                    bad = Some(e);
+                    false
+                }
+            })?;
+            if let Some(e) = bad {
+                return Err(e);
+            }
+            if found {
+                continue;
+            }
             self.line.clear();
             let line_start = self.pos;
             let mut line = std::mem::take(&mut self.line);
@@ -217,18 +281,7 @@ impl SplitReader {
                 break;
             }
             self.pos += n as u64;
-            let mut l = &self.line[..];
-            if let [rest @ .., b'\n'] = l {
-                l = rest;
-            }
-            if let [rest @ .., b'\r'] = l {
-                l = rest;
-            }
-            let s = std::str::from_utf8(l).map_err(|e| InputError::Utf8 {
-                path: self.path.clone(),
-                offset: line_start + e.valid_up_to() as u64,
-            })?;
-            b.append_value(s);
+            b.append_value(line_text(&self.path, line_start, &self.line)?);
             rows += 1;
             bytes += n as u64;
         }
@@ -249,6 +302,20 @@ impl SplitReader {
             bytes,
         }))
     }
+}
+
+/// A line's text without its `\n` or `\r\n`, or an error naming where it is not UTF-8.
+fn line_text<'a>(path: &Path, line_start: u64, mut l: &'a [u8]) -> Result<&'a str, InputError> {
+    if let [rest @ .., b'\n'] = l {
+        l = rest;
+    }
+    if let [rest @ .., b'\r'] = l {
+        l = rest;
+    }
+    std::str::from_utf8(l).map_err(|e| InputError::Utf8 {
+        path: path.to_path_buf(),
+        offset: line_start + e.valid_up_to() as u64,
+    })
 }
 
 /// Reads up to and including the next `\n`, at most `max` bytes.
@@ -316,6 +383,51 @@ mod tests {
             let mut two = lines_of(&path, 0, cut);
             two.extend(lines_of(&path, cut, text.len() as u64));
             assert_eq!(two, all, "cut at {cut}");
+        }
+    }
+
+    /// Every record of `[start, end)` through `next_lines`: (file offset, text).
+    fn records_of(path: &Path, start: u64, end: u64) -> Vec<(u64, String)> {
+        let mut r = SplitReader::open(path, start, end).unwrap();
+        let mut out = Vec::new();
+        while let Some(raw) = r.next_lines().unwrap() {
+            for i in 0..raw.starts.len() {
+                let text = std::str::from_utf8(raw.line(i)).unwrap().to_string();
+                out.push((raw.starts[i].0, text));
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn records_are_found_across_buffer_refills_and_split_boundaries() {
+        // ~90 KB of lines of many lengths: line ends fall everywhere in the reader's
+        // buffer (8 KiB to 1 MiB), so lines are found in it and across its refills.
+        let mut text = String::new();
+        let mut want = Vec::new();
+        for i in 0..4000 {
+            let at = text.len() as u64;
+            let line = match i % 50 {
+                7 => "   \n".to_string(), // blank: not a record
+                9 => format!("{}\r\n", "w".repeat(i % 300)),
+                _ => format!("{i},{}\n", "x".repeat(i % 37)),
+            };
+            if !line.trim().is_empty() {
+                want.push((at, line.clone()));
+            }
+            text.push_str(&line);
+        }
+        text.push_str("no-newline-at-end");
+        want.push(((text.len() - 17) as u64, "no-newline-at-end\n".to_string()));
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("r.csv");
+        std::fs::write(&path, &text).unwrap();
+        let len = text.len() as u64;
+        assert_eq!(records_of(&path, 0, len), want);
+        for cut in (0..=len).step_by(997).chain([1, 8191, 8192, 8193, len - 1]) {
+            let mut two = records_of(&path, 0, cut);
+            two.extend(records_of(&path, cut, len));
+            assert_eq!(two, want, "cut at {cut}");
         }
     }
 
