@@ -427,11 +427,8 @@ impl<'de> de::Deserializer<'de> for Cell<'_, 'de> {
 
     #[inline(always)]
     fn deserialize_str<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, DeError> {
-        match &self.column.values {
-            Values::Utf8(a) if !self.is_null() => visitor.visit_borrowed_str(a.value(self.row)),
-            Values::Dict(keys, values) if !self.is_null() => {
-                visitor.visit_borrowed_str(dictionary_value(keys, values, self.row)?)
-            }
+        match self.column.values.text(self.row) {
+            Some(text) if !self.is_null() => visitor.visit_borrowed_str(text?),
             _ => self.deserialize_any(visitor),
         }
     }

@@ -96,7 +96,9 @@ pub(crate) fn read_host_ipc(bytes: Vec<u8>) -> Result<Vec<RecordBatch>> {
             break; // end of stream
         }
         // Lengths from the stream: every sum checked (a usize is 32 bits in the guest).
-        let header = i32::try_from(prefix + meta).map_err(|_| bad("a metadata length"))?;
+        let header = (meta.checked_add(prefix))
+            .and_then(|h| i32::try_from(h).ok())
+            .ok_or_else(|| bad("a metadata length"))?;
         let meta_end = (at + prefix)
             .checked_add(meta)
             .ok_or_else(|| bad("a metadata length"))?;
