@@ -510,7 +510,7 @@ pub(crate) fn sharing<R>(buffers: Vec<Buffer>, f: impl FnOnce() -> R) -> R {
 }
 
 /// The `Str` for `s`: a slice of an offered buffer that holds it, else a copy.
-#[inline]
+#[inline(always)]
 fn shared_or_copied(s: &str) -> Str {
     if s.len() <= Str::INLINE {
         return Str::inline(s.as_bytes());
@@ -536,6 +536,9 @@ fn shared_or_copied_long(s: &str) -> Str {
 }
 
 impl<'de> Deserialize<'de> for Str {
+    /// Inline, as serde's own impls for primitives are: a `Str` field read from a text
+    /// column is then a few instructions of the row decoder, not two calls.
+    #[inline(always)]
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Str, D::Error> {
         struct V;
         impl<'de> Visitor<'de> for V {
@@ -543,6 +546,7 @@ impl<'de> Deserialize<'de> for Str {
             fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
                 f.write_str("a string")
             }
+            #[inline(always)]
             fn visit_borrowed_str<E: de::Error>(self, s: &'de str) -> Result<Str, E> {
                 Ok(shared_or_copied(s))
             }
