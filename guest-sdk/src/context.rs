@@ -321,6 +321,24 @@ impl Context {
         ))
     }
 
+    /// The named columns of Parquet files as a [`Frame`](crate::Frame): Arrow batches
+    /// for aggregations that run a column at a time (each partition a run of row groups,
+    /// as [`parquet`](Self::parquet) reads them).
+    ///
+    /// ```no_run
+    /// # fn f(ctx: &mut flint::Context) -> flint::Result<()> {
+    /// let sales = ctx.parquet_frame("sales.parquet", &["region", "amount"])?;
+    /// # Ok(()) }
+    /// ```
+    pub fn parquet_frame(&mut self, path: &str, columns: &[&str]) -> Result<crate::Frame> {
+        Ok(crate::Frame::new(self.files(
+            path,
+            wit::ReadFormat::Parquet(Some(columns.iter().map(|c| c.to_string()).collect())),
+            Malformed::Fail,
+            crate::frame::decode_batch,
+        )))
+    }
+
     /// Rows of Arrow IPC files (the file format); each partition is a run of record
     /// batches.
     ///

@@ -233,7 +233,13 @@ impl<T: crate::Data> Dataset<T> {
     /// The one narrow building block: `push` maps each batch of rows with the captured
     /// value `c` and a per-partition state `S`; `finish` emits what is left when the
     /// partition ends.
-    fn stream<C, S, U, P, F>(&self, c: &C, push: P, finish: F, name: &'static str) -> Dataset<U>
+    pub(crate) fn stream<C, S, U, P, F>(
+        &self,
+        c: &C,
+        push: P,
+        finish: F,
+        name: &'static str,
+    ) -> Dataset<U>
     where
         C: crate::Data,
         S: Default + 'static,
@@ -248,6 +254,38 @@ impl<T: crate::Data> Dataset<T> {
         };
         let func = ops::new_stream_op::<C, S, T, U, P, F> as NewOpFn as usize;
         self.narrow(func, arg, name)
+    }
+
+    /// A one-sided shuffle: the map side is the writer `write` makes with the captured
+    /// value `arg`, the reduce side the reader `read` makes.
+    fn shuffle_with<U>(
+        &self,
+        write: usize,
+        arg: Vec<u8>,
+        read: usize,
+        name: &'static str,
+    ) -> Dataset<U> {
+        Self::to(Rc::new(LNode::Shuffle {
+            sides: vec![side(&self.node, op(write, arg))],
+            partitions: None,
+            read: op(read, Vec::new()),
+            name,
+            probes: Vec::new(),
+        }))
+    }
+
+    /// [`shuffle_with`](Self::shuffle_with) with the value `c` captured for the writer.
+    pub(crate) fn aggregate_shuffle<C: Serialize, U>(
+        &self,
+        c: &C,
+        write: usize,
+        read: usize,
+        name: &'static str,
+    ) -> Dataset<U> {
+        match encode_capture(c) {
+            Ok(arg) => self.shuffle_with(write, arg, read, name),
+            Err(invalid) => Self::to(invalid),
+        }
     }
 
     /// A narrow node applying the op `func` makes, with its captured value `arg`.
@@ -1313,13 +1351,7 @@ impl<K: crate::Key, V: crate::Data> Dataset<(K, V)> {
         };
         let write = ops::new_combine_writer::<C, K, V, U, Cr, Mv> as NewWriterFn as usize;
         let read = ops::new_combine_reader::<K, U, Mc> as NewReaderFn as usize;
-        Self::to(Rc::new(LNode::Shuffle {
-            sides: vec![side(&self.node, op(write, arg))],
-            partitions: None,
-            read: op(read, Vec::new()),
-            name: "combine_by_key",
-            probes: Vec::new(),
-        }))
+        self.shuffle_with(write, arg, read, "combine_by_key")
     }
 
     /// Merges the values of each key with `f` (associative and commutative), combining

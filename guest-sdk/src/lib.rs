@@ -87,6 +87,7 @@ mod dataset;
 mod error;
 mod filter;
 mod formats;
+mod frame;
 mod hash;
 mod ops;
 mod rows;
@@ -103,6 +104,7 @@ pub use dataset::{
 pub use error::{Error, Result};
 pub use filter::{Column, Predicate, Value, col};
 pub use flint_guest_macros::main;
+pub use frame::{Agg, Batch, Frame, GroupedFrame};
 pub use ops::Partition;
 pub use shared::{Accumulator, Broadcast, Mergeable};
 pub use task::{TaskContext, task_context};

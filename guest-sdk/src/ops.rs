@@ -324,7 +324,7 @@ impl SplitMix {
 
 /// Rows an operator holds at least before it spills or flushes for memory: below this,
 /// what fills the budget is not its state.
-const MIN_HELD: usize = 1024;
+pub(crate) const MIN_HELD: usize = 1024;
 
 /// Whether a hash map about to take a new key should give up its entries first: the
 /// guest is over its budget, or the map is full and growing it (a second table beside
@@ -430,7 +430,7 @@ fn emit_parts_with<T>(
 }
 
 /// Key/value rows per partition, as `key` and `value` columns.
-fn emit_parts<K: Data, V: Data>(parts: Vec<Vec<(K, V)>>) -> Result<()> {
+pub(crate) fn emit_parts<K: Data, V: Data>(parts: Vec<Vec<(K, V)>>) -> Result<()> {
     emit_parts_with(
         (0u32..).zip(parts),
         rows::encode_pairs::<K, V> as fn(&[(K, V)]) -> Result<RecordBatch>,

@@ -127,6 +127,28 @@ fn an_aggregation_larger_than_memory_spills_and_is_right() {
 }
 
 #[test]
+fn a_frame_group_by_larger_than_memory_spills_and_is_right() {
+    let tmp = tempfile::tempdir().unwrap();
+    // 3 M distinct 16-byte keys from two Parquet files: each map task's table passes its
+    // memory (it hands partial sums on), and the one reduce task's groups spill.
+    let n: u64 = 3_000_000;
+    let dir = tmp.path().join("pairs");
+    let (stdout, summary, rss) = run(
+        tmp.path(),
+        1,
+        &[Path::new("spill-frame"), Path::new(&n.to_string()), &dir],
+    );
+    let want = format!(
+        "agg: distinct={n} total={} checksum={} rows={}",
+        3 * n,
+        3 * (n * (n - 1) / 2),
+        2 * n
+    );
+    assert!(stdout.contains(&want), "want {want}, got {stdout}");
+    check_spilled(&summary, &rss, 2, 64 << 20);
+}
+
+#[test]
 fn group_by_key_larger_than_memory_spills_and_is_right() {
     let tmp = tempfile::tempdir().unwrap();
     // 1 M keys with two values each in one reduce task: about 100 MB of groups.

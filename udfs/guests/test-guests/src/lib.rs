@@ -51,7 +51,9 @@
 //!   `cogroup: keys= left= right= checksum=`), `spill-partition N` (N rows of 48 bytes
 //!   coalesced into one partition and numbered by `map_partitions`; prints `partition:
 //!   rows= sum= out_of_order=`), `spill-hot-key N` (`group_by_key` of 2N rows, half of
-//!   them under one key), `io …` (sources and saves of flights: see [`io`]).
+//!   them under one key), `spill-frame N DIR` (as `spill-agg`, its rows saved as
+//!   Parquet in DIR and aggregated by a frame's `group_by`; prints `agg: distinct=
+//!   total= checksum= rows=`), `io …` (sources and saves of flights: see [`io`]).
 
 use flint::{Context, Error, Result};
 
@@ -126,6 +128,46 @@ fn main(ctx: &mut Context) -> Result<()> {
             println!(
                 "partition: rows={} sum={} out_of_order={}",
                 sums.0, sums.1, sums.2
+            );
+        }
+        Some("spill-frame") => {
+            let n: i64 = args[1].parse().map_err(|_| Error::msg("N is a number"))?;
+            #[derive(serde::Serialize, serde::Deserialize)]
+            struct Pair {
+                key: String,
+                v: i64,
+            }
+            #[derive(serde::Serialize, serde::Deserialize)]
+            struct Sum {
+                key: String,
+                total: i64,
+                n: i64,
+            }
+            // Two files, so that a map task holds more groups than its memory.
+            ctx.range(0, 2 * n, 256)?
+                .map(|x: i64| Pair {
+                    key: format!("key-{:012}", x / 2),
+                    v: x % 2 + 1,
+                })
+                .coalesce(2)
+                .save_as_parquet(&args[2])?;
+            let sums = ctx
+                .parquet_frame(&args[2], &["key", "v"])?
+                .group_by(["key"])
+                .agg([
+                    flint::Agg::sum("v").alias("total"),
+                    flint::Agg::count().alias("n"),
+                ])
+                .rows::<Sum>()
+                .map(|s: Sum| {
+                    let id: u64 = s.key[4..].parse().unwrap_or(0);
+                    (1u64, s.total as u64, id * s.total as u64, s.n as u64)
+                })
+                .reduce(|a, b| (a.0 + b.0, a.1 + b.1, a.2 + b.2, a.3 + b.3))?
+                .unwrap_or((0, 0, 0, 0));
+            println!(
+                "agg: distinct={} total={} checksum={} rows={}",
+                sums.0, sums.1, sums.2, sums.3
             );
         }
         Some(name @ ("spill-agg" | "spill-group" | "spill-sort")) => {
@@ -602,6 +644,44 @@ fn io(ctx: &mut Context, args: &[String]) -> Result<()> {
             println!(
                 "dates rows={rows} days={days} at_sum={at_sum} at_nulls={at_nulls} zoned_sum={zoned_sum}"
             );
+            return Ok(());
+        }
+        // The same `stats` lines through a frame's columnar group-by.
+        "frame" => {
+            #[derive(serde::Serialize, serde::Deserialize)]
+            struct CarrierStats {
+                carrier: String,
+                rows: i64,
+                delay_sum: Option<i64>,
+                delays: i64,
+                distance_sum: i64,
+                year_sum: i64,
+            }
+            use flint::Agg;
+            let mut stats = ctx
+                .parquet_frame(&arg(1)?, &["carrier", "dep_delay", "distance", "year"])?
+                .group_by(["carrier"])
+                .agg([
+                    Agg::count().alias("rows"),
+                    Agg::sum("dep_delay").alias("delay_sum"),
+                    Agg::count_of("dep_delay").alias("delays"),
+                    Agg::sum("distance").alias("distance_sum"),
+                    Agg::sum("year").alias("year_sum"),
+                ])
+                .rows::<CarrierStats>()
+                .collect()?;
+            stats.sort_by(|a, b| a.carrier.cmp(&b.carrier));
+            for s in stats {
+                println!(
+                    "stats carrier={:?} rows={} delay_sum={} delay_nulls={} distance_sum={} year_sum={}",
+                    s.carrier,
+                    s.rows,
+                    s.delay_sum.unwrap_or(0),
+                    s.rows - s.delays,
+                    s.distance_sum,
+                    s.year_sum
+                );
+            }
             return Ok(());
         }
         "missing" => {

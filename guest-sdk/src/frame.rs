@@ -1,0 +1,1537 @@
+//! Columnar aggregation: [`Frame`], a dataset of Arrow record batches, grouped by named
+//! columns and aggregated a column at a time (Spark's `df.groupBy(...).agg(...)`).
+//!
+//! A typed `Dataset` hands each row to user code, so an aggregation there decodes every
+//! row into a struct, calls closures per row and keeps the state the closures define.
+//! A frame's aggregation has no user code: the map side turns each batch's key columns
+//! into group numbers (a dictionary column once per dictionary value, an integer
+//! column through a map of integers) and adds each value column into per-group arrays in
+//! a tight loop over its Arrow slice. The partial states then cross the shuffle as
+//! `(key, states)` rows and the reduce side is `combine_by_key`'s, spilling as it does.
+
+use crate::dataset::Dataset;
+use crate::hash;
+use crate::rows::{self, BATCH_ROWS, Rows};
+use crate::{Error, Result, Str};
+use arrow_array::builder::{BooleanBuilder, Float64Builder, Int64Builder, StringBuilder};
+use arrow_array::cast::AsArray;
+use arrow_array::types::{
+    Float32Type, Float64Type, Int8Type, Int16Type, Int32Type, Int64Type, UInt8Type, UInt16Type,
+    UInt32Type, UInt64Type,
+};
+use arrow_array::{Array, ArrayRef, ArrowPrimitiveType, RecordBatch};
+use arrow_buffer::NullBuffer;
+use arrow_schema::{DataType, Field, Schema};
+use serde::{Deserialize, Serialize};
+use std::sync::Arc;
+
+/// One Arrow record batch as a row of a [`Dataset`]. It serializes as an Arrow IPC
+/// stream, so that a dataset of batches can be cached, collected or shuffled as any.
+#[derive(Clone, Debug)]
+pub struct Batch(pub RecordBatch);
+
+impl Serialize for Batch {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        let bytes = rows::ipc_bytes(&self.0).map_err(serde::ser::Error::custom)?;
+        s.serialize_bytes(&bytes)
+    }
+}
+
+impl<'de> Deserialize<'de> for Batch {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Batch, D::Error> {
+        struct Bytes;
+        impl<'de> serde::de::Visitor<'de> for Bytes {
+            type Value = Vec<u8>;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("an Arrow IPC stream")
+            }
+            fn visit_bytes<E: serde::de::Error>(self, v: &[u8]) -> std::result::Result<Vec<u8>, E> {
+                Ok(v.to_vec())
+            }
+            fn visit_byte_buf<E: serde::de::Error>(
+                self,
+                v: Vec<u8>,
+            ) -> std::result::Result<Vec<u8>, E> {
+                Ok(v)
+            }
+        }
+        let bytes = d.deserialize_byte_buf(Bytes)?;
+        let mut batches = rows::read_ipc(bytes).map_err(serde::de::Error::custom)?;
+        match (batches.pop(), batches.is_empty()) {
+            (Some(b), true) => Ok(Batch(b)),
+            _ => Err(serde::de::Error::custom(
+                "a batch's IPC stream holds one record batch",
+            )),
+        }
+    }
+}
+
+/// A source's batch as it arrives: one row of a `Dataset<Batch>`.
+pub(crate) fn decode_batch(_arg: &[u8], batch: &RecordBatch) -> Result<Rows> {
+    Ok(Rows::new(vec![Batch(batch.clone())]))
+}
+
+/// A lazy, partitioned table of Arrow batches, for aggregations that run a column at a
+/// time. Made by [`Context::parquet_frame`](crate::Context::parquet_frame); its rows
+/// become a typed [`Dataset`] with [`rows`](Frame::rows).
+///
+/// ```no_run
+/// use flint::{Agg, Str};
+/// #[derive(serde::Serialize, serde::Deserialize)]
+/// struct Total { category: Str, total: f64, n: i64 }
+/// # fn f(ctx: &mut flint::Context) -> flint::Result<()> {
+/// let totals = ctx
+///     .parquet_frame("sales.parquet", &["category", "amount"])?
+///     .group_by(["category"])
+///     .agg([Agg::sum("amount").alias("total"), Agg::count().alias("n")])
+///     .rows::<Total>();
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct Frame {
+    batches: Dataset<Batch>,
+}
+
+impl Frame {
+    pub(crate) fn new(batches: Dataset<Batch>) -> Frame {
+        Frame { batches }
+    }
+
+    /// The batches themselves.
+    pub fn batches(&self) -> Dataset<Batch> {
+        self.batches.clone()
+    }
+
+    /// Groups the rows by the values of the named columns (integer, boolean or text
+    /// columns, text as a dictionary or not); a null key is a group of its own.
+    pub fn group_by<S: Into<String>>(&self, keys: impl IntoIterator<Item = S>) -> GroupedFrame {
+        GroupedFrame {
+            batches: self.batches.clone(),
+            keys: keys.into_iter().map(Into::into).collect(),
+        }
+    }
+
+    /// The rows as `T`, a struct whose fields name the columns it reads.
+    pub fn rows<T: crate::Data>(&self) -> Dataset<T> {
+        self.batches.stream(
+            &(),
+            batches_to_rows::<T>,
+            |_: &(), _: &mut ()| Ok(Vec::new()),
+            "rows",
+        )
+    }
+}
+
+fn batches_to_rows<T: crate::Data>(_: &(), _: &mut (), batches: Vec<Batch>) -> Result<Vec<T>> {
+    let mut out = Vec::new();
+    for b in &batches {
+        out.extend(crate::formats::decode_typed::<T>(&[], &b.0)?.take::<T>()?);
+    }
+    Ok(out)
+}
+
+/// A [`Frame`] with its grouping columns, waiting for its aggregates.
+pub struct GroupedFrame {
+    batches: Dataset<Batch>,
+    keys: Vec<String>,
+}
+
+impl GroupedFrame {
+    /// One row per group: the key columns, then one column per aggregate. Partial
+    /// aggregates are made per map task before the shuffle (bounded by the task's
+    /// memory: a full table is handed on and started again); the reduce side spills.
+    pub fn agg(&self, aggs: impl IntoIterator<Item = Agg>) -> Frame {
+        let spec = Spec {
+            keys: self.keys.clone(),
+            aggs: aggs.into_iter().collect(),
+        };
+        let grouped: Dataset<(GroupKey, Vec<State>)> = self.batches.aggregate_shuffle(
+            &spec,
+            new_group_writer as crate::task::NewWriterFn as usize,
+            reader_of(merge_states),
+            "group_by",
+        );
+        Frame::new(grouped.stream(
+            &spec,
+            finish_groups,
+            |_: &Spec, _: &mut ()| Ok(Vec::new()),
+            "agg",
+        ))
+    }
+}
+
+/// The reduce side merging `(key, states)` rows with `merge`.
+fn reader_of<M: Fn(Vec<State>, Vec<State>) -> Vec<State> + 'static>(_: M) -> usize {
+    crate::ops::new_combine_reader::<GroupKey, Vec<State>, M> as crate::task::NewReaderFn as usize
+}
+
+/// What an aggregate computes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+enum Kind {
+    /// Rows (no column), or non-null values of a column.
+    Count,
+    Sum,
+    Min,
+    Max,
+    Mean,
+}
+
+/// One aggregate of a [`GroupedFrame::agg`]: its output column is named as Spark names
+/// it (`sum(amount)`, `count`) unless [`alias`](Agg::alias)ed. Nulls are skipped; a
+/// group with no value has a null sum, minimum, maximum or mean.
+///
+/// Sums of integer columns are exact (an `Int64` result, an error naming the group if it
+/// does not fit), of float columns `Float64`; a mean is `Float64`; a minimum or maximum
+/// has its column's kind (integer or float; NaN is the largest float, as in Spark);
+/// counts are `Int64`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Agg {
+    kind: Kind,
+    column: Option<String>,
+    name: String,
+}
+
+impl Agg {
+    fn of(kind: Kind, column: &str, f: &str) -> Agg {
+        Agg {
+            kind,
+            column: Some(column.to_string()),
+            name: format!("{f}({column})"),
+        }
+    }
+
+    /// The number of rows.
+    pub fn count() -> Agg {
+        Agg {
+            kind: Kind::Count,
+            column: None,
+            name: "count".into(),
+        }
+    }
+
+    /// The number of non-null values of `column`.
+    pub fn count_of(column: &str) -> Agg {
+        Agg::of(Kind::Count, column, "count")
+    }
+
+    /// The sum of `column`'s values.
+    pub fn sum(column: &str) -> Agg {
+        Agg::of(Kind::Sum, column, "sum")
+    }
+
+    /// The smallest of `column`'s values.
+    pub fn min(column: &str) -> Agg {
+        Agg::of(Kind::Min, column, "min")
+    }
+
+    /// The largest of `column`'s values.
+    pub fn max(column: &str) -> Agg {
+        Agg::of(Kind::Max, column, "max")
+    }
+
+    /// The mean of `column`'s values.
+    pub fn mean(column: &str) -> Agg {
+        Agg::of(Kind::Mean, column, "avg")
+    }
+
+    /// The same aggregate, its output column named `name`.
+    pub fn alias(mut self, name: &str) -> Agg {
+        self.name = name.to_string();
+        self
+    }
+}
+
+/// What a group-by computes: captured into its map and finishing ops.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+struct Spec {
+    keys: Vec<String>,
+    aggs: Vec<Agg>,
+}
+
+/// One key column's value in one row.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub(crate) enum KeyValue {
+    Null,
+    Bool(bool),
+    Int(i64),
+    UInt(u64),
+    Text(Str),
+}
+
+/// A group's key: its key columns' values, in the `group_by` order.
+type GroupKey = Vec<KeyValue>;
+
+/// A number as an aggregate keeps it: integers exactly (sums of `i64` fit an `i128` for
+/// any row count a task can see), floats as `f64`.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+enum Num {
+    I(i128),
+    F(f64),
+}
+
+impl Num {
+    fn f(self) -> f64 {
+        match self {
+            Num::I(i) => i as f64,
+            Num::F(f) => f,
+        }
+    }
+
+    fn add(self, o: Num) -> Num {
+        match (self, o) {
+            (Num::I(a), Num::I(b)) => Num::I(a.wrapping_add(b)),
+            (a, b) => Num::F(a.f() + b.f()),
+        }
+    }
+
+    /// The larger (`max`) or smaller of two; NaN is larger than any number.
+    fn pick(self, o: Num, max: bool) -> Num {
+        let o_larger = match (self, o) {
+            (Num::I(a), Num::I(b)) => b > a,
+            (a, b) => float_gt(b.f(), a.f()),
+        };
+        if o_larger == max { o } else { self }
+    }
+}
+
+/// `a > b`, with NaN larger than every number (Spark's ordering of floats).
+#[inline]
+fn float_gt(a: f64, b: f64) -> bool {
+    match (a.is_nan(), b.is_nan()) {
+        (false, false) => a > b,
+        (a_nan, b_nan) => a_nan && !b_nan,
+    }
+}
+
+/// One aggregate's partial state for one group: the values seen (`n`) and their sum,
+/// minimum or maximum (`v`, unused by a count).
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub(crate) struct State {
+    kind: Kind,
+    n: u64,
+    v: Num,
+}
+
+/// Merges the partial states of one group (the same aggregates in the same order).
+fn merge_states(mut a: Vec<State>, b: Vec<State>) -> Vec<State> {
+    for (x, y) in a.iter_mut().zip(b) {
+        x.v = match x.kind {
+            Kind::Count => x.v,
+            Kind::Sum | Kind::Mean => x.v.add(y.v),
+            Kind::Min | Kind::Max if x.n == 0 => y.v,
+            Kind::Min | Kind::Max if y.n == 0 => x.v,
+            Kind::Min => x.v.pick(y.v, false),
+            Kind::Max => x.v.pick(y.v, true),
+        };
+        x.n += y.n;
+    }
+    a
+}
+
+// ---------------------------------------------------------------- map side
+
+/// Values of a numeric column as an aggregate reads them.
+trait Value: Copy {
+    /// Whether the column holds floats (kept as `f64`) rather than integers (`i128`).
+    const FLOAT: bool;
+    /// An integer as `i128` (0 for a float).
+    fn int(self) -> i128;
+    fn float(self) -> f64;
+}
+
+macro_rules! int_values {
+    ($($t:ty),*) => {$(
+        impl Value for $t {
+            const FLOAT: bool = false;
+            #[inline(always)]
+            fn int(self) -> i128 { self as i128 }
+            #[inline(always)]
+            fn float(self) -> f64 { self as f64 }
+        }
+    )*};
+}
+int_values!(i8, i16, i32, i64, u8, u16, u32, u64);
+
+impl Value for f32 {
+    const FLOAT: bool = true;
+    #[inline(always)]
+    fn int(self) -> i128 {
+        0
+    }
+    #[inline(always)]
+    fn float(self) -> f64 {
+        self as f64
+    }
+}
+
+impl Value for f64 {
+    const FLOAT: bool = true;
+    #[inline(always)]
+    fn int(self) -> i128 {
+        0
+    }
+    #[inline(always)]
+    fn float(self) -> f64 {
+        self
+    }
+}
+
+/// Where one aggregate's partial state sits among a group's words: `n` (values seen) at
+/// `at`, then the value (an `i128` in two words, or an `f64`'s bits).
+#[derive(Clone, Copy, Debug, PartialEq)]
+struct Slot {
+    kind: Kind,
+    float: bool,
+    at: usize,
+}
+
+/// The map side's partial aggregates, indexed by group number: a group's states side by
+/// side in `stride` words, so that adding a row touches one stretch of memory (one cache
+/// line for a few aggregates) rather than one array per aggregate.
+struct Accs {
+    slots: Vec<Slot>,
+    stride: usize,
+    words: Vec<u64>,
+}
+
+impl Accs {
+    /// The layout for aggregates of `kinds` whose columns hold floats or integers.
+    fn new(kinds: impl IntoIterator<Item = (Kind, bool)>) -> Accs {
+        let mut at = 0;
+        let slots = kinds
+            .into_iter()
+            .map(|(kind, float)| {
+                let slot = Slot { kind, float, at };
+                at += match (kind, float) {
+                    (Kind::Count, _) => 1,
+                    (_, true) => 2,
+                    (_, false) => 3,
+                };
+                slot
+            })
+            .collect();
+        Accs {
+            slots,
+            stride: at.max(1),
+            words: Vec::new(),
+        }
+    }
+
+    fn grow(&mut self, groups: usize) {
+        self.words.resize(groups * self.stride, 0);
+    }
+
+    /// Counts the rows of each group number (`count()`), or those whose value is not
+    /// null (`count_of`).
+    fn count_rows(&mut self, j: usize, gids: &[u32], nulls: Option<&NullBuffer>) {
+        let (at, stride) = (self.slots[j].at, self.stride);
+        let words = &mut self.words;
+        match nulls {
+            None => {
+                for &g in gids {
+                    words[g as usize * stride + at] += 1;
+                }
+            }
+            Some(nulls) => {
+                for (i, &g) in gids.iter().enumerate() {
+                    words[g as usize * stride + at] += u64::from(nulls.is_valid(i));
+                }
+            }
+        }
+    }
+
+    /// Adds a column's values (`nulls` skipped) into aggregate `j` for the rows' group
+    /// numbers. The column holds what the layout says (`N::FLOAT == slot.float`).
+    fn add<N: Value>(&mut self, j: usize, gids: &[u32], values: &[N], nulls: Option<&NullBuffer>) {
+        let Slot { kind, at, .. } = self.slots[j];
+        let stride = self.stride;
+        let words = &mut self.words;
+        let mut step = |g: u32, x: N| {
+            let base = g as usize * stride + at;
+            if N::FLOAT {
+                let cell: &mut [u64; 2] = (&mut words[base..base + 2]).try_into().expect("2");
+                float_step(kind, cell, x.float());
+            } else {
+                let cell: &mut [u64; 3] = (&mut words[base..base + 3]).try_into().expect("3");
+                int_step(kind, cell, x.int());
+            }
+        };
+        match nulls {
+            None => {
+                for (&g, &x) in gids.iter().zip(values) {
+                    step(g, x);
+                }
+            }
+            Some(nulls) => {
+                for (i, (&g, &x)) in gids.iter().zip(values).enumerate() {
+                    if nulls.is_valid(i) {
+                        step(g, x);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Group `g`'s partial state of aggregate `j`.
+    fn state(&self, g: usize, j: usize) -> State {
+        let Slot { kind, float, at } = self.slots[j];
+        let w = &self.words[g * self.stride + at..];
+        State {
+            kind,
+            n: w[0],
+            v: match (kind, float) {
+                (Kind::Count, _) => Num::I(0),
+                (_, true) => Num::F(f64::from_bits(w[1])),
+                (_, false) => Num::I(((w[2] as u128) << 64 | w[1] as u128) as i128),
+            },
+        }
+    }
+}
+
+/// One integer row into `[n, low word, high word]`.
+#[inline(always)]
+fn int_step(kind: Kind, cell: &mut [u64; 3], x: i128) {
+    let n = cell[0];
+    let v = ((cell[2] as u128) << 64 | cell[1] as u128) as i128;
+    let v = match kind {
+        Kind::Min if n > 0 => v.min(x),
+        Kind::Max if n > 0 => v.max(x),
+        Kind::Min | Kind::Max => x,
+        _ => v.wrapping_add(x),
+    };
+    cell[0] = n + 1;
+    cell[1] = v as u64;
+    cell[2] = (v as u128 >> 64) as u64;
+}
+
+/// One float row into `[n, f64 bits]`.
+#[inline(always)]
+fn float_step(kind: Kind, cell: &mut [u64; 2], x: f64) {
+    let n = cell[0];
+    let v = f64::from_bits(cell[1]);
+    let v = match kind {
+        Kind::Min if n > 0 && !float_gt(v, x) => v,
+        Kind::Max if n > 0 && !float_gt(x, v) => v,
+        Kind::Min | Kind::Max => x,
+        _ => v + x,
+    };
+    cell[0] = n + 1;
+    cell[1] = v.to_bits();
+}
+
+/// Whether a value column holds floats (else integers); an error for another type.
+fn float_column(name: &str, t: &DataType) -> Result<bool> {
+    match t {
+        DataType::Float32 | DataType::Float64 => Ok(true),
+        DataType::Int8
+        | DataType::Int16
+        | DataType::Int32
+        | DataType::Int64
+        | DataType::UInt8
+        | DataType::UInt16
+        | DataType::UInt32
+        | DataType::UInt64 => Ok(false),
+        other => Err(Error::msg(format!(
+            "column `{name}` has type {other}: an aggregate reads a number column"
+        ))
+        .bad_input()),
+    }
+}
+
+/// Calls `f` with a numeric column's values as a typed slice.
+macro_rules! with_values {
+    ($array:expr, $name:expr, |$v:ident| $body:expr) => {{
+        let a = $array;
+        match a.data_type() {
+            DataType::Int8 => {
+                let $v = a.as_primitive::<Int8Type>().values();
+                $body
+            }
+            DataType::Int16 => {
+                let $v = a.as_primitive::<Int16Type>().values();
+                $body
+            }
+            DataType::Int32 => {
+                let $v = a.as_primitive::<Int32Type>().values();
+                $body
+            }
+            DataType::Int64 => {
+                let $v = a.as_primitive::<Int64Type>().values();
+                $body
+            }
+            DataType::UInt8 => {
+                let $v = a.as_primitive::<UInt8Type>().values();
+                $body
+            }
+            DataType::UInt16 => {
+                let $v = a.as_primitive::<UInt16Type>().values();
+                $body
+            }
+            DataType::UInt32 => {
+                let $v = a.as_primitive::<UInt32Type>().values();
+                $body
+            }
+            DataType::UInt64 => {
+                let $v = a.as_primitive::<UInt64Type>().values();
+                $body
+            }
+            DataType::Float32 => {
+                let $v = a.as_primitive::<Float32Type>().values();
+                $body
+            }
+            DataType::Float64 => {
+                let $v = a.as_primitive::<Float64Type>().values();
+                $body
+            }
+            other => {
+                return Err(Error::msg(format!(
+                    "column `{}` has type {other}: an aggregate reads a number column",
+                    $name
+                ))
+                .bad_input());
+            }
+        }
+    }};
+}
+
+/// The group numbers of the map side's table.
+enum Groups {
+    /// One integer key column.
+    Int(IntGroups),
+    /// Any other keys, as their values.
+    Keys(hash::Map<GroupKey, u32>),
+}
+
+impl Groups {
+    /// Bytes another doubling of the table would take.
+    fn growth(&self) -> u64 {
+        let (len, cap, entry) = match self {
+            Groups::Int(ints) if ints.dense.is_some() => return 0,
+            Groups::Int(ints) => (ints.map.len(), ints.map.capacity(), 16),
+            Groups::Keys(map) => (map.len(), map.capacity(), 40),
+        };
+        if len == cap {
+            cap as u64 * 2 * (entry + 1)
+        } else {
+            0
+        }
+    }
+}
+
+/// The null key's group number, numbered now if it has none.
+fn null_group(null: &mut Option<u32>, next: &mut u32) -> u32 {
+    *null.get_or_insert_with(|| {
+        *next += 1;
+        *next - 1
+    })
+}
+
+/// How many integers a dense table of group numbers may span (4 MiB of them).
+const DENSE_SPAN: i128 = 1 << 20;
+
+/// A group number per integer in `base..base + slots.len()` (`u32::MAX`: no group yet).
+struct Dense {
+    base: i64,
+    slots: Vec<u32>,
+}
+
+/// The group numbers of one integer key column: while its values span at most
+/// [`DENSE_SPAN`] integers, a table indexed by the value's offset (DuckDB's perfect
+/// hash aggregation: no hashing, a table small enough to stay in cache), else a hash
+/// map.
+struct IntGroups {
+    /// `None` once the keys spread too far: then `map` holds every group.
+    dense: Option<Dense>,
+    map: hash::Map<i64, u32>,
+    null: Option<u32>,
+}
+
+impl IntGroups {
+    fn new() -> IntGroups {
+        IntGroups {
+            dense: Some(Dense {
+                base: 0,
+                slots: Vec::new(),
+            }),
+            map: hash::Map::default(),
+            null: None,
+        }
+    }
+
+    /// Widens the dense table to cover `values` (nulls' slots included: they only widen
+    /// it), or moves its groups into the map when it would span too many integers.
+    fn cover(&mut self, values: &[i64]) {
+        let (Some(d), Some(&lo), Some(&hi)) =
+            (&mut self.dense, values.iter().min(), values.iter().max())
+        else {
+            return;
+        };
+        let (lo, hi) = if d.slots.is_empty() {
+            (lo, hi)
+        } else {
+            let top = d.base + (d.slots.len() as i64 - 1);
+            (lo.min(d.base), hi.max(top))
+        };
+        if (hi as i128 - lo as i128) < DENSE_SPAN {
+            if d.slots.is_empty() {
+                d.base = lo;
+            }
+            let before = (d.base - lo) as usize;
+            if before > 0 {
+                d.slots.splice(0..0, std::iter::repeat_n(u32::MAX, before));
+                d.base = lo;
+            }
+            d.slots.resize((hi - lo + 1) as usize, u32::MAX);
+            return;
+        }
+        let d = self.dense.take().expect("dense");
+        for (i, &g) in d.slots.iter().enumerate() {
+            if g != u32::MAX {
+                self.map.insert(d.base + i as i64, g);
+            }
+        }
+    }
+
+    /// Numbers `values` (`nulls` the null group) into `gids` (as long as `values`).
+    fn number(
+        &mut self,
+        values: &[i64],
+        nulls: Option<&NullBuffer>,
+        next: &mut u32,
+        gids: &mut [u32],
+    ) {
+        self.cover(values);
+        let null = &mut self.null;
+        let rows = gids.iter_mut().zip(values);
+        match (&mut self.dense, nulls) {
+            (Some(d), None) => {
+                for (out, &v) in rows {
+                    let slot = &mut d.slots[(v - d.base) as usize];
+                    if *slot == u32::MAX {
+                        *slot = *next;
+                        *next += 1;
+                    }
+                    *out = *slot;
+                }
+            }
+            (Some(d), Some(nulls)) => {
+                for (i, (out, &v)) in rows.enumerate() {
+                    if nulls.is_null(i) {
+                        *out = null_group(null, next);
+                        continue;
+                    }
+                    let slot = &mut d.slots[(v - d.base) as usize];
+                    if *slot == u32::MAX {
+                        *slot = *next;
+                        *next += 1;
+                    }
+                    *out = *slot;
+                }
+            }
+            (None, None) => {
+                for (out, &v) in rows {
+                    *out = group_of(&mut self.map, v, next);
+                }
+            }
+            (None, Some(nulls)) => {
+                for (i, (out, &v)) in rows.enumerate() {
+                    *out = if nulls.is_null(i) {
+                        null_group(null, next)
+                    } else {
+                        group_of(&mut self.map, v, next)
+                    };
+                }
+            }
+        }
+    }
+
+    /// Every group: `(key, group number)`, `None` for the null key.
+    fn drain(self) -> impl Iterator<Item = (Option<i64>, u32)> {
+        let dense = self.dense.into_iter().flat_map(|d| {
+            let base = d.base;
+            d.slots
+                .into_iter()
+                .enumerate()
+                .filter(|(_, g)| *g != u32::MAX)
+                .map(move |(i, g)| (Some(base + i as i64), g))
+        });
+        let mapped = self.map.into_iter().map(|(k, g)| (Some(k), g));
+        dense.chain(mapped).chain(self.null.map(|g| (None, g)))
+    }
+}
+
+/// The group number of `key`, new groups numbered in order.
+#[inline(always)]
+fn group_of<K: std::hash::Hash + Eq>(map: &mut hash::Map<K, u32>, key: K, next: &mut u32) -> u32 {
+    if let Some(&g) = map.get(&key) {
+        return g;
+    }
+    let g = *next;
+    map.insert(key, g);
+    *next += 1;
+    g
+}
+
+/// Whether a single key column takes the integer table.
+fn int_key(t: &DataType) -> bool {
+    matches!(
+        t,
+        DataType::Int8
+            | DataType::Int16
+            | DataType::Int32
+            | DataType::Int64
+            | DataType::UInt8
+            | DataType::UInt16
+            | DataType::UInt32
+    )
+}
+
+/// A key column, downcast.
+enum KeyColumn<'a> {
+    Bool(&'a arrow_array::BooleanArray),
+    /// Any integer column but `UInt64`, widened.
+    Int(std::borrow::Cow<'a, [i64]>),
+    UInt(&'a [u64]),
+    Utf8(&'a arrow_array::StringArray),
+    LargeUtf8(&'a arrow_array::LargeStringArray),
+    Dict(&'a [i32], &'a arrow_array::StringArray),
+}
+
+impl<'a> KeyColumn<'a> {
+    fn of(name: &str, a: &'a ArrayRef) -> Result<KeyColumn<'a>> {
+        Ok(match a.data_type() {
+            DataType::Boolean => KeyColumn::Bool(a.as_boolean()),
+            DataType::UInt64 => KeyColumn::UInt(a.as_primitive::<UInt64Type>().values()),
+            t if int_key(t) => KeyColumn::Int(widen(a)),
+            DataType::Utf8 => KeyColumn::Utf8(a.as_string::<i32>()),
+            DataType::LargeUtf8 => KeyColumn::LargeUtf8(a.as_string::<i64>()),
+            DataType::Dictionary(k, v) if **k == DataType::Int32 && **v == DataType::Utf8 => {
+                let d = a.as_dictionary::<Int32Type>();
+                KeyColumn::Dict(d.keys().values(), d.values().as_string::<i32>())
+            }
+            other => {
+                return Err(Error::msg(format!(
+                    "group_by column `{name}` has type {other}: a key is an integer, boolean or text column"
+                ))
+                .bad_input());
+            }
+        })
+    }
+
+    /// Row `i`'s value (not null).
+    fn value(&self, i: usize) -> Result<KeyValue> {
+        Ok(match self {
+            KeyColumn::Bool(a) => KeyValue::Bool(a.value(i)),
+            KeyColumn::Int(v) => KeyValue::Int(v[i]),
+            KeyColumn::UInt(v) => KeyValue::UInt(v[i]),
+            KeyColumn::Utf8(a) => KeyValue::Text(Str::from(a.value(i))),
+            KeyColumn::LargeUtf8(a) => KeyValue::Text(Str::from(a.value(i))),
+            KeyColumn::Dict(keys, values) => {
+                KeyValue::Text(Str::from(dictionary_text(keys[i], values)?))
+            }
+        })
+    }
+}
+
+/// The dictionary's text at index `k`, checked.
+fn dictionary_text(k: i32, values: &arrow_array::StringArray) -> Result<&str> {
+    match usize::try_from(k) {
+        Ok(k) if k < values.len() => Ok(values.value(k)),
+        _ => Err(Error::msg(format!(
+            "dictionary index {k} of a dictionary of {} values",
+            values.len()
+        ))
+        .bad_input()),
+    }
+}
+
+/// An integer column (not `UInt64`) as `i64`s (an `Int64` column's own).
+fn widen(a: &ArrayRef) -> std::borrow::Cow<'_, [i64]> {
+    fn w<T: ArrowPrimitiveType>(a: &ArrayRef) -> Vec<i64>
+    where
+        T::Native: Into<i64>,
+    {
+        a.as_primitive::<T>()
+            .values()
+            .iter()
+            .map(|&x| x.into())
+            .collect()
+    }
+    match a.data_type() {
+        DataType::Int8 => w::<Int8Type>(a).into(),
+        DataType::Int16 => w::<Int16Type>(a).into(),
+        DataType::Int32 => w::<Int32Type>(a).into(),
+        DataType::Int64 => a.as_primitive::<Int64Type>().values().as_ref().into(),
+        DataType::UInt8 => w::<UInt8Type>(a).into(),
+        DataType::UInt16 => w::<UInt16Type>(a).into(),
+        DataType::UInt32 => w::<UInt32Type>(a).into(),
+        _ => Vec::new().into(),
+    }
+}
+
+/// The map side of a group-by: per-group partial aggregates in arrays indexed by group
+/// number, handed on (partitioned by key) when the task's memory budget is reached and
+/// at the end.
+struct GroupWriter {
+    spec: Spec,
+    partitions: u32,
+    groups: Groups,
+    next: u32,
+    accs: Accs,
+    gids: Vec<u32>,
+}
+
+fn new_group_writer(arg: &[u8], partitions: u32) -> Result<Box<dyn crate::task::ShuffleWriter>> {
+    let spec: Spec = crate::ops::capture(arg)?;
+    if spec.keys.is_empty() {
+        return Err(Error::msg("group_by names no column").bad_input());
+    }
+    Ok(Box::new(GroupWriter::new(spec, partitions)))
+}
+
+/// `batch`'s column `name`, or an error naming the columns it has.
+fn column<'b>(batch: &'b RecordBatch, name: &str) -> Result<&'b ArrayRef> {
+    batch.column_by_name(name).ok_or_else(|| {
+        let have: Vec<String> = batch
+            .schema()
+            .fields()
+            .iter()
+            .map(|f| f.name().clone())
+            .collect();
+        Error::msg(format!("no column `{name}` (the rows have {have:?})")).bad_input()
+    })
+}
+
+impl GroupWriter {
+    fn new(spec: Spec, partitions: u32) -> GroupWriter {
+        GroupWriter {
+            accs: Accs::new(spec.aggs.iter().map(|a| (a.kind, false))),
+            spec,
+            partitions,
+            groups: Groups::Keys(hash::Map::default()),
+            next: 0,
+            gids: Vec::new(),
+        }
+    }
+
+    /// Numbers the rows of `batch` by group into `self.gids`.
+    fn number(&mut self, batch: &RecordBatch) -> Result<()> {
+        let n = batch.num_rows();
+        let mut gids = std::mem::take(&mut self.gids);
+        // Written in place (a push per row kept the vector's length and capacity in
+        // memory: loads and a branch per row in the compiled guest).
+        gids.clear();
+        gids.resize(n, 0);
+        let names = self.spec.keys.clone();
+        let keys = names
+            .iter()
+            .map(|k| column(batch, k).map(|a| (k, a)))
+            .collect::<Result<Vec<_>>>()?;
+        let int = keys.len() == 1 && int_key(keys[0].1.data_type());
+        // A dataset's files may type a key column differently: the table that does not
+        // fit is handed on, and the other kind started.
+        if int != matches!(self.groups, Groups::Int(_)) {
+            self.flush()?;
+            self.groups = if int {
+                Groups::Int(IntGroups::new())
+            } else {
+                Groups::Keys(hash::Map::default())
+            };
+        }
+        let next = &mut self.next;
+        match &mut self.groups {
+            Groups::Int(ints) => {
+                let (_, a) = keys[0];
+                let nulls = a.logical_nulls();
+                ints.number(&widen(a), nulls.as_ref(), next, &mut gids);
+            }
+            Groups::Keys(map) => {
+                let columns = keys
+                    .iter()
+                    .map(|(k, a)| Ok((KeyColumn::of(k, a)?, a.logical_nulls())))
+                    .collect::<Result<Vec<_>>>()?;
+                if let [(KeyColumn::Dict(indexes, values), nulls)] = columns.as_slice() {
+                    // One dictionary column: a group number per dictionary value, looked
+                    // up when a row first uses it.
+                    let mut of_value = vec![u32::MAX; values.len()];
+                    let mut null_gid = None;
+                    for (i, (out, &k)) in gids.iter_mut().zip(*indexes).enumerate() {
+                        if let Some(nulls) = nulls
+                            && nulls.is_null(i)
+                        {
+                            *out = *null_gid
+                                .get_or_insert_with(|| group_of(map, vec![KeyValue::Null], next));
+                            continue;
+                        }
+                        let slot = usize::try_from(k)
+                            .ok()
+                            .and_then(|k| of_value.get_mut(k))
+                            .ok_or_else(|| {
+                                Error::msg(format!(
+                                    "column `{}` (row {i} of the batch): dictionary index {k} of a dictionary of {} values",
+                                    keys[0].0,
+                                    values.len()
+                                ))
+                                .bad_input()
+                            })?;
+                        if *slot == u32::MAX {
+                            let text = Str::from(values.value(k as usize));
+                            *slot = group_of(map, vec![KeyValue::Text(text)], next);
+                        }
+                        *out = *slot;
+                    }
+                } else {
+                    for (i, out) in gids.iter_mut().enumerate() {
+                        let key = columns
+                            .iter()
+                            .zip(&keys)
+                            .map(|((c, nulls), (name, _))| match nulls {
+                                Some(nl) if nl.is_null(i) => Ok(KeyValue::Null),
+                                _ => c.value(i).map_err(|e| {
+                                    e.context(format!("column `{name}` (row {i} of the batch)"))
+                                }),
+                            })
+                            .collect::<Result<GroupKey>>()?;
+                        *out = group_of(map, key, next);
+                    }
+                }
+            }
+        }
+        self.gids = gids;
+        Ok(())
+    }
+
+    /// Adds `batch` into the groups' partial aggregates.
+    fn add(&mut self, batch: &RecordBatch) -> Result<()> {
+        // The states' layout follows the value columns' types: a dataset's files may
+        // type a column differently, and the groups kept in the old layout are handed
+        // on first.
+        let mut kinds = Vec::with_capacity(self.spec.aggs.len());
+        for agg in &self.spec.aggs {
+            kinds.push(match (&agg.column, agg.kind) {
+                (Some(name), kind) if kind != Kind::Count => {
+                    (kind, float_column(name, column(batch, name)?.data_type())?)
+                }
+                (_, kind) => (kind, false),
+            });
+        }
+        let layout = Accs::new(kinds);
+        if layout.slots != self.accs.slots {
+            self.flush()?;
+            self.accs = layout;
+        }
+        self.number(batch)?;
+        self.accs.grow(self.next as usize);
+        for (j, agg) in self.spec.aggs.iter().enumerate() {
+            let Some(name) = &agg.column else {
+                self.accs.count_rows(j, &self.gids, None);
+                continue;
+            };
+            let a = column(batch, name)?;
+            let nulls = a.logical_nulls();
+            if agg.kind == Kind::Count {
+                self.accs.count_rows(j, &self.gids, nulls.as_ref());
+            } else {
+                let accs = &mut self.accs;
+                with_values!(a, name, |v| accs.add(j, &self.gids, v, nulls.as_ref()));
+            }
+        }
+        Ok(())
+    }
+
+    /// The groups with their partial states, the table emptied (its memory given back).
+    fn drain(&mut self) -> Vec<(GroupKey, Vec<State>)> {
+        let accs = &self.accs;
+        let states = |g: u32| {
+            (0..accs.slots.len())
+                .map(|j| accs.state(g as usize, j))
+                .collect::<Vec<_>>()
+        };
+        let mut out = Vec::with_capacity(self.next as usize);
+        let empty = match &mut self.groups {
+            Groups::Int(ints) => {
+                let ints = std::mem::replace(ints, IntGroups::new());
+                out.extend(ints.drain().map(|(k, g)| {
+                    let key = k.map_or(KeyValue::Null, KeyValue::Int);
+                    (vec![key], states(g))
+                }));
+                Groups::Int(IntGroups::new())
+            }
+            Groups::Keys(map) => {
+                out.extend(std::mem::take(map).into_iter().map(|(k, g)| {
+                    let s = states(g);
+                    (k, s)
+                }));
+                Groups::Keys(hash::Map::default())
+            }
+        };
+        self.groups = empty;
+        self.next = 0;
+        self.accs.words = Vec::new();
+        out
+    }
+
+    /// Hands the partial aggregates on, partitioned by key, and starts again.
+    fn flush(&mut self) -> Result<()> {
+        let n = self.partitions.max(1);
+        let mut parts: Vec<Vec<(GroupKey, Vec<State>)>> = (0..n).map(|_| Vec::new()).collect();
+        for (key, states) in self.drain() {
+            parts[crate::ops::partition_of(&key, n) as usize].push((key, states));
+        }
+        crate::ops::emit_parts(parts)
+    }
+}
+
+impl crate::task::ShuffleWriter for GroupWriter {
+    fn push(&mut self, rows: Rows) -> Result<()> {
+        for b in rows.take::<Batch>()? {
+            self.add(&b.0)?;
+            if self.next as usize >= crate::ops::MIN_HELD
+                && crate::spill::over_budget(self.groups.growth())
+            {
+                self.flush()?;
+            }
+        }
+        Ok(())
+    }
+
+    fn finish(mut self: Box<Self>) -> Result<()> {
+        self.flush()
+    }
+}
+
+// ---------------------------------------------------------------- reduce side's end
+
+/// The groups' merged states → batches of key columns and aggregate columns.
+fn finish_groups(
+    spec: &Spec,
+    _: &mut (),
+    groups: Vec<(GroupKey, Vec<State>)>,
+) -> Result<Vec<Batch>> {
+    let mut out = Vec::new();
+    for chunk in groups.chunks(BATCH_ROWS) {
+        let mut fields = Vec::new();
+        let mut columns: Vec<ArrayRef> = Vec::new();
+        for (i, name) in spec.keys.iter().enumerate() {
+            let column = key_column(chunk.iter().map(|(k, _)| k.get(i)))
+                .map_err(|e| e.context(format!("group_by column `{name}`")))?;
+            fields.push(Field::new(name, column.data_type().clone(), true));
+            columns.push(column);
+        }
+        for (i, agg) in spec.aggs.iter().enumerate() {
+            let column = agg_column(agg, chunk.iter().map(|(k, s)| (k, s.get(i))))?;
+            fields.push(Field::new(&agg.name, column.data_type().clone(), true));
+            columns.push(column);
+        }
+        out.push(Batch(RecordBatch::try_new(
+            Arc::new(Schema::new(fields)),
+            columns,
+        )?));
+    }
+    Ok(out)
+}
+
+/// A key column from the groups' values: `Int64`, `UInt64`, `Boolean` or `Utf8` (that
+/// of a column of nulls alone).
+fn key_column<'k>(values: impl Iterator<Item = Option<&'k KeyValue>> + Clone) -> Result<ArrayRef> {
+    let mixed = || Error::msg("holds values of several types (files typing it differently?)");
+    Ok(
+        match values.clone().flatten().find(|v| **v != KeyValue::Null) {
+            Some(KeyValue::Int(_)) => {
+                let mut b = Int64Builder::new();
+                for v in values {
+                    match v {
+                        Some(KeyValue::Int(x)) => b.append_value(*x),
+                        Some(KeyValue::Null) | None => b.append_null(),
+                        Some(_) => return Err(mixed()),
+                    }
+                }
+                Arc::new(b.finish())
+            }
+            Some(KeyValue::UInt(_)) => {
+                let mut b = arrow_array::builder::UInt64Builder::new();
+                for v in values {
+                    match v {
+                        Some(KeyValue::UInt(x)) => b.append_value(*x),
+                        Some(KeyValue::Null) | None => b.append_null(),
+                        Some(_) => return Err(mixed()),
+                    }
+                }
+                Arc::new(b.finish())
+            }
+            Some(KeyValue::Bool(_)) => {
+                let mut b = BooleanBuilder::new();
+                for v in values {
+                    match v {
+                        Some(KeyValue::Bool(x)) => b.append_value(*x),
+                        Some(KeyValue::Null) | None => b.append_null(),
+                        Some(_) => return Err(mixed()),
+                    }
+                }
+                Arc::new(b.finish())
+            }
+            _ => {
+                let mut b = StringBuilder::new();
+                for v in values {
+                    match v {
+                        Some(KeyValue::Text(x)) => b.append_value(x.as_str()),
+                        Some(KeyValue::Null) | None => b.append_null(),
+                        Some(_) => return Err(mixed()),
+                    }
+                }
+                Arc::new(b.finish())
+            }
+        },
+    )
+}
+
+/// An aggregate's column from the groups' merged states.
+fn agg_column<'s>(
+    agg: &Agg,
+    states: impl Iterator<Item = (&'s GroupKey, Option<&'s State>)> + Clone,
+) -> Result<ArrayRef> {
+    let missing = || Error::msg(format!("internal: no state for `{}`", agg.name));
+    if agg.kind == Kind::Count {
+        let mut b = Int64Builder::new();
+        for (_, s) in states {
+            b.append_value(s.ok_or_else(missing)?.n as i64);
+        }
+        return Ok(Arc::new(b.finish()));
+    }
+    let float = agg.kind == Kind::Mean
+        || states
+            .clone()
+            .any(|(_, s)| matches!(s, Some(State { v: Num::F(_), .. })));
+    if float {
+        let mut b = Float64Builder::new();
+        for (_, s) in states {
+            let s = s.ok_or_else(missing)?;
+            match (s.n, agg.kind) {
+                (0, _) => b.append_null(),
+                (n, Kind::Mean) => b.append_value(s.v.f() / n as f64),
+                _ => b.append_value(s.v.f()),
+            }
+        }
+        return Ok(Arc::new(b.finish()));
+    }
+    let mut b = Int64Builder::new();
+    for (key, s) in states {
+        let s = s.ok_or_else(missing)?;
+        match (s.n, s.v) {
+            (0, _) => b.append_null(),
+            (_, Num::I(v)) => b.append_value(i64::try_from(v).map_err(|_| {
+                Error::msg(format!(
+                    "`{}` of group {key:?} is {v}, which does not fit a 64-bit integer",
+                    agg.name
+                ))
+                .bad_input()
+            })?),
+            (_, Num::F(_)) => unreachable!("a float state makes a float column"),
+        }
+    }
+    Ok(Arc::new(b.finish()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use arrow_array::{DictionaryArray, Float64Array, Int32Array, Int64Array, StringArray};
+    use std::collections::BTreeMap;
+
+    /// Runs the map side over `batches` in one writer and merges what it hands on as
+    /// the reduce side would (in one partition): once handing its table on after every
+    /// batch, once only at the end. Both must give the same groups; the finished batches.
+    fn aggregate(spec: &Spec, batches: &[RecordBatch]) -> Result<Vec<RecordBatch>> {
+        let each = merged(spec, batches, true)?;
+        let at_end = merged(spec, batches, false)?;
+        let sorted = |rows: &[(GroupKey, Vec<State>)]| {
+            let mut v: Vec<String> = rows.iter().map(|r| format!("{r:?}")).collect();
+            v.sort();
+            v
+        };
+        assert_eq!(sorted(&each), sorted(&at_end));
+        Ok(finish_groups(spec, &mut (), at_end)?
+            .into_iter()
+            .map(|b| b.0)
+            .collect())
+    }
+
+    fn merged(
+        spec: &Spec,
+        batches: &[RecordBatch],
+        drain_each: bool,
+    ) -> Result<Vec<(GroupKey, Vec<State>)>> {
+        let mut w = GroupWriter::new(spec.clone(), 1);
+        let mut merged: hash::Map<GroupKey, Vec<State>> = hash::Map::default();
+        let mut take = |w: &mut GroupWriter| {
+            for (k, s) in w.drain() {
+                match merged.remove(&k) {
+                    Some(old) => merged.insert(k, merge_states(old, s)),
+                    None => merged.insert(k, s),
+                };
+            }
+        };
+        for b in batches {
+            w.add(b)?;
+            if drain_each {
+                take(&mut w);
+            }
+        }
+        take(&mut w);
+        Ok(merged.into_iter().collect())
+    }
+
+    fn spec(keys: &[&str], aggs: Vec<Agg>) -> Spec {
+        Spec {
+            keys: keys.iter().map(|s| s.to_string()).collect(),
+            aggs,
+        }
+    }
+
+    /// The output as `key → rendered aggregate values`, sorted by key text.
+    fn table(batches: &[RecordBatch], keys: usize) -> BTreeMap<String, String> {
+        let mut out = BTreeMap::new();
+        for b in batches {
+            let fmt = cell_text;
+            for i in 0..b.num_rows() {
+                let key: Vec<String> = (0..keys).map(|c| fmt(b.column(c), i)).collect();
+                let vals: Vec<String> = (keys..b.num_columns())
+                    .map(|c| fmt(b.column(c), i))
+                    .collect();
+                out.insert(key.join(","), vals.join(" "));
+            }
+        }
+        out
+    }
+
+    fn cell_text(c: &ArrayRef, i: usize) -> String {
+        if c.is_null(i) {
+            return "null".into();
+        }
+        match c.data_type() {
+            DataType::Int64 => c.as_primitive::<Int64Type>().value(i).to_string(),
+            DataType::Float64 => c.as_primitive::<Float64Type>().value(i).to_string(),
+            DataType::Utf8 => c.as_string::<i32>().value(i).to_string(),
+            DataType::Boolean => c.as_boolean().value(i).to_string(),
+            t => panic!("unexpected {t}"),
+        }
+    }
+
+    fn batch(columns: Vec<(&str, ArrayRef)>) -> RecordBatch {
+        RecordBatch::try_from_iter(columns).unwrap()
+    }
+
+    #[test]
+    fn sums_counts_and_extremes_per_text_key_match_a_row_by_row_computation() {
+        let cats = [
+            "b",
+            "a",
+            "c",
+            "a",
+            "b",
+            "a",
+            "a-long-category-name-past-inline",
+        ];
+        let amounts = [1.5, 2.0, f64::NAN, -4.0, 8.0, 0.25, 3.0];
+        let qty = [Some(3), None, Some(7), Some(-2), None, Some(10), Some(1)];
+        let plain = batch(vec![
+            (
+                "category",
+                Arc::new(StringArray::from(cats.to_vec())) as ArrayRef,
+            ),
+            ("amount", Arc::new(Float64Array::from(amounts.to_vec()))),
+            ("qty", Arc::new(Int32Array::from(qty.to_vec()))),
+        ]);
+        let dict: DictionaryArray<Int32Type> = cats.iter().copied().collect();
+        let dictionary = batch(vec![
+            ("category", Arc::new(dict) as ArrayRef),
+            ("amount", Arc::new(Float64Array::from(amounts.to_vec()))),
+            ("qty", Arc::new(Int32Array::from(qty.to_vec()))),
+        ]);
+        let s = spec(
+            &["category"],
+            vec![
+                Agg::count(),
+                Agg::sum("amount"),
+                Agg::count_of("qty"),
+                Agg::sum("qty").alias("q"),
+                Agg::min("qty"),
+                Agg::max("amount"),
+                Agg::mean("qty"),
+            ],
+        );
+        // Expected, row by row: rows, sum(amount), count(qty), sum(qty), min(qty),
+        // max(amount) and whether a NaN was seen.
+        type Want = (u64, f64, u64, i64, Option<i64>, f64, bool);
+        let mut want: BTreeMap<String, Want> = BTreeMap::new();
+        for _ in 0..2 {
+            for i in 0..cats.len() {
+                let e = want.entry(cats[i].to_string()).or_insert((
+                    0,
+                    0.0,
+                    0,
+                    0,
+                    None,
+                    f64::NEG_INFINITY,
+                    false,
+                ));
+                e.0 += 1;
+                e.1 += amounts[i];
+                if let Some(q) = qty[i] {
+                    e.2 += 1;
+                    e.3 += q as i64;
+                    e.4 = Some(e.4.map_or(q as i64, |m| m.min(q as i64)));
+                }
+                if amounts[i].is_nan() || e.6 {
+                    e.6 = true;
+                } else {
+                    e.5 = e.5.max(amounts[i]);
+                }
+            }
+        }
+        let want: BTreeMap<String, String> = want
+            .into_iter()
+            .map(|(k, (n, sum, nq, sq, minq, maxa, nan))| {
+                let max = if nan {
+                    "NaN".to_string()
+                } else {
+                    maxa.to_string()
+                };
+                let opt = |x: Option<String>| x.unwrap_or("null".into());
+                let v = format!(
+                    "{n} {sum} {nq} {} {} {max} {}",
+                    opt((nq > 0).then(|| sq.to_string())),
+                    opt(minq.map(|m| m.to_string())),
+                    opt((nq > 0).then(|| (sq as f64 / nq as f64).to_string())),
+                );
+                (k, v)
+            })
+            .collect();
+        let got = aggregate(&s, &[plain.clone(), dictionary.clone()]).unwrap();
+        assert_eq!(table(&got, 1), want);
+        let names: Vec<String> = got[0]
+            .schema()
+            .fields()
+            .iter()
+            .map(|f| f.name().clone())
+            .collect();
+        assert_eq!(
+            names,
+            [
+                "category",
+                "count",
+                "sum(amount)",
+                "count(qty)",
+                "q",
+                "min(qty)",
+                "max(amount)",
+                "avg(qty)"
+            ]
+        );
+    }
+
+    #[test]
+    fn integer_and_composite_keys_with_nulls() {
+        let key = Int64Array::from(vec![Some(7), None, Some(7), Some(-1), None]);
+        let flag = arrow_array::BooleanArray::from(vec![true, true, false, true, true]);
+        let x = Int64Array::from(vec![1, 2, 3, 4, 5]);
+        let b = batch(vec![
+            ("k", Arc::new(key) as ArrayRef),
+            ("flag", Arc::new(flag)),
+            ("x", Arc::new(x)),
+        ]);
+        let one = aggregate(&spec(&["k"], vec![Agg::sum("x")]), std::slice::from_ref(&b)).unwrap();
+        assert_eq!(
+            table(&one, 1),
+            BTreeMap::from([
+                ("-1".to_string(), "4".to_string()),
+                ("7".to_string(), "4".to_string()),
+                ("null".to_string(), "7".to_string()),
+            ])
+        );
+        // Keys below the dense table's base, then past its span (the table moves into a
+        // hash map, its groups kept).
+        let more = |keys: Vec<Option<i64>>, x: Vec<i64>| {
+            batch(vec![
+                ("k", Arc::new(Int64Array::from(keys)) as ArrayRef),
+                ("x", Arc::new(Int64Array::from(x))),
+            ])
+        };
+        let b2 = more(vec![Some(-5), Some(7), None], vec![10, 20, 30]);
+        let b3 = more(
+            vec![Some(3_000_000), Some(-1), Some(-5)],
+            vec![100, 200, 300],
+        );
+        let spread = aggregate(
+            &spec(&["k"], vec![Agg::sum("x"), Agg::count()]),
+            &[b.clone(), b2, b3],
+        )
+        .unwrap();
+        assert_eq!(
+            table(&spread, 1),
+            BTreeMap::from([
+                ("-1".to_string(), "204 2".to_string()),
+                ("-5".to_string(), "310 2".to_string()),
+                ("3000000".to_string(), "100 1".to_string()),
+                ("7".to_string(), "24 3".to_string()),
+                ("null".to_string(), "37 3".to_string()),
+            ])
+        );
+        let two = aggregate(&spec(&["k", "flag"], vec![Agg::count()]), &[b]).unwrap();
+        assert_eq!(
+            table(&two, 2),
+            BTreeMap::from([
+                ("-1,true".to_string(), "1".to_string()),
+                ("7,false".to_string(), "1".to_string()),
+                ("7,true".to_string(), "1".to_string()),
+                ("null,true".to_string(), "2".to_string()),
+            ])
+        );
+    }
+
+    #[test]
+    fn an_integer_sum_past_64_bits_is_an_error_naming_the_group() {
+        let b = batch(vec![
+            (
+                "k",
+                Arc::new(StringArray::from(vec!["big", "big"])) as ArrayRef,
+            ),
+            ("x", Arc::new(Int64Array::from(vec![i64::MAX, 1]))),
+        ]);
+        let err = aggregate(&spec(&["k"], vec![Agg::sum("x")]), &[b]).unwrap_err();
+        assert!(
+            err.to_string().contains("does not fit a 64-bit integer"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_missing_column_or_a_text_value_column_is_an_error_naming_it() {
+        let b = batch(vec![
+            ("k", Arc::new(StringArray::from(vec!["a"])) as ArrayRef),
+            ("t", Arc::new(StringArray::from(vec!["x"]))),
+        ]);
+        let err = aggregate(
+            &spec(&["nope"], vec![Agg::count()]),
+            std::slice::from_ref(&b),
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("no column `nope`"), "{err}");
+        let err = aggregate(&spec(&["k"], vec![Agg::sum("t")]), &[b]).unwrap_err();
+        assert!(
+            err.to_string().contains("column `t` has type Utf8"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_batch_round_trips_through_serde() {
+        let b = batch(vec![(
+            "x",
+            Arc::new(Int64Array::from(vec![1, 2])) as ArrayRef,
+        )]);
+        let bytes = postcard::to_stdvec(&Batch(b.clone())).unwrap();
+        let back: Batch = postcard::from_bytes(&bytes).unwrap();
+        assert_eq!(back.0, b);
+    }
+}
