@@ -98,6 +98,23 @@ impl Default for CsvOptions {
     }
 }
 
+impl CsvOptions {
+    /// The options as the plan carries them, with the schema to read (`None`: inferred).
+    fn wit(&self, schema: Option<Vec<u8>>) -> wit::CsvOptions {
+        wit::CsvOptions {
+            header: self.header,
+            delimiter: self.delimiter,
+            quote: self.quote,
+            escape: self.escape,
+            comment: self.comment,
+            null_values: self.null_values.clone(),
+            multi_line: self.multi_line,
+            date_formats: self.date_formats.clone(),
+            schema,
+        }
+    }
+}
+
 /// What the driver program sees: its arguments and the sources it can read.
 pub struct Context {
     args: Vec<String>,
@@ -270,17 +287,7 @@ impl Context {
         };
         Ok(self.files(
             path,
-            wit::ReadFormat::Csv(wit::CsvOptions {
-                header: options.header,
-                delimiter: options.delimiter,
-                quote: options.quote,
-                escape: options.escape,
-                comment: options.comment,
-                null_values: options.null_values,
-                multi_line: options.multi_line,
-                date_formats: options.date_formats,
-                schema,
-            }),
+            wit::ReadFormat::Csv(options.wit(schema)),
             options.malformed,
             formats::decode_typed::<T>,
         ))
@@ -335,6 +342,27 @@ impl Context {
             path,
             wit::ReadFormat::Parquet(Some(columns.iter().map(|c| c.to_string()).collect())),
             Malformed::Fail,
+            crate::frame::decode_batch,
+        )))
+    }
+
+    /// CSV files as a [`Frame`](crate::Frame), read as `options` say; the columns' types
+    /// are inferred from a sample of the data (as `infer_schema` does for rows).
+    ///
+    /// ```no_run
+    /// # fn f(ctx: &mut flint::Context) -> flint::Result<()> {
+    /// let sales = ctx.csv_frame("sales.csv", flint::CsvOptions::default())?;
+    /// # Ok(()) }
+    /// ```
+    pub fn csv_frame(&mut self, path: &str, options: CsvOptions) -> Result<crate::Frame> {
+        let options = CsvOptions {
+            infer_schema: true,
+            ..options
+        };
+        Ok(crate::Frame::new(self.files(
+            path,
+            wit::ReadFormat::Csv(options.wit(None)),
+            options.malformed,
             crate::frame::decode_batch,
         )))
     }

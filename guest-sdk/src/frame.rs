@@ -72,7 +72,8 @@ pub(crate) fn decode_batch(_arg: &[u8], batch: &RecordBatch) -> Result<Rows> {
 }
 
 /// A lazy, partitioned table of Arrow batches, for aggregations that run a column at a
-/// time. Made by [`Context::parquet_frame`](crate::Context::parquet_frame); its rows
+/// time. Made by [`Context::parquet_frame`](crate::Context::parquet_frame) or
+/// [`Context::csv_frame`](crate::Context::csv_frame); its rows
 /// become a typed [`Dataset`] with [`rows`](Frame::rows).
 ///
 /// ```no_run
@@ -100,6 +101,13 @@ impl Frame {
     /// The batches themselves.
     pub fn batches(&self) -> Dataset<Batch> {
         self.batches.clone()
+    }
+
+    /// The rows that pass `p`, a predicate on the source's columns: the host filters
+    /// them before the job sees them, and skips Parquet row groups whose statistics rule
+    /// out every row (see [`Dataset::filter_columns`]).
+    pub fn filter_columns(&self, p: crate::Predicate) -> Frame {
+        Frame::new(self.batches.filter_columns(p))
     }
 
     /// Groups the rows by the values of the named columns (integer, boolean or text

@@ -166,6 +166,9 @@ fn csv_columns_match_by_header_name_with_na_holes_and_a_late_first_na() {
         .map(str::to_string)
         .collect();
     assert_eq!(got, stats(&all));
+    // The same sums through a frame's columnar group-by of the CSV (types inferred,
+    // `NA` holes null, the carrier a plain text column).
+    assert_eq!(io(&["frame-csv", s(&dir)]), stats(&all));
 
     // Other null values: with only `-` a null, `NA` is not a number.
     let err = run_err(&mut io_cmd(&["csv", s(&dir.join("a.csv")), "nulls=-"]));

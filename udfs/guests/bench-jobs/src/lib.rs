@@ -9,7 +9,9 @@
 //! FACTS and DIM are Parquet (or CSV when the path ends in `.csv`). The aggregations of
 //! Parquet run as a frame's columnar `group_by` (as a Spark user writes them with
 //! DataFrames); `aggkey-rows` and `aggcat-rows` are the same jobs through typed rows and
-//! `reduce_by_key`. The word count is the `wordcount` example itself.
+//! `reduce_by_key`, as are those of CSV (`csv_frame` reads every column of the file: the
+//! typed rows parse only the row type's, and were faster on the peers' facts.csv, 2.6 s
+//! against 2.9). The word count is the `wordcount` example itself.
 
 use flint::{Agg, Context, Dataset, Error, Result, Str};
 use serde::{Deserialize, Serialize};

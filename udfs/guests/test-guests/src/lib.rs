@@ -646,8 +646,9 @@ fn io(ctx: &mut Context, args: &[String]) -> Result<()> {
             );
             return Ok(());
         }
-        // The same `stats` lines through a frame's columnar group-by.
-        "frame" => {
+        // The same `stats` lines through a frame's columnar group-by, of Parquet
+        // (`frame`) or CSV (`frame-csv`, its types inferred).
+        "frame" | "frame-csv" => {
             #[derive(serde::Serialize, serde::Deserialize)]
             struct CarrierStats {
                 carrier: String,
@@ -658,8 +659,13 @@ fn io(ctx: &mut Context, args: &[String]) -> Result<()> {
                 year_sum: i64,
             }
             use flint::Agg;
-            let mut stats = ctx
-                .parquet_frame(&arg(1)?, &["carrier", "dep_delay", "distance", "year"])?
+            let frame = match kind.as_str() {
+                "frame" => {
+                    ctx.parquet_frame(&arg(1)?, &["carrier", "dep_delay", "distance", "year"])?
+                }
+                _ => ctx.csv_frame(&arg(1)?, csv_options(&args[2..]))?,
+            };
+            let mut stats = frame
                 .group_by(["carrier"])
                 .agg([
                     Agg::count().alias("rows"),
