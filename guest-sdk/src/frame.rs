@@ -780,6 +780,37 @@ fn group_of<K: std::hash::Hash + Eq>(map: &mut hash::Map<K, u32>, key: K, next: 
     g
 }
 
+/// The group number of dictionary index `k` (checked), numbering its text when first
+/// met; `of_value` holds the group numbers of the dictionary's values met so far.
+#[inline(always)]
+fn dictionary_group(
+    of_value: &mut [u32],
+    values: &arrow_array::StringArray,
+    k: i32,
+    map: &mut hash::Map<GroupKey, u32>,
+    next: &mut u32,
+) -> u32 {
+    let slot = &mut of_value[k as u32 as usize];
+    if *slot == u32::MAX {
+        *slot = new_text_group(map, values.value(k as u32 as usize), next);
+    }
+    *slot
+}
+
+/// The group number of `key`, out of the caller's loop (it runs once per group).
+#[cold]
+#[inline(never)]
+fn new_group(map: &mut hash::Map<GroupKey, u32>, key: GroupKey, next: &mut u32) -> u32 {
+    group_of(map, key, next)
+}
+
+/// [`new_group`] of a text key.
+#[cold]
+#[inline(never)]
+fn new_text_group(map: &mut hash::Map<GroupKey, u32>, text: &str, next: &mut u32) -> u32 {
+    group_of(map, vec![KeyValue::Text(Str::from(text))], next)
+}
+
 /// Whether a single key column takes the integer table.
 fn int_key(t: &DataType) -> bool {
     matches!(
@@ -960,33 +991,40 @@ impl GroupWriter {
                     .collect::<Result<Vec<_>>>()?;
                 if let [(KeyColumn::Dict(indexes, values), nulls)] = columns.as_slice() {
                     // One dictionary column: a group number per dictionary value, looked
-                    // up when a row first uses it.
+                    // up when a row first uses it. The indexes are checked first, so
+                    // that the loop holds no error path (whose captures kept the loop's
+                    // counters in memory).
+                    let valid = |i: usize| nulls.as_ref().is_none_or(|n| n.is_valid(i));
+                    if let Some((i, k)) = indexes
+                        .iter()
+                        .enumerate()
+                        .find(|&(i, &k)| k as u32 as usize >= values.len() && valid(i))
+                    {
+                        return Err(Error::msg(format!(
+                            "column `{}` (row {i} of the batch): dictionary index {k} of a dictionary of {} values",
+                            keys[0].0,
+                            values.len()
+                        ))
+                        .bad_input());
+                    }
                     let mut of_value = vec![u32::MAX; values.len()];
-                    let mut null_gid = None;
-                    for (i, (out, &k)) in gids.iter_mut().zip(*indexes).enumerate() {
-                        if let Some(nulls) = nulls
-                            && nulls.is_null(i)
-                        {
-                            *out = *null_gid
-                                .get_or_insert_with(|| group_of(map, vec![KeyValue::Null], next));
-                            continue;
+                    match nulls {
+                        None => {
+                            for (out, &k) in gids.iter_mut().zip(*indexes) {
+                                *out = dictionary_group(&mut of_value, values, k, map, next);
+                            }
                         }
-                        let slot = usize::try_from(k)
-                            .ok()
-                            .and_then(|k| of_value.get_mut(k))
-                            .ok_or_else(|| {
-                                Error::msg(format!(
-                                    "column `{}` (row {i} of the batch): dictionary index {k} of a dictionary of {} values",
-                                    keys[0].0,
-                                    values.len()
-                                ))
-                                .bad_input()
-                            })?;
-                        if *slot == u32::MAX {
-                            let text = Str::from(values.value(k as usize));
-                            *slot = group_of(map, vec![KeyValue::Text(text)], next);
+                        Some(nulls) => {
+                            // A null row is there: its group too.
+                            let null_gid = (nulls.null_count() > 0)
+                                .then(|| new_group(map, vec![KeyValue::Null], next));
+                            for (i, (out, &k)) in gids.iter_mut().zip(*indexes).enumerate() {
+                                *out = match null_gid {
+                                    Some(g) if nulls.is_null(i) => g,
+                                    _ => dictionary_group(&mut of_value, values, k, map, next),
+                                };
+                            }
                         }
-                        *out = *slot;
                     }
                 } else {
                     for (i, out) in gids.iter_mut().enumerate() {
@@ -1494,6 +1532,39 @@ mod tests {
                 ("7,true".to_string(), "1".to_string()),
                 ("null,true".to_string(), "2".to_string()),
             ])
+        );
+    }
+
+    #[test]
+    fn dictionary_keys_with_nulls_and_a_bad_index() {
+        // Row 1's index (9) is out of range; `valid` says whether the row is null.
+        let dict = |valid: Option<Vec<bool>>| {
+            let keys = Int32Array::new(vec![1, 9, 0, 1].into(), valid.map(NullBuffer::from));
+            let values = Arc::new(StringArray::from(vec!["x", "y"]));
+            // SAFETY: deliberately unchecked: the index of a null slot may be anything,
+            // and an invalid one must be an error, not trusted.
+            let d = unsafe { DictionaryArray::<Int32Type>::new_unchecked(keys, values) };
+            batch(vec![
+                ("k", Arc::new(d) as ArrayRef),
+                ("x", Arc::new(Int64Array::from(vec![1, 2, 4, 8]))),
+            ])
+        };
+        let s = spec(&["k"], vec![Agg::sum("x")]);
+        let null_row = dict(Some(vec![true, false, true, true]));
+        assert_eq!(
+            table(&aggregate(&s, &[null_row]).unwrap(), 1),
+            BTreeMap::from([
+                ("x".to_string(), "4".to_string()),
+                ("y".to_string(), "9".to_string()),
+                ("null".to_string(), "2".to_string()),
+            ])
+        );
+        let err = aggregate(&s, &[dict(None)]).unwrap_err();
+        assert!(
+            err.to_string().contains(
+                "column `k` (row 1 of the batch): dictionary index 9 of a dictionary of 2 values"
+            ),
+            "{err}"
         );
     }
 
