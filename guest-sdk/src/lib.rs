@@ -57,6 +57,10 @@
 //!   `distinct`, `join`, `left_outer_join`, `right_outer_join`, `full_outer_join`,
 //!   `cogroup`, `sort_by`, `repartition`, `partition_by`; `with_partitions` sets a
 //!   shuffle's partition count (default: the setting `shuffle.partitions`).
+//! - Columnar ([`Frame`], from `parquet_frame` or `csv_frame`): `group_by(..).agg(..)`
+//!   with [`Agg`]s (`count`, `count_of`, `sum`, `min`, `max`, `mean`), run a column at a
+//!   time over Arrow batches with no closure per row; `filter_columns`; `rows::<T>()`
+//!   turns a frame into a typed `Dataset`.
 //! - Actions: `collect`, `count`, `first`, `take` (partitions read in rounds, see
 //!   [`Dataset::take`]), `top`, `reduce`, `fold`,
 //!   `count_by_value`, `count_by_key`, `foreach_partition`, `save_as_text`,
