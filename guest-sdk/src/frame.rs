@@ -153,6 +153,9 @@ impl GroupedFrame {
             keys: self.keys.clone(),
             aggs: aggs.into_iter().collect(),
         };
+        if let Some(why) = spec.refused() {
+            return Frame::new(Dataset::from_node(crate::dataset::LNode::Invalid(why)));
+        }
         let grouped: Dataset<(GroupKey, Vec<State>)> = self.batches.aggregate_shuffle(
             &spec,
             new_group_writer as crate::task::NewWriterFn as usize,
@@ -254,6 +257,25 @@ impl Agg {
 struct Spec {
     keys: Vec<String>,
     aggs: Vec<Agg>,
+}
+
+impl Spec {
+    /// Why this group-by cannot run (reported when an action runs it), if it cannot.
+    fn refused(&self) -> Option<String> {
+        if self.keys.is_empty() {
+            return Some("group_by names no column".into());
+        }
+        let names = self.keys.iter().chain(self.aggs.iter().map(|a| &a.name));
+        let mut seen = std::collections::HashSet::new();
+        for name in names {
+            if !seen.insert(name) {
+                return Some(format!(
+                    "group_by/agg: two output columns are named `{name}` (alias one of them)"
+                ));
+            }
+        }
+        None
+    }
 }
 
 /// One key column's value in one row.
@@ -922,8 +944,8 @@ struct GroupWriter {
 
 fn new_group_writer(arg: &[u8], partitions: u32) -> Result<Box<dyn crate::task::ShuffleWriter>> {
     let spec: Spec = crate::ops::capture(arg)?;
-    if spec.keys.is_empty() {
-        return Err(Error::msg("group_by names no column").bad_input());
+    if let Some(why) = spec.refused() {
+        return Err(Error::msg(why).bad_input());
     }
     Ok(Box::new(GroupWriter::new(spec, partitions)))
 }
@@ -1600,6 +1622,24 @@ mod tests {
         assert!(
             err.to_string().contains("column `t` has type Utf8"),
             "{err}"
+        );
+    }
+
+    #[test]
+    fn a_group_by_without_keys_or_with_two_columns_of_one_name_is_refused() {
+        assert_eq!(
+            spec(&[], vec![Agg::count()]).refused().as_deref(),
+            Some("group_by names no column")
+        );
+        let twice = spec(&["k"], vec![Agg::sum("x"), Agg::count().alias("k")]);
+        assert!(
+            twice.refused().is_some_and(|w| w.contains("named `k`")),
+            "{:?}",
+            twice.refused()
+        );
+        assert_eq!(
+            spec(&["k"], vec![Agg::sum("x"), Agg::max("x")]).refused(),
+            None
         );
     }
 
