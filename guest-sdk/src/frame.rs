@@ -5,8 +5,8 @@
 //! row into a struct, calls closures per row and keeps the state the closures define.
 //! A frame's aggregation has no user code: the map side turns each batch's key columns
 //! into group numbers (a dictionary column once per dictionary value, an integer
-//! column through a map of integers) and adds each value column into per-group arrays in
-//! a tight loop over its Arrow slice. The partial states then cross the shuffle as
+//! column through a table indexed by value or a map of integers) and adds each value
+//! column into the groups' states in a tight loop over its Arrow slice. The partial states then cross the shuffle as
 //! `(key, states)` rows and the reduce side is `combine_by_key`'s, spilling as it does.
 
 use crate::dataset::Dataset;
@@ -98,7 +98,18 @@ impl Frame {
         Frame { batches }
     }
 
-    /// The batches themselves.
+    /// The batches themselves: a closure over whole batches (Spark's `mapInArrow`) is a
+    /// `map` of them, and `Frame::from` makes a frame of the result.
+    ///
+    /// ```no_run
+    /// use flint::{Agg, Batch, Frame};
+    /// # fn f(ctx: &mut flint::Context) -> flint::Result<()> {
+    /// let frame = ctx.parquet_frame("facts.parquet", &["key", "amount"])?;
+    /// // Each batch's first 10 rows.
+    /// let heads = Frame::from(frame.batches().map(|b: Batch| Batch(b.0.slice(0, b.0.num_rows().min(10)))));
+    /// let sums = heads.group_by(["key"]).agg([Agg::sum("amount")]);
+    /// # Ok(()) }
+    /// ```
     pub fn batches(&self) -> Dataset<Batch> {
         self.batches.clone()
     }
@@ -110,8 +121,9 @@ impl Frame {
         Frame::new(self.batches.filter_columns(p))
     }
 
-    /// Groups the rows by the values of the named columns (integer, boolean or text
-    /// columns, text as a dictionary or not); a null key is a group of its own.
+    /// Groups the rows by the values of the named columns (integer, float, boolean or
+    /// text columns, text as a dictionary or not); a null key is a group of its own, as
+    /// is NaN (`-0.0` groups with `0.0`).
     pub fn group_by<S: Into<String>>(&self, keys: impl IntoIterator<Item = S>) -> GroupedFrame {
         GroupedFrame {
             batches: self.batches.clone(),
@@ -127,6 +139,12 @@ impl Frame {
             |_: &(), _: &mut ()| Ok(Vec::new()),
             "rows",
         )
+    }
+}
+
+impl From<Dataset<Batch>> for Frame {
+    fn from(batches: Dataset<Batch>) -> Frame {
+        Frame::new(batches)
     }
 }
 
@@ -285,7 +303,22 @@ pub(crate) enum KeyValue {
     Bool(bool),
     Int(i64),
     UInt(u64),
+    /// A float's bits, made canonical by [`float_key`].
+    Float(u64),
     Text(Str),
+}
+
+/// A float as a key: `-0.0` groups with `0.0` and every NaN with every other, as in
+/// Spark.
+fn float_key(x: f64) -> KeyValue {
+    let x = if x.is_nan() {
+        f64::NAN
+    } else if x == 0.0 {
+        0.0
+    } else {
+        x
+    };
+    KeyValue::Float(x.to_bits())
 }
 
 /// A group's key: its key columns' values, in the `group_by` order.
@@ -853,6 +886,8 @@ enum KeyColumn<'a> {
     /// Any integer column but `UInt64`, widened.
     Int(std::borrow::Cow<'a, [i64]>),
     UInt(&'a [u64]),
+    Float32(&'a [f32]),
+    Float64(&'a [f64]),
     Utf8(&'a arrow_array::StringArray),
     LargeUtf8(&'a arrow_array::LargeStringArray),
     Dict(&'a [i32], &'a arrow_array::StringArray),
@@ -864,6 +899,8 @@ impl<'a> KeyColumn<'a> {
             DataType::Boolean => KeyColumn::Bool(a.as_boolean()),
             DataType::UInt64 => KeyColumn::UInt(a.as_primitive::<UInt64Type>().values()),
             t if int_key(t) => KeyColumn::Int(widen(a)),
+            DataType::Float32 => KeyColumn::Float32(a.as_primitive::<Float32Type>().values()),
+            DataType::Float64 => KeyColumn::Float64(a.as_primitive::<Float64Type>().values()),
             DataType::Utf8 => KeyColumn::Utf8(a.as_string::<i32>()),
             DataType::LargeUtf8 => KeyColumn::LargeUtf8(a.as_string::<i64>()),
             DataType::Dictionary(k, v) if **k == DataType::Int32 && **v == DataType::Utf8 => {
@@ -872,7 +909,7 @@ impl<'a> KeyColumn<'a> {
             }
             other => {
                 return Err(Error::msg(format!(
-                    "group_by column `{name}` has type {other}: a key is an integer, boolean or text column"
+                    "group_by column `{name}` has type {other}: a key is an integer, float, boolean or text column"
                 ))
                 .bad_input());
             }
@@ -885,6 +922,8 @@ impl<'a> KeyColumn<'a> {
             KeyColumn::Bool(a) => KeyValue::Bool(a.value(i)),
             KeyColumn::Int(v) => KeyValue::Int(v[i]),
             KeyColumn::UInt(v) => KeyValue::UInt(v[i]),
+            KeyColumn::Float32(v) => float_key(v[i] as f64),
+            KeyColumn::Float64(v) => float_key(v[i]),
             KeyColumn::Utf8(a) => KeyValue::Text(Str::from(a.value(i))),
             KeyColumn::LargeUtf8(a) => KeyValue::Text(Str::from(a.value(i))),
             KeyColumn::Dict(keys, values) => {
@@ -1199,56 +1238,34 @@ fn finish_groups(
     Ok(out)
 }
 
-/// A key column from the groups' values: `Int64`, `UInt64`, `Boolean` or `Utf8` (that
-/// of a column of nulls alone).
+/// A key column from the groups' values: `Int64`, `UInt64`, `Float64`, `Boolean` or
+/// `Utf8` (that of a column of nulls alone).
 fn key_column<'k>(values: impl Iterator<Item = Option<&'k KeyValue>> + Clone) -> Result<ArrayRef> {
     let mixed = || Error::msg("holds values of several types (files typing it differently?)");
+    macro_rules! keys_of {
+        ($builder:expr, $variant:ident, |$x:ident| $value:expr) => {{
+            let mut b = $builder;
+            for v in values {
+                match v {
+                    Some(KeyValue::$variant($x)) => b.append_value($value),
+                    Some(KeyValue::Null) | None => b.append_null(),
+                    Some(_) => return Err(mixed()),
+                }
+            }
+            Arc::new(b.finish()) as ArrayRef
+        }};
+    }
     Ok(
         match values.clone().flatten().find(|v| **v != KeyValue::Null) {
-            Some(KeyValue::Int(_)) => {
-                let mut b = Int64Builder::new();
-                for v in values {
-                    match v {
-                        Some(KeyValue::Int(x)) => b.append_value(*x),
-                        Some(KeyValue::Null) | None => b.append_null(),
-                        Some(_) => return Err(mixed()),
-                    }
-                }
-                Arc::new(b.finish())
-            }
+            Some(KeyValue::Int(_)) => keys_of!(Int64Builder::new(), Int, |x| *x),
             Some(KeyValue::UInt(_)) => {
-                let mut b = arrow_array::builder::UInt64Builder::new();
-                for v in values {
-                    match v {
-                        Some(KeyValue::UInt(x)) => b.append_value(*x),
-                        Some(KeyValue::Null) | None => b.append_null(),
-                        Some(_) => return Err(mixed()),
-                    }
-                }
-                Arc::new(b.finish())
+                keys_of!(arrow_array::builder::UInt64Builder::new(), UInt, |x| *x)
             }
-            Some(KeyValue::Bool(_)) => {
-                let mut b = BooleanBuilder::new();
-                for v in values {
-                    match v {
-                        Some(KeyValue::Bool(x)) => b.append_value(*x),
-                        Some(KeyValue::Null) | None => b.append_null(),
-                        Some(_) => return Err(mixed()),
-                    }
-                }
-                Arc::new(b.finish())
+            Some(KeyValue::Float(_)) => {
+                keys_of!(Float64Builder::new(), Float, |x| f64::from_bits(*x))
             }
-            _ => {
-                let mut b = StringBuilder::new();
-                for v in values {
-                    match v {
-                        Some(KeyValue::Text(x)) => b.append_value(x.as_str()),
-                        Some(KeyValue::Null) | None => b.append_null(),
-                        Some(_) => return Err(mixed()),
-                    }
-                }
-                Arc::new(b.finish())
-            }
+            Some(KeyValue::Bool(_)) => keys_of!(BooleanBuilder::new(), Bool, |x| *x),
+            _ => keys_of!(StringBuilder::new(), Text, |x| x.as_str()),
         },
     )
 }
@@ -1587,6 +1604,32 @@ mod tests {
                 "column `k` (row 1 of the batch): dictionary index 9 of a dictionary of 2 values"
             ),
             "{err}"
+        );
+    }
+
+    #[test]
+    fn float_keys_group_zeros_together_and_nans_together() {
+        let k = Float64Array::from(vec![
+            Some(0.0),
+            Some(-0.0),
+            Some(f64::NAN),
+            Some(-f64::NAN),
+            Some(1.5),
+            None,
+        ]);
+        let b = batch(vec![
+            ("k", Arc::new(k) as ArrayRef),
+            ("x", Arc::new(Int64Array::from(vec![1, 2, 4, 8, 16, 32]))),
+        ]);
+        let got = aggregate(&spec(&["k"], vec![Agg::sum("x")]), &[b]).unwrap();
+        assert_eq!(
+            table(&got, 1),
+            BTreeMap::from([
+                ("0".to_string(), "3".to_string()),
+                ("NaN".to_string(), "12".to_string()),
+                ("1.5".to_string(), "16".to_string()),
+                ("null".to_string(), "32".to_string()),
+            ])
         );
     }
 

@@ -1,8 +1,9 @@
 //! Data larger than a task's memory: with `task.memory=64m` (operators spill past a
-//! quarter of it), an aggregation, a `group_by_key`, a sort, a join, a cogroup and a
-//! `map_partitions` whose state is about 4 times the cap run on two executor processes,
-//! spill, and give the results computed here. Each executor's peak RSS stays within the
-//! cap plus a stated overhead. A chaos case SIGKILLs an executor while it spills.
+//! quarter of it), an aggregation (of rows, and a frame's columnar group-by), a
+//! `group_by_key`, a sort, a join, a cogroup and a `map_partitions` whose state is about
+//! 4 times the cap run on two executor processes, spill, and give the results computed
+//! here. Each executor's peak RSS stays within the cap plus a stated overhead. A chaos
+//! case SIGKILLs an executor while it spills.
 
 use crate::cluster::*;
 use crate::util::*;
