@@ -257,14 +257,19 @@ impl<T: crate::Data> Dataset<T> {
     }
 
     /// A one-sided shuffle: the map side is the writer `write` makes with the captured
-    /// value `arg`, the reduce side the reader `read` makes.
-    fn shuffle_with<U>(
+    /// value `c`, the reduce side the reader `read` makes (`combine_by_key` and a frame's
+    /// group-by).
+    pub(crate) fn shuffle_with<C: Serialize, U>(
         &self,
+        c: &C,
         write: usize,
-        arg: Vec<u8>,
         read: usize,
         name: &'static str,
     ) -> Dataset<U> {
+        let arg = match encode_capture(c) {
+            Ok(a) => a,
+            Err(invalid) => return Self::to(invalid),
+        };
         Self::to(Rc::new(LNode::Shuffle {
             sides: vec![side(&self.node, op(write, arg))],
             partitions: None,
@@ -272,20 +277,6 @@ impl<T: crate::Data> Dataset<T> {
             name,
             probes: Vec::new(),
         }))
-    }
-
-    /// [`shuffle_with`](Self::shuffle_with) with the value `c` captured for the writer.
-    pub(crate) fn aggregate_shuffle<C: Serialize, U>(
-        &self,
-        c: &C,
-        write: usize,
-        read: usize,
-        name: &'static str,
-    ) -> Dataset<U> {
-        match encode_capture(c) {
-            Ok(arg) => self.shuffle_with(write, arg, read, name),
-            Err(invalid) => Self::to(invalid),
-        }
     }
 
     /// A narrow node applying the op `func` makes, with its captured value `arg`.
@@ -1345,13 +1336,9 @@ impl<K: crate::Key, V: crate::Data> Dataset<(K, V)> {
         Mc: Fn(U, U) -> U + Copy + 'static,
     {
         let _ = (create, merge, combine);
-        let arg = match encode_capture(c) {
-            Ok(a) => a,
-            Err(invalid) => return Self::to(invalid),
-        };
         let write = ops::new_combine_writer::<C, K, V, U, Cr, Mv> as NewWriterFn as usize;
         let read = ops::new_combine_reader::<K, U, Mc> as NewReaderFn as usize;
-        self.shuffle_with(write, arg, read, "combine_by_key")
+        self.shuffle_with(c, write, read, "combine_by_key")
     }
 
     /// Merges the values of each key with `f` (associative and commutative), combining

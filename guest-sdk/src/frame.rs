@@ -174,7 +174,7 @@ impl GroupedFrame {
         if let Some(why) = spec.refused() {
             return Frame::new(Dataset::from_node(crate::dataset::LNode::Invalid(why)));
         }
-        let grouped: Dataset<(GroupKey, Vec<State>)> = self.batches.aggregate_shuffle(
+        let grouped: Dataset<(GroupKey, Vec<State>)> = self.batches.shuffle_with(
             &spec,
             new_group_writer as crate::task::NewWriterFn as usize,
             reader_of(merge_states),
