@@ -77,7 +77,7 @@ impl<'a> Values<'a> {
 /// The dictionary's value at row `i`'s index, checked: a dictionary the host made is not
 /// validated again in the guest (see `rows::read_host_ipc`).
 #[inline(always)]
-fn dictionary_value<'a>(
+pub(crate) fn dictionary_value<'a>(
     keys: &[i32],
     values: &'a StringArray,
     i: usize,

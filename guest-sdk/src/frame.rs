@@ -386,7 +386,8 @@ fn merge_states(mut a: Vec<State>, b: Vec<State>) -> Vec<State> {
             Kind::Min => x.v.pick(y.v, false),
             Kind::Max => x.v.pick(y.v, true),
         };
-        x.n += y.n;
+        // Saturating: the states may come from another executor.
+        x.n = x.n.saturating_add(y.n);
     }
     a
 }
@@ -594,65 +595,34 @@ fn float_column(name: &str, t: &DataType) -> Result<bool> {
         | DataType::UInt16
         | DataType::UInt32
         | DataType::UInt64 => Ok(false),
-        other => Err(Error::msg(format!(
-            "column `{name}` has type {other}: an aggregate reads a number column"
-        ))
-        .bad_input()),
+        other => Err(not_a_number(name, other)),
     }
 }
 
-/// Calls `f` with a numeric column's values as a typed slice.
+/// The error of an aggregate given a column that does not hold numbers.
+fn not_a_number(name: &str, t: &DataType) -> Error {
+    Error::msg(format!(
+        "column `{name}` has type {t}: an aggregate reads a number column"
+    ))
+    .bad_input()
+}
+
+/// Evaluates `$body` with a numeric column's values as a typed slice `$v`; another
+/// type returns the error of [`not_a_number`].
 macro_rules! with_values {
-    ($array:expr, $name:expr, |$v:ident| $body:expr) => {{
+    ($array:expr, $name:expr, |$v:ident| $body:expr) => {
+        with_values!(@types $array, $name, $v, $body, Int8 Int8Type, Int16 Int16Type,
+            Int32 Int32Type, Int64 Int64Type, UInt8 UInt8Type, UInt16 UInt16Type,
+            UInt32 UInt32Type, UInt64 UInt64Type, Float32 Float32Type, Float64 Float64Type)
+    };
+    (@types $array:expr, $name:expr, $v:ident, $body:expr, $($dt:ident $t:ty),*) => {{
         let a = $array;
         match a.data_type() {
-            DataType::Int8 => {
-                let $v = a.as_primitive::<Int8Type>().values();
+            $(DataType::$dt => {
+                let $v = a.as_primitive::<$t>().values();
                 $body
-            }
-            DataType::Int16 => {
-                let $v = a.as_primitive::<Int16Type>().values();
-                $body
-            }
-            DataType::Int32 => {
-                let $v = a.as_primitive::<Int32Type>().values();
-                $body
-            }
-            DataType::Int64 => {
-                let $v = a.as_primitive::<Int64Type>().values();
-                $body
-            }
-            DataType::UInt8 => {
-                let $v = a.as_primitive::<UInt8Type>().values();
-                $body
-            }
-            DataType::UInt16 => {
-                let $v = a.as_primitive::<UInt16Type>().values();
-                $body
-            }
-            DataType::UInt32 => {
-                let $v = a.as_primitive::<UInt32Type>().values();
-                $body
-            }
-            DataType::UInt64 => {
-                let $v = a.as_primitive::<UInt64Type>().values();
-                $body
-            }
-            DataType::Float32 => {
-                let $v = a.as_primitive::<Float32Type>().values();
-                $body
-            }
-            DataType::Float64 => {
-                let $v = a.as_primitive::<Float64Type>().values();
-                $body
-            }
-            other => {
-                return Err(Error::msg(format!(
-                    "column `{}` has type {other}: an aggregate reads a number column",
-                    $name
-                ))
-                .bad_input());
-            }
+            })*
+            other => return Err(not_a_number($name, other)),
         }
     }};
 }
@@ -926,22 +896,11 @@ impl<'a> KeyColumn<'a> {
             KeyColumn::Float64(v) => float_key(v[i]),
             KeyColumn::Utf8(a) => KeyValue::Text(Str::from(a.value(i))),
             KeyColumn::LargeUtf8(a) => KeyValue::Text(Str::from(a.value(i))),
-            KeyColumn::Dict(keys, values) => {
-                KeyValue::Text(Str::from(dictionary_text(keys[i], values)?))
-            }
+            KeyColumn::Dict(keys, values) => KeyValue::Text(Str::from(
+                crate::columns::dictionary_value(keys, values, i)
+                    .map_err(|e| Error::from(e).bad_input())?,
+            )),
         })
-    }
-}
-
-/// The dictionary's text at index `k`, checked.
-fn dictionary_text(k: i32, values: &arrow_array::StringArray) -> Result<&str> {
-    match usize::try_from(k) {
-        Ok(k) if k < values.len() => Ok(values.value(k)),
-        _ => Err(Error::msg(format!(
-            "dictionary index {k} of a dictionary of {} values",
-            values.len()
-        ))
-        .bad_input()),
     }
 }
 
@@ -1155,24 +1114,17 @@ impl GroupWriter {
                 .collect::<Vec<_>>()
         };
         let mut out = Vec::with_capacity(self.next as usize);
-        let empty = match &mut self.groups {
-            Groups::Int(ints) => {
-                let ints = std::mem::replace(ints, IntGroups::new());
-                out.extend(ints.drain().map(|(k, g)| {
-                    let key = k.map_or(KeyValue::Null, KeyValue::Int);
-                    (vec![key], states(g))
-                }));
-                Groups::Int(IntGroups::new())
-            }
-            Groups::Keys(map) => {
-                out.extend(std::mem::take(map).into_iter().map(|(k, g)| {
-                    let s = states(g);
-                    (k, s)
-                }));
-                Groups::Keys(hash::Map::default())
-            }
+        let empty = match self.groups {
+            Groups::Int(_) => Groups::Int(IntGroups::new()),
+            Groups::Keys(_) => Groups::Keys(hash::Map::default()),
         };
-        self.groups = empty;
+        match std::mem::replace(&mut self.groups, empty) {
+            Groups::Int(ints) => out.extend(ints.drain().map(|(k, g)| {
+                let key = k.map_or(KeyValue::Null, KeyValue::Int);
+                (vec![key], states(g))
+            })),
+            Groups::Keys(map) => out.extend(map.into_iter().map(|(k, g)| (k, states(g)))),
+        }
         self.next = 0;
         self.accs.words = Vec::new();
         out
