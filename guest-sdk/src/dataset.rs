@@ -279,6 +279,41 @@ impl<T: crate::Data> Dataset<T> {
         }))
     }
 
+    /// A shuffle of two sides into the same partitions: each side's map side is the
+    /// writer its function makes with its captured value, the reduce side the reader
+    /// `read` makes with `c`, and each of `probes` (streamed side, probe op, captured
+    /// value) a way to run it as a broadcast hash join (the joins of rows and of frames).
+    pub(crate) fn shuffle_two<W, U, A: Serialize, C: Serialize, P: Serialize>(
+        &self,
+        other: &Dataset<W>,
+        writers: [(usize, &A); 2],
+        read: usize,
+        c: &C,
+        name: &'static str,
+        probes: Vec<(u32, usize, P)>,
+    ) -> Dataset<U> {
+        let plan = || -> std::result::Result<LNode, Rc<LNode>> {
+            let [(left, a), (right, b)] = writers;
+            Ok(LNode::Shuffle {
+                sides: vec![
+                    side(&self.node, op(left, encode_capture(a)?)),
+                    side(&other.node, op(right, encode_capture(b)?)),
+                ],
+                partitions: None,
+                read: op(read, encode_capture(c)?),
+                name,
+                probes: probes
+                    .iter()
+                    .map(|(side, f, p)| Ok((*side, op(*f, encode_capture(p)?))))
+                    .collect::<std::result::Result<_, Rc<LNode>>>()?,
+            })
+        };
+        match plan() {
+            Ok(node) => Self::to(Rc::new(node)),
+            Err(invalid) => Self::to(invalid),
+        }
+    }
+
     /// A narrow node applying the op `func` makes, with its captured value `arg`.
     fn narrow<U>(&self, func: usize, arg: Vec<u8>, name: &'static str) -> Dataset<U> {
         Self::to(Rc::new(LNode::Narrow {
@@ -1457,19 +1492,14 @@ impl<K: crate::Key, V: crate::Data> Dataset<(K, V)> {
         let left = ops::new_key_writer::<K, V> as NewWriterFn as usize;
         let right = ops::new_key_writer::<K, W> as NewWriterFn as usize;
         let read = ops::new_cogroup_reader::<K, V, W, O, J> as NewReaderFn as usize;
-        Dataset::<(K, V)>::to(Rc::new(LNode::Shuffle {
-            sides: vec![
-                side(&self.node, op(left, Vec::new())),
-                side(&other.node, op(right, Vec::new())),
-            ],
-            partitions: None,
-            read: op(read, Vec::new()),
+        self.shuffle_two(
+            other,
+            [(left, &()), (right, &())],
+            read,
+            &(),
             name,
-            probes: probes
-                .into_iter()
-                .map(|(side, f)| (side, op(f, Vec::new())))
-                .collect(),
-        }))
+            probes.into_iter().map(|(side, f)| (side, f, ())).collect(),
+        )
     }
 
     /// For each key of either side, all its values on each side. Both sides are

@@ -12,7 +12,7 @@ pub fn col(name: impl Into<String>) -> Column {
 
 /// A named column; see [`col`].
 #[derive(Clone, Debug)]
-pub struct Column(String);
+pub struct Column(pub(crate) String);
 
 /// A value a column is compared with: integers, floats, text, booleans, or
 /// [`Value::Null`]. Text compared with a date or timestamp column is parsed as one

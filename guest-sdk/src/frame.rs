@@ -131,6 +131,83 @@ impl Frame {
         }
     }
 
+    /// Rows of both frames whose columns `on` are equal (an inner equi-join, Spark's
+    /// `df.join(other, Seq("key"))`): the key columns (this frame's), then this frame's
+    /// other columns, then `other`'s; a column other than a key may not be on both sides.
+    /// A null key matches nothing; integer keys match across widths, float keys group
+    /// `-0.0` with `0.0` and NaN with NaN.
+    ///
+    /// When one side's input is small (`join.broadcast_threshold`) it runs as a
+    /// broadcast hash join: each task of the other side looks its rows up in a table of
+    /// the whole small side, and the large side is not shuffled. Otherwise both sides
+    /// are shuffled by key and each reduce task builds a table of its partition's
+    /// smaller side, spilling both sides by key when they do not fit its memory.
+    ///
+    /// ```no_run
+    /// use flint::{col, Agg};
+    /// # fn f(ctx: &mut flint::Context) -> flint::Result<()> {
+    /// let facts = ctx.parquet_frame("facts.parquet", &["key", "amount"])?;
+    /// let dim = ctx.parquet_frame("dim.parquet", &["key", "region", "weight"])?;
+    /// let by_region = facts
+    ///     .join(&dim, ["key"])
+    ///     .with_column("weighted", col("amount") * col("weight"))
+    ///     .group_by(["region"])
+    ///     .agg([Agg::count(), Agg::sum("amount"), Agg::sum("weighted")]);
+    /// # Ok(()) }
+    /// ```
+    pub fn join<S: Into<String>>(&self, other: &Frame, on: impl IntoIterator<Item = S>) -> Frame {
+        use crate::join::{JoinSpec, ProbeSpec, new_frame_probe, new_join_reader, new_join_writer};
+        use crate::task::{NewOpFn, NewReaderFn, NewWriterFn};
+        let spec = JoinSpec {
+            on: on.into_iter().map(Into::into).collect(),
+        };
+        if let Some(why) = spec.refused() {
+            return Frame::new(Dataset::from_node(crate::dataset::LNode::Invalid(why)));
+        }
+        let write = new_join_writer as NewWriterFn as usize;
+        let probe = new_frame_probe as NewOpFn as usize;
+        let probes = (0..2)
+            .map(|stream| {
+                let spec = spec.clone();
+                (stream, probe, ProbeSpec { spec, stream })
+            })
+            .collect();
+        Frame::new(self.batches.shuffle_two(
+            &other.batches,
+            [(write, &spec), (write, &spec)],
+            new_join_reader as NewReaderFn as usize,
+            &spec,
+            "join",
+            probes,
+        ))
+    }
+
+    /// The rows with a column `name` computed by `expr` (Spark's `withColumn`): added
+    /// last, or in place of a column of that name.
+    ///
+    /// ```no_run
+    /// use flint::col;
+    /// # fn f(frame: flint::Frame) {
+    /// let with_tax = frame.with_column("gross", col("net") * 1.2);
+    /// # }
+    /// ```
+    pub fn with_column(&self, name: &str, expr: impl Into<crate::Expr>) -> Frame {
+        let expr = expr.into();
+        if expr.depth() > crate::expr::MAX_DEPTH {
+            let why = format!(
+                "with_column `{name}`: the expression nests deeper than {}",
+                crate::expr::MAX_DEPTH
+            );
+            return Frame::new(Dataset::from_node(crate::dataset::LNode::Invalid(why)));
+        }
+        Frame::new(self.batches.stream(
+            &(name.to_string(), expr),
+            with_column,
+            |_: &(String, crate::Expr), _: &mut ()| Ok(Vec::new()),
+            "with_column",
+        ))
+    }
+
     /// The rows as `T`, a struct whose fields name the columns it reads.
     pub fn rows<T: crate::Data>(&self) -> Dataset<T> {
         self.batches.stream(
@@ -146,6 +223,43 @@ impl From<Dataset<Batch>> for Frame {
     fn from(batches: Dataset<Batch>) -> Frame {
         Frame::new(batches)
     }
+}
+
+fn with_column(
+    (name, expr): &(String, crate::Expr),
+    _: &mut (),
+    batches: Vec<Batch>,
+) -> Result<Vec<Batch>> {
+    batches
+        .into_iter()
+        .map(|Batch(b)| {
+            let values = expr
+                .eval(&b)
+                .map_err(|e| e.context(format!("with_column `{name}` = {expr}")))?;
+            let field = Arc::new(Field::new(name, values.data_type().clone(), true));
+            let schema = b.schema();
+            let (mut fields, mut columns): (Vec<_>, Vec<_>) = schema
+                .fields()
+                .iter()
+                .cloned()
+                .zip(b.columns().iter().cloned())
+                .collect();
+            match fields.iter().position(|f| f.name() == name) {
+                Some(i) => {
+                    fields[i] = field;
+                    columns[i] = values;
+                }
+                None => {
+                    fields.push(field);
+                    columns.push(values);
+                }
+            }
+            Ok(Batch(RecordBatch::try_new(
+                Arc::new(Schema::new(fields)),
+                columns,
+            )?))
+        })
+        .collect()
 }
 
 fn batches_to_rows<T: crate::Data>(_: &(), _: &mut (), batches: Vec<Batch>) -> Result<Vec<T>> {
@@ -310,7 +424,7 @@ pub(crate) enum KeyValue {
 
 /// A float as a key: `-0.0` groups with `0.0` and every NaN with every other, as in
 /// Spark.
-fn float_key(x: f64) -> KeyValue {
+pub(crate) fn float_key(x: f64) -> KeyValue {
     let x = if x.is_nan() {
         f64::NAN
     } else if x == 0.0 {
@@ -322,7 +436,7 @@ fn float_key(x: f64) -> KeyValue {
 }
 
 /// A group's key: its key columns' values, in the `group_by` order.
-type GroupKey = Vec<KeyValue>;
+pub(crate) type GroupKey = Vec<KeyValue>;
 
 /// A number as an aggregate keeps it: integers exactly (sums of `i64` fit an `i128` for
 /// any row count a task can see), floats as `f64`.
@@ -660,7 +774,7 @@ fn null_group(null: &mut Option<u32>, next: &mut u32) -> u32 {
 }
 
 /// How many integers a dense table of group numbers may span (4 MiB of them).
-const DENSE_SPAN: i128 = 1 << 20;
+pub(crate) const DENSE_SPAN: i128 = 1 << 20;
 
 /// A group number per integer in `base..base + slots.len()` (`u32::MAX`: no group yet).
 struct Dense {
@@ -837,7 +951,7 @@ fn new_text_group(map: &mut hash::Map<GroupKey, u32>, text: &str, next: &mut u32
 }
 
 /// Whether a single key column takes the integer table.
-fn int_key(t: &DataType) -> bool {
+pub(crate) fn int_key(t: &DataType) -> bool {
     matches!(
         t,
         DataType::Int8
@@ -851,7 +965,7 @@ fn int_key(t: &DataType) -> bool {
 }
 
 /// A key column, downcast.
-enum KeyColumn<'a> {
+pub(crate) enum KeyColumn<'a> {
     Bool(&'a arrow_array::BooleanArray),
     /// Any integer column but `UInt64`, widened.
     Int(std::borrow::Cow<'a, [i64]>),
@@ -864,7 +978,7 @@ enum KeyColumn<'a> {
 }
 
 impl<'a> KeyColumn<'a> {
-    fn of(name: &str, a: &'a ArrayRef) -> Result<KeyColumn<'a>> {
+    pub(crate) fn of(name: &str, a: &'a ArrayRef) -> Result<KeyColumn<'a>> {
         Ok(match a.data_type() {
             DataType::Boolean => KeyColumn::Bool(a.as_boolean()),
             DataType::UInt64 => KeyColumn::UInt(a.as_primitive::<UInt64Type>().values()),
@@ -879,7 +993,7 @@ impl<'a> KeyColumn<'a> {
             }
             other => {
                 return Err(Error::msg(format!(
-                    "group_by column `{name}` has type {other}: a key is an integer, float, boolean or text column"
+                    "key column `{name}` has type {other}: a key is an integer, float, boolean or text column"
                 ))
                 .bad_input());
             }
@@ -887,7 +1001,7 @@ impl<'a> KeyColumn<'a> {
     }
 
     /// Row `i`'s value (not null).
-    fn value(&self, i: usize) -> Result<KeyValue> {
+    pub(crate) fn value(&self, i: usize) -> Result<KeyValue> {
         Ok(match self {
             KeyColumn::Bool(a) => KeyValue::Bool(a.value(i)),
             KeyColumn::Int(v) => KeyValue::Int(v[i]),
@@ -905,7 +1019,7 @@ impl<'a> KeyColumn<'a> {
 }
 
 /// An integer column (not `UInt64`) as `i64`s (an `Int64` column's own).
-fn widen(a: &ArrayRef) -> std::borrow::Cow<'_, [i64]> {
+pub(crate) fn widen(a: &ArrayRef) -> std::borrow::Cow<'_, [i64]> {
     fn w<T: ArrowPrimitiveType>(a: &ArrayRef) -> Vec<i64>
     where
         T::Native: Into<i64>,
@@ -938,6 +1052,10 @@ struct GroupWriter {
     next: u32,
     accs: Accs,
     gids: Vec<u32>,
+    /// The group numbers of the last dictionary key column's values, kept while
+    /// batches share that dictionary (a Parquet column chunk's, a join's built side's);
+    /// the dictionary is held so that its memory cannot be another's while kept.
+    dict_groups: Option<(ArrayRef, Vec<u32>)>,
 }
 
 fn new_group_writer(arg: &[u8], partitions: u32) -> Result<Box<dyn crate::task::ShuffleWriter>> {
@@ -949,7 +1067,7 @@ fn new_group_writer(arg: &[u8], partitions: u32) -> Result<Box<dyn crate::task::
 }
 
 /// `batch`'s column `name`, or an error naming the columns it has.
-fn column<'b>(batch: &'b RecordBatch, name: &str) -> Result<&'b ArrayRef> {
+pub(crate) fn column<'b>(batch: &'b RecordBatch, name: &str) -> Result<&'b ArrayRef> {
     batch.column_by_name(name).ok_or_else(|| {
         let have: Vec<String> = batch
             .schema()
@@ -970,6 +1088,7 @@ impl GroupWriter {
             groups: Groups::Keys(hash::Map::default()),
             next: 0,
             gids: Vec::new(),
+            dict_groups: None,
         }
     }
 
@@ -1027,7 +1146,11 @@ impl GroupWriter {
                         ))
                         .bad_input());
                     }
-                    let mut of_value = vec![u32::MAX; values.len()];
+                    let dict = keys[0].1.as_dictionary::<Int32Type>().values();
+                    let mut of_value = match self.dict_groups.take() {
+                        Some((d, of)) if d.to_data().ptr_eq(&dict.to_data()) => of,
+                        _ => vec![u32::MAX; values.len()],
+                    };
                     match nulls {
                         None => {
                             for (out, &k) in gids.iter_mut().zip(*indexes) {
@@ -1046,6 +1169,7 @@ impl GroupWriter {
                             }
                         }
                     }
+                    self.dict_groups = Some((dict.clone(), of_value));
                 } else {
                     for (i, out) in gids.iter_mut().enumerate() {
                         let key = columns
@@ -1107,6 +1231,7 @@ impl GroupWriter {
 
     /// The groups with their partial states, the table emptied (its memory given back).
     fn drain(&mut self) -> Vec<(GroupKey, Vec<State>)> {
+        self.dict_groups = None;
         let accs = &self.accs;
         let states = |g: u32| {
             (0..accs.slots.len())
@@ -1556,6 +1681,37 @@ mod tests {
                 "column `k` (row 1 of the batch): dictionary index 9 of a dictionary of 2 values"
             ),
             "{err}"
+        );
+    }
+
+    #[test]
+    fn batches_sharing_a_dictionary_and_batches_with_their_own_group_alike() {
+        // Two batches over one dictionary (its group numbers are kept between them,
+        // and dropped when the table is handed on), then one over another dictionary
+        // listing the same texts in another order.
+        let shared: ArrayRef = Arc::new(StringArray::from(vec!["a", "b", "c"]));
+        let other: ArrayRef = Arc::new(StringArray::from(vec!["c", "a"]));
+        let dict = |keys: Vec<i32>, values: &ArrayRef, x: Vec<i64>| {
+            let d = DictionaryArray::<Int32Type>::try_new(Int32Array::from(keys), values.clone())
+                .unwrap();
+            batch(vec![
+                ("k", Arc::new(d) as ArrayRef),
+                ("x", Arc::new(Int64Array::from(x))),
+            ])
+        };
+        let batches = [
+            dict(vec![0, 1, 0], &shared, vec![1, 2, 4]),
+            dict(vec![2, 2, 1], &shared, vec![8, 16, 32]),
+            dict(vec![1, 0, 1], &other, vec![64, 128, 256]),
+        ];
+        let s = spec(&["k"], vec![Agg::sum("x"), Agg::count()]);
+        assert_eq!(
+            table(&aggregate(&s, &batches).unwrap(), 1),
+            BTreeMap::from([
+                ("a".to_string(), "325 4".to_string()),
+                ("b".to_string(), "34 2".to_string()),
+                ("c".to_string(), "152 3".to_string()),
+            ])
         );
     }
 

@@ -59,8 +59,9 @@
 //!   shuffle's partition count (default: the setting `shuffle.partitions`).
 //! - Columnar ([`Frame`], from `parquet_frame` or `csv_frame`): `group_by(..).agg(..)`
 //!   with [`Agg`]s (`count`, `count_of`, `sum`, `min`, `max`, `mean`), run a column at a
-//!   time over Arrow batches with no closure per row; `filter_columns`; `rows::<T>()`
-//!   turns a frame into a typed `Dataset`.
+//!   time over Arrow batches with no closure per row; `join(&other, [keys])` (an inner
+//!   equi-join, broadcast when one side is small); `with_column(name, col("a") * 2)`
+//!   ([`Expr`]); `filter_columns`; `rows::<T>()` turns a frame into a typed `Dataset`.
 //! - Actions: `collect`, `count`, `first`, `take` (partitions read in rounds, see
 //!   [`Dataset::take`]), `top`, `reduce`, `fold`,
 //!   `count_by_value`, `count_by_key`, `foreach_partition`, `save_as_text`,
@@ -89,10 +90,12 @@ mod columns;
 mod context;
 mod dataset;
 mod error;
+mod expr;
 mod filter;
 mod formats;
 mod frame;
 mod hash;
+mod join;
 mod ops;
 mod rows;
 mod shared;
@@ -106,6 +109,7 @@ pub use dataset::{
     CoGrouped, Codec, Data, Dataset, FullJoined, Key, SaveMode, StorageLevel, ToText, Writer,
 };
 pub use error::{Error, Result};
+pub use expr::Expr;
 pub use filter::{Column, Predicate, Value, col};
 pub use flint_guest_macros::main;
 pub use frame::{Agg, Batch, Frame, GroupedFrame};

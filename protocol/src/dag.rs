@@ -248,8 +248,11 @@ impl JobDag {
         };
         let a = cand.stream_stage as usize;
         let stream = self.stages.get(a)?.clone();
+        // The probe reads build side 0 of the stage, named before its own captured value.
         let mut probe = cand.probe.clone();
-        probe.arg = 0u32.to_le_bytes().to_vec().into();
+        let mut arg = 0u32.to_le_bytes().to_vec();
+        arg.extend_from_slice(&probe.arg);
+        probe.arg = arg.into();
         let mut ops = stream.ops.clone();
         ops.push(probe);
         ops.extend(branch.ops.iter().cloned());
@@ -1408,7 +1411,10 @@ mod tests {
             *probes = vec![
                 JoinProbe {
                     stream: 0,
-                    probe: op(20),
+                    probe: Op {
+                        arg: vec![7, 7].into(),
+                        ..op(20)
+                    },
                 },
                 JoinProbe {
                     stream: 1,
@@ -1484,9 +1490,10 @@ mod tests {
         assert_eq!(join.parents, vec![1], "it waits for the build side only");
         assert_eq!(join.builds, vec![ShuffleId(1)]);
         assert_eq!(join.reads().collect::<Vec<_>>(), vec![ShuffleId(1)]);
-        // ...and runs the probe (told build side 0) before the join's own ops.
+        // ...and runs the probe (told build side 0, then its own captured value) before
+        // the join's own ops.
         let mut probe = op(20);
-        probe.arg = 0u32.to_le_bytes().to_vec().into();
+        probe.arg = vec![0, 0, 0, 0, 7, 7].into();
         assert_eq!(join.ops, vec![probe, op(7)]);
         assert!(
             join.name.contains("join (broadcast hash join of stage 1)"),

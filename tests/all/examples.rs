@@ -859,6 +859,52 @@ fn later_jobs_of_an_application_reuse_a_shuffle_s_kept_map_output() {
 /// several tasks, each with a share of the large side's map outputs and the other side
 /// whole (Spark's skew join), and the join is what it would be otherwise.
 #[test]
+fn a_frame_join_matches_one_computed_here_broadcast_or_shuffled() {
+    let (l, r) = (20_000i64, 3_000i64);
+    // Left row x has key x % 100 (none when 7 divides x), right row j key j % 50; the
+    // job computes a * b + 1 per joined pair and groups by key.
+    let mut want = String::new();
+    for k in 0..50 {
+        let xs: Vec<i64> = (0..l).filter(|x| x % 7 != 0 && x % 100 == k).collect();
+        let js: Vec<i64> = (0..r).filter(|j| j % 50 == k).collect();
+        let n = (xs.len() * js.len()) as i64;
+        let sum = xs.iter().sum::<i64>() * js.iter().sum::<i64>() + n;
+        let max_b = js.iter().max().unwrap();
+        want += &format!("frame-join: key={k} n={n} sum={sum} max_b={max_b}\n");
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    for key in ["k", "name"] {
+        for (i, shuffled) in [false, true].into_iter().enumerate() {
+            let dir = tmp.path().join(format!("{key}-{i}"));
+            let threshold = if shuffled { "0" } else { "10m" };
+            let out = run_ok(
+                flint()
+                    .args(["run", flint_udfs::TEST_JOBS, "--executors", "2"])
+                    .args(["--conf", &format!("join.broadcast_threshold={threshold}")])
+                    .args(["--conf", "shuffle.partitions=3"])
+                    .args(["--", "frame-join", &l.to_string(), &r.to_string(), key])
+                    .arg(&dir),
+            );
+            let (stdout, stderr) = (
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr),
+            );
+            let got: String = stdout
+                .lines()
+                .filter(|l| l.starts_with("frame-join:"))
+                .map(|l| format!("{l}\n"))
+                .collect();
+            assert_eq!(got, want, "key {key}, shuffled {shuffled}");
+            assert_eq!(
+                stderr.contains("broadcast hash join"),
+                !shuffled,
+                "key {key}, shuffled {shuffled}: {stderr}"
+            );
+        }
+    }
+}
+
+#[test]
 fn a_skewed_join_partition_is_read_by_several_tasks_with_the_same_result() {
     let n: i64 = 200_000;
     let (mut rows, mut sum) = (0u64, 0i64);

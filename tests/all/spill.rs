@@ -1,8 +1,8 @@
 //! Data larger than a task's memory: with `task.memory=64m` (operators spill past a
 //! quarter of it), an aggregation (of rows, and a frame's columnar group-by), a
-//! `group_by_key`, a sort, a join, a cogroup and a `map_partitions` whose state is about
-//! 4 times the cap run on two executor processes, spill, and give the results computed
-//! here. Each executor's peak RSS stays within the cap plus a stated overhead. A chaos
+//! `group_by_key`, a sort, a join (of rows, and of frames), a cogroup and a
+//! `map_partitions` whose state is about 4 times the cap run on two executor processes,
+//! spill, and give the results computed here. Each executor's peak RSS stays within the cap plus a stated overhead. A chaos
 //! case SIGKILLs an executor while it spills.
 
 use crate::cluster::*;
@@ -29,16 +29,23 @@ fn peak_rss(pid: u32) -> u64 {
 /// Runs `args` of the test jobs on two executors; stdout, the summary and each
 /// executor's peak RSS.
 fn run(tmp: &Path, partitions: u32, args: &[&Path]) -> (String, serde_json::Value, Vec<u64>) {
+    run_with(tmp, partitions, &[], args)
+}
+
+/// [`run`] with more settings.
+fn run_with(
+    tmp: &Path,
+    partitions: u32,
+    conf: &[&str],
+    args: &[&Path],
+) -> (String, serde_json::Value, Vec<u64>) {
     let mut cluster = ProcCluster::start(tmp, "127.0.0.1:0", &[]);
     let ids: Vec<u32> = (0..2).map(|_| cluster.add_executor(&[])).collect();
     let summary = tmp.join("summary.json");
     let parts = format!("shuffle.partitions={partitions}");
-    let job = cluster.submit(
-        flint_udfs::TEST_JOBS,
-        &[MEMORY, parts.as_str()],
-        args,
-        &summary,
-    );
+    let mut settings = vec![MEMORY, parts.as_str()];
+    settings.extend_from_slice(conf);
+    let job = cluster.submit(flint_udfs::TEST_JOBS, &settings, args, &summary);
     let (ok, stdout, stderr) = wait_child(job, Duration::from_secs(600));
     assert!(ok, "job failed: {stderr}\n{}", cluster.driver_log());
     let rss = ids
@@ -229,6 +236,34 @@ fn a_join_of_sides_larger_than_memory_spills_and_is_right() {
     );
     assert!(stdout.contains(&want), "want {want}, got {stdout}");
     check_spilled(&summary, &rss, 4, 4 * (64 << 20));
+}
+
+#[test]
+fn a_frame_join_of_sides_larger_than_memory_spills_and_is_right() {
+    let tmp = tempfile::tempdir().unwrap();
+    // The sides of the join above, from Parquet, joined as frames in one reduce task
+    // (both shuffled: Parquet compresses them below the broadcast threshold) with a
+    // quarter of the memory: its 16 buckets spill, and each is split again (a bucket's
+    // side is twice the budget).
+    let n: u64 = 2_000_000;
+    let dir = tmp.path().join("sides");
+    let (stdout, summary, rss) = run_with(
+        tmp.path(),
+        1,
+        &["join.broadcast_threshold=0", "task.memory=16m"],
+        &[
+            Path::new("spill-frame-join"),
+            Path::new(&n.to_string()),
+            &dir,
+        ],
+    );
+    let want = format!(
+        "join: rows={} checksum={} bad=0",
+        n - n / 2,
+        id_sum(n / 2, n)
+    );
+    assert!(stdout.contains(&want), "want {want}, got {stdout}");
+    check_spilled(&summary, &rss, 32, 2 * (64 << 20));
 }
 
 #[test]

@@ -53,7 +53,13 @@
 //!   rows= sum= out_of_order=`), `spill-hot-key N` (`group_by_key` of 2N rows, half of
 //!   them under one key), `spill-frame N DIR` (as `spill-agg`, its rows saved as
 //!   Parquet in DIR and aggregated by a frame's `group_by`; prints `agg: distinct=
-//!   total= checksum= rows=`), `io …` (sources and saves of flights: see [`io`]).
+//!   total= checksum= rows=`), `spill-frame-join N DIR` (the sides of `spill-join`
+//!   saved as Parquet in DIR and joined as frames; prints `join: rows= checksum= bad=`),
+//!   `io …` (sources and saves of flights: see [`io`]).
+//! - `frame-join L R KEY DIR`: L left rows (`k = x % 100`, null when 7 divides x; `name =
+//!   "n{k}"`; `a = x`) and R right rows (`k = x % 50` as `Int32`; `name`; `b = x`) saved
+//!   as Parquet in DIR, joined as frames on KEY (`k` or `name`), `x = a * b + 1`
+//!   computed and grouped by the key: prints `frame-join: key= n= sum= max_b=` lines.
 
 use flint::{Context, Error, Result};
 
@@ -170,6 +176,53 @@ fn main(ctx: &mut Context) -> Result<()> {
                 sums.0, sums.1, sums.2, sums.3
             );
         }
+        Some("spill-frame-join") => {
+            let n: i64 = args[1].parse().map_err(|_| Error::msg("N is a number"))?;
+            #[derive(serde::Serialize, serde::Deserialize)]
+            struct Left {
+                key: String,
+                l: String,
+            }
+            #[derive(serde::Serialize, serde::Deserialize)]
+            struct Right {
+                key: String,
+                r: String,
+            }
+            #[derive(serde::Serialize, serde::Deserialize)]
+            struct Joined {
+                key: String,
+                l: String,
+                r: String,
+            }
+            let (left, right) = (format!("{}/left", args[2]), format!("{}/right", args[2]));
+            ctx.range(0, n, 256)?
+                .map(|x: i64| Left {
+                    key: format!("key-{x:012}"),
+                    l: format!("{x:040}"),
+                })
+                .coalesce(2)
+                .save_as_parquet(&left)?;
+            ctx.range(n / 2, n / 2 + n, 256)?
+                .map(|x: i64| Right {
+                    key: format!("key-{x:012}"),
+                    r: format!("{:040}", 3 * x),
+                })
+                .coalesce(2)
+                .save_as_parquet(&right)?;
+            let sums = ctx
+                .parquet_frame(&left, &["key", "l"])?
+                .join(&ctx.parquet_frame(&right, &["key", "r"])?, ["key"])
+                .rows::<Joined>()
+                .map(|j: Joined| {
+                    let i: u64 = j.key[4..].parse().unwrap_or(u64::MAX);
+                    let ok = j.l.parse() == Ok(i) && j.r.parse() == Ok(3 * i);
+                    (1u64, i, u64::from(!ok))
+                })
+                .reduce(|a, b| (a.0 + b.0, a.1 + b.1, a.2 + b.2))?
+                .unwrap_or((0, 0, 0));
+            println!("join: rows={} checksum={} bad={}", sums.0, sums.1, sums.2);
+        }
+        Some("frame-join") => frame_join(ctx, &args[1..])?,
         Some(name @ ("spill-agg" | "spill-group" | "spill-sort")) => {
             let n: i64 = args[1].parse().map_err(|_| Error::msg("N is a number"))?;
             // Many small partitions: `range` makes a partition's rows in one batch.
@@ -978,4 +1031,90 @@ fn scramble(mut z: u64) -> u64 {
     z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
     z ^ (z >> 31)
+}
+
+/// `frame-join L R KEY DIR`: see the crate's docs.
+fn frame_join(ctx: &mut Context, args: &[String]) -> Result<()> {
+    use flint::{Agg, col};
+    let [l, r, key, dir] = args else {
+        return Err(Error::msg("usage: frame-join L R KEY DIR"));
+    };
+    let number = |s: &str| {
+        s.parse::<i64>()
+            .map_err(|_| Error::msg("L and R are numbers"))
+    };
+    let (l, r) = (number(l)?, number(r)?);
+    #[derive(serde::Serialize, serde::Deserialize)]
+    struct Left {
+        k: Option<i64>,
+        name: Option<String>,
+        a: i64,
+    }
+    #[derive(serde::Serialize, serde::Deserialize)]
+    struct Right {
+        k: i32,
+        name: String,
+        b: i64,
+    }
+    let (left, right) = (format!("{dir}/left"), format!("{dir}/right"));
+    ctx.range(0, l, 4)?
+        .map(|x: i64| {
+            let k = (x % 7 != 0).then_some(x % 100);
+            Left {
+                k,
+                name: k.map(|k| format!("n{k}")),
+                a: x,
+            }
+        })
+        .save_as_parquet(&left)?;
+    ctx.range(0, r, 3)?
+        .map(|x: i64| Right {
+            k: (x % 50) as i32,
+            name: format!("n{}", x % 50),
+            b: x,
+        })
+        .save_as_parquet(&right)?;
+    let joined = ctx
+        .parquet_frame(&left, &[key.as_str(), "a"])?
+        .join(
+            &ctx.parquet_frame(&right, &[key.as_str(), "b"])?,
+            [key.as_str()],
+        )
+        .with_column("x", col("a") * col("b") + 1)
+        .group_by([key.as_str()])
+        .agg([
+            Agg::count().alias("n"),
+            Agg::sum("x").alias("sum"),
+            Agg::max("b").alias("max_b"),
+        ]);
+    #[derive(serde::Serialize, serde::Deserialize)]
+    struct ByK {
+        k: i64,
+        n: i64,
+        sum: i64,
+        max_b: i64,
+    }
+    #[derive(serde::Serialize, serde::Deserialize)]
+    struct ByName {
+        name: String,
+        n: i64,
+        sum: i64,
+        max_b: i64,
+    }
+    let mut rows: Vec<(i64, i64, i64, i64)> = if key == "k" {
+        joined
+            .rows::<ByK>()
+            .map(|g: ByK| (g.k, g.n, g.sum, g.max_b))
+            .collect()?
+    } else {
+        joined
+            .rows::<ByName>()
+            .map(|g: ByName| (g.name[1..].parse().unwrap_or(-1), g.n, g.sum, g.max_b))
+            .collect()?
+    };
+    rows.sort();
+    for (k, n, sum, max_b) in rows {
+        println!("frame-join: key={k} n={n} sum={sum} max_b={max_b}");
+    }
+    Ok(())
 }
