@@ -251,10 +251,9 @@ fn eval<'a>(n: &Node, batch: &'a RecordBatch) -> Result<Values<'a>> {
         BinOp::Mul => zip(&a, &b, |x, y| x * y),
         BinOp::Div => zip(&a, &b, |x, y| x / y),
     };
-    let b = Either::Many(b);
     // A division by zero is null (Spark's without ANSI mode).
-    let nulls = if op == BinOp::Div && (0..rows).any(|i| b.at(i) == 0.0) {
-        let nonzero = BooleanBuffer::collect_bool(rows, |i| b.at(i) != 0.0);
+    let nulls = if op == BinOp::Div && b.contains(&0.0) {
+        let nonzero = BooleanBuffer::collect_bool(rows, |i| b[i] != 0.0);
         NullBuffer::union(nulls.as_ref(), Some(&NullBuffer::new(nonzero)))
     } else {
         nulls

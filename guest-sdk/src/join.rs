@@ -86,32 +86,37 @@ impl<'a> Keys<'a> {
         }
     }
 
-    /// Row `i`'s key (not null), as both sides compare it: an unsigned integer that fits
+    /// Row `i`'s key (not null) into `key` (a buffer the caller keeps, so that a row
+    /// costs no allocation), as both sides compare it: an unsigned integer that fits
     /// `i64` is that integer.
-    fn key(&self, i: usize) -> Result<GroupKey> {
+    fn key_into(&self, i: usize, key: &mut GroupKey) -> Result<()> {
+        key.clear();
         match self {
-            Keys::Int(values, _) => Ok(vec![KeyValue::Int(values[i])]),
-            Keys::Other(columns) => columns
-                .iter()
-                .map(|(name, c, _)| {
+            Keys::Int(values, _) => key.push(KeyValue::Int(values[i])),
+            Keys::Other(columns) => {
+                for (name, c, _) in columns {
                     let v = c.value(i).map_err(|e| {
                         e.context(format!("join column `{name}` (row {i} of the batch)"))
                     })?;
-                    Ok(match v {
+                    key.push(match v {
                         KeyValue::UInt(u) if i64::try_from(u).is_ok() => KeyValue::Int(u as i64),
                         v => v,
-                    })
-                })
-                .collect(),
+                    });
+                }
+            }
         }
+        Ok(())
     }
 
-    /// The hash of row `i`'s key (not null): equal keys hash alike on both sides
-    /// whatever their integer widths.
-    fn hash(&self, i: usize) -> Result<u64> {
+    /// The hash of row `i`'s key (not null; `key` a buffer as for [`Keys::key_into`]):
+    /// equal keys hash alike on both sides whatever their integer widths.
+    fn hash(&self, i: usize, key: &mut GroupKey) -> Result<u64> {
         Ok(match self {
             Keys::Int(values, _) => hash::hash_of(&[KeyValue::Int(values[i])]),
-            Keys::Other(_) => hash::hash_of(&self.key(i)?),
+            Keys::Other(_) => {
+                self.key_into(i, key)?;
+                hash::hash_of(key)
+            }
         })
     }
 
@@ -119,9 +124,10 @@ impl<'a> Keys<'a> {
     /// `parts`; rows with a null key are in none.
     fn cut(&self, rows: usize, parts: usize, part: impl Fn(u64) -> usize) -> Result<Vec<Vec<u32>>> {
         let mut out = vec![Vec::new(); parts];
+        let mut key = Vec::new();
         for i in 0..rows {
             if !self.null(i) {
-                out[part(self.hash(i)?)].push(i as u32);
+                out[part(self.hash(i, &mut key)?)].push(i as u32);
             }
         }
         Ok(out)
@@ -314,7 +320,9 @@ impl Table {
             Keys::Other(_) => {
                 let mut map: hash::Map<GroupKey, u32> = hash::Map::default();
                 for i in (0..n).rev().filter(|&i| !keys.null(i)) {
-                    match map.entry(keys.key(i)?) {
+                    let mut key = Vec::new();
+                    keys.key_into(i, &mut key)?;
+                    match map.entry(key) {
                         Entry::Occupied(mut e) => link(e.get_mut(), i),
                         Entry::Vacant(e) => {
                             e.insert(i as u32);
@@ -355,11 +363,12 @@ impl Table {
             }
             // The sides' key columns differ in kind: compared as values.
             (index, keys) => {
+                let mut key = Vec::new();
                 for (i, o) in out.iter_mut().enumerate() {
                     if keys.null(i) {
                         continue;
                     }
-                    let key = keys.key(i)?;
+                    keys.key_into(i, &mut key)?;
                     *o = match (index, key.as_slice()) {
                         (Index::Keys(map), _) => map.get(&key).copied(),
                         (Index::Int(map), [KeyValue::Int(v)]) => map.get(v).copied(),
@@ -401,6 +410,16 @@ struct Prober {
 }
 
 impl Prober {
+    /// A prober of the table of `built` (the left side's rows when `probe_left` is not).
+    fn new(spec: JoinSpec, built: &[RecordBatch], probe_left: bool) -> Result<Prober> {
+        Ok(Prober {
+            table: Table::build(&spec, built)?,
+            spec,
+            probe_left,
+            cursor: None,
+        })
+    }
+
     /// Starts on `batch` (the last one must be done).
     fn start(&mut self, batch: RecordBatch) -> Result<()> {
         let Some(table) = &self.table else {
@@ -577,15 +596,8 @@ pub(crate) fn new_frame_probe(arg: &[u8]) -> Result<Box<dyn Operator>> {
             ));
         }
     }
-    let table = Table::build(&p.spec, &batches)?;
-    drop(batches);
     Ok(Box::new(FrameProbe {
-        prober: Prober {
-            spec: p.spec,
-            probe_left: p.stream == 0,
-            table,
-            cursor: None,
-        },
+        prober: Prober::new(p.spec, &batches, p.stream == 0)?,
         input: VecDeque::new(),
     }))
 }
@@ -686,12 +698,7 @@ impl JoinReader {
         mut probe: impl FnMut() -> Result<Option<RecordBatch>>,
         emit: &mut crate::ops::Emit<'_>,
     ) -> Result<()> {
-        let mut prober = Prober {
-            spec: self.spec.clone(),
-            probe_left: build_side == 1,
-            table: Table::build(&self.spec, build)?,
-            cursor: None,
-        };
+        let mut prober = Prober::new(self.spec.clone(), build, build_side == 1)?;
         if prober.table.is_none() {
             return Ok(());
         }
@@ -866,12 +873,7 @@ mod tests {
         } else {
             (left, right)
         };
-        let mut prober = Prober {
-            spec: spec.clone(),
-            probe_left: build_side == 1,
-            table: Table::build(&spec, build)?,
-            cursor: None,
-        };
+        let mut prober = Prober::new(spec, build, build_side == 1)?;
         let mut out = Vec::new();
         for b in probe {
             prober.start(b.clone())?;
@@ -969,7 +971,8 @@ mod tests {
         let hashes = |b: &RecordBatch, rows: std::ops::Range<usize>| {
             let s = spec(&["k"]);
             let keys = Keys::of(&s, b).unwrap();
-            rows.map(|i| keys.hash(i).unwrap()).collect::<Vec<_>>()
+            rows.map(|i| keys.hash(i, &mut Vec::new()).unwrap())
+                .collect::<Vec<_>>()
         };
         let (l, n, u) = (
             hashes(&left, 3..5),
