@@ -784,6 +784,8 @@ pub struct Application {
     pub admission: Admission,
     pub name: String,
     pub component: Vec<u8>,
+    /// The component's hash, checked against its bytes when they arrived.
+    pub module: ModuleHash,
     pub args: Vec<String>,
     /// The application's settings over the driver's, within the tenant's quotas.
     pub conf: Conf,
@@ -828,7 +830,7 @@ pub async fn run_application(
     let settings = a.conf.settings();
     let name = a.name.clone();
     let bytes = Arc::new(a.component);
-    let module = flint_sandbox::hash_bytes(&bytes);
+    let module = a.module;
     let mut end = AppEnd {
         shared: shared.clone(),
         app,
@@ -838,7 +840,10 @@ pub async fn run_application(
     };
     let (loaded, _) = shared
         .sandbox
-        .load_bytes(bytes.to_vec())
+        .load(module, || {
+            let bytes = bytes.clone();
+            async move { Ok(bytes.to_vec()) }
+        })
         .await
         .map_err(|e| load_error(&name, e))?;
     shared.hold_module(module, bytes);

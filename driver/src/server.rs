@@ -459,6 +459,7 @@ async fn submission(
         admission,
         name: hello.name,
         component,
+        module: hello.component,
         args: hello.args,
         conf,
         tenant,

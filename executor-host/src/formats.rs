@@ -90,8 +90,19 @@ pub fn schema_from_ipc(bytes: &[u8]) -> Result<SchemaRef, ArrowError> {
     Ok(r.schema())
 }
 
+/// At least the size of `batch` as an IPC stream: the columns' buffers (each padded to
+/// 64 bytes in the stream), the schema and batch messages (a few hundred bytes, and some
+/// per column).
+fn ipc_size_bound(batch: &RecordBatch) -> usize {
+    batch.get_array_memory_size() + 1024 + 512 * batch.num_columns()
+}
+
+/// `batch` as an Arrow IPC stream of its own. The buffer is sized for the batch up front:
+/// grown as the writer appends, it was copied twice per batch (a realloc for the body and
+/// another for the end marker), 7% of a Parquet aggregation's samples.
 fn ipc_of(batch: &RecordBatch) -> Result<Vec<u8>, ArrowError> {
-    let mut w = arrow_ipc::writer::StreamWriter::try_new(Vec::new(), &batch.schema())?;
+    let buffer = Vec::with_capacity(ipc_size_bound(batch));
+    let mut w = arrow_ipc::writer::StreamWriter::try_new(buffer, &batch.schema())?;
     w.write(batch)?;
     w.finish()?;
     w.into_inner()
@@ -1321,6 +1332,33 @@ mod tests {
             out.extend(reader.map(Result::unwrap));
         }
         out
+    }
+
+    #[test]
+    fn a_batch_is_encoded_into_a_buffer_sized_for_it_at_once() {
+        use arrow_array::{DictionaryArray, Float64Array, types::Int32Type};
+        let n = 10_000;
+        let dict: DictionaryArray<Int32Type> =
+            (0..n).map(|i| ["north", "south", "east"][i % 3]).collect();
+        let floats = Float64Array::from_iter((0..n).map(|i| (i % 7 != 0).then_some(i as f64)));
+        let text = StringArray::from_iter_values((0..n).map(|i| format!("row {i}")));
+        let batch = RecordBatch::try_from_iter([
+            ("region", Arc::new(dict) as ArrayRef),
+            ("amount", Arc::new(floats)),
+            ("note", Arc::new(text)),
+        ])
+        .unwrap();
+        for b in [batch.clone(), batch.slice(17, 3), batch.slice(0, 0)] {
+            let ipc = ipc_of(&b).unwrap();
+            // A buffer that had to grow would have more room than was asked for.
+            assert_eq!(ipc.capacity(), ipc_size_bound(&b));
+            let back = arrow_ipc::reader::StreamReader::try_new(std::io::Cursor::new(ipc), None)
+                .unwrap()
+                .next()
+                .unwrap()
+                .unwrap();
+            assert_eq!(back, b);
+        }
     }
 
     #[test]
