@@ -688,19 +688,34 @@ impl Accs {
     /// Merges row `v` of `other` (of the same layout) into group `g`'s states.
     fn merge_from(&mut self, g: usize, other: &Accs, v: usize) {
         for j in 0..self.slots.len() {
-            let merged = merge_state(self.state(g, j), other.state(v, j));
             let Slot { kind, float, at } = self.slots[j];
-            let w = &mut self.words[g * self.stride + at..];
-            w[0] = merged.n;
-            match (kind, float, merged.v) {
-                (Kind::Count, _, _) => {}
-                (_, true, v) => w[1] = v.f().to_bits(),
-                (_, false, Num::I(v)) => {
-                    w[1] = v as u64;
-                    w[2] = (v as u128 >> 64) as u64;
+            let (to, from) = (g * self.stride + at, v * other.stride + at);
+            // Counts and sums word by word (a join's output can bring hundreds of
+            // dictionary values per batch); extremes through their states.
+            match (kind, float) {
+                (Kind::Count, _) => {
+                    self.words[to] = self.words[to].saturating_add(other.words[from]);
+                    continue;
                 }
-                // An integer slot holds integers: `merge_state` keeps them so.
-                (_, false, Num::F(_)) => {}
+                (Kind::Sum | Kind::Mean, true) => {
+                    let (x, y) = (self.words[to + 1], other.words[from + 1]);
+                    self.words[to] = self.words[to].saturating_add(other.words[from]);
+                    self.words[to + 1] = (f64::from_bits(x) + f64::from_bits(y)).to_bits();
+                    continue;
+                }
+                _ => {}
+            }
+            // (A float slot's states hold floats, an integer slot's integers, and so
+            // does their merge.)
+            let merged = merge_state(self.state(g, j), other.state(v, j));
+            let w = &mut self.words[to..];
+            w[0] = merged.n;
+            match merged.v {
+                Num::F(x) => w[1] = x.to_bits(),
+                Num::I(x) => {
+                    w[1] = x as u64;
+                    w[2] = (x as u128 >> 64) as u64;
+                }
             }
         }
     }
@@ -1292,8 +1307,9 @@ impl GroupWriter {
             return Ok(false);
         };
         let has_nulls = |a: &ArrayRef| a.logical_nulls().is_some_and(|n| n.null_count() > 0);
-        // (A dictionary larger than the batch would cost more to merge than it saves.)
-        if values.len() > batch.num_rows() || has_nulls(key) {
+        // A value's merge costs about what numbering a few rows does: a dictionary of
+        // more than an eighth of the batch's rows is left to the numbering.
+        if values.len().saturating_mul(8) > batch.num_rows() || has_nulls(key) {
             return Ok(false);
         }
         let mut columns = Vec::with_capacity(self.spec.aggs.len());
@@ -1876,7 +1892,8 @@ mod tests {
     fn a_dictionary_key_without_nulls_is_summed_by_index_like_row_by_row() {
         // Dictionary keys and values without a null take `add_by_index`: every kind of
         // aggregate, a dictionary value no row uses (no group), a NaN, integer sums
-        // past 64 bits, two batches sharing their dictionary and one with its own.
+        // past 64 bits, two batches sharing their dictionary and one with its own. Each
+        // batch's rows repeat 8 times (fewer rows per dictionary value go row by row).
         let values: ArrayRef = Arc::new(StringArray::from(vec!["x", "y", "unused", "z"]));
         let other: ArrayRef = Arc::new(StringArray::from(vec!["z", "x"]));
         // Per batch: dictionary indexes, the dictionary, amounts and quantities.
@@ -1886,16 +1903,20 @@ mod tests {
                 vec![0, 1, 0, 3],
                 &values,
                 vec![1.5, -2.0, 4.0, 0.25],
-                vec![i64::MAX, 3, i64::MAX, -7],
+                vec![i64::MAX / 16, 3, i64::MAX / 16, -7],
             ),
             (
                 vec![3, 3, 1, 0],
                 &values,
                 vec![f64::NAN, 8.0, 1.0, -0.5],
-                vec![5, -9, 11, -2],
+                vec![5, -9, 11, 2],
             ),
-            (vec![1, 0], &other, vec![2.0, 16.0], vec![i64::MIN, -1]),
+            (vec![1, 0], &other, vec![2.0, 16.0], vec![-1, -1]),
         ];
+        let rows: Rows<'_> = rows
+            .into_iter()
+            .map(|(k, d, a, q)| (k.repeat(8), d, a.repeat(8), q.repeat(8)))
+            .collect();
         let batches: Vec<RecordBatch> = rows
             .iter()
             .map(|(keys, values, amount, qty)| {
@@ -1945,8 +1966,8 @@ mod tests {
                 };
             }
         }
-        // `x`'s qty sum (2 * i64::MAX - 2 + i64::MIN) fits, after passing i64::MAX on
-        // the way.
+        // `x`'s qty sum (16 * (i64::MAX / 16) + 16 - 8) fits, after passing i64::MAX
+        // on the way.
         let want: BTreeMap<String, String> = want
             .into_iter()
             .map(|(k, (n, sum, q, min, max))| {
