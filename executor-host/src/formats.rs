@@ -224,6 +224,7 @@ enum LineParser {
 /// A CSV file's columns as the decoder reads them: every column of the file (named by
 /// its header, or the plan's schema by position without one), of which `projection`
 /// picks those the plan asks for.
+#[derive(Clone)]
 struct CsvParser {
     file_schema: SchemaRef,
     projection: Vec<usize>,
@@ -439,7 +440,7 @@ impl CsvParser {
             *read_as.get_mut(i)? = Some(o);
         }
         let mut cells: Vec<Vec<&str>> = vec![Vec::new(); self.projection.len()];
-        let (mut start, mut field) = (0, 0);
+        let (mut start, mut field, mut records) = (0, 0, 0);
         // A last record without its newline ends at the end.
         let ends = memchr::memchr2_iter(c.delimiter, b'\n', bytes)
             .chain((bytes.last() != Some(&b'\n')).then_some(bytes.len()));
@@ -452,8 +453,11 @@ impl CsvParser {
                     cells[o].push(&text[start..at]);
                 }
                 field += 1;
-                if newline && field != width {
-                    return None;
+                if newline {
+                    if field != width {
+                        return None;
+                    }
+                    records += 1;
                 }
             }
             if newline {
@@ -468,8 +472,8 @@ impl CsvParser {
             .zip(&cells)
             .map(|(f, cells)| plain_column(f.data_type(), cells))
             .collect::<Option<Vec<_>>>()?;
-        let options = arrow_array::RecordBatchOptions::new()
-            .with_row_count(Some(cells.first().map_or(0, Vec::len)));
+        // (The row count says it where no column is read.)
+        let options = arrow_array::RecordBatchOptions::new().with_row_count(Some(records));
         RecordBatch::try_new_with_options(self.output.clone(), columns, &options).ok()
     }
 
@@ -1622,6 +1626,17 @@ mod tests {
         ] {
             assert!(parser.decode_plain(text.as_bytes()).is_none(), "{text:?}");
         }
+        // Reading no column, the records are still counted.
+        let none = CsvParser {
+            projection: Vec::new(),
+            output: Arc::new(Schema::empty()),
+            ..parser.clone()
+        };
+        assert_eq!(
+            none.decode_plain(b"a,x,1,1.5,true\n\nb,,2,,false\n")
+                .map(|b| b.num_rows()),
+            Some(2)
+        );
         // (Lines reach the parser whole: a last one without its newline gets one.)
         let last = parser.decode_plain(b"a,x,1,1.5,true\nb,y,2,2.5,false");
         assert_eq!(

@@ -1139,8 +1139,8 @@ fn check_indexes(
     len: usize,
     nulls: Option<&NullBuffer>,
 ) -> Result<()> {
-    // The largest index first (a loop the compiler vectorises); the row at fault only
-    // when it is out of the dictionary (a null row's index may be anything).
+    // The largest index first (a loop without a branch per row); the row at fault
+    // only when one is out of the dictionary (a null row's index may be anything).
     let largest = indexes.iter().fold(0, |m, &k| m.max(k as u32));
     if (largest as usize) < len {
         return Ok(());
@@ -1292,8 +1292,9 @@ impl GroupWriter {
         Ok(())
     }
 
-    /// Adds `batch` by dictionary index when its one key column is a dictionary and no
-    /// key or value column holds a null; `false` (nothing done) otherwise. The index
+    /// Adds `batch` by dictionary index when its one key column is a dictionary of at
+    /// most an eighth as many values as the batch has rows and no key or value column
+    /// holds a null; `false` (nothing done) otherwise. The index
     /// stands for the group: the rows go into states kept per dictionary value for this
     /// batch, merged afterwards into the groups of the values used. Numbering every row
     /// by group (a lookup and a store per row: a third of the time of a group-by over a
