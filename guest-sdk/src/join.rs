@@ -271,6 +271,56 @@ struct Table {
     unique: bool,
 }
 
+/// `column` with each value of its text dictionary kept once, if it is one that repeats
+/// values: a built side concatenated from batches of several dictionaries (a Parquet
+/// file's row groups) lists each value once per dictionary, and a group-by over the
+/// join's output merges once per dictionary value of each batch (the peers' dim: 260
+/// values for 20 regions). Anything else is returned as it is.
+fn one_of_each_value(column: &ArrayRef) -> ArrayRef {
+    use arrow_array::cast::AsArray;
+    use arrow_array::types::Int32Type;
+    let Some(d) = column.as_dictionary_opt::<Int32Type>() else {
+        return column.clone();
+    };
+    let Some(values) = d.values().as_string_opt::<i32>() else {
+        return column.clone();
+    };
+    if values.null_count() > 0 {
+        return column.clone();
+    }
+    let mut index: hash::Map<&str, i32> = hash::Map::default();
+    let mut kept = Vec::new();
+    let renumbered: Vec<i32> = (0..values.len())
+        .map(|i| {
+            let v = values.value(i);
+            *index.entry(v).or_insert_with(|| {
+                kept.push(v);
+                kept.len() as i32 - 1
+            })
+        })
+        .collect();
+    if kept.len() == values.len() {
+        return column.clone();
+    }
+    // An index out of the dictionary (a null row's may be anything) leaves the column
+    // as it is, for the checks downstream to find.
+    let Some(keys) = d
+        .keys()
+        .values()
+        .iter()
+        .map(|&k| renumbered.get(k as u32 as usize).copied())
+        .collect::<Option<Vec<i32>>>()
+    else {
+        return column.clone();
+    };
+    let keys = arrow_array::Int32Array::new(keys.into(), d.keys().nulls().cloned());
+    let values = Arc::new(arrow_array::StringArray::from(kept));
+    match arrow_array::DictionaryArray::<Int32Type>::try_new(keys, values) {
+        Ok(d) => Arc::new(d),
+        Err(_) => column.clone(),
+    }
+}
+
 impl Table {
     /// The table of `batches` (`None` when there are none: nothing matches).
     fn build(spec: &JoinSpec, batches: &[RecordBatch]) -> Result<Option<Table>> {
@@ -278,6 +328,10 @@ impl Table {
             return Ok(None);
         }
         let rows = concat(batches, "the built side")?;
+        let rows = RecordBatch::try_new(
+            rows.schema(),
+            rows.columns().iter().map(one_of_each_value).collect(),
+        )?;
         let n = rows.num_rows();
         if n >= NONE as usize {
             return Err(Error::limit(
@@ -884,6 +938,66 @@ mod tests {
         }
         out.sort();
         Ok(out)
+    }
+
+    #[test]
+    fn a_built_side_of_several_dictionaries_keeps_each_value_once() {
+        let dict = |keys: Vec<Option<i32>>, values: Vec<&str>| -> ArrayRef {
+            Arc::new(
+                DictionaryArray::<Int32Type>::try_new(
+                    Int32Array::from(keys),
+                    Arc::new(StringArray::from(values)),
+                )
+                .unwrap(),
+            )
+        };
+        // (More rows than dictionary values: Arrow's own concatenation then keeps both
+        // dictionaries whole.)
+        let dim = [
+            batch(vec![
+                ("key", Arc::new(Int64Array::from(vec![1, 2, 3, 4, 5, 6]))),
+                (
+                    "region",
+                    dict(
+                        vec![Some(0), Some(1), None, Some(0), Some(1), Some(0)],
+                        vec!["north", "south"],
+                    ),
+                ),
+            ]),
+            batch(vec![
+                ("key", Arc::new(Int64Array::from(vec![7, 8, 9, 10]))),
+                (
+                    "region",
+                    dict(
+                        vec![Some(1), Some(2), Some(0), Some(1)],
+                        vec!["south", "north", "east"],
+                    ),
+                ),
+            ]),
+        ];
+        let facts = [batch(vec![(
+            "key",
+            Arc::new(Int64Array::from(vec![8, 7, 3, 2, 1, 99])),
+        )])];
+        let mut prober = Prober::new(spec(&["key"]), &dim, true).unwrap();
+        prober.start(facts[0].clone()).unwrap();
+        let out = prober.next().unwrap().unwrap();
+        assert!(prober.next().unwrap().is_none());
+        assert_eq!(
+            render(&out),
+            [
+                "key=8 region=east",
+                "key=7 region=north",
+                "key=3 region=null",
+                "key=2 region=south",
+                "key=1 region=north",
+            ]
+        );
+        let region = out
+            .column_by_name("region")
+            .unwrap()
+            .as_dictionary::<Int32Type>();
+        assert_eq!(region.values().len(), 3, "north, south, east: once each");
     }
 
     /// Both ways round, which must agree.
