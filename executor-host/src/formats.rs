@@ -174,7 +174,7 @@ const PARQUET_BATCH_ROWS: (u64, u64) = (1024, 65536);
 /// Rows per batch for reading `groups` through `mask`: about [`PARQUET_BATCH_BYTES`] of
 /// decoded columns, each column's width estimated from its physical type and its
 /// uncompressed size in those row groups (a text column: offsets or dictionary indexes
-/// and its bytes).
+/// and its bytes), made to divide the row groups evenly.
 fn parquet_batch_rows(
     md: &parquet::file::metadata::ParquetMetaData,
     groups: &[usize],
@@ -204,7 +204,17 @@ fn parquet_batch_rows(
     }
     let width = bytes.div_ceil(rows.max(1)).max(1);
     let (fewest, most) = PARQUET_BATCH_ROWS;
-    (PARQUET_BATCH_BYTES / width).clamp(fewest, most) as usize
+    let want = (PARQUET_BATCH_BYTES / width).clamp(fewest, most);
+    // Batches that divide a row group (the first one's size; writers make them alike),
+    // down to half the size wanted: a batch across two groups' dictionaries makes the
+    // reader re-encode its text into one dictionary, hashing every row's value.
+    let group = groups
+        .first()
+        .map_or(0, |&g| md.row_group(g).num_rows().max(0) as u64);
+    let fewest_batches = group.div_ceil(want);
+    (fewest_batches..=2 * fewest_batches)
+        .find(|&k| group > want && group.is_multiple_of(k) && group / k >= fewest)
+        .map_or(want, |k| group / k) as usize
 }
 
 /// `batch` with each dictionary column whose dictionary holds more values than half its
@@ -1590,8 +1600,10 @@ mod tests {
         );
         let sizes: Vec<usize> = read_all(&narrow).iter().map(|b| b.num_rows()).collect();
         assert_eq!(sizes.iter().sum::<usize>(), n);
-        // 12 bytes a row in Arrow (a little more as stored): tens of thousands of rows.
-        assert!(sizes[0] >= 32_768 && sizes[0] <= 65_536, "{sizes:?}");
+        // 12 bytes a row in Arrow (a little more as stored): tens of thousands of rows,
+        // in batches that divide the row group evenly.
+        assert!(sizes[0] >= 16_384 && sizes[0] <= 65_536, "{sizes:?}");
+        assert!(sizes.iter().all(|&s| s == sizes[0]), "{sizes:?}");
         let n = 5_000;
         let wide = write(
             "wide.parquet",
