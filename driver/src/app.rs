@@ -5,6 +5,7 @@
 //! application only.
 
 use crate::cluster::{Event, JobResults, JobSpec};
+use crate::components::Components;
 use crate::output::OutputCommit;
 use crate::splits::{self, SplitError, SplitLimits};
 use crate::tenants::{Tenant, TenantError, Tenants};
@@ -31,9 +32,6 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 /// A broadcast value with its application's capability.
 type BroadcastValue = (Arc<Vec<u8>>, [u8; 16]);
 
-/// A component's bytes and how many running applications use them.
-type HeldModule = (Arc<Vec<u8>>, usize);
-
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
@@ -42,9 +40,9 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 pub struct DriverShared {
     pub events: mpsc::Sender<Event>,
     pub sandbox: Arc<Sandbox>,
-    /// Component bytes by hash, for executors that have not compiled them yet, with
-    /// the number of running applications of each.
-    modules: Mutex<HashMap<ModuleHash, HeldModule>>,
+    /// Component bytes by hash: for executors that have not compiled them yet, and for
+    /// tenants that submit them again.
+    components: Mutex<Components>,
     /// The driver's settings: defaults for applications, and the bounds they may lower.
     pub conf: Conf,
     pub settings: Settings,
@@ -81,7 +79,7 @@ impl DriverShared {
         DriverShared {
             events,
             sandbox,
-            modules: Mutex::new(HashMap::new()),
+            components: Mutex::new(Components::new(settings.component_cache)),
             all_apps: Arc::new(Semaphore::new(settings.max_apps as usize)),
             conf,
             settings,
@@ -142,23 +140,21 @@ impl DriverShared {
         })
     }
 
-    /// The bytes of component `module`, while an application runs it.
+    /// The bytes of component `module`, while an application runs it (or the driver
+    /// still keeps it).
     pub fn module(&self, module: &ModuleHash) -> Option<Arc<Vec<u8>>> {
-        lock(&self.modules).get(module).map(|(b, _)| b.clone())
+        lock(&self.components).get(module)
     }
 
-    fn hold_module(&self, module: ModuleHash, bytes: Arc<Vec<u8>>) {
-        lock(&self.modules).entry(module).or_insert((bytes, 0)).1 += 1;
-    }
-
-    fn release_module(&self, module: &ModuleHash) {
-        let mut modules = lock(&self.modules);
-        if let Some((_, users)) = modules.get_mut(module) {
-            *users -= 1;
-            if *users == 0 {
-                modules.remove(module);
-            }
-        }
+    /// The bytes of component `module`, `len` long, if `tenant` sent them before and
+    /// the driver still holds them: the submission need not send them again.
+    pub fn component_sent_before(
+        &self,
+        tenant: &str,
+        module: &ModuleHash,
+        len: u64,
+    ) -> Option<Arc<Vec<u8>>> {
+        lock(&self.components).sent_before(tenant, module, len)
     }
 
     /// Broadcast `id` of application `app`, for an executor presenting `secret`.
@@ -783,7 +779,9 @@ impl AppActions {
 pub struct Application {
     pub admission: Admission,
     pub name: String,
-    pub component: Vec<u8>,
+    /// The component's bytes, as they arrived or as the driver kept them from this
+    /// tenant's earlier submission.
+    pub component: Arc<Vec<u8>>,
     /// The component's hash, checked against its bytes when they arrived.
     pub module: ModuleHash,
     pub args: Vec<String>,
@@ -808,7 +806,7 @@ impl Drop for AppEnd {
         lock(&self.shared.broadcasts).retain(|(a, _), _| *a != self.app);
         lock(&self.shared.broadcast_fetches).remove(&self.app);
         if self.holds_module {
-            self.shared.release_module(&self.module);
+            lock(&self.shared.components).release(&self.module);
         }
         if !self.reported {
             let (events, app) = (self.shared.events.clone(), self.app);
@@ -829,7 +827,7 @@ pub async fn run_application(
     let app = a.admission.app;
     let settings = a.conf.settings();
     let name = a.name.clone();
-    let bytes = Arc::new(a.component);
+    let bytes = a.component;
     let module = a.module;
     let mut end = AppEnd {
         shared: shared.clone(),
@@ -846,7 +844,7 @@ pub async fn run_application(
         })
         .await
         .map_err(|e| load_error(&name, e))?;
-    shared.hold_module(module, bytes);
+    lock(&shared.components).hold(module, bytes, &a.tenant.name);
     end.holds_module = true;
     tracing::info!(app, %name, %module, tenant = %a.tenant.name, "application started");
     let actions = Arc::new(AppActions {

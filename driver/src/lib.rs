@@ -24,6 +24,7 @@
 
 pub mod app;
 pub mod cluster;
+mod components;
 pub mod output;
 pub mod server;
 pub mod splits;

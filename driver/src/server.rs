@@ -426,33 +426,47 @@ async fn submission(
             return refuse_with(&conn, send, &SubmitEvent::Finished(Err(e))).await;
         }
     };
-    net::write_frame(&mut send, &SubmitEvent::Accepted { app: admission.app }).await?;
+    let kept = shared.component_sent_before(&tenant.name, &hello.component, hello.component_bytes);
+    let accepted = SubmitEvent::Accepted {
+        app: admission.app,
+        upload: kept.is_none(),
+    };
+    net::write_frame(&mut send, &accepted).await?;
     tls::open_up(&conn);
-    // A generous deadline (a slow link at 1 MiB/s), so a stalled upload does not hold
-    // the tenant's place among the running applications.
-    let upload = Duration::from_secs(30 + hello.component_bytes / (1 << 20));
-    let component = match tokio::time::timeout(
-        upload,
-        net::read_exact_vec(&mut recv, hello.component_bytes as usize),
-    )
-    .await
-    {
-        Ok(c) => c?,
-        Err(_) => {
-            let e = AppError::refused(format!(
-                "the component's {} bytes did not arrive within {upload:?}",
-                hello.component_bytes
-            ));
-            return refuse_with(&conn, send, &SubmitEvent::Finished(Err(e))).await;
+    let component = match kept {
+        Some(bytes) => {
+            tracing::debug!(%peer, module = %hello.component, "the tenant sent this component before: not sent again");
+            bytes
+        }
+        None => {
+            // A generous deadline (a slow link at 1 MiB/s), so a stalled upload does not
+            // hold the tenant's place among the running applications.
+            let upload = Duration::from_secs(30 + hello.component_bytes / (1 << 20));
+            let component = match tokio::time::timeout(
+                upload,
+                net::read_exact_vec(&mut recv, hello.component_bytes as usize),
+            )
+            .await
+            {
+                Ok(c) => c?,
+                Err(_) => {
+                    let e = AppError::refused(format!(
+                        "the component's {} bytes did not arrive within {upload:?}",
+                        hello.component_bytes
+                    ));
+                    return refuse_with(&conn, send, &SubmitEvent::Finished(Err(e))).await;
+                }
+            };
+            if flint_sandbox::hash_bytes(&component) != hello.component {
+                let e = AppError::new(
+                    AppErrorKind::BadComponent,
+                    vec!["the component's bytes do not match the hash its submitter sent".into()],
+                );
+                return refuse_with(&conn, send, &SubmitEvent::Finished(Err(e))).await;
+            }
+            Arc::new(component)
         }
     };
-    if flint_sandbox::hash_bytes(&component) != hello.component {
-        let e = AppError::new(
-            AppErrorKind::BadComponent,
-            vec!["the component's bytes do not match the hash its submitter sent".into()],
-        );
-        return refuse_with(&conn, send, &SubmitEvent::Finished(Err(e))).await;
-    }
     let app_id = admission.app;
     let (tx, mut rx) = mpsc::channel::<SubmitEvent>(64);
     let application = Application {

@@ -221,6 +221,8 @@ settings! {
         "driver programs one tenant runs at once (the tenants file's max_apps_running overrides it)";
     max_component_size: u64 = "driver.max_component_size", Bytes, Some("256m"), Cluster,
         "largest job component a driver accepts";
+    component_cache: u64 = "driver.component_cache", Bytes, Some("128m"), Cluster,
+        "components a driver keeps after their applications end, least recently used first out: a tenant submitting one it sent before does not send it again (0: none kept)";
 }
 
 impl Settings {

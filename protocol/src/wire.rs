@@ -4,8 +4,8 @@
 //! bidirectional stream, checked before any body is decoded. Then, by the peer's role
 //! (its TLS identity, see `flint-transport`):
 //! - a **submitter** (a tenant, no client certificate) sends [`Hello::Submit`], small,
-//!   and after [`SubmitEvent::Accepted`] the component's bytes; it then receives
-//!   [`SubmitEvent`]s;
+//!   and after [`SubmitEvent::Accepted`] the component's bytes (unless the driver holds
+//!   them already); it then receives [`SubmitEvent`]s;
 //! - a host **enrolling** as an executor (no certificate yet) sends [`Hello::Enrol`] with
 //!   the operator's enrolment token and its public key, and gets a certificate back;
 //! - an **executor** (a certificate the cluster CA issued for that role) sends
@@ -711,7 +711,7 @@ pub type FetchReply = Result<u64, String>;
 
 /// What a tenant submits, before it is authenticated: small (at most [`MAX_HELLO`]).
 /// The component follows as raw bytes once the driver answers
-/// [`SubmitEvent::Accepted`].
+/// [`SubmitEvent::Accepted`], unless the driver already holds it from this tenant.
 #[derive(Debug, Serialize, Deserialize)]
 pub struct SubmitHello {
     /// Shown in logs and summaries (the component's file or crate name).
@@ -728,9 +728,11 @@ pub struct SubmitHello {
 
 #[derive(Debug, Serialize, Deserialize)]
 pub enum SubmitEvent {
-    /// The submission passed authentication and the tenant's quotas: send the component.
+    /// The submission passed authentication and the tenant's quotas: send the component
+    /// if `upload` (the driver does not hold this tenant's component of that hash).
     Accepted {
         app: u64,
+        upload: bool,
     },
     JobStarted {
         job: JobId,

@@ -8,11 +8,15 @@
 //! - an executor credential in the wrong hands (oversized frames, statuses for attempts
 //!   that do not exist or run elsewhere, indices out of range) cannot panic or hijack the
 //!   driver;
+//! - a component the driver keeps is run again without its bytes only for the tenant
+//!   that sent them: another tenant naming its hash must send bytes that match;
 //! - the crate graph keeps the roles apart.
 
 use crate::cluster::*;
 use crate::util::*;
-use flint_protocol::ids::{ExecutorId, JobId, ShuffleId, StageId, TaskAttemptId, TaskId};
+use flint_protocol::ids::{
+    ExecutorId, JobId, ModuleHash, ShuffleId, StageId, TaskAttemptId, TaskId,
+};
 use flint_protocol::wire::{
     self, EnrolReply, EnrolRequest, ExecutorHello, FromExecutor, GuestOutput, Hello, TaskResult,
     TaskStatus, TaskSuccess, ToExecutor,
@@ -669,4 +673,97 @@ fn the_web_ui_off_loopback_needs_a_token_and_shows_a_tenant_its_own_jobs() {
     let text = String::from_utf8(out.stdout).unwrap();
     assert!(text.starts_with("tenant a: 1 job(s)"), "{text}");
     assert!(cluster.driver_alive());
+}
+
+/// A hand-made submission of a component by its hash: `bytes` are sent only if the
+/// driver asks for them. Returns whether it asked, and the application's result.
+async fn submit_by_hash(
+    client: &ClientFile,
+    token: &Path,
+    module: ModuleHash,
+    len: u64,
+    bytes: &[u8],
+    args: &[&Path],
+) -> (bool, Result<wire::AppSummary, wire::AppError>) {
+    let endpoint = tls::anonymous_endpoint(&client.driver_ca_pem).unwrap();
+    let conn = net::connect(&endpoint, &client.driver, tls::DRIVER_NAME)
+        .await
+        .unwrap();
+    let (mut send, mut recv) = net::open(&conn).await.unwrap();
+    let hello = wire::SubmitHello {
+        name: "by-hash".into(),
+        args: args.iter().map(|a| a.display().to_string()).collect(),
+        conf: vec![],
+        token: Some(std::fs::read_to_string(token).unwrap().trim().to_string()),
+        component_bytes: len,
+        component: module,
+    };
+    net::write_frame(&mut send, &Hello::Submit(hello))
+        .await
+        .unwrap();
+    let upload = match net::read_frame::<wire::SubmitEvent>(&mut recv, wire::MAX_FRAME).await {
+        Ok(Some(wire::SubmitEvent::Accepted { upload, .. })) => upload,
+        other => panic!("not accepted: {other:?}"),
+    };
+    if upload {
+        send.write_all(bytes).await.unwrap();
+    }
+    let _ = send.finish();
+    loop {
+        match net::read_frame::<wire::SubmitEvent>(&mut recv, wire::MAX_FRAME).await {
+            Ok(Some(wire::SubmitEvent::Finished(r))) => {
+                conn.close(0u32.into(), b"done");
+                return (upload, r);
+            }
+            Ok(Some(_)) => {}
+            other => panic!("no result: {other:?}"),
+        }
+    }
+}
+
+#[test]
+fn a_component_is_sent_once_per_tenant_and_never_run_on_a_hash_alone() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (cluster, a, b) = tenant_cluster(tmp.path(), &[], 1);
+    let client = ClientFile::load(&cluster.client).unwrap();
+    let small = tmp.path().join("small.txt");
+    std::fs::write(&small, "x\ny\nz\n").unwrap();
+    let real = std::fs::read(flint_udfs::TEST_JOBS).unwrap();
+    let (module, len) = (flint_sandbox::hash_bytes(&real), real.len() as u64);
+    let args = [Path::new("count"), small.as_path()];
+    let lines = |r: &Result<wire::AppSummary, wire::AppError>| match r {
+        Ok(s) => s.stdout.contains("lines: 3"),
+        Err(e) => panic!("{e}"),
+    };
+    let garbage = vec![0u8; len as usize];
+    rt().block_on(async {
+        // First time: sent, and run.
+        let (upload, r) = submit_by_hash(&client, &a, module, len, &real, &args).await;
+        assert!(upload && lines(&r));
+        // Again, after its application ended: not asked for; it runs from what the
+        // driver kept (had it asked, the zeros would not match the hash).
+        let (upload, r) = submit_by_hash(&client, &a, module, len, &garbage, &args).await;
+        assert!(!upload && lines(&r), "{r:?}");
+        // Another tenant naming the same hash must send the bytes, and bytes that are not
+        // the component are refused.
+        let (upload, r) = submit_by_hash(&client, &b, module, len, &garbage, &args).await;
+        assert!(upload);
+        match r {
+            Err(e) => assert!(
+                matches!(e.kind, wire::AppErrorKind::BadComponent)
+                    && e.to_string().contains("do not match the hash"),
+                "{e}"
+            ),
+            Ok(_) => panic!("tenant b ran tenant a's component on its hash alone"),
+        }
+        // The same size with a hash of nothing sent: asked for, and refused.
+        let (upload, r) = submit_by_hash(&client, &a, ModuleHash([9; 32]), len, &real, &args).await;
+        assert!(upload && r.is_err());
+    });
+    assert_eq!(
+        cluster.driver_log().matches("application started").count(),
+        2,
+        "{}",
+        cluster.driver_log()
+    );
 }

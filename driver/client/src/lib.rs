@@ -5,8 +5,9 @@
 //! nothing else; it runs no guest code, so it does not link the sandbox.
 //!
 //! The one decision to know: the submission is authenticated before the component is
-//! sent. The first message is small; the driver answers `Accepted` (or refuses, typed)
-//! before it reads the component's bytes.
+//! sent. The first message is small (the component's hash and size); the driver answers
+//! `Accepted` (or refuses, typed) before it reads the component's bytes, and does not ask
+//! for them when it still holds them from this tenant's earlier submission.
 
 use flint_protocol::ids::ModuleHash;
 use flint_protocol::wire::{self, AppError, AppSummary, Hello, SubmitEvent, SubmitHello};
@@ -57,7 +58,14 @@ pub async fn submit(
     };
     net::write_frame(&mut send, &Hello::Submit(hello)).await?;
     match net::read_frame::<SubmitEvent>(&mut recv, wire::MAX_FRAME).await? {
-        Some(SubmitEvent::Accepted { .. }) => {}
+        Some(ev @ SubmitEvent::Accepted { upload, .. }) => {
+            on_event(&ev);
+            if upload {
+                send.write_all(&submission.component)
+                    .await
+                    .map_err(NetError::from)?;
+            }
+        }
         Some(SubmitEvent::Finished(r)) => {
             close(conn, endpoint).await;
             return Ok(r);
@@ -65,9 +73,6 @@ pub async fn submit(
         Some(_) => return Err(ClientError::Unexpected("a job event")),
         None => return Err(ClientError::NoResult),
     }
-    send.write_all(&submission.component)
-        .await
-        .map_err(NetError::from)?;
     let _ = send.finish();
     let result = loop {
         match net::read_frame::<SubmitEvent>(&mut recv, wire::MAX_FRAME).await? {
