@@ -182,24 +182,26 @@ fn parquet_batch_rows(
 ) -> usize {
     use parquet::basic::Type;
     let leaves = md.file_metadata().schema_descr().num_columns();
+    // (Counts from the file's metadata, which may be anything: saturating arithmetic.)
     let (mut rows, mut bytes) = (0u64, 0u64);
     for &g in groups {
         let rg = md.row_group(g);
         let n = rg.num_rows().max(0) as u64;
-        rows += n;
+        rows = rows.saturating_add(n);
         for c in (0..leaves).filter(|&c| mask.leaf_included(c)) {
             let chunk = rg.column(c);
             let stored = chunk.uncompressed_size().max(0) as u64;
-            bytes += match chunk.column_type() {
-                Type::BYTE_ARRAY => 4 * n + stored,
+            let fixed = |width: u64| n.saturating_mul(width).max(stored);
+            bytes = bytes.saturating_add(match chunk.column_type() {
+                Type::BYTE_ARRAY => n.saturating_mul(4).saturating_add(stored),
                 Type::BOOLEAN => (n / 8).max(stored),
-                Type::INT32 | Type::FLOAT => (4 * n).max(stored),
-                Type::INT64 | Type::DOUBLE => (8 * n).max(stored),
-                Type::INT96 => (12 * n).max(stored),
+                Type::INT32 | Type::FLOAT => fixed(4),
+                Type::INT64 | Type::DOUBLE => fixed(8),
+                Type::INT96 => fixed(12),
                 Type::FIXED_LEN_BYTE_ARRAY => {
-                    (n * chunk.column_descr().type_length().max(0) as u64).max(stored)
+                    fixed(chunk.column_descr().type_length().max(0) as u64)
                 }
-            };
+            });
         }
     }
     let width = bytes.div_ceil(rows.max(1)).max(1);
@@ -207,12 +209,14 @@ fn parquet_batch_rows(
     let want = (PARQUET_BATCH_BYTES / width).clamp(fewest, most);
     // Batches that divide a row group (the first one's size; writers make them alike),
     // down to half the size wanted: a batch across two groups' dictionaries makes the
-    // reader re-encode its text into one dictionary, hashing every row's value.
+    // reader re-encode its text into one dictionary, hashing every row's value. (At most
+    // a thousand candidates: a group of a million rows needs 977 to 1,954 batches.)
     let group = groups
         .first()
         .map_or(0, |&g| md.row_group(g).num_rows().max(0) as u64);
     let fewest_batches = group.div_ceil(want);
-    (fewest_batches..=2 * fewest_batches)
+    (fewest_batches..=fewest_batches.saturating_mul(2))
+        .take(1024)
         .find(|&k| group > want && group.is_multiple_of(k) && group / k >= fewest)
         .map_or(want, |k| group / k) as usize
 }
