@@ -746,7 +746,10 @@ async fn feed(
 /// second one that other tasks, maybe other tenants', were counted on, and each batch
 /// handed between the threads cost a wake-up of each (about 30 µs on a 2-core VM). Read
 /// in place, the peers' aggregation by category went from 80 to 69 ms with 2 executors
-/// of 1 core, and from 86 to 72 ms (by key: 259 to 203) with 1 executor of 2.
+/// of 1 core, and from 86 to 72 ms (by key: 259 to 203) with 1 executor of 2. What is
+/// given up: a last task that runs while a core is idle no longer decodes on that core
+/// (the sales suite's Parquet job, whose fourth file is a seventh of the others: 435 to
+/// 472 ms); more, evener splits are the way to keep cores busy there.
 fn reads_in_place(path: &std::path::Path) -> bool {
     !flint_storage::object::is_url(&path.to_string_lossy())
 }
