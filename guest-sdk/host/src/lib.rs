@@ -296,12 +296,34 @@ pub struct LoadInfo {
     pub ms: u64,
 }
 
+type LoadCell = OnceCell<Arc<LoadedJob>>;
+
+/// Compiled components a sandbox keeps in memory. One that goes is loaded again from the
+/// disk cache when asked for (milliseconds); a running application's stays alive through
+/// its own reference. Without a bound, every component ever submitted to a long-running
+/// driver or executor stayed compiled in its memory.
+const MAX_LOADED: usize = 16;
+
+/// Drops the least recently used entries of `map` (by the stamp beside each) past `keep`.
+fn keep_recent<K: Copy + Eq + std::hash::Hash, V>(map: &mut HashMap<K, (V, u64)>, keep: usize) {
+    while map.len() > keep {
+        let Some(oldest) = map.iter().min_by_key(|(_, (_, at))| *at).map(|(k, _)| *k) else {
+            return;
+        };
+        map.remove(&oldest);
+    }
+}
+
 /// Engine, linker and the compiled-component cache of one process.
 pub struct Sandbox {
     engine: Engine,
     linker: Linker<GuestState>,
     cache_dir: Option<PathBuf>,
-    loaded: Mutex<HashMap<ModuleHash, Arc<OnceCell<Arc<LoadedJob>>>>>,
+    /// Compiled components in memory, each with when it was last asked for: at most
+    /// [`MAX_LOADED`], least recently used out first.
+    loaded: Mutex<HashMap<ModuleHash, (Arc<LoadCell>, u64)>>,
+    /// Loads so far: the clock of `loaded`.
+    loads: std::sync::atomic::AtomicU64,
     opts: SandboxOptions,
     /// The fuel-metering twin, made on first use.
     metered: std::sync::OnceLock<Arc<Sandbox>>,
@@ -370,6 +392,7 @@ impl Sandbox {
             linker,
             cache_dir: opts.cache_dir.clone(),
             loaded: Mutex::new(HashMap::new()),
+            loads: Default::default(),
             opts,
             metered: std::sync::OnceLock::new(),
         }))
@@ -408,8 +431,15 @@ impl Sandbox {
         Fut: std::future::Future<Output = Result<Vec<u8>, String>>,
     {
         let cell = {
+            let now = self
+                .loads
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             let mut map = self.loaded.lock().unwrap_or_else(|e| e.into_inner());
-            map.entry(hash).or_default().clone()
+            let entry = map.entry(hash).or_default();
+            entry.1 = now;
+            let cell = entry.0.clone();
+            keep_recent(&mut map, MAX_LOADED);
+            cell
         };
         if let Some(job) = cell.get() {
             return Ok((job.clone(), LoadInfo::default()));
@@ -759,5 +789,24 @@ impl From<SandboxError> for flint_protocol::wire::TaskError {
             kind,
             chain: e.chain(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_least_recently_used_go_past_the_bound() {
+        let mut map: HashMap<u32, ((), u64)> = HashMap::new();
+        for (k, at) in [(1, 5), (2, 1), (3, 9), (4, 3)] {
+            map.insert(k, ((), at));
+        }
+        keep_recent(&mut map, 2);
+        let mut left: Vec<u32> = map.keys().copied().collect();
+        left.sort();
+        assert_eq!(left, [1, 3]);
+        keep_recent(&mut map, 5);
+        assert_eq!(map.len(), 2);
     }
 }
