@@ -484,6 +484,10 @@ impl Sandbox {
     fn load_cached(&self, hash: ModuleHash) -> Option<Component> {
         let path = self.cache_path(hash)?;
         let bytes = std::fs::read(&path).ok()?;
+        // Marked as used, for the pruning that keeps the newest (see `prune_cache`).
+        if let Ok(f) = std::fs::File::options().append(true).open(&path) {
+            let _ = f.set_modified(std::time::SystemTime::now());
+        }
         // SAFETY: the file is one this host wrote itself from `precompile_component` with
         // an engine of the same compatibility hash (in the name); code is never accepted
         // precompiled from elsewhere. A corrupt file fails deserialization's checks and
@@ -507,10 +511,13 @@ impl Sandbox {
             .await
             .map_err(|e| SandboxError::Compile(e.to_string()))?
             .map_err(|e| SandboxError::Compile(format!("{e:#}")))?;
-        if let Some(path) = self.cache_path(hash)
-            && let Err(e) = write_atomically(&path, &serialized)
-        {
-            tracing::warn!(path = %path.display(), "could not write the compiled-component cache: {e}");
+        if let Some(path) = self.cache_path(hash) {
+            match write_atomically(&path, &serialized) {
+                Ok(()) => prune_cache(path.parent(), MAX_CACHED),
+                Err(e) => {
+                    tracing::warn!(path = %path.display(), "could not write the compiled-component cache: {e}")
+                }
+            }
         }
         // SAFETY: `serialized` was produced just now by this engine.
         unsafe { Component::deserialize(&self.engine, &serialized) }
@@ -730,6 +737,33 @@ fn check_interface(engine: &Engine, component: &Component) -> Result<(), Sandbox
     Ok(())
 }
 
+/// Compiled components a cache directory keeps (a few to tens of MB each): those used
+/// least recently go when one more is written. Without a bound a tenant submitting
+/// distinct components filled the disk of the driver and of every executor.
+const MAX_CACHED: usize = 64;
+
+/// Removes the `.cwasm` files of `dir` but the `keep` most recently used (written or
+/// loaded: loading sets a file's modification time). Files another process removes or
+/// writes meanwhile are no error; neither is a directory that cannot be read.
+fn prune_cache(dir: Option<&std::path::Path>, keep: usize) {
+    let Some(Ok(entries)) = dir.map(std::fs::read_dir) else {
+        return;
+    };
+    let mut files: Vec<(std::time::SystemTime, PathBuf)> = entries
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "cwasm"))
+        .filter_map(|p| Some((p.metadata().ok()?.modified().ok()?, p)))
+        .collect();
+    if files.len() <= keep {
+        return;
+    }
+    files.sort_unstable_by_key(|f| std::cmp::Reverse(f.0));
+    for (_, p) in files.drain(keep..) {
+        let _ = std::fs::remove_file(p);
+    }
+}
+
 fn write_atomically(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir)?;
@@ -795,6 +829,32 @@ impl From<SandboxError> for flint_protocol::wire::TaskError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_cache_directory_keeps_the_most_recently_used_compiled_components() {
+        let dir = tempfile::tempdir().unwrap();
+        let t0 = std::time::SystemTime::now() - std::time::Duration::from_secs(100);
+        for (name, age) in [
+            ("a.cwasm", 50),
+            ("b.cwasm", 10),
+            ("c.cwasm", 90),
+            ("d.cwasm", 30),
+        ] {
+            let p = dir.path().join(name);
+            std::fs::write(&p, b"x").unwrap();
+            let f = std::fs::File::options().append(true).open(&p).unwrap();
+            f.set_modified(t0 + std::time::Duration::from_secs(age))
+                .unwrap();
+        }
+        std::fs::write(dir.path().join("other.txt"), b"not a component").unwrap();
+        prune_cache(Some(dir.path()), 2);
+        let mut left: Vec<String> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        left.sort();
+        assert_eq!(left, ["a.cwasm", "c.cwasm", "other.txt"]);
+    }
 
     #[test]
     fn the_least_recently_used_go_past_the_bound() {
