@@ -393,6 +393,32 @@ async fn executor_connection(
     Ok(())
 }
 
+/// The component's bytes as the submitter sends them after `Accepted`, checked against
+/// the hash of its hello; a typed refusal when they are late or not that component.
+async fn receive_component(
+    recv: &mut quinn::RecvStream,
+    hello: &SubmitHello,
+) -> Result<Result<Vec<u8>, AppError>, NetError> {
+    // A generous deadline (a slow link at 1 MiB/s), so a stalled upload does not hold
+    // the tenant's place among the running applications.
+    let upload = Duration::from_secs(30 + hello.component_bytes / (1 << 20));
+    let read = net::read_exact_vec(recv, hello.component_bytes as usize);
+    let Ok(component) = tokio::time::timeout(upload, read).await else {
+        return Ok(Err(AppError::refused(format!(
+            "the component's {} bytes did not arrive within {upload:?}",
+            hello.component_bytes
+        ))));
+    };
+    let component = component?;
+    if flint_sandbox::hash_bytes(&component) != hello.component {
+        return Ok(Err(AppError::new(
+            AppErrorKind::BadComponent,
+            vec!["the component's bytes do not match the hash its submitter sent".into()],
+        )));
+    }
+    Ok(Ok(component))
+}
+
 async fn submission(
     ctx: &Endpointed,
     conn: quinn::Connection,
@@ -438,34 +464,10 @@ async fn submission(
             tracing::debug!(%peer, module = %hello.component, "the tenant sent this component before: not sent again");
             bytes
         }
-        None => {
-            // A generous deadline (a slow link at 1 MiB/s), so a stalled upload does not
-            // hold the tenant's place among the running applications.
-            let upload = Duration::from_secs(30 + hello.component_bytes / (1 << 20));
-            let component = match tokio::time::timeout(
-                upload,
-                net::read_exact_vec(&mut recv, hello.component_bytes as usize),
-            )
-            .await
-            {
-                Ok(c) => c?,
-                Err(_) => {
-                    let e = AppError::refused(format!(
-                        "the component's {} bytes did not arrive within {upload:?}",
-                        hello.component_bytes
-                    ));
-                    return refuse_with(&conn, send, &SubmitEvent::Finished(Err(e))).await;
-                }
-            };
-            if flint_sandbox::hash_bytes(&component) != hello.component {
-                let e = AppError::new(
-                    AppErrorKind::BadComponent,
-                    vec!["the component's bytes do not match the hash its submitter sent".into()],
-                );
-                return refuse_with(&conn, send, &SubmitEvent::Finished(Err(e))).await;
-            }
-            Arc::new(component)
-        }
+        None => match receive_component(&mut recv, &hello).await? {
+            Ok(bytes) => Arc::new(bytes),
+            Err(e) => return refuse_with(&conn, send, &SubmitEvent::Finished(Err(e))).await,
+        },
     };
     let app_id = admission.app;
     let (tx, mut rx) = mpsc::channel::<SubmitEvent>(64);
